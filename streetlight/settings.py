@@ -1,0 +1,72 @@
+"""The one place where configuration is read: environment variables into one frozen settings object.
+
+Every service receives the values it needs from here as arguments; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything configurable, with the defaults a single-machine deployment wants."""
+
+    mqtt_url: str | None = None
+    """``mqtt://user:pass@host:port``; None means: start the embedded broker."""
+    database_url: str | None = None
+    """``postgresql://...``; None means: start the embedded PostgreSQL."""
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
+    """Where embedded services keep their data, the spool and generated configuration."""
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    ingest_workers: int = 1
+    telemetry_interval_s: float = 60.0
+    silent_after_intervals: float = 3.0
+    escalate_after_s: float = 30.0
+    police_after_s: float = 90.0
+    police_webhook_url: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from the environment (``os.environ`` unless given)."""
+        e = os.environ if env is None else env
+        data_dir = Path(e.get("STREETLIGHT_DATA_DIR") or (Path.cwd() / ".streetlight"))
+        return cls(
+            mqtt_url=e.get("MQTT_URL") or None,
+            database_url=e.get("DATABASE_URL") or None,
+            data_dir=data_dir,
+            api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
+            api_port=_int(e, "STREETLIGHT_API_PORT", 8080),
+            ingest_workers=_int(e, "STREETLIGHT_INGEST_WORKERS", 1),
+            telemetry_interval_s=_float(e, "STREETLIGHT_TELEMETRY_INTERVAL_S", 60.0),
+            silent_after_intervals=_float(e, "STREETLIGHT_SILENT_AFTER_INTERVALS", 3.0),
+            escalate_after_s=_float(e, "STREETLIGHT_ESCALATE_AFTER_S", 30.0),
+            police_after_s=_float(e, "STREETLIGHT_POLICE_AFTER_S", 90.0),
+            police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
+            log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
+        )
