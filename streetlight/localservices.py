@@ -1,0 +1,319 @@
+"""Private MQTT brokers and PostgreSQL servers for tests, benchmarks and ``streetlight up``.
+
+Choice, in order (DESIGN.md §5):
+
+* broker: the ``MQTT_URL`` given (when reachable), else a private ``mosquitto`` on a free port
+  when the binary is on PATH, else the embedded broker (amqtt) in a child process;
+* database: the ``DATABASE_URL`` given (when reachable), else a throwaway cluster from
+  ``initdb``/``pg_ctl`` (run as the ``postgres`` user when we are root, since PostgreSQL refuses
+  to run as root), else the embedded PostgreSQL from PyPI (``pgserver``).
+
+Every handle says what it is (``kind``) so tests and benchmarks can report what they used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_reachable(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """True when a TCP connection to host:port succeeds within the timeout."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with status {proc.returncode} before listening on {port}")
+        if tcp_reachable(host, port, 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout_s} s")
+
+
+@dataclass
+class MqttService:
+    """A broker we use; ``proc`` is set when we started it ourselves."""
+
+    kind: str  # "configured", "mosquitto" or "embedded"
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    config_path: Path | None = None
+    workdir: Path | None = None
+    _argv: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        auth = ""
+        if self.username:
+            auth = self.username + (f":{self.password}" if self.password else "") + "@"
+        return f"mqtt://{auth}{self.host}:{self.port}"
+
+    def kill(self) -> None:
+        """SIGKILL the broker we started (fault injection)."""
+        if self.proc is None:
+            raise RuntimeError("cannot kill a broker this process did not start")
+        self.proc.kill()
+        self.proc.wait()
+
+    def start_again(self, timeout_s: float = 10.0) -> None:
+        """Start the same broker again on the same port (after kill or stop)."""
+        if not self._argv:
+            raise RuntimeError("cannot restart a broker this process did not start")
+        self.proc = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_port(self.host, self.port, timeout_s, self.proc)
+
+    def stop(self) -> None:
+        """Stop the broker we started; nothing for a configured one."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def mosquitto_config(port: int, workdir: Path, *, persistence: bool = True, extra: str = "") -> str:
+    """A development mosquitto.conf: loopback only, anonymous, generous queues for persistent sessions."""
+    lines = [
+        f"listener {port} 127.0.0.1",
+        "allow_anonymous true",
+        f"persistence {'true' if persistence else 'false'}",
+        f"persistence_location {workdir}/",
+        "autosave_interval 1",
+        # Persistent-session queues: ingest must not lose QoS 1 messages while it restarts.
+        "max_queued_messages 1000000",
+        "max_inflight_messages 1000",
+        "max_keepalive 600",
+        "log_dest none",
+    ]
+    return "\n".join(lines) + "\n" + extra
+
+
+def start_mosquitto(workdir: Path, *, port: int | None = None, extra_config: str = "") -> MqttService:
+    """Start a private mosquitto on a free loopback port."""
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(mosquitto_config(port, workdir, extra=extra_config))
+    if os.geteuid() == 0:
+        # mosquitto drops root to the 'mosquitto' user when it exists; let it write its store.
+        with contextlib.suppress(KeyError, PermissionError):
+            pw = pwd.getpwnam("mosquitto")
+            os.chown(workdir, pw.pw_uid, pw.pw_gid)
+    argv = [binary, "-c", str(conf)]
+    svc = MqttService("mosquitto", "127.0.0.1", port, config_path=conf, workdir=workdir, _argv=argv)
+    svc.start_again()
+    return svc
+
+
+def start_embedded_broker(*, port: int | None = None) -> MqttService:
+    """Start the embedded (amqtt) broker in a child process."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port", str(port)]
+    svc = MqttService("embedded", "127.0.0.1", port, _argv=argv)
+    svc.start_again(timeout_s=30.0)
+    return svc
+
+
+def configured_mqtt(url: str) -> MqttService | None:
+    """The broker named by MQTT_URL, or None when it does not answer."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    if not tcp_reachable(host, port):
+        return None
+    return MqttService("configured", host, port, parts.username, parts.password)
+
+
+def provide_mqtt(mqtt_url: str | None, workdir: Path) -> MqttService:
+    """The configured broker when reachable, else a private mosquitto, else the embedded broker."""
+    if mqtt_url:
+        svc = configured_mqtt(mqtt_url)
+        if svc is not None:
+            return svc
+        print(f"MQTT_URL {mqtt_url} is not reachable; starting a private broker", file=sys.stderr)
+    try:
+        return start_mosquitto(workdir / "mosquitto")
+    except FileNotFoundError:
+        return start_embedded_broker()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclass
+class PgService:
+    """A PostgreSQL server we use; ``datadir`` is set when we started it ourselves."""
+
+    kind: str  # "configured", "pg_ctl" or "embedded"
+    url: str
+    datadir: Path | None = None
+    port: int | None = None
+    run_as: str | None = None
+    pg_bin: Path | None = None
+    _server: object = None
+
+    def database_url(self, dbname: str) -> str:
+        """The same server, another database."""
+        parts = urlsplit(self.url)
+        return parts._replace(path=f"/{dbname}").geturl()
+
+    def _pg_ctl(self, *args: str) -> int:
+        assert self.pg_bin is not None and self.datadir is not None
+        cmd = [str(self.pg_bin / "pg_ctl"), "-D", str(self.datadir), *args]
+        if self.run_as:
+            cmd = ["runuser", "-u", self.run_as, "--", *cmd]
+        return subprocess.call(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server we started (``mode``: smart, fast or immediate)."""
+        if self.kind == "pg_ctl":
+            self._pg_ctl("stop", "-m", mode, "-w")
+        elif self.kind == "embedded" and self._server is not None:
+            self._server.cleanup()  # type: ignore[attr-defined]
+
+    def start_again(self) -> None:
+        """Start the pg_ctl cluster again after stop (fault injection)."""
+        if self.kind != "pg_ctl":
+            raise RuntimeError("only a pg_ctl cluster started by this process can be restarted")
+        opts = _pg_options(self.port or 5432, self.datadir or Path())
+        if self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", opts) != 0:
+            raise RuntimeError(f"pg_ctl start failed; see {self.datadir}/server.log")
+
+
+def _pg_options(port: int, datadir: Path) -> str:
+    return (
+        f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+        "-c shared_buffers=256MB -c synchronous_commit=off -c fsync=off -c full_page_writes=off"
+    )
+
+
+def find_pg_bin() -> Path | None:
+    """The directory holding initdb and pg_ctl, or None."""
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    for d in PG_BIN_DIRS:
+        if (d / "initdb").exists() and (d / "pg_ctl").exists():
+            return d
+    return None
+
+
+def start_pg_cluster(workdir: Path, *, port: int | None = None) -> PgService:
+    """initdb + pg_ctl start a throwaway cluster on a free port (as 'postgres' when we are root)."""
+    pg_bin = find_pg_bin()
+    if pg_bin is None:
+        raise FileNotFoundError("initdb/pg_ctl are not installed")
+    port = port or free_port()
+    run_as = None
+    if os.geteuid() == 0:
+        run_as = "postgres"
+        pw = pwd.getpwnam(run_as)
+        # The cluster must live where the postgres user can write, and nowhere under /root.
+        workdir = Path(tempfile.mkdtemp(prefix="streetlight-pg-"))
+        os.chown(workdir, pw.pw_uid, pw.pw_gid)
+    workdir.mkdir(parents=True, exist_ok=True)
+    datadir = workdir / "data"
+    cmd = [
+        str(pg_bin / "initdb"),
+        "-D",
+        str(datadir),
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    ]
+    if run_as:
+        cmd = ["runuser", "-u", run_as, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"initdb failed: {out.stderr.strip()}")
+    svc = PgService(
+        "pg_ctl", f"postgresql://postgres@127.0.0.1:{port}/postgres", datadir, port, run_as, pg_bin
+    )
+    svc.start_again()
+    return svc
+
+
+def start_embedded_pg(datadir: Path) -> PgService:
+    """The embedded PostgreSQL from PyPI (pgserver), data kept in ``datadir``."""
+    import pgserver
+
+    datadir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    return PgService("embedded", server.get_uri(), datadir, _server=server)
+
+
+def configured_pg(url: str) -> PgService | None:
+    """The server named by DATABASE_URL, or None when it does not answer."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except psycopg.Error:
+        return None
+    return PgService("configured", url)
+
+
+def provide_pg(database_url: str | None, workdir: Path) -> PgService:
+    """The configured database when reachable, else a pg_ctl cluster, else the embedded one."""
+    if database_url:
+        svc = configured_pg(database_url)
+        if svc is not None:
+            return svc
+        print(f"DATABASE_URL {database_url} is not reachable; starting a private PostgreSQL", file=sys.stderr)
+    try:
+        return start_pg_cluster(workdir / "pg")
+    except FileNotFoundError:
+        return start_embedded_pg(workdir / "pgserver")
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> int:
+    """SIGTERM a child, then SIGKILL after the timeout; returns its status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)

@@ -1,0 +1,81 @@
+"""Shared fixtures: real services for integration tests.
+
+The broker is ``MQTT_URL`` when set and reachable, else a private ``mosquitto`` on a free port,
+else the embedded broker; the database is ``DATABASE_URL`` when set and reachable, else a
+throwaway ``initdb``/``pg_ctl`` cluster, else the embedded PostgreSQL. The terminal summary says
+which were used. Each test that needs a database gets a fresh one of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streetlight.localservices import MqttService, PgService, provide_mqtt, provide_pg
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / ".test-output"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+_USED: dict[str, str] = {}
+
+
+def skip_unless(condition: bool, reason: str) -> None:
+    """Skip with the reason on a bare machine; fail instead under CI=true, where nothing may skip."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests leave screenshots, logs and figures for a person to look at."""
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    return OUTPUT_DIR
+
+
+@pytest.fixture(scope="session")
+def mqtt_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttService]:
+    """A real MQTT broker for the whole session."""
+    svc = provide_mqtt(os.environ.get("MQTT_URL"), tmp_path_factory.mktemp("broker"))
+    _USED["mqtt"] = f"{svc.kind} at {svc.host}:{svc.port}"
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgService]:
+    """A real PostgreSQL server for the whole session."""
+    svc = provide_pg(os.environ.get("DATABASE_URL"), tmp_path_factory.mktemp("postgres"))
+    _USED["postgresql"] = f"{svc.kind} ({svc.url.split('@')[-1]})"
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def db_url(pg_service: PgService) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    name = f"sltest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_service.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield pg_service.database_url(name)
+    with psycopg.connect(pg_service.url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A short unique token for topics and device ids, so tests never see each other's messages."""
+    return uuid.uuid4().hex[:10]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which real services the integration tests used."""
+    for name, what in sorted(_USED.items()):
+        terminalreporter.write_line(f"{name}: {what}")
