@@ -54,7 +54,7 @@ def _create_venv() -> None:
 
 def ensure_env() -> None:
     """Create .venv and (re)install the project when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 -- this file runs before the venv exists
         sys.exit(f"[dev] Python >= 3.11 is needed, this is {sys.version.split()[0]}")
     want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if PY.exists() and STAMP.exists() and STAMP.read_text().strip() == want:

@@ -14,6 +14,7 @@ Every handle says what it is (``kind``) so tests and benchmarks can report what 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+log = logging.getLogger(__name__)
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -166,7 +168,7 @@ def provide_mqtt(mqtt_url: str | None, workdir: Path) -> MqttService:
         svc = configured_mqtt(mqtt_url)
         if svc is not None:
             return svc
-        print(f"MQTT_URL {mqtt_url} is not reachable; starting a private broker", file=sys.stderr)
+        log.warning("MQTT_URL %s is not reachable; starting a private broker", mqtt_url)
     try:
         return start_mosquitto(workdir / "mosquitto")
     except FileNotFoundError:
@@ -211,7 +213,8 @@ class PgService:
         """Start the pg_ctl cluster again after stop (fault injection)."""
         if self.kind != "pg_ctl":
             raise RuntimeError("only a pg_ctl cluster started by this process can be restarted")
-        opts = _pg_options(self.port or 5432, self.datadir or Path())
+        assert self.datadir is not None
+        opts = _pg_options(self.port or 5432, self.datadir)
         if self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", opts) != 0:
             raise RuntimeError(f"pg_ctl start failed; see {self.datadir}/server.log")
 
@@ -275,10 +278,12 @@ def start_pg_cluster(workdir: Path, *, port: int | None = None) -> PgService:
 
 def start_embedded_pg(datadir: Path) -> PgService:
     """The embedded PostgreSQL from PyPI (pgserver), data kept in ``datadir``."""
-    import pgserver
+    import pgserver  # type: ignore[attr-defined,unused-ignore]
 
     datadir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(datadir, cleanup_mode="stop")
+    server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
+        datadir, cleanup_mode="stop"
+    )
     return PgService("embedded", server.get_uri(), datadir, _server=server)
 
 
@@ -300,7 +305,7 @@ def provide_pg(database_url: str | None, workdir: Path) -> PgService:
         svc = configured_pg(database_url)
         if svc is not None:
             return svc
-        print(f"DATABASE_URL {database_url} is not reachable; starting a private PostgreSQL", file=sys.stderr)
+        log.warning("DATABASE_URL %s is not reachable; starting a private PostgreSQL", database_url)
     try:
         return start_pg_cluster(workdir / "pg")
     except FileNotFoundError:
