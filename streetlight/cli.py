@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load(module: str) -> ModuleType | None:
+def load_command(module: str) -> ModuleType | None:
     try:
         return importlib.import_module(f"streetlight.commands.{module}")
     except ModuleNotFoundError as exc:
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streetlight", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = _load(module_name)
+        module = load_command(module_name)
         if module is None:
             p = sub.add_parser(name, help="(not built yet)")
             p.set_defaults(_missing=name)

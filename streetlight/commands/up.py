@@ -1,0 +1,83 @@
+"""``streetlight up``: the whole system in one command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from streetlight.cli import COMMANDS, load_command
+from streetlight.localservices import MqttService, PgService, provide_mqtt, start_embedded_pg
+from streetlight.settings import Settings
+from streetlight.supervisor import Supervisor, child_env
+
+HELP = "Run the whole system: broker and database (embedded when not configured), services, simulator."
+
+# The services `up` supervises, in start order, with the arguments each gets.
+SERVICES: list[tuple[str, list[str]]] = [
+    ("ingest", ["ingest"]),
+    ("controller", ["controller"]),
+    ("api", ["api"]),
+    ("sim", ["sim", "--zones", "all"]),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight up``."""
+    parser.add_argument("--no-sim", action="store_true", help="do not start the simulator")
+    parser.add_argument("--story", action="store_true", help="play the scripted evening (see README)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="start the broker and database, say what would run, then stop (for a quick look)",
+    )
+
+
+def _provide(settings: Settings) -> tuple[MqttService, PgService]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir)
+    if settings.database_url:
+        from streetlight.localservices import configured_pg
+
+        pg = configured_pg(settings.database_url)
+        if pg is None:
+            raise SystemExit(f"DATABASE_URL {settings.database_url} is not reachable")
+    else:
+        # The embedded server keeps its data in the data folder, so a second `up` resumes.
+        pg = start_embedded_pg(settings.data_dir / "pgdata")
+    return mqtt, pg
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the broker, the database and every service that exists; supervise until Ctrl-C."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    settings = Settings.from_env()
+    mqtt, pg = _provide(settings)
+    print(f"broker:   {mqtt.kind} at {mqtt.host}:{mqtt.port}")
+    print(f"database: {pg.kind} ({pg.url.split('@')[-1]})")
+    print(f"data:     {settings.data_dir}")
+    missing = [name for name, _ in SERVICES if load_command(COMMANDS[name]) is None]
+    wanted = [(n, a) for n, a in SERVICES if n not in missing and not (args.no_sim and n == "sim")]
+    if args.story:
+        missing.append("story (scripted evening)")
+    sup = Supervisor(child_env(mqtt.url, pg.url))
+    for name, argv in wanted:
+        sup.add(name, argv)
+    print("running:  " + (", ".join(n for n, _ in wanted) or "broker and database only"))
+    if missing:
+        print("not built yet in this version: " + ", ".join(missing), file=sys.stderr)
+    if any(n == "api" for n, _ in wanted):
+        print(f"console:  http://{settings.api_host}:{settings.api_port}/")
+    if args.check:
+        mqtt.stop()
+        pg.stop()
+        return 0
+    print("Ctrl-C stops everything.")
+    sup.start_all()
+    try:
+        sup.run_until_signal()
+    finally:
+        mqtt.stop()
+        pg.stop()
+    return 0
