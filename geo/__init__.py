@@ -1,1 +1,32 @@
-"""geo package."""
+"""Pure geography core: Seoul's districts and neighbourhoods, EPSG:5186, and a lamp index.
+
+No I/O besides reading the vendored data files in the loaders; no clocks; nothing mutable.
+"""
+
+from geo._coords import check_latlon, distance_m
+from geo._gazetteer import BORDER_DISTANCE_M, SNAP_DISTANCE_M, Area, Gazetteer, Location, load_areas
+from geo._lamps import LampHits, LampIndex, LampsAhead, grid_direction, reach_for_speed
+from geo._projection import to_latlon, to_metric
+from geo._zones import SafetyZones, SmartLightBatch, Zone, load_safety_zones
+
+__all__ = [
+    "BORDER_DISTANCE_M",
+    "SNAP_DISTANCE_M",
+    "Area",
+    "Gazetteer",
+    "LampHits",
+    "LampIndex",
+    "LampsAhead",
+    "Location",
+    "SafetyZones",
+    "SmartLightBatch",
+    "Zone",
+    "check_latlon",
+    "distance_m",
+    "grid_direction",
+    "load_areas",
+    "load_safety_zones",
+    "reach_for_speed",
+    "to_latlon",
+    "to_metric",
+]
