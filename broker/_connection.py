@@ -1,0 +1,85 @@
+"""Connection parameters from MQTT URLs, reconnect backoff, and what a broker kind can do."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from broker._errors import MqttUrlError
+
+DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}  # IANA registrations for MQTT and MQTT over TLS
+BACKOFF_BASE_S: Final = 1.0
+BACKOFF_CAP_S: Final = 60.0
+# STYLE.md / aiomqtt's recipe: the exponent stops growing after 10 attempts (1.5 ** 10 ≈ 58).
+BACKOFF_MAX_EXPONENT: Final = 10
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    """Where and how to connect: from ``mqtt://user:pass@host:port`` or ``mqtts://...`` (TLS)."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    def __repr__(self) -> str:
+        secret = ", password=***" if self.password is not None else ""
+        return (
+            f"ConnectionParams(host={self.host!r}, port={self.port}, "
+            f"username={self.username!r}{secret}, tls={self.tls})"
+        )
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def parse_mqtt_url(url: str) -> ConnectionParams:
+    """Parse ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...``; raises MqttUrlError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise MqttUrlError(_redacted(url), f"not a URL ({exc})") from exc
+    if parts.scheme not in DEFAULT_PORTS:
+        raise MqttUrlError(_redacted(url), "scheme must be mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise MqttUrlError(_redacted(url), "no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise MqttUrlError(_redacted(url), "an MQTT URL has no path, query or fragment")
+    return ConnectionParams(
+        host=parts.hostname,
+        port=port or DEFAULT_PORTS[parts.scheme],
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "mqtts",
+    )
+
+
+def backoff_delay_s(
+    attempt: int,
+    *,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): full jitter under a capped exponential."""
+    ceiling = min(cap_s, base_s * 1.5 ** min(BACKOFF_MAX_EXPONENT, max(0, attempt)))
+    return (rng or random).uniform(0, ceiling)
+
+
+def supports_shared_subscriptions(broker_kind: str) -> bool:
+    """Whether a broker of this kind delivers ``$share/...`` subscriptions.
+
+    ``embedded`` (amqtt 0.12) does not: it delivered 1 of 100 messages to a shared subscription
+    in DESIGN.md §5's measurement, so in embedded mode one ingest worker uses a plain filter.
+    Mosquitto >= 1.6 and EMQX do, as does a configured broker (assumed to be one of those).
+    """
+    return broker_kind != "embedded"
