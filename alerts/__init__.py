@@ -1,1 +1,154 @@
-"""alerts package."""
+"""Alerts: the pure core of SOS and maintenance alerts.
+
+Values in, values out: no I/O, no clock (every function that needs the time takes `now`, a
+timezone-aware datetime; times are kept in UTC), no mutable globals, stdlib only. Alerts are
+frozen; transitions return new alerts whose timeline is the audit trail.
+
+Exceptions::
+
+    AlertError                      base of everything raised here
+    ├── InvalidAlertData            (also a ValueError) naive time, bad coordinates, malformed dict
+    └── InvalidTransition           action not allowed in the alert's state; carries
+                                    alert_id, action, from_state, to_state
+"""
+
+from alerts._cap import (
+    CAP_NAMESPACE,
+    DEFAULT_SENDER,
+    KST,
+    CapMessage,
+    CapMsgType,
+    CapReference,
+    cap_msg_type,
+    cap_reference,
+    cap_time,
+    render_cap,
+)
+from alerts._dedup import (
+    DEFAULT_MASS_OUTAGE,
+    SOS_REPEAT_WINDOW_S,
+    MassOutagePolicy,
+    OfflineReport,
+    OutageCluster,
+    covering_outage,
+    detect_mass_outages,
+    merge_fault,
+    merge_mass_outage,
+    merge_sos,
+    suppress_covered,
+)
+from alerts._errors import AlertError, InvalidAlertData, InvalidTransition
+from alerts._escalation import (
+    DEFAULT_ESCALATION,
+    POLICE,
+    EscalationAction,
+    EscalationKind,
+    EscalationPolicy,
+    due_escalations,
+    escalations_done,
+    next_escalation_at,
+    record_escalation,
+)
+from alerts._lifecycle import (
+    TARGET_STATE,
+    Action,
+    CancelReason,
+    acknowledge,
+    add_position,
+    allowed_actions,
+    can,
+    cancel,
+    dispatch,
+    resolve,
+    transition,
+)
+from alerts._model import (
+    DEFAULT_SEVERITY,
+    DEVICE_KINDS,
+    Alert,
+    AlertKind,
+    AlertState,
+    Event,
+    EventAction,
+    NearestLamp,
+    Place,
+    Position,
+    Severity,
+    new_alert,
+    place_in_words,
+)
+from alerts._routing import CITY_CENTRE, alerts_topic, is_centre_code, route
+from alerts._serial import SCHEMA_VERSION, alert_from_dict, alert_to_dict, place_from_dict, place_to_dict
+from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
+
+__all__ = [
+    "CAP_NAMESPACE",
+    "CITY_CENTRE",
+    "DEFAULT_ESCALATION",
+    "DEFAULT_MASS_OUTAGE",
+    "DEFAULT_SENDER",
+    "DEFAULT_SEVERITY",
+    "DEVICE_KINDS",
+    "KST",
+    "POLICE",
+    "SCHEMA_VERSION",
+    "SOS_REPEAT_WINDOW_S",
+    "TARGET_STATE",
+    "Action",
+    "Alert",
+    "AlertError",
+    "AlertKind",
+    "AlertState",
+    "CancelReason",
+    "CapMessage",
+    "CapMsgType",
+    "CapReference",
+    "EscalationAction",
+    "EscalationKind",
+    "EscalationPolicy",
+    "Event",
+    "EventAction",
+    "InvalidAlertData",
+    "InvalidTransition",
+    "MassOutagePolicy",
+    "NearestLamp",
+    "OfflineReport",
+    "OutageCluster",
+    "Place",
+    "Position",
+    "Severity",
+    "TimelineEntry",
+    "acknowledge",
+    "add_position",
+    "alert_from_dict",
+    "alert_to_dict",
+    "alerts_topic",
+    "allowed_actions",
+    "can",
+    "cancel",
+    "cap_msg_type",
+    "cap_reference",
+    "cap_time",
+    "covering_outage",
+    "detect_mass_outages",
+    "dispatch",
+    "due_escalations",
+    "escalations_done",
+    "incident_timeline",
+    "is_centre_code",
+    "merge_fault",
+    "merge_mass_outage",
+    "merge_sos",
+    "merged_timeline",
+    "new_alert",
+    "next_escalation_at",
+    "place_from_dict",
+    "place_in_words",
+    "place_to_dict",
+    "record_escalation",
+    "render_cap",
+    "resolve",
+    "route",
+    "suppress_covered",
+    "transition",
+]

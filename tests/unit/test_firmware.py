@@ -315,7 +315,7 @@ def test_an_invalid_command_is_rejected_with_a_reason_naming_the_problem(
 
 def test_missing_fields_are_each_rejected_by_name() -> None:
     lamp = make_lamp()
-    for field_name in ("cmd_id", "ts", "source", "level", "ttl_s", "priority"):
+    for field_name in ("ts", "source", "level", "ttl_s", "priority"):
         payload = cmd(NIGHT_MS)
         del payload[field_name]
         ack = ack_of(lamp.handle_command(payload, NIGHT_MS))
@@ -323,10 +323,11 @@ def test_missing_fields_are_each_rejected_by_name() -> None:
         assert ack["reason"] == f"missing {field_name}"
 
 
-def test_a_payload_that_is_not_an_object_is_rejected_without_a_cmd_id() -> None:
-    ack = ack_of(make_lamp().handle_command(["set_level", 100], NIGHT_MS))
-    assert ack["status"] == "rejected"
-    assert ack["cmd_id"] is None
+def test_a_command_without_a_usable_cmd_id_gets_no_ack_and_changes_nothing() -> None:
+    lamp = make_lamp()
+    assert lamp.handle_command(["set_level", 100], NIGHT_MS) == []
+    assert lamp.handle_command(cmd(NIGHT_MS, cmd_id=""), NIGHT_MS) == []
+    assert lamp.overrides == {}
 
 
 def test_a_blink_without_priority_or_level_is_an_sos_blink_at_full() -> None:
@@ -407,8 +408,9 @@ def test_birth_comes_first_then_a_retained_online_state() -> None:
         "kind": "lamp",
         "firmware": "sim-1.0.0",
         "model": "SL-LED40",
-        "position": {"lat": SEOUL_LAT_DEG, "lon": SEOUL_LON_DEG},
-        "paired_device": "B-11230-A-0001",
+        "lat": SEOUL_LAT_DEG,
+        "lon": SEOUL_LON_DEG,
+        "paired": "B-11230-A-0001",
         "bdseq": 1,
     }
     assert state.to_payload() == {"state": "online", "bdseq": 1}

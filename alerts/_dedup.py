@@ -1,0 +1,235 @@
+"""Dedup and correlation: one alert per incident, not one per message.
+
+- A second SOS from the same resident within 120 s of the previous one updates that alert
+  (issue #2); later ones open a new alert.
+- A repeated fault of one device (same kind, device and fault code) updates its one active
+  alert with a count (issue #2, #4); there is no time window, the alert lives until resolved.
+- Many lamps of one neighbourhood going offline within 2 minutes (issue #4) become one
+  `mass_outage` alert listing them; the device_offline alerts it covers are cancelled as
+  superseded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from alerts._errors import InvalidAlertData
+from alerts._lifecycle import CancelReason, cancel
+from alerts._model import (
+    DEVICE_KINDS,
+    Alert,
+    AlertKind,
+    Event,
+    EventAction,
+    Place,
+    Position,
+    new_alert,
+    require_aware,
+    with_event,
+)
+
+# Issue #2: "a second SOS from the same resident within 120 s updates the open alert".
+SOS_REPEAT_WINDOW_S = 120.0
+
+
+def _last_report_at(alert: Alert) -> datetime:
+    for event in reversed(alert.timeline):
+        if event.action in (EventAction.CREATED, EventAction.REPEATED):
+            return event.at
+    return alert.created_at
+
+
+def merge_sos(
+    active_alerts: Iterable[Alert],
+    *,
+    resident_id: str,
+    position: Position,
+    place: Place,
+    now: datetime,
+    new_alert_id: str,
+    window_s: float = SOS_REPEAT_WINDOW_S,
+) -> tuple[Alert, bool]:
+    """Fold an SOS into the resident's active SOS from the last `window_s`, or open one; True if new."""
+    at = require_aware(now, "now")
+    since = at - timedelta(seconds=window_s)
+    candidates = [
+        alert
+        for alert in active_alerts
+        if alert.kind is AlertKind.SOS
+        and alert.is_active
+        and alert.source_id == resident_id
+        and since <= _last_report_at(alert) <= at
+    ]
+    actor = f"resident:{resident_id}"
+    if candidates:
+        alert = max(candidates, key=_last_report_at)
+        event = Event(at=at, actor=actor, action=EventAction.REPEATED, note=f"SOS #{alert.count + 1}")
+        merged = with_event(alert, event, track=(*alert.track, position), place=place, count=alert.count + 1)
+        return merged, False
+    created = new_alert(
+        alert_id=new_alert_id,
+        kind=AlertKind.SOS,
+        place=place,
+        source_id=resident_id,
+        now=at,
+        actor=actor,
+        track=(position,),
+    )
+    return created, True
+
+
+def merge_fault(
+    active_alerts: Iterable[Alert],
+    *,
+    kind: AlertKind,
+    device_id: str,
+    fault_code: str,
+    place: Place,
+    now: datetime,
+    new_alert_id: str,
+) -> tuple[Alert, bool]:
+    """Count a device report into its one active alert (same kind, device, fault code), or open one."""
+    if kind not in DEVICE_KINDS:
+        raise InvalidAlertData(f"merge_fault takes a device alert kind, got {kind.value!r}")
+    at = require_aware(now, "now")
+    for alert in active_alerts:
+        if (
+            alert.kind is kind
+            and alert.is_active
+            and alert.source_id == device_id
+            and alert.fault_code == fault_code
+        ):
+            event = Event(at=at, actor=f"device:{device_id}", action=EventAction.REPEATED, note=fault_code)
+            return with_event(alert, event, count=alert.count + 1), False
+    created = new_alert(
+        alert_id=new_alert_id,
+        kind=kind,
+        place=place,
+        source_id=device_id,
+        now=at,
+        actor=f"device:{device_id}",
+        device_ids=(device_id,),
+        fault_code=fault_code,
+    )
+    return created, True
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineReport:
+    """A lamp seen going offline (last will, or silent too long)."""
+
+    device_id: str
+    dong_code: str
+    at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", require_aware(self.at, "OfflineReport.at"))
+
+
+@dataclass(frozen=True, slots=True)
+class MassOutagePolicy:
+    """When offline lamps of one neighbourhood count as a mass outage."""
+
+    window_s: float = 120.0  # issue #4: "many lamps of one neighbourhood go offline within 2 minutes"
+    min_lamps: int = 10  # this many lamps is an outage whatever the neighbourhood's size
+    min_fraction: float = 0.3  # ... or this share of the neighbourhood's lamps,
+    min_lamps_for_fraction: int = 3  # but never fewer than this many (2 of 5 lamps is not an outage)
+
+
+DEFAULT_MASS_OUTAGE = MassOutagePolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class OutageCluster:
+    """Lamps of one neighbourhood that went offline together."""
+
+    dong_code: str
+    device_ids: tuple[str, ...]  # sorted, distinct
+    first_at: datetime
+    last_at: datetime
+
+
+def detect_mass_outages(
+    reports: Iterable[OfflineReport],
+    now: datetime,
+    lamps_per_dong: Mapping[str, int] | None = None,
+    policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
+) -> tuple[OutageCluster, ...]:
+    """The neighbourhoods whose lamps went offline in the `policy.window_s` before `now`, by dong code."""
+    at = require_aware(now, "now")
+    since = at - timedelta(seconds=policy.window_s)
+    latest: dict[str, dict[str, datetime]] = {}
+    for report in reports:
+        if since <= report.at <= at:
+            per_dong = latest.setdefault(report.dong_code, {})
+            previous = per_dong.get(report.device_id)
+            per_dong[report.device_id] = report.at if previous is None else max(previous, report.at)
+    clusters: list[OutageCluster] = []
+    for dong_code in sorted(latest):
+        devices = latest[dong_code]
+        count = len(devices)
+        total = (lamps_per_dong or {}).get(dong_code, 0)
+        by_fraction = (
+            total > 0 and count >= policy.min_lamps_for_fraction and count >= policy.min_fraction * total
+        )
+        if count >= policy.min_lamps or by_fraction:
+            clusters.append(
+                OutageCluster(
+                    dong_code=dong_code,
+                    device_ids=tuple(sorted(devices)),
+                    first_at=min(devices.values()),
+                    last_at=max(devices.values()),
+                )
+            )
+    return tuple(clusters)
+
+
+def covering_outage(active_alerts: Iterable[Alert], dong_code: str) -> Alert | None:
+    """The active mass outage of a neighbourhood, if there is one."""
+    for alert in active_alerts:
+        if alert.kind is AlertKind.MASS_OUTAGE and alert.is_active and alert.source_id == dong_code:
+            return alert
+    return None
+
+
+def merge_mass_outage(
+    active_alerts: Iterable[Alert],
+    cluster: OutageCluster,
+    *,
+    place: Place,
+    now: datetime,
+    new_alert_id: str,
+) -> tuple[Alert, bool]:
+    """Add a cluster's lamps to the neighbourhood's active mass outage, or open one; True if new."""
+    at = require_aware(now, "now")
+    existing = covering_outage(active_alerts, cluster.dong_code)
+    if existing is not None:
+        added = sorted(set(cluster.device_ids) - set(existing.device_ids))
+        if not added:
+            return existing, False
+        event = Event(
+            at=at, actor="system", action=EventAction.LAMPS_ADDED, note=f"{len(added)} more lamps offline"
+        )
+        return with_event(existing, event, device_ids=tuple(sorted((*existing.device_ids, *added)))), False
+    created = new_alert(
+        alert_id=new_alert_id,
+        kind=AlertKind.MASS_OUTAGE,
+        place=place,
+        source_id=cluster.dong_code,
+        now=at,
+        note=f"{len(cluster.device_ids)} lamps offline since {cluster.first_at.isoformat()}",
+        device_ids=cluster.device_ids,
+    )
+    return created, True
+
+
+def suppress_covered(active_alerts: Iterable[Alert], outage: Alert, now: datetime) -> tuple[Alert, ...]:
+    """The active device_offline alerts covered by `outage`, cancelled as superseded by it."""
+    covered = set(outage.device_ids)
+    return tuple(
+        cancel(alert, now, "system", CancelReason.SUPERSEDED, superseded_by=outage.id)
+        for alert in active_alerts
+        if alert.kind is AlertKind.DEVICE_OFFLINE and alert.is_active and alert.source_id in covered
+    )

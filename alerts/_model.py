@@ -1,0 +1,273 @@
+"""Alert values: kinds, severities, states, places, positions, events and the alert itself.
+
+Everything here is a frozen value. Times are timezone-aware datetimes, normalised to UTC on
+construction; a naive datetime is refused, because a naive "now" from a KST wall clock would
+silently shift every escalation by nine hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from alerts._errors import InvalidAlertData
+
+
+class AlertKind(StrEnum):
+    """What raised the alert."""
+
+    SOS = "sos"
+    LAMP_FAULT = "lamp_fault"
+    DEVICE_OFFLINE = "device_offline"
+    MASS_OUTAGE = "mass_outage"
+    TAMPER = "tamper"
+
+
+class Severity(StrEnum):
+    """CAP 1.2 severity values (OASIS CAP 1.2, section 3.2.2, <severity>)."""
+
+    EXTREME = "Extreme"
+    SEVERE = "Severe"
+    MODERATE = "Moderate"
+    MINOR = "Minor"
+
+
+# CAP 1.2 defines Severe as "significant threat to life or property" and Extreme as
+# "extraordinary threat": a resident's SOS is the former until an operator learns more.
+# A tampered lamp or a dark neighbourhood is a moderate risk; one broken lamp is minor.
+DEFAULT_SEVERITY: dict[AlertKind, Severity] = {
+    AlertKind.SOS: Severity.SEVERE,
+    AlertKind.TAMPER: Severity.MODERATE,
+    AlertKind.MASS_OUTAGE: Severity.MODERATE,
+    AlertKind.LAMP_FAULT: Severity.MINOR,
+    AlertKind.DEVICE_OFFLINE: Severity.MINOR,
+}
+
+DEVICE_KINDS = frozenset({AlertKind.LAMP_FAULT, AlertKind.DEVICE_OFFLINE, AlertKind.TAMPER})
+
+
+class AlertState(StrEnum):
+    """Lifecycle states; `resolved` and `cancelled` are terminal."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    DISPATCHED = "dispatched"
+    RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for states no action leads out of."""
+        return self in (AlertState.RESOLVED, AlertState.CANCELLED)
+
+
+class EventAction(StrEnum):
+    """What an event in the timeline records."""
+
+    CREATED = "created"
+    ACKNOWLEDGED = "acknowledged"
+    DISPATCHED = "dispatched"
+    RESOLVED = "resolved"
+    CANCELLED = "cancelled"
+    REPEATED = "repeated"  # the same SOS pressed again, or the same fault reported again
+    POSITION = "position"  # a new position in the SOS track
+    LAMPS_ADDED = "lamps_added"  # a mass outage grew
+    ESCALATED = "escalated"  # details["escalation"] names the EscalationKind
+
+
+def require_aware(value: datetime, name: str) -> datetime:
+    """Return `value` in UTC, or raise InvalidAlertData if it is naive."""
+    if not isinstance(value, datetime):
+        raise InvalidAlertData(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidAlertData(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def _check_lat_lon(lat: float, lon: float) -> None:
+    # NaN fails both comparisons, so it is refused here too.
+    if not (-90.0 <= lat <= 90.0) or not (-180.0 <= lon <= 180.0):
+        raise InvalidAlertData(f"invalid coordinates lat={lat!r} lon={lon!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NearestLamp:
+    """A lamp near the alert's position, as the operator will read it."""
+
+    lamp_id: str
+    lamp_number: str  # the number painted on the pole, e.g. "11020-03-0042"
+    distance_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where an alert is: the point and what `geo` says about it (kept here so `alerts` stands alone)."""
+
+    lat: float
+    lon: float
+    district_code: str = ""  # 5-digit code, e.g. "11140"; empty when unknown
+    district_name: str = ""  # Korean, e.g. "중구"
+    dong_code: str = ""
+    dong_name: str = ""  # Korean, e.g. "소공동"
+    inside: bool = True  # False: outside Seoul's service area
+    neighbours: tuple[str, ...] = ()  # district codes within the border distance
+    nearest_lamps: tuple[NearestLamp, ...] = ()
+    district_name_en: str = ""  # e.g. "Jung-gu"; falls back to the Korean name
+    dong_name_en: str = ""  # e.g. "Sogong-dong"
+
+    def __post_init__(self) -> None:
+        _check_lat_lon(self.lat, self.lon)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One point of an SOS track."""
+
+    lat: float
+    lon: float
+    at: datetime
+    accuracy_m: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_lat_lon(self.lat, self.lon)
+        object.__setattr__(self, "at", require_aware(self.at, "Position.at"))
+        if self.accuracy_m is not None and not (self.accuracy_m >= 0.0):
+            raise InvalidAlertData(f"accuracy_m must be >= 0, got {self.accuracy_m!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of an alert's audit trail."""
+
+    at: datetime
+    actor: str  # operator id, "resident:<id>", "system", ...
+    action: EventAction
+    note: str = ""
+    details: tuple[tuple[str, str], ...] = ()  # e.g. (("unit", "중부서 112-3"),)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", require_aware(self.at, "Event.at"))
+
+    def detail(self, key: str) -> str | None:
+        """The value of one detail, or None."""
+        for k, v in self.details:
+            if k == key:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert and its whole history; transitions return a new Alert."""
+
+    id: str
+    kind: AlertKind
+    severity: Severity
+    state: AlertState
+    created_at: datetime
+    place: Place
+    source_id: str  # the resident for an SOS, the device for device alerts, the dong for an outage
+    track: tuple[Position, ...] = ()  # SOS positions, oldest first
+    device_ids: tuple[str, ...] = ()  # device alerts and mass outages (the lamps gone dark)
+    fault_code: str = ""
+    count: int = 1  # SOS presses or fault reports merged into this alert
+    timeline: tuple[Event, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise InvalidAlertData("alert id must not be empty")
+        object.__setattr__(self, "created_at", require_aware(self.created_at, "Alert.created_at"))
+        if self.count < 1:
+            raise InvalidAlertData(f"alert {self.id}: count must be >= 1, got {self.count}")
+
+    @property
+    def is_active(self) -> bool:
+        """True until the alert is resolved or cancelled."""
+        return not self.state.is_terminal
+
+    @property
+    def last_position(self) -> tuple[float, float]:
+        """The latest known (lat, lon): the last track point, else the place."""
+        if self.track:
+            return self.track[-1].lat, self.track[-1].lon
+        return self.place.lat, self.place.lon
+
+    @property
+    def acknowledged_at(self) -> datetime | None:
+        """When it was first acknowledged (explicitly or by a dispatch), or None."""
+        for event in self.timeline:
+            if event.action is EventAction.ACKNOWLEDGED:
+                return event.at
+        return None
+
+
+def with_event(alert: Alert, event: Event, **changes: Any) -> Alert:
+    """A copy of `alert` with `event` appended to its timeline and `changes` applied."""
+    return dataclasses.replace(alert, timeline=(*alert.timeline, event), **changes)
+
+
+def new_alert(
+    *,
+    alert_id: str,
+    kind: AlertKind,
+    place: Place,
+    source_id: str,
+    now: datetime,
+    actor: str = "system",
+    note: str = "",
+    severity: Severity | None = None,
+    track: tuple[Position, ...] = (),
+    device_ids: tuple[str, ...] = (),
+    fault_code: str = "",
+) -> Alert:
+    """A new open alert whose timeline starts with a `created` event."""
+    created = require_aware(now, "now")
+    return Alert(
+        id=alert_id,
+        kind=kind,
+        severity=severity if severity is not None else DEFAULT_SEVERITY[kind],
+        state=AlertState.OPEN,
+        created_at=created,
+        place=place,
+        source_id=source_id,
+        track=track,
+        device_ids=device_ids,
+        fault_code=fault_code,
+        timeline=(Event(at=created, actor=actor, action=EventAction.CREATED, note=note),),
+    )
+
+
+def _distance_text(distance_m: float) -> str:
+    return f"{round(distance_m)} m"
+
+
+def place_in_words(place: Place, language: str = "ko", max_lamps: int = 3) -> str:
+    """The place as an operator reads it, e.g. "중구 소공동, 보안등 11020-03-0042 (12 m)"."""
+    korean = language.lower().startswith("ko")
+    if korean:
+        area = " ".join(x for x in (place.district_name, place.dong_name) if x)
+        lamp_word = "보안등"
+        outside = "서울시 관할 구역 밖"
+    else:
+        district = place.district_name_en or place.district_name
+        dong = place.dong_name_en or place.dong_name
+        area = ", ".join(x for x in (district, dong) if x)
+        lamp_word = "security light"
+        outside = "outside the Seoul service area"
+    parts: list[str] = []
+    if not place.inside:
+        parts.append(f"{outside} ({place.lat:.5f}, {place.lon:.5f})")
+        if area:
+            parts.append(area)
+    else:
+        parts.append(area or f"{place.lat:.5f}, {place.lon:.5f}")
+    lamps = sorted(place.nearest_lamps, key=lambda lamp: lamp.distance_m)[:max_lamps]
+    if lamps:
+        listed = ", ".join(
+            f"{lamp.lamp_number or lamp.lamp_id} ({_distance_text(lamp.distance_m)})" for lamp in lamps
+        )
+        parts.append(f"{lamp_word} {listed}")
+    return ", ".join(parts)
