@@ -11,6 +11,8 @@ from numpy.typing import ArrayLike, NDArray
 _A_M = 6_378_137.0
 _F = 1.0 / 298.257222101
 _E2 = _F * (2.0 - _F)
+# IUGG mean Earth radius R1 = (2a + b) / 3 of GRS80.
+_MEAN_RADIUS_M = 6_371_008.8
 
 
 def check_latlon(lat_deg: float, lon_deg: float) -> tuple[float, float]:
@@ -53,13 +55,25 @@ def check_latlon_arrays(
     return lat, lon
 
 
+def great_circle_m(
+    lat1_deg: ArrayLike, lon1_deg: ArrayLike, lat2_deg: ArrayLike, lon2_deg: ArrayLike
+) -> NDArray[np.float64]:
+    """Metres along a great circle of the mean Earth radius (any distance; error up to ~0.5 %)."""
+    lat1 = np.radians(np.asarray(lat1_deg, dtype=np.float64))
+    lat2 = np.radians(np.asarray(lat2_deg, dtype=np.float64))
+    dlon = np.radians(np.asarray(lon2_deg, dtype=np.float64) - np.asarray(lon1_deg, dtype=np.float64))
+    h = np.sin((lat2 - lat1) / 2.0) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin(dlon / 2.0) ** 2
+    return np.asarray(2.0 * _MEAN_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0))), dtype=np.float64)
+
+
 def distance_m(
     lat1_deg: ArrayLike, lon1_deg: ArrayLike, lat2_deg: ArrayLike, lon2_deg: ArrayLike
 ) -> NDArray[np.float64]:
     """Metres between lat/lon points on GRS80 (broadcasts; meant for city-scale distances).
 
     Uses the meridional and prime-vertical radii of curvature at the mid latitude: the
-    error against the true geodesic is below 1 mm up to 1 km and about 0.1 m at 50 km
+    error against the true geodesic grows with the cube of the length: under 1 µm at 1 km,
+    about 1 mm at 10 km, 7 mm at 20 km and 0.1 m at 50 km
     (tested against pyproj.Geod); do not use it across continents.
     """
     lat1 = np.radians(np.asarray(lat1_deg, dtype=np.float64))

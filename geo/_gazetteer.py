@@ -13,7 +13,7 @@ import shapely
 from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon, shape
 
-from geo._coords import check_latlon
+from geo._coords import check_latlon, great_circle_m
 from geo._projection import to_metric
 
 DATA_DIR = Path(__file__).with_name("data")
@@ -23,6 +23,11 @@ DEFAULT_DONGS_PATH = DATA_DIR / "seoul_dongs.geojson"
 # Issue 2: a point up to 200 m outside Seoul still belongs to the nearest district (GPS error,
 # a walker on the far bank of a border stream); farther out it is outside the service area.
 SNAP_DISTANCE_M = 200.0
+# Points farther than this from the districts' lon/lat bounding box are answered without the
+# projection (Transverse Mercator degrades far from 127° E and fails at the poles); 0.1° is
+# at least 8.8 km at Seoul's latitude, far beyond any snap distance in use.
+_FAR_MARGIN_DEG = 0.1
+
 # Issue 2: within 50 m of a border the neighbouring district is reported too (an SOS there
 # goes to both control centres).
 BORDER_DISTANCE_M = 50.0
@@ -144,6 +149,9 @@ class Gazetteer:
         self._dong_polys = np.array([a.polygon_m for a in self._dongs], dtype=object)
         self._dong_tree = shapely.STRtree(self._dong_polys)
         self._dong_district = np.array([a.district_code for a in self._dongs], dtype=object)
+        outline = shapely.union_all([a.polygon_lonlat for a in self._districts])
+        self._outline_lonlat = shapely.get_coordinates(shapely.boundary(outline))
+        self._bounds_lonlat = tuple(float(v) for v in outline.bounds)
 
     @classmethod
     def load(
@@ -183,6 +191,14 @@ class Gazetteer:
     ) -> Location:
         """District and neighbourhood of a point; ValueError for NaN, inf or out-of-range input."""
         lat, lon = check_latlon(lat_deg, lon_deg)
+        if not snap_m < _FAR_MARGIN_DEG * 80_000:  # 80 km: a degree of longitude in Korea, rounded down
+            raise ValueError(f"snap_m {snap_m!r} must be below {_FAR_MARGIN_DEG * 80_000:g}")
+        lon_min, lat_min, lon_max, lat_max = self._bounds_lonlat
+        if not (
+            lat_min - _FAR_MARGIN_DEG <= lat <= lat_max + _FAR_MARGIN_DEG
+            and lon_min - _FAR_MARGIN_DEG <= lon <= lon_max + _FAR_MARGIN_DEG
+        ):
+            return self._far_away(lat, lon)
         east, north = to_metric(lat, lon)
         x, y = float(east), float(north)
         point = shapely.Point(x, y)
@@ -215,6 +231,12 @@ class Gazetteer:
             dong_eng=dong.name_eng if dong else None,
             neighbours=self._neighbours(district.code, point, border_m),
         )
+
+    def _far_away(self, lat: float, lon: float) -> Location:
+        # The nearest outline vertex on a sphere: the error (half a boundary segment, 0.5 %)
+        # does not matter kilometres away, and it works at the poles and across 180°.
+        dist_m = great_circle_m(lat, lon, self._outline_lonlat[:, 1], self._outline_lonlat[:, 0])
+        return Location(lat, lon, False, False, float(dist_m.min()), None, None, None, None, None, None, ())
 
     def _district_at(self, point: Any, x: float, y: float) -> int | None:
         candidates = np.asarray(self._district_tree.query(point), dtype=np.intp)
