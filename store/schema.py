@@ -1,0 +1,710 @@
+"""Schema and migrations: one module, two storage paths chosen by detection.
+
+* **TimescaleDB path** (the extension is available and loads): ``telemetry`` and ``events`` are
+  hypertables with daily chunks, compression segmented by device, retention policies, and the two
+  hourly rollups are continuous aggregates with refresh policies.
+* **Plain path** (e.g. the embedded pgserver, the test suite): the same tables use native
+  declarative range partitioning by day with a DEFAULT partition; :func:`ensure_partitions` creates
+  partitions ahead, :func:`drop_expired_partitions` drops old ones, and the rollups are plain
+  tables of the same names and columns, refreshed incrementally by ``store.jobs.refresh_rollups``.
+
+Readers never need to know which path is in use: relation and column names are the same. The
+choice is made once, on the first migration, logged, and recorded in ``store_meta`` (a database
+never switches path under existing data); :func:`timescale_enabled` reads it back.
+
+Migrations are numbered; each runs once in its own transaction and is recorded in
+``schema_migrations``. The whole run holds a session advisory lock, so two services starting at
+once serialise: one applies, the other then finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+import psycopg
+from psycopg import sql
+
+from store.errors import MigrationError
+from store.types import Conn
+
+log = logging.getLogger(__name__)
+
+# Arbitrary but fixed key ("SLMG" in ASCII) for the migration advisory lock; any process that
+# migrates this database uses the same one.
+MIGRATION_LOCK_KEY = 0x534C4D47
+# Separate key for partition maintenance, so the job never waits on (or blocks) a migration.
+PARTITION_LOCK_KEY = 0x534C5054
+
+# The telemetry interval the rollups assume for energy and uptime: each lamp sample stands for
+# this many seconds (DESIGN.md / Settings.telemetry_interval_s defaults to 60 s).
+ROLLUP_SAMPLE_S = 60
+
+# Default retention per time-partitioned table (issue 4: telemetry 30 d, events 90 d).
+DEFAULT_RETENTION: Mapping[str, timedelta] = {
+    "telemetry": timedelta(days=30),
+    "events": timedelta(days=90),
+}
+PARTITIONED_TABLES = tuple(DEFAULT_RETENTION)
+# Compress chunks once they stop receiving late data (TimescaleDB path only).
+COMPRESS_AFTER = timedelta(days=2)
+_PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<day>\d{8})$")
+
+
+# --------------------------------------------------------------------------- SQL: core tables
+
+CORE_TABLES_SQL = """
+CREATE TABLE districts (
+    district_code text PRIMARY KEY,            -- 5-digit administrative code, e.g. 11230
+    name_ko       text NOT NULL,
+    name_en       text,
+    geometry      jsonb                        -- GeoJSON geometry; PostGIS is not assumed
+);
+
+CREATE TABLE neighbourhoods (
+    dong_code     text PRIMARY KEY,            -- administrative dong code
+    district_code text NOT NULL REFERENCES districts (district_code),
+    name_ko       text NOT NULL,
+    name_en       text,
+    geometry      jsonb
+);
+CREATE INDEX neighbourhoods_district ON neighbourhoods (district_code);
+
+-- No foreign key to districts: a device's birth must never be refused because reference data
+-- has not been loaded yet.
+CREATE TABLE devices (
+    device_id        text PRIMARY KEY,
+    kind             text NOT NULL CHECK (kind IN ('lamp', 'blinker')),
+    district_code    text NOT NULL,
+    dong_code        text,
+    lamp_number      text,
+    lat              double precision,
+    lon              double precision,
+    firmware         text,
+    model            text,
+    paired_device_id text,
+    provisioned      boolean NOT NULL DEFAULT false,
+    credentials_hash text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX devices_district ON devices (district_code, kind);
+
+-- One row per device, written by ingest. No foreign key either: telemetry may precede birth.
+CREATE TABLE device_state (
+    device_id        text PRIMARY KEY,
+    online           boolean NOT NULL DEFAULT false,
+    bdseq            bigint,                   -- bdseq of the connection the state belongs to
+    state_changed_at timestamptz,
+    last_seen        timestamptz,
+    last_seq         bigint,
+    level            smallint,
+    faults           text[] NOT NULL DEFAULT '{}',
+    last_telemetry   jsonb,
+    messages         bigint NOT NULL DEFAULT 0,
+    seq_gaps         bigint NOT NULL DEFAULT 0,
+    seq_duplicates   bigint NOT NULL DEFAULT 0,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE commands (
+    cmd_id          text PRIMARY KEY,
+    device_id       text NOT NULL,
+    district_code   text,
+    action          text NOT NULL CHECK (action IN ('set_level', 'blink', 'clear', 'config')),
+    level           smallint,
+    priority        text NOT NULL CHECK (priority IN ('sos', 'walk', 'manual', 'schedule')),
+    source          text NOT NULL,             -- walk id, alert id or operator
+    ttl_s           integer NOT NULL,
+    sent_at         timestamptz NOT NULL,
+    expires_at      timestamptz NOT NULL,
+    status          text NOT NULL DEFAULT 'sent'
+                    CHECK (status IN ('sent', 'applied', 'rejected', 'expired', 'unanswered')),
+    acked_at        timestamptz,
+    effective_level smallint,
+    reason          text,
+    attempts        integer NOT NULL DEFAULT 1
+);
+CREATE INDEX commands_device ON commands (device_id, sent_at DESC);
+CREATE INDEX commands_waiting ON commands (sent_at) WHERE status = 'sent';
+CREATE INDEX commands_source ON commands (source);
+
+CREATE TABLE residents (
+    resident_id text PRIMARY KEY,              -- pseudonymous, random; never a name or phone
+    token_hash  text UNIQUE,                   -- hash of the per-install token; NULL once deleted
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    deleted_at  timestamptz
+);
+
+CREATE TABLE walks (
+    walk_id       text PRIMARY KEY,
+    resident_id   text NOT NULL,
+    district_code text,
+    started_at    timestamptz NOT NULL,
+    ended_at      timestamptz,
+    status        text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'ended', 'expired'))
+);
+CREATE INDEX walks_resident ON walks (resident_id, started_at DESC);
+CREATE INDEX walks_active ON walks (started_at) WHERE status = 'active';
+
+-- Short retention: deleted 24 h after the walk ends unless alert_id ties them to an SOS.
+CREATE TABLE walk_positions (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    walk_id     text NOT NULL REFERENCES walks (walk_id) ON DELETE CASCADE,
+    ts          timestamptz NOT NULL,
+    lat         double precision NOT NULL,
+    lon         double precision NOT NULL,
+    accuracy_m  real,
+    heading_deg real,
+    speed_m_s   real,
+    accepted    boolean NOT NULL DEFAULT true,
+    reason      text,                          -- why a position was refused or down-weighted
+    alert_id    text
+);
+CREATE INDEX walk_positions_walk ON walk_positions (walk_id, ts);
+
+CREATE TABLE alerts (
+    alert_id         text PRIMARY KEY,
+    kind             text NOT NULL,
+    status           text NOT NULL,
+    severity         text NOT NULL,
+    district_codes   text[] NOT NULL,
+    resident_id      text,
+    walk_id          text,
+    device_id        text,
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL,
+    acknowledged_by  text,
+    acknowledged_at  timestamptz,
+    resolved_at      timestamptz,
+    data             jsonb NOT NULL DEFAULT '{}'  -- the full alert as the alerts core renders it
+);
+CREATE INDEX alerts_districts ON alerts USING gin (district_codes);
+CREATE INDEX alerts_status ON alerts (status, created_at DESC);
+CREATE INDEX alerts_resident ON alerts (resident_id) WHERE resident_id IS NOT NULL;
+
+-- Audit trail: append-only.
+CREATE TABLE alert_events (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id text NOT NULL REFERENCES alerts (alert_id) ON DELETE CASCADE,
+    ts       timestamptz NOT NULL DEFAULT now(),
+    actor    text NOT NULL,
+    action   text NOT NULL,
+    note     text,
+    details  jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX alert_events_alert ON alert_events (alert_id, id);
+
+-- An SOS track: kept for the SOS retention period, then coarsened.
+CREATE TABLE alert_positions (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alert_id   text NOT NULL REFERENCES alerts (alert_id) ON DELETE CASCADE,
+    ts         timestamptz NOT NULL,
+    lat        double precision NOT NULL,
+    lon        double precision NOT NULL,
+    accuracy_m real,
+    coarsened  boolean NOT NULL DEFAULT false
+);
+CREATE INDEX alert_positions_alert ON alert_positions (alert_id, ts);
+
+CREATE TABLE idempotency_keys (
+    resident_id text NOT NULL,
+    key         text NOT NULL,
+    alert_id    text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (resident_id, key)
+);
+
+CREATE TABLE operators (
+    username      text PRIMARY KEY,
+    password_hash text NOT NULL,
+    role          text NOT NULL CHECK (role IN ('district', 'city', 'maintenance', 'admin')),
+    district_code text,
+    display_name  text,
+    disabled      boolean NOT NULL DEFAULT false,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CHECK (role <> 'district' OR district_code IS NOT NULL)
+);
+
+-- Who read which resident's data, and when (privacy); append-only.
+CREATE TABLE audit_log (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ts           timestamptz NOT NULL DEFAULT now(),
+    actor        text NOT NULL,
+    action       text NOT NULL,
+    subject_kind text NOT NULL,
+    subject_id   text NOT NULL,
+    details      jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_subject ON audit_log (subject_kind, subject_id, ts);
+
+CREATE TABLE dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    topic       text NOT NULL,
+    payload     bytea NOT NULL,                -- the bytes as received, valid UTF-8 or not
+    reason      text NOT NULL,
+    client_id   text
+);
+CREATE INDEX dead_letters_received ON dead_letters (received_at);
+
+-- District ownership for sharded controllers (DESIGN.md §6): a row per district, renewed by
+-- its owner; another controller takes it over once expires_at has passed.
+CREATE TABLE controller_leases (
+    district_code text PRIMARY KEY,
+    owner         text NOT NULL,
+    acquired_at   timestamptz NOT NULL,
+    renewed_at    timestamptz NOT NULL,
+    expires_at    timestamptz NOT NULL
+);
+
+-- Each run of the retention job, with what it did (privacy: runs are logged).
+CREATE TABLE retention_runs (
+    id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ran_at  timestamptz NOT NULL DEFAULT now(),
+    details jsonb NOT NULL
+);
+"""
+
+# --------------------------------------------------------------------------- SQL: time series
+
+# Lamps and blinkers share one table with nullable per-kind columns: one COPY stream and one
+# dedup index for ingest, and a NULL costs one bit of the row's null bitmap.
+TELEMETRY_COLUMNS_SQL = """
+    ts        timestamptz NOT NULL,
+    device_id text NOT NULL,
+    bdseq     bigint NOT NULL DEFAULT 0,
+    seq       bigint NOT NULL,
+    level     smallint,
+    power_w   real,
+    voltage_v real,
+    current_a real,
+    temp_c    real,
+    lux       real,
+    faults    text[],
+    rssi_dbm  smallint,
+    battery_v real,
+    blinking  boolean,
+    sightings integer
+"""
+
+EVENTS_COLUMNS_SQL = """
+    ts         timestamptz NOT NULL,
+    device_id  text NOT NULL,
+    bdseq      bigint NOT NULL DEFAULT 0,
+    seq        bigint NOT NULL,
+    type       text NOT NULL,
+    code       text,
+    token_hash text,
+    rssi       smallint,
+    payload    jsonb
+"""
+
+# The dedup key. A partitioned table's unique index must contain the partition key, so ts is in
+# it; a redelivered message carries the same ts, seq and bdseq, so true redeliveries collide.
+# ts comes second so the same index serves "this device's rows between t0 and t1".
+DEDUP_INDEX_SQL = "CREATE UNIQUE INDEX {table}_dedup ON {table} (device_id, ts, seq, bdseq)"
+EVENTS_TYPE_INDEX_SQL = "CREATE INDEX events_type_ts ON events (type, ts)"
+
+
+def plain_timeseries_sql() -> list[str]:
+    """The statements creating telemetry and events on native partitioning (plain path)."""
+    stmts: list[str] = []
+    for table, cols in (("telemetry", TELEMETRY_COLUMNS_SQL), ("events", EVENTS_COLUMNS_SQL)):
+        stmts.append(f"CREATE TABLE {table} ({cols}) PARTITION BY RANGE (ts)")
+        # A row outside every daily partition (late, or from a skewed clock) lands here instead
+        # of failing the whole batch.
+        stmts.append(f"CREATE TABLE {table}_default PARTITION OF {table} DEFAULT")
+        stmts.append(DEDUP_INDEX_SQL.format(table=table))
+    stmts.append(EVENTS_TYPE_INDEX_SQL)
+    return stmts
+
+
+def _interval(td: timedelta) -> str:
+    return f"INTERVAL '{int(td.total_seconds())} seconds'"
+
+
+def timescale_timeseries_sql(retention: Mapping[str, timedelta] = DEFAULT_RETENTION) -> list[str]:
+    """The statements creating telemetry and events as TimescaleDB hypertables with policies."""
+    stmts: list[str] = []
+    for table, cols in (("telemetry", TELEMETRY_COLUMNS_SQL), ("events", EVENTS_COLUMNS_SQL)):
+        stmts.append(f"CREATE TABLE {table} ({cols})")
+        # No default ts index: the dedup index leads with device_id and chunk exclusion serves
+        # time-range scans; one index fewer to maintain on the ingest hot path.
+        stmts.append(
+            f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => INTERVAL '1 day', "
+            "create_default_indexes => FALSE, if_not_exists => TRUE)"
+        )
+        stmts.append(DEDUP_INDEX_SQL.format(table=table))
+        # Every column of a unique index must be a segmentby or orderby column of compression.
+        stmts.append(
+            f"ALTER TABLE {table} SET (timescaledb.compress, "
+            "timescaledb.compress_segmentby = 'device_id', "
+            "timescaledb.compress_orderby = 'ts DESC, seq DESC, bdseq DESC')"
+        )
+        stmts.append(
+            f"SELECT add_compression_policy('{table}', compress_after => {_interval(COMPRESS_AFTER)}, "
+            "if_not_exists => TRUE)"
+        )
+        stmts.append(
+            f"SELECT add_retention_policy('{table}', drop_after => {_interval(retention[table])}, "
+            "if_not_exists => TRUE)"
+        )
+    stmts.append(EVENTS_TYPE_INDEX_SQL)
+    return stmts
+
+
+# --------------------------------------------------------------------------- SQL: rollups
+
+# The per-lamp hour: the SELECT list is shared by the plain refresh and the continuous aggregate
+# so both paths compute the same figures. Energy: each sample stands for ROLLUP_SAMPLE_S seconds
+# of its power; uptime: seconds covered by samples, capped at the hour.
+LAMP_HOUR_SELECT = f"""
+    time_bucket_expr AS bucket,
+    t.device_id,
+    d.district_code,
+    count(*) AS samples,
+    min(t.level) AS level_min,
+    avg(t.level)::double precision AS level_avg,
+    max(t.level) AS level_max,
+    avg(t.power_w)::double precision AS power_avg_w,
+    (coalesce(sum(t.power_w), 0) * {ROLLUP_SAMPLE_S} / 3600.0)::double precision AS energy_wh,
+    least(3600, count(*) * {ROLLUP_SAMPLE_S})::integer AS uptime_s
+"""
+
+PLAIN_ROLLUP_TABLES_SQL = """
+CREATE TABLE telemetry_hourly_lamp (
+    bucket        timestamptz NOT NULL,
+    device_id     text NOT NULL,
+    district_code text NOT NULL,
+    samples       bigint NOT NULL,
+    level_min     smallint,
+    level_avg     double precision,
+    level_max     smallint,
+    power_avg_w   double precision,
+    energy_wh     double precision NOT NULL,
+    uptime_s      integer NOT NULL,
+    PRIMARY KEY (bucket, device_id)
+);
+CREATE INDEX telemetry_hourly_lamp_device ON telemetry_hourly_lamp (device_id, bucket);
+
+CREATE TABLE telemetry_hourly_district (
+    bucket        timestamptz NOT NULL,
+    district_code text NOT NULL,
+    lamps_online  bigint NOT NULL,   -- lamps that reported in the hour
+    energy_wh     double precision NOT NULL,
+    PRIMARY KEY (bucket, district_code)
+);
+"""
+
+
+def plain_lamp_hour_select() -> str:
+    """The per-lamp hourly SELECT list for the plain path (date_trunc instead of time_bucket)."""
+    return LAMP_HOUR_SELECT.replace("time_bucket_expr", "date_trunc('hour', t.ts)")
+
+
+def timescale_rollup_sql() -> list[str]:
+    """The continuous aggregates (hourly per lamp, hourly per district) and their refresh policies."""
+    lamp_select = LAMP_HOUR_SELECT.replace("time_bucket_expr", "time_bucket(INTERVAL '1 hour', t.ts)")
+    return [
+        # A join with one regular table needs TimescaleDB >= 2.10; blinkers have no level, so
+        # only lamps' rows count.
+        "CREATE MATERIALIZED VIEW telemetry_hourly_lamp "
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
+        f"SELECT {lamp_select} FROM telemetry t JOIN devices d ON t.device_id = d.device_id "
+        "WHERE t.level IS NOT NULL "
+        "GROUP BY time_bucket(INTERVAL '1 hour', t.ts), t.device_id, d.district_code "
+        "WITH NO DATA",
+        # Hierarchical continuous aggregate (TimescaleDB >= 2.9) on the per-lamp one.
+        "CREATE MATERIALIZED VIEW telemetry_hourly_district "
+        "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
+        "SELECT time_bucket(INTERVAL '1 hour', l.bucket) AS bucket, l.district_code, "
+        "count(*) AS lamps_online, sum(l.energy_wh) AS energy_wh "
+        "FROM telemetry_hourly_lamp l "
+        "GROUP BY time_bucket(INTERVAL '1 hour', l.bucket), l.district_code "
+        "WITH NO DATA",
+        # Refresh the last few closed hours every 30 min; the open hour comes from real-time
+        # aggregation (materialized_only = false).
+        "SELECT add_continuous_aggregate_policy('telemetry_hourly_lamp', "
+        "start_offset => INTERVAL '6 hours', end_offset => INTERVAL '1 hour', "
+        "schedule_interval => INTERVAL '30 minutes', if_not_exists => TRUE)",
+        "SELECT add_continuous_aggregate_policy('telemetry_hourly_district', "
+        "start_offset => INTERVAL '7 hours', end_offset => INTERVAL '1 hour', "
+        "schedule_interval => INTERVAL '30 minutes', if_not_exists => TRUE)",
+    ]
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema change; ``apply(conn, timescale)`` runs inside its transaction."""
+
+    version: int
+    name: str
+    apply: Callable[[Conn, bool], None]
+
+
+def _run_all(conn: Conn, statements: list[str]) -> None:
+    for stmt in statements:
+        conn.execute(stmt.encode())
+
+
+def _m1_core(conn: Conn, timescale: bool) -> None:
+    conn.execute(CORE_TABLES_SQL.encode())
+
+
+def _m2_timeseries(conn: Conn, timescale: bool) -> None:
+    _run_all(conn, timescale_timeseries_sql() if timescale else plain_timeseries_sql())
+
+
+def _m3_rollups(conn: Conn, timescale: bool) -> None:
+    if timescale:
+        _run_all(conn, timescale_rollup_sql())
+    else:
+        conn.execute(PLAIN_ROLLUP_TABLES_SQL.encode())
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "core tables", _m1_core),
+    Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
+    Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
+)
+
+BOOTSTRAP_SQL = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS store_meta (
+    key        text PRIMARY KEY,
+    value      text NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    """What a migration run did: versions applied now, and which storage path the database uses."""
+
+    applied: list[str] = field(default_factory=list)
+    timescale: bool = False
+    timescale_version: str | None = None
+    partitions_created: list[str] = field(default_factory=list)
+
+
+def _meta(conn: Conn, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_meta(conn: Conn, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO store_meta (key, value) VALUES (%s, %s) "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        (key, value),
+    )
+
+
+def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None]:
+    """Decide the storage path once per database; later runs read the recorded decision."""
+    recorded = _meta(conn, "timescaledb")
+    if recorded is not None:
+        return recorded == "on", _meta(conn, "timescaledb_version")
+    if wanted is False:
+        log.info("storage path: native partitioning (TimescaleDB not wanted)")
+        _set_meta(conn, "timescaledb", "off")
+        return False, None
+    row = conn.execute(
+        "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    if row is None:
+        if wanted:
+            raise MigrationError(0, "TimescaleDB was asked for but is not available on this server")
+        log.info("storage path: native partitioning (TimescaleDB is not available on this server)")
+        _set_meta(conn, "timescaledb", "off")
+        return False, None
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        # Typically: available but not in shared_preload_libraries.
+        if wanted:
+            raise MigrationError(0, f"CREATE EXTENSION timescaledb failed: {exc}") from exc
+        log.warning("storage path: native partitioning (TimescaleDB available but failed to load: %s)", exc)
+        _set_meta(conn, "timescaledb", "off")
+        return False, None
+    version_row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    version = None if version_row is None else str(version_row[0])
+    log.info("storage path: TimescaleDB %s (hypertables, compression, continuous aggregates)", version)
+    _set_meta(conn, "timescaledb", "on")
+    _set_meta(conn, "timescaledb_version", version or "")
+    return True, version
+
+
+def apply_migrations(conn: Conn, *, timescale: bool | None = None) -> MigrationReport:
+    """Bring the schema up to date (``timescale``: None detects, False forces the plain path)."""
+    if not conn.autocommit:
+        raise ValueError(
+            "apply_migrations needs an autocommit connection: each migration is its own transaction"
+        )
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    try:
+        conn.execute(BOOTSTRAP_SQL.encode())
+        use_ts, ts_version = _detect_timescale(conn, timescale)
+        done = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        applied: list[str] = []
+        for m in MIGRATIONS:
+            if m.version in done:
+                continue
+            try:
+                with conn.transaction():
+                    m.apply(conn, use_ts)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name)
+                    )
+            except psycopg.Error as exc:
+                raise MigrationError(m.version, str(exc)) from exc
+            log.info("applied migration %d: %s", m.version, m.name)
+            applied.append(f"{m.version}: {m.name}")
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    created = [] if use_ts else ensure_partitions(conn)
+    return MigrationReport(applied, use_ts, ts_version or None, created)
+
+
+def migrate(database_url: str, *, timescale: bool | None = None) -> MigrationReport:
+    """Open a connection to ``database_url``, apply the migrations, close it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return apply_migrations(conn, timescale=timescale)
+
+
+def timescale_enabled(conn: Conn) -> bool:
+    """True when this database was migrated onto the TimescaleDB path."""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = 'timescaledb'").fetchone()
+    return row is not None and row[0] == "on"
+
+
+def schema_version(conn: Conn) -> int:
+    """The highest migration applied (0 on an empty database)."""
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+# --------------------------------------------------------------------------- partitions (plain path)
+
+
+def _day_start(d: date) -> datetime:
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def partition_name(table: str, day: date) -> str:
+    """The name of ``table``'s partition for one UTC day, e.g. ``telemetry_p20261125``."""
+    return f"{table}_p{day:%Y%m%d}"
+
+
+def list_partitions(conn: Conn, table: str) -> list[str]:
+    """Names of ``table``'s daily partitions (not the default one), oldest first."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = %s::regclass ORDER BY c.relname",
+        (table,),
+    ).fetchall()
+    return [str(r[0]) for r in rows if _PARTITION_NAME.match(str(r[0]))]
+
+
+def _create_partition(conn: Conn, table: str, day: date) -> None:
+    name = partition_name(table, day)
+    lo, hi = _day_start(day), _day_start(day + timedelta(days=1))
+    default = sql.Identifier(f"{table}_default")
+    parent = sql.Identifier(table)
+    # Rows for this day already in the default partition would make the new partition's
+    # constraint fail; move them across in the same transaction.
+    stranded = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE ts >= %s AND ts < %s)").format(default), (lo, hi)
+    ).fetchone()
+    has_stranded = bool(stranded and stranded[0])
+    if has_stranded:
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE _stranded ON COMMIT DROP AS "
+                "WITH moved AS (DELETE FROM {} WHERE ts >= %s AND ts < %s RETURNING *) SELECT * FROM moved"
+            ).format(default),
+            (lo, hi),
+        )
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(name), parent, sql.Literal(lo), sql.Literal(hi)
+        )
+    )
+    if has_stranded:
+        conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM _stranded").format(parent))
+        conn.execute("DROP TABLE _stranded")
+
+
+def ensure_partitions(
+    conn: Conn,
+    *,
+    now: datetime | None = None,
+    days_ahead: int = 3,
+    days_back: int = 1,
+    tables: tuple[str, ...] = PARTITIONED_TABLES,
+) -> list[str]:
+    """Create daily partitions from ``days_back`` before today to ``days_ahead`` after; returns new names."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    created: list[str] = []
+    for table in tables:
+        existing = set(list_partitions(conn, table))
+        for offset in range(-days_back, days_ahead + 1):
+            day = today + timedelta(days=offset)
+            name = partition_name(table, day)
+            if name in existing:
+                continue
+            with conn.transaction():
+                # Two workers running the job at once: the second waits, then sees the partition.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK_KEY,))
+                if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() != (None,):
+                    continue
+                _create_partition(conn, table, day)
+            created.append(name)
+    if created:
+        log.info("created partitions: %s", ", ".join(created))
+    return created
+
+
+def drop_expired_partitions(
+    conn: Conn,
+    *,
+    now: datetime | None = None,
+    retention: Mapping[str, timedelta] = DEFAULT_RETENTION,
+) -> list[str]:
+    """Drop daily partitions wholly older than each table's retention (and expired default rows)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    dropped: list[str] = []
+    for table, keep in retention.items():
+        cutoff = now - keep
+        for name in list_partitions(conn, table):
+            m = _PARTITION_NAME.match(name)
+            assert m is not None
+            day = datetime.strptime(m["day"], "%Y%m%d").date()
+            if _day_start(day + timedelta(days=1)) <= cutoff:
+                with conn.transaction():
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+                dropped.append(name)
+        with conn.transaction():
+            cur = conn.execute(
+                sql.SQL("DELETE FROM {} WHERE ts < %s").format(sql.Identifier(f"{table}_default")), (cutoff,)
+            )
+            if cur.rowcount:
+                log.info("deleted %d expired rows from %s_default", cur.rowcount, table)
+    if dropped:
+        log.info("dropped expired partitions: %s", ", ".join(dropped))
+    return dropped

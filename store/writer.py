@@ -1,0 +1,354 @@
+"""The ingest hot path: rows as tuples, COPYed into a staging table, inserted once each.
+
+A batch goes ``COPY (binary) -> temp staging table -> INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` in one transaction, so a redelivered message (same device, ts, seq, bdseq) is stored
+once and the caller learns how many rows were really new (for duplicate counting). Timestamps
+travel as epoch milliseconds (``ts_ms``, as on the wire) and become ``timestamptz`` in SQL, which
+saves a ``datetime`` per row in Python.
+
+:class:`BatchWriter` adds a bounded buffer and a writer thread that flushes by size or age.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+
+from store.errors import BufferFull, StoreUnavailable
+from store.types import Conn
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["telemetry", "events"]
+
+# Row layouts, in order. Lamp rows leave the blinker fields None and the other way round.
+TELEMETRY_FIELDS = (
+    "ts_ms", "device_id", "bdseq", "seq", "level", "power_w", "voltage_v", "current_a",
+    "temp_c", "lux", "faults", "rssi_dbm", "battery_v", "blinking", "sightings",
+)  # fmt: skip
+TELEMETRY_TYPES = (
+    "int8", "text", "int8", "int8", "int2", "float4", "float4", "float4",
+    "float4", "float4", "text[]", "int2", "float4", "bool", "int4",
+)  # fmt: skip
+# ``payload`` is the JSON text of the event (or None); it is cast to jsonb in SQL.
+EVENT_FIELDS = ("ts_ms", "device_id", "bdseq", "seq", "type", "code", "token_hash", "rssi", "payload")
+EVENT_TYPES = ("int8", "text", "int8", "int8", "text", "text", "text", "int2", "text")
+
+TelemetryRow = tuple[Any, ...]
+"""(ts_ms, device_id, bdseq, seq, level, power_w, voltage_v, current_a, temp_c, lux, faults,
+rssi_dbm, battery_v, blinking, sightings)"""
+EventRow = tuple[Any, ...]
+"""(ts_ms, device_id, bdseq, seq, type, code, token_hash, rssi, payload_json)"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    fields: tuple[str, ...]
+    types: tuple[str, ...]
+    stage_ddl: str
+    insert_sql: str
+
+
+def _layout(table: str, fields: tuple[str, ...], types: tuple[str, ...], casts: dict[str, str]) -> _Layout:
+    stage = f"{table}_stage"
+    cols = ", ".join(f"{f} {t}" for f, t in zip(fields, types, strict=True))
+    target = ["ts" if f == "ts_ms" else f for f in fields]
+    source = [casts.get(f, f) for f in fields]
+    return _Layout(
+        fields,
+        types,
+        # ON COMMIT DELETE ROWS: the stage is empty at the start of every batch transaction.
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ({cols}) ON COMMIT DELETE ROWS",
+        f"INSERT INTO {table} ({', '.join(target)}) SELECT {', '.join(source)} FROM {stage} "
+        "ON CONFLICT DO NOTHING",
+    )
+
+
+_TS_CAST = "timestamptz 'epoch' + ts_ms * interval '1 millisecond'"
+LAYOUTS: dict[str, _Layout] = {
+    "telemetry": _layout("telemetry", TELEMETRY_FIELDS, TELEMETRY_TYPES, {"ts_ms": _TS_CAST}),
+    "events": _layout("events", EVENT_FIELDS, EVENT_TYPES, {"ts_ms": _TS_CAST, "payload": "payload::jsonb"}),
+}
+
+# Connections on which a staging table already exists (temp tables live as long as the session).
+_staged: weakref.WeakKeyDictionary[Conn, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _ensure_stage(conn: Conn, kind: str) -> None:
+    seen = _staged.setdefault(conn, set())
+    if kind not in seen:
+        conn.execute(LAYOUTS[kind].stage_ddl)
+        seen.add(kind)
+
+
+def write_rows(conn: Conn, kind: Kind, rows: Iterable[tuple[Any, ...]], *, binary: bool = True) -> int:
+    """COPY ``rows`` into ``kind`` (telemetry or events) in one transaction; returns rows newly inserted."""
+    layout = LAYOUTS[kind]
+    fmt = "BINARY" if binary else "TEXT"
+    try:
+        with conn.transaction():
+            _ensure_stage(conn, kind)
+            with conn.cursor() as cur:
+                copy_sql = f"COPY {kind}_stage ({', '.join(layout.fields)}) FROM STDIN (FORMAT {fmt})"
+                with cur.copy(copy_sql) as copy:
+                    copy.set_types(list(layout.types))
+                    write_row = copy.write_row
+                    for row in rows:
+                        write_row(row)
+                cur.execute(layout.insert_sql)
+                return cur.rowcount
+    except psycopg.OperationalError as exc:
+        _staged.pop(conn, None)
+        raise StoreUnavailable(f"writing {kind} failed: {exc}") from exc
+
+
+def write_telemetry(conn: Conn, rows: Iterable[TelemetryRow]) -> int:
+    """Store telemetry rows (see ``TELEMETRY_FIELDS``) once each; returns how many were new."""
+    return write_rows(conn, "telemetry", rows)
+
+
+def write_events(conn: Conn, rows: Iterable[EventRow]) -> int:
+    """Store event rows (see ``EVENT_FIELDS``) once each; returns how many were new."""
+    return write_rows(conn, "events", rows)
+
+
+# --------------------------------------------------------------------------- batch writer
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows handed to the database together, with the caller's tags (e.g. MQTT message ids)."""
+
+    rows: list[tuple[Any, ...]]
+    tags: list[object]
+
+
+OnWritten = Callable[[Batch, int], None]
+"""Called from the writer thread after a batch committed, with the number of rows newly inserted."""
+OnFailed = Callable[[Batch, StoreUnavailable], bool]
+"""Called when a batch could not be written; return True when the caller took the rows (spooled
+them), False to keep them buffered for a retry."""
+
+
+class BatchWriter:
+    """A bounded buffer of rows for one table, flushed by a writer thread by size or age.
+
+    ``add`` never blocks: it raises :class:`BufferFull` when ``capacity`` rows are waiting (the
+    caller spools or applies back-pressure). When the database is unreachable, ``on_failed``
+    gets the batch; rows it does not take stay buffered and are retried after a capped, jittered
+    backoff.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        kind: Kind = "telemetry",
+        *,
+        max_rows: int = 5000,
+        max_delay_s: float = 0.2,
+        capacity: int = 100_000,
+        on_written: OnWritten | None = None,
+        on_failed: OnFailed | None = None,
+        connect_timeout_s: int = 5,
+    ) -> None:
+        if max_rows > capacity:
+            raise ValueError("max_rows must not exceed capacity")
+        self.conninfo = conninfo
+        self.kind: Kind = kind
+        self.max_rows = max_rows
+        self.max_delay_s = max_delay_s
+        self.capacity = capacity
+        self.on_written = on_written
+        self.on_failed = on_failed
+        self.connect_timeout_s = connect_timeout_s
+        self.rows_written = 0
+        self.rows_inserted = 0
+        self.batches = 0
+        self.failures = 0
+        self._rows: deque[tuple[Any, ...]] = deque()
+        self._tags: deque[object] = deque()
+        self._oldest: float | None = None
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._conn: Conn | None = None
+        self._io_lock = threading.Lock()  # one batch on the connection at a time
+
+    # -- producer side
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting in the buffer."""
+        return len(self._rows)
+
+    def add(self, row: tuple[Any, ...], tag: object = None) -> None:
+        """Queue one row (and an optional tag returned with its batch); raises BufferFull."""
+        with self._cond:
+            if len(self._rows) >= self.capacity:
+                raise BufferFull(self.capacity)
+            if not self._rows:
+                self._oldest = time.monotonic()
+            self._rows.append(row)
+            self._tags.append(tag)
+            if len(self._rows) >= self.max_rows:
+                self._cond.notify()
+
+    def add_many(self, rows: Sequence[tuple[Any, ...]], tags: Sequence[object] | None = None) -> None:
+        """Queue several rows at once, all or none; raises BufferFull."""
+        with self._cond:
+            if len(self._rows) + len(rows) > self.capacity:
+                raise BufferFull(self.capacity)
+            if not self._rows:
+                self._oldest = time.monotonic()
+            self._rows.extend(rows)
+            self._tags.extend(tags if tags is not None else [None] * len(rows))
+            if len(self._rows) >= self.max_rows:
+                self._cond.notify()
+
+    # -- writing
+
+    def _take(self) -> Batch:
+        n = min(self.max_rows, len(self._rows))
+        rows = [self._rows.popleft() for _ in range(n)]
+        tags = [self._tags.popleft() for _ in range(n)]
+        self._oldest = time.monotonic() if self._rows else None
+        return Batch(rows, tags)
+
+    def _put_back(self, batch: Batch) -> None:
+        self._rows.extendleft(reversed(batch.rows))
+        self._tags.extendleft(reversed(batch.tags))
+        self._oldest = self._oldest or time.monotonic()
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(
+                    self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s
+                )
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+        return self._conn
+
+    def _write(self, batch: Batch) -> int:
+        with self._io_lock:
+            try:
+                inserted = write_rows(self._connection(), self.kind, batch.rows)
+            except StoreUnavailable as exc:
+                self._drop_connection()
+                raise StoreUnavailable(str(exc), rows=len(batch.rows)) from exc
+        self.rows_written += len(batch.rows)
+        self.rows_inserted += inserted
+        self.batches += 1
+        if self.on_written is not None:
+            self.on_written(batch, inserted)
+        return inserted
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def flush(self) -> int:
+        """Write everything buffered now, in this thread; returns rows newly inserted.
+
+        Raises StoreUnavailable when the database cannot be reached; the unwritten rows stay
+        buffered (``pending``) for the caller to retry or ``drain`` into a spool.
+        """
+        inserted = 0
+        while True:
+            with self._cond:
+                if not self._rows:
+                    return inserted
+                batch = self._take()
+            try:
+                inserted += self._write(batch)
+            except StoreUnavailable:
+                with self._cond:
+                    self._put_back(batch)
+                raise
+
+    def drain(self) -> Batch:
+        """Take every buffered row out (e.g. to spool it) and return them with their tags."""
+        with self._cond:
+            batch = Batch(list(self._rows), list(self._tags))
+            self._rows.clear()
+            self._tags.clear()
+            self._oldest = None
+            return batch
+
+    # -- writer thread
+
+    def start(self) -> BatchWriter:
+        """Start the writer thread (flush by size or age); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"store-writer-{self.kind}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _due(self) -> float | None:
+        """Seconds until the buffer is due (0 = now), or None when it is empty."""
+        if not self._rows:
+            return None
+        if len(self._rows) >= self.max_rows or self._closing:
+            return 0.0
+        assert self._oldest is not None
+        return max(0.0, self._oldest + self.max_delay_s - time.monotonic())
+
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                while True:
+                    due = self._due()
+                    if due == 0.0:
+                        break
+                    if due is None and self._closing:
+                        return
+                    self._cond.wait(timeout=due)
+                batch = self._take()
+            try:
+                self._write(batch)
+                failures = 0
+            except StoreUnavailable as exc:
+                failures += 1
+                self.failures += 1
+                taken = False
+                if self.on_failed is not None:
+                    taken = self.on_failed(batch, exc)
+                else:
+                    log.warning("batch of %d %s rows not written: %s", len(batch.rows), self.kind, exc)
+                with self._cond:
+                    if not taken:
+                        self._put_back(batch)
+                    if self._closing and not taken:
+                        return  # closing with the database away: rows stay for drain()
+                    # Capped exponential backoff with jitter before the next attempt.
+                    self._cond.wait(timeout=random.uniform(0, min(5.0, 0.1 * 2 ** min(failures, 6))))
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush what is buffered (best effort) and stop the thread; unwritten rows stay for ``drain``."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        with self._io_lock:
+            self._drop_connection()
+
+    def __enter__(self) -> BatchWriter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,52 @@
+"""``streetlight migrate``: bring the database schema up to date."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from streetlight.settings import Settings
+
+HELP = "apply the database migrations (creates or updates the schema; safe to run twice)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight migrate``."""
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    parser.add_argument(
+        "--no-timescale",
+        action="store_true",
+        help="use native partitioning even when TimescaleDB is available (first run only)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply the migrations and say what was applied and which storage path is in use."""
+    from store.errors import StoreError
+    from store.schema import migrate
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    url = args.database_url or settings.database_url
+    if not url:
+        print("streetlight migrate: no database: pass --database-url or set DATABASE_URL")
+        return 2
+    try:
+        report = migrate(url, timescale=False if args.no_timescale else None)
+    except (StoreError, OSError) as exc:
+        print(f"streetlight migrate: {exc}")
+        return 1
+    except Exception as exc:  # psycopg's connection errors, without importing psycopg here
+        if type(exc).__module__.startswith("psycopg"):
+            print(f"streetlight migrate: cannot reach the database: {exc}")
+            return 1
+        raise
+    for name in report.applied:
+        print(f"applied {name}")
+    if not report.applied:
+        print("schema already up to date")
+    if report.timescale:
+        print(f"storage: TimescaleDB {report.timescale_version or ''}".rstrip())
+    else:
+        print("storage: native partitioning (TimescaleDB not in use)")
+    return 0
