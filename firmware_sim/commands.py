@@ -167,8 +167,7 @@ def parse_command(payload: object) -> Command:
     """Decode a `cmd` payload (already JSON-decoded) into a `Command`, or raise `CommandRejected`."""
     if not isinstance(payload, Mapping):
         raise CommandRejected(f"payload must be a JSON object, got {type(payload).__name__}")
-    raw_id = payload.get("cmd_id")
-    cmd_id = _identifier(payload, "cmd_id", raw_id if isinstance(raw_id, str) else None)
+    cmd_id = _identifier(payload, "cmd_id", None)
     if "ts" not in payload:
         raise CommandRejected("missing ts", cmd_id)
     ts = payload["ts"]

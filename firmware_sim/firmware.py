@@ -47,6 +47,8 @@ BLINK_HALF_PERIOD_MS = 500
 # How many recent cmd_ids a device remembers to answer duplicates without re-applying them;
 # QoS 1 redelivery happens within a session, so a few hundred is ample.
 REMEMBERED_COMMANDS = 512
+# The protocol caps an ack's reason at 256 characters.
+MAX_REASON_CHARS = 256
 # A resident passing under a blinker is reported once per pass, not on every advertisement.
 SIGHTING_COOLDOWN_MS = 30_000
 # Shadowing (body, parked cars) around the mean path loss; 2-4 dB is usual for BLE outdoors.
@@ -190,8 +192,9 @@ class _Firmware:
                 "kind": identity.kind,
                 "firmware": identity.firmware_version,
                 "model": identity.model,
-                "position": {"lat": identity.lat_deg, "lon": identity.lon_deg},
-                "paired_device": identity.paired_device_id,
+                "lat": identity.lat_deg,
+                "lon": identity.lon_deg,
+                "paired": identity.paired_device_id,
                 "bdseq": self.bdseq,
             },
             now_ms,
@@ -206,10 +209,15 @@ class _Firmware:
         try:
             command = parse_command(payload)
         except CommandRejected as exc:
+            if exc.cmd_id is None:
+                # Nothing to correlate an ack with (and the protocol requires a cmd_id in it).
+                return []
             return [self._ack(exc.cmd_id, _AckRecord("rejected", exc.reason), now_ms)]
         previous = self._acks.get(command.cmd_id)
         if previous is not None:
             return [self._ack(command.cmd_id, previous, now_ms, duplicate=True)]
+        # Expired overrides go first, so only a live override can make a command stale.
+        self._prune(clock_ms)
         expires_ms = command.expires_ms
         if expires_ms is not None and expires_ms <= clock_ms:
             record = _AckRecord("expired", f"expired {clock_ms - expires_ms} ms before it arrived")
@@ -234,7 +242,7 @@ class _Firmware:
             "cmd_id": cmd_id,
             "status": record.status,
             "effective_level": self.output(now_ms).level,
-            "reason": record.reason,
+            "reason": None if record.reason is None else record.reason[:MAX_REASON_CHARS],
         }
         if duplicate:
             body["duplicate"] = True
@@ -394,7 +402,6 @@ class LampFirmware(_Firmware):
             "temp_c": round(temp_c, 1),
             "lux": round(lux, 2),
             "faults": sorted(self.active_faults(now_ms)),
-            "blinking": self.output(now_ms).blinking,
         }
         return self._message("telemetry", body, now_ms, qos=0)
 

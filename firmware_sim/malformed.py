@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 __all__ = ["OVERSIZED_BYTES", "MalformedPayload", "malformed_payloads"]
 
-# Comfortably above any sane payload limit a backend would set (telemetry is ~250 bytes).
-OVERSIZED_BYTES = 256 * 1024
+# Four times the protocol's 16 KiB payload limit (broker/_payloads.py); telemetry is ~250 bytes.
+OVERSIZED_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,6 @@ def malformed_payloads(valid: Mapping[str, object]) -> Iterator[MalformedPayload
         yield _marked(f"{key}_bool", {**valid, key: True})
     if "level" in valid:
         yield _marked("level_out_of_range", {**valid, "level": 150})
-    if "position" in valid:
-        yield _marked("position_out_of_range", {**valid, "position": {"lat": 999.0, "lon": -999.0}})
+    if "lat" in valid:
+        yield _marked("position_out_of_range", {**valid, "lat": 999.0, "lon": -999.0})
     yield _marked("oversized", {**valid, "padding": "x" * OVERSIZED_BYTES})

@@ -117,7 +117,10 @@ def test_lamp_is_dark_all_day_and_lit_all_night() -> None:
 
 def test_night_dimming_lowers_the_level_after_23_00_until_dawn() -> None:
     profile = NightProfile(night_level=80, late_level=50)
-    level_at = lambda iso: schedule_level(SEOUL_LAT_DEG, SEOUL_LON_DEG, kst_ms(iso), profile)  # noqa: E731
+
+    def level_at(iso: str) -> int:
+        return schedule_level(SEOUL_LAT_DEG, SEOUL_LON_DEG, kst_ms(iso), profile)
+
     assert level_at("2022-12-21T22:59") == 80
     assert level_at("2022-12-21T23:01") == 50
     assert level_at("2022-12-22T03:00") == 50
