@@ -4,6 +4,17 @@ Values in, values out: no I/O, no clock (every function that needs the time take
 timezone-aware datetime; times are kept in UTC), no mutable globals, stdlib only. Alerts are
 frozen; transitions return new alerts whose timeline is the audit trail.
 
+Decisions (details in each module's docstring):
+
+- Time: aware datetimes in, UTC kept; CAP renders KST (+09:00, fixed offset).
+- Lifecycle (`_lifecycle`): open -> acknowledged -> dispatched -> resolved; cancel from any
+  non-terminal state; open -> dispatched records an implicit acknowledgement; open -> resolved
+  only for device alerts (the device cleared itself), never for an SOS.
+- Routing (`_routing`): the point's district, plus neighbouring districts near a border;
+  outside the service area the city-level centre "11000" (Seoul's own administrative code),
+  so every centre maps to `cc/v1/{d}/alerts` with a 5-digit `{d}`.
+- Ids are chosen by the caller (`new_alert_id`), so the core needs no randomness.
+
 Exceptions::
 
     AlertError                      base of everything raised here

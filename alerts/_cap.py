@@ -4,7 +4,8 @@ One CAP message per timeline event: the message describing the alert just after 
 has identifier "<alert id>.<k>" and is `sent` at that event's time, so rendering is a pure
 function of the alert and a re-send of the same state is the same message. msgType is `Alert`
 for the first message, `Ack` after an acknowledgement, `Cancel` after a cancellation and
-`Update` otherwise; later messages reference the first one and the one just before.
+`Update` otherwise; later messages reference the first one and the one just before (a service
+that does not publish a message for every event passes the `references` it did send).
 
 scope is `Restricted` (with a <restriction>): an SOS carries a resident's live position, which
 under Korea's Personal Information Protection Act goes to the control centres and police who
@@ -217,7 +218,8 @@ def render_cap(
     _sub(root, "msgType", msg_type.value)
     _sub(root, "scope", "Restricted")
     _sub(root, "restriction", _RESTRICTION)
-    note = " ".join(x for x in (event.action.value, f"by {event.actor}", event.note) if x)
+    details = ", ".join(f"{key}={value}" for key, value in event.details)
+    note = " ".join(x for x in (event.action.value, f"by {event.actor}", event.note, details) if x)
     _sub(root, "note", note)
     if references:
         _sub(root, "references", " ".join(str(ref) for ref in references))

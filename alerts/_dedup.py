@@ -157,7 +157,14 @@ def detect_mass_outages(
     lamps_per_dong: Mapping[str, int] | None = None,
     policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
 ) -> tuple[OutageCluster, ...]:
-    """The neighbourhoods whose lamps went offline in the `policy.window_s` before `now`, by dong code."""
+    """The neighbourhoods whose lamps went offline in the `policy.window_s` before `now`, by dong code.
+
+    `reports` are the lamps still offline (drop a lamp's report when it comes back); a lamp
+    reported twice counts once, and reports later than `now` are ignored. A neighbourhood is
+    in outage with `min_lamps` lamps, or with `min_fraction` of `lamps_per_dong[dong]` lamps
+    (at least `min_lamps_for_fraction`). Once an outage alert is open, `merge_mass_outage`
+    keeps adding lamps to it; `covering_outage` tells ingest not to open single alerts.
+    """
     at = require_aware(now, "now")
     since = at - timedelta(seconds=policy.window_s)
     latest: dict[str, dict[str, datetime]] = {}
