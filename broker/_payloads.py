@@ -279,6 +279,13 @@ def _check_shape(payload: _Bytes) -> None:
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadError("payload", f"{size} bytes, more than the {MAX_PAYLOAD_BYTES} allowed")
     data = payload if isinstance(payload, bytes) else bytes(payload)
+    # msgspec skips unknown fields without checking their UTF-8; check the whole document, which
+    # costs one C-speed scan (isascii) for the usual all-ASCII payload.
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("payload", f"not valid UTF-8 at byte {exc.start}") from exc
     # Cheap bound first: the depth is at most the number of opening brackets, and our payloads have
     # one or two, so the exact (slower) check runs only for unusual documents.
     if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:

@@ -1,0 +1,79 @@
+"""The embedded broker (amqtt) does what the zero-install mode relies on: pub/sub, retained, wills."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import aiomqtt
+import pytest
+
+from broker import MqttSession, device_topic, supports_shared_subscriptions
+from broker.embedded import EmbeddedBroker
+from streetlight.localservices import MqttService, free_port, start_embedded_broker
+from tests.integration.test_broker_session import assert_will_is_retained_offline_with_bdseq, params_of
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def embedded_process() -> Iterator[MqttService]:
+    """``python -m broker.embedded`` in a child process, as ``streetlight up`` and the fixtures start it."""
+    svc = start_embedded_broker()
+    yield svc
+    svc.stop()
+    assert svc.proc is not None
+    assert svc.proc.returncode == 0, "SIGTERM should stop the embedded broker cleanly"
+
+
+async def test_the_in_process_broker_delivers_published_and_retained_messages(unique_id: str) -> None:
+    port = free_port()
+    topic = device_topic("11230", f"L-{unique_id}", "state")
+    async with EmbeddedBroker("127.0.0.1", port):
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{unique_id}") as pub:
+            await pub.publish(topic, b'{"state":"online","bdseq":1}', qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", port, identifier=f"sub-{unique_id}") as sub:
+            await sub.subscribe(topic, qos=1)
+            retained = await asyncio.wait_for(anext(aiter(sub.messages)), 10)
+            assert retained.retain
+            assert retained.payload == b'{"state":"online","bdseq":1}'
+            async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub2-{unique_id}") as pub:
+                await pub.publish(topic, b"live", qos=1)
+            live = await asyncio.wait_for(anext(aiter(sub.messages)), 10)
+            assert live.payload == b"live"
+
+
+async def test_a_session_round_trips_through_the_embedded_broker_process(
+    embedded_process: MqttService, unique_id: str
+) -> None:
+    topic = device_topic("11230", f"L-{unique_id}", "telemetry")
+    async with MqttSession(
+        params_of(embedded_process), client_id=f"s-{unique_id}", subscriptions=[(topic, 1)]
+    ) as s:
+        await s.wait_connected(10)
+        await s.publish(topic, b"{}", qos=1)
+        msg = await asyncio.wait_for(anext(aiter(s.messages())), 10)
+    assert (msg.topic, msg.payload) == (topic, b"{}")
+
+
+def test_the_embedded_broker_fires_a_dead_devices_will_as_retained_offline(
+    embedded_process: MqttService, unique_id: str
+) -> None:
+    assert_will_is_retained_offline_with_bdseq(embedded_process, unique_id)
+
+
+def test_the_embedded_broker_is_known_not_to_support_shared_subscriptions(
+    embedded_process: MqttService,
+) -> None:
+    assert embedded_process.kind == "embedded"
+    assert not supports_shared_subscriptions(embedded_process.kind)
+
+
+async def test_starting_on_a_port_in_use_is_a_broker_error(unique_id: str) -> None:
+    from broker import BrokerError
+
+    port = free_port()
+    async with EmbeddedBroker("127.0.0.1", port):
+        with pytest.raises(BrokerError, match="did not start"):
+            async with EmbeddedBroker("127.0.0.1", port):
+                pass

@@ -1,0 +1,217 @@
+"""The connection helpers against a real broker: sessions survive restarts, dead devices leave a will."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from broker import (
+    Birth,
+    ConnectionParams,
+    DeviceLink,
+    InboundMessage,
+    MqttSession,
+    decode_birth,
+    decode_state,
+    device_filter,
+    device_topic,
+    paho_client,
+)
+from streetlight.localservices import MqttService, start_mosquitto, terminate
+from tests.conftest import ROOT, skip_unless
+
+pytestmark = pytest.mark.integration
+NOW_MS = 1_764_100_000_000
+
+# A lamp in its own process, so that SIGKILL drops its TCP connection without an MQTT DISCONNECT,
+# exactly like a lamp losing power.
+DEVICE_SCRIPT = """
+import sys
+from broker import Birth, DeviceLink, paho_client, parse_mqtt_url
+url, district, device_id, bdseq = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+params = parse_mqtt_url(url)
+client = paho_client(params, device_id)
+birth = lambda n: Birth("lamp", "1.0", "SL-60", 37.57, 126.98, n)
+DeviceLink(client, district, device_id, birth, bdseq=bdseq)
+client.connect(params.host, params.port, keepalive=60)
+client.loop_forever()
+"""
+
+
+def lamp_birth(bdseq: int) -> Birth:
+    return Birth("lamp", "1.0", "SL-60", 37.57, 126.98, bdseq)
+
+
+def params_of(svc: MqttService) -> ConnectionParams:
+    return ConnectionParams(svc.host, svc.port, svc.username, svc.password)
+
+
+class Collector:
+    """A paho subscriber that puts every message it receives on a queue."""
+
+    def __init__(self, params: ConnectionParams, client_id: str, topic_filter: str) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._subscribed = queue.Queue[bool]()
+        self.client = paho_client(params, client_id)
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+        self.client.on_subscribe = lambda *_a: self._subscribed.put(True)
+        self.client.on_connect = lambda c, *_a: c.subscribe(topic_filter, qos=1)
+        self.client.connect(params.host, params.port)
+        self.client.loop_start()
+        assert self._subscribed.get(timeout=10)
+
+    def next(self, timeout_s: float = 10) -> mqtt.MQTTMessage:
+        return self.messages.get(timeout=timeout_s)
+
+    def next_on(self, topic: str, timeout_s: float = 10) -> mqtt.MQTTMessage:
+        while True:
+            msg = self.next(timeout_s)
+            if msg.topic == topic:
+                return msg
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def start_device(url: str, district: str, device_id: str, bdseq: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", DEVICE_SCRIPT, url, district, device_id, str(bdseq)], cwd=ROOT
+    )
+
+
+def assert_will_is_retained_offline_with_bdseq(svc: MqttService, unique_id: str) -> None:
+    """Shared by the Mosquitto and embedded-broker tests."""
+    params = params_of(svc)
+    device_id, district = f"L-{unique_id}", "11230"
+    state_topic = device_topic(district, device_id, "state")
+    watcher = Collector(params, f"watch-{unique_id}", device_filter(district, device_id, "#"))
+    proc = start_device(svc.url, district, device_id, bdseq=41)
+    try:
+        birth = watcher.next_on(device_topic(district, device_id, "birth"), timeout_s=20)
+        assert decode_birth(birth.payload, NOW_MS).bdseq == 41
+        online = decode_state(watcher.next_on(state_topic).payload, NOW_MS)
+        assert (online.state, online.bdseq) == ("online", 41)
+
+        proc.kill()  # no DISCONNECT: the broker must publish the will
+        proc.wait()
+        offline = decode_state(watcher.next_on(state_topic, timeout_s=20).payload, NOW_MS)
+        assert (offline.state, offline.bdseq) == ("offline", 41)
+
+        late = Collector(params, f"late-{unique_id}", state_topic)
+        retained = late.next_on(state_topic)
+        assert retained.retain
+        assert decode_state(retained.payload, NOW_MS).state == "offline"
+        late.close()
+    finally:
+        terminate(proc)
+        watcher.client.publish(state_topic, b"", qos=1, retain=True).wait_for_publish(5)  # clear retained
+        watcher.close()
+
+
+def test_a_dead_device_leaves_a_retained_offline_state_with_its_bdseq(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    assert_will_is_retained_offline_with_bdseq(mqtt_service, unique_id)
+
+
+def pump_until(client: mqtt.Client, done: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Run the paho network loop in this thread until ``done()`` (no loop thread to leak)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        client.loop(timeout=0.05)
+
+
+def test_a_device_link_starts_each_connection_with_a_new_bdseq(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    params = params_of(mqtt_service)
+    device_id, district = f"L-{unique_id}", "11680"
+    state_topic = device_topic(district, device_id, "state")
+    watcher = Collector(params, f"watch-{unique_id}", state_topic)
+    client = paho_client(params, device_id)
+    link = DeviceLink(client, district, device_id, lamp_birth, bdseq=3)
+    try:
+        client.connect(params.host, params.port)
+        pump_until(client, lambda: not watcher.messages.empty())
+        assert decode_state(watcher.next().payload, NOW_MS).bdseq == 3
+        client.disconnect()  # a clean disconnect: no will, but the next connection counts up
+        pump_until(client, lambda: link.bdseq == 4)
+        client.reconnect()
+        pump_until(client, lambda: not watcher.messages.empty())
+        assert decode_state(watcher.next().payload, NOW_MS).bdseq == 4
+    finally:
+        info = client.publish(state_topic, b"", qos=1, retain=True)  # clear the retained state
+        pump_until(client, info.is_published)
+        client.disconnect()
+        client.loop(timeout=0.05)
+        watcher.close()
+
+
+async def next_message(session: MqttSession, timeout_s: float = 10) -> InboundMessage:
+    async def first() -> InboundMessage:
+        async for msg in session.messages():
+            return msg
+        raise AssertionError("message stream ended")
+
+    return await asyncio.wait_for(first(), timeout_s)
+
+
+async def test_a_session_receives_what_is_published_on_its_subscriptions(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    params = params_of(mqtt_service)
+    topic = device_topic("11230", f"L-{unique_id}", "telemetry")
+    async with MqttSession(params, client_id=f"sess-{unique_id}", subscriptions=[(topic, 1)]) as session:
+        await session.wait_connected(10)
+        await session.publish(topic, b'{"hello":"seoul"}', qos=1)
+        msg = await next_message(session)
+    assert (msg.topic, msg.payload, msg.qos, msg.retain) == (topic, b'{"hello":"seoul"}', 1, False)
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
+    skip_unless(
+        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
+        "the broker-restart test needs a mosquitto binary to kill and restart",
+    )
+    svc = start_mosquitto(tmp_path / "mosquitto")
+    yield svc
+    svc.stop()
+
+
+async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(
+    private_mosquitto: MqttService, unique_id: str
+) -> None:
+    params = params_of(private_mosquitto)
+    topic = device_topic("11230", f"L-{unique_id}", "event")
+    async with MqttSession(
+        params,
+        client_id=f"sess-{unique_id}",
+        subscriptions=[(topic, 1)],
+        clean_session=True,  # the broker forgets the subscription: only re-subscribing brings it back
+        keepalive_s=5,
+        backoff_base_s=0.1,
+        backoff_cap_s=0.5,
+    ) as session:
+        await session.wait_connected(10)
+        private_mosquitto.kill()
+        await asyncio.to_thread(private_mosquitto.start_again)
+        for _ in range(200):
+            if session.connections >= 2 and session.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert session.connections == 2
+        await session.publish(topic, b"after-restart", qos=1)
+        msg = await next_message(session)
+    assert msg.payload == b"after-restart"
