@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,8 +192,12 @@ class Gazetteer:
     ) -> Location:
         """District and neighbourhood of a point; ValueError for NaN, inf or out-of-range input."""
         lat, lon = check_latlon(lat_deg, lon_deg)
-        if not snap_m < _FAR_MARGIN_DEG * 80_000:  # 80 km: a degree of longitude in Korea, rounded down
-            raise ValueError(f"snap_m {snap_m!r} must be below {_FAR_MARGIN_DEG * 80_000:g}")
+        # The far-away shortcut below must never cut a snap: 80 km is a degree of longitude at
+        # Seoul's latitude (88 km), rounded down.
+        if not 0.0 <= snap_m < _FAR_MARGIN_DEG * 80_000:
+            raise ValueError(f"snap_m must be within [0, {_FAR_MARGIN_DEG * 80_000:g}), got {snap_m!r}")
+        if not 0.0 <= border_m < math.inf:
+            raise ValueError(f"border_m must be finite and >= 0, got {border_m!r}")
         lon_min, lat_min, lon_max, lat_max = self._bounds_lonlat
         if not (
             lat_min - _FAR_MARGIN_DEG <= lat <= lat_max + _FAR_MARGIN_DEG

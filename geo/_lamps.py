@@ -198,12 +198,12 @@ class LampIndex:
         new_ids = [str(i) for i in ids]
         if len(new_ids) != lat.size:
             raise ValueError(f"{len(new_ids)} ids but {lat.size} positions")
-        all_ids = list(self._ids.tolist())
+        last = {lamp_id: j for j, lamp_id in enumerate(new_ids)}  # the last of repeated ids wins
         all_lat = self._lat.copy()
         all_lon = self._lon.copy()
         added_ids: list[str] = []
         added: list[int] = []
-        for j, lamp_id in enumerate(new_ids):
+        for lamp_id, j in last.items():
             i = self._row.get(lamp_id)
             if i is None:
                 added_ids.append(lamp_id)
@@ -212,7 +212,7 @@ class LampIndex:
                 all_lat[i] = lat[j]
                 all_lon[i] = lon[j]
         return LampIndex(
-            all_ids + added_ids,
+            self._ids.tolist() + added_ids,
             np.concatenate([all_lat, lat[added]]),
             np.concatenate([all_lon, lon[added]]),
         )

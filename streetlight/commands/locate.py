@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -17,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lon", required=True, help="longitude in degrees (WGS84), e.g. 126.9779")
 
 
+@functools.cache
+def _gazetteer() -> Gazetteer:
+    # Loading takes ~0.2 s; one process (a test session) that locates many points loads once.
+    return Gazetteer.load()
+
+
 def _parse_degrees(name: str, text: str) -> float:
     try:
         return float(text)
@@ -29,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lat = _parse_degrees("latitude", args.lat)
         lon = _parse_degrees("longitude", args.lon)
-        location = Gazetteer.load().locate(lat, lon)
+        location = _gazetteer().locate(lat, lon)
     except ValueError as exc:
         print(f"streetlight locate: {exc}", file=sys.stderr)
         return 2

@@ -241,6 +241,27 @@ def test_incheon_airport_is_outside_the_service_area(gaz: Gazetteer) -> None:
     assert 25_000 < got.distance_outside_m < 40_000
 
 
+@pytest.mark.parametrize(("lat", "lon"), [(37.55, 126.55), (37.85, 127.0), (37.30, 127.35)])
+def test_far_away_points_report_about_their_distance_from_seoul(
+    gaz: Gazetteer, lat: float, lon: float
+) -> None:
+    # Beyond 0.1° of Seoul's bounding box the distance comes from a sphere, not the projection.
+    point = shapely.Point(*_xy(lat, lon))
+    want = min(float(shapely.distance(d.polygon_m, point)) for d in gaz.districts)
+    got = gaz.locate(lat, lon)
+    assert not got.inside and got.district_code is None
+    assert got.distance_outside_m == pytest.approx(want, rel=0.01)
+
+
+def test_snap_and_border_distances_must_be_sane(gaz: Gazetteer) -> None:
+    for snap_m in (-1.0, math.nan, 1e6):
+        with pytest.raises(ValueError, match="snap_m"):
+            gaz.locate(37.5663, 126.9779, snap_m=snap_m)
+    for border_m in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="border_m"):
+            gaz.locate(37.5663, 126.9779, border_m=border_m)
+
+
 def _ring_around_seoul(seoul_m: shapely.Polygon, distance_m: float, count: int) -> list[tuple[float, float]]:
     ring = seoul_m.buffer(distance_m, quad_segs=32).exterior
     points = [ring.interpolate(f, normalized=True) for f in np.linspace(0.0, 1.0, count, endpoint=False)]
