@@ -51,6 +51,8 @@ REMEMBERED_COMMANDS = 512
 MAX_REASON_CHARS = 256
 # A resident passing under a blinker is reported once per pass, not on every advertisement.
 SIGHTING_COOLDOWN_MS = 30_000
+# More residents near one blinker within one cooldown than any alley holds.
+REMEMBERED_RESIDENTS = 1024
 # Shadowing (body, parked cars) around the mean path loss; 2-4 dB is usual for BLE outdoors.
 BEACON_SHADOWING_SIGMA_DB = 2.0
 # Backup battery of the blinker (single Li-ion cell): floated at 4.1 V while mains is up,
@@ -235,9 +237,7 @@ class _Firmware:
         while len(self._acks) > REMEMBERED_COMMANDS:
             self._acks.popitem(last=False)
 
-    def _ack(
-        self, cmd_id: str | None, record: _AckRecord, now_ms: int, *, duplicate: bool = False
-    ) -> Message:
+    def _ack(self, cmd_id: str, record: _AckRecord, now_ms: int, *, duplicate: bool = False) -> Message:
         body: dict[str, object] = {
             "cmd_id": cmd_id,
             "status": record.status,
@@ -250,11 +250,7 @@ class _Firmware:
 
     def _apply(self, command: Command, clock_ms: int) -> None:
         current = self.overrides.get(command.source)
-        if (
-            command.action in ("set_level", "blink", "clear")
-            and current
-            and current.issued_ts_ms > command.ts_ms
-        ):
+        if command.action != "config" and current is not None and current.issued_ts_ms > command.ts_ms:
             # QoS 1 may redeliver an old command after a newer one from the same source.
             raise CommandRejected(
                 f"stale: source {command.source!r} sent a newer command at {current.issued_ts_ms}"
@@ -327,7 +323,7 @@ class _Firmware:
 class LampConfig:
     """Lamp hardware and schedule settings."""
 
-    # A typical alley security lamp: 40 W LED luminaire (Seoul's LED security-light spec range).
+    # 40 W: the example rating of issue 3; alley LED security lamps are commonly 20-60 W.
     rated_power_w: float = 40.0
     profile: NightProfile = field(default_factory=NightProfile)
 
@@ -454,6 +450,10 @@ class BlinkerFirmware(_Firmware):
             return []
         last_ms = self._last_sighting_ms.get(token_hash)
         self._last_sighting_ms[token_hash] = now_ms
+        if len(self._last_sighting_ms) > REMEMBERED_RESIDENTS:
+            # Residents gone for longer than a pass need no memory; bounded for long runs.
+            cutoff_ms = now_ms - SIGHTING_COOLDOWN_MS
+            self._last_sighting_ms = {t: ms for t, ms in self._last_sighting_ms.items() if ms >= cutoff_ms}
         if last_ms is not None and now_ms - last_ms < SIGHTING_COOLDOWN_MS:
             return []
         self.sightings += 1

@@ -119,8 +119,8 @@ def ambient_temp_c(when: datetime) -> float:
 
 def driver_temp_c(power_w: float, ambient_c: float) -> float:
     """Steady-state driver temperature (deg C): ambient plus the rise from the power it sheds."""
-    # Nearly all input power ends as heat in the luminaire head (an LED turns ~40 % into light
-    # that leaves; the rest and the driver losses stay), so the rise scales with input power.
+    # The thermal resistance above is stated per watt of input power (light that leaves the
+    # head is folded into it), so no efficiency term is needed here.
     return ambient_c + DRIVER_THERMAL_RESISTANCE_K_PER_W * power_w
 
 

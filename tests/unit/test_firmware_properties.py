@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import DeviceIdentity, LampConfig, LampFirmware, NightProfile, schedule_level
+from firmware_sim import DeviceIdentity, LampConfig, LampFirmware, NightProfile, is_dark, schedule_level
+from geo.solar import SUNRISE_ELEVATION_DEG, sun_elevation_deg
 
 SEOUL_LAT_DEG = 37.5665
 SEOUL_LON_DEG = 126.9780
@@ -144,3 +146,18 @@ def test_effective_level_always_equals_the_brute_force_model(
     assert not lamp.output(after_ms).blinking
     lamp.tick(after_ms)
     assert lamp.overrides == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now_ms=st.integers(YEAR_2022_START_MS, YEAR_2022_START_MS + 3 * YEAR_MS),
+    lat_deg=st.floats(33.0, 39.0),
+    lon_deg=st.floats(124.0, 132.0),
+)
+def test_the_schedule_is_dark_exactly_when_the_sun_is_below_the_sunset_elevation(
+    now_ms: int, lat_deg: float, lon_deg: float
+) -> None:
+    elevation_deg = sun_elevation_deg(lat_deg, lon_deg, datetime.fromtimestamp(now_ms / 1000, UTC))
+    # Within a hair of the threshold the two computations may round differently.
+    assume(abs(elevation_deg - SUNRISE_ELEVATION_DEG) > 0.01)
+    assert is_dark(lat_deg, lon_deg, now_ms) == (elevation_deg < SUNRISE_ELEVATION_DEG)

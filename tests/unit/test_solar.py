@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import sys
 from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import geo.solar
 from geo.solar import (
     CIVIL_TWILIGHT_ELEVATION_DEG,
     SUNRISE_ELEVATION_DEG,
@@ -134,3 +138,14 @@ def test_outside_polar_circles_the_day_is_ordered_dawn_sunrise_noon_sunset_dusk(
 )
 def test_elevation_is_between_minus_and_plus_ninety_degrees(when: datetime) -> None:
     assert -90.0 <= sun_elevation_deg(SEOUL_LAT_DEG, SEOUL_LON_DEG, when) <= 90.0
+
+
+def test_the_solar_module_imports_only_the_standard_library() -> None:
+    source = Path(geo.solar.__file__).read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
