@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alerts import (
     Alert,
@@ -220,3 +222,36 @@ def test_a_mass_outage_grows_with_a_lamps_added_event_and_ignores_known_lamps() 
     grown, created = merge_mass_outage([outage], bigger, place=PLACE, now=T0, new_alert_id="mo-3")
     assert not created and len(grown.device_ids) == 12
     assert grown.timeline[-1].action is EventAction.LAMPS_ADDED
+
+
+@given(
+    reports=st.lists(
+        st.builds(
+            offline,
+            st.sampled_from([f"l{i}" for i in range(15)]),
+            st.integers(0, 300),
+            st.sampled_from([DONG, OTHER_DONG]),
+        ),
+        max_size=60,
+    ),
+    now_s=st.integers(0, 300),
+    total=st.integers(0, 40),
+)
+def test_detected_outages_agree_with_a_brute_force_count_per_neighbourhood(
+    reports: list[OfflineReport], now_s: int, total: int
+) -> None:
+    now = T0 + timedelta(seconds=now_s)
+    found = {c.dong_code: c for c in detect_mass_outages(reports, now, {DONG: total})}
+    for dong in (DONG, OTHER_DONG):
+        recent = {
+            r.device_id
+            for r in reports
+            if r.dong_code == dong and now - timedelta(seconds=120) <= r.at <= now
+        }
+        dong_total = total if dong == DONG else 0
+        expected = len(recent) >= 10 or (
+            dong_total > 0 and len(recent) >= 3 and len(recent) >= 0.3 * dong_total
+        )
+        assert (dong in found) is expected
+        if expected:
+            assert found[dong].device_ids == tuple(sorted(recent))

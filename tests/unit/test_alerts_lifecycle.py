@@ -7,10 +7,13 @@ from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from alerts import (
     Action,
     Alert,
+    AlertError,
     AlertKind,
     AlertState,
     CancelReason,
@@ -278,3 +281,49 @@ def test_a_dict_missing_a_field_is_refused_naming_it() -> None:
     del data["state"]
     with pytest.raises(InvalidAlertData, match="missing field 'state'"):
         alert_from_dict(data)
+
+
+@given(
+    kind=st.sampled_from(AlertKind),
+    actions=st.lists(st.sampled_from(Action), max_size=8),
+)
+def test_any_sequence_of_actions_follows_the_reference_table_and_only_grows_the_audit_trail(
+    kind: AlertKind, actions: list[Action]
+) -> None:
+    alert = new_alert(alert_id="p-1", kind=kind, place=PLACE, source_id="x", now=T0)
+    expected_state = AlertState.OPEN
+    for n, action in enumerate(actions, start=1):
+        allowed = ALLOWED_FOR_SOS.get((expected_state, action))
+        if (
+            allowed is None
+            and kind is not AlertKind.SOS
+            and (expected_state, action)
+            == (
+                AlertState.OPEN,
+                Action.RESOLVE,
+            )
+        ):
+            allowed = AlertState.RESOLVED
+        before = alert
+        try:
+            alert = transition(alert, action, T0 + timedelta(seconds=n), "op")
+        except InvalidTransition:
+            assert allowed is None
+            continue
+        assert allowed is not None and alert.state is allowed
+        assert alert.timeline[: len(before.timeline)] == before.timeline
+        assert len(alert.timeline) > len(before.timeline)
+        expected_state = allowed
+    assert alert.state is expected_state
+    assert alert.timeline[0].action is EventAction.CREATED
+    assert [e.at for e in alert.timeline] == sorted(e.at for e in alert.timeline)
+
+
+def test_the_errors_form_one_tree_and_carry_their_facts() -> None:
+    assert issubclass(InvalidTransition, AlertError) and issubclass(InvalidAlertData, AlertError)
+    assert issubclass(InvalidAlertData, ValueError)
+    with pytest.raises(InvalidTransition) as caught:
+        acknowledge(in_state(AlertState.RESOLVED), T0, "op-1")
+    assert (caught.value.alert_id, caught.value.action) == ("sos-1", "acknowledge")
+    assert (caught.value.from_state, caught.value.to_state) == ("resolved", "acknowledged")
+    assert str(caught.value) == "alert sos-1: cannot acknowledge from state 'resolved' to 'acknowledged'"
