@@ -223,9 +223,13 @@ DeadLetter = tuple[datetime, str, bytes, str, str | None]
 def insert_dead_letters(conn: Conn, letters: Iterable[DeadLetter]) -> int:
     """Store rejected messages with their bytes exactly as received; returns how many."""
     n = 0
-    with conn.transaction(), conn.cursor() as cur, cur.copy(
-        "COPY dead_letters (received_at, topic, payload, reason, client_id) FROM STDIN (FORMAT BINARY)"
-    ) as copy:
+    with (
+        conn.transaction(),
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY dead_letters (received_at, topic, payload, reason, client_id) FROM STDIN (FORMAT BINARY)"
+        ) as copy,
+    ):
         copy.set_types(["timestamptz", "text", "bytea", "text", "text"])
         for letter in letters:
             copy.write_row(letter)
@@ -318,7 +322,8 @@ def mark_unanswered(conn: Conn, *, sent_before: datetime) -> list[str]:
 def command_status_counts(conn: Conn, *, since: datetime | None = None) -> dict[str, int]:
     """How many commands are in each status (since a time, when given)."""
     rows = conn.execute(
-        "SELECT status, count(*) FROM commands WHERE sent_at >= coalesce(%s, '-infinity') GROUP BY status",
+        "SELECT status, count(*) FROM commands "
+        "WHERE sent_at >= coalesce(%s::timestamptz, '-infinity') GROUP BY status",
         (since,),
     ).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}

@@ -197,10 +197,13 @@ class BatchWriter:
             if len(self._rows) >= self.capacity:
                 raise BufferFull(self.capacity)
             if not self._rows:
+                # The writer thread sleeps without a deadline while the buffer is empty: wake it
+                # so it starts this row's max_delay_s clock (once per batch, not per row).
                 self._oldest = time.monotonic()
+                self._cond.notify()
             self._rows.append(row)
             self._tags.append(tag)
-            if len(self._rows) >= self.max_rows:
+            if len(self._rows) == self.max_rows:
                 self._cond.notify()
 
     def add_many(self, rows: Sequence[tuple[Any, ...]], tags: Sequence[object] | None = None) -> None:
@@ -210,6 +213,7 @@ class BatchWriter:
                 raise BufferFull(self.capacity)
             if not self._rows:
                 self._oldest = time.monotonic()
+                self._cond.notify()
             self._rows.extend(rows)
             self._tags.extend(tags if tags is not None else [None] * len(rows))
             if len(self._rows) >= self.max_rows:

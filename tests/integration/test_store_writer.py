@@ -1,0 +1,199 @@
+"""The COPY writer and the batch writer against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from store import (
+    Batch,
+    BatchWriter,
+    BufferFull,
+    StoreUnavailable,
+    migrate,
+    write_events,
+    write_rows,
+    write_telemetry,
+)
+from streetlight.localservices import free_port
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def store_url(db_url: str) -> str:
+    migrate(db_url)
+    return db_url
+
+
+@pytest.fixture
+def conn(store_url: str) -> Iterator[Conn]:
+    with psycopg.connect(store_url, autocommit=True) as c:
+        yield c
+
+
+def _rows(n: int, *, devices: int = 500, start_ms: int | None = None) -> list[tuple[object, ...]]:
+    t0 = start_ms if start_ms is not None else int(time.time() * 1000) - n
+    no_faults: list[str] = []
+    return [
+        (t0 + i, f"lamp-{i % devices:05d}", 7, i // devices, 80, 31.5, 221.0, 0.14, 19.5, 1.5,
+         ["F1"] if i % 97 == 0 else no_faults, None, None, None, None)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _count(c: Conn, table: str = "telemetry") -> int:
+    row = c.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_copy_writer_stores_50000_rows_and_the_count_matches(conn: Conn) -> None:
+    rows = _rows(50_000)
+    assert write_telemetry(conn, rows) == 50_000
+    assert _count(conn) == 50_000
+    assert conn.execute("SELECT count(*) FROM telemetry WHERE faults = '{F1}'").fetchone() == (516,)
+
+
+def test_writing_the_same_batch_twice_stores_each_row_once(conn: Conn) -> None:
+    rows = _rows(2_000)
+    assert write_telemetry(conn, rows) == 2_000
+    assert write_telemetry(conn, rows) == 0
+    # A batch holding a message twice, plus one already stored, inserts only what is new.
+    assert write_telemetry(conn, [*_rows(1, start_ms=1), *_rows(1, start_ms=1), rows[0]]) == 1
+    assert _count(conn) == 2_001
+
+
+def test_the_same_seq_at_another_time_or_connection_is_a_new_row(conn: Conn) -> None:
+    base = _rows(1)[0]
+    other_ts = (int(str(base[0])) + 1, *base[1:])
+    other_bdseq = (base[0], base[1], 8, *base[3:])
+    assert write_telemetry(conn, [base, other_ts, other_bdseq]) == 3
+
+
+def test_binary_and_text_copy_store_the_same_values(conn: Conn) -> None:
+    row = (1_764_000_000_123, "lamp-x", 3, 9, 55, 12.5, 219.5, 0.057, -3.25, 0.5, ["LAMP_FAIL", "x,y"], None,
+           None, None, None)  # fmt: skip
+    blinker = (
+        1_764_000_000_456,
+        "blink-x",
+        3,
+        10,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        -71,
+        3.5,
+        True,
+        4,
+    )
+    write_rows(conn, "telemetry", [row, blinker], binary=True)
+    conn.execute("CREATE TABLE copy_check (LIKE telemetry)")
+    conn.execute("INSERT INTO copy_check SELECT * FROM telemetry")
+    conn.execute("TRUNCATE telemetry")
+    write_rows(conn, "telemetry", [row, blinker], binary=False)
+    diff = conn.execute(
+        "(SELECT * FROM telemetry EXCEPT SELECT * FROM copy_check) "
+        "UNION ALL (SELECT * FROM copy_check EXCEPT SELECT * FROM telemetry)"
+    ).fetchall()
+    assert diff == []
+    ts, faults = conn.execute("SELECT ts, faults FROM telemetry WHERE device_id = 'lamp-x'").fetchone() or (
+        0,
+        0,
+    )
+    assert ts == datetime(2025, 11, 24, 16, 0, 0, 123000, tzinfo=UTC)
+    assert faults == ["LAMP_FAIL", "x,y"]
+
+
+def test_events_are_stored_once_with_their_payload_as_json(conn: Conn) -> None:
+    payload = json.dumps({"type": "beacon", "token": "ab12", "rssi": -60, "note": "한글"})
+    ev = (1_764_000_000_000, "blink-1", 2, 5, "beacon", None, "ab12", -60, payload)
+    fault = (1_764_000_001_000, "lamp-1", 2, 6, "fault", "LAMP_FAIL", None, None, None)
+    assert write_events(conn, [ev, fault, ev]) == 2
+    assert write_events(conn, [ev]) == 0
+    row = conn.execute("SELECT payload->>'note', token_hash FROM events WHERE type = 'beacon'").fetchone()
+    assert row == ("한글", "ab12")
+
+
+def test_the_batch_writer_flushes_when_the_buffer_reaches_max_rows(store_url: str, conn: Conn) -> None:
+    written: list[tuple[Batch, int]] = []
+    with BatchWriter(
+        store_url, max_rows=100, max_delay_s=60.0, on_written=lambda b, n: written.append((b, n))
+    ) as writer:
+        for i, row in enumerate(_rows(250)):
+            writer.add(row, tag=i)
+        assert _wait_for(lambda: _count(conn) == 200)
+        assert writer.pending == 50  # the rest waits for its minute, not flushed early
+        assert [len(b.rows) for b, _ in written] == [100, 100]
+        assert written[0][0].tags == list(range(100))
+    assert _count(conn) == 250  # close flushes what is left
+
+
+def test_the_batch_writer_flushes_by_time_when_the_buffer_stays_small(store_url: str, conn: Conn) -> None:
+    with BatchWriter(store_url, max_rows=10_000, max_delay_s=0.2) as writer:
+        started = time.monotonic()
+        writer.add_many(_rows(5))
+        assert _wait_for(lambda: _count(conn) == 5, timeout_s=3.0)
+        elapsed = time.monotonic() - started
+    assert 0.15 <= elapsed < 2.0
+    assert writer.rows_inserted == 5
+
+
+def test_the_batch_writer_refuses_rows_beyond_its_capacity(store_url: str) -> None:
+    writer = BatchWriter(store_url, max_rows=10, capacity=20)  # not started: nothing drains
+    writer.add_many(_rows(20))
+    with pytest.raises(BufferFull):
+        writer.add(_rows(1)[0])
+    with pytest.raises(BufferFull):
+        writer.add_many(_rows(1))
+    assert writer.pending == 20
+
+
+def test_flush_raises_store_unavailable_and_keeps_the_rows_when_the_database_is_unreachable() -> None:
+    writer = BatchWriter(
+        f"postgresql://nobody@127.0.0.1:{free_port()}/none", max_rows=10, connect_timeout_s=2
+    )
+    writer.add_many(_rows(25), tags=list(range(25)))
+    with pytest.raises(StoreUnavailable) as caught:
+        writer.flush()
+    assert caught.value.rows == 10
+    assert writer.pending == 25
+    drained = writer.drain()
+    assert drained.tags == list(range(25))
+    assert writer.pending == 0
+
+
+def test_the_writer_thread_hands_failed_batches_to_the_caller_to_spool() -> None:
+    spooled: list[Batch] = []
+
+    def spool(batch: Batch, exc: StoreUnavailable) -> bool:
+        spooled.append(batch)
+        return True
+
+    writer = BatchWriter(
+        f"postgresql://nobody@127.0.0.1:{free_port()}/none", max_rows=10, max_delay_s=0.01, on_failed=spool
+    )
+    with writer:
+        writer.add_many(_rows(10))
+        assert _wait_for(lambda: len(spooled) == 1)
+    assert writer.pending == 0
+    assert len(spooled[0].rows) == 10
