@@ -15,7 +15,8 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from broker._payloads import MAX_PAYLOAD_BYTES, decode_telemetry
+from broker._payloads import MAX_PAYLOAD_BYTES, Telemetry, decode_telemetry
+from broker._topics import parse_device_topic
 
 NOW_MS = 1_764_100_000_000
 PAYLOAD = (
@@ -56,13 +57,16 @@ def _orjson_manual(payload: bytes) -> dict[str, Any]:
 
 def _candidates() -> dict[str, Callable[[], object]]:
     plain = msgspec.json.Decoder()
+    typed = msgspec.json.Decoder(Telemetry)
     found: dict[str, Callable[[], object]] = {
         "msgspec typed Struct (broker.decode_telemetry, full validation)": lambda: decode_telemetry(
             PAYLOAD, NOW_MS
         ),
+        "msgspec typed Decoder alone (no size/depth/UTF-8/future-ts checks)": lambda: typed.decode(PAYLOAD),
         "orjson.loads + manual checks": lambda: _orjson_manual(PAYLOAD),
         "baseline: orjson.loads only (no validation)": lambda: orjson.loads(PAYLOAD),
         "baseline: msgspec untyped decode (no validation)": lambda: plain.decode(PAYLOAD),
+        "topic: broker.parse_device_topic": lambda: parse_device_topic("sl/v1/11230/L-11230-0042/telemetry"),
     }
     try:
         import pydantic

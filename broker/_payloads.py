@@ -13,7 +13,7 @@ Any failure is a :class:`PayloadError` whose ``field`` names where and ``reason`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 import msgspec
@@ -206,15 +206,13 @@ class AlertMessage(Struct, frozen=True):
 Message: TypeAlias = Birth | State | Telemetry | Event | Cmd | Ack | AlertMessage
 _Bytes: TypeAlias = bytes | bytearray | memoryview
 
-_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
-    "birth": msgspec.json.Decoder(Birth),
-    "state": msgspec.json.Decoder(State),
-    "telemetry": msgspec.json.Decoder(Telemetry),
-    "event": msgspec.json.Decoder(Event),
-    "cmd": msgspec.json.Decoder(Cmd),
-    "ack": msgspec.json.Decoder(Ack),
-    "alert": msgspec.json.Decoder(dict[str, Any]),
-}
+_BIRTH: Final = msgspec.json.Decoder(Birth)
+_STATE: Final = msgspec.json.Decoder(State)
+_TELEMETRY: Final = msgspec.json.Decoder(Telemetry)
+_EVENT: Final = msgspec.json.Decoder(Event)
+_CMD: Final = msgspec.json.Decoder(Cmd)
+_ACK: Final = msgspec.json.Decoder(Ack)
+_ALERT: Final = msgspec.json.Decoder(dict[str, Any])
 _ANY_DECODER: Final = msgspec.json.Decoder()
 _ENCODER: Final = msgspec.json.Encoder()
 # msgspec's messages end in " - at `$.path`" when the error is inside the document.
@@ -274,38 +272,42 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _check_shape(payload: _Bytes) -> None:
+def _checked_shape(payload: _Bytes) -> bytes:
+    """Size, UTF-8 and nesting checks for payloads off the fast path; returns the payload as bytes."""
     size = len(payload)
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadError("payload", f"{size} bytes, more than the {MAX_PAYLOAD_BYTES} allowed")
     data = payload if isinstance(payload, bytes) else bytes(payload)
-    # msgspec skips unknown fields without checking their UTF-8; check the whole document, which
-    # costs one C-speed scan (isascii) for the usual all-ASCII payload.
+    # msgspec skips unknown fields without checking their UTF-8, so check the whole document.
     if not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PayloadError("payload", f"not valid UTF-8 at byte {exc.start}") from exc
-    # Cheap bound first: the depth is at most the number of opening brackets, and our payloads have
-    # one or two, so the exact (slower) check runs only for unusual documents.
     if data.count(b"{") + data.count(b"[") <= MAX_DEPTH:
-        return
+        return data
     try:
         depth = _depth(_ANY_DECODER.decode(data))
     except RecursionError:
         depth = MAX_DEPTH + 1
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return  # the typed decode reports it with its reason
+        return data  # the typed decode reports it with its reason
     if depth > MAX_DEPTH:
         raise PayloadError("payload", f"nested deeper than {MAX_DEPTH} levels")
+    return data
 
 
-def _decode_raw(kind: str, payload: _Bytes) -> Any:
-    try:
-        decoder = _DECODERS[kind]
-    except KeyError:
-        raise PayloadError("kind", f"unknown message kind {kind!r}") from None
-    _check_shape(payload)
+def _decode_with(decoder: msgspec.json.Decoder[Any], payload: _Bytes) -> Any:
+    # Fast path, a few C calls: small all-ASCII bytes whose bracket count bounds the depth (ours
+    # have one or two brackets; brackets inside strings only over-count). Anything else takes the
+    # exact checks.
+    if (
+        type(payload) is not bytes
+        or len(payload) > MAX_PAYLOAD_BYTES
+        or not payload.isascii()
+        or payload.count(b"{") + payload.count(b"[") > MAX_DEPTH
+    ):
+        payload = _checked_shape(payload)
     try:
         return decoder.decode(payload)
     except msgspec.ValidationError as exc:
@@ -318,63 +320,79 @@ def _decode_raw(kind: str, payload: _Bytes) -> Any:
         raise PayloadError("payload", f"nested deeper than {MAX_DEPTH} levels") from exc
 
 
-def _check_ts(ts: int | None, now_ms: int) -> None:
+def _future_ts(ts: int, now_ms: int) -> PayloadError:
+    ahead_s = (ts - now_ms) / 1000
+    return PayloadError("ts", f"{ahead_s:.0f} s in the future; at most {MAX_FUTURE_MS // 1000} s allowed")
+
+
+def _decode_struct(decoder: msgspec.json.Decoder[Any], payload: _Bytes, now_ms: int) -> Any:
+    msg = _decode_with(decoder, payload)
+    ts = msg.ts
     if ts is not None and ts > now_ms + MAX_FUTURE_MS:
-        ahead_s = (ts - now_ms) / 1000
-        raise PayloadError("ts", f"{ahead_s:.0f} s in the future; at most {MAX_FUTURE_MS // 1000} s allowed")
-
-
-def _alert(raw: dict[str, Any], now_ms: int) -> AlertMessage:
-    try:
-        head = msgspec.convert(raw, _AlertHead)
-    except msgspec.ValidationError as exc:
-        raise _translate(exc) from exc
-    _check_ts(head.ts, now_ms)
-    return AlertMessage(head.alert_id, head.kind, head.status, head.district_code, head.ts, raw)
-
-
-def decode(kind: MessageKind | str, payload: _Bytes, now_ms: int) -> Message:
-    """Decode and validate one payload of ``kind`` (a topic channel or ``alert``); raises PayloadError."""
-    raw = _decode_raw(kind, payload)
-    if kind == "alert":
-        return _alert(raw, now_ms)
-    _check_ts(raw.ts, now_ms)
-    return raw  # type: ignore[no-any-return]  # the decoder for kind returns that struct
+        raise _future_ts(ts, now_ms)
+    return msg
 
 
 def decode_birth(payload: _Bytes, now_ms: int) -> Birth:
     """Decode and validate a birth payload; raises PayloadError."""
-    return decode("birth", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_BIRTH, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_state(payload: _Bytes, now_ms: int) -> State:
     """Decode and validate a state payload; raises PayloadError."""
-    return decode("state", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_STATE, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_telemetry(payload: _Bytes, now_ms: int) -> Telemetry:
     """Decode and validate a telemetry payload (lamp or blinker); raises PayloadError."""
-    return decode("telemetry", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_TELEMETRY, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_event(payload: _Bytes, now_ms: int) -> Event:
     """Decode and validate an event payload; raises PayloadError."""
-    return decode("event", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_EVENT, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_cmd(payload: _Bytes, now_ms: int) -> Cmd:
     """Decode and validate a command payload; raises PayloadError."""
-    return decode("cmd", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_CMD, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_ack(payload: _Bytes, now_ms: int) -> Ack:
     """Decode and validate an ack payload; raises PayloadError."""
-    return decode("ack", payload, now_ms)  # type: ignore[return-value]
+    return _decode_struct(_ACK, payload, now_ms)  # type: ignore[no-any-return]
 
 
 def decode_alert(payload: _Bytes, now_ms: int) -> AlertMessage:
     """Decode and validate a control-centre alert payload; raises PayloadError."""
-    return decode("alert", payload, now_ms)  # type: ignore[return-value]
+    raw: dict[str, Any] = _decode_with(_ALERT, payload)
+    try:
+        head = msgspec.convert(raw, _AlertHead)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc) from exc
+    if head.ts > now_ms + MAX_FUTURE_MS:
+        raise _future_ts(head.ts, now_ms)
+    return AlertMessage(head.alert_id, head.kind, head.status, head.district_code, head.ts, raw)
+
+
+_DECODE_BY_KIND: Final[dict[str, Callable[[_Bytes, int], Message]]] = {
+    "birth": decode_birth,
+    "state": decode_state,
+    "telemetry": decode_telemetry,
+    "event": decode_event,
+    "cmd": decode_cmd,
+    "ack": decode_ack,
+    "alert": decode_alert,
+}
+
+
+def decode(kind: MessageKind | str, payload: _Bytes, now_ms: int) -> Message:
+    """Decode and validate one payload of ``kind`` (a topic channel or ``alert``); raises PayloadError."""
+    try:
+        decode_kind = _DECODE_BY_KIND[kind]
+    except KeyError:
+        raise PayloadError("kind", f"unknown message kind {kind!r}") from None
+    return decode_kind(payload, now_ms)
 
 
 def encode(message: Birth | State | Telemetry | Event | Cmd | Ack) -> bytes:

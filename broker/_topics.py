@@ -86,8 +86,24 @@ def alerts_topic(district_code: str) -> str:
     return f"{ALERTS_PREFIX}/{district_code}/alerts"
 
 
+# Ingest sees the same topics over and over (16k lamps x 5 channels in Seoul's zones): a dict hit
+# costs about a tenth of a fresh parse. Bounded; cleared when full (only valid topics are cached).
+_PARSED_CACHE_MAX: Final = 262_144
+_parsed: dict[str, DeviceTopic] = {}
+
+
 def parse_device_topic(topic: str) -> DeviceTopic:
     """Split an ``sl/v1/...`` topic into its parts; raises TopicError with the reason otherwise."""
+    parsed = _parsed.get(topic)
+    if parsed is None:
+        parsed = _parse_device_topic(topic)
+        if len(_parsed) >= _PARSED_CACHE_MAX:
+            _parsed.clear()
+        _parsed[topic] = parsed
+    return parsed
+
+
+def _parse_device_topic(topic: str) -> DeviceTopic:
     parts = topic.split("/")
     if len(parts) != 5 or parts[0] != "sl" or parts[1] != "v1":
         raise TopicError(topic, "not a device topic sl/v1/{district}/{device_id}/{channel}")
