@@ -13,12 +13,13 @@ Public names::
                 end_walk, get_walk, add_walk_positions, walk_positions, attach_walk_to_alert,
                 upsert_alert, append_alert_event, get_alert, list_alerts, alert_events,
                 add_alert_positions, alert_track, claim_idempotency_key, upsert_operator,
-                get_operator, log_access, acquire_lease, release_lease, lease_owners
+                get_operator, log_access, acquire_lease, release_lease, lease_owners,
+                lamp_hours, district_hours
     jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance
-    errors      StoreError, StoreUnavailable, BufferFull, MigrationError
+    errors      StoreError, StoreUnavailable, StoreRejected, BufferFull, MigrationError
 """
 
-from store.errors import BufferFull, MigrationError, StoreError, StoreUnavailable
+from store.errors import BufferFull, MigrationError, StoreError, StoreRejected, StoreUnavailable
 from store.jobs import RetentionPolicy, RollupRun, refresh_rollups, run_maintenance, run_retention
 from store.repo import (
     CommandRecord,
@@ -34,6 +35,7 @@ from store.repo import (
     command_status_counts,
     create_resident,
     delete_resident,
+    district_hours,
     end_walk,
     get_alert,
     get_command,
@@ -42,6 +44,7 @@ from store.repo import (
     get_walk,
     insert_commands,
     insert_dead_letters,
+    lamp_hours,
     lease_owners,
     list_alerts,
     list_dead_letters,
@@ -94,6 +97,7 @@ __all__ = [
     "RollupRun",
     "StateUpdate",
     "StoreError",
+    "StoreRejected",
     "StoreUnavailable",
     "acquire_lease",
     "add_alert_positions",
@@ -107,6 +111,7 @@ __all__ = [
     "command_status_counts",
     "create_resident",
     "delete_resident",
+    "district_hours",
     "drop_expired_partitions",
     "end_walk",
     "ensure_partitions",
@@ -117,6 +122,7 @@ __all__ = [
     "get_walk",
     "insert_commands",
     "insert_dead_letters",
+    "lamp_hours",
     "lease_owners",
     "list_alerts",
     "list_dead_letters",

@@ -21,6 +21,14 @@ class StoreUnavailable(StoreError):
         self.rows = rows
 
 
+class StoreRejected(StoreError):
+    """The database (or the COPY encoder) refused the rows; retrying them cannot succeed."""
+
+    def __init__(self, message: str, rows: int = 0) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
 class BufferFull(StoreError):
     """The writer's buffer holds ``capacity`` rows already; the row was not accepted."""
 

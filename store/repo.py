@@ -118,12 +118,13 @@ class StateUpdate:
 
 _STATE_STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS device_state_stage (
-    device_id text, last_seen timestamptz, last_seq bigint, level smallint, faults text[],
+    device_id text, last_seen timestamptz, last_seq bigint, level bigint, faults text[],
     messages bigint, seq_gaps bigint, seq_duplicates bigint, summary text
 ) ON COMMIT DELETE ROWS
 """
 
-_STATE_STAGE_TYPES = ["text", "timestamptz", "int8", "int2", "text[]", "int8", "int8", "int8", "text"]
+# int8, not int2, for level: see TELEMETRY_TYPES in store.writer (binary int2 wraps silently).
+_STATE_STAGE_TYPES = ["text", "timestamptz", "int8", "int8", "text[]", "int8", "int8", "int8", "text"]
 
 _STATE_MERGE_SQL = """
 INSERT INTO device_state AS s (device_id, last_seen, last_seq, level, faults, last_telemetry,
@@ -159,9 +160,7 @@ def update_device_states(conn: Conn, updates: Iterable[StateUpdate]) -> int:
                 "COPY device_state_stage (device_id, last_seen, last_seq, level, faults, messages, "
                 "seq_gaps, seq_duplicates, summary) FROM STDIN (FORMAT BINARY)"
             ) as copy:
-                copy.set_types(
-                    ["text", "timestamptz", "int8", "int2", "text[]", "int8", "int8", "int8", "text"]
-                )
+                copy.set_types(_STATE_STAGE_TYPES)
                 for u in updates:
                     copy.write_row(
                         (u.device_id, u.last_seen, u.last_seq, u.level, list(u.faults), u.messages,
@@ -664,3 +663,26 @@ def lease_owners(conn: Conn) -> dict[str, str]:
         "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
     ).fetchall()
     return {str(r[0]): str(r[1]) for r in rows}
+
+
+# --------------------------------------------------------------------------- rollups (read side)
+
+
+def lamp_hours(conn: Conn, device_id: str, *, since: datetime) -> list[Row]:
+    """A lamp's hourly figures from ``since`` (e.g. the last 24 h for the console chart), oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT bucket, samples, level_min, level_avg, level_max, power_avg_w, energy_wh, uptime_s "
+            "FROM telemetry_hourly_lamp WHERE device_id = %s AND bucket >= %s ORDER BY bucket",
+            (device_id, since),
+        ).fetchall()
+
+
+def district_hours(conn: Conn, district_code: str, *, since: datetime) -> list[Row]:
+    """A district's hourly lamps reporting and energy from ``since``, oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT bucket, lamps_online, energy_wh FROM telemetry_hourly_district "
+            "WHERE district_code = %s AND bucket >= %s ORDER BY bucket",
+            (district_code, since),
+        ).fetchall()

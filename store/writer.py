@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from store.errors import BufferFull, StoreUnavailable
+from store.errors import BufferFull, StoreRejected, StoreUnavailable
 from store.types import Conn
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,16 @@ TELEMETRY_FIELDS = (
     "ts_ms", "device_id", "bdseq", "seq", "level", "power_w", "voltage_v", "current_a",
     "temp_c", "lux", "faults", "rssi_dbm", "battery_v", "blinking", "sightings",
 )  # fmt: skip
+# Staging types are the widest of their kind on purpose: psycopg's binary int2/float4 dumpers
+# wrap silently (70000 arrives as 4464, 1e300 as inf, measured), while int8/float8 values are
+# range-checked by PostgreSQL's own cast into the real column, which refuses the row instead.
 TELEMETRY_TYPES = (
-    "int8", "text", "int8", "int8", "int2", "float4", "float4", "float4",
-    "float4", "float4", "text[]", "int2", "float4", "bool", "int4",
+    "int8", "text", "int8", "int8", "int8", "float8", "float8", "float8",
+    "float8", "float8", "text[]", "int8", "float8", "bool", "int8",
 )  # fmt: skip
 # ``payload`` is the JSON text of the event (or None); it is cast to jsonb in SQL.
 EVENT_FIELDS = ("ts_ms", "device_id", "bdseq", "seq", "type", "code", "token_hash", "rssi", "payload")
-EVENT_TYPES = ("int8", "text", "int8", "int8", "text", "text", "text", "int2", "text")
+EVENT_TYPES = ("int8", "text", "int8", "int8", "text", "text", "text", "int8", "text")
 
 TelemetryRow = tuple[Any, ...]
 """(ts_ms, device_id, bdseq, seq, level, power_w, voltage_v, current_a, temp_c, lux, faults,
@@ -107,9 +110,14 @@ def write_rows(conn: Conn, kind: Kind, rows: Iterable[tuple[Any, ...]], *, binar
                         write_row(row)
                 cur.execute(layout.insert_sql)
                 return cur.rowcount
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         _staged.pop(conn, None)
         raise StoreUnavailable(f"writing {kind} failed: {exc}") from exc
+    except (psycopg.Error, TypeError, ValueError, OverflowError) as exc:
+        _staged.pop(conn, None)  # a staging table created in the rolled-back transaction is gone
+        # A value the column type refuses (or the binary encoder cannot dump): the transaction
+        # rolled back and the connection stays usable; resending the same rows cannot succeed.
+        raise StoreRejected(f"{kind} rows refused: {exc}") from exc
 
 
 def write_telemetry(conn: Conn, rows: Iterable[TelemetryRow]) -> int:
@@ -138,6 +146,9 @@ OnWritten = Callable[[Batch, int], None]
 OnFailed = Callable[[Batch, StoreUnavailable], bool]
 """Called when a batch could not be written; return True when the caller took the rows (spooled
 them), False to keep them buffered for a retry."""
+OnRejected = Callable[[Batch, StoreRejected], None]
+"""Called with the rows the database refused (isolated by splitting the batch), e.g. to keep them
+as dead letters; they are not retried."""
 
 
 class BatchWriter:
@@ -146,7 +157,8 @@ class BatchWriter:
     ``add`` never blocks: it raises :class:`BufferFull` when ``capacity`` rows are waiting (the
     caller spools or applies back-pressure). When the database is unreachable, ``on_failed``
     gets the batch; rows it does not take stay buffered and are retried after a capped, jittered
-    backoff.
+    backoff. Rows the database refuses (bad values) are isolated by splitting the batch and given
+    to ``on_rejected``; the rest of their batch is written.
     """
 
     def __init__(
@@ -159,6 +171,7 @@ class BatchWriter:
         capacity: int = 100_000,
         on_written: OnWritten | None = None,
         on_failed: OnFailed | None = None,
+        on_rejected: OnRejected | None = None,
         connect_timeout_s: int = 5,
     ) -> None:
         if max_rows > capacity:
@@ -170,6 +183,8 @@ class BatchWriter:
         self.capacity = capacity
         self.on_written = on_written
         self.on_failed = on_failed
+        self.on_rejected = on_rejected
+        self.rows_rejected = 0
         self.connect_timeout_s = connect_timeout_s
         self.rows_written = 0
         self.rows_inserted = 0
@@ -246,16 +261,49 @@ class BatchWriter:
     def _write(self, batch: Batch) -> int:
         with self._io_lock:
             try:
-                inserted = write_rows(self._connection(), self.kind, batch.rows)
+                inserted, rejected = self._write_isolating(self._connection(), batch)
             except StoreUnavailable as exc:
+                # Halves already committed are safe to send again: the dedup key drops them.
                 self._drop_connection()
                 raise StoreUnavailable(str(exc), rows=len(batch.rows)) from exc
-        self.rows_written += len(batch.rows)
+        self.rows_written += len(batch.rows) - len(rejected.rows)
         self.rows_inserted += inserted
         self.batches += 1
+        if rejected.rows:
+            self.rows_rejected += len(rejected.rows)
+            self._call("on_rejected", rejected, StoreRejected(f"{len(rejected.rows)} rows refused"))
         if self.on_written is not None:
-            self.on_written(batch, inserted)
+            written = batch
+            if rejected.rows:
+                bad = {id(r) for r in rejected.rows}
+                keep = [i for i, r in enumerate(batch.rows) if id(r) not in bad]
+                written = Batch([batch.rows[i] for i in keep], [batch.tags[i] for i in keep])
+            self._call("on_written", written, inserted)
         return inserted
+
+    def _write_isolating(self, conn: Conn, batch: Batch) -> tuple[int, Batch]:
+        """Write a batch; when the database refuses it, split it to find the rows at fault."""
+        try:
+            return write_rows(conn, self.kind, batch.rows), Batch([], [])
+        except StoreRejected as exc:
+            if len(batch.rows) == 1:
+                log.error("%s row refused: %s", self.kind, exc)
+                return 0, batch
+        mid = len(batch.rows) // 2
+        n1, bad1 = self._write_isolating(conn, Batch(batch.rows[:mid], batch.tags[:mid]))
+        n2, bad2 = self._write_isolating(conn, Batch(batch.rows[mid:], batch.tags[mid:]))
+        return n1 + n2, Batch(bad1.rows + bad2.rows, bad1.tags + bad2.tags)
+
+    def _call(self, name: str, *args: Any) -> Any:
+        """Run a caller's callback; its exception is logged, never allowed to stop the writer."""
+        callback = getattr(self, name)
+        if callback is None:
+            return None
+        try:
+            return callback(*args)
+        except Exception:
+            log.exception("%s callback of the %s writer failed", name, self.kind)
+            return None
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -327,10 +375,8 @@ class BatchWriter:
             except StoreUnavailable as exc:
                 failures += 1
                 self.failures += 1
-                taken = False
-                if self.on_failed is not None:
-                    taken = self.on_failed(batch, exc)
-                else:
+                taken = bool(self._call("on_failed", batch, exc))
+                if self.on_failed is None:
                     log.warning("batch of %d %s rows not written: %s", len(batch.rows), self.kind, exc)
                 with self._cond:
                     if not taken:

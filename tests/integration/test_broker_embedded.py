@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from broker import MqttSession, device_topic, supports_shared_subscriptions
 from broker.embedded import EmbeddedBroker
-from streetlight.localservices import MqttService, free_port, start_embedded_broker
+from streetlight.localservices import MqttService, free_port, start_embedded_broker, tcp_reachable, terminate
+from tests.conftest import ROOT
 from tests.integration.test_broker_session import assert_will_is_retained_offline_with_bdseq, params_of
 
 pytestmark = pytest.mark.integration
@@ -77,3 +82,34 @@ async def test_starting_on_a_port_in_use_is_a_broker_error(unique_id: str) -> No
         with pytest.raises(BrokerError, match="did not start"):
             async with EmbeddedBroker("127.0.0.1", port):
                 pass
+
+
+def test_streetlight_broker_runs_in_the_foreground_and_stops_cleanly_on_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streetlight.cli", "broker", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not tcp_reachable("127.0.0.1", port, 0.2):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "streetlight broker did not start listening"
+            time.sleep(0.05)
+    finally:
+        status = terminate(proc)
+        _, err = proc.communicate()
+    assert status == 0
+    assert err.decode().count("listening on mqtt://127.0.0.1:") == 1
+
+
+def test_streetlight_broker_prints_a_development_mosquitto_config(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "streetlight.cli", "broker", "--mosquitto-config", "--port", "1999",
+         "--data-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "listener 1999 127.0.0.1" in out.stdout
+    assert f"persistence_location {tmp_path}/" in out.stdout

@@ -23,12 +23,14 @@ from store import (
     command_status_counts,
     create_resident,
     delete_resident,
+    district_hours,
     end_walk,
     get_alert,
     get_command,
     get_device,
     insert_commands,
     insert_dead_letters,
+    lamp_hours,
     lease_owners,
     list_alerts,
     list_dead_letters,
@@ -171,6 +173,8 @@ def test_rollups_compute_min_avg_max_energy_and_uptime_for_a_known_series(conn: 
     assert district is not None
     assert district[0] == 2
     assert district[1] == pytest.approx(125.0)
+    assert [h["energy_wh"] for h in lamp_hours(conn, "lamp-r2", since=T0)] == [pytest.approx(25.0)]
+    assert [h["lamps_online"] for h in district_hours(conn, "11230", since=T0)] == [2]
     # Incremental: a late row in that hour is picked up by the next run's look-back.
     write_telemetry(conn, [(start_ms + 45 * 60_000, "lamp-r2", 1, 99, 10, 50.0, 220.0, 0.2, 9.0, 1.0, [],
                             None, None, None, None)])  # fmt: skip

@@ -6,6 +6,7 @@ import argparse
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +20,7 @@ from store import (
     timescale_enabled,
     write_telemetry,
 )
+from store.embedded import start_embedded
 from store.schema import MIGRATIONS, list_partitions, partition_name, timescale_rollup_sql
 from streetlight.commands import migrate as migrate_command
 
@@ -176,3 +178,14 @@ def test_the_continuous_aggregate_queries_run_against_the_schema_with_a_time_buc
     for view in timescale_rollup_sql()[:2]:
         body = view.split(" AS SELECT ", 1)[1].removesuffix(" WITH NO DATA")
         conn.execute(f"EXPLAIN SELECT {body}")
+
+
+@pytest.mark.filterwarnings("ignore:XDG_RUNTIME_DIR")  # pgserver's platformdirs, running as root
+def test_the_embedded_database_starts_and_takes_the_migrations(tmp_path: Path) -> None:
+    svc = start_embedded(tmp_path)
+    try:
+        report = migrate(svc.url)
+        assert report.timescale is False
+        assert len(report.applied) == len(MIGRATIONS)
+    finally:
+        svc.stop()

@@ -15,6 +15,7 @@ from store import (
     Batch,
     BatchWriter,
     BufferFull,
+    StoreRejected,
     StoreUnavailable,
     migrate,
     write_events,
@@ -197,3 +198,27 @@ def test_the_writer_thread_hands_failed_batches_to_the_caller_to_spool() -> None
         assert _wait_for(lambda: len(spooled) == 1)
     assert writer.pending == 0
     assert len(spooled[0].rows) == 10
+
+
+def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_its_batch_is_written(
+    store_url: str, conn: Conn
+) -> None:
+    rows = _rows(100)
+    bad = (*rows[37][:4], 70_000, *rows[37][5:])  # level does not fit a smallint
+    rows[37] = bad
+    rejected: list[Batch] = []
+    written: list[int] = []
+    writer = BatchWriter(
+        store_url,
+        max_rows=100,
+        on_rejected=lambda b, exc: rejected.append(b),
+        on_written=lambda b, n: written.append(len(b.rows)),
+    )
+    writer.add_many(rows, tags=list(range(100)))
+    assert writer.flush() == 99
+    writer.close()
+    assert _count(conn) == 99
+    assert [b.tags for b in rejected] == [[37]]
+    assert written == [99]
+    with pytest.raises(StoreRejected):
+        write_telemetry(conn, [bad])

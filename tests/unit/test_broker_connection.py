@@ -10,13 +10,16 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import (
+    ConnectionLost,
     ConnectionParams,
+    MqttSession,
     MqttUrlError,
     backoff_delay_s,
     device_will,
     paho_client,
     parse_mqtt_url,
 )
+from streetlight.localservices import free_port
 
 
 @pytest.mark.parametrize(
@@ -90,3 +93,15 @@ def test_a_paho_client_gets_the_v2_callback_api_and_jittered_reconnect_delays() 
         assert 1 <= client._reconnect_min_delay <= client._reconnect_max_delay <= 60
         spreads.add((client._reconnect_min_delay, client._reconnect_max_delay))
     assert len(spreads) > 1
+
+
+async def test_a_session_without_a_broker_keeps_retrying_and_refuses_to_publish() -> None:
+    params = ConnectionParams("127.0.0.1", free_port())
+    session = MqttSession(params, client_id="nobody-home", backoff_base_s=0.01, backoff_cap_s=0.05)
+    async with session:
+        with pytest.raises(ConnectionLost, match="not connected"):
+            await session.wait_connected(0.3)
+        with pytest.raises(ConnectionLost, match="not published"):
+            await session.publish("sl/v1/11230/L1/cmd", b"{}")
+        assert session.connections == 0
+        assert not session.connected

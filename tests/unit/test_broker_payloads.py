@@ -240,8 +240,16 @@ def test_nan_and_infinity_literals_are_not_json(literal: bytes) -> None:
 
 def test_lamp_and_blinker_fields_cannot_be_mixed() -> None:
     assert refused("telemetry", payload("telemetry", rssi_dbm=-60)).field == "rssi_dbm"
-    mixed = dict(BLINKER_TELEMETRY, power_w=3.0)
-    assert refused("telemetry", json.dumps(mixed).encode()).field == "power_w"
+    for name in ("power_w", "voltage_v", "current_a", "temp_c", "lux"):
+        mixed = dict(BLINKER_TELEMETRY, **{name: 0})
+        assert refused("telemetry", json.dumps(mixed).encode()).field == name
+    for name, value in (("battery_v", 0), ("blinking", False), ("sightings", 0)):
+        assert refused("telemetry", payload("telemetry", **{name: value})).field == name
+
+
+def test_blinkers_may_report_faults_too() -> None:
+    doc = dict(BLINKER_TELEMETRY, faults=["battery_low"])
+    assert decode_telemetry(json.dumps(doc).encode(), NOW_MS).faults == ("battery_low",)
 
 
 @pytest.mark.parametrize(
