@@ -93,6 +93,10 @@ class State(Struct, frozen=True, omit_defaults=True):
     ts: TsMs | None = None
 
 
+_LAMP_FIELDS: Final = ("power_w", "voltage_v", "current_a", "temp_c", "lux")
+_BLINKER_FIELDS: Final = ("rssi_dbm", "battery_v", "blinking", "sightings")
+
+
 class Telemetry(Struct, frozen=True, omit_defaults=True):
     """``sl/v1/{d}/{id}/telemetry``: a lamp's (``level`` present) or a blinker's (``rssi_dbm`` present)."""
 
@@ -111,16 +115,23 @@ class Telemetry(Struct, frozen=True, omit_defaults=True):
     sightings: Sightings | None = None
 
     def __post_init__(self) -> None:
+        # Runs for every telemetry message: plain attribute tests first, names only on failure.
         if self.level is not None:
-            for name in ("rssi_dbm", "battery_v", "blinking", "sightings"):
-                if getattr(self, name) is not None:
-                    raise PayloadError(name, "a blinker field in lamp telemetry (level is present)")
+            blinker_fields = (self.rssi_dbm, self.battery_v, self.blinking, self.sightings)
+            if blinker_fields != (None, None, None, None):
+                name = next(n for n in _BLINKER_FIELDS if getattr(self, n) is not None)
+                raise PayloadError(name, "a blinker field in lamp telemetry (level is present)")
         elif self.rssi_dbm is None:
             raise PayloadError("level", "required: lamp telemetry carries level, blinker telemetry rssi_dbm")
-        else:
-            for name in ("power_w", "voltage_v", "current_a", "temp_c", "lux"):
-                if getattr(self, name) is not None:
-                    raise PayloadError(name, "a lamp field in blinker telemetry (level is absent)")
+        elif not (
+            self.power_w is None
+            and self.voltage_v is None
+            and self.current_a is None
+            and self.temp_c is None
+            and self.lux is None
+        ):
+            name = next(n for n in _LAMP_FIELDS if getattr(self, n) is not None)
+            raise PayloadError(name, "a lamp field in blinker telemetry (level is absent)")
 
     @property
     def kind(self) -> DeviceKind:

@@ -24,6 +24,17 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
 
 
+class _DropProbeNoise(logging.Filter):
+    """Drop amqtt's errors about connections that sent nothing.
+
+    ``streetlight.localservices.tcp_reachable`` (and load balancers' health checks) open and close
+    a TCP connection to see whether the broker is up; amqtt logs each as an ERROR and a WARNING.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No data" not in record.getMessage()
+
+
 def amqtt_config(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict[str, Any]:
     """The amqtt 0.12 ``BrokerConfig`` dict: one TCP listener, anonymous access, no other plugins."""
     return {
@@ -50,6 +61,9 @@ class EmbeddedBroker:
         # the broker is up.
         for noisy in ("amqtt", "transitions"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        amqtt_log = logging.getLogger("amqtt.broker")
+        if not any(isinstance(f, _DropProbeNoise) for f in amqtt_log.filters):
+            amqtt_log.addFilter(_DropProbeNoise())
         broker = Broker(amqtt_config(self.host, self.port))
         try:
             await broker.start()
