@@ -1,0 +1,61 @@
+"""Which names may become MQTT client ids and usernames.
+
+Topic strings are written here rather than imported from ``broker._topics`` because that module
+was being written concurrently; TODO: switch to its builders once it is stable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from broker.security._errors import InvalidIdentityError
+
+# DESIGN.md §3: a device id is ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$. Account names follow the same rule
+# so that no username can contain '+', '#' (MQTT wildcards: CVE-2017-7650 turned a %c/%u pattern
+# ACL into a wildcard with them), '/' (a topic level separator) or '%' (the substitution marker).
+IDENTITY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+DISTRICT_RE: Final = re.compile(r"[0-9]{5}")
+DEVICE_PREFIX: Final = "sl/v1"
+ALERTS_PREFIX: Final = "cc/v1"
+UPLINK_CHANNELS: Final = ("birth", "state", "telemetry", "event", "ack")
+CITY_DISTRICT: Final = "11000"
+# Seoul's 25 autonomous districts, statistical codes 11010 (Jongno-gu) .. 11250 (Gangdong-gu);
+# the same list as geo/data/seoul_districts.geojson (checked by a unit test).
+SEOUL_DISTRICTS: Final = tuple(str(code) for code in range(11010, 11251, 10))
+
+
+def identity_problem(name: str) -> str | None:
+    """Why ``name`` may not be a client id / username, or None when it may."""
+    for bad in "+#/%":
+        if bad in name:
+            return f"contains {bad!r}, which the broker could read as a wildcard, separator or pattern"
+    # fullmatch, not match: '$' in a Python regex would accept a trailing newline.
+    if IDENTITY_RE.fullmatch(name) is None:
+        return "must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$ (ASCII letters, digits, '-', '_'; max 64)"
+    return None
+
+
+def check_identity(name: str) -> str:
+    """Return ``name`` when it is a safe identity; raise InvalidIdentityError otherwise."""
+    problem = identity_problem(name)
+    if problem is not None:
+        raise InvalidIdentityError(name, problem)
+    return name
+
+
+def check_district(code: str) -> str:
+    """Return ``code`` when it is a 5-digit district code; raise InvalidIdentityError otherwise."""
+    if DISTRICT_RE.fullmatch(code) is None:
+        raise InvalidIdentityError(code, "district code must be 5 ASCII digits")
+    return code
+
+
+def device_topic(district_code: str, device_id: str, channel: str) -> str:
+    """``sl/v1/{d}/{id}/{channel}`` (DESIGN.md §3)."""
+    return f"{DEVICE_PREFIX}/{district_code}/{device_id}/{channel}"
+
+
+def alerts_topic(district_code: str) -> str:
+    """``cc/v1/{d}/alerts`` (DESIGN.md §3)."""
+    return f"{ALERTS_PREFIX}/{district_code}/alerts"

@@ -1,0 +1,167 @@
+"""``streetlight provision``: device and account credentials, and the broker configuration from them."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.security import (
+    REGISTRY_FILE,
+    DeviceSpec,
+    MosquittoOptions,
+    ProvisioningError,
+    Registry,
+    TlsFiles,
+    load_device_file,
+    reload_mosquitto,
+    write_emqx,
+    write_mosquitto,
+)
+from streetlight.settings import Settings
+
+HELP = "register lamps and blinkers, issue credentials, generate Mosquitto/EMQX security config"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``streetlight provision``."""
+    parser.add_argument(
+        "--devices",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="GeoJSON FeatureCollection of Points or CSV (id,kind,district_code,lat,lon,...); repeatable",
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="registry location (default: $STREETLIGHT_DATA_DIR/provision)"
+    )
+    parser.add_argument("--out", type=Path, help="Mosquitto files (default: STATE_DIR/mosquitto)")
+    parser.add_argument("--emqx-out", type=Path, help="EMQX files (default: STATE_DIR/emqx)")
+    parser.add_argument(
+        "--rotate", action="append", default=[], metavar="ID", help="issue a new secret; repeatable"
+    )
+    parser.add_argument(
+        "--revoke", action="append", default=[], metavar="ID", help="revoke credentials; repeatable"
+    )
+    secrets_to = parser.add_mutually_exclusive_group()
+    secrets_to.add_argument("--secrets-out", type=Path, metavar="FILE", help="new secrets as CSV, mode 0600")
+    secrets_to.add_argument(
+        "--print-secrets", action="store_true", help="print new secrets to stdout instead"
+    )
+    parser.add_argument(
+        "--dev-port", type=int, default=1883, help="loopback password listener port (0: none)"
+    )
+    parser.add_argument("--tls-port", type=int, default=0, help="mTLS listener port (0: none, the default)")
+    parser.add_argument("--tls-dir", type=Path, help="ca.crt, server.crt, server.key (see make_test_ca.sh)")
+    reload_to = parser.add_mutually_exclusive_group()
+    reload_to.add_argument("--reload-pid", type=int, metavar="PID", help="SIGHUP this mosquitto afterwards")
+    reload_to.add_argument("--reload-pidfile", type=Path, metavar="FILE", help="SIGHUP the mosquitto in FILE")
+    parser.add_argument("--list", action="store_true", help="list every principal and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Provision, rotate, revoke; write the registry and broker files; optionally reload mosquitto."""
+    state_dir: Path = args.state_dir or Settings.from_env().data_dir / "provision"
+    registry_path = state_dir / REGISTRY_FILE
+    try:
+        registry = Registry.load(registry_path)
+        if args.list:
+            _print_list(registry)
+            return 0
+        devices: list[DeviceSpec] = [d for path in args.devices for d in load_device_file(path)]
+        # With no device list the registry's devices are kept as they are.
+        report = registry.provision(devices or [p.device for p in registry.devices() if p.device is not None])
+        for name in args.rotate:
+            report.secrets[name] = registry.rotate(name)
+            report.rotated.append(name)
+        for name in args.revoke:
+            registry.revoke(name)
+            report.secrets.pop(name, None)
+            report.revoked.append(name)
+        options = _mosquitto_options(args)
+    except (ProvisioningError, OSError) as exc:
+        print(f"streetlight provision: {exc}", file=sys.stderr)
+        return 1
+
+    # Secrets first: if they cannot be written, nothing is saved and the run can simply be repeated.
+    secrets_where = _emit_secrets(report.secrets, args, state_dir)
+    registry.save(registry_path)
+    mosq = write_mosquitto(registry, args.out or state_dir / "mosquitto", options)
+    emqx = write_emqx(registry, args.emqx_out or state_dir / "emqx")
+    reloaded = _reload(args)
+
+    all_devices = registry.devices()
+    n_revoked = sum(p.revoked for p in all_devices)
+    new_devices = sum(1 for n in report.added if registry.device(n) is not None)
+    print(
+        f"provision: {len(all_devices)} devices ({new_devices} new, {len(report.updated)} updated, "
+        f"{n_revoked} revoked), {len(registry) - len(all_devices)} accounts"
+    )
+    if report.rotated:
+        print(f"  rotated    {', '.join(report.rotated)}")
+    if report.revoked:
+        print(f"  revoked    {', '.join(report.revoked)}")
+    print(f"  registry   {registry_path}")
+    print(f"  secrets    {secrets_where}")
+    print(f"  mosquitto  {mosq.conf.parent}/ (mosquitto.conf, passwords, acl)")
+    print(f"  emqx       {emqx.conf.parent}/ (emqx-security.conf, bootstrap users, acl.conf, rules)")
+    print(f"  broker     {reloaded}")
+    return 0
+
+
+def _mosquitto_options(args: argparse.Namespace) -> MosquittoOptions:
+    tls = None
+    if args.tls_port:
+        if args.tls_dir is None:
+            raise ProvisioningError(
+                "--tls-port needs --tls-dir (create one with broker/security/make_test_ca.sh)"
+            )
+        d = args.tls_dir.resolve()
+        crl = d / "crl.pem"
+        tls = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", crl if crl.exists() else None)
+    return MosquittoOptions(dev_port=args.dev_port or None, tls_port=args.tls_port or None, tls=tls)
+
+
+def _emit_secrets(secrets: dict[str, str], args: argparse.Namespace, state_dir: Path) -> str:
+    if not secrets:
+        return "none issued (existing credentials unchanged)"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["username", "secret"])
+    writer.writerows(sorted(secrets.items()))
+    if args.print_secrets:
+        print(buf.getvalue(), end="")
+        return f"{len(secrets)} printed above (shown once; they are stored only hashed)"
+    path: Path = args.secrets_out or (
+        state_dir / "secrets" / f"issued-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.csv"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # O_EXCL: never overwrite an earlier batch the installer has not collected yet.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(buf.getvalue())
+    return f"{path} ({len(secrets)} new, mode 0600: hand it to the installer, then delete it)"
+
+
+def _reload(args: argparse.Namespace) -> str:
+    pid: int | None = args.reload_pid
+    if args.reload_pidfile is not None:
+        pid = int(args.reload_pidfile.read_text().strip())
+    if pid is None:
+        return "not told: pass --reload-pid/--reload-pidfile (or restart it) to apply the new files"
+    try:
+        reload_mosquitto(pid)
+    except ProcessLookupError:
+        return f"NOT reloaded: no process {pid}"
+    return f"reloaded (SIGHUP to pid {pid}); revoked clients are disconnected now"
+
+
+def _print_list(registry: Registry) -> None:
+    for p in registry:
+        state = "revoked" if p.revoked else "active"
+        print(f"{p.name:<40} {p.role:<15} {p.district_code or '-':<6} {state}")
