@@ -86,9 +86,10 @@ def alerts_topic(district_code: str) -> str:
     return f"{ALERTS_PREFIX}/{district_code}/alerts"
 
 
-# Ingest sees the same topics over and over (16k lamps x 5 channels in Seoul's zones): a dict hit
-# costs about a tenth of a fresh parse. Bounded; cleared when full (only valid topics are cached).
-_PARSED_CACHE_MAX: Final = 262_144
+# Ingest sees the same topics over and over (16k lamps x 5 uplink channels in Seoul's zones): a
+# dict hit costs about a tenth of a fresh parse (docs/protocol.md, "Decode speed"). Bounded, so a
+# flood of made-up topics costs at most ~25 MB before the cache is cleared; only valid topics enter.
+_PARSED_CACHE_MAX: Final = 131_072
 _parsed: dict[str, DeviceTopic] = {}
 
 
