@@ -394,6 +394,9 @@ class BatchWriter:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        elif self._rows:
+            with contextlib.suppress(StoreUnavailable):
+                self.flush()
         with self._io_lock:
             self._drop_connection()
 

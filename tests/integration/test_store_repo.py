@@ -28,6 +28,7 @@ from store import (
     get_alert,
     get_command,
     get_device,
+    get_operator,
     insert_commands,
     insert_dead_letters,
     lamp_hours,
@@ -35,18 +36,21 @@ from store import (
     list_alerts,
     list_dead_letters,
     list_devices_with_state,
+    log_access,
     mark_unanswered,
     migrate,
     record_ack,
     refresh_rollups,
     release_lease,
     resident_by_token_hash,
+    run_maintenance,
     run_retention,
     set_connectivity,
     start_walk,
     update_device_states,
     upsert_alert,
     upsert_device,
+    upsert_operator,
     walk_positions,
     write_telemetry,
 )
@@ -251,6 +255,7 @@ def test_walk_positions_go_a_day_after_the_walk_ends_unless_tied_to_an_sos(conn:
     upsert_alert(conn, "al-9", kind="sos", status="open", severity="extreme", district_codes=["11230"],
                  created_at=T0)  # fmt: skip
     assert attach_walk_to_alert(conn, "w-sos", "al-9") == 1
+    add_alert_positions(conn, "al-9", [(T0, 37.57166, 127.04166, 6.0)])
     done = run_retention(conn, now=T0 + timedelta(hours=25))
     assert done["walk_positions_deleted"] == 1
     assert walk_positions(conn, "w-plain") == []
@@ -260,6 +265,9 @@ def test_walk_positions_go_a_day_after_the_walk_ends_unless_tied_to_an_sos(conn:
     run_retention(conn, now=T0 + timedelta(days=31))
     kept = walk_positions(conn, "w-sos")
     assert (kept[0]["lat"], kept[0]["lon"], kept[0]["reason"]) == (37.571, 127.041, "coarsened")
+    track = alert_track(conn, "al-9")
+    assert (track[0]["lat"], track[0]["lon"], track[0]["coarsened"]) == (37.572, 127.042, True)
+    assert track[0]["accuracy_m"] >= 100
     delete_resident(conn, "r-1")
     assert resident_by_token_hash(conn, "hash-1") is None
 
@@ -274,3 +282,20 @@ def test_a_district_lease_is_held_by_one_controller_until_it_expires(conn: Conn)
     assert row == ("ctl-b",)
     assert acquire_lease(conn, "11110", "ctl-a", ttl_s=600)
     assert lease_owners(conn) == {"11110": "ctl-a"}
+
+
+def test_operators_are_stored_with_their_role_and_reads_of_resident_data_are_logged(conn: Conn) -> None:
+    upsert_operator(conn, "op-dd", password_hash="argon2$x", role="district", district_code="11230")
+    op = get_operator(conn, "op-dd")
+    assert op is not None and (op["role"], op["district_code"]) == ("district", "11230")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        upsert_operator(conn, "op-bad", password_hash="x", role="district")  # a district operator needs one
+    log_access(conn, actor="op-dd", action="read_track", subject_kind="resident", subject_id="r-1")
+    row = conn.execute("SELECT actor, action, subject_id FROM audit_log").fetchone()
+    assert row == ("op-dd", "read_track", "r-1")
+
+
+def test_the_maintenance_job_runs_partitions_rollups_and_retention_together(conn: Conn) -> None:
+    done = run_maintenance(conn)
+    assert set(done) == {"partitions_created", "rollups", "retention"}
+    assert conn.execute("SELECT count(*) FROM retention_runs").fetchone() == (1,)

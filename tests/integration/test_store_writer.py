@@ -216,9 +216,12 @@ def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_its_batch_is_wri
     )
     writer.add_many(rows, tags=list(range(100)))
     assert writer.flush() == 99
-    writer.close()
     assert _count(conn) == 99
     assert [b.tags for b in rejected] == [[37]]
     assert written == [99]
+    writer.add(_rows(1, start_ms=5)[0])
+    writer.close()  # never started: close writes what is left, in this thread
+    assert writer.pending == 0
+    assert _count(conn) == 100
     with pytest.raises(StoreRejected):
         write_telemetry(conn, [bad])
