@@ -4,7 +4,14 @@ Public names only; the modules behind them are private. See docs/security.md.
 """
 
 from broker.security._acl import Grant, acl_table, grants_for
-from broker.security._emqx import EmqxFiles, write_emqx
+from broker.security._emqx import (
+    EmqxFiles,
+    acl_conf_text,
+    authz_rules,
+    emqx_conf_text,
+    users_bootstrap,
+    write_emqx,
+)
 from broker.security._errors import (
     DeviceFileError,
     InvalidIdentityError,
@@ -59,10 +66,13 @@ __all__ = [
     "UnknownPrincipalError",
     "UnsafeAclError",
     "Verdict",
+    "acl_conf_text",
     "acl_file_text",
     "acl_table",
+    "authz_rules",
     "check_identity",
     "check_sender",
+    "emqx_conf_text",
     "grants_for",
     "hash_secret",
     "identity_problem",
@@ -71,6 +81,7 @@ __all__ = [
     "new_secret",
     "password_file_text",
     "reload_mosquitto",
+    "users_bootstrap",
     "verify_secret",
     "write_emqx",
     "write_mosquitto",

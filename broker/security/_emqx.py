@@ -135,17 +135,25 @@ listeners.ssl.default {{
 """
 
 
-def write_emqx(registry: Registry, out_dir: Path) -> EmqxFiles:
-    """Write the EMQX fragment, user bootstrap, acl.conf and built-in-database rules."""
-    out_dir = out_dir.resolve()
-    files = EmqxFiles(
-        conf=out_dir / "emqx-security.conf",
-        users=out_dir / "auth-built-in-db-bootstrap.json",
-        acl_conf=out_dir / "acl.conf",
-        authz_rules=out_dir / "authz-built-in-db-rules.json",
+def _files_in(directory: Path) -> EmqxFiles:
+    return EmqxFiles(
+        conf=directory / "emqx-security.conf",
+        users=directory / "auth-built-in-db-bootstrap.json",
+        acl_conf=directory / "acl.conf",
+        authz_rules=directory / "authz-built-in-db-rules.json",
     )
+
+
+def write_emqx(registry: Registry, out_dir: Path, *, install_dir: Path | None = None) -> EmqxFiles:
+    """Write the EMQX fragment, user bootstrap, acl.conf and built-in-database rules.
+
+    ``install_dir`` is where the EMQX node will read them from, when that is not ``out_dir``.
+    """
+    files = _files_in(out_dir.resolve())
     write_private(files.users, json.dumps(users_bootstrap(registry), indent=1) + "\n", mode=0o640)
     write_private(files.acl_conf, acl_conf_text(registry), mode=0o640)
     write_private(files.authz_rules, json.dumps(authz_rules(registry), indent=1) + "\n", mode=0o640)
-    write_private(files.conf, emqx_conf_text(files), mode=0o640)
+    write_private(
+        files.conf, emqx_conf_text(files if install_dir is None else _files_in(install_dir)), mode=0o640
+    )
     return files

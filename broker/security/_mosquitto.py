@@ -138,15 +138,24 @@ def mosquitto_conf_text(files: MosquittoFiles, options: MosquittoOptions) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_mosquitto(registry: Registry, out_dir: Path, options: MosquittoOptions) -> MosquittoFiles:
-    """Write mosquitto.conf, passwords and acl into ``out_dir`` (ACL first checked non-empty)."""
-    out_dir = out_dir.resolve()
-    files = MosquittoFiles(out_dir / "mosquitto.conf", out_dir / "passwords", out_dir / "acl")
+def _files_in(directory: Path) -> MosquittoFiles:
+    return MosquittoFiles(directory / "mosquitto.conf", directory / "passwords", directory / "acl")
+
+
+def write_mosquitto(
+    registry: Registry, out_dir: Path, options: MosquittoOptions, *, install_dir: Path | None = None
+) -> MosquittoFiles:
+    """Write mosquitto.conf, passwords and acl into ``out_dir`` (ACL first checked non-empty).
+
+    ``install_dir`` is where the broker host will read them from, when that is not ``out_dir``.
+    """
+    files = _files_in(out_dir.resolve())
     acl = acl_file_text(registry)  # raises UnsafeAclError before anything is written
     # 0640: the broker usually runs as its own user in the owning group (chgrp mosquitto).
     write_private(files.password_file, password_file_text(registry), mode=0o640)
     write_private(files.acl_file, acl, mode=0o640)
-    write_private(files.conf, mosquitto_conf_text(files, options), mode=0o640)
+    referenced = files if install_dir is None else _files_in(install_dir)
+    write_private(files.conf, mosquitto_conf_text(referenced, options), mode=0o640)
     return files
 
 

@@ -43,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="Mosquitto files (default: STATE_DIR/mosquitto)")
     parser.add_argument("--emqx-out", type=Path, help="EMQX files (default: STATE_DIR/emqx)")
     parser.add_argument(
+        "--install-dir",
+        type=Path,
+        metavar="DIR",
+        help="where mosquitto will read the files from, if not --out (the paths inside mosquitto.conf)",
+    )
+    parser.add_argument(
+        "--emqx-install-dir",
+        type=Path,
+        metavar="DIR",
+        help="the same for EMQX (paths inside emqx-security.conf)",
+    )
+    parser.add_argument(
         "--rotate", action="append", default=[], metavar="ID", help="issue a new secret; repeatable"
     )
     parser.add_argument(
@@ -58,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-port", type=int, default=0, help="mTLS listener port (0: none, the default)")
     parser.add_argument("--tls-dir", type=Path, help="ca.crt, server.crt, server.key (see make_test_ca.sh)")
+    parser.add_argument(
+        "--broker-user",
+        metavar="USER",
+        help="mosquitto's `user` option: the account it runs as when started as root",
+    )
     reload_to = parser.add_mutually_exclusive_group()
     reload_to.add_argument("--reload-pid", type=int, metavar="PID", help="SIGHUP this mosquitto afterwards")
     reload_to.add_argument("--reload-pidfile", type=Path, metavar="FILE", help="SIGHUP the mosquitto in FILE")
@@ -91,8 +108,10 @@ def run(args: argparse.Namespace) -> int:
     # Secrets first: if they cannot be written, nothing is saved and the run can simply be repeated.
     secrets_where = _emit_secrets(report.secrets, args, state_dir)
     registry.save(registry_path)
-    mosq = write_mosquitto(registry, args.out or state_dir / "mosquitto", options)
-    emqx = write_emqx(registry, args.emqx_out or state_dir / "emqx")
+    mosq = write_mosquitto(
+        registry, args.out or state_dir / "mosquitto", options, install_dir=args.install_dir
+    )
+    emqx = write_emqx(registry, args.emqx_out or state_dir / "emqx", install_dir=args.emqx_install_dir)
     reloaded = _reload(args)
 
     all_devices = registry.devices()
@@ -124,7 +143,9 @@ def _mosquitto_options(args: argparse.Namespace) -> MosquittoOptions:
         d = args.tls_dir.resolve()
         crl = d / "crl.pem"
         tls = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", crl if crl.exists() else None)
-    return MosquittoOptions(dev_port=args.dev_port or None, tls_port=args.tls_port or None, tls=tls)
+    return MosquittoOptions(
+        dev_port=args.dev_port or None, tls_port=args.tls_port or None, tls=tls, run_as=args.broker_user
+    )
 
 
 def _emit_secrets(secrets: dict[str, str], args: argparse.Namespace, state_dir: Path) -> str:
