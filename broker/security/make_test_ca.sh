@@ -1,22 +1,75 @@
 #!/bin/sh
-# A throwaway test CA, a server certificate and per-device client certificates for the mTLS
-# listener (issue 7). TEST ONLY: keys are unencrypted; a production CA lives offline or in an HSM.
+# A throwaway test CA, a server certificate, per-device client certificates and a CRL for the
+# mTLS listener (issue 7). TEST ONLY: keys are unencrypted; a production CA lives offline or in an
+# HSM.
 #
-#   make_test_ca.sh OUT_DIR [SERVER_NAME] [DEVICE_ID ...]
+#   make_test_ca.sh OUT_DIR [SERVER_NAME] [DEVICE_ID ...]   create (or extend) the test CA
+#   make_test_ca.sh --revoke OUT_DIR DEVICE_ID ...          revoke certificates, rewrite crl.pem
 #
-# OUT_DIR gets ca.crt/ca.key, server.crt/server.key (CN and subjectAltName = SERVER_NAME,
-# default localhost, plus IP 127.0.0.1) and, per device, DEVICE_ID.crt/DEVICE_ID.key with
-# CN = DEVICE_ID: Mosquitto's use_identity_as_username makes the CN the MQTT username, so the
-# certificate's CN is what the ACL is matched against. Existing CA files are reused, so devices
-# can be added later with the same CA.
+# OUT_DIR gets ca.crt/ca.key, crl.pem, server.crt/server.key (CN and subjectAltName =
+# SERVER_NAME, default localhost, plus IP 127.0.0.1) and, per device, DEVICE_ID.crt/DEVICE_ID.key
+# with CN = DEVICE_ID: Mosquitto's use_identity_as_username makes the CN the MQTT username, so
+# the certificate's CN is what the ACL is matched against. Existing files are reused, so devices
+# can be added later with the same CA. After --revoke, SIGHUP mosquitto: it re-reads crlfile.
 set -eu
 
-out=${1:?usage: make_test_ca.sh OUT_DIR [SERVER_NAME] [DEVICE_ID ...]}
-server=${2:-localhost}
-[ $# -ge 2 ] && shift 2 || shift $#
+revoke=0
+if [ "${1:-}" = "--revoke" ]; then
+    revoke=1
+    shift
+fi
+out=${1:?usage: make_test_ca.sh [--revoke] OUT_DIR [SERVER_NAME] [DEVICE_ID ...]}
+shift
+if [ "$revoke" -eq 0 ]; then
+    server=${1:-localhost}
+    [ $# -ge 1 ] && shift
+fi
 days=30
 mkdir -p "$out"
 umask 077
+
+# A minimal `openssl ca` configuration: only its database is used, to revoke and to write the CRL.
+cnf="$out/ca.cnf"
+if [ ! -f "$cnf" ]; then
+    cat > "$cnf" <<CNF
+[ ca ]
+default_ca = test_ca
+[ test_ca ]
+database = $out/index.txt
+crlnumber = $out/crlnumber
+certificate = $out/ca.crt
+private_key = $out/ca.key
+default_md = sha256
+default_crl_days = $days
+CNF
+    : > "$out/index.txt"
+    echo 01 > "$out/crlnumber"
+fi
+
+gencrl() {
+    openssl ca -config "$cnf" -gencrl -out "$out/crl.pem" 2>/dev/null
+    chmod 0644 "$out/crl.pem"
+}
+
+check_id() {
+    # The same rule as provisioning: a CN with '+', '#', '/' or '%' could become a wildcard.
+    case "$1" in
+        *[!A-Za-z0-9_-]* | [-_]* | "") echo "refused device id: $1" >&2; exit 2 ;;
+    esac
+    if [ "${#1}" -gt 64 ]; then echo "refused device id (over 64 characters): $1" >&2; exit 2; fi
+}
+
+if [ "$revoke" -eq 1 ]; then
+    for device in "$@"; do
+        check_id "$device"
+        openssl ca -config "$cnf" -revoke "$out/$device.crt" 2>/dev/null
+    done
+    gencrl
+    echo "revoked $# certificate(s); $out/crl.pem rewritten: SIGHUP mosquitto to apply"
+    exit 0
+fi
+
+for device in "$@"; do check_id "$device"; done
 
 if [ ! -f "$out/ca.crt" ]; then
     openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$days" \
@@ -24,6 +77,7 @@ if [ ! -f "$out/ca.crt" ]; then
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
         -keyout "$out/ca.key" -out "$out/ca.crt" 2>/dev/null
 fi
+[ -f "$out/crl.pem" ] || gencrl
 
 sign() { # name cn extensions
     openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/O=streetlight test/CN=$2" \
@@ -42,14 +96,10 @@ subjectAltName=DNS:$server,IP:127.0.0.1"
 fi
 
 for device in "$@"; do
-    # The same rule as provisioning: a CN with '+', '#', '/' or '%' could become a wildcard.
-    case "$device" in
-        *[!A-Za-z0-9_-]* | [-_]* | "") echo "refused device id: $device" >&2; exit 2 ;;
-    esac
     sign "$device" "$device" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
 done
 # Public parts readable so the broker (its own user) can load them; keys stay 0600.
 chmod 0644 "$out"/*.crt
-echo "test CA in $out: ca.crt, server.crt/key for $server, $# client certificate(s)"
+echo "test CA in $out: ca.crt, crl.pem, server.crt/key for $server, $# client certificate(s)"

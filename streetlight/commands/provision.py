@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import io
 import os
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from broker.security import (
     ProvisioningError,
     Registry,
     TlsFiles,
+    acl_table,
     load_device_file,
     reload_mosquitto,
     write_emqx,
@@ -69,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev-port", type=int, default=1883, help="loopback password listener port (0: none)"
     )
     parser.add_argument("--tls-port", type=int, default=0, help="mTLS listener port (0: none, the default)")
-    parser.add_argument("--tls-dir", type=Path, help="ca.crt, server.crt, server.key (see make_test_ca.sh)")
+    parser.add_argument(
+        "--tls-dir", type=Path, help="ca.crt, server.crt, server.key, crl.pem (see make_test_ca.sh)"
+    )
     parser.add_argument(
         "--broker-user",
         metavar="USER",
@@ -86,33 +92,39 @@ def run(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir or Settings.from_env().data_dir / "provision"
     registry_path = state_dir / REGISTRY_FILE
     try:
-        registry = Registry.load(registry_path)
         if args.list:
-            _print_list(registry)
+            _print_list(Registry.load(registry_path))
             return 0
+        # Everything that can be refused is checked before anything is written.
         devices: list[DeviceSpec] = [d for path in args.devices for d in load_device_file(path)]
-        # With no device list the registry's devices are kept as they are.
-        report = registry.provision(devices or [p.device for p in registry.devices() if p.device is not None])
-        for name in args.rotate:
-            report.secrets[name] = registry.rotate(name)
-            report.rotated.append(name)
-        for name in args.revoke:
-            registry.revoke(name)
-            report.secrets.pop(name, None)
-            report.revoked.append(name)
         options = _mosquitto_options(args)
+        with _locked(state_dir):
+            registry = Registry.load(registry_path)
+            # With no device list the registry's devices are kept as they are.
+            report = registry.provision(
+                devices or [p.device for p in registry.devices() if p.device is not None]
+            )
+            for name in args.rotate:
+                report.secrets[name] = registry.rotate(name)
+                report.rotated.append(name)
+            for name in args.revoke:
+                registry.revoke(name)
+                report.secrets.pop(name, None)
+                report.revoked.append(name)
+            acl_table(registry)  # raises UnsafeAclError before the registry changes on disk
+            # Secrets first: if they cannot be written, nothing is saved and the run can be repeated.
+            secrets_where = _emit_secrets(report.secrets, args, state_dir)
+            registry.save(registry_path)
+            mosq = write_mosquitto(
+                registry, args.out or state_dir / "mosquitto", options, install_dir=args.install_dir
+            )
+            emqx = write_emqx(
+                registry, args.emqx_out or state_dir / "emqx", install_dir=args.emqx_install_dir
+            )
+        reloaded = _reload(args)
     except (ProvisioningError, OSError) as exc:
         print(f"streetlight provision: {exc}", file=sys.stderr)
         return 1
-
-    # Secrets first: if they cannot be written, nothing is saved and the run can simply be repeated.
-    secrets_where = _emit_secrets(report.secrets, args, state_dir)
-    registry.save(registry_path)
-    mosq = write_mosquitto(
-        registry, args.out or state_dir / "mosquitto", options, install_dir=args.install_dir
-    )
-    emqx = write_emqx(registry, args.emqx_out or state_dir / "emqx", install_dir=args.emqx_install_dir)
-    reloaded = _reload(args)
 
     all_devices = registry.devices()
     n_revoked = sum(p.revoked for p in all_devices)
@@ -133,6 +145,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """One provisioning run at a time per state dir (two operators must not lose each other's work)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (state_dir / ".lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ProvisioningError(f"another `streetlight provision` is running on {state_dir}") from exc
+        yield
+
+
 def _mosquitto_options(args: argparse.Namespace) -> MosquittoOptions:
     tls = None
     if args.tls_port:
@@ -141,8 +165,8 @@ def _mosquitto_options(args: argparse.Namespace) -> MosquittoOptions:
                 "--tls-port needs --tls-dir (create one with broker/security/make_test_ca.sh)"
             )
         d = args.tls_dir.resolve()
-        crl = d / "crl.pem"
-        tls = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", crl if crl.exists() else None)
+        # crl.pem is required, not optional: without it a revoked certificate reconnects.
+        tls = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", d / "crl.pem")
     return MosquittoOptions(
         dev_port=args.dev_port or None, tls_port=args.tls_port or None, tls=tls, run_as=args.broker_user
     )

@@ -422,7 +422,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
         dev_port=dev_port,
         tls_port=tls_port,
         tls_bind="127.0.0.1",
-        tls=TlsFiles(ca / "ca.crt", ca / "server.crt", ca / "server.key"),
+        tls=TlsFiles(ca / "ca.crt", ca / "server.crt", ca / "server.key", ca / "crl.pem"),
         log_dest="stderr",
         run_as=RUN_AS,
     )
@@ -494,29 +494,49 @@ def test_a_certificate_whose_cn_is_not_provisioned_gets_no_topics(tls_broker: Tl
         assert ingest.received_until("sl/v1/11230/lamp-a/birth") == ["sl/v1/11230/lamp-a/birth"]
 
 
-def test_a_revoked_mtls_device_is_muted_at_once_by_the_acl_reload(tls_broker: TlsBroker) -> None:
+def _mtls_refused(port: int, ca: Path, device: str) -> bool:
+    """True when the mTLS listener will not carry MQTT for this device's certificate."""
+    connect = bytes([0x10, 12 + len(device), 0, 4, *b"MQTT", 4, 2, 0, 60, 0, len(device), *device.encode()])
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            _client_tls(ca, device).wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(connect)
+            return tls.recv(4) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+def test_a_revoked_mtls_device_is_muted_at_once_and_refused_on_reconnect_by_the_crl(
+    tls_broker: TlsBroker,
+) -> None:
     # mTLS clients are not re-checked against the password file on SIGHUP (docs/security.md), but
-    # the ACL applies per message: after the reload nothing the revoked device says is delivered.
+    # the ACL applies per message: after the reload nothing the revoked device says is delivered;
+    # the CRL (re-read on SIGHUP) refuses its certificate from then on.
     t = tls_broker
+    device = "lamp-tls-revoked"
+    assert not _mtls_refused(t.port, t.ca, device)
     with (
         session(t.dev_port, "ingest", t.broker.secrets["ingest"]) as ingest,
-        session(
-            t.port, None, None, client_id="lamp-tls-revoked", tls=_client_tls(t.ca, "lamp-tls-revoked")
-        ) as bad,
+        session(t.port, None, None, client_id=device, tls=_client_tls(t.ca, device)) as bad,
         session(t.port, None, None, client_id="lamp-a", tls=_client_tls(t.ca, "lamp-a")) as lamp,
     ):
         for s in (ingest, bad, lamp):
             assert s.connack.get(timeout=5) == 0
         assert ingest.subscribe("sl/v1/+/+/#") == 1
-        bad.publish("sl/v1/11230/lamp-tls-revoked/telemetry", b'{"before": true}')
-        assert ingest.received_until("sl/v1/11230/lamp-tls-revoked/telemetry")
-        t.broker.registry.revoke("lamp-tls-revoked")
+        bad.publish(f"sl/v1/11230/{device}/telemetry", b'{"before": true}')
+        assert ingest.received_until(f"sl/v1/11230/{device}/telemetry")
+        t.broker.registry.revoke(device)
+        subprocess.run(["sh", str(CA_SCRIPT), "--revoke", str(t.ca), device], check=True, capture_output=True)
         t.broker.regenerate_and_reload()
-        time.sleep(0.5)  # the reload is asynchronous to us; the SIGHUP is handled in the broker loop
+        time.sleep(0.5)  # SIGHUP is handled in the broker's loop, asynchronously to us
         if not bad.disconnected.is_set():
-            bad.publish("sl/v1/11230/lamp-tls-revoked/telemetry", b'{"after": true}')
+            bad.publish(f"sl/v1/11230/{device}/telemetry", b'{"after": true}')
         lamp.publish("sl/v1/11230/lamp-a/telemetry", b"{}")
         assert ingest.received_until("sl/v1/11230/lamp-a/telemetry") == ["sl/v1/11230/lamp-a/telemetry"]
+    assert _mtls_refused(t.port, t.ca, device)
+    assert not _mtls_refused(t.port, t.ca, "lamp-a")
 
 
 # -- the operator's flow through the command --------------------------------------------------------

@@ -429,6 +429,28 @@ def test_the_command_refuses_a_wildcard_device_id_and_writes_nothing(
     assert not (tmp_path / "state").exists()
 
 
+def test_the_command_refuses_to_revoke_the_last_principal_with_rights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(tmp_path, "--print-secrets") == 0
+    registry_before = (tmp_path / "state" / "registry.json").read_text()
+    names = [p.name for p in Registry.load(tmp_path / "state" / "registry.json")]
+    capsys.readouterr()
+    assert _run(tmp_path, *(arg for n in names for arg in ("--revoke", n))) == 1
+    assert "no rules" in capsys.readouterr().err
+    assert (tmp_path / "state" / "registry.json").read_text() == registry_before
+
+
+def test_the_command_lists_principals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    devices = _geojson(tmp_path, {"id": "lamp-a", "kind": "lamp", "district_code": "11230"})
+    assert _run(tmp_path, "--devices", str(devices), "--print-secrets", "--revoke", "lamp-a") == 0
+    capsys.readouterr()
+    assert _run(tmp_path, "--list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["lamp-a", "device", "11230", "revoked"] for line in lines)
+    assert any(line.split() == ["cc-11000", "control_centre", "11000", "active"] for line in lines)
+
+
 def test_the_command_reports_an_unknown_name_to_revoke(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
