@@ -40,6 +40,7 @@ from broker.security._registry import (
     ProvisionReport,
     Registry,
     load_device_file,
+    sync_devices,
     write_private,
 )
 from broker.security._sender import Verdict, check_sender
@@ -81,6 +82,7 @@ __all__ = [
     "new_secret",
     "password_file_text",
     "reload_mosquitto",
+    "sync_devices",
     "users_bootstrap",
     "verify_secret",
     "write_emqx",

@@ -131,6 +131,7 @@ def mosquitto_conf_text(files: MosquittoFiles, options: MosquittoOptions) -> str
             f"keyfile {o.tls.keyfile}",
             "require_certificate true",
             "use_identity_as_username true",
+            # Measured on 2.0.11: a minimum; TLS 1.3 and 1.2 handshakes succeed, TLS 1.1 is refused.
             "tls_version tlsv1.2",
         ]
         if o.tls.crlfile is not None:

@@ -178,6 +178,15 @@ class Registry:
         write_private(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n", mode=0o600)
 
 
+def sync_devices(registry: Registry, sink: DeviceSink) -> None:
+    """Mirror the registry's devices into ``sink``: upsert the active ones, mark the revoked ones."""
+    devices = registry.devices()
+    sink.upsert_devices([p.device for p in devices if p.device is not None and not p.revoked])
+    for p in devices:
+        if p.revoked:
+            sink.mark_revoked(p.name)
+
+
 def write_private(path: Path, text: str, *, mode: int) -> None:
     """Write ``text`` to ``path`` atomically (temp file + rename) with ``mode`` from the start."""
     path.parent.mkdir(parents=True, exist_ok=True)

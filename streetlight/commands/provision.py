@@ -42,10 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="GeoJSON FeatureCollection of Points or CSV (id,kind,district_code,lat,lon,...); repeatable",
     )
     parser.add_argument(
-        "--state-dir", type=Path, help="registry location (default: $STREETLIGHT_DATA_DIR/provision)"
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="registry location (default: $STREETLIGHT_DATA_DIR/provision)",
     )
-    parser.add_argument("--out", type=Path, help="Mosquitto files (default: STATE_DIR/mosquitto)")
-    parser.add_argument("--emqx-out", type=Path, help="EMQX files (default: STATE_DIR/emqx)")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="Mosquitto files (default: STATE_DIR/mosquitto)"
+    )
+    parser.add_argument("--emqx-out", type=Path, metavar="DIR", help="EMQX files (default: STATE_DIR/emqx)")
     parser.add_argument(
         "--install-dir",
         type=Path,
@@ -70,11 +75,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print-secrets", action="store_true", help="print new secrets to stdout instead"
     )
     parser.add_argument(
-        "--dev-port", type=int, default=1883, help="loopback password listener port (0: none)"
+        "--dev-port", type=int, metavar="PORT", default=1883, help="loopback password listener port (0: none)"
     )
-    parser.add_argument("--tls-port", type=int, default=0, help="mTLS listener port (0: none, the default)")
     parser.add_argument(
-        "--tls-dir", type=Path, help="ca.crt, server.crt, server.key, crl.pem (see make_test_ca.sh)"
+        "--tls-port", type=int, metavar="PORT", default=0, help="mTLS listener port (0: none, the default)"
+    )
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        metavar="DIR",
+        help="ca.crt, server.crt, server.key, crl.pem (see make_test_ca.sh)",
     )
     parser.add_argument(
         "--broker-user",

@@ -9,6 +9,7 @@ import json
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from broker.security import (
     identity_problem,
     load_device_file,
     password_file_text,
+    sync_devices,
     users_bootstrap,
     verify_secret,
     write_emqx,
@@ -456,3 +458,27 @@ def test_the_command_reports_an_unknown_name_to_revoke(
 ) -> None:
     assert _run(tmp_path, "--revoke", "ghost") == 1
     assert "'ghost' is not provisioned" in capsys.readouterr().err
+
+
+# -- the database mirror (interface only; store/ owns the table) -------------------------------------
+
+
+class FakeDeviceSink:
+    def __init__(self) -> None:
+        self.upserted: list[DeviceSpec] = []
+        self.revoked: list[str] = []
+
+    def upsert_devices(self, devices: Sequence[DeviceSpec]) -> None:
+        self.upserted.extend(devices)
+
+    def mark_revoked(self, device_id: str) -> None:
+        self.revoked.append(device_id)
+
+
+def test_the_registry_can_be_mirrored_into_a_device_sink() -> None:
+    registry = Registry()
+    registry.provision([LAMP_A, BLINK_A])
+    registry.revoke("blink-a")
+    sink = FakeDeviceSink()
+    sync_devices(registry, sink)
+    assert sink.upserted == [LAMP_A] and sink.revoked == ["blink-a"]
