@@ -1,0 +1,127 @@
+"""A fast MQTT publisher for benchmarks: pre-encoded PUBLISH packets written straight to a socket.
+
+It is deliberately not the Python MQTT stack being measured: packets are built once, then written
+in large chunks, so publishing costs almost no CPU and the subscriber side is what is measured.
+Run as a separate process: ``python -m streetlight.bench.fastpub --port P --count N ...``; it
+prints one JSON line with what it sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _str(s: bytes) -> bytes:
+    return struct.pack("!H", len(s)) + s
+
+
+def connect_packet(client_id: str, keepalive_s: int = 60) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session and no credentials."""
+    var = _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive_s)
+    payload = _str(client_id.encode())
+    body = var + payload
+    return bytes([0x10]) + _remaining_length(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
+    """An MQTT 3.1.1 PUBLISH (QoS 0 or 1)."""
+    var = _str(topic.encode())
+    if qos:
+        var += struct.pack("!H", packet_id)
+    body = var + payload
+    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+
+
+def telemetry_payload(seq: int, ts_ms: int, level: int) -> bytes:
+    """A typical lamp telemetry message (DESIGN.md §3)."""
+    power = round(0.4 * level, 1)
+    return (
+        b'{"ts":%d,"seq":%d,"level":%d,"power_w":%.1f,"voltage_v":221.3,"current_a":%.3f,'
+        b'"temp_c":31.5,"lux":0.4,"faults":[]}' % (ts_ms, seq, level, power, power / 221.3)
+    )
+
+
+def build_stream(count: int, lamps: int, qos: int, district: str, prefix: str, ts_ms: int) -> list[bytes]:
+    """All PUBLISH packets: ``count`` telemetry messages round-robin over ``lamps`` lamp ids."""
+    packets = []
+    for i in range(count):
+        lamp = i % lamps
+        seq = i // lamps
+        topic = f"sl/v1/{district}/{prefix}{lamp:05d}/telemetry"
+        packets.append(publish_packet(topic, telemetry_payload(seq, ts_ms + seq, 80), qos, (i % 65535) + 1))
+    return packets
+
+
+def _drain(sock: socket.socket, stop: threading.Event) -> None:
+    # Read and discard CONNACK/PUBACKs so the broker never blocks on a full socket.
+    sock.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            if not sock.recv(65536):
+                return
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+
+
+def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None, chunk: int = 500) -> float:
+    """Send the packets (optionally paced); returns the seconds it took."""
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(connect_packet(f"fastpub-{time.monotonic_ns()}"))
+    stop = threading.Event()
+    reader = threading.Thread(target=_drain, args=(sock, stop), daemon=True)
+    reader.start()
+    t0 = time.perf_counter()
+    for start in range(0, len(packets), chunk):
+        sock.sendall(b"".join(packets[start : start + chunk]))
+        if rate_per_s:
+            ahead = (start + chunk) / rate_per_s - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    elapsed = time.perf_counter() - t0
+    sock.sendall(b"\xe0\x00")  # DISCONNECT
+    time.sleep(0.2)
+    stop.set()
+    sock.close()
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line of the publisher process."""
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=100_000)
+    p.add_argument("--lamps", type=int, default=500)
+    p.add_argument("--qos", type=int, choices=[0, 1], default=0)
+    p.add_argument("--district", default="11230")
+    p.add_argument("--prefix", default="bench")
+    p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: as fast as possible)")
+    p.add_argument("--ts-ms", type=int, default=0)
+    a = p.parse_args(argv)
+    ts_ms = a.ts_ms or int(time.time() * 1000)
+    packets = build_stream(a.count, a.lamps, a.qos, a.district, a.prefix, ts_ms)
+    elapsed = publish(a.host, a.port, packets, a.rate or None)
+    sys.stdout.write(json.dumps({"sent": a.count, "seconds": round(elapsed, 3)}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
