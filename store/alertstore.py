@@ -1,0 +1,174 @@
+"""Alerts kept in PostgreSQL, and the wake-up channels between services.
+
+This is the one place where an `alerts.Alert` (the pure core's value) becomes rows and back,
+so the API (SOS from residents, operators' actions), the controller (routing, blinking,
+escalation) and ingest (maintenance alerts) all write alerts the same way.
+
+Contract between services (DESIGN.md §2, "the API hands requests to the controller over the
+database"): the durable record is always a row; a `NOTIFY` on one of the channels below is
+only a wake-up sent in the same transaction (PostgreSQL delivers it at commit, never for a
+rolled-back change). A service that was down re-reads the rows when it starts, so a lost
+notification delays work but never loses it.
+
+Channels and their JSON payloads (all small; PostgreSQL caps a payload at 8000 bytes):
+
+    sl_alert   {"alert_id", "kind", "state", "districts": [...], "action"}
+               every change of an alert (created, acknowledged, escalated, resolved, ...)
+    sl_walk    {"walk_id", "op": "start"|"position"|"end", "lat", "lon", "accuracy_m",
+                "heading_deg", "speed_mps", "ts_ms", "district"}
+               a resident's walk; the position is also a row in walk_positions
+    sl_lamp    {"device_id", "district", "level", "ttl_s", "source", "action"}
+               an operator's manual override for the controller to send (set_level / clear)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import dict_row
+
+from alerts import Alert, AlertState, alert_from_dict, alert_to_dict
+from store.errors import StoreRejected
+from store.repo import add_alert_positions, append_alert_event, upsert_alert
+
+ALERT_CHANNEL = "sl_alert"
+WALK_CHANNEL = "sl_walk"
+LAMP_CHANNEL = "sl_lamp"
+
+Conn = Connection[Any]
+
+
+class AlertNotFound(StoreRejected):
+    """No alert with that id."""
+
+
+def notify(conn: Conn, channel: str, payload: dict[str, Any]) -> None:
+    """Queue a NOTIFY on `channel`; delivered when the surrounding transaction commits."""
+    conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(payload, separators=(",", ":"))))
+
+
+def _acknowledged_by(alert: Alert) -> str | None:
+    for event in alert.timeline:
+        if event.action.value == "acknowledged":
+            return event.actor
+    return None
+
+
+def _resolved_at(alert: Alert) -> datetime | None:
+    if alert.state in (AlertState.RESOLVED, AlertState.CANCELLED):
+        return alert.timeline[-1].at if alert.timeline else None
+    return None
+
+
+def save_alert(
+    conn: Conn,
+    alert: Alert,
+    *,
+    previous: Alert | None = None,
+    resident_id: str | None = None,
+    walk_id: str | None = None,
+) -> None:
+    """Write `alert` (new or changed from `previous`): its row, its new timeline events and new
+    track points, then notify `sl_alert`. Call inside a transaction."""
+    data = alert_to_dict(alert)
+    old_events = len(previous.timeline) if previous is not None else 0
+    old_track = len(previous.track) if previous is not None else 0
+    updated = alert.timeline[-1].at if alert.timeline else alert.created_at
+    upsert_alert(
+        conn,
+        alert.id,
+        kind=alert.kind.value,
+        status=alert.state.value,
+        severity=alert.severity.value,
+        district_codes=data["centres"],
+        created_at=alert.created_at,
+        updated_at=updated,
+        data=data,
+        resident_id=resident_id,
+        walk_id=walk_id,
+        device_id=alert.device_ids[0] if len(alert.device_ids) == 1 else None,
+        acknowledged_by=_acknowledged_by(alert),
+        acknowledged_at=alert.acknowledged_at,
+        resolved_at=_resolved_at(alert),
+    )
+    for event in alert.timeline[old_events:]:
+        append_alert_event(
+            conn,
+            alert.id,
+            actor=event.actor,
+            action=event.action.value,
+            note=event.note or None,
+            details=dict(event.details),
+            at=event.at,
+        )
+    new_points = alert.track[old_track:]
+    if new_points:
+        add_alert_positions(conn, alert.id, [(p.at, p.lat, p.lon, p.accuracy_m) for p in new_points])
+    last_action = alert.timeline[-1].action.value if alert.timeline else "created"
+    notify(
+        conn,
+        ALERT_CHANNEL,
+        {
+            "alert_id": alert.id,
+            "kind": alert.kind.value,
+            "state": alert.state.value,
+            "districts": data["centres"],
+            "action": last_action,
+        },
+    )
+
+
+def _from_row(row: dict[str, Any]) -> Alert:
+    return alert_from_dict(row["data"])
+
+
+def load_alert(conn: Conn, alert_id: str, *, for_update: bool = False) -> Alert | None:
+    """The alert with that id, or None; `for_update` locks its row until the transaction ends."""
+    query = "SELECT data FROM alerts WHERE alert_id = %s" + (" FOR UPDATE" if for_update else "")
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query, (alert_id,)).fetchone()
+    return _from_row(row) if row is not None else None
+
+
+def change_alert(conn: Conn, alert_id: str, change: Callable[[Alert], Alert]) -> tuple[Alert, Alert]:
+    """Lock the alert, apply the pure `change` (e.g. `lambda a: acknowledge(a, now, actor)`), save
+    and notify, all in one transaction. Returns (before, after). Raises AlertNotFound, and lets
+    the core's InvalidTransition through untouched (nothing is written then)."""
+    with conn.transaction():
+        before = load_alert(conn, alert_id, for_update=True)
+        if before is None:
+            raise AlertNotFound(f"no alert {alert_id!r}")
+        after = change(before)
+        if after is not before:
+            save_alert(conn, after, previous=before)
+    return before, after
+
+
+def active_alerts(
+    conn: Conn,
+    *,
+    districts: Sequence[str] | None = None,
+    kinds: Iterable[str] | None = None,
+    source_id: str | None = None,
+) -> list[Alert]:
+    """Open, acknowledged and dispatched alerts, oldest first, optionally filtered."""
+    where = ["status IN ('open', 'acknowledged', 'dispatched')"]
+    params: list[object] = []
+    if districts is not None:
+        where.append("district_codes && %s")
+        params.append(list(districts))
+    if kinds is not None:
+        where.append("kind = ANY(%s)")
+        params.append(list(kinds))
+    if source_id is not None:
+        where.append("data->>'source_id' = %s")
+        params.append(source_id)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT data FROM alerts WHERE " + " AND ".join(where) + " ORDER BY created_at", params
+        ).fetchall()
+    return [_from_row(r) for r in rows]
