@@ -5,13 +5,22 @@ No I/O besides reading the vendored data files in the loaders; no clocks; nothin
 
 from geo._coords import check_latlon, distance_m
 from geo._gazetteer import BORDER_DISTANCE_M, SNAP_DISTANCE_M, Area, Gazetteer, Location, load_areas
-from geo._lamps import LampHits, LampIndex, LampsAhead, grid_direction, reach_for_speed
+from geo._lamps import (
+    WALK_RADIUS_M,
+    LampHits,
+    LampIndex,
+    LampsAhead,
+    grid_direction,
+    lamps_for_walker,
+    reach_for_speed,
+)
 from geo._projection import to_latlon, to_metric
 from geo._zones import SafetyZones, SmartLightBatch, Zone, load_safety_zones
 
 __all__ = [
     "BORDER_DISTANCE_M",
     "SNAP_DISTANCE_M",
+    "WALK_RADIUS_M",
     "Area",
     "Gazetteer",
     "LampHits",
@@ -24,6 +33,7 @@ __all__ = [
     "check_latlon",
     "distance_m",
     "grid_direction",
+    "lamps_for_walker",
     "load_areas",
     "load_safety_zones",
     "reach_for_speed",

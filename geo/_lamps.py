@@ -335,3 +335,26 @@ class LampIndex:
             across_m=tuple(across_m[order].tolist()),
             reach_m=reach_m,
         )
+
+
+WALK_RADIUS_M = 30.0  # lamps this close to a resident in safe-walk mode brighten (issue #5)
+
+
+def lamps_for_walker(
+    index: LampIndex,
+    lat_deg: float,
+    lon_deg: float,
+    heading_deg: float | None,
+    speed_mps: float | None,
+    *,
+    radius_m: float = WALK_RADIUS_M,
+) -> tuple[str, ...]:
+    """The lamps to brighten for a walker: those within `radius_m`, nearest first, then those in
+    the corridor ahead (when heading and speed are known and the walker moves), by distance along
+    the path. Each lamp appears once."""
+    near = index.within(lat_deg, lon_deg, radius_m).ids
+    if heading_deg is None or speed_mps is None or speed_mps <= 0.0 or not math.isfinite(heading_deg):
+        return near
+    seen = set(near)
+    ahead = [i for i in index.ahead(lat_deg, lon_deg, heading_deg % 360.0, speed_mps).ids if i not in seen]
+    return (*near, *ahead)

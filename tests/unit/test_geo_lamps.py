@@ -313,3 +313,21 @@ def test_within_30_m_over_50000_lamps_takes_well_under_a_millisecond() -> None:
         timings.append(time.perf_counter() - start)
     assert hits >= 300  # each query point is itself a lamp
     assert float(np.median(timings)) < 1e-3
+
+
+def test_a_walker_gets_the_lamps_around_then_the_lamps_ahead_once_each() -> None:
+    from geo import LampIndex, lamps_for_walker, to_latlon
+
+    # lamps every 20 m along a street running north from a point in Jung-gu, one 25 m behind
+    e0, n0 = 198_000.0, 551_000.0
+    norths = [n0 - 25.0, *[n0 + 20.0 * k for k in range(0, 6)]]
+    lat, lon = to_latlon([e0] * len(norths), norths)
+    ids = ["behind", *[f"L{k}" for k in range(6)]]
+    index = LampIndex(ids, lat, lon)
+    here_lat, here_lon = to_latlon(e0, n0)
+    standing = lamps_for_walker(index, float(here_lat), float(here_lon), None, None)
+    assert standing == ("L0", "L1", "behind")
+    walking = lamps_for_walker(index, float(here_lat), float(here_lon), 0.0, 1.4)
+    assert walking[:3] == ("L0", "L1", "behind")
+    assert walking[3:] == ("L2", "L3")  # reach 1.4 m/s x 45 s = 63 m; each lamp once
+    assert "behind" in walking and len(set(walking)) == len(walking)
