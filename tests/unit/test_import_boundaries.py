@@ -36,7 +36,7 @@ ALLOWED_PROJECT_IMPORTS = {
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
     "broker": {"broker", "streetlight"},
-    "store": {"store", "streetlight"},
+    "store": {"store", "alerts", "streetlight"},  # alertstore maps the alerts core to rows
 }
 PROJECT_PACKAGES = {
     "geo",
