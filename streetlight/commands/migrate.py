@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from streetlight.settings import Settings
@@ -17,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-timescale",
         action="store_true",
         help="use native partitioning even when TimescaleDB is available (first run only)",
+    )
+    parser.add_argument(
+        "--maintenance",
+        action="store_true",
+        help="then run the maintenance job: partitions ahead, rollups, retention (for a timer)",
     )
 
 
@@ -49,4 +55,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"storage: TimescaleDB {report.timescale_version or ''}".rstrip())
     else:
         print("storage: native partitioning (TimescaleDB not in use)")
+    if args.maintenance:
+        import psycopg
+
+        from store.jobs import run_maintenance
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            done = run_maintenance(conn)
+        print("maintenance: " + json.dumps(done, default=str, ensure_ascii=False))
     return 0
