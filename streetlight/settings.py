@@ -50,6 +50,11 @@ class Settings:
     police_after_s: float = 90.0
     police_webhook_url: str | None = None
     log_level: str = "INFO"
+    api_token_secret: str | None = None
+    """Signs operators' tokens; None: a random secret kept in the database, shared by API instances."""
+    api_token_ttl_s: float = 12 * 3600.0  # one operator shift
+    api_kdf_time_cost: int = 3  # argon2id passes for operators' passwords (RFC 9106 second choice)
+    api_kdf_memory_kib: int = 65536  # argon2id memory, 64 MiB (RFC 9106 second recommended option)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +74,8 @@ class Settings:
             police_after_s=_float(e, "STREETLIGHT_POLICE_AFTER_S", 90.0),
             police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
+            api_token_secret=e.get("STREETLIGHT_API_TOKEN_SECRET") or None,
+            api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
+            api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),
+            api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
         )
