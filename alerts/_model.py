@@ -76,7 +76,7 @@ class EventAction(StrEnum):
     POSITION = "position"  # a new position in the SOS track
     LAMPS_ADDED = "lamps_added"  # a mass outage grew
     ESCALATED = "escalated"  # details["escalation"] names the EscalationKind
-    LAMPS_CONFIRMED = "lamps_confirmed"  # SOS blink: which lamps acked (details "confirmed"/"unconfirmed"/"added")
+    LAMPS_CONFIRMED = "lamps_confirmed"  # SOS blink: lamps that acked, did not, or were added
 
 
 def require_aware(value: datetime, name: str) -> datetime:
