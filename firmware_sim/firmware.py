@@ -336,9 +336,14 @@ class LampFirmware(_Firmware):
             raise ValueError(f"LampFirmware needs a lamp identity, got kind {identity.kind!r}")
         super().__init__(identity)
         self.config = config if config is not None else LampConfig()
+        # Simulated sky: the sun (schedule, ambient light, weather) is seen this far ahead of the
+        # clock, so a demo can run at night whatever the hour, while timestamps, command expiry and
+        # acks stay on the real clock the backend checks them against.
+        self.sky_offset_ms = 0
 
     def _schedule_level(self, clock_ms: int) -> int:
-        return schedule_level(self.identity.lat_deg, self.identity.lon_deg, clock_ms, self.config.profile)
+        sky_ms = clock_ms + self.sky_offset_ms
+        return schedule_level(self.identity.lat_deg, self.identity.lon_deg, sky_ms, self.config.profile)
 
     def _apply_config(self, config: Mapping[str, ConfigValue]) -> None:
         # parse_command has checked the keys and the value types for each.
@@ -349,7 +354,7 @@ class LampFirmware(_Firmware):
         return (
             self.faults.day_burning
             and self.output(now_ms).level == 0
-            and not is_dark(self.identity.lat_deg, self.identity.lon_deg, clock_ms)
+            and not is_dark(self.identity.lat_deg, self.identity.lon_deg, clock_ms + self.sky_offset_ms)
         )
 
     def actual_level(self, now_ms: int) -> int:
@@ -378,7 +383,8 @@ class LampFirmware(_Firmware):
 
     def telemetry(self, now_ms: int, rng: random.Random) -> Message:
         """A telemetry message: level, power, voltage, current, temperature, ambient light, faults."""
-        when = ms_to_datetime(now_ms)  # physics follows true time, not the device's skewed clock
+        # Physics follows true time (shifted by the simulated sky), not the device's skewed clock.
+        when = ms_to_datetime(now_ms + self.sky_offset_ms)
         level = self.actual_level(now_ms)
         rated_w = self.config.rated_power_w
         if self.faults.supply_loss:

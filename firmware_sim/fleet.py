@@ -1,0 +1,445 @@
+"""Simulated devices on the network: each lamp and blinker its own MQTT connection.
+
+The firmware (``firmware.py``) decides what a device says; this module only carries it: a
+``DeviceLink`` connects with the device's own client id and credentials, registers the retained
+``offline`` last will of the connection's ``bdseq``, publishes birth then retained ``online``,
+subscribes to its own ``cmd`` topic, feeds commands to the firmware and publishes the acks, and
+reconnects with capped jittered backoff. A ``Fleet`` holds thousands of links on one event loop
+and sends telemetry round-robin, so the load is even instead of arriving in waves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import logging
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from broker import backoff_delay_s
+
+from . import mqtt
+from .firmware import BlinkerFirmware, DeviceIdentity, LampFirmware, Message, _Firmware
+from .placement import Placement
+
+__all__ = [
+    "DeviceLink",
+    "Endpoint",
+    "Fleet",
+    "FleetStats",
+    "SimClock",
+    "load_credentials",
+]
+
+log = logging.getLogger(__name__)
+
+# Models named in birth messages; synthetic, like the positions.
+LAMP_MODEL = "SL-LED40-SIM"
+BLINKER_MODEL = "BB-BLE-SIM"
+# How many devices may be between TCP connect and CONNACK at once: enough to fill a broker's
+# accept queue without a thundering herd (Mosquitto's listen backlog is 100 on Linux... per accept
+# loop round; 256 measured fastest for 10k devices on these machines, docs/simulator.md).
+CONNECT_CONCURRENCY = 256
+KEEPALIVE_S = 60
+# Round-robin telemetry scheduler period.
+SCHEDULER_TICK_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A broker address."""
+
+    host: str
+    port: int
+
+
+def load_credentials(path: Path) -> dict[str, str]:
+    """``username,secret`` CSV as written by ``streetlight provision --secrets-out`` -> {username: secret}."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out: dict[str, str] = {}
+    for row in rows:
+        name, secret = row.get("username"), row.get("secret")
+        if name and secret:
+            out[name] = secret
+    return out
+
+
+class SimClock:
+    """Real time for the wire (ts, expiry) and a simulated sky for the lamps' sun.
+
+    ``sky_start_ms`` puts the sun at that moment when the clock starts; ``time_scale`` runs the
+    sky faster than real time. Timestamps stay real, so the backend accepts them and commands
+    expire on time; only the schedule, ambient light and weather see the simulated sky.
+    """
+
+    def __init__(self, *, sky_start_ms: int | None = None, time_scale: float = 1.0) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self._real_start_ms = self.now_ms()
+        self._sky_start_ms = self._real_start_ms if sky_start_ms is None else sky_start_ms
+        self.time_scale = time_scale
+
+    @staticmethod
+    def now_ms() -> int:
+        """Real wall-clock time, epoch milliseconds."""
+        return time.time_ns() // 1_000_000
+
+    def sky_ms(self, now_ms: int | None = None) -> int:
+        """The simulated sky's time at real time `now_ms`."""
+        real = self.now_ms() if now_ms is None else now_ms
+        return self._sky_start_ms + round((real - self._real_start_ms) * self.time_scale)
+
+    def sky_offset_ms(self, now_ms: int | None = None) -> int:
+        """How far the sky runs ahead of the real clock now."""
+        real = self.now_ms() if now_ms is None else now_ms
+        return self.sky_ms(real) - real
+
+
+@dataclass
+class FleetStats:
+    """Counters of a fleet, read by the live status line and the benchmark."""
+
+    devices: int = 0
+    connected: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    refused: int = 0
+    published: int = 0
+    telemetry: int = 0
+    events: int = 0
+    commands: int = 0
+    applied: int = 0
+    rejected: int = 0
+    expired: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, int | str]:
+        """Plain values for JSON."""
+        return dict(self.__dict__)
+
+
+def _encode(message: Message) -> bytes:
+    payload = message.payload
+    return orjson.dumps(payload if isinstance(payload, dict) else dict(payload))
+
+
+class DeviceLink:
+    """One device's MQTT life: connect, birth, commands, reconnect."""
+
+    __slots__ = (
+        "_down_until",
+        "_killed",
+        "conn",
+        "endpoint",
+        "firmware",
+        "fleet",
+        "password",
+        "username",
+    )
+
+    def __init__(
+        self,
+        firmware: _Firmware,
+        endpoint: Endpoint,
+        fleet: Fleet,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self.firmware = firmware
+        self.endpoint = endpoint
+        self.fleet = fleet
+        self.username = username
+        self.password = password
+        self.conn: mqtt.MqttConnection | None = None
+        self._down_until = 0.0  # loop time before which the device stays offline (flapping, kill)
+        self._killed = False
+
+    @property
+    def device_id(self) -> str:
+        """The device id, also its client id and username."""
+        return self.firmware.identity.device_id
+
+    @property
+    def online(self) -> bool:
+        """Connected right now."""
+        return self.conn is not None and self.conn.is_open
+
+    def _now_ms(self) -> int:
+        if isinstance(self.firmware, LampFirmware):
+            self.firmware.sky_offset_ms = self.fleet.clock.sky_offset_ms()
+        return self.fleet.clock.now_ms()
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Publish the firmware's messages now; dropped when offline (as a device without a queue)."""
+        conn = self.conn
+        if conn is None or not conn.is_open:
+            return
+        stats = self.fleet.stats
+        for message in messages:
+            try:
+                conn.publish(message.topic, _encode(message), qos=message.qos, retain=message.retain)
+            except mqtt.MqttError:
+                return
+            stats.published += 1
+            if message.channel == "telemetry":
+                stats.telemetry += 1
+            elif message.channel == "event":
+                stats.events += 1
+            elif message.channel == "ack":
+                status = message.payload.get("status")
+                if status == "applied":
+                    stats.applied += 1
+                elif status == "rejected":
+                    stats.rejected += 1
+                elif status == "expired":
+                    stats.expired += 1
+
+    def send_raw(self, channel: str, payload: bytes, qos: int = 1) -> bool:
+        """Publish raw bytes on one of the device's own topics (malformed-payload tests)."""
+        if self.conn is None or not self.conn.is_open:
+            return False
+        self.conn.publish(f"{self.firmware.identity.topic_prefix}/{channel}", payload, qos=qos)
+        self.fleet.stats.published += 1
+        return True
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self.fleet.stats.commands += 1
+        try:
+            command: object = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            command = None  # rejected by the firmware without an ack: nothing to correlate with
+        self.send(self.firmware.handle_command(command, self._now_ms()))
+
+    def tick(self) -> None:
+        """Telemetry turn: housekeeping events, then one telemetry message."""
+        if self.conn is None or not self.conn.is_open:
+            return
+        now_ms = self._now_ms()
+        fw = self.firmware
+        messages = fw.tick(now_ms)
+        if isinstance(fw, LampFirmware | BlinkerFirmware):
+            messages.append(fw.telemetry(now_ms, self.fleet.rng))
+        self.send(messages)
+
+    def kill(self, *, down_s: float = 0.0) -> None:
+        """Silent death: drop the socket without DISCONNECT (the will fires); back after `down_s`."""
+        self._down_until = asyncio.get_running_loop().time() + down_s
+        if self.conn is not None:
+            self.conn.abort()
+
+    def stay_down(self) -> None:
+        """Drop the socket (the will fires) and never reconnect."""
+        self._killed = True
+        if self.conn is not None:
+            self.conn.abort()
+
+    def disconnect(self) -> None:
+        """Clean end: DISCONNECT, no will."""
+        self._killed = True
+        if self.conn is not None:
+            self.conn.disconnect()
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect with capped jittered backoff; until cancelled."""
+        fleet = self.fleet
+        loop = asyncio.get_running_loop()
+        identity = self.firmware.identity
+        attempt = 0
+        while not self._killed:
+            wait_s = self._down_until - loop.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            will = self.firmware.start_session()  # next bdseq; its offline state is the will
+            try:
+                async with fleet.connect_slots:
+                    conn = await mqtt.connect(
+                        self.endpoint.host,
+                        self.endpoint.port,
+                        identity.device_id,
+                        keepalive_s=KEEPALIVE_S,
+                        username=self.username,
+                        password=self.password,
+                        will=mqtt.Will(will.topic, _encode(will), qos=1, retain=True),
+                        on_message=self._on_message,
+                    )
+            except mqtt.MqttError as exc:
+                fleet.stats.connect_failures += 1
+                if isinstance(exc, mqtt.ConnectRefused):
+                    fleet.stats.refused += 1
+                fleet.stats.last_error = str(exc)
+                await asyncio.sleep(backoff_delay_s(attempt, rng=fleet.rng))
+                attempt += 1
+                continue
+            if self._killed:
+                conn.disconnect()
+                return
+            attempt = 0
+            self.conn = conn
+            fleet.stats.connects += 1
+            fleet.stats.connected += 1
+            try:
+                self.send(self.firmware.on_connected(self._now_ms()))  # birth, then retained online
+                with contextlib.suppress(mqtt.MqttError):
+                    conn.subscribe(f"{identity.topic_prefix}/cmd", qos=1)
+                await conn.closed
+            finally:
+                fleet.stats.connected -= 1
+                self.conn = None
+            if not self._killed and self._down_until <= loop.time():
+                await asyncio.sleep(backoff_delay_s(attempt, rng=fleet.rng))
+                attempt += 1
+
+
+@dataclass
+class _Pair:
+    lamp: DeviceLink
+    blinker: DeviceLink | None
+
+
+@dataclass
+class Fleet:
+    """Many device links on one event loop; ``async with`` connects them and stops them cleanly."""
+
+    endpoints: Sequence[Endpoint]
+    interval_s: float = 60.0
+    clock: SimClock = field(default_factory=SimClock)
+    rng: random.Random = field(default_factory=lambda: random.Random(2022))
+    connect_concurrency: int = CONNECT_CONCURRENCY
+    kill_on_exit: bool = False
+    stats: FleetStats = field(default_factory=FleetStats)
+    links: list[DeviceLink] = field(default_factory=list)
+    by_id: dict[str, DeviceLink] = field(default_factory=dict)
+    connect_slots: asyncio.Semaphore = field(init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.connect_slots = asyncio.Semaphore(self.connect_concurrency)
+
+    # -- building -------------------------------------------------------------------------
+
+    def add(self, firmware: _Firmware, credentials: Mapping[str, str] | None = None) -> DeviceLink:
+        """Add one device; its broker is chosen by district, so a district stays on one broker."""
+        identity = firmware.identity
+        endpoint = self.endpoints[int(identity.district_code) // 10 % len(self.endpoints)]
+        password = None if credentials is None else credentials.get(identity.device_id)
+        username = identity.device_id if password is not None else None
+        link = DeviceLink(firmware, endpoint, self, username=username, password=password)
+        self.links.append(link)
+        self.by_id[identity.device_id] = link
+        self.stats.devices += 1
+        return link
+
+    def add_placement(
+        self,
+        placement: Placement,
+        *,
+        with_blinkers: bool = True,
+        credentials: Mapping[str, str] | None = None,
+    ) -> None:
+        """Add every lamp of a placement and, unless told otherwise, its paired blinker."""
+        for lamp in placement.lamps:
+            self.add(
+                LampFirmware(
+                    DeviceIdentity(
+                        lamp.lamp_id,
+                        lamp.district_code,
+                        "lamp",
+                        lamp.lat_deg,
+                        lamp.lon_deg,
+                        LAMP_MODEL,
+                        lamp.blinker_id if with_blinkers else None,
+                    )
+                ),
+                credentials,
+            )
+            if with_blinkers:
+                self.add(
+                    BlinkerFirmware(
+                        DeviceIdentity(
+                            lamp.blinker_id,
+                            lamp.district_code,
+                            "blinker",
+                            lamp.lat_deg,
+                            lamp.lon_deg,
+                            BLINKER_MODEL,
+                            lamp.lamp_id,
+                        )
+                    ),
+                    credentials,
+                )
+
+    def lamps(self) -> Iterator[DeviceLink]:
+        """Links of lamps."""
+        return (link for link in self.links if isinstance(link.firmware, LampFirmware))
+
+    def blinkers(self) -> Iterator[DeviceLink]:
+        """Links of blinkers."""
+        return (link for link in self.links if isinstance(link.firmware, BlinkerFirmware))
+
+    def firmware(self, device_id: str) -> _Firmware:
+        """The firmware of one device."""
+        return self.by_id[device_id].firmware
+
+    # -- running --------------------------------------------------------------------------
+
+    @property
+    def requested_rate_per_s(self) -> float:
+        """Telemetry messages per second the fleet is asked for."""
+        return len(self.links) / self.interval_s if self.interval_s > 0 else 0.0
+
+    async def __aenter__(self) -> Fleet:
+        for link in self.links:
+            self._tasks.append(asyncio.create_task(link.run(), name=f"device {link.device_id}"))
+        self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry scheduler"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(kill=self.kill_on_exit)
+
+    async def stop(self, *, kill: bool = False) -> None:
+        """Disconnect every device (``kill``: drop sockets so wills fire) and end the tasks."""
+        for link in self.links:
+            if kill:
+                link.stay_down()
+            else:
+                link.disconnect()
+        await asyncio.sleep(0.2)  # let the DISCONNECTs leave before the transports go
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def wait_connected(self, count: int | None = None, timeout_s: float = 60.0) -> bool:
+        """Wait until `count` (default: all) devices are connected; False on timeout."""
+        want = len(self.links) if count is None else count
+        deadline = time.monotonic() + timeout_s
+        while self.stats.connected < want:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    async def _telemetry_loop(self) -> None:
+        """Round-robin: device i sends at start + (k + i/n) * interval, evenly spread."""
+        if self.interval_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sent = 0
+        while True:
+            await asyncio.sleep(SCHEDULER_TICK_S)
+            n = len(self.links)
+            if n == 0:
+                continue
+            due = int((loop.time() - start) / self.interval_s * n)
+            for turn in range(sent, due):
+                self.links[turn % n].tick()
+            sent = due
