@@ -1,0 +1,93 @@
+"""``streetlight controller``: walks, beacon sightings, SOS blinking and escalation for some districts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from streetlight.settings import Settings
+
+HELP = "run the controller (walk brightening, SOS to control centres, blinking, escalation) for districts"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight controller``."""
+    parser.add_argument(
+        "--districts",
+        default="all",
+        metavar="CODES",
+        help="comma-separated district codes to take leases for, or 'all' (default: all 25 and the city centre)",
+    )
+    parser.add_argument("--mqtt-url", help="broker URL (default: MQTT_URL)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    parser.add_argument("--owner", help="lease owner name (default: host-pid-random)")
+    parser.add_argument(
+        "--lease-ttl-s", type=float, default=6.0, help="district lease time to live (default 6)"
+    )
+    parser.add_argument("--hold-s", type=int, default=30, help="walk brightening hold time (default 30)")
+
+
+def district_codes(spec: str) -> tuple[str, ...]:
+    """The candidate districts: the codes given, or every district of the gazetteer and the city centre."""
+    from alerts import CITY_CENTRE, is_centre_code
+
+    if spec.strip().lower() in ("", "all"):
+        from geo import Gazetteer
+
+        return (*sorted(area.code for area in Gazetteer.load().districts), CITY_CENTRE)
+    codes = tuple(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
+    bad = [c for c in codes if not is_centre_code(c)]
+    if bad:
+        raise ValueError(f"district codes must be 5 digits, got {', '.join(bad)}")
+    return codes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the controller until SIGINT/SIGTERM; leases are released on the way out."""
+    from alerts import EscalationPolicy
+    from broker import parse_mqtt_url
+    from controller import Controller, ControllerConfig, HoldPolicy
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    mqtt_url = args.mqtt_url or settings.mqtt_url
+    db_url = args.database_url or settings.database_url
+    if not mqtt_url or not db_url:
+        print("streetlight controller: needs MQTT_URL and DATABASE_URL (or --mqtt-url/--database-url)")
+        return 2
+    try:
+        districts = district_codes(args.districts)
+    except ValueError as exc:
+        print(f"streetlight controller: {exc}")
+        return 2
+    extra = {"owner": args.owner} if args.owner else {}
+    cfg = ControllerConfig(
+        mqtt=parse_mqtt_url(mqtt_url),
+        database_url=db_url,
+        districts=districts,
+        lease_ttl_s=args.lease_ttl_s,
+        holds=HoldPolicy(hold_s=args.hold_s),
+        escalation=EscalationPolicy(
+            renotify_after_s=settings.escalate_after_s, police_after_s=settings.police_after_s
+        ),
+        police_webhook_url=settings.police_webhook_url,
+        **extra,  # type: ignore[arg-type]
+    )
+
+    async def main() -> None:
+        controller = Controller(cfg)
+        task = asyncio.create_task(controller.run(), name="controller")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        logging.getLogger("controller").info(
+            "controller started owner=%s candidates=%d", cfg.owner, len(cfg.districts)
+        )
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return 0
