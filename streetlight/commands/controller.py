@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--districts",
         default="all",
         metavar="CODES",
-        help="comma-separated district codes to take leases for, or 'all' (default: all 25 and the city centre)",
+        help="comma-separated district codes to lease, or 'all' (the 25 districts and the city centre)",
     )
     parser.add_argument("--mqtt-url", help="broker URL (default: MQTT_URL)")
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
