@@ -1,0 +1,194 @@
+"""The ASGI application: ``api.app:app`` (configured from the environment) or ``create_app(config)``.
+
+Resources are opened in the lifespan and kept in ``app.state.api`` (an `AppState`): the
+database pool, the gazetteer, the lamp index (refreshed in the background), the stream hub.
+
+Errors: invalid input is a 4xx naming the field or the problem, never a 5xx. Request bodies
+are checked by pydantic (422 with ``detail`` naming each field); the cores' ValueErrors (a
+coordinate the gazetteer refuses) become 422 too; the database's refusal of a value
+(`store.errors.StoreRejected`) is a 422 as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from psycopg_pool import ConnectionPool
+from starlette.concurrency import run_in_threadpool
+
+from api import lamps, operators, residents, stream
+from api.config import ApiConfig
+from api.hub import StreamHub
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.places import LampDirectory
+from api.queries import shared_token_secret
+from api.ratelimit import RateLimiter
+from api.security import password_hasher
+from api.state import AppState
+from geo import Gazetteer
+from store.errors import StoreRejected
+from store.schema import apply_migrations
+from store.types import Conn
+from streetlight.settings import Settings
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+DESCRIPTION = """Smart streetlights for Seoul's alleys: the residents' Safety app (safe walks that
+brighten the lamps ahead, SOS to the district control centre) and the operators' console API.
+
+Residents authenticate with the install token from `POST /v1/residents`; operators with the
+session token from `POST /v1/auth/login`. Both as `Authorization: Bearer <token>`."""
+
+
+async def _refresh_lamps(state: AppState) -> None:
+    while True:
+        await asyncio.sleep(state.config.lamp_refresh_s)
+        try:
+            await run_in_threadpool(_refresh_once, state)
+        except psycopg.Error as exc:
+            log.warning("lamp index refresh failed: %s", exc)
+
+
+def _refresh_once(state: AppState) -> int:
+    with state.pool.connection() as conn:
+        return state.lamps.refresh(conn)
+
+
+def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
+    with psycopg.connect(config.database_url, autocommit=True) as conn:
+        apply_migrations(conn)
+        secret = config.token_secret.encode("utf-8") if config.token_secret else shared_token_secret(conn)
+    pool: ConnectionPool[Conn] = ConnectionPool(
+        config.database_url,
+        min_size=config.pool_min,
+        max_size=config.pool_max,
+        kwargs={"autocommit": True},
+        open=False,
+        name="api",
+    )
+    pool.open(wait=True, timeout=30.0)
+    state = AppState(
+        config=config,
+        pool=pool,
+        gazetteer=Gazetteer.load(),
+        lamps=LampDirectory(),
+        hasher=password_hasher(config.kdf_time_cost, config.kdf_memory_kib),
+        token_secret=secret,
+        metrics=metrics,
+        hub=StreamHub(config.database_url, metrics, config.stream_queue),
+        position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
+        sos_limit=RateLimiter(config.sos_per_minute, 60.0),
+        login_limit=RateLimiter(config.logins_per_minute, 60.0),
+        register_limit=RateLimiter(config.registrations_per_minute, 60.0),
+    )
+    _refresh_once(state)
+    return state
+
+
+def create_app(config: ApiConfig | None = None) -> FastAPI:
+    """The application; without `config` it reads the settings (DATABASE_URL ...) when it starts."""
+    metrics = ApiMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = config or ApiConfig.from_settings(Settings.from_env())
+        state = await run_in_threadpool(_open_state, cfg, metrics)
+        app.state.api = state
+        async with asyncio.TaskGroup() as tg:
+            hub_task = tg.create_task(state.hub.run(), name="stream-hub")
+            refresh_task = tg.create_task(_refresh_lamps(state), name="lamp-refresh")
+            try:
+                await asyncio.wait_for(state.hub.ready.wait(), timeout=15.0)
+                yield
+            finally:
+                hub_task.cancel()
+                refresh_task.cancel()
+                await run_in_threadpool(state.pool.close)
+
+    app = FastAPI(
+        title="streetlight API",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=lambda: metrics)
+    app.include_router(residents.router)
+    app.include_router(operators.router)
+    app.include_router(lamps.router)
+    app.include_router(stream.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        # Not the offending input itself: a NaN would make the answer invalid JSON.
+        errors = [
+            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
+
+    @app.exception_handler(ValueError)
+    async def invalid_value(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(StoreRejected)
+    async def store_rejected(request: Request, exc: StoreRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness", responses={503: {"description": "not ready"}})
+    def readyz(request: Request) -> JSONResponse:
+        """The database answers and the live stream listens."""
+        state: AppState = request.app.state.api
+        try:
+            with state.pool.connection(timeout=2.0) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            return JSONResponse({"status": "database unavailable", "detail": str(exc)}, status_code=503)
+        if not state.hub.ready.is_set():
+            return JSONResponse({"status": "stream not listening"}, status_code=503)
+        return JSONResponse({"status": "ready", "lamps": len(state.lamps.snapshot.index)})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
+    def prometheus() -> Response:
+        """Counters and latency histograms in the Prometheus text format."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def console_root() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/console", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        # The one 5xx we answer on purpose: the app should retry, and says so.
+        return JSONResponse(
+            {"detail": "database unavailable, retry"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    return app
+
+
+app = create_app()

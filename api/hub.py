@@ -1,0 +1,178 @@
+"""The live stream's hub: one LISTEN on PostgreSQL per API instance, fanned out to consoles.
+
+Every change of an alert is saved with a `NOTIFY sl_alert` (store/alertstore.py); the hub reads
+the changed alert once and queues it to every connected console allowed to see it. A lost
+notification (the hub reconnecting) costs nothing durable: consoles are then disconnected and
+catch up from the database by their last event id when they reconnect.
+
+Each console's queue is bounded (`ApiConfig.stream_queue`); a console that falls that far
+behind gets an ``overflow`` message and is disconnected, so one slow browser never holds the
+hub's memory or delays the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from alerts import alert_from_dict, allowed_actions
+from alerts._errors import AlertError
+from api.metrics import ApiMetrics
+from api.queries import STREAM_SELECT
+from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def alert_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """An alert as lists and the stream show it: state, place in words, last event; no track
+    (the track is read through the alert's detail, which is audited)."""
+    data = dict(row["data"])
+    try:
+        actions = [a.value for a in allowed_actions(alert_from_dict(data))]
+    except AlertError:
+        actions = []
+    timeline = data.get("timeline") or []
+    return {
+        "id": row["alert_id"],
+        "kind": row["kind"],
+        "state": row["status"],
+        "severity": data.get("severity"),
+        "created_at": data.get("created_at"),
+        "updated_at": _iso(row.get("updated_at")),
+        "districts": list(row["district_codes"]),
+        "place": data.get("place"),
+        "place_text_ko": data.get("place_text_ko"),
+        "place_text_en": data.get("place_text_en"),
+        "count": data.get("count", 1),
+        "device_ids": data.get("device_ids", []),
+        "last_event": timeline[-1] if timeline else None,
+        "allowed_actions": actions,
+        "event_id": int(row.get("event_id") or 0),
+    }
+
+
+def alert_message(row: dict[str, Any], *, replay: bool = False) -> dict[str, Any]:
+    """The stream message for one alert."""
+    return {
+        "type": "alert",
+        "event_id": int(row.get("event_id") or 0),
+        "replay": replay,
+        "alert": alert_summary(row),
+    }
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One connected console: what it may see and its bounded queue."""
+
+    districts: list[str] | None
+    kinds: list[str] | None
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+    def wants(self, districts: list[str], kind: str | None) -> bool:
+        """True when this console may see an item of these districts and kind."""
+        if self.districts is not None and not set(self.districts) & set(districts):
+            return False
+        return self.kinds is None or kind is None or kind in self.kinds
+
+
+class StreamHub:
+    """LISTEN sl_alert and sl_lamp; push each change to the consoles that may see it."""
+
+    def __init__(self, database_url: str, metrics: ApiMetrics, queue_size: int) -> None:
+        self._url = database_url
+        self._metrics = metrics
+        self._queue_size = queue_size
+        self._subs: set[Subscriber] = set()
+        self.ready = asyncio.Event()
+
+    def subscribe(self, districts: list[str] | None, kinds: list[str] | None) -> Subscriber:
+        """Register a console; its queue starts receiving at once."""
+        sub = Subscriber(districts, kinds, asyncio.Queue(maxsize=self._queue_size))
+        self._subs.add(sub)
+        self._metrics.stream_clients.set(len(self._subs))
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a console."""
+        self._subs.discard(sub)
+        self._metrics.stream_clients.set(len(self._subs))
+
+    def _offer(self, sub: Subscriber, message: dict[str, Any]) -> None:
+        try:
+            sub.queue.put_nowait(message)
+            self._metrics.stream_messages.inc()
+        except asyncio.QueueFull:
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait({"type": "overflow"})
+            self._metrics.stream_dropped.inc()
+            self._subs.discard(sub)
+
+    def _broadcast(self, message: dict[str, Any], districts: list[str], kind: str | None) -> None:
+        for sub in list(self._subs):
+            if sub.wants(districts, kind):
+                self._offer(sub, message)
+
+    def _drop_all(self) -> None:
+        for sub in list(self._subs):
+            while not sub.queue.empty():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait({"type": "overflow"})
+        self._subs.clear()
+
+    async def _dispatch(self, reader: AsyncConnection[Any], channel: str, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+        except ValueError:
+            log.warning("stream: unreadable notification", extra={"channel": channel})
+            return
+        if channel == LAMP_CHANNEL:
+            district = str(note.get("district") or "")
+            self._broadcast({"type": "lamp", **note}, [district], None)
+            return
+        alert_id = note.get("alert_id")
+        if not isinstance(alert_id, str):
+            return
+        async with reader.cursor(row_factory=dict_row) as cur:
+            await cur.execute(STREAM_SELECT + " WHERE a.alert_id = %s", (alert_id,))
+            row = await cur.fetchone()
+        if row is not None:
+            self._broadcast(alert_message(row), list(row["district_codes"]), str(row["kind"]))
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting with capped, jittered backoff."""
+        attempt = 0
+        while True:
+            try:
+                async with (
+                    await AsyncConnection.connect(self._url, autocommit=True) as listen,
+                    await AsyncConnection.connect(self._url, autocommit=True) as reader,
+                ):
+                    await listen.execute(f"LISTEN {ALERT_CHANNEL}")
+                    await listen.execute(f"LISTEN {LAMP_CHANNEL}")
+                    self.ready.set()
+                    attempt = 0
+                    async for notification in listen.notifies():
+                        await self._dispatch(reader, notification.channel, notification.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database gone: consoles reconnect and catch up later
+                self.ready.clear()
+                self._drop_all()
+                delay = random.uniform(0.0, min(30.0, 1.5 ** min(10, attempt)))
+                log.warning("stream: lost the database (%s); retrying in %.1f s", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)

@@ -1,0 +1,243 @@
+"""Lamps and areas for the console map and city data platforms: GeoJSON with live state, a lamp's
+last 24 h, manual overrides (sent by the controller, woken through `NOTIFY sl_lamp`), and the
+same lamps as FIWARE Smart Data Models `Streetlight` entities (NGSI-LD)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Any
+
+import shapely
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
+from shapely.geometry import mapping
+
+from api.queries import active_overrides, active_walkers
+from api.schemas import OverrideIn
+from api.security import Operator
+from api.state import CurrentOperator, Db, State, require_role, visible_districts
+from geo import Gazetteer
+from store.alertstore import LAMP_CHANNEL, notify
+from store.repo import get_device, lamp_hours, list_devices_with_state, log_access
+from store.types import Conn
+
+router = APIRouter(tags=["lamps"])
+
+# About 20 m at Seoul's latitude: invisible at district scale, and the file shrinks tenfold.
+_SIMPLIFY_DEG = 0.0002
+NGSI_LD_CONTEXT = (
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Streetlighting/master/context.jsonld"
+)
+
+
+@lru_cache(maxsize=4)
+def _areas_geojson(gaz: Gazetteer, level: str, district: str | None) -> dict[str, Any]:
+    areas = (
+        gaz.districts
+        if level == "district"
+        else [a for a in gaz.dongs if district is None or a.district_code == district]
+    )
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "id": a.code,
+                "properties": {
+                    "code": a.code,
+                    "name": a.name,
+                    "name_eng": a.name_eng,
+                    "district_code": a.district_code,
+                },
+                "geometry": mapping(
+                    shapely.simplify(a.polygon_lonlat, _SIMPLIFY_DEG, preserve_topology=True)
+                ),
+            }
+            for a in areas
+        ],
+    }
+
+
+@router.get("/v1/districts", summary="District or neighbourhood polygons (GeoJSON)")
+def districts(
+    state: State,
+    level: Annotated[str, Query(pattern="^(district|dong)$")] = "district",
+    district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None,
+) -> JSONResponse:
+    """Seoul's districts (or one district's neighbourhoods with ``level=dong``), simplified to ~20 m."""
+    return JSONResponse(
+        _areas_geojson(state.gazetteer, level, district), headers={"Cache-Control": "max-age=3600"}
+    )
+
+
+def _lamp_state(row: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
+    if not row["online"]:
+        return "offline"
+    if row["faults"]:
+        return "fault"
+    if any(o["action"] == "blink" for o in overrides):
+        return "blinking"
+    if any(o["priority"] in ("walk", "manual", "sos") for o in overrides):
+        return "brightened"
+    return "online"
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v
+
+
+def _lamp_props(row: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "device_id": row["device_id"],
+        "kind": row["kind"],
+        "lamp_number": row["lamp_number"],
+        "district": row["district_code"],
+        "dong": row["dong_code"],
+        "state": _lamp_state(row, overrides),
+        "online": row["online"],
+        "level": row["level"],
+        "faults": list(row["faults"] or []),
+        "last_seen": _iso(row["last_seen"]),
+        "overrides": [{k: _iso(v) for k, v in o.items()} for o in overrides],
+    }
+
+
+def _scope(op: Operator, district: str | None) -> list[str] | None:
+    mine = visible_districts(op)
+    if district is None:
+        return mine
+    if mine is not None and district not in mine:
+        raise HTTPException(404, f"district {district!r} is not one of yours")
+    return [district]
+
+
+@router.get("/v1/lamps", summary="Lamps with live state (GeoJSON)")
+def lamps(
+    op: CurrentOperator, conn: Db, district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None
+) -> dict[str, Any]:
+    """Every lamp the operator may see: position, online, level, active overrides, faults."""
+    rows = list_devices_with_state(conn, district_codes=_scope(op, district))
+    overrides = active_overrides(conn, [r["device_id"] for r in rows])
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "id": r["device_id"],
+                "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]}
+                if r["lat"] is not None
+                else None,
+                "properties": _lamp_props(r, overrides.get(r["device_id"], [])),
+            }
+            for r in rows
+        ],
+    }
+
+
+@router.get("/v1/lamps.ngsi-ld", summary="Lamps as FIWARE Streetlight entities (NGSI-LD)")
+def lamps_ngsi_ld(
+    op: CurrentOperator, conn: Db, district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None
+) -> JSONResponse:
+    """The lamps as NGSI-LD entities of the Smart Data Models `Streetlight` type."""
+    rows = list_devices_with_state(conn, district_codes=_scope(op, district))
+    entities = []
+    for r in rows:
+        status = (
+            "ok" if r["online"] and not r["faults"] else ("defectiveLamp" if r["faults"] else "columnIssue")
+        )
+        entity: dict[str, Any] = {
+            "id": f"urn:ngsi-ld:Streetlight:{r['device_id']}",
+            "type": "Streetlight",
+            "status": {"type": "Property", "value": status},
+            "powerState": {"type": "Property", "value": "on" if (r["level"] or 0) > 0 else "off"},
+            "illuminanceLevel": {"type": "Property", "value": (r["level"] or 0) / 100.0},
+            "areaServed": {"type": "Property", "value": r["district_code"]},
+            "refStreetlightGroup": {"type": "Property", "value": r["dong_code"]},
+            "name": {"type": "Property", "value": r["lamp_number"] or r["device_id"]},
+            "@context": [NGSI_LD_CONTEXT],
+        }
+        if r["lat"] is not None:
+            entity["location"] = {
+                "type": "GeoProperty",
+                "value": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
+            }
+        if r["last_seen"] is not None:
+            entity["dateLastReported"] = {"type": "Property", "value": r["last_seen"].isoformat()}
+        entities.append(entity)
+    return JSONResponse(entities, media_type="application/ld+json")
+
+
+def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> dict[str, Any]:
+    row = get_device(conn, device_id)
+    mine = visible_districts(op)
+    if row is None or (mine is not None and row["district_code"] not in mine):
+        raise HTTPException(404, f"lamp {device_id!r} not found in your districts")
+    return row
+
+
+@router.get("/v1/lamps/{device_id}", summary="One lamp with its last 24 h")
+def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """The lamp's live state and hourly level, power and uptime for the last 24 h (rollups)."""
+    row = _visible_lamp(conn, op, device_id)
+    overrides = active_overrides(conn, [device_id]).get(device_id, [])
+    hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
+    return {
+        "lamp": {**_lamp_props(row, overrides), "lat": row["lat"], "lon": row["lon"], "model": row["model"]},
+        "hours": [{k: _iso(v) for k, v in h.items()} for h in hours],
+    }
+
+
+def _override(
+    conn: Conn, op: Operator, device_id: str, action: str, level: int | None, ttl_s: int
+) -> dict[str, Any]:
+    require_role(op, "maintenance", "admin", "city")
+    row = _visible_lamp(conn, op, device_id)
+    note = {
+        "device_id": device_id,
+        "district": row["district_code"],
+        "level": level,
+        "ttl_s": ttl_s,
+        "source": op.actor,
+        "action": action,
+    }
+    with conn.transaction():
+        notify(conn, LAMP_CHANNEL, note)
+        log_access(
+            conn,
+            actor=op.actor,
+            action=f"lamp.{action}",
+            subject_kind="lamp",
+            subject_id=device_id,
+            details=note,
+        )
+    return {"accepted": True, **note}
+
+
+@router.post("/v1/lamps/{device_id}/override", status_code=202, summary="Manual override (maintenance)")
+def lamp_override(device_id: str, body: OverrideIn, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """Set a lamp's level for a while; the controller sends the command and the lamp falls back by itself."""
+    return _override(conn, op, device_id, "set_level", body.level, body.duration_s)
+
+
+@router.delete("/v1/lamps/{device_id}/override", status_code=202, summary="Clear a manual override")
+def lamp_override_clear(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """End the operator's override now."""
+    return _override(conn, op, device_id, "clear", None, 0)
+
+
+@router.get("/v1/walkers", summary="Walks in progress as anonymous dots")
+def walkers(op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """The latest position of each walk in progress (no ids; rounded to ~10 m)."""
+    rows = active_walkers(conn, visible_districts(op))
+    return {
+        "walkers": [
+            {
+                "lat": round(r["lat"], 4),
+                "lon": round(r["lon"], 4),
+                "district": r["district_code"],
+                "ts": _iso(r["ts"]),
+            }
+            for r in rows
+        ]
+    }

@@ -1,0 +1,267 @@
+"""The operators' endpoints: login, alerts (list, detail, actions, CAP), accounts and the audit log.
+
+Visibility is one rule (state.may_see): a district operator sees and acts on the alerts routed
+to their district only; city and admin see all; maintenance sees lamp alerts. An alert outside
+an operator's view answers 404, exactly as an unknown one, so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from alerts import (
+    Alert,
+    CancelReason,
+    InvalidTransition,
+    acknowledge,
+    alert_from_dict,
+    alert_to_dict,
+    allowed_actions,
+    cancel,
+    dispatch,
+    render_cap,
+    resolve,
+)
+from api.accounts import create_operator
+from api.hub import alert_summary
+from api.queries import audit_entries, last_event_id, list_operators
+from api.ratelimit import retry_after_header
+from api.schemas import DispatchIn, LoginIn, NoteIn, OperatorIn, ResolveIn
+from api.security import Operator, sign_token, verify_password
+from api.state import CurrentOperator, Db, State, may_see, require_role, visible_districts, visible_kinds
+from store.alertstore import AlertNotFound, change_alert
+from store.repo import alert_events, alert_track, get_alert, get_operator, list_alerts, log_access
+from store.types import Conn
+
+router = APIRouter(tags=["operators"])
+
+_STATES = ("open", "acknowledged", "dispatched", "resolved", "cancelled")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@router.post("/v1/auth/login", summary="Operator login")
+def login(body: LoginIn, state: State, conn: Db) -> dict[str, Any]:
+    """A session token for a valid username and password (argon2id), with its expiry and role."""
+    wait = state.login_limit.hit(body.username, time.monotonic())
+    if wait:
+        state.metrics.rate_limited.labels("login").inc()
+        raise HTTPException(
+            429, "too many login attempts for this user", {"Retry-After": retry_after_header(wait)}
+        )
+    row = get_operator(conn, body.username)
+    if row is None or not verify_password(state.hasher, row["password_hash"], body.password):
+        raise HTTPException(401, "wrong username or password")
+    expires = time.time() + state.config.token_ttl_s
+    op = Operator(row["username"], row["role"], row["district_code"], expires)
+    log_access(conn, actor=op.actor, action="login", subject_kind="operator", subject_id=op.username)
+    return {
+        "token": sign_token(state.token_secret, op),
+        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+        "role": op.role,
+        "district": op.district,
+        "username": op.username,
+    }
+
+
+@router.get("/v1/me", summary="Who am I")
+def me(op: CurrentOperator, state: State) -> dict[str, Any]:
+    """The logged-in operator and the districts they see (null: all)."""
+    districts = visible_districts(op)
+    names = {d.code: (d.name, d.name_eng) for d in state.gazetteer.districts}
+    return {
+        "username": op.username,
+        "role": op.role,
+        "district": op.district,
+        "districts": districts,
+        "district_names": {c: names.get(c, ("", "")) for c in (districts or [])},
+        "expires_at": datetime.fromtimestamp(op.expires_at, UTC).isoformat(),
+    }
+
+
+@router.get("/v1/alerts", summary="List alerts")
+def alerts_list(
+    op: CurrentOperator,
+    conn: Db,
+    status: Annotated[
+        list[str] | None, Query(description="open, acknowledged, ...; repeat for several")
+    ] = None,
+    kind: Annotated[list[str] | None, Query(description="sos, lamp_fault, ...; repeat for several")] = None,
+    since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """Alerts the operator may see, newest first."""
+    for s in status or []:
+        if s not in _STATES:
+            raise HTTPException(422, f"status must be one of {', '.join(_STATES)}, got {s!r}")
+    if since is not None and since.tzinfo is None:
+        raise HTTPException(422, "since needs a time zone, e.g. 2024-05-01T21:00:00+09:00")
+    kinds = visible_kinds(op)
+    if kind is not None:
+        kinds = [k for k in kind if kinds is None or k in kinds]
+    rows = list_alerts(
+        conn, district_codes=visible_districts(op), statuses=status, kinds=kinds, since=since, limit=limit
+    )
+    return {"alerts": [alert_summary(r) for r in rows], "event_id": last_event_id(conn)}
+
+
+def _visible_alert(conn: Conn, op: Operator, alert_id: str) -> dict[str, Any]:
+    row = get_alert(conn, alert_id)
+    if row is None or not may_see(op, list(row["district_codes"]), str(row["kind"])):
+        raise HTTPException(404, f"alert {alert_id!r} not found in your districts")
+    return row
+
+
+def _iso_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()} for r in rows]
+
+
+@router.get("/v1/alerts/{alert_id}", summary="Alert detail with track and timeline")
+def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """The whole alert: place in words, track, audit trail; reading an SOS track is logged."""
+    row = _visible_alert(conn, op, alert_id)
+    alert = alert_from_dict(row["data"])
+    track = alert_track(conn, alert_id)
+    if row["resident_id"] is not None:
+        log_access(
+            conn,
+            actor=op.actor,
+            action="read_track",
+            subject_kind="resident",
+            subject_id=str(row["resident_id"]),
+            details={"alert_id": alert_id, "points": len(track)},
+        )
+    events = alert_events(conn, alert_id)
+    return {
+        "alert": alert_to_dict(alert),
+        "state": alert.state.value,
+        "allowed_actions": [a.value for a in allowed_actions(alert)],
+        "acknowledged_by": row["acknowledged_by"],
+        "track": _iso_rows(track),
+        "events": _iso_rows(events),
+        "event_id": max((int(e["id"]) for e in events), default=0),
+    }
+
+
+def _act(
+    conn: Conn, op: Operator, alert_id: str, action: str, change: Callable[[Alert], Alert]
+) -> dict[str, Any]:
+    row = _visible_alert(conn, op, alert_id)
+    try:
+        with conn.transaction():
+            _, after = change_alert(conn, alert_id, change)
+            log_access(
+                conn,
+                actor=op.actor,
+                action=f"alert.{action}",
+                subject_kind="resident" if row["resident_id"] else "alert",
+                subject_id=str(row["resident_id"] or alert_id),
+                details={"alert_id": alert_id, "state": after.state.value},
+            )
+    except AlertNotFound as exc:
+        raise HTTPException(404, f"alert {alert_id!r} not found in your districts") from exc
+    except InvalidTransition as exc:
+        raise HTTPException(409, f"alert {alert_id!r} is {exc.from_state}: cannot {exc.action}") from exc
+    return {
+        "alert_id": alert_id,
+        "state": after.state.value,
+        "allowed_actions": [a.value for a in allowed_actions(after)],
+    }
+
+
+@router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
+def alert_acknowledge(
+    alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None
+) -> dict[str, Any]:
+    """I have seen it: escalation stops."""
+    note = body.note if body else ""
+    return _act(conn, op, alert_id, "acknowledge", lambda a: acknowledge(a, _now(), op.actor, note))
+
+
+@router.post("/v1/alerts/{alert_id}/dispatch", summary="Dispatch help")
+def alert_dispatch(
+    alert_id: str, op: CurrentOperator, conn: Db, body: DispatchIn | None = None
+) -> dict[str, Any]:
+    """Help is on its way (unit, note); acknowledges too when still open."""
+    b = body or DispatchIn()
+    return _act(conn, op, alert_id, "dispatch", lambda a: dispatch(a, _now(), op.actor, b.note, b.unit))
+
+
+@router.post("/v1/alerts/{alert_id}/resolve", summary="Resolve an alert")
+def alert_resolve(
+    alert_id: str, op: CurrentOperator, conn: Db, body: ResolveIn | None = None
+) -> dict[str, Any]:
+    """The incident is over (outcome in words)."""
+    b = body or ResolveIn()
+    return _act(conn, op, alert_id, "resolve", lambda a: resolve(a, _now(), op.actor, b.note, b.outcome))
+
+
+@router.post("/v1/alerts/{alert_id}/cancel", summary="Cancel as a false alarm")
+def alert_cancel(alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None) -> dict[str, Any]:
+    """Not an emergency after all."""
+    note = body.note if body else ""
+    return _act(
+        conn, op, alert_id, "cancel", lambda a: cancel(a, _now(), op.actor, CancelReason.FALSE_ALARM, note)
+    )
+
+
+@router.get(
+    "/v1/alerts/{alert_id}/cap",
+    summary="CAP 1.2 message of the alert",
+    response_class=Response,
+    responses={200: {"content": {"application/cap+xml": {}}}},
+)
+def alert_cap(alert_id: str, op: CurrentOperator, conn: Db) -> Response:
+    """The OASIS CAP 1.2 XML of the alert's latest message."""
+    row = _visible_alert(conn, op, alert_id)
+    message = render_cap(alert_from_dict(row["data"]))
+    return Response(message.xml, media_type="application/cap+xml")
+
+
+@router.get("/v1/audit", summary="Privacy audit log (admin)")
+def audit(
+    op: CurrentOperator,
+    conn: Db,
+    subject_id: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """Who read or changed which resident's data, newest first."""
+    require_role(op, "admin")
+    return {"entries": _iso_rows(audit_entries(conn, subject_id=subject_id, limit=limit))}
+
+
+@router.get("/v1/operators", summary="Operator accounts (admin)")
+def operators_list(op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """Every account, without password hashes."""
+    require_role(op, "admin")
+    return {"operators": _iso_rows(list_operators(conn))}
+
+
+@router.post("/v1/operators", status_code=201, summary="Create or update an operator (admin)")
+def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: Db) -> dict[str, Any]:
+    """Create an account; a district operator needs a district."""
+    require_role(op, "admin")
+    if body.role == "district" and body.district is None:
+        raise HTTPException(422, "a district operator needs a district (5-digit code)")
+    if body.district is not None and body.district not in {d.code for d in state.gazetteer.districts}:
+        raise HTTPException(422, f"unknown district {body.district!r}")
+    create_operator(
+        conn,
+        body.username,
+        body.password,
+        role=body.role,
+        district=body.district,
+        display_name=body.display_name,
+        hasher=state.hasher,
+    )
+    log_access(
+        conn, actor=op.actor, action="operator.upsert", subject_kind="operator", subject_id=body.username
+    )
+    return {"username": body.username, "role": body.role, "district": body.district}

@@ -1,0 +1,83 @@
+"""Where a point is, in words: the gazetteer plus the lamps from the devices table."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from alerts import NearestLamp, Place
+from geo import Gazetteer, LampIndex, Location
+from store.repo import list_devices_with_state
+from store.types import Conn
+
+# An SOS names lamps a responder can find from the pole numbers; farther than this, a lamp
+# number helps nobody find the resident.
+NEAREST_LAMP_MAX_M = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class LampSnapshot:
+    """The lamp index and the painted pole numbers, as read at one moment."""
+
+    index: LampIndex
+    numbers: dict[str, str]
+    districts: dict[str, str]
+    loaded_at: float  # monotonic seconds
+
+
+def _empty() -> LampSnapshot:
+    return LampSnapshot(LampIndex([], [], []), {}, {}, 0.0)
+
+
+class LampDirectory:
+    """The lamps' positions for walks and SOS places, rebuilt from the devices table now and then."""
+
+    def __init__(self) -> None:
+        self._snapshot = _empty()
+        self._lock = threading.Lock()
+
+    @property
+    def snapshot(self) -> LampSnapshot:
+        """The current index (replaced whole on refresh, so readers never see half of one)."""
+        return self._snapshot
+
+    def refresh(self, conn: Conn) -> int:
+        """Re-read the lamps with a position; returns how many."""
+        rows = [r for r in list_devices_with_state(conn, kind="lamp") if r["lat"] is not None]
+        ids = [str(r["device_id"]) for r in rows]
+        index = LampIndex(ids, [float(r["lat"]) for r in rows], [float(r["lon"]) for r in rows])
+        numbers = {str(r["device_id"]): str(r["lamp_number"] or r["device_id"]) for r in rows}
+        districts = {str(r["device_id"]): str(r["district_code"]) for r in rows}
+        with self._lock:
+            self._snapshot = LampSnapshot(index, numbers, districts, time.monotonic())
+        return len(ids)
+
+
+def place_for(
+    gazetteer: Gazetteer, lamps: LampSnapshot, lat: float, lon: float, k: int
+) -> tuple[Location, Place]:
+    """The location of a point and the alert `Place` naming it (district, dong, nearest lamps)."""
+    loc = gazetteer.locate(lat, lon)
+    nearest: list[NearestLamp] = []
+    if len(lamps.index):
+        hits = lamps.index.nearest(lat, lon, k)
+        nearest = [
+            NearestLamp(lamp_id=i, lamp_number=lamps.numbers.get(i, i), distance_m=round(d, 1))
+            for i, d in zip(hits.ids, hits.distances_m, strict=True)
+            if d <= NEAREST_LAMP_MAX_M
+        ]
+    place = Place(
+        lat=lat,
+        lon=lon,
+        district_code=loc.district_code or "",
+        district_name=loc.district or "",
+        dong_code=loc.dong_code or "",
+        dong_name=loc.dong or "",
+        inside=loc.inside,
+        neighbours=loc.neighbours,
+        nearest_lamps=tuple(nearest),
+        district_name_en=loc.district_eng or "",
+        dong_name_en=loc.dong_eng or "",
+    )
+    return loc, place

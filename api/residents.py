@@ -1,0 +1,281 @@
+"""The Safety app's endpoints: registration, safe walks and SOS.
+
+Each handler validates (schemas.py), writes the rows and the wake-up NOTIFY in one transaction
+(store/alertstore.py is the contract with the controller), and answers only once that commit
+is done, so an accepted SOS survives any crash after the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
+from api.places import place_for
+from api.ratelimit import retry_after_header
+from api.schemas import SosIn, WalkPositionIn
+from api.security import hash_resident_token, new_id, new_resident_token
+from api.state import AppState, Db, Resident, State
+from geo import Location, lamps_for_walker
+from store.alertstore import (
+    WALK_CHANNEL,
+    AlertNotFound,
+    active_alerts,
+    change_alert,
+    load_alert,
+    notify,
+    save_alert,
+)
+from store.repo import (
+    add_walk_positions,
+    attach_walk_to_alert,
+    claim_idempotency_key,
+    create_resident,
+    delete_resident,
+    end_walk,
+    get_walk,
+    start_walk,
+)
+from store.types import Conn
+
+router = APIRouter(tags=["residents"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _locate_for_walk(state: AppState, body: WalkPositionIn) -> Location:
+    loc = state.gazetteer.locate(body.lat, body.lon)
+    if not loc.inside:
+        raise HTTPException(
+            422,
+            f"point ({body.lat:.5f}, {body.lon:.5f}) is outside the service area (Seoul), "
+            f"{loc.distance_outside_m:.0f} m from the nearest district",
+        )
+    return loc
+
+
+def _lamps(state: AppState, body: WalkPositionIn) -> list[str]:
+    return list(
+        lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
+    )
+
+
+def _walk_note(
+    walk_id: str, op: str, body: WalkPositionIn | None, district: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "walk_id": walk_id,
+        "op": op,
+        "lat": body.lat if body else None,
+        "lon": body.lon if body else None,
+        "accuracy_m": body.accuracy_m if body else None,
+        "heading_deg": body.heading_deg if body else None,
+        "speed_mps": body.speed_mps if body else None,
+        "ts_ms": int(now.timestamp() * 1000),
+        "district": district,
+    }
+
+
+def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
+    walk = get_walk(conn, walk_id)
+    if walk is None:
+        raise HTTPException(404, f"unknown walk {walk_id!r}")
+    if walk["resident_id"] != resident:
+        raise HTTPException(403, f"walk {walk_id!r} belongs to another resident")
+    return walk
+
+
+@router.post("/v1/residents", status_code=201, summary="Register an app install")
+def register(request: Request, state: State, conn: Db) -> dict[str, str]:
+    """A pseudonymous resident id and its install token; the token is shown only this once."""
+    client = request.client.host if request.client else "unknown"
+    wait = state.register_limit.hit(client, time.monotonic())
+    if wait:
+        state.metrics.rate_limited.labels("register").inc()
+        raise HTTPException(
+            429, "too many registrations from this address", {"Retry-After": retry_after_header(wait)}
+        )
+    resident_id, token = new_id("res"), new_resident_token()
+    create_resident(conn, resident_id, hash_resident_token(token))
+    return {"resident_id": resident_id, "token": token}
+
+
+@router.delete("/v1/residents/me", status_code=204, summary="Delete my account and data")
+def delete_me(resident: Resident, conn: Db) -> Response:
+    """Delete the caller's account, walks and positions (open SOS alerts stay with the police)."""
+    delete_resident(conn, resident)
+    return Response(status_code=204)
+
+
+@router.post("/v1/walks", status_code=201, summary="Start a safe walk")
+def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db) -> dict[str, Any]:
+    """Start a walk at a position; answers with the lamps being brightened."""
+    loc = _locate_for_walk(state, body)
+    now = _now()
+    walk_id = new_id("walk")
+    with conn.transaction():
+        start_walk(conn, walk_id, resident, started_at=now, district_code=loc.district_code)
+        add_walk_positions(
+            conn,
+            walk_id,
+            [(now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None)],
+        )
+        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, loc.district_code, now))
+    state.metrics.walk_positions.inc()
+    return {"walk_id": walk_id, "district": loc.district_code, "lamps": _lamps(state, body)}
+
+
+@router.post("/v1/walks/{walk_id}/positions", summary="Report a position during a walk")
+def walk_position(
+    walk_id: str, body: WalkPositionIn, resident: Resident, state: State, conn: Db
+) -> dict[str, Any]:
+    """Add a position (at most 2 per second per walk); answers with the lamps being brightened."""
+    walk = _own_walk(conn, walk_id, resident)
+    if walk["status"] != "active":
+        raise HTTPException(409, f"walk {walk_id!r} has ended")
+    wait = state.position_limit.hit(walk_id, time.monotonic())
+    if wait:
+        state.metrics.rate_limited.labels("walk_position").inc()
+        raise HTTPException(
+            429,
+            f"walk {walk_id!r}: at most {state.config.walk_positions_per_s:g} positions per second",
+            {"Retry-After": retry_after_header(wait)},
+        )
+    loc = _locate_for_walk(state, body)
+    now = _now()
+    with conn.transaction():
+        add_walk_positions(
+            conn,
+            walk_id,
+            [(now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None)],
+        )
+        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "position", body, loc.district_code, now))
+    state.metrics.walk_positions.inc()
+    return {"walk_id": walk_id, "district": loc.district_code, "lamps": _lamps(state, body)}
+
+
+@router.post("/v1/walks/{walk_id}/end", summary="End a walk")
+def walk_end(walk_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+    """End a walk; its lamps fall back when their hold time runs out."""
+    walk = _own_walk(conn, walk_id, resident)
+    now = _now()
+    with conn.transaction():
+        ended = end_walk(conn, walk_id, ended_at=now)
+        if ended:
+            notify(conn, WALK_CHANNEL, _walk_note(walk_id, "end", None, walk["district_code"], now))
+    return {"walk_id": walk_id, "status": "ended", "already_ended": not ended}
+
+
+def _sos_answer(alert: Alert) -> dict[str, Any]:
+    return {"alert_id": alert.id, "district": route(alert.place)[0], "status": alert.state.value}
+
+
+def _accept_sos(state: AppState, conn: Conn, resident: str, body: SosIn, key: str) -> tuple[Alert, bool]:
+    """Claim the key, merge or open the SOS, save and notify: one transaction. Returns the alert and
+    whether this request was a retry of an earlier one (same key)."""
+    now = _now()
+    _, place = place_for(
+        state.gazetteer, state.lamps.snapshot, body.lat, body.lon, state.config.nearest_lamps
+    )
+    with conn.transaction():
+        # One SOS at a time per resident, across API instances: two presses racing must merge.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        if body.walk_id is not None:
+            walk = get_walk(conn, body.walk_id)
+            if walk is None or walk["resident_id"] != resident:
+                raise HTTPException(404, f"unknown walk {body.walk_id!r} for this resident")
+        active = active_alerts(conn, source_id=resident, kinds=["sos"])
+        position = Position(lat=body.lat, lon=body.lon, at=now, accuracy_m=body.accuracy_m)
+        alert, created = merge_sos(
+            active, resident_id=resident, position=position, place=place, now=now, new_alert_id=new_id("sos")
+        )
+        bound, fresh = claim_idempotency_key(conn, resident, key, alert.id)
+        if not fresh:
+            earlier = load_alert(conn, bound)
+            if earlier is None:  # the alert was deleted with the account; nothing to retry
+                raise HTTPException(404, f"alert {bound!r} for this Idempotency-Key no longer exists")
+            return earlier, True
+        previous = None if created else next(a for a in active if a.id == alert.id)
+        save_alert(conn, alert, previous=previous, resident_id=resident, walk_id=body.walk_id)
+        if body.walk_id is not None:
+            attach_walk_to_alert(conn, body.walk_id, alert.id)
+    return alert, False
+
+
+@router.post("/v1/sos", status_code=202, summary="Raise an SOS")
+def sos(
+    body: SosIn, resident: Resident, state: State, conn: Db, idempotency_key: IdempotencyKey = None
+) -> JSONResponse:
+    """Accept an SOS once it is durable. A retry with the same ``Idempotency-Key`` returns the same
+    alert; more than 3 per minute still update the open alert but answer 429 with Retry-After."""
+    key = idempotency_key or new_id("auto")
+    # Accepted first, limited after: an SOS is never refused, the limit only tells the app to stop.
+    alert, retried = _accept_sos(state, conn, resident, body, key)
+    answer = _sos_answer(alert)
+    if retried:
+        state.metrics.sos.labels("retry").inc()
+        return JSONResponse(answer, status_code=202, headers={"Idempotent-Replayed": "true"})
+    wait = state.sos_limit.hit(resident, time.monotonic())
+    if wait:
+        state.metrics.sos.labels("rate_limited").inc()
+        state.metrics.rate_limited.labels("sos").inc()
+        answer["detail"] = (
+            f"at most {state.config.sos_per_minute} SOS per minute; this one was added to alert {alert.id}"
+        )
+        return JSONResponse(answer, status_code=429, headers={"Retry-After": retry_after_header(wait)})
+    state.metrics.sos.labels("accepted").inc()
+    return JSONResponse(answer, status_code=202)
+
+
+def _own_alert(conn: Conn, alert_id: str, resident: str) -> Alert:
+    alert = load_alert(conn, alert_id)
+    if alert is None or alert.source_id != resident:
+        raise HTTPException(404, f"unknown alert {alert_id!r} for this resident")
+    return alert
+
+
+@router.get("/v1/sos/{alert_id}", summary="My SOS's status")
+def sos_status(alert_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+    """What the resident needs to know: acknowledged? help dispatched? (no operator names)."""
+    alert = _own_alert(conn, alert_id, resident)
+    unit = None
+    for event in alert.timeline:
+        if event.action.value == "dispatched":
+            unit = dict(event.details).get("unit") or None
+    return {
+        "alert_id": alert.id,
+        "status": alert.state.value,
+        "district": alert.place.district_code or None,
+        "acknowledged": alert.acknowledged_at is not None,
+        "dispatched": any(e.action.value == "dispatched" for e in alert.timeline),
+        "unit": unit,
+        "resolved": alert.state is AlertState.RESOLVED,
+        "cancelled": alert.state is AlertState.CANCELLED,
+        "created_at": alert.created_at.isoformat(),
+        "updated_at": (alert.timeline[-1].at if alert.timeline else alert.created_at).isoformat(),
+    }
+
+
+@router.post("/v1/sos/{alert_id}/cancel", summary="Cancel my SOS")
+def sos_cancel(alert_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+    """The resident is safe: cancel the alert (operators see why)."""
+    _own_alert(conn, alert_id, resident)
+    try:
+        _, after = change_alert(
+            conn,
+            alert_id,
+            lambda a: cancel(a, _now(), f"resident:{resident}", CancelReason.RESIDENT_CANCELLED),
+        )
+    except AlertNotFound as exc:
+        raise HTTPException(404, f"unknown alert {alert_id!r} for this resident") from exc
+    except InvalidTransition as exc:
+        raise HTTPException(409, f"alert {alert_id!r} is {exc.from_state}; it cannot be cancelled") from exc
+    return {"alert_id": after.id, "status": after.state.value}

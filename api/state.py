@@ -1,0 +1,124 @@
+"""What the application holds while it runs (opened in the lifespan), and the request dependencies
+that hand it out: the connection pool, the gazetteer, the lamp index, limits, the stream hub."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from argon2 import PasswordHasher
+from fastapi import Depends, HTTPException, Request
+from psycopg_pool import ConnectionPool
+
+from alerts import AlertKind
+from api.config import ApiConfig
+from api.hub import StreamHub
+from api.metrics import ApiMetrics
+from api.places import LampDirectory
+from api.ratelimit import RateLimiter
+from api.security import InvalidToken, Operator, hash_resident_token, verify_token
+from geo import Gazetteer
+from store.repo import resident_by_token_hash
+from store.types import Conn
+
+
+@dataclass
+class AppState:
+    """The running application's resources."""
+
+    config: ApiConfig
+    pool: ConnectionPool[Conn]
+    gazetteer: Gazetteer
+    lamps: LampDirectory
+    hasher: PasswordHasher
+    token_secret: bytes
+    metrics: ApiMetrics
+    hub: StreamHub
+    position_limit: RateLimiter
+    sos_limit: RateLimiter
+    login_limit: RateLimiter
+    register_limit: RateLimiter
+
+
+def get_state(request: Request) -> AppState:
+    """The application's state (set by the lifespan)."""
+    state: AppState = request.app.state.api
+    return state
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(
+            401, "missing bearer token (Authorization: Bearer <token>)", {"WWW-Authenticate": "Bearer"}
+        )
+    return token.strip()
+
+
+def get_conn(state: State) -> Iterator[Conn]:
+    """A pooled connection (autocommit; wrap several writes in ``conn.transaction()``)."""
+    with state.pool.connection() as conn:
+        yield conn
+
+
+Db = Annotated[Conn, Depends(get_conn)]
+
+
+def current_resident(request: Request, conn: Db) -> str:
+    """The resident an install token belongs to; 401 when unknown or deleted."""
+    resident = resident_by_token_hash(conn, hash_resident_token(_bearer(request)))
+    if resident is None:
+        raise HTTPException(401, "unknown or revoked resident token", {"WWW-Authenticate": "Bearer"})
+    return resident
+
+
+def operator_from_token(state: AppState, token: str) -> Operator:
+    """The operator a session token names; InvalidToken otherwise."""
+    return verify_token(state.token_secret, token, time.time())
+
+
+def current_operator(request: Request, state: State) -> Operator:
+    """The logged-in operator; 401 for a missing, forged or expired token."""
+    try:
+        return operator_from_token(state, _bearer(request))
+    except InvalidToken as exc:
+        raise HTTPException(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
+
+
+Resident = Annotated[str, Depends(current_resident)]
+CurrentOperator = Annotated[Operator, Depends(current_operator)]
+
+_DEVICE_ALERT_KINDS = tuple(k.value for k in AlertKind if k is not AlertKind.SOS)
+
+
+def visible_districts(op: Operator) -> list[str] | None:
+    """The districts whose alerts and lamps an operator sees; None means all of them."""
+    if op.role == "district":
+        return [op.district or ""]
+    if op.role == "maintenance" and op.district:
+        return [op.district]
+    return None
+
+
+def visible_kinds(op: Operator) -> list[str] | None:
+    """The alert kinds an operator sees; None means all (maintenance sees lamp alerts only)."""
+    return list(_DEVICE_ALERT_KINDS) if op.role == "maintenance" else None
+
+
+def may_see(op: Operator, districts: list[str], kind: str) -> bool:
+    """True when the operator may see (and act on) an alert of this kind routed to these districts."""
+    mine = visible_districts(op)
+    kinds = visible_kinds(op)
+    return (mine is None or bool(set(mine) & set(districts))) and (kinds is None or kind in kinds)
+
+
+def require_role(op: Operator, *roles: str) -> None:
+    """403 unless the operator has one of `roles`."""
+    if op.role not in roles:
+        raise HTTPException(403, f"role {op.role!r} may not do this; needs {' or '.join(roles)}")

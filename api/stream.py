@@ -1,0 +1,124 @@
+"""``/v1/stream``: the consoles' WebSocket.
+
+Authenticated before accept: the session token comes as the subprotocol ``bearer.<token>``
+(what a browser can send), an ``Authorization`` header, or a ``token`` query parameter; a bad
+or missing one closes with 1008 (policy violation). On connect the console receives a
+``hello``, then every active alert it may see and every alert changed since its
+``last_event_id`` (query parameter), marked ``replay``; then changes as they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from api.hub import Subscriber, alert_message
+from api.queries import last_event_id, stream_catch_up
+from api.security import InvalidToken, Operator
+from api.state import AppState, operator_from_token, visible_districts, visible_kinds
+from store.repo import log_access
+
+router = APIRouter(tags=["stream"])
+
+SUBPROTOCOL = "streetlight.v1"
+_POLICY_VIOLATION = 1008
+_TRY_AGAIN_LATER = 1013
+
+
+def _token(ws: WebSocket) -> tuple[str, bool]:
+    """The token and whether it came as a subprotocol (then we must answer with ours)."""
+    offered = [p.strip() for p in ws.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    for proto in offered:
+        if proto.startswith("bearer."):
+            return proto[len("bearer.") :], True
+    scheme, _, value = ws.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip(), SUBPROTOCOL in offered
+    return ws.query_params.get("token", ""), SUBPROTOCOL in offered
+
+
+def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict[str, Any]]]:
+    with state.pool.connection() as conn:
+        rows = stream_catch_up(
+            conn, after_event_id=after, district_codes=visible_districts(op), kinds=visible_kinds(op)
+        )
+        log_access(
+            conn,
+            actor=op.actor,
+            action="stream.connect",
+            subject_kind="operator",
+            subject_id=op.username,
+            details={"last_event_id": after, "replayed": len(rows)},
+        )
+        return last_event_id(conn), rows
+
+
+async def _pump(ws: WebSocket, sub: Subscriber) -> None:
+    while True:
+        message = await sub.queue.get()
+        if message["type"] == "overflow":
+            await ws.close(code=_TRY_AGAIN_LATER, reason="fell behind; reconnect with last_event_id")
+            return
+        await ws.send_text(json.dumps(message, ensure_ascii=False, default=str))
+
+
+async def _drain(ws: WebSocket) -> None:
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") == "ping":
+            await ws.send_text('{"type":"pong"}')
+
+
+@router.websocket("/v1/stream")
+async def stream(ws: WebSocket) -> None:
+    """Live alert and lamp changes of the operator's districts."""
+    state: AppState = ws.app.state.api
+    token, as_subprotocol = _token(ws)
+    try:
+        op = operator_from_token(state, token)
+    except InvalidToken as exc:
+        await ws.close(code=_POLICY_VIOLATION, reason=str(exc) if token else "missing operator token")
+        return
+    try:
+        after = max(0, int(ws.query_params.get("last_event_id", "0")))
+    except ValueError:
+        after = 0
+    await ws.accept(subprotocol=SUBPROTOCOL if as_subprotocol else None)
+    # Subscribe before reading the catch-up, so nothing falls between the two (duplicates may;
+    # the console keeps the newest event id per alert).
+    sub = state.hub.subscribe(visible_districts(op), visible_kinds(op))
+    try:
+        newest, rows = await run_in_threadpool(_catch_up, state, op, after)
+        hello = {
+            "type": "hello",
+            "operator": op.username,
+            "role": op.role,
+            "districts": visible_districts(op),
+            "event_id": newest,
+        }
+        await ws.send_text(json.dumps(hello))
+        for row in rows:
+            await ws.send_text(json.dumps(alert_message(row, replay=True), ensure_ascii=False, default=str))
+        tasks = [
+            asyncio.create_task(_pump(ws, sub), name="stream-pump"),
+            asyncio.create_task(_drain(ws), name="stream-drain"),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        state.hub.unsubscribe(sub)

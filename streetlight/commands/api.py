@@ -1,0 +1,82 @@
+"""``streetlight api``: the Safety-app API, the operators' API and the console (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from streetlight.settings import Settings
+
+HELP = "serve the Safety-app and operators' API and the console (migrates the database first)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight api``."""
+    parser.add_argument("--host", help="listen address (default: STREETLIGHT_API_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default: STREETLIGHT_API_PORT or 8080)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--demo-operators",
+        action="store_true",
+        help="create the demo accounts (city, maintenance, admin, one per district) and print them",
+    )
+    parser.add_argument(
+        "--create-operator",
+        nargs=2,
+        metavar=("USERNAME", "PASSWORD"),
+        help="create or update one operator account, then exit (with --role and --district)",
+    )
+    parser.add_argument("--role", default="district", choices=["district", "city", "maintenance", "admin"])
+    parser.add_argument("--district", help="5-digit district code of a district operator")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Migrate, optionally create accounts, then serve until stopped."""
+    import psycopg
+    import uvicorn
+
+    from api.accounts import create_operator, ensure_demo_operators
+    from api.security import password_hasher
+    from store.schema import apply_migrations
+
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    url = args.database_url or settings.database_url
+    if not url:
+        print("streetlight api: no database: pass --database-url or set DATABASE_URL")
+        return 2
+    hasher = password_hasher(settings.api_kdf_time_cost, settings.api_kdf_memory_kib)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            apply_migrations(conn)
+            if args.create_operator:
+                username, password = args.create_operator
+                try:
+                    create_operator(conn, username, password, role=args.role, district=args.district, hasher=hasher)
+                except ValueError as exc:
+                    print(f"streetlight api: {exc}")
+                    return 2
+                print(f"operator {username} ({args.role} {args.district or ''}) saved".rstrip())
+                return 0
+            if args.demo_operators:
+                for op in ensure_demo_operators(conn, hasher=hasher):
+                    print(f"demo login: {op.username} / {op.password} ({op.role} {op.district or ''})".rstrip())
+    except psycopg.OperationalError as exc:
+        print(f"streetlight api: cannot reach the database: {exc}")
+        return 1
+    host = args.host or settings.api_host
+    port = args.port or settings.api_port
+    # The app reads its settings when it starts, in this process or in each worker process.
+    os.environ["DATABASE_URL"] = url
+    uvicorn.run(
+        "api.app:app",
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        ws="websockets-sansio",
+    )
+    return 0
