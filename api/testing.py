@@ -7,17 +7,16 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import psycopg
 import httpx
+import psycopg
 import uvicorn
-
-from store.repo import upsert_device
-from store.schema import apply_migrations
 
 from api.accounts import create_operator
 from api.app import create_app
 from api.config import ApiConfig
 from api.security import password_hasher
+from store.repo import upsert_device
+from store.schema import apply_migrations
 from streetlight.localservices import free_port
 
 # argon2id at its floor: tests check behaviour, not the cost (2 busy cores).

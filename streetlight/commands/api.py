@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
             if args.create_operator:
                 username, password = args.create_operator
                 try:
-                    create_operator(conn, username, password, role=args.role, district=args.district, hasher=hasher)
+                    create_operator(
+                        conn, username, password, role=args.role, district=args.district, hasher=hasher
+                    )
                 except ValueError as exc:
                     print(f"streetlight api: {exc}")
                     return 2
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             if args.demo_operators:
                 for op in ensure_demo_operators(conn, hasher=hasher):
-                    print(f"demo login: {op.username} / {op.password} ({op.role} {op.district or ''})".rstrip())
+                    where = f"{op.role} {op.district or ''}".strip()
+                    print(f"demo login: {op.username} / {op.password} ({where})")
     except psycopg.OperationalError as exc:
         print(f"streetlight api: cannot reach the database: {exc}")
         return 1

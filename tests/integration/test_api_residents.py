@@ -128,7 +128,8 @@ def test_sos_is_durable_and_routed_before_the_answer(api: Client, db_url: str) -
     assert body["district"] == "11020" and body["status"] == "open"
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT status, district_codes, data->'place'->'nearest_lamps'->0->>'lamp_id' FROM alerts WHERE alert_id = %s",
+            "SELECT status, district_codes, data->'place'->'nearest_lamps'->0->>'lamp_id' "
+            "FROM alerts WHERE alert_id = %s",
             (body["alert_id"],),
         ).fetchone()
     assert row == ("open", ["11020"], "jl1")
