@@ -229,7 +229,7 @@ class DeviceLink:
             messages.append(fw.telemetry(now_ms, self.fleet.rng))
         self.send(messages)
 
-    def kill(self, *, down_s: float = 0.0) -> None:
+    def kill(self, down_s: float = 0.0) -> None:
         """Silent death: drop the socket without DISCONNECT (the will fires); back after `down_s`."""
         self._down_until = asyncio.get_running_loop().time() + down_s
         if self.conn is not None:
@@ -428,18 +428,26 @@ class Fleet:
         return True
 
     async def _telemetry_loop(self) -> None:
-        """Round-robin: device i sends at start + (k + i/n) * interval, evenly spread."""
-        if self.interval_s <= 0:
-            return
+        """Round-robin over the devices, at len(devices) / interval_s messages a second.
+
+        Credit accumulates with elapsed time, so changing ``interval_s`` (a burst) takes effect at
+        once without a jump, and a slow loop turn catches up instead of losing turns.
+        """
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        sent = 0
+        last = loop.time()
+        credit = 0.0
+        cursor = 0
         while True:
             await asyncio.sleep(SCHEDULER_TICK_S)
+            now = loop.time()
             n = len(self.links)
-            if n == 0:
+            if n == 0 or self.interval_s <= 0:
+                last = now
                 continue
-            due = int((loop.time() - start) / self.interval_s * n)
-            for turn in range(sent, due):
-                self.links[turn % n].tick()
-            sent = due
+            credit += (now - last) / self.interval_s * n
+            last = now
+            turns = int(credit)
+            credit -= turns
+            for _ in range(turns):
+                self.links[cursor % n].tick()
+                cursor += 1
