@@ -86,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
             zones=args.zones or (scenario.zones if scenario else ()),
             seed=args.seed,
             id_prefix=args.id_prefix,
-            interval_s=args.interval
-            or (scenario.interval_s if scenario and scenario.interval_s else None)
-            or settings.telemetry_interval_s,
+            interval_s=args.interval or (None if scenario else settings.telemetry_interval_s),
             with_blinkers=not args.no_blinkers,
             credentials=args.credentials,
             api_url=args.api_url,
