@@ -63,6 +63,7 @@ from controller._blink import BlinkPolicy, BlinkSet, blink_targets, confirm, fai
 from controller._commands import CommandIds, CommandTracker, LampCommand
 from controller._db import Db, LampRow, active_walks, load_devices, mark_commands_unanswered
 from controller._holds import HoldBook, HoldPolicy
+from controller._leases import MEMBER_PREFIX, member_key, plan_leases
 from controller._positions import Fix, PositionPolicy, Track, advance
 from geo import LampIndex, lamps_for_walker
 from store.alertstore import (
@@ -160,6 +161,7 @@ class Controller:
         self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
         self._webhooks: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
         self._lease_ok_until = 0.0
+        self._free_since: dict[str, float] = {}
         self._listening = False
         self._leased_once = False
         self.on_command: Callable[[LampCommand], None] | None = None  # a hook for benchmarks
@@ -169,7 +171,15 @@ class Controller:
     async def run(self) -> None:
         """Run until cancelled; on a clean stop the leases are given up for another to take."""
         try:
-            await self._load_devices()
+            attempt = 0
+            while True:
+                try:
+                    await self._load_devices()
+                    break
+                except psycopg.Error as exc:
+                    log.warning("database not reachable attempt=%d: %s", attempt, exc)
+                    await asyncio.sleep(backoff_delay_s(attempt, base_s=0.5, cap_s=10.0))
+                    attempt += 1
             subs = [("sl/v1/+/+/ack", 1), *((f"sl/v1/{d}/+/event", 1) for d in self.cfg.districts)]
             async with MqttSession(
                 self.cfg.mqtt, client_id=f"ctl-{self.cfg.owner}", subscriptions=subs
@@ -182,7 +192,7 @@ class Controller:
                     tg.create_task(self._writer_loop(), name="writer")
                     tg.create_task(self._webhook_loop(), name="webhook")
         finally:
-            if self.release_on_exit and self.owned:
+            if self.release_on_exit:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._db.call(_release_all, sorted(self.owned), self.cfg.owner))
             self.owned.clear()
@@ -605,26 +615,31 @@ class Controller:
             await asyncio.sleep(self.cfg.tick_s)
 
     async def _renew_leases(self) -> None:
+        cfg = self.cfg
         try:
-            got = set(
-                await self._db.call(
-                    _acquire_all, list(self.cfg.districts), self.cfg.owner, self.cfg.lease_ttl_s
-                )
+            got, holders = await self._db.call(
+                _lease_round, cfg.owner, list(cfg.districts), cfg.lease_ttl_s, dict(self._free_since)
             )
-            self._lease_ok_until = time.monotonic() + self.cfg.lease_ttl_s
+            self._lease_ok_until = time.monotonic() + cfg.lease_ttl_s
         except Exception:
             if time.monotonic() < self._lease_ok_until:
                 raise
-            got = set()  # cannot renew and the lease has run out: another controller may act now
+            got, holders = set(), {}  # cannot renew and the lease has run out: another may act now
             if self.owned:
                 log.warning("leases lost (database unreachable) districts=%s", ",".join(sorted(self.owned)))
+        mono = time.monotonic()
+        for district in cfg.districts:
+            if district in holders:
+                self._free_since.pop(district, None)
+            else:
+                self._free_since.setdefault(district, mono)
         lost = self.owned - got
         new = got - self.owned
         if lost:
             self._drop_districts(lost)
         self.owned = got
         if new:
-            log.info("districts taken owner=%s districts=%s", self.cfg.owner, ",".join(sorted(new)))
+            log.info("districts taken owner=%s districts=%s", cfg.owner, ",".join(sorted(new)))
             if self._listening:
                 await self._reconcile(sorted(new))
         self._leased_once = True
@@ -735,12 +750,29 @@ def _opt_float(value: object) -> float | None:
     return number if math.isfinite(number) else math.nan
 
 
-def _acquire_all(conn: psycopg.Connection[Any], districts: list[str], owner: str, ttl_s: float) -> list[str]:
-    return [d for d in districts if acquire_lease(conn, d, owner, ttl_s=ttl_s)]
+def _lease_round(
+    conn: psycopg.Connection[Any],
+    owner: str,
+    candidates: list[str],
+    ttl_s: float,
+    free_since: dict[str, float],
+) -> tuple[set[str], dict[str, str]]:
+    """Keep the membership row alive, read who holds what, and take or give up leases by plan."""
+    acquire_lease(conn, member_key(owner), owner, ttl_s=ttl_s)
+    rows = conn.execute(
+        "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
+    ).fetchall()
+    members = sum(1 for r in rows if str(r[0]).startswith(MEMBER_PREFIX))
+    holders = {str(r[0]): str(r[1]) for r in rows if not str(r[0]).startswith(MEMBER_PREFIX)}
+    plan = plan_leases(owner, candidates, holders, members, free_since, time.monotonic(), ttl_s)
+    for district in plan.release:
+        release_lease(conn, district, owner)
+    got = {d for d in plan.acquire if acquire_lease(conn, d, owner, ttl_s=ttl_s)}
+    return got, holders
 
 
 def _release_all(conn: psycopg.Connection[Any], districts: list[str], owner: str) -> None:
-    for district in districts:
+    for district in [*districts, member_key(owner)]:
         release_lease(conn, district, owner)
 
 
