@@ -89,7 +89,9 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
         sos_limit=RateLimiter(config.sos_per_minute, 60.0),
         login_limit=RateLimiter(config.logins_per_minute, 60.0),
-        register_limit=RateLimiter(config.registrations_per_minute, 60.0),
+        register_limit=RateLimiter(config.registrations_per_minute, 60.0)
+        if config.registrations_per_minute
+        else None,
     )
     _refresh_once(state)
     return state

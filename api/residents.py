@@ -97,7 +97,7 @@ def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
 def register(request: Request, state: State, conn: Db) -> dict[str, str]:
     """A pseudonymous resident id and its install token; the token is shown only this once."""
     client = request.client.host if request.client else "unknown"
-    wait = state.register_limit.hit(client, time.monotonic())
+    wait = state.register_limit.hit(client, time.monotonic()) if state.register_limit else 0.0
     if wait:
         state.metrics.rate_limited.labels("register").inc()
         raise HTTPException(

@@ -39,7 +39,7 @@ class AppState:
     position_limit: RateLimiter
     sos_limit: RateLimiter
     login_limit: RateLimiter
-    register_limit: RateLimiter
+    register_limit: RateLimiter | None
 
 
 def get_state(request: Request) -> AppState:
