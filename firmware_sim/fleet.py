@@ -444,7 +444,9 @@ class Fleet:
             if n == 0 or self.interval_s <= 0:
                 last = now
                 continue
-            credit += (now - last) / self.interval_s * n
+            # At most one round per turn: a fleet asked for more than it can send saturates
+            # instead of falling ever further behind.
+            credit = min(credit + (now - last) / self.interval_s * n, float(n))
             last = now
             turns = int(credit)
             credit -= turns
