@@ -1,1 +1,60 @@
-"""ingest package."""
+"""Ingest: every lamp and blinker message from MQTT into PostgreSQL, nothing acknowledged lost.
+
+One worker per process (``streetlight ingest --workers N``); see docs/ingest.md for the design,
+the guarantees, the spool, the metrics and the measured figures.
+"""
+
+from ingest._alerts import new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._metrics import IngestMetrics, serve_metrics
+from ingest._process import (
+    ROW_BDSEQ,
+    DeadLetter,
+    DeviceBatch,
+    Processed,
+    RawMessage,
+    SenderCheckFn,
+    SeqTracker,
+    ack_seq,
+    process,
+)
+from ingest._service import (
+    JOBS_LOCK_KEY,
+    JobsLeader,
+    file_registry_lookup,
+    gazetteer_locator,
+    probe_shared_subscriptions,
+    sender_checker,
+)
+from ingest._spool import Spool, SpoolFull
+from ingest._worker import IngestWorker, WorkerConfig
+from ingest._write import WriteResult, write_batch
+
+__all__ = [
+    "JOBS_LOCK_KEY",
+    "ROW_BDSEQ",
+    "DeadLetter",
+    "DeviceBatch",
+    "IngestMetrics",
+    "IngestWorker",
+    "JobsLeader",
+    "Processed",
+    "RawMessage",
+    "SenderCheckFn",
+    "SeqTracker",
+    "Spool",
+    "SpoolFull",
+    "WorkerConfig",
+    "WriteResult",
+    "ack_seq",
+    "file_registry_lookup",
+    "gazetteer_locator",
+    "new_alert_id",
+    "offline_reports",
+    "probe_shared_subscriptions",
+    "process",
+    "raise_fault_alerts",
+    "raise_offline_alerts",
+    "sender_checker",
+    "serve_metrics",
+    "write_batch",
+]

@@ -1,0 +1,230 @@
+"""Maintenance alerts from ingest: lamp faults, silent or offline devices, mass outages.
+
+The decisions are the pure functions of ``alerts/`` (merge_fault, detect_mass_outages,
+merge_mass_outage, suppress_covered); this module loads what they need, calls them and saves the
+result with ``store.alertstore`` (which also NOTIFYs the console and the controller).
+
+* Faults (in a batch's transaction): a ``fault``/``tamper``/``power_loss`` event, or a fault code
+  that appears in a lamp's telemetry and was not in its stored state, is merged into the device's
+  one active alert for that code (count + 1). ``fault_cleared`` resolves it.
+* Offline (periodic, one worker): devices offline by their will, or silent for longer than
+  ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
+  mass-outage alert (and supersedes the single ones it covers), the rest one alert each.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from alerts import (
+    DEFAULT_MASS_OUTAGE,
+    Alert,
+    AlertKind,
+    MassOutagePolicy,
+    OfflineReport,
+    Place,
+    covering_outage,
+    detect_mass_outages,
+    merge_fault,
+    merge_mass_outage,
+    resolve,
+    suppress_covered,
+)
+from ingest._process import Processed
+from store.alertstore import active_alerts, save_alert
+from store.types import Conn
+
+log = logging.getLogger(__name__)
+
+# Where an alert is put when the device never sent a birth with its position: Seoul City Hall,
+# so the alert still shows on the city map (its district code still routes it).
+SEOUL_CITY_HALL = (37.5665, 126.9780)
+_EVENT_KIND = {"fault": AlertKind.LAMP_FAULT, "power_loss": AlertKind.LAMP_FAULT, "tamper": AlertKind.TAMPER}
+
+Locator = Callable[[float, float], tuple[str, str]]
+"""(lat, lon) -> (district_code, dong_code); empty strings when unknown."""
+
+
+def new_alert_id() -> str:
+    """A fresh maintenance alert id."""
+    return f"mnt-{uuid.uuid4().hex[:16]}"
+
+
+def _lock(conn: Conn, key: str) -> None:
+    # Serialises alert decisions about one device (or dong) across workers until commit.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+
+
+def _devices(conn: Conn, device_ids: list[str]) -> dict[str, dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lamp_number, d.lat, d.lon, "
+            "coalesce(s.faults, '{}') AS faults FROM devices d "
+            "LEFT JOIN device_state s ON s.device_id = d.device_id WHERE d.device_id = ANY(%s)",
+            (device_ids,),
+        ).fetchall()
+    return {r["device_id"]: r for r in rows}
+
+
+def _place(row: dict[str, Any] | None, district: str) -> Place:
+    if row is None or row.get("lat") is None or row.get("lon") is None:
+        lat, lon = SEOUL_CITY_HALL
+        return Place(lat=lat, lon=lon, district_code=district)
+    return Place(
+        lat=row["lat"],
+        lon=row["lon"],
+        district_code=row["district_code"] or district,
+        dong_code=row.get("dong_code") or "",
+    )
+
+
+def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
+    """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes."""
+    reports: list[tuple[str, AlertKind, str, bool]] = []  # (device, kind, code, cleared)
+    for device_id, ev_type, code, _ts in batch.fault_events:
+        if ev_type == "fault_cleared":
+            reports.append((device_id, AlertKind.LAMP_FAULT, code, True))
+        else:
+            reports.append((device_id, _EVENT_KIND[ev_type], code, False))
+    with_faults = [d for d in batch.devices.values() if d.faults]
+    known = _devices(conn, sorted({r[0] for r in reports} | {d.device_id for d in with_faults}))
+    for dev in with_faults:
+        stored = set((known.get(dev.device_id) or {}).get("faults") or ())
+        reports.extend((dev.device_id, AlertKind.LAMP_FAULT, c, False) for c in dev.faults if c not in stored)
+    changes = 0
+    for device_id, kind, code, cleared in reports:
+        _lock(conn, device_id)
+        active = active_alerts(conn, kinds=[kind.value], source_id=device_id)
+        if cleared:
+            for alert in active:
+                if alert.fault_code == code:
+                    save_alert(
+                        conn, resolve(alert, now, f"device:{device_id}", note="fault cleared"), previous=alert
+                    )
+                    changes += 1
+            continue
+        row = known.get(device_id)
+        place = _place(row, row["district_code"] if row else "")
+        merged, _is_new = merge_fault(
+            active,
+            kind=kind,
+            device_id=device_id,
+            fault_code=code,
+            place=place,
+            now=now,
+            new_alert_id=new_alert_id(),
+        )
+        previous = next((a for a in active if a.id == merged.id), None)
+        save_alert(conn, merged, previous=previous)
+        changes += 1
+    return changes
+
+
+def offline_reports(
+    conn: Conn, now: datetime, *, silent_after_s: float, window_s: float, locate: Locator | None = None
+) -> list[tuple[OfflineReport, dict[str, Any]]]:
+    """Devices offline by their will or silent longer than ``silent_after_s``, with when they went dark."""
+    silent_since = now - timedelta(seconds=silent_after_s)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """
+            SELECT s.device_id, s.online, s.state_changed_at, s.last_seen,
+                   d.district_code, d.dong_code, d.lat, d.lon, d.kind
+            FROM device_state s JOIN devices d ON d.device_id = s.device_id
+            WHERE (NOT s.online AND s.state_changed_at IS NOT NULL)
+               OR (s.online AND s.last_seen < %s)
+            """,
+            (silent_since,),
+        ).fetchall()
+    out: list[tuple[OfflineReport, dict[str, Any]]] = []
+    for r in rows:
+        dark_at = (
+            r["state_changed_at"] if not r["online"] else r["last_seen"] + timedelta(seconds=silent_after_s)
+        )
+        dong = r["dong_code"] or ""
+        if not dong and locate is not None and r["lat"] is not None:
+            r["district_code"], dong = locate(r["lat"], r["lon"])
+            r["dong_code"] = dong
+        out.append((OfflineReport(r["device_id"], dong or f"district:{r['district_code']}", dark_at), r))
+    return out
+
+
+def raise_offline_alerts(
+    conn: Conn,
+    now: datetime,
+    *,
+    silent_after_s: float,
+    grace_s: float = 120.0,
+    policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
+    locate: Locator | None = None,
+) -> dict[str, int]:
+    """One periodic pass: mass outages first, then single device_offline alerts after ``grace_s``."""
+    counts = {"mass_outage_new": 0, "mass_outage_grown": 0, "device_offline_new": 0, "superseded": 0}
+    with conn.transaction():
+        _lock(conn, "ingest:offline-alerts")
+        reports = offline_reports(
+            conn, now, silent_after_s=silent_after_s, window_s=policy.window_s, locate=locate
+        )
+        if not reports:
+            return counts
+        by_id = {rep.device_id: row for rep, row in reports}
+        per_dong: dict[str, int] = {}
+        with conn.cursor() as cur:
+            for dong, n in cur.execute(
+                "SELECT dong_code, count(*) FROM devices WHERE kind = 'lamp' GROUP BY dong_code"
+            ).fetchall():
+                if dong:
+                    per_dong[str(dong)] = int(n)
+        lamp_reports = [rep for rep, row in reports if row["kind"] == "lamp"]
+        outages = active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value])
+        offline = active_alerts(conn, kinds=[AlertKind.DEVICE_OFFLINE.value])
+        covered: set[str] = set()
+        for cluster in detect_mass_outages(lamp_reports, now, per_dong, policy):
+            first = by_id[cluster.device_ids[0]]
+            place = _place(first, first["district_code"])
+            place = Place(
+                place.lat, place.lon, district_code=place.district_code, dong_code=cluster.dong_code
+            )
+            merged, is_new = merge_mass_outage(
+                outages, cluster, place=place, now=now, new_alert_id=new_alert_id()
+            )
+            previous = next((a for a in outages if a.id == merged.id), None)
+            if merged is not previous:
+                save_alert(conn, merged, previous=previous)
+                counts["mass_outage_new" if is_new else "mass_outage_grown"] += 1
+                outages = [a for a in outages if a.id != merged.id] + [merged]
+            for cancelled in suppress_covered(offline, merged, now):
+                before = next(a for a in offline if a.id == cancelled.id)
+                save_alert(conn, cancelled, previous=before)
+                counts["superseded"] += 1
+            covered.update(merged.device_ids)
+        for rep, row in reports:
+            if rep.device_id in covered or (now - rep.at).total_seconds() < grace_s:
+                continue
+            if covering_outage(outages, rep.dong_code) is not None and rep.device_id in _all_ids(outages):
+                continue
+            if any(a.source_id == rep.device_id for a in offline):
+                continue
+            merged, _ = merge_fault(
+                offline,
+                kind=AlertKind.DEVICE_OFFLINE,
+                device_id=rep.device_id,
+                fault_code="offline" if not row["online"] else "silent",
+                place=_place(row, row["district_code"]),
+                now=now,
+                new_alert_id=new_alert_id(),
+            )
+            save_alert(conn, merged)
+            offline.append(merged)
+            counts["device_offline_new"] += 1
+    return counts
+
+
+def _all_ids(alerts: list[Alert]) -> set[str]:
+    return {d for a in alerts for d in a.device_ids}

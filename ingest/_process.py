@@ -1,0 +1,230 @@
+"""Turn a batch of raw MQTT messages into rows: decode, validate, check the sender, count seq.
+
+Pure apart from the per-worker :class:`SeqTracker` it updates: no sockets, no database, no
+clock (``now_ms`` comes in). The same function handles live batches and a replayed spool, so a
+spooled message becomes exactly the rows it would have become live.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from broker import (
+    Ack,
+    Birth,
+    Event,
+    PayloadError,
+    State,
+    TopicError,
+    decode_ack,
+    decode_birth,
+    decode_event,
+    decode_state,
+    decode_telemetry,
+    parse_device_topic,
+)
+
+# Telemetry and events carry no bdseq on the wire (DESIGN.md §3), and the dedup key must come
+# from the message alone (a redelivery after a restart must map to the same key), so it is 0.
+ROW_BDSEQ: Final = 0
+_SEQ_MASK: Final = 2**62 - 1
+
+
+class RawMessage(NamedTuple):
+    """One message as received (or as read back from the spool)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+
+
+class DeadLetter(NamedTuple):
+    """A refused message: where it came from, its bytes, why."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    kind: str  # the counter it goes to: "topic", "payload", "unknown_device", ...
+
+
+@dataclass(frozen=True, slots=True)
+class SenderCheck:
+    """What the identity check said about an accepted message worth a flag."""
+
+    device_id: str
+    district_code: str
+    flag: str
+    detail: str
+
+
+@dataclass(slots=True)
+class DeviceBatch:
+    """What one batch says about one device: newest telemetry, counters as increments."""
+
+    device_id: str
+    last_ts_ms: int = -1
+    last_seq: int = 0
+    level: int | None = None
+    faults: tuple[str, ...] = ()
+    summary: bytes = b""
+    messages: int = 0
+    seq_gaps: int = 0
+    seq_duplicates: int = 0
+
+    @property
+    def last_seen(self) -> datetime:
+        """The newest telemetry's device time."""
+        return datetime.fromtimestamp(self.last_ts_ms / 1000, UTC)
+
+
+@dataclass(slots=True)
+class Processed:
+    """Rows and side effects of one batch, with the source message of every row."""
+
+    telemetry: list[tuple[Any, ...]] = field(default_factory=list)
+    telemetry_src: list[int] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    events_src: list[int] = field(default_factory=list)
+    births: list[tuple[str, str, Birth]] = field(default_factory=list)  # (district, device, birth)
+    states: list[tuple[str, State]] = field(default_factory=list)  # (device, state)
+    devices: dict[str, DeviceBatch] = field(default_factory=dict)
+    fault_events: list[tuple[str, str, str, int]] = field(default_factory=list)  # (dev, type, code, ts)
+    dead: list[DeadLetter] = field(default_factory=list)
+    flags: list[SenderCheck] = field(default_factory=list)
+    acks: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Telemetry and event rows offered to the database."""
+        return len(self.telemetry) + len(self.events)
+
+
+SenderCheckFn = Callable[[str, str, bytes], tuple[str | None, str | None, str]]
+"""(device_id, district, payload) -> (refusal reason or None, flag or None, detail)."""
+
+
+class SeqTracker:
+    """The last telemetry ``seq`` this worker saw per device, to count gaps and repeats.
+
+    Exact with one worker; with several on a shared subscription a device's messages are split
+    across workers, so each sees gaps that another filled (docs/ingest.md).
+    """
+
+    def __init__(self, max_devices: int = 1_000_000) -> None:
+        self._last: dict[str, int] = {}
+        self._max = max_devices
+
+    def reset(self, device_id: str) -> None:
+        """Forget a device's sequence (it was born again: its seq may restart)."""
+        self._last.pop(device_id, None)
+
+    def see(self, device_id: str, seq: int) -> tuple[int, int]:
+        """Record ``seq``; returns (gaps, repeats) it reveals."""
+        last = self._last.get(device_id)
+        if last is None:
+            if len(self._last) >= self._max:
+                self._last.clear()
+            self._last[device_id] = seq
+            return 0, 0
+        if seq == last + 1:
+            self._last[device_id] = seq
+            return 0, 0
+        if seq > last:
+            self._last[device_id] = seq
+            return seq - last - 1, 0
+        return 0, 1
+
+
+def ack_seq(cmd_id: str) -> int:
+    """A stable seq for an ack row (acks carry none): the command id's CRC, so redeliveries collide."""
+    return zlib.crc32(cmd_id.encode()) & _SEQ_MASK
+
+
+_astuple = msgspec.structs.astuple
+
+
+def process(
+    messages: Sequence[RawMessage],
+    now_ms: int,
+    seqs: SeqTracker,
+    *,
+    check_sender: SenderCheckFn | None = None,
+) -> Processed:
+    """Decode and validate a batch; every message becomes rows, a state change or a dead letter."""
+    out = Processed()
+    telemetry, telemetry_src = out.telemetry, out.telemetry_src
+    devices = out.devices
+    for i, (topic, payload, _qos) in enumerate(messages):
+        try:
+            district, device_id, channel = parse_device_topic(topic)
+            if check_sender is not None:
+                refusal, flag, detail = check_sender(device_id, district, payload)
+                if refusal is not None:
+                    out.dead.append(DeadLetter(topic, payload, f"{refusal}: {detail}", refusal))
+                    continue
+                if flag is not None:
+                    out.flags.append(SenderCheck(device_id, district, flag, detail))
+            if channel == "telemetry":
+                t = _astuple(decode_telemetry(payload, now_ms))
+                # Telemetry fields: ts, seq, level, power_w, voltage_v, current_a, temp_c, lux,
+                # faults, rssi_dbm, battery_v, blinking, sightings -> store.TELEMETRY_FIELDS order.
+                ts, seq, faults = t[0], t[1], t[8]
+                telemetry.append((ts, device_id, ROW_BDSEQ, seq, *t[2:8], list(faults), *t[9:]))
+                telemetry_src.append(i)
+                dev = devices.get(device_id)
+                if dev is None:
+                    dev = devices[device_id] = DeviceBatch(device_id)
+                dev.messages += 1
+                gaps, repeats = seqs.see(device_id, seq)
+                if gaps or repeats:
+                    dev.seq_gaps += gaps
+                    dev.seq_duplicates += repeats
+                if ts >= dev.last_ts_ms:
+                    dev.last_ts_ms, dev.last_seq, dev.level = ts, seq, t[2]
+                    dev.faults, dev.summary = faults, payload
+            elif channel == "event":
+                _event(out, i, device_id, decode_event(payload, now_ms), payload)
+            elif channel == "birth":
+                birth = decode_birth(payload, now_ms)
+                seqs.reset(device_id)
+                out.births.append((district, device_id, birth))
+            elif channel == "state":
+                out.states.append((device_id, decode_state(payload, now_ms)))
+            elif channel == "ack":
+                _ack(out, i, device_id, decode_ack(payload, now_ms), payload)
+            else:  # cmd: the backend's own channel, never an uplink
+                out.dead.append(DeadLetter(topic, payload, "topic: cmd is not an uplink channel", "topic"))
+        except TopicError as exc:
+            out.dead.append(DeadLetter(topic, payload, f"topic: {exc.reason}", "topic"))
+        except PayloadError as exc:
+            out.dead.append(DeadLetter(topic, payload, str(exc), "payload"))
+    return out
+
+
+def _event(out: Processed, i: int, device_id: str, ev: Event, payload: bytes) -> None:
+    rssi = round(ev.rssi_dbm) if ev.rssi_dbm is not None else None
+    text = payload.decode("utf-8")  # validated UTF-8 by the decoder
+    out.events.append((ev.ts, device_id, ROW_BDSEQ, ev.seq, ev.type, ev.code, ev.token_hash, rssi, text))
+    out.events_src.append(i)
+    if ev.type in ("fault", "fault_cleared", "tamper", "power_loss"):
+        out.fault_events.append((device_id, ev.type, ev.code or ev.type, ev.ts))
+
+
+def _ack(out: Processed, i: int, device_id: str, ack: Ack, payload: bytes) -> None:
+    text = payload.decode("utf-8")
+    out.events.append(
+        (ack.ts, device_id, ROW_BDSEQ, ack_seq(ack.cmd_id), "ack", ack.status, None, None, text)
+    )
+    out.events_src.append(i)
+    out.acks += 1
+
+
+def telemetry_kind(row: tuple[Any, ...]) -> str:
+    """``lamp`` or ``blinker`` for a telemetry row (level present or not)."""
+    return "lamp" if row[4] is not None else "blinker"

@@ -1,0 +1,391 @@
+"""One ingest worker: an MQTT subscriber whose messages are committed (or spooled) before they are acked.
+
+Two threads do the work:
+
+* paho's network thread receives; ``on_message`` only appends ``(topic, payload, qos, mid,
+  connection)`` to a deque (the bare minimum a subscriber does, so the receive rate stays close to
+  a bare paho client's);
+* the flusher thread takes what arrived when the batch is full (``max_rows``), old
+  (``max_delay_s``) or the stream paused (``idle_s``: the broker stops sending QoS 1 messages once
+  its in-flight window is unacknowledged, so waiting longer would only stall it), decodes and
+  validates the batch, writes it in one transaction, then acknowledges its QoS 1 messages.
+
+When the database is unreachable a batch goes to the spool (fsynced) and is acked; the spool is
+replayed, in order, once the database answers again, and new batches queue behind it in the
+spool meanwhile. A batch that can be neither committed nor spooled is not acked: the broker keeps
+its QoS 1 messages and sends them again when this worker reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+from broker import ConnectionParams, backoff_delay_s, ingest_filters, paho_client
+from ingest._metrics import IngestMetrics
+from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, process
+from ingest._spool import Spool, SpoolFull
+from ingest._write import FaultHook, write_batch
+from store import StoreUnavailable
+from store.types import Conn
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, bytes, int, int, int]  # topic, payload, qos, mid, connection generation
+
+
+@dataclass
+class WorkerConfig:
+    """How one worker connects, batches and spools."""
+
+    mqtt: ConnectionParams
+    database_url: str
+    spool_path: Path
+    index: int = 0
+    shared: bool = True
+    client_id: str = ""
+    qos: int = 1
+    max_rows: int = 5000
+    max_delay_s: float = 0.2
+    idle_s: float = 0.005
+    spool_max_bytes: int = 1 << 30
+    clean_session: bool = False
+    filters: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            self.client_id = f"streetlight-ingest-{self.index}"
+        if not self.filters:
+            self.filters = ingest_filters(shared_subscription=self.shared)
+
+
+class IngestWorker:
+    """Subscribe, batch, write, acknowledge; ``run`` until ``stop`` is called."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        metrics: IngestMetrics | None = None,
+        *,
+        check_sender: SenderCheckFn | None = None,
+        on_faults: FaultHook | None = None,
+        on_batch: Callable[[Processed], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or IngestMetrics(worker=config.index)
+        self._check_sender = check_sender
+        self._on_faults = on_faults
+        self._on_batch = on_batch
+        self._queue: deque[Item] = deque()
+        self._first_at = 0.0
+        self._generation = 0
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._reconnect_wanted = False
+        self._unacked_dropped = False
+        self._seqs = SeqTracker()
+        self._conn: Conn | None = None
+        self._db_retry_at = 0.0
+        self._db_failures = 0
+        self.spool = Spool(config.spool_path, config.spool_max_bytes)
+        self.metrics.spool_bytes = self.spool.size_bytes
+        self.client = paho_client(
+            config.mqtt, config.client_id, clean_session=config.clean_session, manual_ack=True
+        )
+        # Let the broker send as much as its own in-flight limit allows; we ack after commit.
+        self.client.max_inflight_messages_set(65_535)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+
+    # -- MQTT side (paho's thread)
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("ingest worker %d: connect refused: %s", self.config.index, reason)
+            return
+        self._generation += 1
+        client.subscribe([(f, self.config.qos) for f in self.config.filters])
+        log.info(
+            "ingest worker %d connected (session present: %s), subscribed to %s",
+            self.config.index,
+            getattr(flags, "session_present", "?"),
+            ", ".join(self.config.filters),
+        )
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("ingest worker %d: subscription refused: %s", self.config.index, refused)
+            return
+        self.metrics.subscribed = True
+        self._connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._connected.clear()
+        self.metrics.subscribed = False
+        if not self._stop.is_set():
+            log.warning(
+                "ingest worker %d: broker connection lost (%s); paho reconnects", self.config.index, reason
+            )
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        queue = self._queue
+        if not queue:
+            self._first_at = time.monotonic()
+        try:
+            queue.append((msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation))
+        except UnicodeDecodeError:  # a topic that is not UTF-8; brokers refuse these, but never crash
+            queue.append(("<not utf-8>", bytes(msg.payload), msg.qos, msg.mid, self._generation))
+
+    # -- lifecycle
+
+    def run(self) -> None:
+        """Connect and work until :meth:`stop`; flushes what was received before returning."""
+        flusher = threading.Thread(
+            target=self._flush_loop, name=f"ingest-flush-{self.config.index}", daemon=True
+        )
+        flusher.start()
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.client.connect(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                break
+            except OSError as exc:
+                delay = backoff_delay_s(attempt, cap_s=10.0)
+                log.warning(
+                    "ingest worker %d: broker unreachable (%s); retry in %.1f s",
+                    self.config.index,
+                    exc,
+                    delay,
+                )
+                attempt += 1
+                self._stop.wait(delay)
+        self.client.loop_start()
+        try:
+            while not self._stop.wait(0.2):
+                if self._reconnect_wanted:
+                    # Unacked QoS 1 messages were dropped (spool full): a new connection makes the
+                    # broker send them again, now that there is room.
+                    self._reconnect_wanted = False
+                    log.warning(
+                        "ingest worker %d: reconnecting to get unacknowledged messages again",
+                        self.config.index,
+                    )
+                    self.client.disconnect()
+                    self.client.loop_stop()
+                    self.client.reconnect()
+                    self.client.loop_start()
+        finally:
+            flusher.join(timeout=30)
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.spool.close()
+            if self._conn is not None:
+                self._conn.close()
+
+    def stop(self) -> None:
+        """Ask the worker to finish its last batch and return from :meth:`run`."""
+        self._stop.set()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """True once connected and subscribed (for tests and the benchmark)."""
+        return self._connected.wait(timeout_s)
+
+    # -- flusher thread
+
+    def _take(self) -> list[Item]:
+        queue = self._queue
+        n = len(queue)
+        return [queue.popleft() for _ in range(n)]
+
+    def _wait_batch(self) -> bool:
+        """Sleep until a batch is due; False when stopping with nothing queued."""
+        cfg = self.config
+        queue = self._queue
+        while not queue:
+            if self._stop.is_set():
+                return False
+            self._maybe_replay()
+            time.sleep(0.02)
+        seen = len(queue)
+        while seen < cfg.max_rows and not self._stop.is_set():
+            age = time.monotonic() - self._first_at
+            if age >= cfg.max_delay_s:
+                break
+            time.sleep(min(cfg.idle_s, cfg.max_delay_s - age))
+            now_len = len(queue)
+            if now_len == seen:
+                break  # the stream paused: flush now rather than stall the broker's window
+            seen = now_len
+        return True
+
+    def _flush_loop(self) -> None:
+        while True:
+            try:
+                if not self._wait_batch():
+                    return
+                first_at = self._first_at
+                items = self._take()
+                if items:
+                    self._handle(items, first_at)
+            except Exception:
+                # Never let the flusher die: a bug here would stop all acks. Items of the failed
+                # batch stay unacked; the broker redelivers them after a reconnect.
+                log.exception("ingest worker %d: batch failed unexpectedly", self.config.index)
+                self._unacked_dropped = True
+                self._request_redelivery()
+                time.sleep(1.0)
+
+    def _handle(self, items: list[Item], first_at: float) -> None:
+        m = self.metrics
+        m.received += len(items)
+        messages = [RawMessage(t, p, q) for t, p, q, _mid, _gen in items]
+        if self.spool.size_bytes:
+            self._to_spool(items, messages)
+            self._maybe_replay()
+            return
+        if time.monotonic() < self._db_retry_at:
+            self._to_spool(items, messages)
+            return
+        try:
+            self._write(messages, self._seqs)
+        except StoreUnavailable as exc:
+            self._db_down(exc)
+            self._to_spool(items, messages)
+            return
+        self._ack(items)
+        m.observe_batch(time.monotonic() - first_at)
+        m.pending = len(self._queue)
+
+    def _write(self, messages: Sequence[RawMessage], seqs: SeqTracker) -> None:
+        m = self.metrics
+        now = datetime.now(UTC)
+        batch = process(messages, int(now.timestamp() * 1000), seqs, check_sender=self._check_sender)
+        conn = self._connection()
+        result = write_batch(conn, batch, messages, now, on_faults=self._on_faults)
+        m.db_up = True
+        self._db_failures = 0
+        m.stored_rows += result.inserted
+        m.offered_rows += result.offered
+        m.duplicates += result.offered - result.inserted
+        for d in batch.dead:
+            m.dead_letters[d.kind] += 1
+            log.info("dead letter topic=%s reason=%s", d.topic, d.reason)
+        for f in batch.flags:
+            m.flags[f.flag] += 1
+            log.warning(
+                "flagged device_id=%s district=%s flag=%s %s", f.device_id, f.district_code, f.flag, f.detail
+            )
+        for dev in batch.devices.values():
+            m.seq_gaps += dev.seq_gaps
+            m.seq_repeats += dev.seq_duplicates
+            if dev.last_ts_ms > 0:
+                m.lag_ms_last = now.timestamp() * 1000 - dev.last_ts_ms
+        m.births += len(batch.births)
+        m.states += len(batch.states)
+        m.acks_seen += batch.acks
+        if self._on_batch is not None:
+            self._on_batch(batch)
+
+    def _connection(self) -> Conn:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.config.database_url, autocommit=True, connect_timeout=5)
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+        return self._conn
+
+    def _db_down(self, exc: Exception) -> None:
+        m = self.metrics
+        if m.db_up:
+            log.error(
+                "ingest worker %d: database unreachable, spooling to %s: %s",
+                self.config.index,
+                self.spool.path,
+                exc,
+            )
+        m.db_up = False
+        m.db_failures += 1
+        self._db_failures += 1
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+        self._db_retry_at = time.monotonic() + backoff_delay_s(self._db_failures, base_s=0.5, cap_s=5.0) + 0.2
+
+    def _to_spool(self, items: list[Item], messages: list[RawMessage]) -> None:
+        m = self.metrics
+        try:
+            self.spool.append(messages)
+        except SpoolFull as exc:
+            m.dropped += len(items)
+            log.error("ingest worker %d: %s; %d messages not stored", self.config.index, exc, len(items))
+            if any(q for _t, _p, q, _mid, _g in items):
+                self._unacked_dropped = True
+            return
+        except OSError as exc:
+            m.dropped += len(items)
+            log.error(
+                "ingest worker %d: cannot write the spool %s: %s", self.config.index, self.spool.path, exc
+            )
+            self._unacked_dropped = True
+            return
+        m.spooled += len(items)
+        m.spool_bytes = self.spool.size_bytes
+        self._ack(items)
+
+    def _maybe_replay(self) -> None:
+        """Replay the spool into the database once it answers; new batches wait behind it."""
+        if not self.spool.size_bytes or time.monotonic() < self._db_retry_at or self._stop.is_set():
+            return
+        m = self.metrics
+        replay_seqs = SeqTracker()  # old messages must not disturb the live gap counts
+        try:
+            for _offset, messages in self.spool.batches():
+                for start in range(0, len(messages), self.config.max_rows):
+                    chunk = messages[start : start + self.config.max_rows]
+                    self._write(chunk, replay_seqs)
+                    m.replayed += len(chunk)
+                # Live traffic arriving meanwhile goes behind the replay, in the spool.
+                if len(self._queue) >= self.config.max_rows:
+                    items = self._take()
+                    m.received += len(items)
+                    self._to_spool(items, [RawMessage(t, p, q) for t, p, q, _mid, _gen in items])
+        except StoreUnavailable as exc:
+            self._db_down(exc)
+            return
+        log.info(
+            "ingest worker %d: spool replayed (%d messages so far), database back",
+            self.config.index,
+            m.replayed,
+        )
+        self.spool.clear()
+        m.spool_bytes = 0
+        if self._unacked_dropped:
+            self._unacked_dropped = False
+            self._request_redelivery()
+
+    def _request_redelivery(self) -> None:
+        self._reconnect_wanted = True
+
+    def _ack(self, items: list[Item]) -> None:
+        generation = self._generation
+        ack = self.client.ack
+        for _t, _p, qos, mid, gen in items:
+            # A message from an earlier connection is redelivered on the new one (persistent
+            # session) and acked then; acking its old mid now could ack a different message.
+            if qos and gen == generation:
+                ack(mid, qos)

@@ -1,0 +1,289 @@
+"""``streetlight bench ingest``: MQTT -> PostgreSQL ingest rate against a bare paho subscriber.
+
+In one run, on a private Mosquitto (big-queue config) and DATABASE_URL's server (a throwaway
+database on it) or a throwaway cluster:
+
+1. baseline: ``streetlight.bench.baseline`` (bare paho + orjson, no storage) receives N messages
+   from ``streetlight.bench.fastpub`` (a raw-socket publisher in its own process);
+2. ingest: ``streetlight ingest`` (its own processes) receives the same N messages and commits
+   them; the rate is rows committed over the time from the first to the last commit, read from
+   the workers' /metrics; lost = sent - distinct rows, duplicates = rows - distinct (device, seq);
+3. naive: one INSERT with autocommit per message, on a sample.
+
+The last stdout line is the JSON result (DESIGN.md §7); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from streetlight.localservices import PgService, free_port, start_mosquitto, start_pg_cluster, terminate
+
+HELP = "ingest rate (MQTT -> PostgreSQL) vs a bare paho subscriber, lost/duplicates, naive INSERT rate"
+NAIVE_SAMPLE = 3000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight bench ingest``."""
+    parser.add_argument("--count", "--messages", dest="count", type=int, default=200_000)
+    parser.add_argument("--lamps", type=int, default=500)
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0, help="publish rate (0: as fast as possible)")
+    parser.add_argument("--naive-sample", type=int, default=NAIVE_SAMPLE)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"[bench ingest] {text}\n")
+    sys.stderr.flush()
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _publish(port: int, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    cmd = _py(
+        "streetlight.bench.fastpub",
+        "--port",
+        str(port),
+        "--count",
+        str(args.count),
+        "--lamps",
+        str(args.lamps),
+        "--qos",
+        str(args.qos),
+        "--prefix",
+        prefix,
+    )
+    if args.rate:
+        cmd += ["--rate", str(args.rate)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _baseline(port: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = _py(
+        "streetlight.bench.baseline",
+        "--port",
+        str(port),
+        "--count",
+        str(args.count),
+        "--qos",
+        str(args.qos),
+        "--idle-s",
+        "5",
+    )
+    sub = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    if sub.stdout.readline().strip() != "ready":
+        terminate(sub)  # type: ignore[arg-type]
+        raise RuntimeError("baseline subscriber did not start")
+    _publish(port, args, "base")
+    out, _ = sub.communicate(timeout=600)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        values[name_labels] = values.get(name_labels, 0.0) + float(value)
+    return values
+
+
+def _sum(values: dict[str, float], name: str) -> float:
+    return sum(v for k, v in values.items() if k.split("{")[0] == name)
+
+
+def _p99_ms(values: dict[str, float]) -> float | None:
+    buckets: dict[float, float] = {}
+    for key, v in values.items():
+        if key.startswith("ingest_batch_latency_seconds_bucket"):
+            le = key.split('le="')[1].split('"')[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + v
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return bound * 1000
+    return None
+
+
+def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    metrics_port = free_port()
+    env = dict(
+        os.environ,
+        MQTT_URL=f"mqtt://127.0.0.1:{port}",
+        DATABASE_URL=db_url,
+        STREETLIGHT_DATA_DIR=str(workdir / "ingest"),
+        STREETLIGHT_LOG_LEVEL="WARNING",
+    )
+    cmd = _py(
+        "streetlight.commands.ingest",
+        "--workers",
+        str(args.workers),
+        "--subscription",
+        "shared",
+        "--qos",
+        str(args.qos),
+        "--no-jobs",
+        "--no-migrate",
+        "--metrics-port",
+        str(metrics_port),
+        "--client-id",
+        f"bench-{uuid.uuid4().hex[:6]}",
+    )
+    proc = subprocess.Popen(cmd, env=env)
+    ports = [metrics_port + i for i in range(args.workers)]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if all(_sum(_metrics(p), "ingest_subscribed") >= 1 for p in ports):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("ingest did not subscribe within 60 s")
+            time.sleep(0.1)
+        sent = _publish(port, args, "bench")
+        first_t = last_t = 0.0
+        first_n = last_n = 0.0
+        idle_since = time.monotonic()
+        snapshot: dict[str, float] = {}
+        while True:
+            snapshot = {}
+            for p in ports:
+                for k, v in _metrics(p).items():
+                    snapshot[k] = snapshot.get(k, 0.0) + v
+            stored = _sum(snapshot, "ingest_rows_stored_total") + _sum(snapshot, "ingest_duplicates_total")
+            now = time.monotonic()
+            if stored > last_n:
+                if not first_t:
+                    first_t, first_n = now, stored
+                last_t, last_n, idle_since = now, stored, now
+            if stored >= args.count or now - idle_since > 15:
+                break
+            time.sleep(0.02)
+        span = last_t - first_t
+        rate = (last_n - first_n) / span if span > 0 else 0.0
+        return {"sent": sent["sent"], "rate": rate, "metrics": snapshot}
+    finally:
+        terminate(proc)
+
+
+def _naive(db_url: str, sample: int) -> float:
+    from broker import decode_telemetry
+    from streetlight.bench.fastpub import telemetry_payload
+
+    now_ms = int(time.time() * 1000)
+    payloads = [telemetry_payload(i, now_ms + i, 80) for i in range(sample)]
+    sql = (
+        "INSERT INTO telemetry (ts, device_id, bdseq, seq, level, power_w, voltage_v, current_a, temp_c, "
+        "lux, faults) VALUES (to_timestamp(%s / 1000.0), %s, 0, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT DO NOTHING"
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for i, payload in enumerate(payloads):
+            t = decode_telemetry(payload, now_ms + 10**6)
+            conn.execute(
+                sql,
+                (
+                    t.ts,
+                    f"naive{i % 500:05d}",
+                    t.seq,
+                    t.level,
+                    t.power_w,
+                    t.voltage_v,
+                    t.current_a,
+                    t.temp_c,
+                    t.lux,
+                    list(t.faults),
+                ),
+            )
+        return sample / (time.perf_counter() - t0)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the three measurements and return the figures."""
+    from store import migrate
+
+    workdir = Path(tempfile.mkdtemp(prefix="slbench-ingest-"))
+    broker = start_mosquitto(workdir / "mosquitto")
+    pg: PgService | None = None
+    admin_url = os.environ.get("DATABASE_URL")
+    dbname = f"slbench_{uuid.uuid4().hex[:8]}"
+    try:
+        if not admin_url:
+            pg = start_pg_cluster(workdir / "pg")
+            admin_url = pg.url
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        db_url = PgService("configured", admin_url).database_url(dbname)
+        migrate(db_url)
+        _say(f"broker mosquitto :{broker.port}, database {db_url.split('@')[-1]}")
+        base = _baseline(broker.port, args)
+        _say(f"baseline: {base}")
+        ing = _ingest(broker.port, db_url, args, workdir)
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(DISTINCT (device_id, seq)) FROM telemetry "
+                "WHERE device_id LIKE 'bench%'"
+            ).fetchone()
+        assert row is not None
+        rows, distinct = int(row[0]), int(row[1])
+        _say(f"ingest: {ing['rate']:.0f} msg/s, rows {rows}")
+        naive = _naive(db_url, args.naive_sample)
+        _say(f"naive: {naive:.0f} msg/s")
+        baseline_rate = float(base.get("rate_msgs_s", 0.0))
+        rate = float(ing["rate"])
+        m = ing["metrics"]
+        result: dict[str, Any] = {
+            "bench": "ingest",
+            "messages": args.count,
+            "qos": args.qos,
+            "workers": args.workers,
+            "lamps": args.lamps,
+            "rate_msgs_s": round(rate, 1),
+            "baseline_rate_msgs_s": baseline_rate,
+            "baseline_received": base.get("received"),
+            "ratio": round(rate / baseline_rate, 3) if baseline_rate else None,
+            "rows": rows,
+            "lost": ing["sent"] - distinct,
+            "duplicates": rows - distinct,
+            "p99_lag_ms": _p99_ms(m),
+            "naive_insert_rate_msgs_s": round(naive, 1),
+            "speedup_vs_naive": round(rate / naive, 1) if naive else None,
+            "dead_letters": _sum(m, "ingest_dead_letters_total"),
+            "broker": "mosquitto (private, big-queue config)",
+            "database": "configured (throwaway database)" if pg is None else "pg_ctl throwaway cluster",
+        }
+        result["ok"] = bool(result["lost"] == 0 and result["duplicates"] == 0)
+        return result
+    finally:
+        broker.stop()
+        if pg is not None:
+            pg.stop()
+        elif admin_url:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')

@@ -1,0 +1,244 @@
+"""``streetlight ingest``: MQTT -> PostgreSQL, one worker per process (docs/ingest.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streetlight.settings import Settings
+
+HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
+log = logging.getLogger("streetlight.ingest")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight ingest``."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: STREETLIGHT_INGEST_WORKERS or 1)",
+    )
+    parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)  # a child worker's number
+    parser.add_argument("--mqtt-url", help="broker URL (default: MQTT_URL)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    parser.add_argument(
+        "--subscription",
+        choices=["auto", "shared", "plain"],
+        default="auto",
+        help="shared ($share/ingest/...) or plain subscription; auto asks the broker (plain: one worker)",
+    )
+    parser.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS (default 1)")
+    parser.add_argument(
+        "--client-id", default="streetlight-ingest", help="prefix of the workers' MQTT client ids"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus /metrics and /health (worker i: port + i)"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--registry", type=Path, help="provisioning registry file: refuse unknown devices")
+    parser.add_argument("--max-rows", type=int, default=5000, help="rows per batch (default 5000)")
+    parser.add_argument(
+        "--max-delay-ms", type=float, default=200.0, help="longest wait before a batch is written"
+    )
+    parser.add_argument(
+        "--spool-max-mb", type=float, default=1024.0, help="bound of the spool file per worker"
+    )
+    parser.add_argument(
+        "--no-jobs", action="store_true", help="never run the periodic alert/maintenance jobs"
+    )
+    parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
+
+
+def _decide_shared(args: argparse.Namespace, mqtt_url: str) -> bool:
+    from broker import parse_mqtt_url
+    from ingest import probe_shared_subscriptions
+
+    if args.subscription != "auto":
+        return bool(args.subscription == "shared")
+    shared, why = probe_shared_subscriptions(parse_mqtt_url(mqtt_url))
+    log.info("subscription: %s (%s)", "shared $share/ingest/..." if shared else "plain", why)
+    return shared
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the workers (or, with --index, be one) until SIGTERM/SIGINT."""
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    mqtt_url = args.mqtt_url or settings.mqtt_url
+    database_url = args.database_url or settings.database_url
+    if not mqtt_url or not database_url:
+        print(
+            "streetlight ingest: needs MQTT_URL and DATABASE_URL (or --mqtt-url/--database-url)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.index is not None:
+        return _run_worker(
+            args, settings, mqtt_url, database_url, args.index, shared=args.subscription != "plain"
+        )
+    if not args.no_migrate:
+        from store import migrate
+
+        migrate(database_url)
+    workers = args.workers or settings.ingest_workers
+    shared = _decide_shared(args, mqtt_url)
+    if not shared and workers > 1:
+        log.warning("the broker cannot share a subscription: running 1 worker instead of %d", workers)
+        workers = 1
+    if workers == 1:
+        return _run_worker(args, settings, mqtt_url, database_url, 0, shared=shared)
+    return _supervise(args, workers)
+
+
+def _run_worker(
+    args: argparse.Namespace,
+    settings: Settings,
+    mqtt_url: str,
+    database_url: str,
+    index: int,
+    *,
+    shared: bool,
+) -> int:
+    from broker import parse_mqtt_url
+    from ingest import (
+        IngestWorker,
+        JobsLeader,
+        WorkerConfig,
+        file_registry_lookup,
+        gazetteer_locator,
+        raise_fault_alerts,
+        sender_checker,
+        serve_metrics,
+    )
+
+    config = WorkerConfig(
+        mqtt=parse_mqtt_url(mqtt_url),
+        database_url=database_url,
+        spool_path=settings.data_dir / "spool" / f"ingest-{index}.spool",
+        index=index,
+        shared=shared,
+        client_id=f"{args.client_id}-{index}",
+        qos=args.qos,
+        max_rows=args.max_rows,
+        max_delay_s=args.max_delay_ms / 1000,
+        spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
+    )
+    check = sender_checker(file_registry_lookup(args.registry)) if args.registry else None
+    worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+    server = (
+        serve_metrics(worker.metrics, args.metrics_host, args.metrics_port + index)
+        if args.metrics_port
+        else None
+    )
+    leader = None
+    if not args.no_jobs:
+        interval_s = settings.telemetry_interval_s * settings.silent_after_intervals
+        leader = JobsLeader(database_url, silent_after_s=interval_s, locate=gazetteer_locator()).start()
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    log.info("ingest worker %d: spool %s", index, config.spool_path)
+    try:
+        worker.run()
+    finally:
+        if leader is not None:
+            leader.stop()
+        if server is not None:
+            server.shutdown()
+    log.info("ingest worker %d stopped: %s", index, worker.metrics.snapshot())
+    return 0
+
+
+def _supervise(args: argparse.Namespace, workers: int) -> int:
+    """Run ``workers`` child processes on the shared subscription; restart one that dies."""
+    argv_tail = _child_args(args)
+    children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(i: int) -> None:
+        children[i] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streetlight.commands.ingest",
+                "--index",
+                str(i),
+                "--subscription",
+                "shared",
+                *argv_tail,
+            ]
+        )
+        log.info("ingest worker %d started (pid %d)", i, children[i].pid)
+
+    stopping = False
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    for i in range(workers):
+        start(i)
+    while not stopping:
+        time.sleep(0.5)
+        for i, proc in list(children.items()):
+            if proc.poll() is not None and not stopping:
+                log.warning("ingest worker %d exited with status %s; restarting", i, proc.returncode)
+                time.sleep(1.0)
+                start(i)
+    for proc in children.values():
+        proc.send_signal(signal.SIGTERM)
+    for proc in children.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+def _child_args(args: argparse.Namespace) -> list[str]:
+    out = [
+        "--qos",
+        str(args.qos),
+        "--client-id",
+        args.client_id,
+        "--max-rows",
+        str(args.max_rows),
+        "--max-delay-ms",
+        str(args.max_delay_ms),
+        "--spool-max-mb",
+        str(args.spool_max_mb),
+        "--metrics-host",
+        args.metrics_host,
+        "--metrics-port",
+        str(args.metrics_port),
+    ]
+    if args.mqtt_url:
+        out += ["--mqtt-url", args.mqtt_url]
+    if args.database_url:
+        out += ["--database-url", args.database_url]
+    if args.registry:
+        out += ["--registry", str(args.registry)]
+    if args.no_jobs:
+        out.append("--no-jobs")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m streetlight.commands.ingest``: the same command without the whole CLI."""
+    parser = argparse.ArgumentParser(prog="streetlight ingest", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
