@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -202,7 +203,12 @@ def test_health_readiness_and_metrics(api: Client) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json()["status"] == "ready"
     api.post("/v1/sos", json=pos(*GANGNAM), headers=resident(api))
-    text = api.get("/metrics").text
+    # A request is counted once its answer is sent, so the scrape may race the last one.
+    for _ in range(50):
+        text = api.get("/metrics").text
+        if 'route="/v1/sos"' in text:
+            break
+        time.sleep(0.02)
     assert 'streetlight_api_sos_total{outcome="accepted"} 1.0' in text
     assert 'route="/v1/sos"' in text
     login(api, "op-city")
