@@ -1,0 +1,372 @@
+"""Ingest against a real broker and PostgreSQL: stored once, bad input kept, outages survived."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from alerts import AlertKind
+from broker import parse_mqtt_url
+from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, raise_fault_alerts
+from ingest._alerts import raise_offline_alerts
+from ingest._write import write_batch
+from store import migrate
+from store.alertstore import active_alerts
+from streetlight.localservices import MqttService
+from tests.conftest import skip_unless
+
+ROOT = Path(__file__).resolve().parents[2]
+LAMP = (
+    b'{"ts":%d,"seq":%d,"level":80,"power_w":36.4,"voltage_v":221.7,"current_a":0.164,'
+    b'"temp_c":21.5,"lux":3.2,"faults":[]}'
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PgProxy:
+    """A TCP proxy in front of PostgreSQL that a test can cut and restore (fault injection)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            self._conns.append(client)
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            self._conns.append(server)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def cut(self) -> None:
+        self.up = False
+        for s in self._conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._conns.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def with_port(url: str, port: int) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{port}").geturl()
+
+
+@pytest.fixture
+def migrated(db_url: str) -> str:
+    migrate(db_url)
+    return db_url
+
+
+def publisher(svc: MqttService) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{time.monotonic_ns()}")
+    client.connect(svc.host, svc.port)
+    client.loop_start()
+    return client
+
+
+@contextlib.contextmanager
+def running(worker: IngestWorker) -> Iterator[IngestWorker]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.wait_connected(10), "worker did not subscribe"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(20)
+
+
+def make_worker(svc: MqttService, db: str, tmp: Path, uid: str, **kw: object) -> IngestWorker:
+    config = WorkerConfig(
+        mqtt=parse_mqtt_url(svc.url),
+        database_url=db,
+        spool_path=tmp / f"{uid}.spool",
+        client_id=f"ingest-{uid}",
+        shared=bool(kw.pop("shared", False)),
+        max_delay_s=0.05,
+        **kw,  # type: ignore[arg-type]
+    )
+    return IngestWorker(config, on_faults=raise_fault_alerts)
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def count(db: str, sql: str, *params: object) -> int:
+    with psycopg.connect(db) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(
+    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    dev = f"L{unique_id}"
+    base = f"sl/v1/11230/{dev}"
+    ts = now_ms()
+    with running(make_worker(mqtt_service, migrated, tmp_path, unique_id)) as worker:
+        pub = publisher(mqtt_service)
+        msgs = [
+            (
+                f"{base}/birth",
+                b'{"kind":"lamp","firmware":"1.2","model":"SL-40","lat":37.5636,"lon":126.9826,"bdseq":1}',
+            ),
+            (f"{base}/state", b'{"state":"online","bdseq":1}'),
+            (f"{base}/telemetry", LAMP % (ts, 1)),
+            (f"{base}/telemetry", b'{"ts":%d,"seq":2,"level":"bright"}' % ts),
+            (f"{base}/telemetry", b"\xff\xfe not json"),
+            (f"{base}/event", b'{"ts":%d,"seq":3,"type":"tamper"}' % ts),
+            (f"{base}/ack", b'{"cmd_id":"c-%s","ts":%d,"status":"expired"}' % (unique_id.encode(), ts)),
+            (f"{base}/telemetry", LAMP % (ts + 4, 4)),
+        ]
+        for topic, payload in msgs:
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_for(lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev) == 2)
+        wait_for(lambda: count(migrated, "SELECT count(*) FROM dead_letters") >= 2)
+        pub.loop_stop()
+        assert worker.metrics.dead_letters["payload"] >= 2
+    assert count(migrated, "SELECT count(*) FROM devices WHERE device_id = %s AND firmware = '1.2'", dev) == 1
+    assert count(migrated, "SELECT count(*) FROM device_state WHERE device_id = %s AND online", dev) == 1
+    assert count(migrated, "SELECT count(*) FROM events WHERE device_id = %s", dev) == 2
+    assert count(migrated, "SELECT count(*) FROM dead_letters WHERE reason LIKE 'level:%%'") == 1
+    assert count(migrated, "SELECT count(*) FROM dead_letters WHERE payload = %s", b"\xff\xfe not json") == 1
+    with psycopg.connect(migrated) as conn:
+        alerts = active_alerts(conn, kinds=["tamper"], source_id=dev)
+    assert len(alerts) == 1, "a tamper event raises one maintenance alert"
+
+
+def test_database_outage_is_spooled_and_replayed_once_each(
+    mqtt_service: MqttService, pg_service: object, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(migrated)
+    proxy = PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    db = with_port(migrated, proxy.port)
+    dev = f"L{unique_id}"
+    ts = now_ms()
+    try:
+        with running(make_worker(mqtt_service, db, tmp_path, unique_id)) as worker:
+            pub = publisher(mqtt_service)
+            for seq in range(300):
+                pub.publish(f"sl/v1/11230/{dev}/telemetry", LAMP % (ts + seq, seq), qos=1)
+            wait_for(lambda: worker.metrics.stored_rows >= 300)
+            proxy.cut()
+            for seq in range(300, 900):
+                pub.publish(f"sl/v1/11230/{dev}/telemetry", LAMP % (ts + seq, seq), qos=1)
+                if seq % 100 == 0:
+                    time.sleep(0.05)
+            wait_for(lambda: worker.metrics.spooled >= 600)
+            assert not worker.metrics.db_up and worker.spool.size_bytes > 0
+            proxy.restore()
+            wait_for(lambda: worker.spool.size_bytes == 0 and worker.metrics.replayed >= 600)
+            pub.loop_stop()
+    finally:
+        proxy.close()
+    assert count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev) == 900
+    assert count(migrated, "SELECT count(DISTINCT seq) FROM telemetry WHERE device_id = %s", dev) == 900
+
+
+def test_two_workers_on_a_shared_subscription_store_each_message_once(
+    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    skip_unless(mqtt_service.kind != "embedded", "the embedded broker does not deliver shared subscriptions")
+    a = make_worker(mqtt_service, migrated, tmp_path, f"a{unique_id}", shared=True, index=0)
+    b = make_worker(mqtt_service, migrated, tmp_path, f"b{unique_id}", shared=True, index=1)
+    ts = now_ms()
+    with running(a), running(b):
+        pub = publisher(mqtt_service)
+        for i in range(2000):
+            pub.publish(f"sl/v1/11230/S{unique_id}{i % 20}/telemetry", LAMP % (ts + i, i), qos=1)
+        wait_for(lambda: a.metrics.stored_rows + b.metrics.stored_rows >= 2000)
+        pub.loop_stop()
+    assert a.metrics.stored_rows > 0 and b.metrics.stored_rows > 0, "both workers took a share"
+    like = f"S{unique_id}%"
+    assert count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) == 2000
+
+
+def test_kill_9_of_a_worker_loses_nothing_acknowledged(
+    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    skip_unless(mqtt_service.kind != "embedded", "needs Mosquitto's persistent sessions at speed")
+    env = dict(
+        os.environ, MQTT_URL=mqtt_service.url, DATABASE_URL=migrated, STREETLIGHT_DATA_DIR=str(tmp_path)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "streetlight.commands.ingest",
+        "--index",
+        "0",
+        "--subscription",
+        "plain",
+        "--no-jobs",
+        "--client-id",
+        f"kill-{unique_id}",
+        "--max-delay-ms",
+        "50",
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    proc = start()
+    prefix = f"K{unique_id}"
+    n = 20_000
+    try:
+        time.sleep(1.5)  # subscribed (the persistent session keeps what arrives meanwhile anyway)
+        pub = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streetlight.bench.fastpub",
+                "--port",
+                str(mqtt_service.port),
+                "--count",
+                str(n),
+                "--lamps",
+                "50",
+                "--qos",
+                "1",
+                "--prefix",
+                prefix,
+                "--rate",
+                "10000",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+        )
+        like = f"{prefix}%"
+        wait_for(
+            lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) > 2000
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pub.wait(60)
+        proc = start()
+        wait_for(
+            lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) >= n, 60
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    assert count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) == n
+    assert (
+        count(
+            migrated, "SELECT count(DISTINCT (device_id, seq)) FROM telemetry WHERE device_id LIKE %s", like
+        )
+        == n
+    )
+
+
+def test_200_lamps_of_one_neighbourhood_going_dark_raise_one_mass_outage_alert(
+    migrated: str, unique_id: str
+) -> None:
+    ts = now_ms()
+    births = [
+        RawMessage(
+            f"sl/v1/11140/M{unique_id}{i:03d}/birth",
+            b'{"kind":"lamp","firmware":"1","model":"X","lat":%.5f,"lon":%.5f,"bdseq":1}'
+            % (37.5636 + (i % 20) * 0.00002, 126.9826 + (i // 20) * 0.00002),
+        )
+        for i in range(200)
+    ]
+    dong = "1114055000"
+    wills = [
+        RawMessage(f"sl/v1/11140/M{unique_id}{i:03d}/state", b'{"state":"offline","bdseq":1,"ts":%d}' % ts)
+        for i in range(200)
+    ]
+    now = datetime.now(UTC)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        for batch in (births, wills):
+            write_batch(conn, process(batch, ts, SeqTracker()), batch, now)
+        conn.execute("UPDATE devices SET dong_code = %s WHERE device_id LIKE %s", (dong, f"M{unique_id}%"))
+        counts = raise_offline_alerts(conn, now, silent_after_s=180)
+        again = raise_offline_alerts(conn, now, silent_after_s=180)
+        outages = active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value])
+        singles = active_alerts(conn, kinds=[AlertKind.DEVICE_OFFLINE.value])
+    assert counts["mass_outage_new"] == 1 and again["mass_outage_new"] == 0
+    assert len(outages) == 1 and len(outages[0].device_ids) == 200
+    assert singles == [], "the lamps of the outage get no alert each"
+
+
+def test_repeated_lamp_faults_count_into_one_alert_and_a_clear_resolves_it(
+    migrated: str, unique_id: str
+) -> None:
+    dev = f"F{unique_id}"
+    ts = now_ms()
+    fault = b'{"ts":%d,"seq":%d,"type":"fault","code":"lamp_failure"}'
+    batches = [
+        [RawMessage(f"sl/v1/11230/{dev}/event", fault % (ts, 1))],
+        [RawMessage(f"sl/v1/11230/{dev}/event", fault % (ts + 1, 2))],
+    ]
+    now = datetime.now(UTC)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        for msgs in batches:
+            write_batch(conn, process(msgs, ts, SeqTracker()), msgs, now, on_faults=raise_fault_alerts)
+        active = active_alerts(conn, kinds=["lamp_fault"], source_id=dev)
+        assert len(active) == 1 and active[0].count == 2
+        cleared = [
+            RawMessage(
+                f"sl/v1/11230/{dev}/event",
+                b'{"ts":%d,"seq":3,"type":"fault_cleared","code":"lamp_failure"}' % (ts + 2),
+            )
+        ]
+        write_batch(conn, process(cleared, ts, SeqTracker()), cleared, now, on_faults=raise_fault_alerts)
+        assert active_alerts(conn, kinds=["lamp_fault"], source_id=dev) == []
