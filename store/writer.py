@@ -39,13 +39,15 @@ TELEMETRY_FIELDS = (
 # Staging types are the widest of their kind on purpose: psycopg's binary int2/float4 dumpers
 # wrap silently (70000 arrives as 4464, 1e300 as inf, measured), while int8/float8 values are
 # range-checked by PostgreSQL's own cast into the real column, which refuses the row instead.
+# RSSI is staged as float8 (the protocol allows tenths of a dB) and rounded by PostgreSQL's
+# assignment cast into the smallint column.
 TELEMETRY_TYPES = (
     "int8", "text", "int8", "int8", "int8", "float8", "float8", "float8",
-    "float8", "float8", "text[]", "int8", "float8", "bool", "int8",
+    "float8", "float8", "text[]", "float8", "float8", "bool", "int8",
 )  # fmt: skip
 # ``payload`` is the JSON text of the event (or None); it is cast to jsonb in SQL.
 EVENT_FIELDS = ("ts_ms", "device_id", "bdseq", "seq", "type", "code", "token_hash", "rssi", "payload")
-EVENT_TYPES = ("int8", "text", "int8", "int8", "text", "text", "text", "int8", "text")
+EVENT_TYPES = ("int8", "text", "int8", "int8", "text", "text", "text", "float8", "text")
 
 TelemetryRow = tuple[Any, ...]
 """(ts_ms, device_id, bdseq, seq, level, power_w, voltage_v, current_a, temp_c, lux, faults,

@@ -13,18 +13,22 @@ from streetlight.supervisor import Supervisor, child_env
 
 HELP = "Run the whole system: broker and database (embedded when not configured), services, simulator."
 
-# The services `up` supervises, in start order, with the arguments each gets.
+# The services `up` supervises, in start order, with the arguments each gets. Migrations run
+# once before they start, so the services skip theirs (it is safe either way).
 SERVICES: list[tuple[str, list[str]]] = [
-    ("ingest", ["ingest"]),
-    ("controller", ["controller"]),
+    ("ingest", ["ingest", "--no-migrate"]),
+    ("controller", ["controller", "--districts", "all"]),
     ("api", ["api"]),
-    ("sim", ["sim", "--zones", "all"]),
+    ("sim", ["sim", "--night", "--walkers", "3"]),
 ]
+DEMO_LOGIN = ("jung-gu", "city")  # shown at start (api.accounts.ensure_demo_operators makes them)
+DEMO_PASSWORD = "streetlight"  # the same as api.accounts.DEMO_PASSWORD; demo only
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streetlight up``."""
     parser.add_argument("--no-sim", action="store_true", help="do not start the simulator")
+    parser.add_argument("--lamps", type=int, help="simulated lamps (default: the 3,500 of the 2022 zones)")
     parser.add_argument("--story", action="store_true", help="play the scripted evening (see README)")
     parser.add_argument(
         "--check",
@@ -48,6 +52,20 @@ def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     return mqtt, pg
 
 
+def _prepare_database(database_url: str, *, with_operators: bool) -> None:
+    """Apply migrations once and create the demo operators (only those missing)."""
+    import psycopg
+
+    from store.schema import migrate
+
+    migrate(database_url)
+    if with_operators:
+        from api.accounts import ensure_demo_operators
+
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            ensure_demo_operators(conn)
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the broker, the database and every service that exists; supervise until Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,14 +79,22 @@ def run(args: argparse.Namespace) -> int:
     wanted = [(n, a) for n, a in SERVICES if n not in missing and not (args.no_sim and n == "sim")]
     if args.story:
         missing.append("story (scripted evening)")
+    _prepare_database(pg.url, with_operators=any(n == "api" for n, _ in wanted))
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
     sup = Supervisor(child_env(mqtt.url, pg.url))
     for name, argv in wanted:
+        if name == "sim":
+            argv = [*argv, "--api-url", api_url]
+            if args.lamps:
+                argv += ["--lamps", str(args.lamps)]
         sup.add(name, argv)
     print("running:  " + (", ".join(n for n, _ in wanted) or "broker and database only"))
     if missing:
         print("not built yet in this version: " + ", ".join(missing), file=sys.stderr)
     if any(n == "api" for n, _ in wanted):
-        print(f"console:  http://{settings.api_host}:{settings.api_port}/")
+        print(f"console:  {api_url}/")
+        who = f"{DEMO_LOGIN[0]} (Jung-gu operator) or {DEMO_LOGIN[1]} (all districts)"
+        print(f"login:    {who}, password: {DEMO_PASSWORD}")
     if args.check:
         mqtt.stop()
         pg.stop()

@@ -135,6 +135,16 @@ def test_events_are_stored_once_with_their_payload_as_json(conn: Conn) -> None:
     assert row == ("한글", "ab12")
 
 
+def test_rssi_in_tenths_of_a_db_is_stored_rounded_not_refused(conn: Conn) -> None:
+    # The protocol allows -71.4 dBm (a blinker's uplink, a beacon sighting); the columns hold whole dB.
+    blinker = (1_764_000_000_000, "bk-1", 0, 1, *([None] * 7), -71.6, 3.5, False, 0)
+    beacon = (1_764_000_000_000, "bk-1", 0, 2, "beacon", None, "ab12", -60.4, None)
+    assert write_rows(conn, "telemetry", [blinker]) == 1
+    assert write_events(conn, [beacon]) == 1
+    assert conn.execute("SELECT rssi_dbm FROM telemetry").fetchone() == (-72,)
+    assert conn.execute("SELECT rssi FROM events").fetchone() == (-60,)
+
+
 def test_the_batch_writer_flushes_when_the_buffer_reaches_max_rows(store_url: str, conn: Conn) -> None:
     written: list[tuple[Batch, int]] = []
     with BatchWriter(
