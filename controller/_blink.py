@@ -58,6 +58,7 @@ class BlinkSet:
     source: str
     lamps: dict[str, LampBlink] = field(default_factory=dict)
     sent_ms: dict[str, int] = field(default_factory=dict)
+    at: tuple[float, float] | None = None  # the position the set was chosen for
     # Not yet written to the alert's timeline:
     new_confirmed: list[str] = field(default_factory=list)
     new_failed: list[str] = field(default_factory=list)

@@ -489,6 +489,9 @@ class Controller:
             blinks = self._blinks[alert.id] = BlinkSet(alert.id, blink_source(alert.id))
             self._blink_alert[blinks.source] = alert.id
         lat, lon = alert.last_position
+        if blinks.at == (lat, lon):
+            return  # same place: keep the set as it is (with any replacement lamps added)
+        blinks.at = (lat, lon)
         targets = blink_targets(self._within, self._nearest, lat, lon, self.cfg.blink)
         change = move_to(blinks, targets, now_ms())
         for lamp in change.blink:

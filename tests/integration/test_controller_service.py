@@ -457,3 +457,20 @@ async def test_two_controllers_split_the_districts_and_a_killed_one_is_replaced_
         if proc.returncode is None:
             proc.kill()
             await asyncio.wait_for(proc.wait(), 5)
+
+
+async def test_no_lamp_stays_bright_longer_than_the_hold_time_after_the_controller_dies(world: World) -> None:
+    lat, lon = world.lamps[0].lat, world.lamps[0].lon
+    lamp = world.lamps[0].device_id
+    hold_s = 2
+    with (
+        LampFleet(world.params, world.lamps) as fleet,
+        psycopg.connect(world.db_url, autocommit=True) as conn,
+    ):
+        async with running(world.cfg(holds=HoldPolicy(hold_s=hold_s))) as ctl:
+            _walk_note(conn, "walk-d", "position", lat, lon, 0.0, 0.0)
+            await until(lambda: "walk-d" in fleet.sources(lamp), 5, "brightened")
+            ctl.release_on_exit = False  # a crash: nothing is cleaned up
+        died = time.monotonic()
+        await until(lambda: "walk-d" not in fleet.sources(lamp), hold_s + 5, "the override to expire")
+        assert time.monotonic() - died <= hold_s + 5
