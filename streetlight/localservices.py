@@ -162,8 +162,13 @@ def configured_mqtt(url: str) -> MqttService | None:
     return MqttService("configured", host, port, parts.username, parts.password)
 
 
-def provide_mqtt(mqtt_url: str | None, workdir: Path) -> MqttService:
-    """The configured broker when reachable, else a private mosquitto, else the embedded broker."""
+def provide_mqtt(mqtt_url: str | None, workdir: Path, *, local_kind: str = "auto") -> MqttService:
+    """The configured broker when reachable, else a private mosquitto, else the embedded broker.
+
+    ``local_kind`` picks the local broker: ``auto`` (mosquitto when installed), ``mosquitto`` or
+    ``embedded`` (what a machine with only Python gets; useful to try that path anywhere)."""
+    if local_kind == "embedded" and not mqtt_url:
+        return start_embedded_broker()
     if mqtt_url:
         svc = configured_mqtt(mqtt_url)
         if svc is not None:

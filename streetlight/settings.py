@@ -31,6 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    raw = env.get(name) or allowed[0]
+    if raw not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything configurable, with the defaults a single-machine deployment wants."""
@@ -50,6 +57,8 @@ class Settings:
     police_after_s: float = 90.0
     police_webhook_url: str | None = None
     log_level: str = "INFO"
+    local_broker: str = "auto"
+    """Without MQTT_URL: ``auto`` (mosquitto if installed, else embedded), ``mosquitto`` or ``embedded``."""
     api_token_secret: str | None = None
     """Signs operators' tokens; None: a random secret kept in the database, shared by API instances."""
     api_token_ttl_s: float = 12 * 3600.0  # one operator shift
@@ -74,6 +83,7 @@ class Settings:
             police_after_s=_float(e, "STREETLIGHT_POLICE_AFTER_S", 90.0),
             police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
+            local_broker=_choice(e, "STREETLIGHT_LOCAL_BROKER", ("auto", "mosquitto", "embedded")),
             api_token_secret=e.get("STREETLIGHT_API_TOKEN_SECRET") or None,
             api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
             api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir)
+    mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
     if settings.database_url:
         from streetlight.localservices import configured_pg
 
