@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -129,6 +130,10 @@ class MqttSession:
             clean_session=self._clean_session,
             keepalive=self._keepalive_s,
             tls_context=ssl.create_default_context() if self.params.tls else None,
+            # Without TCP_NODELAY a publish queued behind our own unacknowledged PUBACK waits for
+            # the broker's delayed ACK: 40 ms on Linux (measured: controller QoS 1 publish p50
+            # 42 ms with, 0.5 ms without, see docs/controller.md).
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
 
     async def _run(self) -> None:
