@@ -48,6 +48,7 @@ class ProxyStats:
     bytes: int = 0
     retransmit_like: int = 0
     cuts: int = 0
+    swallowed: int = 0  # chunks discarded while frozen
 
 
 @dataclass
@@ -72,6 +73,7 @@ class ImpairedProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.frozen = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> ImpairedProxy:
@@ -107,6 +109,18 @@ class ImpairedProxy:
     def cut(self) -> None:
         """Break every open connection (RST-like close); new connections are still accepted."""
         asyncio.run_coroutine_threadsafe(self._cut(), self._loop).result(timeout=5)
+
+    def freeze(self) -> None:
+        """Black-hole every connection: bytes are swallowed both ways, nothing is closed.
+
+        What a lamp losing power looks like to the broker: no FIN, no DISCONNECT, just silence,
+        so only the keepalive timeout can tell.
+        """
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """Forward bytes again (those swallowed meanwhile are gone)."""
+        self.frozen = False
 
     async def _cut(self) -> None:
         self.stats.cuts += 1
@@ -145,6 +159,9 @@ class ImpairedProxy:
                 chunk = await src.read(65536)
                 if not chunk:
                     break
+                if self.frozen:
+                    self.stats.swallowed += 1
+                    continue
                 hold = self.impairment.hold_s(self._rng)
                 if hold > (self.impairment.delay_ms + self.impairment.jitter_ms) / 1000.0:
                     self.stats.retransmit_like += 1
