@@ -220,15 +220,22 @@ class Controller:
     # ------------------------------------------------------------------ commands
 
     async def _send(self, cmd: LampCommand, *, retry: bool = False) -> None:
-        mqtt = self._mqtt
-        if not retry:
-            self._tracker.sent(cmd, now_ms())
-            if self.on_command is not None:
-                self.on_command(cmd)
-        self.stats["commands_retried" if retry else "commands_sent"] += 1
-        self._write("cmd", cmd)
-        if mqtt is None:
-            return
+        await self._send_many([cmd], retry=retry)
+
+    async def _send_many(self, cmds: Sequence[LampCommand], *, retry: bool = False) -> None:
+        """Track, record and publish commands; the publishes wait for their PUBACKs together."""
+        now = now_ms()
+        for cmd in cmds:
+            if not retry:
+                self._tracker.sent(cmd, now)
+                if self.on_command is not None:
+                    self.on_command(cmd)
+            self.stats["commands_retried" if retry else "commands_sent"] += 1
+            self._write("cmd", cmd)
+        if self._mqtt is not None and cmds:
+            await asyncio.gather(*(self._publish_cmd(self._mqtt, cmd) for cmd in cmds))
+
+    async def _publish_cmd(self, mqtt: MqttSession, cmd: LampCommand) -> None:
         try:
             await mqtt.publish(device_topic(cmd.district, cmd.device_id, "cmd"), encode(cmd.to_wire()), qos=1)
         except ConnectionLost as exc:
@@ -256,14 +263,14 @@ class Controller:
         )
 
     async def _brighten(self, source: str, lamp_ids: Sequence[str]) -> int:
-        sent = 0
         policy = self.cfg.holds
-        for lamp_id in self._holds.plan(source, lamp_ids, now_ms()):
-            cmd = self._command(lamp_id, "set_level", "walk", source, policy.hold_s, policy.level)
-            if cmd is not None:
-                await self._send(cmd)
-                sent += 1
-        return sent
+        cmds = [
+            cmd
+            for lamp_id in self._holds.plan(source, lamp_ids, now_ms())
+            if (cmd := self._command(lamp_id, "set_level", "walk", source, policy.hold_s, policy.level))
+        ]
+        await self._send_many(cmds)
+        return len(cmds)
 
     def _write(self, kind: str, data: Any) -> None:
         try:
@@ -494,19 +501,19 @@ class Controller:
         blinks.at = (lat, lon)
         targets = blink_targets(self._within, self._nearest, lat, lon, self.cfg.blink)
         change = move_to(blinks, targets, now_ms())
-        for lamp in change.blink:
-            await self._blink_command(blinks, lamp)
-        for lamp in change.clear:
-            await self._clear(blinks.source, lamp)
+        policy = self.cfg.blink
+        cmds = [
+            self._command(lamp, "blink", "sos", blinks.source, policy.ttl_s, policy.level)
+            for lamp in change.blink
+        ]
+        cmds += [
+            self._command(lamp, "clear", "sos", blinks.source, policy.ttl_s, None) for lamp in change.clear
+        ]
+        await self._send_many([c for c in cmds if c is not None])
 
     async def _blink_command(self, blinks: BlinkSet, lamp: str) -> None:
         policy = self.cfg.blink
         cmd = self._command(lamp, "blink", "sos", blinks.source, policy.ttl_s, policy.level)
-        if cmd is not None:
-            await self._send(cmd)
-
-    async def _clear(self, source: str, lamp: str) -> None:
-        cmd = self._command(lamp, "clear", "sos", source, self.cfg.blink.ttl_s, None)
         if cmd is not None:
             await self._send(cmd)
 
@@ -515,8 +522,9 @@ class Controller:
         if blinks is None:
             return
         self._blink_alert.pop(blinks.source, None)
-        for lamp in blinks.active:
-            await self._clear(blinks.source, lamp)
+        ttl_s = self.cfg.blink.ttl_s
+        cmds = [self._command(lamp, "clear", "sos", blinks.source, ttl_s, None) for lamp in blinks.active]
+        await self._send_many([c for c in cmds if c is not None])
         self.stats["blinks_stopped"] += 1
 
     async def _blink_answer(self, cmd: LampCommand, applied: bool) -> None:
@@ -682,8 +690,7 @@ class Controller:
 
     async def _ack_timeouts(self) -> None:
         due = self._tracker.due(now_ms())
-        for cmd in due.retries:
-            await self._send(cmd, retry=True)
+        await self._send_many(due.retries, retry=True)
         if due.unanswered:
             self._write("unanswered", [c.cmd_id for c in due.unanswered])
         for cmd in due.unanswered:
@@ -694,9 +701,13 @@ class Controller:
 
     async def _blink_refresh(self) -> None:
         now = now_ms()
-        for blinks in list(self._blinks.values()):
-            for lamp in refresh_due(blinks, now, self.cfg.blink):
-                await self._blink_command(blinks, lamp)
+        policy = self.cfg.blink
+        cmds = [
+            self._command(lamp, "blink", "sos", blinks.source, policy.ttl_s, policy.level)
+            for blinks in list(self._blinks.values())
+            for lamp in refresh_due(blinks, now, policy)
+        ]
+        await self._send_many([c for c in cmds if c is not None])
 
     async def _housekeeping(self) -> None:
         now = now_ms()

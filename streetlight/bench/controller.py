@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -52,6 +53,13 @@ class Received:
     at: float  # perf_counter seconds
     device_id: str
     payload: dict[str, Any]
+
+
+def nodelay(client: mqtt.Client) -> None:
+    """Turn Nagle's algorithm off on a connected paho client (as MqttSession does)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _now_ms() -> int:
@@ -94,6 +102,7 @@ class LampFleet:
         self._client.loop_stop()
 
     def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
+        nodelay(client)
         client.subscribe([(f"sl/v1/{d}/+/cmd", 1) for d in self._districts])
 
     def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -146,6 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--grid", type=int, default=20, help="lamps per side of the square grid, 20 m apart")
     parser.add_argument("--pings", type=int, default=300, help="baseline MQTT publish->receive samples")
+    parser.add_argument("--nagle", action="store_true", help="private mosquitto with its default (Nagle on)")
 
 
 def _say(text: str) -> None:
@@ -183,7 +193,12 @@ class _Listener:
         self.cond = threading.Condition()
         ready = threading.Event()
         self.client = paho_client(params, f"bench-listen-{uuid.uuid4().hex[:8]}")
-        self.client.on_connect = lambda c, *_a: c.subscribe([(f, 1) for f in filters])
+
+        def on_connect(client: mqtt.Client, *_a: Any) -> None:
+            nodelay(client)
+            client.subscribe([(f, 1) for f in filters])
+
+        self.client.on_connect = on_connect
         self.client.on_subscribe = lambda *_a: ready.set()
         self.client.on_message = self._on_message
         self.client.connect(params.host, params.port)
@@ -206,6 +221,7 @@ def _baseline(params: ConnectionParams, pings: int) -> list[float]:
     topic = f"bench/ping/{uuid.uuid4().hex[:8]}"
     listener = _Listener(params, [topic])
     sender = paho_client(params, f"bench-ping-{uuid.uuid4().hex[:8]}")
+    sender.on_connect = lambda c, *_a: nodelay(c)
     sender.connect(params.host, params.port)
     sender.loop_start()
     samples: list[float] = []
@@ -236,13 +252,22 @@ def _grid(prefix: str, side: int) -> list[LampSpec]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or use) a broker and database, a controller, simulated lamps; measure; report."""
-    from streetlight.localservices import provide_mqtt, provide_pg
+    from streetlight.localservices import provide_mqtt, provide_pg, start_mosquitto
     from streetlight.settings import Settings
 
     settings = Settings.from_env()
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-controller-") as tmp:
-        mqtt_svc = provide_mqtt(settings.mqtt_url, Path(tmp))
+        if settings.mqtt_url or args.nagle:
+            mqtt_svc = provide_mqtt(settings.mqtt_url, Path(tmp))
+        else:
+            # Mosquitto leaves Nagle's algorithm on by default: a small message queued behind an
+            # unacknowledged one waits for the peer's delayed ACK (40 ms on Linux). A deployment
+            # that cares about SOS latency sets this; --nagle measures the default.
+            try:
+                mqtt_svc = start_mosquitto(Path(tmp) / "mosquitto", extra_config="set_tcp_nodelay true\n")
+            except FileNotFoundError:
+                mqtt_svc = provide_mqtt(None, Path(tmp))
         pg_svc = provide_pg(settings.database_url, Path(tmp))
         dbname = f"bench_controller_{uuid.uuid4().hex[:8]}"
         try:
@@ -259,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             pg_svc.stop()
             mqtt_svc.stop()
     result["broker"] = mqtt_svc.kind
+    result["broker_tcp_nodelay"] = not (settings.mqtt_url or args.nagle) and mqtt_svc.kind == "mosquitto"
     result["database"] = pg_svc.kind
     return result
 
@@ -359,7 +385,9 @@ async def _measure(args: argparse.Namespace, params: ConnectionParams, db_url: s
             speed = 1.4
             for _step in range(args.updates):
                 tick = time.perf_counter()
-                for walker in walkers:
+                for k, walker in enumerate(walkers):
+                    # Walkers are not synchronised: each reports at its own offset in the second.
+                    await asyncio.sleep(max(0.0, tick + k / len(walkers) - time.perf_counter()))
                     rad = math.radians(walker.heading_deg)
                     walker.lat += math.cos(rad) * speed / 111_000
                     walker.lon += math.sin(rad) * speed / 88_200
