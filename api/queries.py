@@ -69,15 +69,20 @@ def stream_catch_up(
 
 def active_overrides(conn: Conn, device_ids: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Commands still in force per lamp (sent or applied, not expired): the lamp's overrides."""
-    where = "status IN ('sent', 'applied') AND expires_at > now() AND action IN ('set_level', 'blink')"
+    # A later `clear` from the same source (a resolved SOS, an ended override) ends it early.
+    where = (
+        "c.status IN ('sent', 'applied') AND c.expires_at > now() AND c.action IN ('set_level', 'blink') "
+        "AND NOT EXISTS (SELECT 1 FROM commands x WHERE x.device_id = c.device_id "
+        "AND x.source = c.source AND x.action = 'clear' AND x.sent_at >= c.sent_at)"
+    )
     params: list[object] = []
     if device_ids is not None:
-        where += " AND device_id = ANY(%s)"
+        where += " AND c.device_id = ANY(%s)"
         params.append(list(device_ids))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT device_id, cmd_id, action, level, priority, source, expires_at, status FROM commands "
-            "WHERE " + where + " ORDER BY device_id, sent_at",
+            "SELECT c.device_id, c.cmd_id, c.action, c.level, c.priority, c.source, c.expires_at, c.status "
+            "FROM commands c WHERE " + where + " ORDER BY c.device_id, c.sent_at",
             params,
         ).fetchall()
     out: dict[str, list[dict[str, Any]]] = {}

@@ -186,6 +186,7 @@ class SimConfig:
     night: bool = False
     time_scale: float = 1.0
     kill_on_exit: bool = False
+    sky_start_ms: int | None = None  # the sky at this moment when the clock starts (wins over night)
 
     def resolved_endpoints(self) -> list[Endpoint]:
         """The brokers to use; credentials in the URL are ignored (devices have their own)."""
@@ -226,7 +227,9 @@ class Simulation:
             self.placement = place_lamps(
                 cfg.lamps, zones=cfg.zones or None, seed=cfg.seed, id_prefix=cfg.id_prefix
             )
-        sky_start = tonight_sky_ms() if cfg.night else None
+        sky_start = cfg.sky_start_ms
+        if sky_start is None and cfg.night:
+            sky_start = tonight_sky_ms()
         clock = SimClock(sky_start_ms=sky_start, time_scale=cfg.time_scale)
         self.fleet = Fleet(
             cfg.resolved_endpoints(),

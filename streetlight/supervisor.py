@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streetlight.localservices import terminate
@@ -87,8 +87,8 @@ class Supervisor:
                 child.next_start = 0.0
                 self._start(child)
 
-    def run_until_signal(self) -> None:
-        """Watch the children until SIGINT or SIGTERM, then stop them all."""
+    def run_until_signal(self, done: Callable[[], bool] | None = None) -> None:
+        """Watch the children until SIGINT or SIGTERM (or until ``done()``), then stop them all."""
         stop = False
 
         def _on_signal(_signum: int, _frame: object) -> None:
@@ -98,7 +98,7 @@ class Supervisor:
         old_int = signal.signal(signal.SIGINT, _on_signal)
         old_term = signal.signal(signal.SIGTERM, _on_signal)
         try:
-            while not stop:
+            while not stop and not (done is not None and done()):
                 self.watch_once(time.monotonic())
                 time.sleep(0.2)
         finally:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+import threading
+from typing import TYPE_CHECKING
 
 from streetlight.cli import COMMANDS, load_command
 from streetlight.localservices import MqttService, PgService, provide_mqtt, start_embedded_pg
 from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
+
+if TYPE_CHECKING:
+    from streetlight.story import Story
 
 HELP = "Run the whole system: broker and database (embedded when not configured), services, simulator."
 
@@ -30,6 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sim", action="store_true", help="do not start the simulator")
     parser.add_argument("--lamps", type=int, help="simulated lamps (default: the 3,500 of the 2022 zones)")
     parser.add_argument("--story", action="store_true", help="play the scripted evening (see README)")
+    parser.add_argument(
+        "--you-operate",
+        action="store_true",
+        help="with --story: wait for you to acknowledge, dispatch and resolve the SOS in the console",
+    )
+    parser.add_argument(
+        "--exit-after-story",
+        action="store_true",
+        help="with --story: stop everything when the story ends (for tests); exit status 1 if it failed",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -78,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [name for name, _ in SERVICES if load_command(COMMANDS[name]) is None]
     wanted = [(n, a) for n, a in SERVICES if n not in missing and not (args.no_sim and n == "sim")]
     if args.story:
-        missing.append("story (scripted evening)")
+        # The story runs its own simulator in this process, so it can make things happen.
+        wanted = [(n, a) for n, a in wanted if n != "sim"]
     _prepare_database(pg.url, with_operators=any(n == "api" for n, _ in wanted))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     sup = Supervisor(child_env(mqtt.url, pg.url))
@@ -101,9 +118,41 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("Ctrl-C stops everything.")
     sup.start_all()
+    story = _start_story(args, api_url, mqtt.url) if args.story else None
     try:
-        sup.run_until_signal()
+        sup.run_until_signal(done=(lambda: story.finished) if story and args.exit_after_story else None)
     finally:
         mqtt.stop()
         pg.stop()
+    if story is not None and story.error:
+        print(f"the story stopped: {story.error}", file=sys.stderr)
+        return 1
     return 0
+
+
+class _StoryThread(threading.Thread):
+    """The story in its own thread and event loop, beside the supervisor's watch."""
+
+    def __init__(self, story: Story) -> None:
+        super().__init__(name="story", daemon=True)
+        self.story = story
+        self.finished = False
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self.story.play())
+        except Exception as exc:  # reported, and `up` keeps running for the user to look
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.story.say(f"stopped: {self.error}")
+        finally:
+            self.finished = True
+
+
+def _start_story(args: argparse.Namespace, api_url: str, mqtt_url: str) -> _StoryThread:
+    from streetlight.story import Story, StoryTiming  # the simulator is only needed here
+
+    timing = StoryTiming(scripted_operator=not args.you_operate)
+    thread = _StoryThread(Story(api_url=api_url, mqtt_url=mqtt_url, lamps=args.lamps, timing=timing))
+    thread.start()
+    return thread

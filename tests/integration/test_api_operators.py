@@ -221,3 +221,27 @@ def test_demo_operators_are_created_once_and_can_log_in(db_url: str) -> None:
     with serve(fast_config(db_url)) as base, httpx.Client(base_url=base) as c:
         r = c.post("/v1/auth/login", json={"username": "jung-gu", "password": demo[0].password})
         assert r.status_code == 200 and r.json()["district"] == "11020"
+
+
+def test_a_lamp_stops_showing_blinking_once_the_controller_clears_that_blink(
+    api: httpx.Client, db_url: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from store import CommandRecord, StateUpdate, insert_commands, set_connectivity, update_device_states
+
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        set_connectivity(conn, "oj1", online=True, bdseq=1, at=now)
+        update_device_states(conn, [StateUpdate("oj1", now, 1, 80, ())])
+        blink = CommandRecord("c1", "oj1", "blink", "sos", "sos-1", 120, now - timedelta(seconds=5), 100)
+        insert_commands(conn, [blink])
+
+    def state() -> str:
+        lamps = api.get("/v1/lamps", headers=login(api, "op-jung")).json()
+        return str(lamps["features"][0]["properties"]["state"])
+
+    assert state() == "blinking"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        insert_commands(conn, [CommandRecord("c2", "oj1", "clear", "sos", "sos-1", 120, now, None)])
+    assert state() == "online"  # the blink's expiry is still two minutes away
