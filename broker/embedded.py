@@ -1,8 +1,13 @@
-"""The embedded MQTT broker (amqtt 0.12) for zero-install runs: ``python -m broker.embedded``.
+"""The embedded MQTT broker for zero-install runs: ``python -m broker.embedded``.
 
-Anonymous, loopback by default, no ``$SYS`` topics. It keeps retained messages and fires last
-wills, moves about 3k msg/s, and does **not** deliver shared subscriptions (DESIGN.md §5), so in
-embedded mode ingest runs one worker on a plain filter (``broker.supports_shared_subscriptions``).
+By default the lite broker (``broker.lite``, pure Python, MQTT 3.1.1): anonymous, loopback by
+default, retained messages (kept in ``--data-dir`` across restarts when given), last wills,
+persistent sessions in memory, and shared subscriptions (``$share/...``), so ingest's probe
+(``ingest.probe_shared_subscriptions``) finds them and can run several workers. It holds the
+demo fleet (thousands of connections) on two cores; figures in docs/architecture.md.
+
+``--impl amqtt`` runs amqtt 0.12 instead (the former default: about 3k msg/s, connected 1,160 of
+7,000 devices in 75 s, does **not** deliver shared subscriptions; DESIGN.md §5).
 Use Mosquitto or EMQX (``MQTT_URL``) for anything beyond a demo.
 """
 
@@ -14,14 +19,17 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from broker._errors import BrokerError
 
 log = logging.getLogger("broker.embedded")  # also when run as __main__
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
+Impl = Literal["lite", "amqtt"]
+IMPLS: tuple[Impl, ...] = ("lite", "amqtt")
 
 
 class _DropProbeNoise(logging.Filter):
@@ -45,15 +53,36 @@ def amqtt_config(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> dict[str
 
 
 class EmbeddedBroker:
-    """The amqtt broker in this event loop: ``async with EmbeddedBroker(host, port): ...``."""
+    """The embedded broker in this event loop: ``async with EmbeddedBroker(host, port): ...``.
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    ``impl="lite"`` (default) is ``broker.lite.LiteBroker``; ``data_dir`` keeps its retained
+    messages across restarts. ``impl="amqtt"`` is amqtt 0.12 (``data_dir`` is ignored).
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        impl: Impl = "lite",
+        data_dir: Path | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.impl = impl
+        self.data_dir = data_dir
         self._broker: Any = None
 
     async def start(self) -> None:
         """Start listening; raises BrokerError when the broker cannot start (e.g. port in use)."""
+        if self.impl == "lite":
+            from broker.lite import LiteBroker
+
+            lite = LiteBroker(self.host, self.port, data_dir=self.data_dir)
+            await lite.start()
+            self.port = lite.port
+            self._broker = lite
+            return
         from amqtt.broker import Broker  # imported here: amqtt is only needed in embedded mode
         from amqtt.errors import BrokerError as AmqttBrokerError
 
@@ -73,9 +102,13 @@ class EmbeddedBroker:
         log.info("embedded MQTT broker (amqtt) listening on mqtt://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        """Stop listening and drop every session and retained message."""
+        """Stop listening and drop every session (lite: retained messages saved to ``data_dir``)."""
         broker, self._broker = self._broker, None
-        if broker is not None:
+        if broker is None:
+            return
+        if self.impl == "lite":
+            await broker.stop()
+        else:
             await broker.shutdown()
 
     async def __aenter__(self) -> Self:
@@ -88,26 +121,30 @@ class EmbeddedBroker:
         await self.stop()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, *, impl: Impl = "lite", data_dir: Path | None = None) -> None:
     """Run the embedded broker until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with EmbeddedBroker(host, port):
+    async with EmbeddedBroker(host, port, impl=impl, data_dir=data_dir):
         await stop.wait()
     log.info("embedded MQTT broker stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m broker.embedded [--host H] [--port P]``: run in the foreground."""
+    """``python -m broker.embedded [--host H] [--port P] [--data-dir D] [--impl lite|amqtt]``."""
     parser = argparse.ArgumentParser(prog="python -m broker.embedded", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default: loopback)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: 1883)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="keep retained messages here across restarts (lite)"
+    )
+    parser.add_argument("--impl", choices=IMPLS, default="lite", help="broker implementation (default: lite)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, impl=args.impl, data_dir=args.data_dir))
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return 1
