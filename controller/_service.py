@@ -211,6 +211,16 @@ class Controller:
         self._devices = {r.device_id: r for r in rows}
         log.debug("lamps loaded count=%d", len(lamps))
 
+    def _district_near(self, lat: object, lon: object) -> str:
+        """The district of the nearest lamp, for a walk the API could not place (e.g. just outside)."""
+        if not isinstance(lat, int | float) or not isinstance(lon, int | float) or not len(self._index):
+            return ""
+        try:
+            ids = self._index.nearest(float(lat), float(lon), 1).ids
+        except ValueError:
+            return ""
+        return self._devices[ids[0]].district if ids else ""
+
     def _within(self, lat: float, lon: float, radius_m: float) -> Sequence[str]:
         return self._index.within(lat, lon, radius_m).ids
 
@@ -396,7 +406,7 @@ class Controller:
 
     async def _on_walk_note(self, note: dict[str, Any]) -> None:
         walk_id = str(note["walk_id"])
-        district = str(note.get("district") or "")
+        district = str(note.get("district") or "") or self._district_near(note.get("lat"), note.get("lon"))
         if district not in self.owned:
             return
         op = note.get("op")
