@@ -474,3 +474,38 @@ async def test_no_lamp_stays_bright_longer_than_the_hold_time_after_the_controll
         died = time.monotonic()
         await until(lambda: "walk-d" not in fleet.sources(lamp), hold_s + 5, "the override to expire")
         assert time.monotonic() - died <= hold_s + 5
+
+
+async def test_bad_messages_and_notifications_are_counted_and_the_controller_goes_on(world: World) -> None:
+    lat, lon = world.lamps[0].lat, world.lamps[0].lon
+    lamp = world.lamps[0].device_id
+    with (
+        LampFleet(world.params, world.lamps) as fleet,
+        psycopg.connect(world.db_url, autocommit=True) as conn,
+    ):
+        async with running(world.cfg()) as ctl:
+            pub = paho_client(world.params, f"bad-{world.prefix}")
+            pub.connect(world.params.host, world.params.port)
+            pub.loop_start()
+            for topic, payload in [
+                (f"sl/v1/{DISTRICT}/{lamp}/ack", b"{not json"),
+                (f"sl/v1/{DISTRICT}/{lamp}/event", b'{"ts": 1, "seq": 1, "type": "beacon"}'),
+                (f"sl/v1/{DISTRICT}/{'x' * 70}/ack", b"{}"),
+            ]:
+                pub.publish(topic, payload, qos=1).wait_for_publish(5)
+            with conn.transaction():
+                conn.execute("SELECT pg_notify('sl_walk', 'not json')")
+                notify(
+                    conn,
+                    WALK_CHANNEL,
+                    {"walk_id": "w-x", "op": "position", "lat": "x", "lon": 127.0, "district": DISTRICT},
+                )
+            await until(
+                lambda: ctl.snapshot()["stats"].get("notify_handler_errors", 0) >= 2, 5, "notify errors"
+            )
+            await until(lambda: ctl.snapshot()["stats"].get("bad_ack", 0) >= 1, 5, "bad ack counted")
+            assert ctl.snapshot()["stats"].get("bad_event", 0) >= 1
+            _walk_note(conn, "walk-ok", "position", lat, lon, 0.0, 0.0)
+            await until(lambda: "walk-ok" in fleet.sources(lamp), 5, "a good walk after bad input")
+            pub.disconnect()
+            pub.loop_stop()
