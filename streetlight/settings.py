@@ -56,6 +56,8 @@ class Settings:
     escalate_after_s: float = 30.0
     police_after_s: float = 90.0
     police_webhook_url: str | None = None
+    guard_webhook_url: str | None = None
+    """Where the controller POSTs an SOS inside a guard zone during patrol hours (JSON)."""
     log_level: str = "INFO"
     local_broker: str = "auto"
     """Without MQTT_URL: ``auto`` (mosquitto if installed, else embedded), ``mosquitto`` or ``embedded``."""
@@ -82,6 +84,7 @@ class Settings:
             escalate_after_s=_float(e, "STREETLIGHT_ESCALATE_AFTER_S", 30.0),
             police_after_s=_float(e, "STREETLIGHT_POLICE_AFTER_S", 90.0),
             police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
+            guard_webhook_url=e.get("STREETLIGHT_GUARD_WEBHOOK_URL") or None,
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
             local_broker=_choice(e, "STREETLIGHT_LOCAL_BROKER", ("auto", "mosquitto", "embedded")),
             api_token_secret=e.get("STREETLIGHT_API_TOKEN_SECRET") or None,
