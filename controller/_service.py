@@ -62,10 +62,11 @@ from broker import (
 from controller._blink import BlinkPolicy, BlinkSet, blink_targets, confirm, fail, move_to, refresh_due
 from controller._commands import CommandIds, CommandTracker, LampCommand
 from controller._db import Db, LampRow, active_walks, load_devices, mark_commands_unanswered
+from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
 from controller._leases import MEMBER_PREFIX, member_key, plan_leases
 from controller._positions import Fix, PositionPolicy, Track, advance
-from geo import LampIndex, lamps_for_walker
+from geo import LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
 from store.alertstore import (
     ALERT_CHANNEL,
     LAMP_CHANNEL,
@@ -127,6 +128,8 @@ class ControllerConfig:
     positions: PositionPolicy = field(default_factory=PositionPolicy)
     escalation: EscalationPolicy = DEFAULT_ESCALATION
     police_webhook_url: str | None = None
+    guard_webhook_url: str | None = None
+    safety_zones: SafetyZones | None = None  # None: the vendored seed file
 
 
 @dataclass
@@ -159,7 +162,8 @@ class Controller:
         self._blink_alert: dict[str, str] = {}  # blink source -> alert id
         self._published: dict[str, tuple[int, str]] = {}
         self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
-        self._webhooks: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
+        self._webhooks: asyncio.Queue[tuple[str, bytes, str, str]] = asyncio.Queue(maxsize=1000)
+        self._zones = cfg.safety_zones if cfg.safety_zones is not None else load_safety_zones()
         self._lease_ok_until = 0.0
         self._free_since: dict[str, float] = {}
         self._listening = False
@@ -495,6 +499,7 @@ class Controller:
             self._alerts[alert.id] = alert
             if alert.kind is AlertKind.SOS:
                 await self._blink_follow(alert)
+                await self._notify_guards(alert)
         else:
             self._alerts.pop(alert.id, None)
             self._published.pop(alert.id, None)
@@ -574,34 +579,58 @@ class Controller:
             if EscalationKind.NOTIFY_CITY in done:
                 await self._publish_alert(after, [CITY_CENTRE])
             if EscalationKind.POLICE in done and self.cfg.police_webhook_url:
-                try:
-                    self._webhooks.put_nowait(after)
-                except asyncio.QueueFull:
-                    self.stats["webhook_dropped"] += 1
+                cap = render_cap(after).xml.encode()
+                self._post(self.cfg.police_webhook_url, cap, "application/cap+xml", after.id)
+
+    async def _notify_guards(self, alert: Alert) -> None:
+        """An SOS inside a guard zone during patrol hours: record it, and call the guards' webhook."""
+        now = datetime.now(UTC)
+        if guards_notified(alert) or guard_zone(alert, self._zones, now) is None:
+            return
+        zones = self._zones
+
+        def change(a: Alert) -> Alert:
+            zone = guard_zone(a, zones, now)
+            if guards_notified(a) or zone is None or not a.is_active:
+                return a
+            details = (("escalation", GUARDS), ("targets", f"guards:{zone.dong_code}"), ("zone", zone.dong))
+            event = Event(at=now, actor=self._actor, action=EventAction.ESCALATED, details=details)
+            return dataclasses.replace(a, timeline=(*a.timeline, event))
+
+        before, after = await self._db.call(change_alert, alert.id, change)
+        if after is before:
+            return
+        self.stats["guard_notifications"] += 1
+        await self._on_alert(after)
+        if self.cfg.guard_webhook_url:
+            body = json.dumps({"guard_zone": alert.place.dong_code, "alert": alert_to_dict(after)}).encode()
+            self._post(self.cfg.guard_webhook_url, body, "application/json", after.id)
+
+    def _post(self, url: str, body: bytes, content_type: str, alert_id: str) -> None:
+        try:
+            self._webhooks.put_nowait((url, body, content_type, alert_id))
+        except asyncio.QueueFull:
+            self.stats["webhook_dropped"] += 1
 
     @property
     def _actor(self) -> str:
         return f"controller:{self.cfg.owner}"
 
     async def _webhook_loop(self) -> None:
-        url = self.cfg.police_webhook_url
         async with httpx.AsyncClient(timeout=5.0) as client:
             while True:
-                alert = await self._webhooks.get()
-                if url is None:
-                    continue
-                xml = render_cap(alert).xml
+                url, body, content_type, alert_id = await self._webhooks.get()
                 for attempt in range(3):
                     try:
                         response = await client.post(
-                            url, content=xml.encode(), headers={"content-type": "application/cap+xml"}
+                            url, content=body, headers={"content-type": content_type}
                         )
                         response.raise_for_status()
                         self.stats["webhook_posted"] += 1
                         break
                     except httpx.HTTPError as exc:
                         self.stats["webhook_failed"] += 1
-                        log.warning("police webhook failed alert=%s attempt=%d: %s", alert.id, attempt, exc)
+                        log.warning("webhook failed alert=%s attempt=%d: %s", alert_id, attempt, exc)
                         await asyncio.sleep(backoff_delay_s(attempt, base_s=1.0, cap_s=10.0))
 
     # ------------------------------------------------------------------ ticks, leases, takeover

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             renotify_after_s=settings.escalate_after_s, police_after_s=settings.police_after_s
         ),
         police_webhook_url=settings.police_webhook_url,
+        guard_webhook_url=settings.guard_webhook_url,
         **extra,  # type: ignore[arg-type]
     )
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
 from broker import ConnectionParams, paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig, HoldPolicy
-from geo import LampIndex, lamps_for_walker
+from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
 from store.alertstore import WALK_CHANNEL, change_alert, load_alert, notify, save_alert
 from store.repo import start_walk
@@ -509,3 +510,52 @@ async def test_bad_messages_and_notifications_are_counted_and_the_controller_goe
             await until(lambda: "walk-ok" in fleet.sources(lamp), 5, "a good walk after bad input")
             pub.disconnect()
             pub.loop_stop()
+
+
+async def test_an_sos_in_a_guard_zone_during_patrol_hours_reaches_the_guards(world: World) -> None:
+    posted: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_a: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    zones = load_safety_zones()
+    zone = zones.guard_zones[0]
+    all_day = replace(zones, patrol_start_local=dt_time(0, 0), patrol_end_local=dt_time(23, 59, 59))
+    cfg = world.cfg(
+        districts=(zone.district_code,),
+        safety_zones=all_day,
+        guard_webhook_url=f"http://127.0.0.1:{server.server_address[1]}/guards",
+    )
+    lat, lon = world.lamps[0].lat, world.lamps[0].lon
+    now = datetime.now(UTC)
+    place = Place(
+        lat=lat, lon=lon, district_code=zone.district_code, dong_code=zone.dong_code, dong_name=zone.dong
+    )
+    alert = new_alert(alert_id="SOS-G", kind=AlertKind.SOS, place=place, source_id="res-g", now=now)
+    try:
+        with psycopg.connect(world.db_url, autocommit=True) as conn:
+            async with running(cfg):
+                with conn.transaction():
+                    save_alert(conn, alert)
+
+                def guard_events() -> list[Any]:
+                    a = load_alert(conn, "SOS-G")
+                    return [] if a is None else [e for e in a.timeline if e.detail("escalation") == "guards"]
+
+                await until(lambda: len(guard_events()) == 1, 5, "guard notification recorded")
+                await until(lambda: bool(posted), 5, "guard webhook")
+                assert guard_events()[0].detail("targets") == f"guards:{zone.dong_code}"
+                assert posted[0]["guard_zone"] == zone.dong_code and posted[0]["alert"]["id"] == "SOS-G"
+                await asyncio.sleep(0.3)
+                assert len(guard_events()) == 1 and len(posted) == 1  # once, not on every change
+    finally:
+        server.shutdown()
+        server.server_close()

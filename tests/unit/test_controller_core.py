@@ -273,3 +273,42 @@ def test_controllers_taking_turns_never_hold_a_district_twice_and_cover_all(
     assert set(held) == set(districts)
     share = math.ceil(n_districts / n_controllers)
     assert all(sum(1 for o in held.values() if o == me) <= share for me in owners)
+
+
+# ------------------------------------------------------------------ guards
+
+
+def test_the_guard_patrol_window_wraps_midnight_in_seoul_time() -> None:
+    import datetime as dt
+
+    from controller._guards import on_patrol
+
+    start, end = dt.time(21, 0), dt.time(2, 30)
+    kst = dt.timezone(dt.timedelta(hours=9))
+    at = [
+        dt.datetime(2026, 11, 26, h, m, tzinfo=kst) for h, m in ((20, 59), (21, 0), (0, 10), (2, 29), (2, 30))
+    ]
+    assert [on_patrol(t, start, end) for t in at] == [False, True, True, True, False]
+    # 12:00 UTC is 21:00 in Seoul.
+    assert on_patrol(dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC), start, end)
+
+
+def test_an_sos_reaches_the_guards_only_inside_a_guard_zone_during_patrol() -> None:
+    import datetime as dt
+
+    from alerts import AlertKind, Place, new_alert
+    from controller._guards import guard_zone
+    from geo import load_safety_zones
+
+    zones = load_safety_zones()
+    zone = zones.guard_zones[0]
+    night = dt.datetime(2026, 11, 26, 13, 0, tzinfo=dt.UTC)  # 22:00 KST
+    day = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)  # 12:00 KST
+
+    def sos(dong: str) -> object:
+        place = Place(lat=LAT, lon=LON, district_code=zone.district_code, dong_code=dong)
+        return new_alert(alert_id="A", kind=AlertKind.SOS, place=place, source_id="r", now=night)
+
+    assert guard_zone(sos(zone.dong_code), zones, night) == zone  # type: ignore[arg-type]
+    assert guard_zone(sos(zone.dong_code), zones, day) is None  # type: ignore[arg-type]
+    assert guard_zone(sos("9999999"), zones, night) is None  # type: ignore[arg-type]
