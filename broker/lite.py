@@ -313,6 +313,9 @@ class _Conn(asyncio.Protocol):
     def _parse(self, data: bytes) -> None:
         pos, n, limit = 0, len(data), self.b.max_packet_size
         while n - pos >= 2 and not self.closing:
+            first = data[pos]
+            if (self.session is None and first != 0x10) or first < 0x10 or first >= 0xF0:
+                raise _ProtocolError(f"unexpected first byte {first:#04x}")  # before waiting for a body
             rl, mult, i = 0, 1, pos + 1
             while True:
                 if i >= n:
@@ -332,7 +335,7 @@ class _Conn(asyncio.Protocol):
             if end > n:
                 self._keep(data, pos, end - pos)
                 return
-            self._packet(data[pos], data, pos, i, end)
+            self._packet(first, data, pos, i, end)
             pos = end
         if pos < n and not self.closing:
             self._keep(data, pos, 0)

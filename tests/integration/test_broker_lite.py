@@ -1,0 +1,464 @@
+"""The lite broker (broker.lite) over real sockets: paho, aiomqtt, the simulator's client and raw bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker import ConnectionParams
+from broker.lite import LiteBroker
+from firmware_sim.mqtt import Will, connect, encode_connect, encode_publish, encode_subscribe
+from ingest import probe_shared_subscriptions
+from streetlight.localservices import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class ThreadBroker:
+    """A LiteBroker on its own event loop in a thread, so blocking clients (paho, raw sockets) can use it."""
+
+    def __init__(self, port: int | None = None, **kwargs: Any) -> None:
+        self.port = port or free_port()
+        self.kwargs = kwargs
+        self.broker: LiteBroker | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        self.broker = LiteBroker("127.0.0.1", self.port, **self.kwargs)
+        try:
+            loop.run_until_complete(self.broker.start())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        loop.run_forever()
+        loop.run_until_complete(self.broker.stop())
+        loop.close()
+
+    def __enter__(self) -> ThreadBroker:
+        self._thread.start()
+        assert self._started.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def lite() -> Iterator[ThreadBroker]:
+    with ThreadBroker() as b:
+        yield b
+
+
+# -- clients ------------------------------------------------------------------------------------------
+
+
+class Paho:
+    """A paho client (API v2) that queues what it receives."""
+
+    def __init__(
+        self, port: int, client_id: str, *, clean: bool = True, keepalive: int = 60, manual_ack: bool = False
+    ) -> None:
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.subscribed: queue.Queue[object] = queue.Queue()
+        self.connected: queue.Queue[tuple[bool, int]] = queue.Queue()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, manual_ack=manual_ack
+        )
+        self.client.on_message = lambda _c, _u, m: self.messages.put(m)
+        self.client.on_subscribe = lambda *a: self.subscribed.put(a)
+        self.client.on_connect = lambda _c, _u, flags, rc, _p: self.connected.put(
+            (bool(flags.session_present), rc.value)
+        )
+        self.client.connect("127.0.0.1", port, keepalive=keepalive)
+        self.client.loop_start()
+        self.session_present, rc = self.connected.get(timeout=5)
+        assert rc == 0
+
+    def subscribe(self, topic: str, qos: int = 1) -> None:
+        self.client.subscribe(topic, qos=qos)
+        self.subscribed.get(timeout=5)
+
+    def get(self, timeout: float = 5) -> mqtt.MQTTMessage:
+        return self.messages.get(timeout=timeout)
+
+    def drain(self, quiet_s: float = 0.3) -> list[mqtt.MQTTMessage]:
+        out = []
+        with_timeout = quiet_s
+        while True:
+            try:
+                out.append(self.messages.get(timeout=with_timeout))
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def read_packet(s: socket.socket) -> tuple[int, bytes]:
+    """One MQTT packet from a blocking socket: (first byte, body); (-1, b"") when the peer closed."""
+
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+
+    try:
+        first = exactly(1)[0]
+        length, mult = 0, 1
+        while True:
+            byte = exactly(1)[0]
+            length += (byte & 0x7F) * mult
+            mult *= 128
+            if not byte & 0x80:
+                break
+        return first, exactly(length)
+    except (EOFError, ConnectionResetError):
+        return -1, b""
+
+
+def raw_client(port: int, client_id: str, **kwargs: Any) -> tuple[socket.socket, bytes]:
+    """A raw socket that sent CONNECT; returns it and the CONNACK body."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(encode_connect(client_id, keepalive_s=kwargs.pop("keepalive_s", 60), **kwargs))
+    first, body = read_packet(s)
+    assert first == 0x20, (first, body)
+    return s, body
+
+
+def publish(port: int, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    """Publish with paho and wait for the broker's acknowledgement."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{time.monotonic_ns()}")
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+# -- pub/sub ---------------------------------------------------------------------------------------------
+
+
+def test_wildcards_route_each_message_once_and_hide_dollar_topics(lite: ThreadBroker, unique_id: str) -> None:
+    sub = Paho(lite.port, f"sub-{unique_id}")
+    try:
+        sub.subscribe(f"w{unique_id}/+/telemetry", 1)
+        sub.subscribe(f"w{unique_id}/#", 0)  # overlaps the first: one delivery, at the higher QoS
+        sub.subscribe("#", 0)
+        sub.drain()
+        publish(lite.port, f"w{unique_id}/L-1/telemetry", b"a", qos=1)
+        publish(lite.port, f"w{unique_id}/L-1/state", b"b", qos=0)
+        publish(lite.port, f"w{unique_id}/L-1/x/telemetry", b"c", qos=0)
+        publish(lite.port, "$SYS/anything", b"d", qos=0)
+        got = [(m.topic, m.payload, m.qos) for m in sub.drain(0.5) if m.topic.startswith(f"w{unique_id}")]
+        assert sorted(got) == [
+            (f"w{unique_id}/L-1/state", b"b", 0),
+            (f"w{unique_id}/L-1/telemetry", b"a", 1),
+            (f"w{unique_id}/L-1/x/telemetry", b"c", 0),
+        ]
+    finally:
+        sub.close()
+
+
+async def test_aiomqtt_round_trip_and_qos2_downgraded(lite: ThreadBroker, unique_id: str) -> None:
+    topic = f"a{unique_id}/t"
+    async with aiomqtt.Client("127.0.0.1", lite.port, identifier=f"aio-{unique_id}") as c:
+        await c.subscribe(topic, qos=2)
+        await c.publish(topic, b"two", qos=2)  # PUBREC / PUBREL / PUBCOMP, forwarded at QoS 1
+        msg = await asyncio.wait_for(anext(aiter(c.messages)), 5)
+        assert (msg.payload, msg.qos) == (b"two", 1)
+        await c.publish(topic, b"zero", qos=0)
+        msg = await asyncio.wait_for(anext(aiter(c.messages)), 5)
+        assert msg.payload == b"zero"
+
+
+def test_a_repeated_qos2_packet_id_is_delivered_once(lite: ThreadBroker, unique_id: str) -> None:
+    topic = f"q2{unique_id}/t"
+    sub = Paho(lite.port, f"sub-{unique_id}")
+    s, _ = raw_client(lite.port, f"raw-{unique_id}")
+    try:
+        sub.subscribe(topic, 1)
+        body = struct.pack("!H", len(topic)) + topic.encode() + b"\x00\x07" + b"x"
+        packet = bytes([0x34, len(body)]) + body
+        s.sendall(packet)
+        assert read_packet(s) == (0x50, b"\x00\x07")  # PUBREC
+        s.sendall(bytes([0x3C, len(body)]) + body)  # DUP resend before PUBREL
+        assert read_packet(s) == (0x50, b"\x00\x07")
+        s.sendall(b"\x62\x02\x00\x07")
+        assert read_packet(s) == (0x70, b"\x00\x07")  # PUBCOMP
+        assert [m.payload for m in sub.drain()] == [b"x"]
+    finally:
+        s.close()
+        sub.close()
+
+
+# -- retained --------------------------------------------------------------------------------------------
+
+
+def test_retained_messages_survive_a_restart_with_a_data_dir(tmp_path: Path, unique_id: str) -> None:
+    port = free_port()
+    topic = f"sl/v1/11230/L-{unique_id}/state"
+    with ThreadBroker(port, data_dir=tmp_path):
+        publish(port, topic, b'{"state":"offline"}', qos=1, retain=True)
+        publish(port, topic + "x", b"gone", qos=0, retain=True)
+        publish(port, topic + "x", b"", qos=0, retain=True)  # an empty payload deletes it
+        sub = Paho(port, f"sub-{unique_id}")
+        sub.subscribe(f"sl/v1/11230/L-{unique_id}/+", 1)
+        msgs = sub.drain()
+        assert [(m.topic, m.payload, m.retain) for m in msgs] == [(topic, b'{"state":"offline"}', True)]
+        publish(port, topic, b"live", qos=1)
+        live = sub.get()
+        assert (live.payload, live.retain) == (b"live", False)
+        sub.close()
+    assert (tmp_path / "retained.bin").exists()
+    with ThreadBroker(port, data_dir=tmp_path):
+        sub = Paho(port, f"sub2-{unique_id}")
+        sub.subscribe(topic, 1)
+        msg = sub.get()
+        assert (msg.topic, msg.payload, msg.retain) == (topic, b'{"state":"offline"}', True)
+        sub.subscribe(topic + "x", 1)
+        assert sub.drain() == []
+        sub.close()
+
+
+# -- wills -----------------------------------------------------------------------------------------------
+
+
+async def test_will_fires_on_socket_close_and_keepalive_expiry_but_not_on_disconnect(
+    lite: ThreadBroker, unique_id: str
+) -> None:
+    base = f"will{unique_id}"
+    got: list[tuple[str, bytes]] = []
+    watcher = await connect(
+        "127.0.0.1", lite.port, f"watch-{unique_id}", on_message=lambda t, p: got.append((t, p))
+    )
+    await watcher.subscribe(f"{base}/+", 1)
+
+    def will(name: str) -> Will:
+        return Will(f"{base}/{name}", b"offline", 1, True)
+
+    dropped = await connect("127.0.0.1", lite.port, f"d-{unique_id}", will=will("dropped"))
+    polite = await connect("127.0.0.1", lite.port, f"p-{unique_id}", will=will("polite"))
+    silent, _ = raw_client(lite.port, f"s-{unique_id}", will=will("silent"), keepalive_s=1)  # never pings
+    t0 = time.monotonic()
+    dropped.abort()
+    polite.disconnect()
+    for _ in range(60):
+        if len(got) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(got) == [(f"{base}/dropped", b"offline"), (f"{base}/silent", b"offline")]
+    assert 1.4 < time.monotonic() - t0 < 4.0  # the silent one: 1.5 x keepalive (swept every 0.5 s)
+    silent.close()
+    watcher.disconnect()
+
+
+def test_takeover_closes_the_first_connection_and_publishes_its_will(
+    lite: ThreadBroker, unique_id: str
+) -> None:
+    sub = Paho(lite.port, f"sub-{unique_id}")
+    sub.subscribe(f"to{unique_id}/will", 1)
+    first, _ = raw_client(lite.port, f"dev-{unique_id}", will=Will(f"to{unique_id}/will", b"offline"))
+    second, connack = raw_client(lite.port, f"dev-{unique_id}")
+    try:
+        assert connack == b"\x00\x00"
+        assert read_packet(first) == (-1, b"")
+        assert sub.get().payload == b"offline"
+        second.sendall(b"\xc0\x00")
+        assert read_packet(second) == (0xD0, b"")
+    finally:
+        first.close()
+        second.close()
+        sub.close()
+
+
+# -- persistent sessions ---------------------------------------------------------------------------
+
+
+def test_a_persistent_session_gets_what_was_published_while_it_was_away(
+    lite: ThreadBroker, unique_id: str
+) -> None:
+    topic = f"ps{unique_id}/sl/v1/11230/L-1/birth"
+    c = Paho(lite.port, f"ingest-{unique_id}", clean=False)
+    assert not c.session_present
+    c.subscribe(f"ps{unique_id}/sl/v1/+/+/birth", 1)
+    c.close()
+    for i in range(5):
+        publish(lite.port, topic, str(i).encode(), qos=1)
+    c = Paho(lite.port, f"ingest-{unique_id}", clean=False)
+    try:
+        assert c.session_present
+        assert [m.payload for m in c.drain()] == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        c.close()
+
+
+def test_unacknowledged_qos1_is_redelivered_with_dup_after_reconnect(
+    lite: ThreadBroker, unique_id: str
+) -> None:
+    topic = f"re{unique_id}/t"
+    s, connack = raw_client(lite.port, f"r-{unique_id}", clean_session=False)
+    assert connack == b"\x00\x00"
+    s.sendall(encode_subscribe(1, topic, 1))
+    assert read_packet(s) == (0x90, b"\x00\x01\x01")
+    publish(lite.port, topic, b"hello", qos=1)
+    first, body = read_packet(s)
+    assert first == 0x32
+    s.close()  # no PUBACK
+    s, connack = raw_client(lite.port, f"r-{unique_id}", clean_session=False)
+    try:
+        assert connack == b"\x01\x00"  # session present
+        again, body2 = read_packet(s)
+        assert again == 0x3A  # PUBLISH, QoS 1, DUP
+        assert body2 == body  # same packet id and payload
+        s.sendall(b"\x40\x02" + body2[-7:-5])  # PUBACK that id
+        s.sendall(b"\xe0\x00")
+    finally:
+        s.close()
+    s, connack = raw_client(lite.port, f"r-{unique_id}", clean_session=True)  # clean: drops the session
+    s.close()
+
+
+# -- shared subscriptions --------------------------------------------------------------------------
+
+
+def test_a_shared_subscription_gives_each_message_to_exactly_one_member(
+    lite: ThreadBroker, unique_id: str
+) -> None:
+    a = Paho(lite.port, f"a-{unique_id}", clean=False)
+    b = Paho(lite.port, f"b-{unique_id}", clean=False)
+    solo = Paho(lite.port, f"solo-{unique_id}")
+    try:
+        for c in (a, b):
+            c.subscribe(f"$share/ingest/sh{unique_id}/+/+/birth", 1)
+        solo.subscribe(f"sh{unique_id}/+/+/birth", 1)  # a plain subscriber still gets every message
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{unique_id}")
+        pub.connect("127.0.0.1", lite.port)
+        pub.loop_start()
+        infos = [pub.publish(f"sh{unique_id}/11230/L-{i}/birth", str(i).encode(), qos=1) for i in range(100)]
+        for info in infos:
+            info.wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        got_a = [m.payload for m in a.drain(0.5)]
+        got_b = [m.payload for m in b.drain(0.1)]
+        assert got_a and got_b
+        assert sorted(got_a + got_b, key=int) == [str(i).encode() for i in range(100)]
+        assert len(solo.drain(0.1)) == 100
+    finally:
+        for c in (a, b, solo):
+            c.close()
+
+
+def test_shared_messages_wait_for_an_offline_persistent_member(lite: ThreadBroker, unique_id: str) -> None:
+    m = Paho(lite.port, f"m-{unique_id}", clean=False)
+    m.subscribe(f"$share/g/off{unique_id}/#", 1)
+    m.close()
+    for i in range(3):
+        publish(lite.port, f"off{unique_id}/t", str(i).encode(), qos=1)
+    m = Paho(lite.port, f"m-{unique_id}", clean=False)
+    try:
+        assert [x.payload for x in m.drain()] == [b"0", b"1", b"2"]
+    finally:
+        m.close()
+
+
+def test_ingest_probe_finds_shared_subscriptions(lite: ThreadBroker) -> None:
+    ok, why = probe_shared_subscriptions(ConnectionParams(host="127.0.0.1", port=lite.port))
+    assert ok, why
+
+
+# -- robustness -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x00",  # reserved packet type
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x10\xff\xff\xff\xff\x7f",  # remaining length of five bytes
+        b"\x30\x05\x00\x01a",  # PUBLISH before CONNECT
+        b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x09ab",  # client id runs past the packet
+    ],
+)
+def test_garbage_closes_only_that_connection(lite: ThreadBroker, unique_id: str, garbage: bytes) -> None:
+    ok, _ = raw_client(lite.port, f"ok-{unique_id}")
+    bad = socket.create_connection(("127.0.0.1", lite.port), timeout=5)
+    try:
+        bad.sendall(garbage)
+        assert read_packet(bad) == (-1, b"")
+        ok.sendall(b"\xc0\x00")
+        assert read_packet(ok) == (0xD0, b"")
+    finally:
+        ok.close()
+        bad.close()
+
+
+def test_connect_return_codes_and_packet_size_limit(unique_id: str) -> None:
+    with ThreadBroker(max_packet_size=1024) as b:
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=5)
+        s.sendall(b"\x10\x0c\x00\x04MQTT\x05\x02\x00\x3c\x00\x00")  # protocol level 5
+        assert read_packet(s) == (0x20, b"\x00\x01")
+        assert read_packet(s) == (-1, b"")
+        s.close()
+        s, connack = raw_client(b.port, "", clean_session=False)  # empty id, persistent: rejected
+        assert connack == b"\x00\x02"
+        s.close()
+        s = socket.create_connection(("127.0.0.1", b.port), timeout=5)  # MQTT 3.1 (MQIsdp, level 3)
+        s.sendall(b"\x10\x10\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x02v3")
+        assert read_packet(s) == (0x20, b"\x00\x00")
+        s.close()
+        s, _ = raw_client(b.port, f"big-{unique_id}")
+        s.sendall(encode_publish("t", b"x" * 2000))
+        assert read_packet(s) == (-1, b"")
+        s.close()
+
+
+async def test_two_thousand_devices_connect_at_once(lite: ThreadBroker, unique_id: str) -> None:
+    async def one(i: int) -> Any:
+        c = await connect(
+            "127.0.0.1",
+            lite.port,
+            f"L-{unique_id}-{i}",
+            will=Will(f"m{unique_id}/L-{i}/state", b"offline", 1, True),
+        )
+        await c.subscribe(f"m{unique_id}/L-{i}/cmd", 1)
+        return c
+
+    t0 = time.monotonic()
+    conns = await asyncio.gather(*(one(i) for i in range(2000)))
+    elapsed = time.monotonic() - t0
+    for c in conns:
+        c.disconnect()
+    assert elapsed < 10, f"2,000 connections took {elapsed:.1f} s"
