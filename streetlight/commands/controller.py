@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 
@@ -63,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"streetlight controller: {exc}")
         return 2
-    extra = {"owner": args.owner} if args.owner else {}
     cfg = ControllerConfig(
         mqtt=parse_mqtt_url(mqtt_url),
         database_url=db_url,
@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         ),
         police_webhook_url=settings.police_webhook_url,
         guard_webhook_url=settings.guard_webhook_url,
-        **extra,  # type: ignore[arg-type]
     )
+    if args.owner:
+        cfg = dataclasses.replace(cfg, owner=args.owner)
 
     async def main() -> None:
         controller = Controller(cfg)
