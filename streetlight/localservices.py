@@ -3,7 +3,7 @@
 Choice, in order (DESIGN.md §5):
 
 * broker: the ``MQTT_URL`` given (when reachable), else a private ``mosquitto`` on a free port
-  when the binary is on PATH, else the embedded broker (amqtt) in a child process;
+  when the binary is on PATH, else the embedded broker (``broker.lite``) in a child process;
 * database: the ``DATABASE_URL`` given (when reachable), else a throwaway cluster from
   ``initdb``/``pg_ctl`` (run as the ``postgres`` user when we are root, since PostgreSQL refuses
   to run as root), else the embedded PostgreSQL from PyPI (``pgserver``).
@@ -144,10 +144,12 @@ def start_mosquitto(workdir: Path, *, port: int | None = None, extra_config: str
     return svc
 
 
-def start_embedded_broker(*, port: int | None = None) -> MqttService:
-    """Start the embedded (amqtt) broker in a child process."""
+def start_embedded_broker(*, port: int | None = None, data_dir: Path | None = None) -> MqttService:
+    """Start the embedded (lite) broker in a child process; ``data_dir`` keeps its retained messages."""
     port = port or free_port()
     argv = [sys.executable, "-m", "broker.embedded", "--host", "127.0.0.1", "--port", str(port)]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
     svc = MqttService("embedded", "127.0.0.1", port, _argv=argv)
     svc.start_again(timeout_s=30.0)
     return svc
@@ -168,7 +170,7 @@ def provide_mqtt(mqtt_url: str | None, workdir: Path, *, local_kind: str = "auto
     ``local_kind`` picks the local broker: ``auto`` (mosquitto when installed), ``mosquitto`` or
     ``embedded`` (what a machine with only Python gets; useful to try that path anywhere)."""
     if local_kind == "embedded" and not mqtt_url:
-        return start_embedded_broker()
+        return start_embedded_broker(data_dir=workdir / "embedded-broker")
     if mqtt_url:
         svc = configured_mqtt(mqtt_url)
         if svc is not None:
@@ -177,7 +179,7 @@ def provide_mqtt(mqtt_url: str | None, workdir: Path, *, local_kind: str = "auto
     try:
         return start_mosquitto(workdir / "mosquitto")
     except FileNotFoundError:
-        return start_embedded_broker()
+        return start_embedded_broker(data_dir=workdir / "embedded-broker")
 
 
 # --------------------------------------------------------------------------- PostgreSQL
