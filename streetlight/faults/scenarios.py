@@ -324,7 +324,7 @@ def db_outage(workdir: Path, *, rate: float, before_s: float, outage_s: float, a
     ):
         procs.ingest(broker.url, db_url, client_id=f"ing-{prefix}", metrics_port=mport)
         procs.api(db_url, aport)
-        procs.controller(broker.url, db_url, districts="11140,11680,11000")
+        procs.controller(broker.url, db_url, districts="all")
         _wait_ingest_subscribed(mport)
         wait_api(aport)
         centre = CentreListener(broker.url, f"cc-{prefix}")
@@ -544,6 +544,8 @@ def lamp_offline(workdir: Path, db_url: str, *, keepalive_s: int = 4) -> Figures
             stale.loop_stop()
             time.sleep(1.5)
             after_stale = state()
+            second.disconnect()  # a clean goodbye: no will; paho would otherwise reconnect and fight
+            second.loop_stop()
             # A takeover: the same lamp reconnects while its old session still looks alive.
             with ImpairedProxy(broker.host, broker.port) as link2:
                 third = lamp_client(link2.port, 3)

