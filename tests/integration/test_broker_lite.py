@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import os
 import queue
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -462,3 +467,117 @@ async def test_two_thousand_devices_connect_at_once(lite: ThreadBroker, unique_i
     for c in conns:
         c.disconnect()
     assert elapsed < 10, f"2,000 connections took {elapsed:.1f} s"
+
+
+# -- by-hand benchmark: lite vs mosquitto in the same run --------------------------------------------
+# .venv/bin/python -m tests.integration.test_broker_lite [N]   (N devices, default 7000)
+# Prints one JSON line per broker: connect storm (N sim clients, will + SUBSCRIBE each), a 10 s hold
+# at ~900 msg/s QoS 1 from those devices, and fan-in of fastpub -> baseline at QoS 0 and QoS 1, with
+# the broker's CPU seconds from /proc. Figures are recorded in docs/architecture.md.
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _storm_and_hold(port: int, n: int, pid: int) -> dict[str, Any]:
+    sem = asyncio.Semaphore(1000)
+
+    async def one(i: int) -> Any:
+        async with sem:
+            c = await connect(
+                "127.0.0.1",
+                port,
+                f"L-bench-{i:05d}",
+                will=Will(f"sl/v1/11230/L-bench-{i:05d}/state", b"offline"),
+            )
+            await c.subscribe(f"sl/v1/11230/L-bench-{i:05d}/cmd", 1)
+            return c
+
+    t0 = time.perf_counter()
+    conns = await asyncio.gather(*(one(i) for i in range(n)))
+    connect_s = time.perf_counter() - t0
+    got = [0]
+
+    def count(_t: str, _p: bytes) -> None:
+        got[0] += 1
+
+    watcher = await connect("127.0.0.1", port, "bench-watch", on_message=count)
+    await watcher.subscribe("sl/v1/+/+/telemetry", 1)
+    cpu0, t1, sent = _cpu_s(pid), time.perf_counter(), 0
+    for tick in range(10):
+        for i, c in enumerate(conns):
+            if i % 7 == tick % 7:
+                c.publish(f"sl/v1/11230/L-bench-{i:05d}/telemetry", b'{"lux":12}', qos=1)
+                sent += 1
+        await asyncio.sleep(1)
+    await asyncio.sleep(1)
+    hold_s = time.perf_counter() - t1
+    cpu = _cpu_s(pid) - cpu0
+    for c in [watcher, *conns]:
+        c.disconnect()
+    return {
+        "connect": {"devices": n, "seconds": round(connect_s, 2), "per_s": round(n / connect_s)},
+        "hold": {
+            "sent": sent,
+            "received": got[0],
+            "msg_s": round(sent / hold_s),
+            "cpu_pct": round(100 * cpu / hold_s),
+        },
+    }
+
+
+def _fan_in(port: int, count: int, qos: int, pid: int) -> dict[str, Any]:
+    py = sys.executable
+    base = subprocess.Popen(
+        [py, "-m", "streetlight.bench.baseline", "--port", str(port), "--count", str(count),
+         "--qos", str(qos), "--idle-s", "5"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert base.stdout is not None and base.stdout.readline().strip() == "ready"
+    cpu0 = _cpu_s(pid)
+    pub = subprocess.run(
+        [py, "-m", "streetlight.bench.fastpub", "--port", str(port), "--count", str(count), "--lamps", "500",
+         "--qos", str(qos)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    sub = json.loads(base.communicate(timeout=120)[0].strip().splitlines()[-1])
+    cpu = _cpu_s(pid) - cpu0
+    return {
+        "publisher_s": json.loads(pub.stdout.strip().splitlines()[-1])["seconds"],
+        "received": sub.get("received"),
+        "subscriber_msg_s": sub.get("rate_msgs_s"),
+        "broker_cpu_us_per_msg": round(cpu / count * 1e6, 1),
+    }
+
+
+def _bench(n: int) -> None:
+    import tempfile
+
+    from streetlight.localservices import start_mosquitto, tcp_reachable, terminate
+
+    for kind in ("lite", "mosquitto"):
+        port = free_port()
+        stop: Callable[[], object]
+        if kind == "lite":
+            proc = subprocess.Popen([sys.executable, "-m", "broker.embedded", "--port", str(port)])
+            while not tcp_reachable("127.0.0.1", port, 0.2):
+                time.sleep(0.05)
+            pid, stop = proc.pid, functools.partial(terminate, proc)
+        else:
+            svc = start_mosquitto(Path(tempfile.mkdtemp()) / "mosquitto", port=port)
+            assert svc.proc is not None
+            pid, stop = svc.proc.pid, svc.stop
+        try:
+            result = asyncio.run(_storm_and_hold(port, n, pid))
+            time.sleep(1)
+            result["fan_in_qos0"] = _fan_in(port, 200_000, 0, pid)
+            result["fan_in_qos1"] = _fan_in(port, 100_000, 1, pid)
+        finally:
+            stop()
+        print(kind, json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    _bench(int(sys.argv[1]) if len(sys.argv) > 1 else 7000)
