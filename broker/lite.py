@@ -43,8 +43,11 @@ when a subscriber's transport buffer passes ``high_water`` the broker stops read
 publishers feeding it until it drains; beyond ``drop_qos0_above`` bytes buffered, QoS 0 messages
 to that subscriber are dropped (and counted).
 
-Measured on the 2-core development machine (same run, against Mosquitto 2.x; see
-docs/architecture.md, "Embedded broker"), recorded in ``BENCHMARK`` below.
+Measured on the 2-core development machine in the same run as Mosquitto (docs/architecture.md,
+"Embedded broker (lite)"; ``python -m tests.integration.test_broker_lite``): 7,000 simulated
+devices connect in 1.06 s (Mosquitto 1.10 s); fan-in from one publisher to one paho subscriber
+74k msg/s at QoS 0 and 38k msg/s at QoS 1 (Mosquitto 72k and 27k; both bound by the subscriber);
+broker CPU 1.6 us per QoS 0 message (Mosquitto 5.0 us).
 """
 
 from __future__ import annotations
@@ -63,11 +66,10 @@ from typing import Final, Self
 
 from broker._errors import BrokerError
 
-__all__ = ["BENCHMARK", "LiteBroker"]
+__all__ = ["LiteBroker"]
 
 log = logging.getLogger("broker.lite")
 
-BENCHMARK: Final = "see docs/architecture.md, section 'Embedded broker (lite)'"
 VERSION: Final = "streetlight-lite 1.0"
 
 # Control packet types, MQTT 3.1.1 section 2.2.1.
