@@ -150,12 +150,18 @@ class IngestMetrics:
 
 
 def serve_metrics(metrics: IngestMetrics, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` (Prometheus text) and ``/health`` (200 while the database is up) in a thread."""
+    """Serve ``/metrics`` (Prometheus text), ``/health`` (200 while the database is up) and ``/ready``
+    (200 once subscribed) in a thread."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path.startswith("/metrics"):
                 body, status, ctype = metrics.exposition().encode(), 200, "text/plain; version=0.0.4"
+            elif self.path.startswith("/ready"):
+                # Subscribed to the broker: devices that connect from now on are heard (births included).
+                ok = metrics.subscribed
+                body = b"subscribed\n" if ok else b"not subscribed yet\n"
+                status, ctype = (200 if ok else 503), "text/plain"
             elif self.path.startswith("/health"):
                 ok = metrics.db_up
                 body = b"ok\n" if ok else b"database unreachable, spooling\n"

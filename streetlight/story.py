@@ -115,7 +115,8 @@ class Story:
                 f"placing {self.lamps or 'the 3,500'} lamps of the 2022 smart-light zones and their blinkers"
             )
             async with Simulation(config) as sim:
-                await self._dusk(http)
+                assert sim.placement is not None
+                await self._dusk(http, len(sim.placement.lamps))
                 await self._walk_home(http, sim)
                 await self._lamp_fails(http, sim)
                 alert_id = await self._sos(http, sim)
@@ -139,18 +140,21 @@ class Story:
         http.headers["Authorization"] = f"Bearer {r.json()['token']}"
         self.say(f"operator {user!r} logged in to the API (the console shows the same)")
 
-    async def _dusk(self, http: httpx.AsyncClient) -> None:
+    async def _dusk(self, http: httpx.AsyncClient, placed: int) -> None:
         self.say("it is a few minutes before sunset in Seoul; the lamps are off")
 
         async def online() -> list[str] | None:
-            return await self._lamps_where(http, lambda p: bool(p.get("online"))) or None
+            on = await self._lamps_where(http, lambda p: p.get("kind") == "lamp" and bool(p.get("online")))
+            return on if len(on) >= 0.95 * placed else None
 
         seen = await self._until("lamps online", online)
         self.say(f"{len(seen)} lamps are online and reporting")
 
         async def lit() -> list[str] | None:
             # Wait for (nearly) all of them: each reports its level at its next telemetry.
-            on = await self._lamps_where(http, lambda p: (p.get("level") or 0) > 0)
+            on = await self._lamps_where(
+                http, lambda p: p.get("kind") == "lamp" and (p.get("level") or 0) > 0
+            )
             return on if len(on) >= 0.9 * len(seen) else None
 
         on = await self._until("lamps on at dusk", lit)

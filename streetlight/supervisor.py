@@ -55,9 +55,10 @@ class Supervisor:
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 
     def start_all(self) -> None:
-        """Start every registered service once."""
+        """Start every registered service not started yet."""
         for child in self._children:
-            self._start(child)
+            if child.proc is None:
+                self._start(child)
 
     def stop_all(self) -> None:
         """Stop the services in reverse order of start."""

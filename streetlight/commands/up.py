@@ -7,10 +7,11 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from streetlight.cli import COMMANDS, load_command
-from streetlight.localservices import MqttService, PgService, provide_mqtt, start_embedded_pg
+from streetlight.localservices import MqttService, PgService, free_port, provide_mqtt, start_embedded_pg
 from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
 
@@ -25,7 +26,7 @@ SERVICES: list[tuple[str, list[str]]] = [
     ("ingest", ["ingest", "--no-migrate"]),
     ("controller", ["controller", "--districts", "all"]),
     ("api", ["api"]),
-    ("sim", ["sim", "--night", "--walkers", "3"]),
+    ("sim", ["sim"]),  # its arguments are set in run()
 ]
 DEMO_LOGIN = ("jung-gu", "city")  # shown at start (api.accounts.ensure_demo_operators makes them)
 DEMO_PASSWORD = "streetlight"  # the same as api.accounts.DEMO_PASSWORD; demo only
@@ -68,6 +69,24 @@ def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     return mqtt, pg
 
 
+def _wait_ready(url: str, *, timeout_s: float) -> bool:
+    """Poll a readiness URL until it answers 200; False (and a warning) on timeout."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as r:
+                if r.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    logging.getLogger(__name__).warning("%s not ready after %.0f s; going on", url, timeout_s)
+    return False
+
+
 def _prepare_database(database_url: str, *, with_operators: bool) -> None:
     """Apply migrations once and create the demo operators (only those missing)."""
     import psycopg
@@ -86,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     """Start the broker, the database and every service that exists; supervise until Ctrl-C."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the story's requests, one line each
     settings = Settings.from_env()
     mqtt, pg = _provide(settings)
     print(f"broker:   {mqtt.kind} at {mqtt.host}:{mqtt.port}")
@@ -99,11 +119,12 @@ def run(args: argparse.Namespace) -> int:
     _prepare_database(pg.url, with_operators=any(n == "api" for n, _ in wanted))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     sup = Supervisor(child_env(mqtt.url, pg.url))
+    ingest_port = free_port()
     for name, argv in wanted:
         if name == "sim":
-            argv = [*argv, "--api-url", api_url]
-            if args.lamps:
-                argv += ["--lamps", str(args.lamps)]
+            continue  # added once ingest listens, so no device's birth goes unheard
+        if name == "ingest":
+            argv = [*argv, "--metrics-port", str(ingest_port)]
         sup.add(name, argv)
     print("running:  " + (", ".join(n for n, _ in wanted) or "broker and database only"))
     if missing:
@@ -118,7 +139,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("Ctrl-C stops everything.")
     sup.start_all()
-    story = _start_story(args, api_url, mqtt.url) if args.story else None
+    if any(n == "sim" for n, _ in wanted):
+        if any(n == "ingest" for n, _ in wanted):
+            _wait_ready(f"http://127.0.0.1:{ingest_port}/ready", timeout_s=60.0)
+        sim_argv = ["sim", "--night", "--walkers", "3", "--api-url", api_url]
+        sup.add("sim", [*sim_argv, *(["--lamps", str(args.lamps)] if args.lamps else [])])
+        sup.start_all()
+    story = None
+    if args.story:
+        if any(n == "ingest" for n, _ in wanted):
+            _wait_ready(f"http://127.0.0.1:{ingest_port}/ready", timeout_s=60.0)
+        story = _start_story(args, api_url, mqtt.url)
     try:
         sup.run_until_signal(done=(lambda: story.finished) if story and args.exit_after_story else None)
     finally:
