@@ -50,10 +50,13 @@ def stream_catch_up(
     after_event_id: int,
     district_codes: Sequence[str] | None,
     kinds: Sequence[str] | None,
-    limit: int = 500,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """What a (re)connecting console needs: every active alert it may see, and every alert
-    changed since its last event id (so it learns of those closed while it was away)."""
+    changed since its last event id (so it learns of those closed while it was away).
+
+    No limit by default: a cap (it was 500, oldest first) left the newest open SOS out of a
+    reconnecting console once more than 500 were open (issue #8, scenario 5 at 1,000 SOS)."""
     where = ["(a.status = ANY(%s) OR a.alert_id IN (SELECT alert_id FROM alert_events WHERE id > %s))"]
     params: list[object] = [list(ACTIVE_STATES), after_event_id]
     if district_codes is not None:
@@ -62,9 +65,12 @@ def stream_catch_up(
     if kinds is not None:
         where.append("a.kind = ANY(%s)")
         params.append(list(kinds))
-    query = STREAM_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY a.created_at LIMIT %s"
+    query = STREAM_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY a.created_at"
+    if limit is not None:
+        query += " LIMIT %s"
+        params.append(limit)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, [*params, limit]).fetchall()
+        return cur.execute(query, params).fetchall()
 
 
 def active_overrides(conn: Conn, device_ids: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
