@@ -49,7 +49,8 @@ class SosIn(_Body):
 class LoginIn(_Body):
     """An operator's credentials."""
 
-    username: Annotated[str, Field(min_length=1, max_length=64)]
+    # PostgreSQL text cannot hold NUL: refuse it here (422) rather than fail the lookup (500).
+    username: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00]+$")]
     password: Annotated[str, Field(min_length=1, max_length=256)]
 
 
