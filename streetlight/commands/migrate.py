@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"storage: TimescaleDB {report.timescale_version or ''}".rstrip())
     else:
         print("storage: native partitioning (TimescaleDB not in use)")
-    if args.maintenance:
+    if getattr(args, "maintenance", False):
         import psycopg
 
         from store.jobs import run_maintenance
