@@ -1,0 +1,111 @@
+"""The production configurations in deploy/ call commands and options that exist.
+
+They cannot run here (no systemd, no container runtime, no EMQX), so this checks what can
+drift: every `streetlight ...` command line in the systemd units and compose files parses with
+the real CLI, every variable in the environment files is one the settings read, and the YAML
+is well formed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streetlight.cli import build_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+SETTINGS = (Path(__file__).resolve().parents[2] / "streetlight" / "settings.py").read_text()
+
+
+def _parses(argv: list[str]) -> None:
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits on an unknown option
+        raise AssertionError(f"streetlight {' '.join(argv)}: does not parse") from exc
+
+
+def _unit_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    env = {}
+    for f in DEPLOY.glob("systemd/controller-*.env"):
+        for line in f.read_text().splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                env[k] = v
+    for unit in sorted(DEPLOY.glob("systemd/*.service")):
+        for line in unit.read_text().splitlines():
+            if not line.startswith("ExecStart="):
+                continue
+            cmd = line.removeprefix("ExecStart=").replace("%i", "0")
+            if cmd.startswith("/bin/sh -c "):
+                cmd = shlex.split(cmd)[2].removeprefix("exec ")
+            for k, v in env.items():
+                cmd = cmd.replace(f'"${k}"', v)
+            words = shlex.split(cmd)
+            found.append(
+                (unit.name, words[words.index(next(w for w in words if w.endswith("streetlight"))) + 1 :])
+            )
+    return found
+
+
+@pytest.mark.parametrize(("unit", "argv"), _unit_commands())
+def test_every_systemd_unit_runs_a_real_command(unit: str, argv: list[str]) -> None:
+    _parses(argv)
+
+
+def _compose_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for f in sorted(DEPLOY.glob("compose/*.yaml")):
+        doc = yaml.safe_load(f.read_text())  # merge keys (<<) resolved: our services carry our image
+        for name, svc in doc["services"].items():
+            cmd = (svc or {}).get("command")
+            ours = (svc or {}).get("image") == "streetlight:latest" or name == "ingest"  # override file
+            if cmd and ours:
+                found.append((f"{f.name}:{name}", [str(c) for c in cmd]))
+    return found
+
+
+@pytest.mark.parametrize(("service", "argv"), _compose_commands())
+def test_every_compose_service_runs_a_real_command(service: str, argv: list[str]) -> None:
+    _parses(argv)
+
+
+def test_the_compose_files_name_the_services_a_city_needs() -> None:
+    main = yaml.safe_load((DEPLOY / "compose/compose.yaml").read_text())["services"]
+    assert {
+        "mosquitto",
+        "db",
+        "migrate",
+        "ingest",
+        "controller-north",
+        "controller-south",
+        "api",
+        "proxy",
+    } <= set(main)
+    assert "timescale" in main["db"]["image"]
+    emqx = yaml.safe_load((DEPLOY / "compose/compose.emqx.yaml").read_text())["services"]
+    assert {"emqx1", "emqx2", "emqx3"} <= set(emqx)
+
+
+def test_the_controller_shards_cover_all_25_districts_once() -> None:
+    codes: list[str] = []
+    for f in DEPLOY.glob("systemd/controller-*.env"):
+        codes += re.findall(r"\b11\d{3}\b", f.read_text().split("=", 1)[1])
+    from geo import Gazetteer
+
+    assert sorted(codes) == sorted(d.code for d in Gazetteer.load().districts)
+
+
+def test_environment_files_only_use_variables_the_settings_read() -> None:
+    for f in [*DEPLOY.glob("systemd/*.env"), *DEPLOY.glob("compose/*.env")]:
+        for line in f.read_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name = line.split("=", 1)[0]
+            if name == "STREETLIGHT_CONTROLLER_DISTRICTS":
+                continue  # read by the unit's own command line
+            assert f'"{name}"' in SETTINGS, f"{f.name}: {name} is not read by streetlight/settings.py"
