@@ -9,14 +9,22 @@ after ``reanchor_after`` refused fixes that agree with each other the walk re-an
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
-from geo import distance_m
+from geo import Gazetteer, distance_m
 
-# Seoul lies at 37.4-37.7 N, 126.7-127.2 E; the box is South Korea (same as broker payloads).
+# Seoul lies at 37.4-37.7 N, 126.7-127.2 E; the box is South Korea (same as broker payloads), a
+# cheap first check before the gazetteer's answer on the service area.
 LAT_RANGE = (33.0, 39.0)
 LON_RANGE = (124.0, 132.0)
+
+
+@functools.cache
+def service_area() -> Gazetteer:
+    """The vendored Seoul gazetteer, loaded once (about 0.2 s) on the first position checked."""
+    return Gazetteer.load()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +89,25 @@ def _implied_speed_mps(a: Fix, b: Fix) -> float:
     return moved_m / dt_s
 
 
-def check_fix(fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy()) -> Verdict:
-    """The checks that need no history: finite, in range, accurate enough, not stale or future."""
+def check_fix(
+    fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy(), area: Gazetteer | None = None
+) -> Verdict:
+    """The checks that need no history: finite, in the service area, accurate enough, not stale or future.
+
+    The service area is the gazetteer's (``area``, the vendored Seoul one by default): a point
+    inside a district or snapped to one (``Location.inside``), the same rule as the API's.
+    """
     if not (_finite(fix.lat) and _finite(fix.lon)):
         return Verdict(False, reason="position is not a finite number")
     if not (LAT_RANGE[0] <= fix.lat <= LAT_RANGE[1] and LON_RANGE[0] <= fix.lon <= LON_RANGE[1]):
         return Verdict(False, reason="position outside the service country")
+    loc = (area or service_area()).locate(fix.lat, fix.lon)
+    if not loc.inside:
+        return Verdict(
+            False,
+            reason=f"position outside the service area (Seoul): {loc.distance_outside_m:.0f} m "
+            "from the nearest district",
+        )
     if fix.accuracy_m is not None and not (_finite(fix.accuracy_m) and fix.accuracy_m >= 0.0):
         return Verdict(False, reason="accuracy is not a non-negative number")
     if fix.accuracy_m is not None and fix.accuracy_m > policy.max_accuracy_m:
@@ -114,10 +135,14 @@ def check_fix(fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy()) 
 
 
 def advance(
-    track: Track, fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy()
+    track: Track,
+    fix: Fix,
+    now_ms: int,
+    policy: PositionPolicy = PositionPolicy(),
+    area: Gazetteer | None = None,
 ) -> tuple[Track, Verdict]:
     """Check `fix` against itself and the walk's history; returns the new track and the verdict."""
-    verdict = check_fix(fix, now_ms, policy)
+    verdict = check_fix(fix, now_ms, policy, area)
     if not verdict.accepted:
         return track, verdict
     anchor = track.anchor

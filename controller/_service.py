@@ -65,7 +65,7 @@ from controller._db import Db, LampRow, active_walks, load_devices, mark_command
 from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
 from controller._leases import MEMBER_PREFIX, member_key, plan_leases
-from controller._positions import Fix, PositionPolicy, Track, advance
+from controller._positions import Fix, PositionPolicy, Track, advance, service_area
 from geo import LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
 from store.alertstore import (
     ALERT_CHANNEL,
@@ -175,6 +175,7 @@ class Controller:
     async def run(self) -> None:
         """Run until cancelled; on a clean stop the leases are given up for another to take."""
         try:
+            await asyncio.to_thread(service_area)  # the gazetteer of the position checks, loaded once
             attempt = 0
             while True:
                 try:

@@ -280,22 +280,17 @@ def test_generated_bad_positions_are_never_accepted_by_the_api(api_url: str, fig
 def test_generated_bad_positions_are_refused_by_the_controllers_checks(point: tuple[float, float]) -> None:
     lat, lon = point
     now = int(time.time() * 1000)
-    seoul_box = 37.38 <= lat <= 37.76 and 126.70 <= lon <= 127.25
-    korea_box = 33.0 <= lat <= 39.0 and 124.0 <= lon <= 132.0
     verdict = check_fix(Fix(lat, lon, now, 10.0), now)
-    if korea_box and not seoul_box:
-        return  # covered by the strict xfail below: the controller accepts Korea, not just Seoul
     assert not verdict.accepted, (lat, lon, verdict)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="controller/_positions.py accepts any point in South Korea's box (33-39 N, 124-132 E); "
-    "a position in Busan passes its checks (no lamp is commanded: none are there)",
-)
 def test_a_position_outside_seoul_is_refused_by_the_controllers_checks() -> None:
     now = int(time.time() * 1000)
-    assert not check_fix(Fix(BUSAN[0], BUSAN[1], now, 10.0), now).accepted
+    verdict = check_fix(Fix(BUSAN[0], BUSAN[1], now, 10.0), now)
+    assert not verdict.accepted
+    assert "outside the service area" in (verdict.reason or "")
+    # consistent with the API: inside Seoul (Jung-gu) the same checks accept
+    assert check_fix(Fix(JUNG[0], JUNG[1], now, 10.0), now).accepted
 
 
 # --------------------------------------------------------------------------- B3 replayed and forged
