@@ -1,7 +1,8 @@
 """The messaging layer: v1 topics, payload schemas and validation, MQTT connection helpers.
 
-The wire contract is docs/protocol.md (DESIGN.md §3). The embedded broker lives in
-``broker.embedded`` and is imported only when used (it pulls in amqtt).
+The wire contract is docs/protocol.md (DESIGN.md §3). The embedded broker is ``broker.lite``
+(pure asyncio, shared subscriptions, retained messages kept on disk), run through
+``broker.embedded``; both are imported only when used (``--impl amqtt`` pulls in amqtt).
 """
 
 from broker._aio import InboundMessage, MqttSession

@@ -78,8 +78,10 @@ def backoff_delay_s(
 def supports_shared_subscriptions(broker_kind: str) -> bool:
     """Whether a broker of this kind delivers ``$share/...`` subscriptions.
 
-    ``embedded`` (amqtt 0.12) does not: it delivered 1 of 100 messages to a shared subscription
-    in DESIGN.md §5's measurement, so in embedded mode one ingest worker uses a plain filter.
-    Mosquitto >= 1.6 and EMQX do, as does a configured broker (assumed to be one of those).
+    All of ours do: ``embedded`` is ``broker.lite`` (shared subscriptions, round robin), Mosquitto
+    >= 1.6 and EMQX do, as does a configured broker (assumed to be one of those). Only amqtt 0.12
+    (``python -m broker.embedded --impl amqtt``, not a broker kind here) does not: it delivered 1
+    of 100 messages to a shared subscription in DESIGN.md §5's measurement; ingest's probe
+    (``--subscription auto``) finds that out at run time.
     """
-    return broker_kind != "embedded"
+    return True

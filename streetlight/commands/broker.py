@@ -9,7 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-HELP = "run the embedded MQTT broker (amqtt) in the foreground, or print a development mosquitto.conf"
+HELP = (
+    "run the embedded MQTT broker (broker.lite: shared subscriptions, retained messages kept in "
+    "--data-dir) in the foreground, or print a development mosquitto.conf"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         default=None,
-        help="persistence folder written into the printed mosquitto.conf (default: a temporary folder)",
+        help="where the embedded broker keeps its retained messages (default: in memory only), or the "
+        "persistence folder written into the printed mosquitto.conf (default: a temporary folder)",
     )
 
 
@@ -43,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, data_dir=args.data_dir))
     except BrokerError as exc:
         print(f"streetlight broker: {exc}", file=sys.stderr)
         return 1

@@ -226,7 +226,6 @@ def test_database_outage_is_spooled_and_replayed_once_each(
 def test_two_workers_on_a_shared_subscription_store_each_message_once(
     mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
 ) -> None:
-    skip_unless(mqtt_service.kind != "embedded", "the embedded broker does not deliver shared subscriptions")
     a = make_worker(mqtt_service, migrated, tmp_path, f"a{unique_id}", shared=True, index=0)
     b = make_worker(mqtt_service, migrated, tmp_path, f"b{unique_id}", shared=True, index=1)
     ts = now_ms()

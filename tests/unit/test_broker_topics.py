@@ -171,7 +171,7 @@ def test_ingest_filters_cover_the_uplink_channels_and_never_commands() -> None:
     assert all(f.startswith("$share/ingest/") for f in ingest_filters())
 
 
-def test_only_the_embedded_broker_lacks_shared_subscriptions() -> None:
-    assert not supports_shared_subscriptions("embedded")
+def test_every_broker_kind_delivers_shared_subscriptions() -> None:
+    assert supports_shared_subscriptions("embedded")  # broker.lite
     assert supports_shared_subscriptions("mosquitto")
     assert supports_shared_subscriptions("configured")
