@@ -13,7 +13,6 @@ Every handle says what it is (``kind``) so tests and benchmarks can report what 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pwd
@@ -123,7 +122,16 @@ def mosquitto_config(port: int, workdir: Path, *, persistence: bool = True, extr
 
 
 def start_mosquitto(workdir: Path, *, port: int | None = None, extra_config: str = "") -> MqttService:
-    """Start a private mosquitto on a free loopback port."""
+    """Start a private mosquitto on a free loopback port; its store (``mosquitto.db``) is in ``workdir``.
+
+    Run as root, mosquitto would drop privileges to the ``mosquitto`` user, which cannot enter a
+    private (0700) parent such as pytest's ``tmp_path``: persistence would then silently save
+    nothing (no ``mosquitto.db``; retained messages and persistent sessions gone at a kill). So a
+    root caller's private broker gets ``user root`` in its generated config and keeps running as
+    root, writing exactly where it was asked, whatever the parents' modes; no folder's mode or
+    owner is changed. It listens on loopback only and is meant for tests, benchmarks and
+    ``streetlight up``, never as a deployed broker (deploy/ has its own configuration).
+    """
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -132,12 +140,9 @@ def start_mosquitto(workdir: Path, *, port: int | None = None, extra_config: str
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port, workdir, extra=extra_config))
-    if os.geteuid() == 0:
-        # mosquitto drops root to the 'mosquitto' user when it exists; let it write its store.
-        with contextlib.suppress(KeyError, PermissionError):
-            pw = pwd.getpwnam("mosquitto")
-            os.chown(workdir, pw.pw_uid, pw.pw_gid)
+    # As root: stay root (see above), so the store is written wherever workdir is.
+    run_as = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(mosquitto_config(port, workdir, extra=run_as + extra_config))
     argv = [binary, "-c", str(conf)]
     svc = MqttService("mosquitto", "127.0.0.1", port, config_path=conf, workdir=workdir, _argv=argv)
     svc.start_again()

@@ -48,10 +48,9 @@ Figures = dict[str, Any]
 def private_broker(workdir: Path, extra: str = "") -> Iterator[MqttService]:
     """A Mosquitto of this scenario's own (persistence on), stopped at the end whatever happens.
 
-    Its store lives in a fresh folder directly under the system temp dir: Mosquitto drops root
-    for the ``mosquitto`` user, which cannot reach into pytest's 0700 ``tmp_path`` folders, and
-    then persists nothing, silently (measured: no ``mosquitto.db`` and every queued message of a
-    persistent session lost at a SIGKILL).
+    Its store lives in a fresh folder directly under the system temp dir (from when Mosquitto
+    dropped root for the ``mosquitto`` user and persisted nothing under pytest's 0700
+    ``tmp_path``; ``start_mosquitto`` now keeps a root caller's broker as root, see there).
     """
     store = Path(tempfile.mkdtemp(prefix="streetlight-faults-mq-"))
     svc = start_mosquitto(store, extra_config=extra)

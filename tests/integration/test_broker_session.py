@@ -215,3 +215,63 @@ async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(
         await session.publish(topic, b"after-restart", qos=1)
         msg = await next_message(session)
     assert msg.payload == b"after-restart"
+
+
+def test_a_private_mosquitto_in_tmp_path_keeps_retained_and_queued_messages_across_kill_9(
+    private_mosquitto: MqttService, unique_id: str
+) -> None:
+    """pytest's tmp_path sits under 0700 folders: the broker's store must still be written there."""
+    svc = private_mosquitto
+    topic = f"test/{unique_id}/persist"
+    received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+
+    subscribed: queue.Queue[int] = queue.Queue()
+
+    def client(client_id: str, *, clean: bool) -> mqtt.Client:
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311
+        )
+        c.on_message = lambda _c, _u, m: received.put(m)
+        c.on_subscribe = lambda _c, _u, mid, _r, _p: subscribed.put(mid)
+        c.connect(svc.host, svc.port)
+        c.loop_start()
+        return c
+
+    session_id = f"persist-{unique_id}"
+    sub = client(session_id, clean=False)
+    sub.subscribe(topic, qos=1)
+    subscribed.get(timeout=5)
+    sub.disconnect()
+    sub.loop_stop()
+    pub = client(f"pub-{unique_id}", clean=True)
+    pub.publish(f"{topic}/retained", b"kept", qos=1, retain=True).wait_for_publish(5)
+    pub.publish(topic, b"queued", qos=1).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+    store = svc.workdir / "mosquitto.db" if svc.workdir else None
+    published_at = time.time()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # autosave_interval 1: the store follows within a second or two
+        if store is not None and store.exists() and store.stat().st_mtime > published_at + 0.1:
+            break
+        time.sleep(0.1)
+    svc.kill()
+    svc.start_again()
+
+    sub = client(session_id, clean=False)
+    try:
+        queued = received.get(timeout=5)
+    except queue.Empty:
+        queued = None
+    sub.disconnect()
+    sub.loop_stop()
+    assert queued is not None and queued.payload == b"queued", "the persistent session's QoS 1 message"
+    fresh = client(f"late-{unique_id}", clean=True)
+    fresh.subscribe(f"{topic}/retained", qos=1)
+    try:
+        retained = received.get(timeout=5)
+    except queue.Empty:
+        retained = None
+    fresh.disconnect()
+    fresh.loop_stop()
+    assert retained is not None and retained.payload == b"kept" and retained.retain
