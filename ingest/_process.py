@@ -114,29 +114,60 @@ class SeqTracker:
 
     Exact with one worker; with several on a shared subscription a device's messages are split
     across workers, so each sees gaps that another filled (docs/ingest.md).
+
+    A batch's changes can be undone: between :meth:`begin` and :meth:`commit` the previous value
+    of every device touched is kept, and :meth:`rollback` restores them. The worker rolls back a
+    batch that was not committed (it goes to the spool and comes back through the same tracker
+    at replay), so the tracker only ever reflects stored messages, in the order stored.
     """
 
     def __init__(self, max_devices: int = 1_000_000) -> None:
         self._last: dict[str, int] = {}
         self._max = max_devices
+        self._undo: dict[str, int | None] | None = None
+
+    def begin(self) -> None:
+        """Start recording what the next batch changes (for :meth:`rollback`)."""
+        self._undo = {}
+
+    def commit(self) -> None:
+        """Keep the batch's changes."""
+        self._undo = None
+
+    def rollback(self) -> None:
+        """Forget the batch's changes: every device touched since :meth:`begin` is as before."""
+        undo, self._undo = self._undo, None
+        for device_id, last in (undo or {}).items():
+            if last is None:
+                self._last.pop(device_id, None)
+            else:
+                self._last[device_id] = last
+
+    def _set(self, device_id: str, seq: int | None) -> None:
+        if self._undo is not None and device_id not in self._undo:
+            self._undo[device_id] = self._last.get(device_id)
+        if seq is None:
+            self._last.pop(device_id, None)
+        else:
+            self._last[device_id] = seq
 
     def reset(self, device_id: str) -> None:
         """Forget a device's sequence (it was born again: its seq may restart)."""
-        self._last.pop(device_id, None)
+        self._set(device_id, None)
 
     def see(self, device_id: str, seq: int) -> tuple[int, int]:
         """Record ``seq``; returns (gaps, repeats) it reveals."""
         last = self._last.get(device_id)
         if last is None:
             if len(self._last) >= self._max:
-                self._last.clear()
-            self._last[device_id] = seq
+                self._last.clear()  # bounded memory: every device starts afresh (no false gap)
+            self._set(device_id, seq)
             return 0, 0
         if seq == last + 1:
-            self._last[device_id] = seq
+            self._set(device_id, seq)
             return 0, 0
         if seq > last:
-            self._last[device_id] = seq
+            self._set(device_id, seq)
             return seq - last - 1, 0
         return 0, 1
 

@@ -94,7 +94,8 @@ class IngestWorker:
         self._connected = threading.Event()
         self._reconnect_wanted = False
         self._unacked_dropped = False
-        self._seqs = SeqTracker()
+        self._seqs = SeqTracker()  # live and replayed messages alike, in the order stored
+        self._replayed_from_spool = 0  # messages of the current spool already committed by a replay
         self._conn: Conn | None = None
         self._db_retry_at = 0.0
         self._db_failures = 0
@@ -273,9 +274,17 @@ class IngestWorker:
     def _write(self, messages: Sequence[RawMessage], seqs: SeqTracker) -> None:
         m = self.metrics
         now = datetime.now(UTC)
-        batch = process(messages, int(now.timestamp() * 1000), seqs, check_sender=self._check_sender)
-        conn = self._connection()
-        result = write_batch(conn, batch, messages, now, on_faults=self._on_faults)
+        # The tracker keeps only what was committed: a batch that is not goes to the spool and
+        # comes back through this same tracker at replay, in order, so an outage is no gap.
+        seqs.begin()
+        try:
+            batch = process(messages, int(now.timestamp() * 1000), seqs, check_sender=self._check_sender)
+            conn = self._connection()
+            result = write_batch(conn, batch, messages, now, on_faults=self._on_faults)
+        except BaseException:
+            seqs.rollback()
+            raise
+        seqs.commit()
         m.db_up = True
         self._db_failures = 0
         m.stored_rows += result.inserted
@@ -352,12 +361,20 @@ class IngestWorker:
         if not self.spool.size_bytes or time.monotonic() < self._db_retry_at or self._stop.is_set():
             return
         m = self.metrics
-        replay_seqs = SeqTracker()  # old messages must not disturb the live gap counts
+        # Through the live tracker: the spool holds, in order, exactly what came after the last
+        # committed message (live batches queue behind it), so a replayed message is no gap. A
+        # replay cut short resumes after what it committed, so nothing is seen twice.
+        done = self._replayed_from_spool
+        position = 0
         try:
             for _offset, messages in self.spool.batches():
                 for start in range(0, len(messages), self.config.max_rows):
                     chunk = messages[start : start + self.config.max_rows]
-                    self._write(chunk, replay_seqs)
+                    position += len(chunk)
+                    if position <= done:
+                        continue
+                    self._write(chunk, self._seqs)
+                    self._replayed_from_spool = position
                     m.replayed += len(chunk)
                 # Live traffic arriving meanwhile goes behind the replay, in the spool.
                 if len(self._queue) >= self.config.max_rows:
@@ -373,6 +390,7 @@ class IngestWorker:
             m.replayed,
         )
         self.spool.clear()
+        self._replayed_from_spool = 0
         m.spool_bytes = 0
         if self._unacked_dropped:
             self._unacked_dropped = False

@@ -223,6 +223,51 @@ def test_database_outage_is_spooled_and_replayed_once_each(
     assert count(migrated, "SELECT count(DISTINCT seq) FROM telemetry WHERE device_id = %s", dev) == 900
 
 
+def test_messages_replayed_from_the_spool_are_not_counted_as_seq_gaps(
+    mqtt_service: MqttService, pg_service: object, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    """Before, after and during a database outage the seqs are complete: 0 gaps; a real one: 1."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(migrated)
+    proxy = PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    db = with_port(migrated, proxy.port)
+    devices = [f"G{unique_id}{k}" for k in range(5)]
+    skipped = (devices[0], 450)  # the one message that never arrives
+    ts = now_ms()
+
+    def send(pub: mqtt.Client, seqs: range) -> None:
+        for seq in seqs:
+            for dev in devices:
+                if (dev, seq) != skipped:
+                    pub.publish(f"sl/v1/11230/{dev}/telemetry", LAMP % (ts + seq, seq), qos=1)
+            if seq % 20 == 0:
+                time.sleep(0.01)
+
+    try:
+        with running(make_worker(mqtt_service, db, tmp_path, unique_id)) as worker:
+            pub = publisher(mqtt_service)
+            send(pub, range(100))
+            wait_for(lambda: worker.metrics.stored_rows >= 500)
+            proxy.cut()
+            send(pub, range(100, 300))
+            wait_for(lambda: worker.metrics.spooled >= 1000)
+            proxy.restore()
+            wait_for(lambda: worker.spool.size_bytes == 0 and worker.metrics.replayed >= 1000)
+            send(pub, range(300, 500))
+            wait_for(lambda: worker.metrics.stored_rows >= 2499)
+            pub.loop_stop()
+            gaps, repeats = worker.metrics.seq_gaps, worker.metrics.seq_repeats
+    finally:
+        proxy.close()
+    like = f"G{unique_id}%"
+    assert count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) == 2499
+    assert (gaps, repeats) == (1, 0), "only the message that never arrived is a gap"
+    stored = count(migrated, "SELECT sum(seq_gaps) FROM device_state WHERE device_id LIKE %s", like)
+    assert stored == 1
+    assert count(migrated, "SELECT seq_gaps FROM device_state WHERE device_id = %s", skipped[0]) == 1
+
+
 def test_two_workers_on_a_shared_subscription_store_each_message_once(
     mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
 ) -> None:
