@@ -311,8 +311,12 @@ def configured_pg(url: str) -> PgService | None:
     return PgService("configured", url)
 
 
-def provide_pg(database_url: str | None, workdir: Path) -> PgService:
-    """The configured database when reachable, else a pg_ctl cluster, else the embedded one."""
+def provide_pg(database_url: str | None, workdir: Path, *, local_kind: str = "auto") -> PgService:
+    """The configured database when reachable, else a pg_ctl cluster, else the embedded one.
+
+    ``local_kind``: ``auto``, ``pg_ctl`` or ``embedded`` (what a machine with only Python gets)."""
+    if local_kind == "embedded" and not database_url:
+        return start_embedded_pg(workdir / "pgserver")
     if database_url:
         svc = configured_pg(database_url)
         if svc is not None:

@@ -60,6 +60,8 @@ class Settings:
     """Where the controller POSTs an SOS inside a guard zone during patrol hours (JSON)."""
     log_level: str = "INFO"
     local_broker: str = "auto"
+    local_database: str = "auto"
+    """Without DATABASE_URL: ``auto`` (pg_ctl if installed, else embedded), ``pg_ctl`` or ``embedded``."""
     """Without MQTT_URL: ``auto`` (mosquitto if installed, else embedded), ``mosquitto`` or ``embedded``."""
     api_token_secret: str | None = None
     """Signs operators' tokens; None: a random secret kept in the database, shared by API instances."""
@@ -87,6 +89,7 @@ class Settings:
             guard_webhook_url=e.get("STREETLIGHT_GUARD_WEBHOOK_URL") or None,
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
             local_broker=_choice(e, "STREETLIGHT_LOCAL_BROKER", ("auto", "mosquitto", "embedded")),
+            local_database=_choice(e, "STREETLIGHT_LOCAL_DATABASE", ("auto", "pg_ctl", "embedded")),
             api_token_secret=e.get("STREETLIGHT_API_TOKEN_SECRET") or None,
             api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
             api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),

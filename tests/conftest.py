@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from streetlight.localservices import MqttService, PgService, provide_mqtt, provide_pg
+from streetlight.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / ".test-output"
@@ -43,7 +44,8 @@ def output_dir() -> Path:
 @pytest.fixture(scope="session")
 def mqtt_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttService]:
     """A real MQTT broker for the whole session."""
-    svc = provide_mqtt(os.environ.get("MQTT_URL"), tmp_path_factory.mktemp("broker"))
+    local = Settings.from_env().local_broker  # STREETLIGHT_LOCAL_BROKER=embedded: the bare-machine path
+    svc = provide_mqtt(os.environ.get("MQTT_URL"), tmp_path_factory.mktemp("broker"), local_kind=local)
     _USED["mqtt"] = f"{svc.kind} at {svc.host}:{svc.port}"
     yield svc
     svc.stop()
@@ -52,7 +54,8 @@ def mqtt_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttServi
 @pytest.fixture(scope="session")
 def pg_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgService]:
     """A real PostgreSQL server for the whole session."""
-    svc = provide_pg(os.environ.get("DATABASE_URL"), tmp_path_factory.mktemp("postgres"))
+    local = Settings.from_env().local_database  # STREETLIGHT_LOCAL_DATABASE=embedded: the bare-machine path
+    svc = provide_pg(os.environ.get("DATABASE_URL"), tmp_path_factory.mktemp("postgres"), local_kind=local)
     _USED["postgresql"] = f"{svc.kind} ({svc.url.split('@')[-1]})"
     yield svc
     svc.stop()
