@@ -50,6 +50,7 @@ def test_database_outage_is_spooled_replayed_and_sos_is_refused_retryably(
     assert f["lost"] == 0 and f["duplicates"] == 0
     assert f["spooled"] > 0 and f["replayed"] >= f["spooled_at_db_return"]
     assert f["dropped"] == 0
+    assert f["gaps_counted"] == 0, "replayed messages are no seq gaps (5,600 were counted before the fix)"
     assert f["spool_drained_s_after_return"] < 60
     # the SOS during the outage: a clear retryable refusal, then accepted and delivered
     assert 503 in f["sos_statuses"] and f["sos_retry_after_header"]
