@@ -11,40 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import struct
 import sys
 import threading
 import time
 
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _str(s: bytes) -> bytes:
-    return struct.pack("!H", len(s)) + s
+from firmware_sim.mqtt import encode_connect, encode_publish
 
 
 def connect_packet(client_id: str, keepalive_s: int = 60) -> bytes:
     """An MQTT 3.1.1 CONNECT with a clean session and no credentials."""
-    var = _str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive_s)
-    payload = _str(client_id.encode())
-    body = var + payload
-    return bytes([0x10]) + _remaining_length(len(body)) + body
+    return encode_connect(client_id, keepalive_s=keepalive_s)
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int) -> bytes:
     """An MQTT 3.1.1 PUBLISH (QoS 0 or 1)."""
-    var = _str(topic.encode())
-    if qos:
-        var += struct.pack("!H", packet_id)
-    body = var + payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+    return encode_publish(topic, payload, qos=qos, packet_id=packet_id)
 
 
 def telemetry_payload(seq: int, ts_ms: int, level: int) -> bytes:
