@@ -27,13 +27,20 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def load_command(module: str) -> ModuleType | None:
+def load_optional(package: str, module: str) -> ModuleType | None:
+    """``package.module``, or None when that module does not exist (an error inside it still raises)."""
+    name = f"{package}.{module}"
     try:
-        return importlib.import_module(f"streetlight.commands.{module}")
+        return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name == f"streetlight.commands.{module}":
+        if exc.name == name:
             return None
         raise
+
+
+def load_command(module: str) -> ModuleType | None:
+    """The module of a sub-command, or None when it is not built."""
+    return load_optional("streetlight.commands", module)
 
 
 def build_parser() -> argparse.ArgumentParser:

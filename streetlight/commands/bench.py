@@ -9,10 +9,11 @@ A benchmark measures its own baseline in the same run, so its result is a ratio.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from types import ModuleType
+
+from streetlight.cli import load_optional
 
 HELP = "run a benchmark (ingest, fleet, api, soak, ...) and print its figures as JSON"
 
@@ -28,12 +29,7 @@ BENCHES: dict[str, str] = {
 
 
 def _load(module: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"streetlight.bench.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"streetlight.bench.{module}":
-            return None
-        raise
+    return load_optional("streetlight.bench", module)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
