@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -290,7 +291,11 @@ def start_pg_cluster(workdir: Path, *, port: int | None = None) -> PgService:
 
 def start_embedded_pg(datadir: Path) -> PgService:
     """The embedded PostgreSQL from PyPI (pgserver), data kept in ``datadir``."""
-    import pgserver  # type: ignore[attr-defined,unused-ignore]
+    with warnings.catch_warnings():
+        # pgserver asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR (root
+        # in a container, CI) platformdirs warns and falls back to /tmp/runtime-<uid>, which works.
+        warnings.simplefilter("ignore")
+        import pgserver  # type: ignore[attr-defined,unused-ignore]
 
     datadir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
