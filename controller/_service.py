@@ -20,7 +20,7 @@ import os
 import random
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,6 +89,9 @@ BEACON_MAX_AGE_S = 30.0
 WRITE_QUEUE_SIZE = 50_000
 # A walk with no position for this long is forgotten (the API ends or expires it in the table).
 WALK_IDLE_S = 900.0
+# Alerts whose latest change is not yet at (some of) its centres; beyond this the oldest is
+# forgotten and counted (its next change publishes it again; the console has it from the database).
+MAX_UNPUBLISHED = 10_000
 
 
 def now_ms() -> int:
@@ -160,7 +163,11 @@ class Controller:
         self._alerts: dict[str, Alert] = {}
         self._blinks: dict[str, BlinkSet] = {}
         self._blink_alert: dict[str, str] = {}  # blink source -> alert id
-        self._published: dict[str, tuple[int, str]] = {}
+        self._published: dict[str, tuple[int, str]] = {}  # version acknowledged (PUBACK) by the broker
+        self._publishing: dict[str, tuple[int, str]] = {}  # version being published now
+        # alert id -> centres still owed its latest state (the broker was away); re-published from
+        # the alert's current row once connected again (``_republish``, every tick).
+        self._unpublished: OrderedDict[str, set[str]] = OrderedDict()
         self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=WRITE_QUEUE_SIZE)
         self._webhooks: asyncio.Queue[tuple[str, bytes, str, str]] = asyncio.Queue(maxsize=1000)
         self._zones = cfg.safety_zones if cfg.safety_zones is not None else load_safety_zones()
@@ -470,10 +477,14 @@ class Controller:
 
     # ------------------------------------------------------------------ alerts
 
-    async def _publish_alert(self, alert: Alert, centres: Sequence[str]) -> None:
+    async def _publish_alert(self, alert: Alert, centres: Sequence[str]) -> set[str]:
+        """Publish the alert to each centre (QoS 1); returns the centres the broker did not PUBACK.
+
+        Those are remembered in ``_unpublished`` and get the alert's latest state once the broker
+        is back (``_republish``).
+        """
         mqtt = self._mqtt
-        if mqtt is None:
-            return
+        failed: set[str] = set()
         data = alert_to_dict(alert)
         for centre in centres:
             message = {
@@ -484,18 +495,71 @@ class Controller:
                 **data,
             }
             try:
+                if mqtt is None:
+                    raise ConnectionLost("no MQTT session yet")
+                # QoS 1: returns once the broker's PUBACK is in.
                 await mqtt.publish(alerts_topic(centre), encode_alert(message), qos=1)
                 self.stats["alerts_published"] += 1
             except ConnectionLost as exc:
                 self.stats["alert_publish_failed"] += 1
+                failed.add(centre)
                 log.warning("alert not published alert=%s centre=%s: %s", alert.id, centre, exc)
+        self._owe(alert.id, failed, settled=set(centres) - failed)
+        return failed
+
+    def _owe(self, alert_id: str, failed: set[str], settled: set[str]) -> None:
+        """Remember the centres still owed an alert's latest state; forget those just served."""
+        owed = self._unpublished.get(alert_id)
+        if owed is not None:
+            owed -= settled
+        if failed:
+            if owed is None:
+                owed = self._unpublished[alert_id] = set()
+            owed |= failed
+            self._unpublished.move_to_end(alert_id)
+            while len(self._unpublished) > MAX_UNPUBLISHED:
+                dropped, _ = self._unpublished.popitem(last=False)
+                self.stats["alerts_unpublished_dropped"] += 1
+                log.warning("alert dropped from the re-publish queue (full) alert=%s", dropped)
+        elif owed is not None and not owed:
+            del self._unpublished[alert_id]
+
+    async def _republish(self) -> None:
+        """Once the broker is back: each alert still owed gets its current row's state, once."""
+        mqtt = self._mqtt
+        if not self._unpublished or mqtt is None or not mqtt.connected:
+            return
+        for alert_id in list(self._unpublished):
+            owed = self._unpublished.get(alert_id)
+            if not owed:
+                self._unpublished.pop(alert_id, None)
+                continue
+            alert = await self._db.call(load_alert, alert_id)
+            centres: list[str] = alert_to_dict(alert)["centres"] if alert is not None else []
+            if alert is None or responsible_centre(centres) not in self.owned:
+                self._unpublished.pop(alert_id, None)  # gone, or another controller's now
+                continue
+            targets = [*centres, *sorted(c for c in owed if c not in centres)]
+            failed = await self._publish_alert(alert, targets)
+            if failed:
+                return  # the broker went away again: the next tick tries again
+            self.stats["alerts_republished"] += 1
+            if alert.is_active:
+                self._published[alert.id] = (len(alert.timeline), alert.state.value)
 
     async def _on_alert(self, alert: Alert) -> None:
         """An alert this controller is responsible for changed (or was found at takeover)."""
         version = (len(alert.timeline), alert.state.value)
-        if self._published.get(alert.id) != version:
-            self._published[alert.id] = version
-            await self._publish_alert(alert, alert_to_dict(alert)["centres"])
+        if self._published.get(alert.id) != version and self._publishing.get(alert.id) != version:
+            self._publishing[alert.id] = version
+            try:
+                failed = await self._publish_alert(alert, alert_to_dict(alert)["centres"])
+            finally:
+                if self._publishing.get(alert.id) == version:
+                    del self._publishing[alert.id]
+            # Published means acknowledged: a change the broker never got is owed, not done.
+            if not failed and alert.is_active:
+                self._published[alert.id] = version
         if alert.is_active:
             self._alerts[alert.id] = alert
             if alert.kind is AlertKind.SOS:
@@ -649,6 +713,7 @@ class Controller:
                 next_lamps = mono + self.cfg.lamps_refresh_s
                 steps.append(("devices", self._load_devices))
             steps += [
+                ("republish", self._republish),
                 ("acks", self._ack_timeouts),
                 ("blink", self._blink_refresh),
                 ("escalation", self._escalate),
@@ -702,6 +767,7 @@ class Controller:
             if responsible_centre(alert_to_dict(alert)["centres"]) in districts:
                 del self._alerts[alert_id]
                 self._published.pop(alert_id, None)
+                self._unpublished.pop(alert_id, None)  # the new owner publishes it at takeover
                 blinks = self._blinks.pop(alert_id, None)
                 if blinks is not None:
                     self._blink_alert.pop(blinks.source, None)

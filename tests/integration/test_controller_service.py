@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -30,7 +31,8 @@ from store import command_status_counts, migrate, upsert_device
 from store.alertstore import WALK_CHANNEL, change_alert, load_alert, notify, save_alert
 from store.repo import start_walk
 from streetlight.bench.controller import LampFleet, LampSpec
-from streetlight.localservices import MqttService
+from streetlight.localservices import MqttService, start_mosquitto
+from tests.conftest import skip_unless
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRICT = "11140"  # Jung-gu
@@ -39,6 +41,7 @@ BASE_LAT, BASE_LON = 37.5650, 126.9800
 M_LAT = 1 / 111_000  # degrees of latitude per metre, near enough for test layouts
 M_LON = 1 / 88_200  # degrees of longitude per metre at 37.5 N
 Conn = psycopg.Connection[Any]
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
 
 @dataclass
@@ -559,3 +562,64 @@ async def test_an_sos_in_a_guard_zone_during_patrol_hours_reaches_the_guards(wor
     finally:
         server.shutdown()
         server.server_close()
+
+
+async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once_it_is_back(
+    db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    """Published means PUBACKed: a change the broker never got is re-published after reconnect."""
+    skip_unless(HAVE_MOSQUITTO, "needs a mosquitto binary to stop and restart")
+    migrate(db_url)
+    broker = start_mosquitto(tmp_path / "mosquitto")
+    params = parse_mqtt_url(broker.url)
+    got: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            got.append(json.loads(msg.payload))
+
+    def statuses(alert_id: str) -> list[str]:
+        with lock:
+            return [m["status"] for m in got if m.get("alert_id") == alert_id]
+
+    # The control centre: a persistent session that reconnects every second.
+    centre = paho_client(
+        params, f"cc-{unique_id}", clean_session=False, reconnect_base_s=0.5, reconnect_cap_s=1
+    )
+    subscribed = threading.Event()
+    centre.on_connect = lambda c, *_a: c.subscribe(f"cc/v1/{DISTRICT}/alerts", 1)
+    centre.on_subscribe = lambda *_a: subscribed.set()
+    centre.on_message = on_message
+    centre.connect(params.host, params.port)
+    centre.loop_start()
+    cfg = ControllerConfig(
+        mqtt=params,
+        database_url=db_url,
+        districts=(DISTRICT,),
+        lease_ttl_s=1.5,
+        tick_s=0.05,
+        escalation=EscalationPolicy(renotify_after_s=300.0, police_after_s=600.0),  # not the way back
+    )
+    alert_id = f"SOS-{unique_id}"
+    try:
+        assert subscribed.wait(5)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            async with running(cfg) as controller:
+                _sos(conn, alert_id, BASE_LAT, BASE_LON)
+                await until(lambda: "open" in statuses(alert_id), 5, "the open SOS at the centre")
+                session = controller._mqtt
+                assert session is not None
+                broker.stop()  # graceful: the centre's persistent session is saved
+                await until(lambda: not session.connected, 5, "the controller to see the broker gone")
+                change_alert(conn, alert_id, lambda a: acknowledge(a, datetime.now(UTC), "op-jung"))
+                await until(lambda: controller.stats["alert_publish_failed"] >= 1, 5, "the failed publish")
+                await asyncio.to_thread(broker.start_again)
+                await until(
+                    lambda: "acknowledged" in statuses(alert_id), 8, "the acknowledgement at the centre"
+                )
+                assert controller.stats["alerts_republished"] >= 1
+    finally:
+        centre.disconnect()
+        centre.loop_stop()
+        broker.stop()
