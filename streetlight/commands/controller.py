@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lease-ttl-s", type=float, default=6.0, help="district lease time to live (default 6)"
     )
     parser.add_argument("--hold-s", type=int, default=30, help="walk brightening hold time (default 30)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
+    parser.add_argument("--metrics-host", default="127.0.0.1")
 
 
 def district_codes(spec: str) -> tuple[str, ...]:
@@ -81,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         controller = Controller(cfg)
+        if getattr(args, "metrics_port", None):
+            from controller._metrics import serve_metrics
+
+            serve_metrics(controller, cfg.owner, args.metrics_host, args.metrics_port)
         task = asyncio.create_task(controller.run(), name="controller")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

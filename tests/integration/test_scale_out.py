@@ -149,8 +149,9 @@ def test_two_controllers_share_the_districts_and_one_takes_all_when_the_other_di
     migrate(db_url)  # before either starts, so the first query finds the tables
     env = {**os.environ, "MQTT_URL": mqtt_service.url, "DATABASE_URL": db_url}
     args = [sys.executable, "-m", "streetlight.cli", "controller", "--districts", "all", "--lease-ttl-s", "3"]
+    metrics = free_port()
     a = subprocess.Popen([*args, "--owner", "ctl-a"], env=env)
-    b = subprocess.Popen([*args, "--owner", "ctl-b"], env=env)
+    b = subprocess.Popen([*args, "--owner", "ctl-b", "--metrics-port", str(metrics)], env=env)
     try:
         with psycopg.connect(db_url, autocommit=True) as conn:
 
@@ -166,6 +167,10 @@ def test_two_controllers_share_the_districts_and_one_takes_all_when_the_other_di
             _wait("ctl-b holding every district", lambda: shares() == {"ctl-b": ALL_CENTRES}, 30)
             takeover_s = time.monotonic() - killed_at
         assert takeover_s < 10.0, f"takeover took {takeover_s:.1f} s"
+        # what monitoring sees: the survivor reports every district
+        _wait(
+            "metrics", lambda: _metric(metrics, "streetlight_controller_districts_owned") == ALL_CENTRES, 10
+        )
     finally:
         for p in (a, b):
             if p.poll() is None:
