@@ -12,15 +12,27 @@ const S = {
   ws: null,
   wsAttempt: 0,
   audio: null,
-  sound: true,
+  sound: localStorage.getItem("sl.sound") !== "off",
+  beepTimer: null,
   proj: null,
   view: null,
   lampTimer: null,
+  lamp: null, // the lamp panel's last answer
 };
 
 const T = {
-  ko: { open: "미확인", acknowledged: "확인됨", dispatched: "출동", resolved: "종료", cancelled: "취소", connected: "연결됨", disconnected: "연결 끊김", sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손" },
-  en: { open: "OPEN", acknowledged: "acknowledged", dispatched: "dispatched", resolved: "resolved", cancelled: "cancelled", connected: "connected", disconnected: "disconnected", sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper" },
+  ko: {
+    open: "미확인", acknowledged: "확인됨", dispatched: "출동", resolved: "종료", cancelled: "취소", connected: "연결됨", disconnected: "연결 끊김",
+    sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손",
+    created: "접수", repeated: "반복", position: "위치", lamps_added: "추가 소등", escalated: "상향", lamps_confirmed: "점멸 확인",
+    online: "정상", brightened: "밝힘", blinking: "점멸", fault: "고장", offline: "끊김", sound_on: "소리 켜짐", sound_off: "소리 꺼짐", no_data: "자료 없음",
+  },
+  en: {
+    open: "OPEN", acknowledged: "acknowledged", dispatched: "dispatched", resolved: "resolved", cancelled: "cancelled", connected: "connected", disconnected: "disconnected",
+    sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper",
+    created: "created", repeated: "pressed again", position: "position", lamps_added: "more lamps out", escalated: "escalated", lamps_confirmed: "lamps confirmed",
+    online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
+  },
 };
 const t = (k) => (T[S.lang] && T[S.lang][k]) || k;
 
@@ -28,9 +40,11 @@ function applyLang() {
   document.documentElement.lang = S.lang;
   document.querySelectorAll("[data-ko]").forEach((el) => { el.textContent = el.dataset[S.lang]; });
   $("lang").textContent = S.lang === "ko" ? "EN" : "한국어";
+  setSound(S.sound);
   setConn(S.ws && S.ws.readyState === 1);
   renderList();
   renderDetail();
+  if (S.lamp) renderLamp(S.lamp);
 }
 
 async function api(path, opts = {}) {
@@ -44,11 +58,15 @@ async function api(path, opts = {}) {
 }
 
 // ---------------------------------------------------------------- sound
+// Three beeps on a new SOS, then again every few seconds while any SOS is unacknowledged.
+const BEEP_EVERY_MS = 5000;
+
 function beep() {
   if (!S.sound) return;
   try {
     S.audio = S.audio || new AudioContext();
     const ctx = S.audio;
+    if (ctx.state === "suspended") ctx.resume();
     [0, 0.35, 0.7].forEach((at) => {
       const o = ctx.createOscillator(), g = ctx.createGain();
       o.type = "square"; o.frequency.value = 880;
@@ -58,6 +76,22 @@ function beep() {
       o.start(ctx.currentTime + at); o.stop(ctx.currentTime + at + 0.3);
     });
   } catch (e) { /* no audio device: the banner still shows */ }
+}
+
+function setSound(on) {
+  S.sound = on;
+  localStorage.setItem("sl.sound", on ? "on" : "off");
+  $("sound").textContent = t(on ? "sound_on" : "sound_off");
+  $("sound").setAttribute("aria-pressed", String(on));
+}
+
+function openSos() { return [...S.alerts.values()].filter((a) => a.kind === "sos" && a.state === "open"); }
+
+function alarm() {
+  // Keep beeping while an SOS waits for someone; stop as soon as none does.
+  const waiting = openSos().length > 0;
+  if (waiting && !S.beepTimer) S.beepTimer = setInterval(() => { if (openSos().length) beep(); }, BEEP_EVERY_MS);
+  if (!waiting && S.beepTimer) { clearInterval(S.beepTimer); S.beepTimer = null; }
 }
 
 // ---------------------------------------------------------------- login
@@ -76,7 +110,7 @@ async function login(ev) {
 function logout() {
   S.token = null; sessionStorage.removeItem("sl.token");
   if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
-  clearInterval(S.lampTimer);
+  clearInterval(S.lampTimer); clearInterval(S.beepTimer); S.beepTimer = null;
   $("console-view").hidden = true; $("login-view").hidden = false;
 }
 
@@ -118,7 +152,7 @@ function connect() {
 
 function onMessage(m) {
   if (m.type === "hello") { S.lastEventId = Math.max(S.lastEventId, m.event_id); return; }
-  if (m.type === "lamp") { refreshLamps(); return; }
+  if (m.type === "lamp") { refreshLampsSoon(); return; }
   if (m.type !== "alert") return;
   const a = m.alert;
   const old = S.alerts.get(a.id);
@@ -128,11 +162,13 @@ function onMessage(m) {
   if (a.kind === "sos" && a.state === "open" && (!old || old.state !== "open")) beep();
   renderList();
   renderAlertsOnMap();
+  if (a.kind === "sos") refreshLampsSoon(); // the controller blinks the lamps around an SOS
   if (S.selected === a.id) loadDetail(a.id);
 }
 
 // ---------------------------------------------------------------- list and detail
-function fmtTime(iso) { return iso ? new Date(iso).toLocaleTimeString(S.lang === "ko" ? "ko-KR" : "en-GB") : ""; }
+// 24-hour HH:MM:SS in both languages: one glance, no 오전/오후 or AM/PM to parse at 3 a.m.
+function fmtTime(iso) { return iso ? new Date(iso).toLocaleTimeString("en-GB", { hour12: false }) : ""; }
 
 function renderList() {
   const ul = $("alert-list");
@@ -153,10 +189,20 @@ function renderList() {
   }));
   const open = items.filter((a) => a.kind === "sos" && a.state === "open");
   $("sos-banner").hidden = open.length === 0;
-  $("sos-banner-place").textContent = open.length ? " · " + (S.lang === "ko" ? open[0].place_text_ko : open[0].place_text_en) : "";
+  $("sos-banner-count").textContent = String(open.length);
+  $("sos-banner-place").textContent = open.length ? (S.lang === "ko" ? open[0].place_text_ko : open[0].place_text_en) : "";
+  document.title = (open.length ? `(${open.length}) SOS · ` : "") + (S.lang === "ko" ? "보안등 관제" : "Streetlight control");
+  alarm();
 }
 
-function select(id) { S.selected = id; renderList(); loadDetail(id); }
+// Selecting an alert shows its street block (about 900 m across); Z goes back to the whole district.
+function select(id) {
+  const a = S.alerts.get(id);
+  if (a && a.place && S.proj && S.selected !== id) zoomTo(a.place.lon - 0.005, a.place.lat - 0.004, a.place.lon + 0.005, a.place.lat + 0.004, 0);
+  S.selected = id; renderList(); loadDetail(id);
+}
+
+function zoomHome() { if (S.home) { S.view = [...S.home]; setView(); } }
 
 let detail = null;
 async function loadDetail(id) {
@@ -170,7 +216,8 @@ function renderDetail() {
   const a = detail.alert;
   $("detail-empty").hidden = true; $("detail").hidden = false;
   $("detail").dataset.alertId = a.id; $("detail").dataset.state = detail.state;
-  $("detail-title").textContent = `${t(a.kind)} · ${a.id}`;
+  $("detail-title").textContent = `${t(a.kind)} · ${fmtTime(a.created_at)}`;
+  $("detail-id").textContent = a.id;
   const st = $("detail-state"); st.className = "state " + detail.state; st.textContent = t(detail.state);
   $("detail-place-ko").textContent = a.place_text_ko; $("detail-place-en").textContent = a.place_text_en;
   const allowed = new Set(detail.allowed_actions);
@@ -181,7 +228,7 @@ function renderDetail() {
   $("timeline").replaceChildren(...a.timeline.map((e) => {
     const li = document.createElement("li");
     const extra = Object.entries(e.details || {}).map(([k, v]) => `${k}=${v}`).join(" ");
-    li.textContent = `${fmtTime(e.at)} ${e.action} — ${e.actor}${e.note ? " · " + e.note : ""}${extra ? " · " + extra : ""}`;
+    li.textContent = `${fmtTime(e.at)} ${t(e.action)} — ${e.actor}${e.note ? " · " + e.note : ""}${extra ? " · " + extra : ""}`;
     return li;
   }));
   $("track").replaceChildren(...detail.track.map((p) => {
@@ -220,7 +267,8 @@ async function loadMap() {
   const cos = Math.cos(((b + d) / 2) * Math.PI / 180);
   const k = Math.min(1000 / ((c - a) * cos), 800 / (d - b));
   S.proj = { lon0: a, lat1: d, cos, k };
-  S.view = [0, 0, (c - a) * cos * k, (d - b) * k];
+  S.home = [0, 0, (c - a) * cos * k, (d - b) * k];
+  S.view = [...S.home];
   setView();
   const g = $("map-areas");
   g.replaceChildren();
@@ -242,7 +290,23 @@ async function loadMap() {
   }
 }
 
-function setView() { $("map").setAttribute("viewBox", S.view.map((v) => v.toFixed(1)).join(" ")); }
+function setView() {
+  $("map").setAttribute("viewBox", S.view.map((v) => v.toFixed(1)).join(" "));
+  // Dots keep their size on screen when zooming in or out.
+  const d = dotSize();
+  document.querySelectorAll("#map-lamps circle").forEach((c) => c.setAttribute("r", lampSize(c.classList.contains("blinking") ? "blinking" : "")));
+  document.querySelectorAll("#map-walkers circle").forEach((c) => c.setAttribute("r", d * 1.2));
+  document.querySelectorAll("#map-alerts .sos-marker").forEach((c) => c.setAttribute("r", d * 6));
+  document.querySelectorAll("#map-alerts .sos-core").forEach((c) => c.setAttribute("r", d * 2));
+}
+
+// Zoom the map to a box [lon_min, lat_min, lon_max, lat_max] (the district at login, an SOS on demand).
+function zoomTo(lonMin, latMin, lonMax, latMax, pad = 0.05) {
+  const [x0, y0] = project(lonMin, latMax), [x1, y1] = project(lonMax, latMin);
+  const w = x1 - x0, h = y1 - y0;
+  S.view = [x0 - w * pad, y0 - h * pad, w * (1 + 2 * pad), h * (1 + 2 * pad)];
+  setView();
+}
 
 function circle(g, x, y, r, cls) {
   const el = document.createElementNS("http://www.w3.org/2000/svg", "circle");
@@ -250,17 +314,27 @@ function circle(g, x, y, r, cls) {
   g.appendChild(el); return el;
 }
 
-function dotSize() { return Math.max(0.8, S.view[2] / 400); }
+// About 3 screen pixels whatever the zoom; a blinking lamp (around an SOS) is drawn larger.
+function dotSize() {
+  const px = $("map").getBoundingClientRect().width || 600;
+  return (S.view[2] / px) * 3;
+}
+function lampSize(state) { return dotSize() * (state === "blinking" ? 1.8 : 1); }
+
+let lampsSoon = null;
+function refreshLampsSoon() { if (!lampsSoon) lampsSoon = setTimeout(() => { lampsSoon = null; refreshLamps(); }, 300); }
 
 async function refreshLamps() {
   if (!S.proj || !S.token) return;
   try {
     const [lamps, walkers] = await Promise.all([api("/v1/lamps"), api("/v1/walkers")]);
     const g = $("map-lamps"); g.replaceChildren();
+    const z = { offline: 0, online: 1, fault: 2, brightened: 3, blinking: 4 }; // blinking on top
+    lamps.features.sort((p, q) => (z[p.properties.state] ?? 1) - (z[q.properties.state] ?? 1));
     lamps.features.forEach((f) => {
       if (!f.geometry) return;
       const [x, y] = project(...f.geometry.coordinates);
-      const c = circle(g, x, y, dotSize(), "lamp " + f.properties.state);
+      const c = circle(g, x, y, lampSize(f.properties.state), "lamp " + f.properties.state);
       c.dataset.deviceId = f.id;
       c.onclick = () => showLamp(f.id);
     });
@@ -290,22 +364,69 @@ function renderTrack() {
 }
 
 async function showLamp(id) {
-  const r = await api(`/v1/lamps/${encodeURIComponent(id)}`);
+  try { S.lamp = await api(`/v1/lamps/${encodeURIComponent(id)}`); } catch (e) { return; }
+  renderLamp(S.lamp);
+}
+
+// The last 24 h from the hourly rollups, one column per hour placed by its time:
+// level (bars, 0-100 %), power (line, scaled to the day's maximum), and online as uptime per
+// hour (the strip under the bars: green for the share of the hour the lamp reported, red for
+// the rest; an hour without any rollup is all red). The open hour counts only its elapsed part.
+function renderLamp(r) {
+  const NS = "http://www.w3.org/2000/svg", HOUR = 3600e3;
+  const el = (name, attrs, text) => {
+    const e = document.createElementNS(NS, name);
+    Object.entries(attrs).forEach(([k, v]) => e.setAttribute(k, v));
+    if (text != null) e.textContent = text;
+    svg.appendChild(e); return e;
+  };
   $("lamp-panel").hidden = false;
-  $("lamp-title").textContent = `${r.lamp.lamp_number || id}`;
-  $("lamp-state").textContent = `${r.lamp.state} · ${r.lamp.level ?? "?"}% · ${r.lamp.faults.join(", ")}`;
+  $("lamp-panel").dataset.deviceId = r.lamp.device_id;
+  $("lamp-title").textContent = `${r.lamp.lamp_number || r.lamp.device_id}`;
+  $("lamp-state").textContent = `${t(r.lamp.state)} · ${r.lamp.level ?? "?"}%${r.lamp.faults.length ? " · " + r.lamp.faults.join(", ") : ""}`;
   const svg = $("lamp-chart"); svg.replaceChildren();
-  const n = Math.max(1, r.hours.length), bw = 480 / 24;
+  const L = 30, W = 420, TOP = 8, BASE = 108, STRIP = 10, now = Date.now();
+  const first = Math.floor(now / HOUR) * HOUR - 23 * HOUR; // the 24 columns end with the open hour
+  const bw = W / 24;
+  const byHour = new Map(r.hours.map((h) => [Math.floor(Date.parse(h.bucket) / HOUR) * HOUR, h]));
   const maxP = Math.max(1, ...r.hours.map((h) => h.power_avg_w || 0));
-  let line = "";
-  r.hours.forEach((h, i) => {
-    const x = (24 - n + i) * bw, lv = (h.level_avg || 0) * 1.0;
-    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
-    rect.setAttribute("x", x + 1); rect.setAttribute("y", 110 - lv); rect.setAttribute("width", bw - 2); rect.setAttribute("height", lv);
-    rect.setAttribute("fill", (h.uptime_s || 0) > 0 ? "#d9c46a" : "#555"); svg.appendChild(rect);
-    line += `${i ? "L" : "M"}${x + bw / 2},${110 - ((h.power_avg_w || 0) / maxP) * 100}`;
+  [0, 50, 100].forEach((v) => {
+    const y = BASE - (v / 100) * (BASE - TOP);
+    el("line", { x1: L, x2: L + W, y1: y, y2: y, class: "grid" });
+    el("text", { x: L - 4, y: y + 4, "text-anchor": "end" }, `${v}%`);
   });
-  if (line) { const p = document.createElementNS("http://www.w3.org/2000/svg", "path"); p.setAttribute("d", line); p.setAttribute("stroke", "#4aa3ff"); p.setAttribute("fill", "none"); svg.appendChild(p); }
+  el("text", { x: L + W + 4, y: TOP + 8 }, `${Math.round(maxP)}W`);
+  // Hours before the lamp's first record in the window are "no record" (not installed yet, or
+  // history older than the rollups), not offline.
+  const firstSeen = Math.min(...byHour.keys());
+  let line = "", uptimeTotal = 0, spanTotal = 0;
+  for (let i = 0; i < 24; i++) {
+    const at = first + i * HOUR, h = byHour.get(at), x = L + i * bw;
+    if (i % 6 === 0 || i === 23) {
+      const hh = String(new Date(at).getHours()).padStart(2, "0");
+      el("text", { x: x + bw / 2, y: BASE + STRIP + 20, "text-anchor": "middle" }, hh + (S.lang === "ko" ? "시" : ":00"));
+    }
+    if (!h && !(at > firstSeen)) {
+      el("rect", { x: x + 1, y: BASE + 4, width: bw - 2, height: STRIP, class: "nodata", "data-hour": new Date(at).toISOString(), "data-up": "" });
+      continue;
+    }
+    const span = Math.max(1, Math.min(3600, (now - at) / 1000));
+    const up = h ? Math.min(1, (h.uptime_s || 0) / span) : 0;
+    uptimeTotal += up * span; spanTotal += span;
+    if (h) {
+      const lv = Math.max(0, Math.min(100, h.level_avg || 0)) / 100 * (BASE - TOP);
+      el("rect", { x: x + 1, y: BASE - lv, width: bw - 2, height: lv, class: "level" });
+      line += `${line ? "L" : "M"}${(x + bw / 2).toFixed(1)},${(BASE - ((h.power_avg_w || 0) / maxP) * (BASE - TOP)).toFixed(1)}`;
+    }
+    el("rect", { x: x + 1, y: BASE + 4, width: bw - 2, height: STRIP, class: "down", "data-hour": new Date(at).toISOString(), "data-up": up.toFixed(2) });
+    if (up > 0) el("rect", { x: x + 1, y: BASE + 4 + STRIP * (1 - up), width: bw - 2, height: STRIP * up, class: "up" });
+  }
+  if (line) el("path", { d: line, class: "power" });
+  line.split(/[ML]/).filter(Boolean).forEach((pt) => { const [cx, cy] = pt.split(","); el("circle", { cx, cy, r: 2.5, class: "power-dot" }); });
+  const pct = spanTotal ? Math.round((uptimeTotal / spanTotal) * 100) : null;
+  el("text", { x: L + W + 4, y: BASE + STRIP + 2 }, pct == null ? "–" : `${pct}%`);
+  if (!r.hours.length) el("text", { x: L + W / 2, y: BASE / 2, "text-anchor": "middle" }, t("no_data"));
+  $("lamp-chart").dataset.uptimePct = pct == null ? "" : String(pct);
 }
 
 // zoom (wheel) and pan (drag) by moving the viewBox
@@ -333,21 +454,43 @@ async function showLamp(id) {
 // ---------------------------------------------------------------- wiring
 $("login-form").addEventListener("submit", login);
 $("logout").onclick = logout;
-$("lang").onclick = () => { S.lang = S.lang === "ko" ? "en" : "ko"; localStorage.setItem("sl.lang", S.lang); applyLang(); };
-$("sound").onclick = () => { S.sound = !S.sound; $("sound").style.opacity = S.sound ? 1 : 0.5; if (S.sound) beep(); };
+function toggleLang() { S.lang = S.lang === "ko" ? "en" : "ko"; localStorage.setItem("sl.lang", S.lang); applyLang(); }
+function toggleSound() { setSound(!S.sound); if (S.sound) beep(); }
+$("lang").onclick = toggleLang;
+$("zoom-all").onclick = zoomHome;
+$("sound").onclick = toggleSound;
+// Browsers start audio only after a gesture: any click or key wakes the audio context.
+["pointerdown", "keydown"].forEach((k) => document.addEventListener(k, () => { if (S.audio && S.audio.state === "suspended") S.audio.resume(); }, true));
 $("btn-ack").onclick = () => act("acknowledge");
 $("btn-dispatch").onclick = () => act("dispatch", { unit: $("dispatch-unit").value, note: $("dispatch-note").value });
 $("btn-resolve").onclick = () => act("resolve", { outcome: $("resolve-outcome").value });
 $("btn-cancel").onclick = () => { if (confirm(S.lang === "ko" ? "오경보로 취소할까요?" : "Cancel as a false alarm?")) act("cancel"); };
+// Shortcuts: A acknowledge, D dispatch, R resolve, L language, M sound, Esc leaves a field.
+// Never while typing in a field, never with Ctrl/Alt/Meta (Ctrl+R still reloads).
 document.addEventListener("keydown", (ev) => {
-  if (ev.target instanceof HTMLInputElement || $("console-view").hidden) return;
+  if ($("console-view").hidden || ev.ctrlKey || ev.altKey || ev.metaKey || ev.repeat) return;
+  if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLTextAreaElement) {
+    if (ev.key === "Escape") ev.target.blur();
+    return;
+  }
   const key = ev.key.toLowerCase();
   if (key === "a") {
-    // A acknowledges the selected alert, or the oldest open SOS when none is selected.
-    if (!S.selected) { const open = [...S.alerts.values()].filter((a) => a.state === "open").sort((a, b) => (a.created_at > b.created_at ? 1 : -1)); if (open.length) { select(open[0].id); } }
-    setTimeout(() => act("acknowledge"), 0);
+    // A acknowledges the selected alert when it is open, else the oldest open SOS (else the oldest open alert).
+    const sel = S.selected && S.alerts.get(S.selected);
+    if (!sel || sel.state !== "open") {
+      const byAge = (a, b) => (a.created_at > b.created_at ? 1 : -1);
+      const open = [...S.alerts.values()].filter((a) => a.state === "open").sort(byAge);
+      const next = open.find((a) => a.kind === "sos") || open[0];
+      if (next) { S.selected = next.id; renderList(); }
+    }
+    act("acknowledge");
   } else if (key === "d") act("dispatch", { unit: $("dispatch-unit").value, note: $("dispatch-note").value });
   else if (key === "r") act("resolve", { outcome: $("resolve-outcome").value });
+  else if (key === "l") toggleLang();
+  else if (key === "z") zoomHome();
+  else if (key === "m") toggleSound();
+  else return;
+  ev.preventDefault();
 });
 applyLang();
 if (S.token) start().catch(() => logout());

@@ -122,6 +122,16 @@ class Browser:
         self.send("Input.dispatchKeyEvent", type="keyDown", key=key, text=key)
         self.send("Input.dispatchKeyEvent", type="keyUp", key=key)
 
+    def viewport(self, width: int, height: int) -> None:
+        """Make the page exactly ``width`` x ``height`` CSS pixels (screenshots of a known size)."""
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
     def screenshot(self, path: Path) -> None:
         """Save the page as a PNG."""
         data = self.send("Page.captureScreenshot", format="png")["data"]
