@@ -80,7 +80,7 @@ def _ensure_browser() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.call(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
     subprocess.call(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium", "fonts-noto-cjk"],
         env=env,
         stdout=subprocess.DEVNULL,
     )
