@@ -9,7 +9,14 @@ result with ``store.alertstore`` (which also NOTIFYs the console and the control
   one active alert for that code (count + 1). ``fault_cleared`` resolves it.
 * Offline (periodic, one worker): devices offline by their will, or silent for longer than
   ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
-  mass-outage alert (and supersedes the single ones it covers), the rest one alert each.
+  mass-outage alert (and supersedes the single ones it covers), the rest one alert each. The same
+  pass resolves what came back (``alerts.resolve_recovered``): a device_offline alert when its
+  device is online again (state ``online`` of a newer connection) or, for a silent device, reports
+  again; a mass outage when 80 % of its lamps are back.
+* Day/night (periodic, one worker, every few minutes): each lamp's latest reading (level, power,
+  online, faults, an active override from ``commands``) is judged against the sun's elevation at
+  its position at the reading's time (``alerts.observe``); day burning and dark at night become
+  one ``lamp_fault`` alert per device and condition (``alerts.apply_observation``).
 """
 
 from __future__ import annotations
@@ -23,19 +30,29 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from alerts import (
+    DARK_EXPLAINED_BY,
+    DEFAULT_DAYNIGHT,
     DEFAULT_MASS_OUTAGE,
+    OUTAGE_RESTORED_FRACTION,
     Alert,
     AlertKind,
+    DayNightPolicy,
+    LampCondition,
+    LampReading,
     MassOutagePolicy,
     OfflineReport,
     Place,
+    apply_observation,
     covering_outage,
     detect_mass_outages,
     merge_fault,
     merge_mass_outage,
+    observe,
     resolve,
+    resolve_recovered,
     suppress_covered,
 )
+from geo.solar import sun_elevation_deg
 from ingest._process import Processed
 from store.alertstore import active_alerts, save_alert
 from store.types import Conn
@@ -49,6 +66,9 @@ _EVENT_KIND = {"fault": AlertKind.LAMP_FAULT, "power_loss": AlertKind.LAMP_FAULT
 
 Locator = Callable[[float, float], tuple[str, str]]
 """(lat, lon) -> (district_code, dong_code); empty strings when unknown."""
+
+SunElevation = Callable[[float, float, datetime], float]
+"""(lat, lon, when) -> the sun's elevation in degrees; ``geo.solar.sun_elevation_deg``."""
 
 
 def new_alert_id() -> str:
@@ -138,15 +158,20 @@ def offline_reports(
                    d.district_code, d.dong_code, d.lat, d.lon, d.kind
             FROM device_state s JOIN devices d ON d.device_id = s.device_id
             WHERE (NOT s.online AND s.state_changed_at IS NOT NULL)
-               OR (s.online AND s.last_seen < %s)
+               OR (s.online AND s.last_seen IS NOT NULL
+                   AND greatest(s.last_seen, s.state_changed_at) < %s)
             """,
             (silent_since,),
         ).fetchall()
     out: list[tuple[OfflineReport, dict[str, Any]]] = []
     for r in rows:
-        dark_at = (
-            r["state_changed_at"] if not r["online"] else r["last_seen"] + timedelta(seconds=silent_after_s)
-        )
+        # Silent: counted from the last message, or from the reconnection when that is later (a
+        # lamp back online has a whole silent period to send its first telemetry).
+        if r["online"]:
+            heard = max(r["last_seen"], r["state_changed_at"] or r["last_seen"])
+            dark_at = heard + timedelta(seconds=silent_after_s)
+        else:
+            dark_at = r["state_changed_at"]
         dong = r["dong_code"] or ""
         if not dong and locate is not None and r["lat"] is not None:
             r["district_code"], dong = locate(r["lat"], r["lon"])
@@ -163,14 +188,29 @@ def raise_offline_alerts(
     grace_s: float = 120.0,
     policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
     locate: Locator | None = None,
+    restored_fraction: float = OUTAGE_RESTORED_FRACTION,
 ) -> dict[str, int]:
-    """One periodic pass: mass outages first, then single device_offline alerts after ``grace_s``."""
-    counts = {"mass_outage_new": 0, "mass_outage_grown": 0, "device_offline_new": 0, "superseded": 0}
+    """One periodic pass: what came back is resolved, then mass outages, then single device_offline
+    alerts after ``grace_s``."""
+    counts = {
+        "mass_outage_new": 0,
+        "mass_outage_grown": 0,
+        "device_offline_new": 0,
+        "superseded": 0,
+        "mass_outage_resolved": 0,
+        "device_offline_resolved": 0,
+    }
     with conn.transaction():
         _lock(conn, "ingest:offline-alerts")
         reports = offline_reports(
             conn, now, silent_after_s=silent_after_s, window_s=policy.window_s, locate=locate
         )
+        still_dark = {rep.device_id for rep, _row in reports}
+        open_alerts = active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value, AlertKind.DEVICE_OFFLINE.value])
+        for done in resolve_recovered(open_alerts, still_dark, now, restored_fraction):
+            before = next(a for a in open_alerts if a.id == done.id)
+            save_alert(conn, done, previous=before)
+            counts[f"{done.kind.value}_resolved"] += 1
         if not reports:
             return counts
         by_id = {rep.device_id: row for rep, row in reports}
@@ -228,3 +268,110 @@ def raise_offline_alerts(
 
 def _all_ids(alerts: list[Alert]) -> set[str]:
     return {d for a in alerts for d in a.device_ids}
+
+
+_READINGS_SQL = """
+SELECT d.device_id, d.district_code, d.dong_code, d.lat, d.lon,
+       s.online, s.last_seen, s.level, coalesce(s.faults, '{}') AS faults,
+       (s.last_telemetry->>'power_w')::float8 AS power_w,
+       EXISTS (
+           -- an override in force at (or just before) the reading: set_level or blink from a walk,
+           -- an SOS or an operator, not refused, not cleared by a later clear of the same source
+           SELECT 1 FROM commands c
+           WHERE c.device_id = d.device_id AND c.action IN ('set_level', 'blink')
+             AND c.priority <> 'schedule' AND c.status NOT IN ('rejected', 'expired')
+             AND c.sent_at <= s.last_seen AND c.expires_at > s.last_seen - make_interval(secs => %(slack)s)
+             AND NOT EXISTS (
+                 SELECT 1 FROM commands k
+                 WHERE k.device_id = c.device_id AND k.source = c.source AND k.action = 'clear'
+                   AND k.sent_at > c.sent_at AND k.sent_at < s.last_seen - make_interval(secs => %(slack)s)
+             )
+       ) AS override
+FROM devices d JOIN device_state s ON s.device_id = d.device_id
+WHERE d.kind = 'lamp' AND d.lat IS NOT NULL AND d.lon IS NOT NULL
+  AND s.last_seen >= %(fresh)s AND s.last_seen <= %(now)s
+"""
+
+_CONDITIONS = {c.value for c in LampCondition}
+
+
+def raise_daynight_alerts(
+    conn: Conn,
+    now: datetime,
+    *,
+    policy: DayNightPolicy = DEFAULT_DAYNIGHT,
+    sun: SunElevation = sun_elevation_deg,
+    override_slack_s: float = 60.0,
+) -> dict[str, int]:
+    """One day/night pass over every lamp with a fresh reading; returns counts of what changed.
+
+    The sun's elevation is computed once per lamp position (to 0.01 deg, about 1 km) and minute
+    of reading, not per message. ``sun`` is injectable (tests, a simulated sky).
+    """
+    counts = {"lamps_judged": 0, "daynight_new": 0, "daynight_repeated": 0, "daynight_resolved": 0}
+    fresh = now - timedelta(seconds=policy.stale_after_s)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(_READINGS_SQL, {"fresh": fresh, "now": now, "slack": override_slack_s}).fetchall()
+    known: dict[str, list[Alert]] = {}
+    explained: dict[str, set[str]] = {}  # a dark lamp whose failure is alerted already (event or telemetry)
+    for alert in active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value]):
+        if alert.fault_code in _CONDITIONS:
+            known.setdefault(alert.source_id, []).append(alert)
+        elif alert.fault_code in DARK_EXPLAINED_BY:
+            explained.setdefault(alert.source_id, set()).add(alert.fault_code)
+    elevations: dict[tuple[float, float, int], float] = {}
+    for r in rows:
+        at: datetime = r["last_seen"]
+        key = (round(r["lat"], 2), round(r["lon"], 2), int(at.timestamp() // 60))
+        elevation = elevations.get(key)
+        if elevation is None:
+            elevation = elevations[key] = sun(r["lat"], r["lon"], at)
+        reading = LampReading(
+            r["device_id"],
+            at,
+            r["level"],
+            r["power_w"],
+            online=bool(r["online"]),
+            faults=frozenset(r["faults"] or ()) | explained.get(r["device_id"], set()),
+            override=bool(r["override"]),
+        )
+        seen = observe(reading, elevation, now, policy)
+        if seen is None:
+            continue
+        counts["lamps_judged"] += 1
+        device_id = r["device_id"]
+        place = _place(r, r["district_code"])
+        if apply_observation(
+            known.get(device_id, []), seen, device_id=device_id, place=place, now=now,
+            new_alert_id="probe", policy=policy,
+        ) is None:  # fmt: skip
+            continue
+        # A change: decide again under the device's lock with what is stored now (the batch's
+        # fault path may have merged the lamp's own day_burning report meanwhile).
+        with conn.transaction():
+            _lock(conn, device_id)
+            active = [
+                a
+                for a in active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value], source_id=device_id)
+                if a.fault_code in _CONDITIONS
+            ]
+            changed = apply_observation(
+                active,
+                seen,
+                device_id=device_id,
+                place=place,
+                now=now,
+                new_alert_id=new_alert_id(),
+                policy=policy,
+            )
+            if changed is None:
+                continue
+            previous = next((a for a in active if a.id == changed.id), None)
+            save_alert(conn, changed, previous=previous)
+            if previous is None:
+                counts["daynight_new"] += 1
+            elif changed.is_active:
+                counts["daynight_repeated"] += 1
+            else:
+                counts["daynight_resolved"] += 1
+    return counts
