@@ -18,9 +18,10 @@ import msgspec
 import paho.mqtt.client as mqtt
 import psycopg
 
+from alerts import DayNightPolicy
 from broker import ConnectionParams, paho_client
 from broker.security import Principal, Registry, check_sender
-from ingest._alerts import Locator, raise_offline_alerts
+from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts
 from ingest._process import SenderCheckFn
 from store import run_maintenance
 from store.types import Conn
@@ -154,8 +155,10 @@ class JobsLeader:
         interval_s: float = 15.0,
         maintenance_every_s: float = 600.0,
         locate: Locator | None = None,
+        daynight_every_s: float = 300.0,
     ) -> None:
         self.database_url = database_url
+        self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
         self.silent_after_s = silent_after_s
         self.interval_s = interval_s
         self.maintenance_every_s = maintenance_every_s
@@ -185,7 +188,7 @@ class JobsLeader:
 
     def _loop(self) -> None:
         conn: Conn | None = None
-        last_maintenance = 0.0
+        last_maintenance = last_daynight = 0.0
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
@@ -201,6 +204,13 @@ class JobsLeader:
                     self.runs += 1
                     if any(counts.values()):
                         log.info("maintenance alerts: %s", counts)
+                    if time.monotonic() - last_daynight >= self.daynight_every_s:
+                        last_daynight = time.monotonic()
+                        policy = DayNightPolicy(stale_after_s=self.silent_after_s)
+                        log.info(
+                            "day/night alerts: %s",
+                            raise_daynight_alerts(conn, datetime.now(UTC), policy=policy),
+                        )
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
                         run_maintenance(conn)
