@@ -25,6 +25,8 @@ Rules (issue #4, "lamp on by day and dark at night"):
   least ``clear_after_s`` before: a lamp that is dark by day cleared its day burning; a lamp
   that lights at night cleared its dark-at-night. A night reading says nothing about day
   burning, and a day reading nothing about darkness at night, so those alerts wait.
+- When at least half of a pass's judged lamps (20 or more) show one condition, the sky or the
+  clock is wrong, not the lamps (`fleet_wide`): no new alerts for it in that pass.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ class DayNightPolicy:
     standby_w: float = 2.0  # power at or below this is the driver's standby, not light
     stale_after_s: float = 180.0  # a reading older than this says nothing about now
     clear_after_s: float = 600.0  # absent this long after it was last seen: resolved
+    # Most of the fleet out of step at once is the sky or the clock (a simulated sky, a skewed
+    # server clock), not the lamps: no new alert for that condition in that pass.
+    fleet_min_lamps: int = 20
+    fleet_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.night_below_deg <= self.day_above_deg):
@@ -148,6 +154,24 @@ def observe(
             return None  # the lamp said why it is dark: that fault is alerted already
         return Observation(LampCondition.DARK_AT_NIGHT, not output, reading.at)
     return None
+
+
+def fleet_wide(
+    observations: Iterable[Observation], policy: DayNightPolicy = DEFAULT_DAYNIGHT
+) -> frozenset[LampCondition]:
+    """Conditions seen in at least `fleet_fraction` of a pass's judged lamps (at least `fleet_min_lamps`
+    of them): not raised per lamp (existing alerts still count and resolve)."""
+    judged: dict[LampCondition, int] = {}
+    present: dict[LampCondition, int] = {}
+    for o in observations:
+        judged[o.condition] = judged.get(o.condition, 0) + 1
+        if o.present:
+            present[o.condition] = present.get(o.condition, 0) + 1
+    return frozenset(
+        c
+        for c, n in judged.items()
+        if n >= policy.fleet_min_lamps and present.get(c, 0) >= policy.fleet_fraction * n
+    )
 
 
 def _last_seen_at(alert: Alert) -> datetime:

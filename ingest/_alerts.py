@@ -40,11 +40,13 @@ from alerts import (
     LampCondition,
     LampReading,
     MassOutagePolicy,
+    Observation,
     OfflineReport,
     Place,
     apply_observation,
     covering_outage,
     detect_mass_outages,
+    fleet_wide,
     merge_fault,
     merge_mass_outage,
     observe,
@@ -320,6 +322,7 @@ def raise_daynight_alerts(
         elif alert.fault_code in DARK_EXPLAINED_BY:
             explained.setdefault(alert.source_id, set()).add(alert.fault_code)
     elevations: dict[tuple[float, float, int], float] = {}
+    seen_all: list[tuple[dict[str, Any], Observation]] = []
     for r in rows:
         at: datetime = r["last_seen"]
         key = (round(r["lat"], 2), round(r["lon"], 2), int(at.timestamp() // 60))
@@ -336,10 +339,21 @@ def raise_daynight_alerts(
             override=bool(r["override"]),
         )
         seen = observe(reading, elevation, now, policy)
-        if seen is None:
-            continue
-        counts["lamps_judged"] += 1
+        if seen is not None:
+            seen_all.append((r, seen))
+    counts["lamps_judged"] = len(seen_all)
+    suspect = fleet_wide((o for _r, o in seen_all), policy)
+    if suspect:
+        log.warning(
+            "day/night: %s in most of %d lamps judged: the sky or the clock, not the lamps; no new alerts",
+            ", ".join(sorted(suspect)),
+            len(seen_all),
+        )
+    for r, seen in seen_all:
         device_id = r["device_id"]
+        has_alert = any(a.fault_code == seen.condition.value for a in known.get(device_id, []))
+        if seen.present and seen.condition in suspect and not has_alert:
+            continue
         place = _place(r, r["district_code"])
         if apply_observation(
             known.get(device_id, []), seen, device_id=device_id, place=place, now=now,

@@ -23,6 +23,7 @@ from alerts import (
     Place,
     Sky,
     apply_observation,
+    fleet_wide,
     merge_fault,
     merge_mass_outage,
     observe,
@@ -253,3 +254,12 @@ def test_an_outage_is_restored_exactly_when_enough_lamps_are_back(n: int, dark: 
     still = {f"M{i:02d}" for i in range(min(dark, n))}
     assert outage_restored(outage, still, fraction) == (n - len(still) >= fraction * n)
     assert MassOutagePolicy().window_s == 120.0
+
+
+def test_most_of_the_fleet_out_of_step_is_the_sky_not_the_lamps() -> None:
+    burning = [_seen(True, NOW)] * 10
+    fine = [_seen(False, NOW)] * 10
+    dark = [_seen(True, NOW, LampCondition.DARK_AT_NIGHT)] * 3
+    assert fleet_wide(burning + fine + dark) == {LampCondition.DAY_BURNING}
+    assert fleet_wide(burning[:9] + fine + dark) == frozenset()  # 9 of 19: below 20 judged
+    assert fleet_wide(burning[:3] + fine * 2 + dark) == frozenset()  # 3 of 23: a few bad lamps
