@@ -92,6 +92,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         register_limit=RateLimiter(config.registrations_per_minute, 60.0)
         if config.registrations_per_minute
         else None,
+        db_slots=asyncio.Semaphore(config.pool_max),
     )
     _refresh_once(state)
     return state
