@@ -71,7 +71,8 @@ def ensure_env() -> None:
 
 def _ensure_browser() -> None:
     """Install Debian's chromium for the console tests when we can (root + apt); say so when we cannot."""
-    if shutil.which("chromium") or shutil.which("chromium-browser"):
+    have_fonts = Path("/usr/share/fonts/opentype/noto").is_dir()  # Korean labels in screenshots
+    if (shutil.which("chromium") or shutil.which("chromium-browser")) and have_fonts:
         return
     if os.environ.get("STREETLIGHT_NO_APT") or not shutil.which("apt-get") or os.geteuid() != 0:
         _say("no chromium on PATH and no way to install it: browser tests will skip (not under CI=true)")
