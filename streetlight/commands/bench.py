@@ -23,6 +23,8 @@ BENCHES: dict[str, str] = {
     "fleet": "fleet",
     "controller": "controller",
     "api": "api",
+    "brighten": "brighten",
+    "sos": "sos",
     "soak": "soak",
     "geo": "geo",
 }
