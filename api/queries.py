@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from psycopg import pq
 from psycopg.rows import dict_row
 
 from store.types import Conn
@@ -23,6 +25,26 @@ def shared_token_secret(conn: Conn) -> bytes:
     row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (_SECRET_KEY,)).fetchone()
     assert row is not None
     return bytes.fromhex(str(row[0]))
+
+
+def add_position_and_notify(
+    conn: Conn, walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
+) -> None:
+    """One walk position row and its wake-up, in one statement (one round trip, one transaction).
+
+    The same rows as ``store.repo.add_walk_positions`` + ``store.alertstore.notify`` inside
+    ``conn.transaction()``, which cost six round trips (BEGIN, SAVEPOINT, INSERT, RELEASE, NOTIFY,
+    COMMIT); a data-modifying CTE always runs, and on an autocommit connection the statement is
+    its own transaction, so the NOTIFY is still delivered only once the row is committed.
+    """
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise RuntimeError("add_position_and_notify commits on its own; call it outside a transaction")
+    conn.execute(
+        "WITH pos AS (INSERT INTO walk_positions (walk_id, ts, lat, lon, accuracy_m, heading_deg, "
+        "speed_m_s, accepted, reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)) "
+        "SELECT pg_notify(%s, %s)",
+        (walk_id, *position, channel, json.dumps(note, separators=(",", ":"))),
+    )
 
 
 def last_event_id(conn: Conn) -> int:

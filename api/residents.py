@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
 from api.places import place_for
+from api.queries import add_position_and_notify
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
@@ -151,13 +152,13 @@ def walk_position(
         )
     loc = _locate_for_walk(state, body)
     now = _now()
-    with conn.transaction():
-        add_walk_positions(
-            conn,
-            walk_id,
-            [(now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None)],
-        )
-        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "position", body, loc.district_code, now))
+    add_position_and_notify(
+        conn,
+        walk_id,
+        (now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None),
+        WALK_CHANNEL,
+        _walk_note(walk_id, "position", body, loc.district_code, now),
+    )
     state.metrics.walk_positions.inc()
     return {"walk_id": walk_id, "district": loc.district_code, "lamps": _lamps(state, body)}
 
