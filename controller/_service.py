@@ -176,6 +176,7 @@ class Controller:
         self._listening = False
         self._leased_once = False
         self.on_command: Callable[[LampCommand], None] | None = None  # a hook for benchmarks
+        self._cmd_sends: set[asyncio.Future[list[None]]] = set()  # walk commands awaiting PUBACK
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -244,8 +245,15 @@ class Controller:
     async def _send(self, cmd: LampCommand, *, retry: bool = False) -> None:
         await self._send_many([cmd], retry=retry)
 
-    async def _send_many(self, cmds: Sequence[LampCommand], *, retry: bool = False) -> None:
-        """Track, record and publish commands; the publishes wait for their PUBACKs together."""
+    async def _send_many(
+        self, cmds: Sequence[LampCommand], *, retry: bool = False, wait: bool = True
+    ) -> None:
+        """Track, record and publish commands; the publishes wait for their PUBACKs together.
+
+        ``wait=False`` (walk brightening) returns once the publishes are started: the next wake-up
+        is handled while the PUBACKs are on their way, instead of one broker round trip per walk
+        position in a row (the tracker's retry covers a publish that fails either way).
+        """
         now = now_ms()
         for cmd in cmds:
             if not retry:
@@ -255,7 +263,12 @@ class Controller:
             self.stats["commands_retried" if retry else "commands_sent"] += 1
             self._write("cmd", cmd)
         if self._mqtt is not None and cmds:
-            await asyncio.gather(*(self._publish_cmd(self._mqtt, cmd) for cmd in cmds))
+            sending = asyncio.gather(*(self._publish_cmd(self._mqtt, cmd) for cmd in cmds))
+            if wait:
+                await sending
+            else:
+                self._cmd_sends.add(sending)
+                sending.add_done_callback(self._cmd_sends.discard)
 
     async def _publish_cmd(self, mqtt: MqttSession, cmd: LampCommand) -> None:
         try:
@@ -291,7 +304,7 @@ class Controller:
             for lamp_id in self._holds.plan(source, lamp_ids, now_ms())
             if (cmd := self._command(lamp_id, "set_level", "walk", source, policy.hold_s, policy.level))
         ]
-        await self._send_many(cmds)
+        await self._send_many(cmds, wait=False)
         return len(cmds)
 
     def _write(self, kind: str, data: Any) -> None:
