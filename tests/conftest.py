@@ -9,6 +9,8 @@ which were used. Each test that needs a database gets a fresh one of its own.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,10 +57,15 @@ def mqtt_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttServi
 def pg_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgService]:
     """A real PostgreSQL server for the whole session."""
     local = Settings.from_env().local_database  # STREETLIGHT_LOCAL_DATABASE=embedded: the bare-machine path
-    svc = provide_pg(os.environ.get("DATABASE_URL"), tmp_path_factory.mktemp("postgres"), local_kind=local)
+    # Not under pytest's basetemp: as root, PostgreSQL runs as another user, and every pytest
+    # session that starts on this machine makes /tmp/pytest-of-root 0700 again, locking it out.
+    workdir = Path(tempfile.mkdtemp(prefix="sl-test-pg-"))
+    workdir.chmod(0o755)
+    svc = provide_pg(os.environ.get("DATABASE_URL"), workdir, local_kind=local)
     _USED["postgresql"] = f"{svc.kind} ({svc.url.split('@')[-1]})"
     yield svc
     svc.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,9 +10,11 @@ it again to see the data kept.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,9 +90,19 @@ def _wait(what: str, probe: object, up: Up, timeout_s: float) -> object:
 
 
 @pytest.fixture
-def started(tmp_path: Path, output_dir: Path) -> Iterator[tuple[Up, str, Path]]:
+def data_root() -> Iterator[Path]:
+    """A data folder outside pytest's basetemp (which another pytest session may lock to 0700
+    while the embedded PostgreSQL, running as another user, still needs it)."""
+    root = Path(tempfile.mkdtemp(prefix="sl-up-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def started(data_root: Path, output_dir: Path) -> Iterator[tuple[Up, str, Path]]:
     port = free_port()
-    data = tmp_path / "data"
+    data = data_root / "data"
     up = Up([], _env(data, port), output_dir / "up-first.log")
     try:
         yield up, f"http://127.0.0.1:{port}", data
@@ -119,9 +131,8 @@ def test_the_readme_command_runs_the_city_and_ctrl_c_stops_it_keeping_the_data(
             feats = c.get("/v1/lamps", headers=op).json()["features"]
             return sum(1 for f in feats if f["properties"]["kind"] == "lamp" and f["properties"]["online"])
 
-        online = int(
-            _wait("3,000+ simulated lamps online", lambda: lamps_online() >= 3000, up, 90) and lamps_online()
-        )
+        _wait("3,000+ simulated lamps online", lambda: lamps_online() >= 3000, up, 90)
+        online = lamps_online()
         # The SOS round trip: resident -> durable alert -> operator acts -> resident sees it.
         token = c.post("/v1/residents").json()["token"]
         resident = {"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())}
@@ -151,11 +162,11 @@ def test_the_readme_command_runs_the_city_and_ctrl_c_stops_it_keeping_the_data(
         again.kill_group()
 
 
-def test_the_story_plays_the_evening_end_to_end(tmp_path: Path, output_dir: Path) -> None:
+def test_the_story_plays_the_evening_end_to_end(data_root: Path, output_dir: Path) -> None:
     port = free_port()
     up = Up(
         ["--story", "--lamps", "200", "--exit-after-story"],
-        _env(tmp_path / "data", port),
+        _env(data_root / "data", port),
         output_dir / "up-story.log",
     )
     try:
