@@ -192,8 +192,14 @@ def wait_leases(
 
 
 def _log(tmp: Path, name: str) -> int:
-    """A service's stderr goes to a file in the run's folder (kept off the benchmark's output)."""
-    return os.open(tmp / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    """A service's stderr goes to a file in the run's folder (kept off the benchmark's output);
+    the descriptor is closed in this process by ``services`` once the child has it."""
+    fd = os.open(tmp / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    _LOG_FDS.append(fd)
+    return fd
+
+
+_LOG_FDS: list[int] = []
 
 
 @contextlib.contextmanager
@@ -259,6 +265,8 @@ def services(
                 stdout=subprocess.DEVNULL,
                 stderr=_log(tmp, "ingest"),
             )
+        while _LOG_FDS:
+            os.close(_LOG_FDS.pop())
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/readyz", procs["api"])
         pids = {name: p.pid for name, p in procs.items()}
@@ -292,11 +300,16 @@ def _tell(word: str) -> None:
     sys.stdout.flush()
 
 
+# uvicorn closes a keep-alive connection idle for 5 s; one idle longer than this is not reused.
+IDLE_REUSE_S = 3.0
+
+
 class _Conn:
     """One keep-alive HTTP/1.1 connection (requests one at a time)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.used = time.monotonic()
 
 
 class LeanHttp:
@@ -326,7 +339,13 @@ class LeanHttp:
             conn = _Conn(reader, writer)
             self.conns.append(conn)
             return conn
-        return await self._free.get()
+        conn = await self._free.get()
+        if time.monotonic() - conn.used > IDLE_REUSE_S:  # the server may have closed it (keep-alive 5 s)
+            conn.writer.close()
+            self._opened -= 1
+            self.conns.remove(conn)
+            return await self._get()
+        return conn
 
     async def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
@@ -355,6 +374,7 @@ class LeanHttp:
             self._opened -= 1
             self.conns.remove(conn)
             raise
+        conn.used = time.monotonic()
         self._free.put_nowait(conn)
         return status, (orjson.loads(payload) if payload else None)
 
@@ -486,6 +506,9 @@ def _phase(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
     samples: list[tuple[str, float, float, int]] = []
     for _, out in procs:
         samples += [(str(w), float(a), float(b), int(c)) for w, a, b, c in json.loads(out.read_text())]
