@@ -22,16 +22,17 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from api import lamps, operators, residents, stream
+from api import lamps, operators, residents, stream, walklive
 from api.config import ApiConfig
 from api.hub import StreamHub
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.places import LampDirectory
 from api.queries import shared_token_secret
 from api.ratelimit import RateLimiter
+from api.schemas import describe_errors
 from api.security import password_hasher
 from api.state import AppState
 from geo import Gazetteer
@@ -107,6 +108,15 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         cfg = config or ApiConfig.from_settings(Settings.from_env())
         state = await run_in_threadpool(_open_state, cfg, metrics)
         app.state.api = state
+        state.apool = AsyncConnectionPool(
+            cfg.database_url,
+            min_size=1,
+            max_size=cfg.live_pool_max,
+            kwargs={"autocommit": True},
+            open=False,
+            name="api-live",
+        )
+        await state.apool.open(wait=True, timeout=30.0)
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(state.hub.run(), name="stream-hub")
             refresh_task = tg.create_task(_refresh_lamps(state), name="lamp-refresh")
@@ -116,6 +126,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             finally:
                 hub_task.cancel()
                 refresh_task.cancel()
+                await state.apool.close()
                 await run_in_threadpool(state.pool.close)
 
     app = FastAPI(
@@ -129,19 +140,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     app.include_router(operators.router)
     app.include_router(lamps.router)
     app.include_router(stream.router)
+    app.include_router(walklive.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        # Not the offending input itself: a NaN would make the answer invalid JSON.
-        errors = [
-            {"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": "; ".join(problems), "errors": errors}, status_code=422)
+        detail, errors = describe_errors(exc.errors())
+        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
 
     @app.exception_handler(ValueError)
     async def invalid_value(request: Request, exc: ValueError) -> JSONResponse:

@@ -18,6 +18,7 @@ class ApiConfig:
     kdf_memory_kib: int = 65536
     pool_min: int = 2
     pool_max: int = 10
+    live_pool_max: int = 10  # async connections of the walkers' live sockets (per API process)
     # Issue 6: "positions at most 2 per second per walk, SOS at most 3 per minute per resident".
     walk_positions_per_s: float = 2.0
     sos_per_minute: int = 3

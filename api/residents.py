@@ -8,6 +8,7 @@ is done, so an accepted SOS survives any crash after the answer.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from store.alertstore import (
     save_alert,
 )
 from store.repo import (
+    WalkPosition,
     add_walk_positions,
     attach_walk_to_alert,
     claim_idempotency_key,
@@ -63,7 +65,7 @@ def _locate_for_walk(state: AppState, body: WalkPositionIn) -> Location:
     return loc
 
 
-def _lamps(state: AppState, body: WalkPositionIn) -> list[str]:
+def walk_lamps(state: AppState, body: WalkPositionIn) -> list[str]:
     return list(
         lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
     )
@@ -131,7 +133,57 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
         )
         notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, loc.district_code, now))
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": loc.district_code, "lamps": _lamps(state, body)}
+    return {"walk_id": walk_id, "district": loc.district_code, "lamps": walk_lamps(state, body)}
+
+
+class PositionRateLimited(HTTPException):
+    """Over the positions-per-second limit of a walk: 429 + Retry-After (``wait_s`` exactly)."""
+
+    def __init__(self, walk_id: str, per_s: float, wait_s: float) -> None:
+        super().__init__(
+            429,
+            f"walk {walk_id!r}: at most {per_s:g} positions per second",
+            {"Retry-After": retry_after_header(wait_s)},
+        )
+        self.wait_s = wait_s
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedPosition:
+    """A validated position of an active walk, ready to be stored: its row and its wake-up."""
+
+    district: str | None
+    row: WalkPosition
+    note: dict[str, Any]
+
+
+def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> AdmittedPosition:
+    """The checks after the body's validation, for the HTTP endpoint and the live socket alike:
+    the rate limit (`PositionRateLimited`), then the service area (422). The caller has checked
+    that the walk is the resident's and active."""
+    wait = state.position_limit.hit(walk_id, time.monotonic())
+    if wait:
+        state.metrics.rate_limited.labels("walk_position").inc()
+        raise PositionRateLimited(walk_id, state.config.walk_positions_per_s, wait)
+    loc = _locate_for_walk(state, body)
+    now = _now()
+    row: WalkPosition = (
+        now,
+        body.lat,
+        body.lon,
+        body.accuracy_m,
+        body.heading_deg,
+        body.speed_mps,
+        True,
+        None,
+    )
+    note = _walk_note(walk_id, "position", body, loc.district_code, now)
+    return AdmittedPosition(loc.district_code, row, note)
+
+
+def walk_has_ended(walk_id: str) -> HTTPException:
+    """409: positions of an ended walk are refused."""
+    return HTTPException(409, f"walk {walk_id!r} has ended")
 
 
 @router.post("/v1/walks/{walk_id}/positions", summary="Report a position during a walk")
@@ -141,37 +193,29 @@ def walk_position(
     """Add a position (at most 2 per second per walk); answers with the lamps being brightened."""
     walk = _own_walk(conn, walk_id, resident)
     if walk["status"] != "active":
-        raise HTTPException(409, f"walk {walk_id!r} has ended")
-    wait = state.position_limit.hit(walk_id, time.monotonic())
-    if wait:
-        state.metrics.rate_limited.labels("walk_position").inc()
-        raise HTTPException(
-            429,
-            f"walk {walk_id!r}: at most {state.config.walk_positions_per_s:g} positions per second",
-            {"Retry-After": retry_after_header(wait)},
-        )
-    loc = _locate_for_walk(state, body)
-    now = _now()
-    add_position_and_notify(
-        conn,
-        walk_id,
-        (now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None),
-        WALK_CHANNEL,
-        _walk_note(walk_id, "position", body, loc.district_code, now),
-    )
+        raise walk_has_ended(walk_id)
+    pos = admit_position(state, walk_id, body)
+    if not add_position_and_notify(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
+        raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": loc.district_code, "lamps": _lamps(state, body)}
+    return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
+
+
+def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:
+    """End a walk and wake the controller, one transaction; False when it was not active."""
+    now = _now()
+    with conn.transaction():
+        ended = end_walk(conn, walk_id, ended_at=now)
+        if ended:
+            notify(conn, WALK_CHANNEL, _walk_note(walk_id, "end", None, district, now))
+    return ended
 
 
 @router.post("/v1/walks/{walk_id}/end", summary="End a walk")
 def walk_end(walk_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
     """End a walk; its lamps fall back when their hold time runs out."""
     walk = _own_walk(conn, walk_id, resident)
-    now = _now()
-    with conn.transaction():
-        ended = end_walk(conn, walk_id, ended_at=now)
-        if ended:
-            notify(conn, WALK_CHANNEL, _walk_note(walk_id, "end", None, walk["district_code"], now))
+    ended = finish_walk(conn, walk_id, walk["district_code"])
     return {"walk_id": walk_id, "status": "ended", "already_ended": not ended}
 
 

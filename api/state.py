@@ -7,11 +7,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from argon2 import PasswordHasher
 from fastapi import Depends, HTTPException, Request
-from psycopg_pool import ConnectionPool
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from alerts import AlertKind
@@ -43,6 +44,9 @@ class AppState:
     login_limit: RateLimiter
     register_limit: RateLimiter | None
     db_slots: asyncio.Semaphore  # request connections in use (the pool's max size)
+    # The walkers' live sockets write from the event loop (no thread hop per position); opened in
+    # the lifespan, on the server's loop.
+    apool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
 
 
 def get_state(request: Request) -> AppState:

@@ -1,0 +1,188 @@
+"""``/v1/walks/{walk_id}/live``: a walker's WebSocket, one position per message.
+
+The same walk as ``POST /v1/walks/{id}/positions`` without a request per position: the resident's
+token is checked once (``Authorization: Bearer`` at the handshake, or a first message
+``{"token": ...}``, what a browser can send), with the walk (the resident's, active). Then each text
+message is a position, validated by the same model (`WalkPositionIn`), limited by the same rate
+limit and stored with the same single statement (row + ``NOTIFY sl_walk``) as the HTTP endpoint,
+from an async pool on the event loop (no thread hop, no token hashing per message). Answers:
+``{"seq","lamps"}``, or ``{"seq","error","status"[,"retry_after"]}`` with the connection kept
+(``status`` is what the HTTP endpoint would have answered). ``{"op":"end"}`` ends the walk and
+closes (1000); a walk ended meanwhile (``POST .../end``) answers its next position with a 409
+error and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import orjson
+import psycopg
+from fastapi import APIRouter, HTTPException, WebSocket
+from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.queries import add_position_and_notify_async
+from api.residents import PositionRateLimited, admit_position, finish_walk, walk_lamps
+from api.schemas import WalkPositionIn, describe_errors
+from api.security import hash_resident_token
+from api.state import AppState
+from store.alertstore import WALK_CHANNEL
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["residents"])
+
+_NORMAL = 1000
+_POLICY_VIOLATION = 1008
+_TRY_AGAIN_LATER = 1013
+AUTH_TIMEOUT_S = 10.0  # for the first message when the token did not come with the handshake
+
+
+class Refused(Exception):
+    """The socket is refused at connect: why, and the HTTP status the same request would get."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _header_token(ws: WebSocket) -> str | None:
+    scheme, _, value = ws.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+async def _check(state: AppState, token: str, walk_id: str) -> str | None:
+    """The walk's district when the token is a live resident's and the walk theirs and active."""
+    assert state.apool is not None
+    async with state.apool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT r.resident_id, w.resident_id, w.status, w.district_code FROM (SELECT 1) one "
+            "LEFT JOIN residents r ON r.token_hash = %s AND r.deleted_at IS NULL "
+            "LEFT JOIN walks w ON w.walk_id = %s",
+            (hash_resident_token(token), walk_id),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    resident, owner, status, district = row
+    if resident is None:
+        raise Refused(401, "unknown or revoked resident token")
+    if owner is None:
+        raise Refused(404, f"unknown walk {walk_id!r}")
+    if owner != resident:
+        raise Refused(403, f"walk {walk_id!r} belongs to another resident")
+    if status != "active":
+        raise Refused(409, f"walk {walk_id!r} has ended")
+    return None if district is None else str(district)
+
+
+def _decode(raw: str | bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # A raw NaN/Infinity is not JSON, but the HTTP endpoint reads it (and refuses the field by
+        # name); so does this.
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+
+async def _send(ws: WebSocket, message: dict[str, Any]) -> None:
+    await ws.send_text(orjson.dumps(message).decode())
+
+
+async def _first_message_token(ws: WebSocket) -> str:
+    try:
+        msg = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise Refused(401, f"no token within {AUTH_TIMEOUT_S:g} s") from exc
+    raw = msg.get("text") or msg.get("bytes")
+    data = _decode(raw) if raw else None
+    token = data.get("token") if isinstance(data, dict) else None
+    if not isinstance(token, str) or not token:
+        raise Refused(401, 'missing token: send {"token": "<install token>"} first, or Authorization: Bearer')
+    return token
+
+
+@router.websocket("/v1/walks/{walk_id}/live")
+async def walk_live(ws: WebSocket, walk_id: str) -> None:
+    """A walk's positions over one connection (see the module docstring)."""
+    state: AppState = ws.app.state.api
+    token = _header_token(ws)
+    try:
+        if token is not None:
+            district = await _check(state, token, walk_id)
+            await ws.accept()
+        else:
+            await ws.accept()
+            district = await _check(state, await _first_message_token(ws), walk_id)
+    except Refused as exc:
+        if token is not None:  # not accepted yet: the handshake answers 403
+            await ws.close(_POLICY_VIOLATION, exc.reason)
+        else:
+            await _send(ws, {"error": exc.reason, "status": exc.status})
+            await ws.close(_POLICY_VIOLATION, exc.reason[:120])
+        return
+    except psycopg.OperationalError:
+        await ws.close(_TRY_AGAIN_LATER, "database unavailable, retry")
+        return
+    await _send(ws, {"walk_id": walk_id, "district": district, "status": "live"})
+    seq = 0
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        seq += 1
+        raw = msg.get("text") or msg.get("bytes")
+        answer, close = await _one(state, walk_id, district, seq, raw)
+        await _send(ws, answer)
+        if close:
+            await ws.close(_NORMAL)
+            return
+
+
+async def _one(
+    state: AppState, walk_id: str, district: str | None, seq: int, raw: str | bytes | None
+) -> tuple[dict[str, Any], bool]:
+    """The answer to one message, and whether the connection ends after it."""
+    data = _decode(raw) if raw else None
+    if not isinstance(data, dict):
+        return {"seq": seq, "error": "not a JSON object (a position, or op end)", "status": 422}, False
+    try:
+        if data.get("op") == "end":
+            ended = await run_in_threadpool(_finish, state, walk_id, district)
+            return {"seq": seq, "walk_id": walk_id, "status": "ended", "already_ended": not ended}, True
+        body = WalkPositionIn.model_validate(data)
+        pos = admit_position(state, walk_id, body)
+        assert state.apool is not None
+        async with state.apool.connection() as conn:
+            stored = await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note)
+        if not stored:
+            return {"seq": seq, "error": f"walk {walk_id!r} has ended", "status": 409}, True
+        state.metrics.walk_positions.inc()
+        return {"seq": seq, "lamps": walk_lamps(state, body)}, False
+    except ValidationError as exc:
+        detail, _ = describe_errors(exc.errors())
+        return {"seq": seq, "error": detail, "status": 422}, False
+    except PositionRateLimited as exc:
+        return {"seq": seq, "error": exc.detail, "status": 429, "retry_after": round(exc.wait_s, 3)}, False
+    except HTTPException as exc:
+        return {"seq": seq, "error": exc.detail, "status": exc.status_code}, False
+    except ValueError as exc:  # a coordinate the gazetteer refuses: 422 over HTTP too
+        return {"seq": seq, "error": str(exc), "status": 422}, False
+    except (psycopg.OperationalError, PoolTimeout):
+        return {"seq": seq, "error": "database unavailable, retry", "status": 503, "retry_after": 1.0}, False
+    except Exception:  # never a crash of the connection over one message
+        log.exception("walk live: message failed")
+        return {"seq": seq, "error": "internal error", "status": 500}, False
+
+
+def _finish(state: AppState, walk_id: str, district: str | None) -> bool:
+    with state.pool.connection() as conn:
+        return finish_walk(conn, walk_id, district)
