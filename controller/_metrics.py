@@ -1,13 +1,14 @@
-"""Prometheus text exposition of a controller's counters, and a tiny HTTP server for it."""
+"""Prometheus text exposition of a controller's counters, served by ``streetlight.statusserver``."""
 
 from __future__ import annotations
 
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from http.server import ThreadingHTTPServer
+from typing import Protocol
+
+from streetlight.statusserver import check, serve_status
 
 
 class Observable(Protocol):
@@ -47,25 +48,12 @@ def exposition(c: Observable, owner: str) -> str:
 
 def serve_metrics(c: Observable, owner: str, host: str, port: int) -> ThreadingHTTPServer:
     """Serve ``/metrics`` and ``/health`` (200 while it holds at least one district) in a thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/metrics"):
-                body, status = exposition(c, owner).encode(), 200
-            elif self.path.startswith("/health"):
-                ok = bool(c.owned)
-                body, status = (b"ok\n", 200) if ok else (b"no district leased\n", 503)
-            else:
-                body, status = b"not found\n", 404
-            self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="controller-metrics", daemon=True).start()
-    return server
+    return serve_status(
+        {
+            "/metrics": lambda: (200, exposition(c, owner)),
+            "/health": lambda: check(bool(c.owned), "ok", "no district leased"),
+        },
+        host,
+        port,
+        name="controller-metrics",
+    )

@@ -7,11 +7,12 @@ old value is fine for a scrape), so the hot path pays no lock per message.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from streetlight.statusserver import check, serve_status
 
 log = logging.getLogger(__name__)
 
@@ -151,33 +152,16 @@ class IngestMetrics:
 
 def serve_metrics(metrics: IngestMetrics, host: str, port: int) -> ThreadingHTTPServer:
     """Serve ``/metrics`` (Prometheus text), ``/health`` (200 while the database is up) and ``/ready``
-    (200 once subscribed) in a thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/metrics"):
-                body, status, ctype = metrics.exposition().encode(), 200, "text/plain; version=0.0.4"
-            elif self.path.startswith("/ready"):
-                # Subscribed to the broker: devices that connect from now on are heard (births included).
-                ok = metrics.subscribed
-                body = b"subscribed\n" if ok else b"not subscribed yet\n"
-                status, ctype = (200 if ok else 503), "text/plain"
-            elif self.path.startswith("/health"):
-                ok = metrics.db_up
-                body = b"ok\n" if ok else b"database unreachable, spooling\n"
-                status, ctype = (200 if ok else 503), "text/plain"
-            else:
-                body, status, ctype = b"not found\n", 404, "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="ingest-metrics", daemon=True).start()
+    (200 once subscribed: devices that connect from now on are heard, births included) in a thread."""
+    server = serve_status(
+        {
+            "/metrics": lambda: (200, metrics.exposition()),
+            "/ready": lambda: check(metrics.subscribed, "subscribed", "not subscribed yet"),
+            "/health": lambda: check(metrics.db_up, "ok", "database unreachable, spooling"),
+        },
+        host,
+        port,
+        name="ingest-metrics",
+    )
     log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
     return server
