@@ -111,7 +111,7 @@ def test_a_single_move_faster_than_15_m_s_is_refused(speed: float, dt: float) ->
 
 
 def test_a_lamp_with_more_than_half_its_hold_left_is_not_commanded_again() -> None:
-    book = HoldBook(HoldPolicy(hold_s=30))
+    book = HoldBook(HoldPolicy(hold_s=30, refresh_jitter=0.0))
     assert book.plan("w1", ["a", "b"], NOW) == ["a", "b"]
     assert book.plan("w1", ["a", "b", "c"], NOW + 10_000) == ["c"]
     assert book.plan("w1", ["a", "b"], NOW + 15_000) == ["a", "b"]  # half left: refresh
@@ -136,6 +136,24 @@ def test_commands_for_one_lamp_are_at_most_one_per_half_hold(times: list[int], h
     assert all(g >= hold_s * 500 for g in gaps)
     # ...and never left without an override while updates keep coming within the hold.
     assert sent[0] == min(times)
+
+
+@given(
+    times=st.lists(st.integers(min_value=0, max_value=600_000), min_size=1, max_size=200),
+    hold_s=st.integers(min_value=2, max_value=60),
+    jitter=st.floats(min_value=0.0, max_value=0.4),
+    source=st.text(max_size=8),
+)
+def test_spread_refreshes_come_between_half_and_half_minus_jitter_left(
+    times: list[int], hold_s: int, jitter: float, source: str
+) -> None:
+    """With the refresh point spread, still at most once per half hold, and never later than
+    `refresh_fraction - refresh_jitter` of the hold left while updates keep coming every second."""
+    book = HoldBook(HoldPolicy(hold_s=hold_s, refresh_jitter=jitter))
+    sent = [t for t in sorted(times) if book.plan(source, ["a"], NOW + t)]
+    assert all(b - a >= hold_s * 500 for a, b in itertools.pairwise(sent))
+    every_second = [t for t in range(0, 3 * hold_s * 1000, 1000) if book.plan(source + "x", ["a"], NOW + t)]
+    assert all(b - a <= hold_s * 1000 * (0.5 + jitter) + 1000 for a, b in itertools.pairwise(every_second))
 
 
 def test_a_failed_command_lets_the_next_position_command_the_lamp_again() -> None:
