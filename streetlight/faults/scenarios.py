@@ -39,7 +39,14 @@ from streetlight.faults.harness import (
     wait_until,
 )
 from streetlight.faults.impair import ImpairedProxy, Impairment
-from streetlight.localservices import MqttService, PgService, free_port, start_mosquitto, start_pg_cluster
+from streetlight.localservices import (
+    MqttService,
+    PgService,
+    free_port,
+    start_embedded_broker,
+    start_mosquitto,
+    start_pg_cluster,
+)
 
 Figures = dict[str, Any]
 
@@ -493,8 +500,23 @@ def impaired_link(
 # --------------------------------------------------------------------------- 6. lamp offline
 
 
-def lamp_offline(workdir: Path, db_url: str, *, keepalive_s: int = 4) -> Figures:
-    """Scenario 6: a lamp that goes silent (no FIN) shows offline; a stale death never wins."""
+@contextlib.contextmanager
+def embedded_broker(workdir: Path, extra: str = "") -> Iterator[MqttService]:
+    """The embedded broker (``broker.lite``) in a process of its own, stopped at the end."""
+    svc = start_embedded_broker()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def lamp_offline(
+    workdir: Path, db_url: str, *, keepalive_s: int = 4, broker_kind: str = "mosquitto"
+) -> Figures:
+    """Scenario 6: a lamp that goes silent (no FIN) shows offline; a stale death never wins.
+
+    ``broker_kind``: ``mosquitto`` (a private Mosquitto) or ``lite`` (the embedded broker), so
+    the broker's own keepalive timing can be told from the backend's part."""
     prefix = _prefix("lo")
     device = f"{prefix}lamp"
     base = f"sl/v1/11230/{device}"
@@ -517,7 +539,8 @@ def lamp_offline(workdir: Path, db_url: str, *, keepalive_s: int = 4) -> Figures
         c.publish(f"{base}/state", json.dumps({"state": "online", "bdseq": bdseq}), qos=1, retain=True)
         return c
 
-    with private_broker(workdir) as broker, Processes(workdir) as procs:
+    start_broker = embedded_broker if broker_kind == "lite" else private_broker
+    with start_broker(workdir) as broker, Processes(workdir) as procs:
         procs.ingest(broker.url, db_url, client_id=f"ing-{prefix}", metrics_port=mport)
         _wait_ingest_subscribed(mport)
         with ImpairedProxy(broker.host, broker.port) as link:
