@@ -197,6 +197,8 @@ def test_database_outage_is_spooled_and_replayed_once_each(
     from urllib.parse import urlsplit
 
     parts = urlsplit(migrated)
+    # The outage is a TCP proxy between ingest and PostgreSQL; the embedded one has no TCP port.
+    skip_unless(bool(parts.hostname), "PostgreSQL over TCP (the embedded one listens on a socket only)")
     proxy = PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     db = with_port(migrated, proxy.port)
     dev = f"L{unique_id}"
@@ -230,6 +232,8 @@ def test_messages_replayed_from_the_spool_are_not_counted_as_seq_gaps(
     from urllib.parse import urlsplit
 
     parts = urlsplit(migrated)
+    # The outage is a TCP proxy between ingest and PostgreSQL; the embedded one has no TCP port.
+    skip_unless(bool(parts.hostname), "PostgreSQL over TCP (the embedded one listens on a socket only)")
     proxy = PgProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     db = with_port(migrated, proxy.port)
     devices = [f"G{unique_id}{k}" for k in range(5)]
