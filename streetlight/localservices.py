@@ -32,11 +32,26 @@ log = logging.getLogger(__name__)
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
+# Ports this process handed out or was told are taken: a port is free only until someone binds
+# it, so two calls (or a port chosen for a child that has not bound it yet) must not collide.
+_TAKEN_PORTS: set[int] = set()
+
+
+def reserve_port(port: int) -> None:
+    """Tell `free_port` never to return `port` (e.g. the API's, bound later by a child)."""
+    _TAKEN_PORTS.add(port)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nobody listens on right now and this process has not handed out."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _TAKEN_PORTS:
+            _TAKEN_PORTS.add(port)
+            return port
+    raise OSError("no free TCP port found")
 
 
 def tcp_reachable(host: str, port: int, timeout_s: float = 1.0) -> bool:

@@ -11,7 +11,14 @@ import time
 from typing import TYPE_CHECKING
 
 from streetlight.cli import COMMANDS, load_command
-from streetlight.localservices import MqttService, PgService, free_port, provide_mqtt, start_embedded_pg
+from streetlight.localservices import (
+    MqttService,
+    PgService,
+    free_port,
+    provide_mqtt,
+    reserve_port,
+    start_embedded_pg,
+)
 from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
 
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the story's requests, one line each
     settings = Settings.from_env()
+    reserve_port(settings.api_port)  # the API binds it later: no other service may get it
     mqtt, pg = _provide(settings)
     print(f"broker:   {mqtt.kind} at {mqtt.host}:{mqtt.port}")
     print(f"database: {pg.kind} ({pg.url.split('@')[-1]})")
