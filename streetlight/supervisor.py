@@ -66,6 +66,7 @@ class Supervisor:
         for child in reversed(self._children):
             if child.proc is not None:
                 rc = terminate(child.proc)
+                child.proc = None  # stopping again is a no-op
                 log.info("stopped %s (status %d)", child.name, rc)
 
     def watch_once(self, now: float) -> None:

@@ -72,7 +72,11 @@ def _provide(settings: Settings) -> tuple[MqttService, PgService]:
             raise SystemExit(f"DATABASE_URL {settings.database_url} is not reachable")
     else:
         # The embedded server keeps its data in the data folder, so a second `up` resumes.
-        pg = start_embedded_pg(settings.data_dir / "pgdata")
+        try:
+            pg = start_embedded_pg(settings.data_dir / "pgdata")
+        except BaseException:
+            mqtt.stop()  # never leave a broker behind when the database does not come up
+            raise
     return mqtt, pg
 
 
@@ -116,6 +120,15 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     reserve_port(settings.api_port)  # the API binds it later: no other service may get it
     mqtt, pg = _provide(settings)
+    try:
+        return _run_with(args, settings, mqtt, pg)
+    finally:
+        mqtt.stop()
+        pg.stop()
+
+
+def _run_with(args: argparse.Namespace, settings: Settings, mqtt: MqttService, pg: PgService) -> int:
+    """Everything after the broker and database are up (the caller stops those)."""
     print(f"broker:   {mqtt.kind} at {mqtt.host}:{mqtt.port}")
     print(f"database: {pg.kind} ({pg.url.split('@')[-1]})")
     print(f"data:     {settings.data_dir}")
@@ -142,31 +155,40 @@ def run(args: argparse.Namespace) -> int:
         who = f"{DEMO_LOGIN[0]} (Jung-gu operator) or {DEMO_LOGIN[1]} (all districts)"
         print(f"login:    {who}, password: {DEMO_PASSWORD}")
     if args.check:
-        mqtt.stop()
-        pg.stop()
         return 0
     print("Ctrl-C stops everything.")
     sup.start_all()
+    try:
+        story = _start_services_then_story(args, sup, wanted, api_url, mqtt.url, ingest_port)
+        sup.run_until_signal(done=(lambda: story.finished) if story and args.exit_after_story else None)
+    finally:
+        sup.stop_all()  # also when starting failed half-way; stopping twice is harmless
+    if story is not None and story.error:
+        print(f"the story stopped: {story.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _start_services_then_story(
+    args: argparse.Namespace,
+    sup: Supervisor,
+    wanted: list[tuple[str, list[str]]],
+    api_url: str,
+    mqtt_url: str,
+    ingest_port: int,
+) -> _StoryThread | None:
+    """Start the simulator (or the story) once ingest listens, so no device's birth goes unheard."""
     if any(n == "sim" for n, _ in wanted):
         if any(n == "ingest" for n, _ in wanted):
             _wait_ready(f"http://127.0.0.1:{ingest_port}/ready", timeout_s=60.0)
         sim_argv = ["sim", "--night", "--walkers", "3", "--api-url", api_url]
         sup.add("sim", [*sim_argv, *(["--lamps", str(args.lamps)] if args.lamps else [])])
         sup.start_all()
-    story = None
-    if args.story:
-        if any(n == "ingest" for n, _ in wanted):
-            _wait_ready(f"http://127.0.0.1:{ingest_port}/ready", timeout_s=60.0)
-        story = _start_story(args, api_url, mqtt.url)
-    try:
-        sup.run_until_signal(done=(lambda: story.finished) if story and args.exit_after_story else None)
-    finally:
-        mqtt.stop()
-        pg.stop()
-    if story is not None and story.error:
-        print(f"the story stopped: {story.error}", file=sys.stderr)
-        return 1
-    return 0
+    if not args.story:
+        return None
+    if any(n == "ingest" for n, _ in wanted):
+        _wait_ready(f"http://127.0.0.1:{ingest_port}/ready", timeout_s=60.0)
+    return _start_story(args, api_url, mqtt_url)
 
 
 class _StoryThread(threading.Thread):
