@@ -64,19 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
-    if settings.database_url:
-        from streetlight.localservices import configured_pg
+    try:
+        if settings.database_url:
+            from streetlight.localservices import configured_pg
 
-        pg = configured_pg(settings.database_url)
-        if pg is None:
-            raise SystemExit(f"DATABASE_URL {settings.database_url} is not reachable")
-    else:
-        # The embedded server keeps its data in the data folder, so a second `up` resumes.
-        try:
+            pg = configured_pg(settings.database_url)
+            if pg is None:
+                raise SystemExit(f"streetlight up: DATABASE_URL {settings.database_url} is not reachable")
+        else:
+            # The embedded server keeps its data in the data folder, so a second `up` resumes.
             pg = start_embedded_pg(settings.data_dir / "pgdata")
-        except BaseException:
-            mqtt.stop()  # never leave a broker behind when the database does not come up
-            raise
+    except BaseException:
+        mqtt.stop()  # never leave a broker behind when the database does not come up
+        raise
     return mqtt, pg
 
 

@@ -190,3 +190,29 @@ def test_the_story_plays_the_evening_end_to_end(data_root: Path, output_dir: Pat
             assert act in told, f"missing {act!r} in:\n{told}"
     finally:
         up.kill_group()
+
+
+def test_up_with_an_unreachable_database_says_so_and_leaves_no_broker_behind(data_root: Path) -> None:
+    port = free_port()
+    env = _env(data_root / "data", port, DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
+    env["STREETLIGHT_LOCAL_BROKER"] = "embedded"
+    before = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
+    out = subprocess.run(
+        [sys.executable, "-m", "streetlight.cli", "up", "--no-sim"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "DATABASE_URL" in out.stderr + out.stdout and "not reachable" in out.stderr + out.stdout
+    time.sleep(0.5)
+    leftovers = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and p.name not in before:
+            try:
+                if b"broker.embedded" in (p / "cmdline").read_bytes():
+                    leftovers.append(p.name)
+            except OSError:
+                continue
+    assert leftovers == [], f"an embedded broker was left running: {leftovers}"
