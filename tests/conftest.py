@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streetlight.localservices import MqttService, PgService, provide_mqtt, provide_pg
+from streetlight.localservices import MqttService, PgService, provide_mqtt, provide_pg, start_mosquitto
 from streetlight.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +77,18 @@ def db_url(pg_service: PgService) -> Iterator[str]:
     yield pg_service.database_url(name)
     with psycopg.connect(pg_service.url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
+    """A mosquitto of the test's own, for tests that kill and restart the broker."""
+    skip_unless(
+        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
+        "the broker-restart test needs a mosquitto binary to kill and restart",
+    )
+    svc = start_mosquitto(tmp_path / "mosquitto")
+    yield svc
+    svc.stop()
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -26,8 +24,8 @@ from broker import (
     device_topic,
     paho_client,
 )
-from streetlight.localservices import MqttService, start_mosquitto, terminate
-from tests.conftest import ROOT, skip_unless
+from streetlight.localservices import MqttService, terminate
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 NOW_MS = 1_764_100_000_000
@@ -177,17 +175,6 @@ async def test_a_session_receives_what_is_published_on_its_subscriptions(
         await session.publish(topic, b'{"hello":"seoul"}', qos=1)
         msg = await next_message(session)
     assert (msg.topic, msg.payload, msg.qos, msg.retain) == (topic, b'{"hello":"seoul"}', 1, False)
-
-
-@pytest.fixture
-def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
-    skip_unless(
-        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
-        "the broker-restart test needs a mosquitto binary to kill and restart",
-    )
-    svc = start_mosquitto(tmp_path / "mosquitto")
-    yield svc
-    svc.stop()
 
 
 async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(

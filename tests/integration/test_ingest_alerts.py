@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import threading
 import time
 import uuid
@@ -32,8 +31,8 @@ from ingest._alerts import raise_daynight_alerts, raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
 from store.alertstore import active_alerts, load_alert
-from streetlight.localservices import MqttService, start_mosquitto
-from tests.conftest import skip_unless
+from streetlight.localservices import MqttService
+from tests.helpers import count, wait_for
 
 SEOUL = (37.5665, 126.9780)
 
@@ -102,17 +101,7 @@ def send(client: mqtt.Client, messages: list[Message]) -> None:
         client.publish(m.topic, json.dumps(m.to_payload()), qos=1, retain=m.retain).wait_for_publish(5)
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def count(db: str, sql: str, *params: object) -> int:
-    with psycopg.connect(db) as conn:
-        row = conn.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
+ROWS_OF = "SELECT count(*) FROM telemetry WHERE device_id = %s"
 
 
 def lamp_alerts(db: str, device_id: str) -> list[tuple[str, str, int]]:
@@ -141,8 +130,8 @@ def test_a_lamp_burning_by_day_through_broker_and_ingest_raises_one_alert_and_cl
             send(pub, lamp.on_connected(now_ms()))
         send(pub, fw.inject(Faults(day_burning=True), now_ms()))  # the lamp's own fault event
         send(pub, [fw.telemetry(now_ms(), rng), healthy.telemetry(now_ms(), rng)])
-        wait_for(lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev) == 1)
-        wait_for(lambda: count(migrated, "SELECT count(*) FROM device_state WHERE online") == 2)
+        wait_for(lambda: count(migrated, ROWS_OF, dev) == 1, 15.0)
+        wait_for(lambda: count(migrated, "SELECT count(*) FROM device_state WHERE online") == 2, 15.0)
         with psycopg.connect(migrated, autocommit=True) as conn:
             first = raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, sun=sun)
             again = raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, sun=sun)
@@ -153,7 +142,7 @@ def test_a_lamp_burning_by_day_through_broker_and_ingest_raises_one_alert_and_cl
         assert (code, state) == ("day_burning", "open")
         assert lamp_alerts(migrated, healthy.identity.device_id) == []
         send(pub, [fw.telemetry(now_ms(), rng)])  # still burning: counted into the same alert
-        wait_for(lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev) == 2)
+        wait_for(lambda: count(migrated, ROWS_OF, dev) == 2, 15.0)
         with psycopg.connect(migrated, autocommit=True) as conn:
             assert (
                 raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, sun=sun)["daynight_repeated"]
@@ -164,7 +153,7 @@ def test_a_lamp_burning_by_day_through_broker_and_ingest_raises_one_alert_and_cl
         # so the day/night pass is what resolves the alert.
         fw.inject(Faults(), now_ms())
         send(pub, [fw.telemetry(now_ms(), rng)])
-        wait_for(lambda: count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev) == 3)
+        wait_for(lambda: count(migrated, ROWS_OF, dev) == 3, 15.0)
         with psycopg.connect(migrated, autocommit=True) as conn:
             cleared = raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, sun=sun)
         assert cleared["daynight_resolved"] == 1
@@ -273,17 +262,6 @@ def test_offline_and_silent_alerts_resolve_when_the_lamp_is_back_and_an_outage_w
         assert active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value]) == []
 
 
-@pytest.fixture
-def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
-    skip_unless(
-        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
-        "the broker-restart test needs a mosquitto binary to kill and restart",
-    )
-    svc = start_mosquitto(tmp_path / "mosquitto")
-    yield svc
-    svc.stop()
-
-
 def test_ingest_reconnects_and_resubscribes_after_the_broker_restarts_and_gets_what_was_queued(
     private_mosquitto: MqttService, migrated: str, tmp_path: Path, unique_id: str
 ) -> None:
@@ -300,12 +278,12 @@ def test_ingest_reconnects_and_resubscribes_after_the_broker_restarts_and_gets_w
                 pub.publish(f"sl/v1/11140/{dev}/telemetry", body, qos=1).wait_for_publish(5)
 
     def stored() -> int:
-        return count(migrated, "SELECT count(*) FROM telemetry WHERE device_id = %s", dev)
+        return count(migrated, ROWS_OF, dev)
 
     worker = make_worker(svc, migrated, tmp_path, unique_id)
     with running(worker):
         burst(10)
-        wait_for(lambda: stored() == 10)
+        wait_for(lambda: stored() == 10, 15.0)
         # mosquitto saves its store every autosave_interval (1 s) at best; a session younger than
         # that is not on disk at a kill -9 (measured: 1.2 s was sometimes too early)
         time.sleep(3)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from store import migrate
 from store.alertstore import active_alerts
 from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
+from tests.helpers import count, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMP = (
@@ -139,19 +140,6 @@ def make_worker(svc: MqttService, db: str, tmp: Path, uid: str, **kw: object) ->
         **kw,  # type: ignore[arg-type]
     )
     return IngestWorker(config, on_faults=raise_fault_alerts)
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
-def count(db: str, sql: str, *params: object) -> int:
-    with psycopg.connect(db) as conn:
-        row = conn.execute(sql, params).fetchone()
-    return int(row[0]) if row else 0
 
 
 def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(

@@ -1,0 +1,23 @@
+"""Small helpers the integration tests share (fixtures live in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    """Poll `cond` every 50 ms; fail the test if it is not true within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def count(db: str, sql: str, *params: object) -> int:
+    """The first column of the first row of `sql` (a count), or 0 when there is no row."""
+    with psycopg.connect(db) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
