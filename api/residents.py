@@ -22,7 +22,7 @@ from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State
-from geo import Location, lamps_for_walker
+from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
     AlertNotFound,
@@ -54,7 +54,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _locate_for_walk(state: AppState, body: WalkPositionIn) -> Location:
+def _district_for_walk(state: AppState, body: WalkPositionIn) -> str | None:
+    """The district of a walk position (the quick grid answer well inside a district, the full
+    lookup near borders), or 422 outside the service area."""
+    quick = state.gazetteer.quick_district(body.lat, body.lon)
+    if quick is not None:
+        return quick
     loc = state.gazetteer.locate(body.lat, body.lon)
     if not loc.inside:
         raise HTTPException(
@@ -62,7 +67,7 @@ def _locate_for_walk(state: AppState, body: WalkPositionIn) -> Location:
             f"point ({body.lat:.5f}, {body.lon:.5f}) is outside the service area (Seoul), "
             f"{loc.distance_outside_m:.0f} m from the nearest district",
         )
-    return loc
+    return loc.district_code
 
 
 def walk_lamps(state: AppState, body: WalkPositionIn) -> list[str]:
@@ -121,19 +126,19 @@ def delete_me(resident: Resident, conn: Db) -> Response:
 @router.post("/v1/walks", status_code=201, summary="Start a safe walk")
 def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db) -> dict[str, Any]:
     """Start a walk at a position; answers with the lamps being brightened."""
-    loc = _locate_for_walk(state, body)
+    district = _district_for_walk(state, body)
     now = _now()
     walk_id = new_id("walk")
     with conn.transaction():
-        start_walk(conn, walk_id, resident, started_at=now, district_code=loc.district_code)
+        start_walk(conn, walk_id, resident, started_at=now, district_code=district)
         add_walk_positions(
             conn,
             walk_id,
             [(now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None)],
         )
-        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, loc.district_code, now))
+        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, district, now))
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": loc.district_code, "lamps": walk_lamps(state, body)}
+    return {"walk_id": walk_id, "district": district, "lamps": walk_lamps(state, body)}
 
 
 class PositionRateLimited(HTTPException):
@@ -165,7 +170,7 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Admit
     if wait:
         state.metrics.rate_limited.labels("walk_position").inc()
         raise PositionRateLimited(walk_id, state.config.walk_positions_per_s, wait)
-    loc = _locate_for_walk(state, body)
+    district = _district_for_walk(state, body)
     now = _now()
     row: WalkPosition = (
         now,
@@ -177,8 +182,8 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Admit
         True,
         None,
     )
-    note = _walk_note(walk_id, "position", body, loc.district_code, now)
-    return AdmittedPosition(loc.district_code, row, note)
+    note = _walk_note(walk_id, "position", body, district, now)
+    return AdmittedPosition(district, row, note)
 
 
 def walk_has_ended(walk_id: str) -> HTTPException:

@@ -101,13 +101,15 @@ def check_fix(
         return Verdict(False, reason="position is not a finite number")
     if not (LAT_RANGE[0] <= fix.lat <= LAT_RANGE[1] and LON_RANGE[0] <= fix.lon <= LON_RANGE[1]):
         return Verdict(False, reason="position outside the service country")
-    loc = (area or service_area()).locate(fix.lat, fix.lon)
-    if not loc.inside:
-        return Verdict(
-            False,
-            reason=f"position outside the service area (Seoul): {loc.distance_outside_m:.0f} m "
-            "from the nearest district",
-        )
+    gazetteer = area or service_area()
+    if gazetteer.quick_district(fix.lat, fix.lon) is None:  # near a border or outside: the full answer
+        loc = gazetteer.locate(fix.lat, fix.lon)
+        if not loc.inside:
+            return Verdict(
+                False,
+                reason=f"position outside the service area (Seoul): {loc.distance_outside_m:.0f} m "
+                "from the nearest district",
+            )
     if fix.accuracy_m is not None and not (_finite(fix.accuracy_m) and fix.accuracy_m >= 0.0):
         return Verdict(False, reason="accuracy is not a non-negative number")
     if fix.accuracy_m is not None and fix.accuracy_m > policy.max_accuracy_m:

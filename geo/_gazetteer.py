@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from geo._coords import check_latlon, great_circle_m
-from geo._projection import to_metric
+from geo._projection import to_metric, to_metric_point
 
 DATA_DIR = Path(__file__).with_name("data")
 DEFAULT_DISTRICTS_PATH = DATA_DIR / "seoul_districts.geojson"
@@ -32,6 +32,10 @@ _FAR_MARGIN_DEG = 0.1
 # Issue 2: within 50 m of a border the neighbouring district is reported too (an SOS there
 # goes to both control centres).
 BORDER_DISTANCE_M = 50.0
+
+# Cell of the quick district lookup: small enough that most of Seoul's area is in cells wholly
+# inside one district, large enough that a walk stays in a cell for a minute.
+_CELL_M = 100.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -153,6 +157,10 @@ class Gazetteer:
         outline = shapely.union_all([a.polygon_lonlat for a in self._districts])
         self._outline_lonlat = shapely.get_coordinates(shapely.boundary(outline))
         self._bounds_lonlat = tuple(float(v) for v in outline.bounds)
+        # Cells of _CELL_M wholly inside one district (and meeting no other) -> its code; None for
+        # a cell on a border or outside. Filled as points arrive; a cache that never changes an
+        # answer (see ``quick_district``), the gazetteer stays immutable to its users.
+        self._cells: dict[tuple[int, int], str | None] = {}
 
     @classmethod
     def load(
@@ -181,6 +189,34 @@ class Gazetteer:
     def dong(self, code: str) -> Area:
         """The neighbourhood with this code, with its polygons (KeyError if none)."""
         return self._dong_by_code[code]
+
+    def quick_district(self, lat_deg: float, lon_deg: float) -> str | None:
+        """The district code of a point well inside a district, answered from a grid of cells
+        (~3 µs once the cell is known), or None when the point's cell touches a border or lies
+        outside Seoul: then ``locate`` has the answer. Never a different district from
+        ``locate``'s; ValueError for NaN, inf or out-of-range input, like ``locate``."""
+        lat, lon = check_latlon(lat_deg, lon_deg)
+        lon_min, lat_min, lon_max, lat_max = self._bounds_lonlat
+        if not (lat_min <= lat <= lat_max and lon_min <= lon <= lon_max):
+            return None
+        x, y = to_metric_point(lat, lon)
+        key = (math.floor(x / _CELL_M), math.floor(y / _CELL_M))
+        try:
+            return self._cells[key]
+        except KeyError:
+            code = self._cells[key] = self._cell_district(key)
+            return code
+
+    def _cell_district(self, key: tuple[int, int]) -> str | None:
+        x0, y0 = key[0] * _CELL_M, key[1] * _CELL_M
+        box = shapely.box(x0, y0, x0 + _CELL_M, y0 + _CELL_M)
+        candidates = np.asarray(self._district_tree.query(box, predicate="intersects"), dtype=np.intp)
+        if candidates.size != 1:
+            return None  # outside, or on a border
+        i = int(candidates[0])
+        # contains_properly: the whole closed cell in the interior, so no point of it lies on the
+        # district's own boundary either (where locate's tie-break could matter).
+        return self._districts[i].code if shapely.contains_properly(self._district_polys[i], box) else None
 
     def locate(
         self,

@@ -87,6 +87,26 @@ def to_metric(lat_deg: ArrayLike, lon_deg: ArrayLike) -> tuple[Float64Array, Flo
     return easting_m, northing_m
 
 
+def to_metric_point(lat_deg: float, lon_deg: float) -> tuple[float, float]:
+    """``to_metric`` for one point with ``math`` instead of numpy: the same series, about 5x
+    faster on a scalar (numpy's per-call overhead dominates one point). The caller checks the
+    input (no NaN, in range)."""
+    lat_rad = math.radians(lat_deg)
+    dlon_rad = math.radians(lon_deg - _LON0_DEG)
+    sin_lat = math.sin(lat_rad)
+    t = math.sinh(math.atanh(sin_lat) - _E * math.atanh(_E * sin_lat))
+    xi_p = math.atan2(t, math.cos(dlon_rad))
+    eta_p = math.atanh(math.sin(dlon_rad) / math.sqrt(1.0 + t * t))
+    xi, eta = xi_p, eta_p
+    for j, alpha in enumerate(_ALPHA, start=1):
+        xi += alpha * math.sin(2 * j * xi_p) * math.cosh(2 * j * eta_p)
+        eta += alpha * math.cos(2 * j * xi_p) * math.sinh(2 * j * eta_p)
+    return (
+        _FALSE_EASTING_M + _K0 * _RECT_A_M * eta,
+        _FALSE_NORTHING_M + _K0 * _RECT_A_M * (xi - _XI0),
+    )
+
+
 def to_latlon(easting_m: ArrayLike, northing_m: ArrayLike) -> tuple[Float64Array, Float64Array]:
     """Unproject EPSG:5186 (easting_m, northing_m) to (lat_deg, lon_deg)."""
     eta = (np.asarray(easting_m, dtype=np.float64) - _FALSE_EASTING_M) / (_K0 * _RECT_A_M)

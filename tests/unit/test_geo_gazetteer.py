@@ -184,6 +184,35 @@ def test_neighbours_are_exactly_the_other_districts_within_the_border_distance(
     assert got.neighbours == tuple(k for _, k in want)
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    lat=st.floats(min_value=37.40, max_value=37.72),
+    lon=st.floats(min_value=126.73, max_value=127.22),
+)
+def test_the_quick_district_never_disagrees_with_locate(gaz: Gazetteer, lat: float, lon: float) -> None:
+    # The API and the controller check every walk position with quick_district first; an answer
+    # from it must be locate's district, and it must not claim points outside Seoul.
+    quick = gaz.quick_district(lat, lon)
+    if quick is not None:
+        got = gaz.locate(lat, lon)
+        assert got.inside and not got.snapped
+        assert got.district_code == quick
+
+
+def test_the_quick_district_answers_inside_and_defers_on_borders_and_outside(gaz: Gazetteer) -> None:
+    # 300 m or more inside Jung-gu: a cell wholly in one district
+    a, b = gaz.district(JUNG_GU).polygon_m, gaz.district(JONGNO_GU).polygon_m
+    deep = a.buffer(-300.0).representative_point()
+    assert gaz.quick_district(*_latlon(deep.x, deep.y)) == JUNG_GU
+    # 1 m from the Jung-gu / Jongno-gu border, and outside Seoul: None, the caller asks locate
+    on_border = shapely.intersection(a.boundary, b.boundary).representative_point()
+    assert gaz.quick_district(*_latlon(on_border.x + 1.0, on_border.y)) is None
+    assert gaz.quick_district(37.3, 127.5) is None and not gaz.locate(37.3, 127.5).inside
+    for lat, lon in ((math.nan, 127.0), (37.5, math.inf), (91.0, 127.0)):
+        with pytest.raises(ValueError):
+            gaz.quick_district(lat, lon)
+
+
 # --- well-known places ------------------------------------------------------------------------
 
 

@@ -331,3 +331,67 @@ def test_a_walker_gets_the_lamps_around_then_the_lamps_ahead_once_each() -> None
     assert walking[:3] == ("L0", "L1", "behind")
     assert walking[3:] == ("L2", "L3")  # reach 1.4 m/s x 45 s = 63 m; each lamp once
     assert "behind" in walking and len(set(walking)) == len(walking)
+
+
+def _walker_reference(
+    index: LampIndex, lat: float, lon: float, heading: float | None, speed: float | None
+) -> tuple[str, ...]:
+    """lamps_for_walker as first written: the index's ``within`` then its ``ahead`` (GEOS tree)."""
+    near = index.within(lat, lon, 30.0).ids
+    if heading is None or speed is None or speed <= 0.0:
+        return near
+    seen = set(near)
+    return (*near, *(i for i in index.ahead(lat, lon, heading % 360.0, speed).ids if i not in seen))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    points=st.lists(st.tuples(lats, lons), min_size=1, max_size=150),
+    lat=lats,
+    lon=lons,
+    heading=st.none() | st.floats(min_value=-720.0, max_value=720.0),
+    speed=st.none() | st.floats(min_value=0.0, max_value=20.0),
+)
+def test_the_walker_grid_answers_exactly_as_the_tree_queries(
+    points: list[tuple[float, float]], lat: float, lon: float, heading: float | None, speed: float | None
+) -> None:
+    # lamps_for_walker runs on a grid in plain Python for speed (every reported position); it
+    # must give the same lamps in the same order as the tree's within + ahead.
+    from geo import lamps_for_walker
+
+    index = _index(points)
+    assert lamps_for_walker(index, lat, lon, heading, speed) == _walker_reference(
+        index, lat, lon, heading, speed
+    )
+
+
+def test_the_walker_grid_agrees_with_the_tree_on_the_2022_zones() -> None:
+    from firmware_sim.placement import place_lamps
+    from geo import lamps_for_walker
+
+    lamps = place_lamps().lamps
+    index = LampIndex([p.lamp_id for p in lamps], [p.lat_deg for p in lamps], [p.lon_deg for p in lamps])
+    rng = np.random.default_rng(5)
+    picks = rng.integers(0, len(lamps), 400)
+    queries = [
+        (
+            lamps[i].lat_deg + rng.uniform(-4e-4, 4e-4),
+            lamps[i].lon_deg + rng.uniform(-4e-4, 4e-4),
+            rng.uniform(0, 360),
+        )
+        for i in picks
+    ]
+    answers = [lamps_for_walker(index, la, lo, h, 1.4) for la, lo, h in queries]
+    assert answers == [_walker_reference(index, la, lo, h, 1.4) for la, lo, h in queries]
+    assert sum(len(a) for a in answers) > len(queries)  # real neighbourhoods, not empty answers
+
+
+def test_a_walker_query_refuses_bad_numbers_like_the_tree_queries() -> None:
+    from geo import lamps_for_walker
+
+    index = _index([(37.562, 126.977)])
+    for lat, lon in ((math.nan, 126.977), (37.562, math.inf), (0.0, 0.0), (91.0, 126.977)):
+        with pytest.raises(ValueError):
+            lamps_for_walker(index, lat, lon, None, None)
+    with pytest.raises(ValueError):
+        lamps_for_walker(index, 37.562, 126.977, 0.0, math.inf)

@@ -80,3 +80,16 @@ def test_distance_broadcasts_over_arrays() -> None:
     assert d[0] == 0.0
     assert d[1] == pytest.approx(1109.3, abs=1.0)  # 0.01° of latitude at 37.6° N
     assert d[2] == pytest.approx(882.5, abs=1.0)  # 0.01° of longitude at 37.6° N
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lat=st.floats(min_value=33.0, max_value=38.6),
+    lon=st.floats(min_value=124.5, max_value=131.9),
+)
+def test_the_one_point_projection_equals_the_array_one(lat: float, lon: float) -> None:
+    from geo._projection import to_metric_point
+
+    x, y = to_metric(lat, lon)
+    px, py = to_metric_point(lat, lon)
+    assert abs(px - float(x)) < 1e-6 and abs(py - float(y)) < 1e-6
