@@ -76,6 +76,7 @@ from store.alertstore import (
     load_alert,
 )
 from store.repo import CommandRecord, acquire_lease, insert_commands, record_ack, release_lease
+from streetlight import heap
 
 log = logging.getLogger("controller")
 
@@ -176,7 +177,6 @@ class Controller:
         self._listening = False
         self._leased_once = False
         self.on_command: Callable[[LampCommand], None] | None = None  # a hook for benchmarks
-        self._cmd_sends: set[asyncio.Future[list[None]]] = set()  # walk commands awaiting PUBACK
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -212,7 +212,8 @@ class Controller:
             self._db.close()
 
     def _mark_ready(self) -> None:
-        if self._listening and self._leased_once:
+        if self._listening and self._leased_once and not self.ready.is_set():
+            heap.settle("controller")
             self.ready.set()
 
     # ------------------------------------------------------------------ devices
@@ -250,9 +251,10 @@ class Controller:
     ) -> None:
         """Track, record and publish commands; the publishes wait for their PUBACKs together.
 
-        ``wait=False`` (walk brightening) returns once the publishes are started: the next wake-up
-        is handled while the PUBACKs are on their way, instead of one broker round trip per walk
-        position in a row (the tracker's retry covers a publish that fails either way).
+        ``wait=False`` (walk brightening) hands the messages to the connection and returns: the
+        next wake-up is handled while the PUBACKs are on their way, instead of one broker round
+        trip per walk position in a row; the lamp's ack (retried once when missing, then
+        ``unanswered``) is what tells a command arrived.
         """
         now = now_ms()
         for cmd in cmds:
@@ -262,13 +264,18 @@ class Controller:
                     self.on_command(cmd)
             self.stats["commands_retried" if retry else "commands_sent"] += 1
             self._write("cmd", cmd)
-        if self._mqtt is not None and cmds:
-            sending = asyncio.gather(*(self._publish_cmd(self._mqtt, cmd) for cmd in cmds))
+        mqtt = self._mqtt
+        if mqtt is not None and cmds:
             if wait:
-                await sending
+                await asyncio.gather(*(self._publish_cmd(mqtt, cmd) for cmd in cmds))
             else:
-                self._cmd_sends.add(sending)
-                sending.add_done_callback(self._cmd_sends.discard)
+                for cmd in cmds:
+                    try:
+                        topic = device_topic(cmd.district, cmd.device_id, "cmd")
+                        mqtt.publish_nowait(topic, encode(cmd.to_wire()))
+                    except ConnectionLost as exc:
+                        self.stats["publish_failed"] += 1
+                        log.warning("command not published cmd_id=%s: %s", cmd.cmd_id, exc)
 
     async def _publish_cmd(self, mqtt: MqttSession, cmd: LampCommand) -> None:
         try:

@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -438,6 +439,11 @@ async def _client(args: argparse.Namespace) -> None:
         sockets = list(await asyncio.gather(*(open_live(w, h) for w, h in walks)))
     _tell("ready")
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    # The measuring tool must not add pauses of its own: no cyclic collection during the phase
+    # (it holds at most a few thousand samples per walker-minute; everything is freed at exit).
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     samples: list[tuple[str, float, float, int]] = []
     t0 = time.perf_counter() + 0.2
     end = t0 + args.duration
@@ -534,6 +540,10 @@ def _phase(
         # Let the walk starts' commands settle, so the phase measures positions.
         time.sleep(1.0)
         received_before = len(fleet.received)
+        # This process records the lamps' arrivals: no collector pause in it during the phase.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
         meter.start()
         for proc, _ in procs:
@@ -548,6 +558,8 @@ def _phase(
         cores = meter.stop()
         time.sleep(1.0)  # the last commands in flight
     finally:
+        gc.enable()
+        gc.unfreeze()
         for proc, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)

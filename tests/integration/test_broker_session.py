@@ -14,6 +14,7 @@ import pytest
 
 from broker import (
     Birth,
+    ConnectionLost,
     ConnectionParams,
     DeviceLink,
     InboundMessage,
@@ -175,6 +176,22 @@ async def test_a_session_receives_what_is_published_on_its_subscriptions(
         await session.publish(topic, b'{"hello":"seoul"}', qos=1)
         msg = await next_message(session)
     assert (msg.topic, msg.payload, msg.qos, msg.retain) == (topic, b'{"hello":"seoul"}', 1, False)
+
+
+async def test_publish_nowait_delivers_many_in_order_and_refuses_when_not_connected(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    # The controller hands walk commands to the connection without awaiting each PUBACK.
+    params = params_of(mqtt_service)
+    topic = device_topic("11230", f"L-{unique_id}", "cmd")
+    async with MqttSession(params, client_id=f"sess-{unique_id}", subscriptions=[(topic, 1)]) as session:
+        with pytest.raises(ConnectionLost):
+            session.publish_nowait(topic, b"too early")  # not connected yet
+        await session.wait_connected(10)
+        for i in range(300):  # more than paho's in-flight window of 20
+            session.publish_nowait(topic, str(i).encode())
+        got = [(await next_message(session)).payload for _ in range(300)]
+    assert got == [str(i).encode() for i in range(300)]
 
 
 async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(
