@@ -46,6 +46,8 @@ BLINKER_MODEL = "BB-BLE-SIM"
 # accept queue without a thundering herd (Mosquitto's listen backlog is 100 on Linux... per accept
 # loop round; 256 measured fastest for 10k devices on these machines, docs/simulator.md).
 CONNECT_CONCURRENCY = 256
+# MQTT keepalive of every device connection (the default of ``Fleet.keepalive_s``); the broker
+# treats a device silent for 1.5 x this as gone and publishes its will.
 KEEPALIVE_S = 60
 # Round-robin telemetry scheduler period.
 SCHEDULER_TICK_S = 0.05
@@ -264,7 +266,7 @@ class DeviceLink:
                         self.endpoint.host,
                         self.endpoint.port,
                         identity.device_id,
-                        keepalive_s=KEEPALIVE_S,
+                        keepalive_s=fleet.keepalive_s,
                         username=self.username,
                         password=self.password,
                         will=mqtt.Will(will.topic, _encode(will), qos=1, retain=True),
@@ -314,6 +316,7 @@ class Fleet:
     rng: random.Random = field(default_factory=lambda: random.Random(2022))
     connect_concurrency: int = CONNECT_CONCURRENCY
     kill_on_exit: bool = False
+    keepalive_s: int = KEEPALIVE_S
     stats: FleetStats = field(default_factory=FleetStats)
     links: list[DeviceLink] = field(default_factory=list)
     by_id: dict[str, DeviceLink] = field(default_factory=dict)
@@ -321,6 +324,8 @@ class Fleet:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.keepalive_s <= 65535:
+            raise ValueError(f"keepalive_s must be 0..65535 (MQTT), got {self.keepalive_s}")
         self.connect_slots = asyncio.Semaphore(self.connect_concurrency)
 
     # -- building -------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from geo import Gazetteer
 from . import physics
 from .app import AppApiError, SafetyApp
 from .firmware import Faults, LampFirmware
-from .fleet import Endpoint, Fleet, SimClock, load_credentials
+from .fleet import KEEPALIVE_S, Endpoint, Fleet, SimClock, load_credentials
 from .malformed import malformed_payloads
 from .placement import DEFAULT_SEED, Placement, place_lamps
 from .residents import StreetGraph, Walker
@@ -186,6 +186,7 @@ class SimConfig:
     night: bool = False
     time_scale: float = 1.0
     kill_on_exit: bool = False
+    keepalive_s: int = KEEPALIVE_S  # MQTT keepalive of every device connection
     sky_start_ms: int | None = None  # the sky at this moment when the clock starts (wins over night)
 
     def resolved_endpoints(self) -> list[Endpoint]:
@@ -236,6 +237,7 @@ class Simulation:
             interval_s=cfg.interval_s or 60.0,
             clock=clock,
             kill_on_exit=cfg.kill_on_exit,
+            keepalive_s=cfg.keepalive_s,
         )
         creds = load_credentials(cfg.credentials) if cfg.credentials is not None else None
         self.fleet.add_placement(self.placement, with_blinkers=cfg.with_blinkers, credentials=creds)

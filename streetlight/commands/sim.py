@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from firmware_sim import scenarios
+from firmware_sim.fleet import KEEPALIVE_S
 from firmware_sim.placement import DEFAULT_SEED, export_geojson, place_lamps
 from streetlight.localservices import provide_mqtt
 from streetlight.settings import Settings
@@ -56,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kill", action="store_true", help="at exit drop sockets without DISCONNECT (wills fire)"
     )
+    parser.add_argument(
+        "--keepalive",
+        type=int,
+        default=KEEPALIVE_S,
+        metavar="S",
+        help=f"MQTT keepalive of every device (default {KEEPALIVE_S}; the broker drops a silent one at 1.5x)",
+    )
     parser.add_argument("--export-geojson", type=Path, metavar="FILE", help="write the placement and exit")
 
 
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             night=args.night or bool(scenario and scenario.night),
             time_scale=args.time_scale,
             kill_on_exit=args.kill,
+            keepalive_s=args.keepalive,
         )
         try:
             report = asyncio.run(_main(config, scenario, args))

@@ -200,6 +200,27 @@ class Processes:
         ]  # fmt: skip
         return self.spawn("controller", argv, **env)
 
+    def sim(
+        self,
+        mqtt_url: str,
+        *,
+        id_prefix: str,
+        lamps: int = 1,
+        keepalive_s: int = 60,
+        interval_s: float = 1.0,
+        name: str = "sim",
+    ) -> Child:
+        """``streetlight sim``: lamps of the simulated firmware (no blinkers), each its own connection.
+
+        Each lamp registers its retained ``offline`` will with the connection's ``bdseq``; SIGKILL
+        the child and the kernel closes the sockets, so the broker publishes the wills."""
+        argv = [
+            sys.executable, "-m", "streetlight.cli", "sim", "--lamps", str(lamps), "--no-blinkers",
+            "--id-prefix", id_prefix, "--keepalive", str(keepalive_s), "--interval", str(interval_s),
+            "--mqtt-url", mqtt_url,
+        ]  # fmt: skip
+        return self.spawn(name, argv)
+
     def api(self, database_url: str, port: int, **env: str) -> Child:
         """``streetlight api`` on 127.0.0.1:port."""
         argv = [

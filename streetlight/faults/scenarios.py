@@ -510,16 +510,34 @@ def embedded_broker(workdir: Path, extra: str = "") -> Iterator[MqttService]:
         svc.stop()
 
 
+# Mosquitto 2.0's keepalive sweep (src/keepalive.c, keepalive__check): it looks at its clients
+# only when ``last_keepalive_check + 5 < db.now_s``, i.e. every 6 whole seconds, and drops those
+# with ``now_s - last_msg_in > keepalive*3/2``. A silent client is therefore dropped up to one
+# sweep period after 1.5 x keepalive. (The per-second ring buffer is Mosquitto 2.1's.)
+MOSQUITTO_2_0_SWEEP_S = 6.0
+
+
 def lamp_offline(
     workdir: Path, db_url: str, *, keepalive_s: int = 4, broker_kind: str = "mosquitto"
 ) -> Figures:
-    """Scenario 6: a lamp that goes silent (no FIN) shows offline; a stale death never wins.
+    """Scenario 6: a lamp killed or cut off shows offline; a stale death never wins.
 
-    ``broker_kind``: ``mosquitto`` (a private Mosquitto) or ``lite`` (the embedded broker), so
-    the broker's own keepalive timing can be told from the backend's part."""
+    Three parts, each on the broker chosen by ``broker_kind`` (``mosquitto``: a private
+    Mosquitto; ``lite``: the embedded broker, so the broker's own keepalive timing can be told
+    from the backend's part), with ``streetlight ingest`` writing ``device_state``:
+
+    1. **killed**: a lamp of the simulated firmware (``streetlight sim``, its own process and
+       connection, keepalive ``keepalive_s``, will = retained ``offline`` with its ``bdseq``) is
+       SIGKILLed; the kernel closes its socket, the broker publishes the will at once.
+    2. **power cut**: a lamp's link is black-holed (no FIN, no more bytes): only the broker's
+       keepalive timeout (1.5 x keepalive) can tell.
+    3. **stale death / takeover**: after the lamp reconnected (bdseq 2) a late ``offline`` of
+       bdseq 1 arrives; then a takeover fires the old session's will. Neither marks it offline.
+    """
     prefix = _prefix("lo")
     device = f"{prefix}lamp"
     base = f"sl/v1/11230/{device}"
+    sim_prefix = f"{prefix}sim-"
     mport = free_port()
 
     def state() -> tuple[bool, int]:
@@ -529,6 +547,14 @@ def lamp_offline(
             ).fetchone()
         return (bool(row[0]), int(row[1] or 0)) if row else (False, -1)
 
+    def sim_state() -> tuple[str, bool, int] | None:
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT device_id, online, bdseq FROM device_state WHERE device_id LIKE %s",
+                (f"{sim_prefix}%",),
+            ).fetchone()
+        return (str(row[0]), bool(row[1]), int(row[2] or 0)) if row else None
+
     def lamp_client(port: int, bdseq: int) -> mqtt.Client:
         c = paho_client(parse_mqtt_url(f"mqtt://127.0.0.1:{port}"), device)
         c.will_set(f"{base}/state", json.dumps({"state": "offline", "bdseq": bdseq}), qos=1, retain=True)
@@ -536,23 +562,48 @@ def lamp_offline(
         c.loop_start()
         birth = {"kind": "lamp", "firmware": "1", "model": "X", "lat": 37.5, "lon": 127.05, "bdseq": bdseq}
         c.publish(f"{base}/birth", json.dumps(birth), qos=1).wait_for_publish(10)
-        c.publish(f"{base}/state", json.dumps({"state": "online", "bdseq": bdseq}), qos=1, retain=True)
+        online = json.dumps({"state": "online", "bdseq": bdseq})
+        c.publish(f"{base}/state", online, qos=1, retain=True).wait_for_publish(10)
         return c
 
     start_broker = embedded_broker if broker_kind == "lite" else private_broker
     with start_broker(workdir) as broker, Processes(workdir) as procs:
         procs.ingest(broker.url, db_url, client_id=f"ing-{prefix}", metrics_port=mport)
         _wait_ingest_subscribed(mport)
+
+        # 1. The lamp's process is killed: no DISCONNECT, but the kernel closes the socket.
+        lamp_proc = procs.sim(broker.url, id_prefix=sim_prefix, keepalive_s=keepalive_s, interval_s=1.0)
+        wait_until(lambda: (sim_state() or ("", False, 0))[1:] == (True, 1), 60, "the simulated lamp online")
+        time.sleep(1.5)  # a little telemetry first: a lamp at work, not one still connecting
+        killed_at = time.monotonic()
+        lamp_proc.kill()  # SIGKILL, then waits for the process to be gone
+        gone_s = time.monotonic() - killed_at
+        wait_until(
+            lambda: not (sim_state() or ("", True, 0))[1],
+            keepalive_s * 1.5 + 30,
+            "the killed lamp offline",
+            0.02,
+        )
+        killed_s = time.monotonic() - killed_at
+        killed_after = sim_state() or ("", True, -1)
+
+        # 2. The lamp loses power: no FIN, no DISCONNECT, no more bytes (its client stops too).
         with ImpairedProxy(broker.host, broker.port) as link:
             first = lamp_client(link.port, 1)
+            last_packet_at = time.monotonic()  # its state PUBACKed: nothing more from it after this
             wait_until(lambda: state() == (True, 1), 20, "the lamp online with bdseq 1")
             time.sleep(0.5)
-            # The lamp loses power: no FIN, no DISCONNECT, no more bytes (its client stops too).
             first.loop_stop()
             link.freeze()
-            frozen_at = time.monotonic()
-            offline_s = wait_until(lambda: not state()[0], keepalive_s * 4, "the lamp offline", 0.05)
-        # It comes back (bdseq 2); then a stale death of session 1 arrives late.
+            cut_at = time.monotonic()
+            wait_until(
+                lambda: not state()[0],
+                keepalive_s * 1.5 + MOSQUITTO_2_0_SWEEP_S + 20,
+                "the power-cut lamp offline",
+                0.05,
+            )
+            cut_s, after_last_packet_s = time.monotonic() - cut_at, time.monotonic() - last_packet_at
+        # 3. It comes back (bdseq 2); then a stale death of session 1 arrives late.
         second = lamp_client(broker.port, 2)
         try:
             wait_until(lambda: state() == (True, 2), 20, "the lamp online with bdseq 2")
@@ -584,10 +635,16 @@ def lamp_offline(
             second.loop_stop()
     return {
         "scenario": "lamp_offline",
+        "broker": broker_kind,
         "keepalive_s": keepalive_s,
-        "offline_after_s": round(offline_s, 2),
         "bound_s": 1.5 * keepalive_s,
-        "frozen_at": round(frozen_at, 1),
+        "killed_offline_after_s": round(killed_s, 2),
+        "killed_lamp": {"device_id": killed_after[0], "online": killed_after[1], "bdseq": killed_after[2]},
+        "killed_process_gone_s": round(gone_s, 3),
+        "power_cut_offline_after_s": round(cut_s, 2),
+        # the broker's keepalive timer runs from the lamp's last packet, a little before the cut
+        "power_cut_offline_after_last_packet_s": round(after_last_packet_s, 2),
+        "mosquitto_2_0_sweep_s": MOSQUITTO_2_0_SWEEP_S,
         "state_after_stale_death": {"online": after_stale[0], "bdseq": after_stale[1]},
         "state_after_takeover": {"online": after_takeover[0], "bdseq": after_takeover[1]},
     }

@@ -49,3 +49,14 @@ def test_night_mode_puts_the_sky_at_night_but_keeps_real_timestamps() -> None:
     real = clock.now_ms()
     assert abs(real - SimClock.now_ms()) < 1000
     assert clock.sky_ms(real + 1000) - clock.sky_ms(real) == 60_000
+
+
+def test_the_keepalive_of_every_device_is_an_option_of_the_simulation() -> None:
+    sim = scenarios.Simulation(scenarios.SimConfig(mqtt_url="mqtt://127.0.0.1:1", lamps=1, keepalive_s=4))
+    assert sim.fleet.keepalive_s == 4
+    assert (
+        scenarios.Simulation(scenarios.SimConfig(mqtt_url="mqtt://127.0.0.1:1", lamps=1)).fleet.keepalive_s
+        == 60
+    )
+    with pytest.raises(ValueError, match="keepalive_s"):
+        scenarios.Simulation(scenarios.SimConfig(mqtt_url="mqtt://127.0.0.1:1", lamps=1, keepalive_s=70_000))
