@@ -39,7 +39,7 @@ from geo import Gazetteer
 from store.errors import StoreRejected
 from store.schema import apply_migrations
 from store.types import Conn
-from streetlight import heap
+from streetlight import runtime
 from streetlight.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             refresh_task = tg.create_task(_refresh_lamps(state), name="lamp-refresh")
             try:
                 await asyncio.wait_for(state.hub.ready.wait(), timeout=15.0)
-                heap.settle("api")
+                runtime.settle("api")
                 yield
             finally:
                 hub_task.cancel()

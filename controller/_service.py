@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -75,8 +76,8 @@ from store.alertstore import (
     change_alert,
     load_alert,
 )
-from store.repo import CommandRecord, acquire_lease, insert_commands, record_ack, release_lease
-from streetlight import heap
+from store.repo import CommandRecord, acquire_lease, insert_commands, record_acks, release_lease
+from streetlight import runtime
 
 log = logging.getLogger("controller")
 
@@ -213,7 +214,7 @@ class Controller:
 
     def _mark_ready(self) -> None:
         if self._listening and self._leased_once and not self.ready.is_set():
-            heap.settle("controller")
+            runtime.settle("controller")
             self.ready.set()
 
     # ------------------------------------------------------------------ devices
@@ -917,40 +918,36 @@ def _release_all(conn: psycopg.Connection[Any], districts: list[str], owner: str
 
 
 def _flush_writes(conn: psycopg.Connection[Any], items: list[tuple[str, Any]]) -> None:
-    """Write queued rows in order, in one transaction (a command's row before its ack)."""
+    """Write queued rows in order, in one transaction (a command's row before its ack); each run
+    of one kind is one statement (the writer runs in a thread: per-row round trips held the GIL
+    against the event loop)."""
     at = datetime.now(UTC)
     with conn.transaction():
-        batch: list[CommandRecord] = []
-        for kind, data in items:
+        for kind, run in itertools.groupby(items, key=lambda item: item[0]):
+            data = [d for _, d in run]
             if kind == "cmd":
-                cmd: LampCommand = data
-                batch.append(
-                    CommandRecord(
-                        cmd_id=cmd.cmd_id,
-                        device_id=cmd.device_id,
-                        action=cmd.action,
-                        priority=cmd.priority,
-                        source=cmd.source,
-                        ttl_s=cmd.ttl_s,
-                        sent_at=datetime.fromtimestamp(cmd.ts_ms / 1000, UTC),
-                        level=cmd.level,
-                        district_code=cmd.district,
-                    )
-                )
-                continue
-            if batch:
-                insert_commands(conn, batch)
-                batch = []
-            if kind == "ack":
-                cmd_id, status, level, reason = data
-                record_ack(conn, cmd_id, status=status, acked_at=at, effective_level=level, reason=reason)
+                insert_commands(conn, [_command_record(cmd) for cmd in data])
+            elif kind == "ack":
+                record_acks(conn, data, acked_at=at)
             elif kind == "unanswered":
-                mark_commands_unanswered(conn, data)
+                mark_commands_unanswered(conn, [cmd_id for ids in data for cmd_id in ids])
             elif kind == "verdict":
-                walk_id, ts_ms, accepted, reason = data
-                conn.execute(
-                    "UPDATE walk_positions SET accepted = %s, reason = %s WHERE walk_id = %s AND ts = %s",
-                    (accepted, reason, walk_id, datetime.fromtimestamp(ts_ms / 1000, UTC)),
-                )
-        if batch:
-            insert_commands(conn, batch)
+                for walk_id, ts_ms, accepted, reason in data:
+                    conn.execute(
+                        "UPDATE walk_positions SET accepted = %s, reason = %s WHERE walk_id = %s AND ts = %s",
+                        (accepted, reason, walk_id, datetime.fromtimestamp(ts_ms / 1000, UTC)),
+                    )
+
+
+def _command_record(cmd: LampCommand) -> CommandRecord:
+    return CommandRecord(
+        cmd_id=cmd.cmd_id,
+        device_id=cmd.device_id,
+        action=cmd.action,
+        priority=cmd.priority,
+        source=cmd.source,
+        ttl_s=cmd.ttl_s,
+        sent_at=datetime.fromtimestamp(cmd.ts_ms / 1000, UTC),
+        level=cmd.level,
+        district_code=cmd.district,
+    )

@@ -309,6 +309,35 @@ def record_ack(
     return cur.rowcount == 1
 
 
+def record_acks(
+    conn: Conn, acks: Sequence[tuple[str, str, int | None, str | None]], *, acked_at: datetime | None = None
+) -> int:
+    """``record_ack`` for many acks, ``(cmd_id, status, effective_level, reason)``, in one statement;
+    returns how many commands it updated (unknown and already-acked ids are skipped). When one
+    cmd_id comes twice, the first ack wins, as with ``record_ack`` called in order."""
+    first: dict[str, tuple[str, str, int | None, str | None]] = {}
+    for ack in acks:
+        first.setdefault(ack[0], ack)
+    if not first:
+        return 0
+    rows = list(first.values())
+    cur = conn.execute(
+        """
+        UPDATE commands c SET status = a.status, acked_at = %s, effective_level = a.level, reason = a.reason
+        FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS a(cmd_id, status, level, reason)
+        WHERE c.cmd_id = a.cmd_id AND c.status IN ('sent', 'unanswered')
+        """,
+        (
+            acked_at or _now(),
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+        ),
+    )
+    return cur.rowcount
+
+
 def mark_unanswered(conn: Conn, *, sent_before: datetime) -> list[str]:
     """Mark commands still waiting for an ack since before ``sent_before`` as unanswered; returns ids."""
     rows = conn.execute(

@@ -299,3 +299,34 @@ def test_the_maintenance_job_runs_partitions_rollups_and_retention_together(conn
     done = run_maintenance(conn)
     assert set(done) == {"partitions_created", "rollups", "retention"}
     assert conn.execute("SELECT count(*) FROM retention_runs").fetchone() == (1,)
+
+
+def test_many_acks_in_one_statement_update_each_command_once(conn: Conn) -> None:
+    from store import record_acks
+
+    insert_commands(
+        conn,
+        [
+            CommandRecord(f"m-{i}", f"lamp-{i}", "set_level", "walk", "walk-1", 30, T0, level=100)
+            for i in range(4)
+        ],
+    )
+    record_ack(conn, "m-3", status="applied", effective_level=100)  # already acked: left alone
+    at = T0 + timedelta(seconds=2)
+    acks = [
+        ("m-0", "applied", 100, None),
+        ("m-1", "rejected", 80, "lower priority than sos"),
+        ("m-0", "expired", None, None),  # a repeat: the first ack stays
+        ("m-3", "rejected", None, None),
+        ("nope", "applied", 100, None),  # unknown id: skipped
+    ]
+    assert record_acks(conn, acks, acked_at=at) == 2
+    got = {c: get_command(conn, c) for c in ("m-0", "m-1", "m-2", "m-3")}
+    assert {c: (r["status"], r["effective_level"], r["reason"]) for c, r in got.items() if r} == {
+        "m-0": ("applied", 100, None),
+        "m-1": ("rejected", 80, "lower priority than sos"),
+        "m-2": ("sent", None, None),
+        "m-3": ("applied", 100, None),
+    }
+    assert got["m-0"] is not None and got["m-0"]["acked_at"] == at
+    assert record_acks(conn, []) == 0
