@@ -54,6 +54,7 @@ import psycopg
 HELP = "walk positions through the API -> brighten command at the lamp (p50/p99 at N walkers vs one)"
 
 PY = sys.executable
+BROKER_CONFIG = "set_tcp_nodelay true\nautosave_interval 1800\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -231,8 +232,11 @@ def services(
 
     settings = Settings.from_env()
     try:
-        # Nagle off on the broker side too (bench controller: 43 ms -> 2.5 ms); a latency deployment sets it.
-        mqtt_svc = start_mosquitto(tmp / "mosquitto", extra_config="set_tcp_nodelay true\n")
+        # Nagle off on the broker side too (bench controller: 43 ms -> 2.5 ms); a latency deployment
+        # sets it. The development config saves the broker's store every second (tests kill it
+        # and count on its sessions): Mosquitto does that in its one thread, so every message in
+        # flight waits. A deployment keeps Mosquitto's default (every 30 min, and at shutdown).
+        mqtt_svc = start_mosquitto(tmp / "mosquitto", extra_config=BROKER_CONFIG)
     except FileNotFoundError:
         mqtt_svc = provide_mqtt(None, tmp)
     pg = provide_pg(settings.database_url, tmp)
