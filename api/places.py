@@ -47,6 +47,7 @@ class LampDirectory:
         rows = [r for r in list_devices_with_state(conn, kind="lamp") if r["lat"] is not None]
         ids = [str(r["device_id"]) for r in rows]
         index = LampIndex(ids, [float(r["lat"]) for r in rows], [float(r["lon"]) for r in rows])
+        index.prepare_walker_grid()  # here, in the refresh thread, not in the next position's request
         numbers = {str(r["device_id"]): str(r["lamp_number"] or r["device_id"]) for r in rows}
         districts = {str(r["device_id"]): str(r["district_code"]) for r in rows}
         with self._lock:
