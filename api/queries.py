@@ -41,30 +41,22 @@ _POSITION_SQL = (
 def position_statement(
     walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
 ) -> tuple[str, tuple[Any, ...]]:
-    """The statement and parameters of `add_position_and_notify` (shared by its async twin)."""
+    """The statement and parameters of `add_position_and_notify_async`."""
     return _POSITION_SQL, (walk_id, walk_id, *position, channel, orjson.dumps(note).decode())
 
 
-def add_position_and_notify(
-    conn: Conn, walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
+async def add_position_and_notify_async(
+    conn: AsyncConnection[Any], walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
 ) -> bool:
     """One walk position row and its wake-up, in one statement (one round trip, one transaction);
-    False (nothing written, nothing notified) when the walk is not active.
+    False (nothing written, nothing notified) when the walk is not active. For the HTTP endpoint
+    and the walkers' socket alike, on the event loop's pool.
 
     The same rows as ``store.repo.add_walk_positions`` + ``store.alertstore.notify`` inside
     ``conn.transaction()``, which cost six round trips (BEGIN, SAVEPOINT, INSERT, RELEASE, NOTIFY,
     COMMIT); a data-modifying CTE always runs, and on an autocommit connection the statement is
     its own transaction, so the NOTIFY is still delivered only once the row is committed.
     """
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise RuntimeError("add_position_and_notify commits on its own; call it outside a transaction")
-    return conn.execute(*position_statement(walk_id, position, channel, note)).fetchone() is not None
-
-
-async def add_position_and_notify_async(
-    conn: AsyncConnection[Any], walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
-) -> bool:
-    """`add_position_and_notify` on an async (autocommit) connection: the same single statement."""
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise RuntimeError("add_position_and_notify commits on its own; call it outside a transaction")
     cur = await conn.execute(*position_statement(walk_id, position, channel, note))

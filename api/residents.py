@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse
 
 from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
 from api.places import place_for
-from api.queries import add_position_and_notify
+from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
-from api.state import AppState, Db, Resident, State
+from api.state import AppState, Db, Resident, State, bearer_token
 from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
@@ -192,18 +192,57 @@ def walk_has_ended(walk_id: str) -> HTTPException:
 
 
 @router.post("/v1/walks/{walk_id}/positions", summary="Report a position during a walk")
-def walk_position(
-    walk_id: str, body: WalkPositionIn, resident: Resident, state: State, conn: Db
-) -> dict[str, Any]:
-    """Add a position (at most 2 per second per walk); answers with the lamps being brightened."""
-    walk = _own_walk(conn, walk_id, resident)
-    if walk["status"] != "active":
-        raise walk_has_ended(walk_id)
+async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, state: State) -> dict[str, Any]:
+    """Add a position (at most 2 per second per walk); answers with the lamps being brightened.
+
+    On the event loop with the async pool, like the walkers' socket (``/v1/walks/{id}/live``):
+    the resident and the walk in one query, the row and its wake-up in one statement, no thread
+    hop (as a plain ``def`` with a pooled connection it cost ~1.5 ms of CPU per position)."""
+    try:
+        await check_live_walk(state, bearer_token(request), walk_id)
+    except WalkRefused as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        raise HTTPException(exc.status, exc.reason, headers) from None
     pos = admit_position(state, walk_id, body)
-    if not add_position_and_notify(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
-        raise walk_has_ended(walk_id)  # ended since the check above
+    assert state.apool is not None
+    async with state.apool.connection() as conn:
+        if not await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
+            raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
     return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
+
+
+class WalkRefused(Exception):
+    """A position for this walk is refused before anything is stored: why, and the HTTP status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+async def check_live_walk(state: AppState, token: str, walk_id: str) -> str | None:
+    """The walk's district when the token is a live resident's and the walk theirs and active
+    (one query on the event loop's pool); `WalkRefused` with 401, 404, 403 or 409 otherwise."""
+    assert state.apool is not None
+    async with state.apool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT r.resident_id, w.resident_id, w.status, w.district_code FROM (SELECT 1) one "
+            "LEFT JOIN residents r ON r.token_hash = %s AND r.deleted_at IS NULL "
+            "LEFT JOIN walks w ON w.walk_id = %s",
+            (hash_resident_token(token), walk_id),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    resident, owner, status, district = row
+    if resident is None:
+        raise WalkRefused(401, "unknown or revoked resident token")
+    if owner is None:
+        raise WalkRefused(404, f"unknown walk {walk_id!r}")
+    if owner != resident:
+        raise WalkRefused(403, f"walk {walk_id!r} belongs to another resident")
+    if status != "active":
+        raise WalkRefused(409, f"walk {walk_id!r} has ended")
+    return None if district is None else str(district)
 
 
 def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:

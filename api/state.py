@@ -49,8 +49,9 @@ class AppState:
     apool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
 
 
-def get_state(request: Request) -> AppState:
-    """The application's state (set by the lifespan)."""
+async def get_state(request: Request) -> AppState:
+    """The application's state (set by the lifespan). ``async``: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop per request for reading an attribute."""
     state: AppState = request.app.state.api
     return state
 
@@ -58,7 +59,8 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-def _bearer(request: Request) -> str:
+def bearer_token(request: Request) -> str:
+    """The request's ``Authorization: Bearer`` token; 401 when missing."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -90,7 +92,7 @@ Db = Annotated[Conn, Depends(get_conn)]
 
 def current_resident(request: Request, conn: Db) -> str:
     """The resident an install token belongs to; 401 when unknown or deleted."""
-    resident = resident_by_token_hash(conn, hash_resident_token(_bearer(request)))
+    resident = resident_by_token_hash(conn, hash_resident_token(bearer_token(request)))
     if resident is None:
         raise HTTPException(401, "unknown or revoked resident token", {"WWW-Authenticate": "Bearer"})
     return resident
@@ -104,7 +106,7 @@ def operator_from_token(state: AppState, token: str) -> Operator:
 def current_operator(request: Request, state: State) -> Operator:
     """The logged-in operator; 401 for a missing, forged or expired token."""
     try:
-        return operator_from_token(state, _bearer(request))
+        return operator_from_token(state, bearer_token(request))
     except InvalidToken as exc:
         raise HTTPException(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
 

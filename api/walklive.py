@@ -27,9 +27,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.queries import add_position_and_notify_async
-from api.residents import PositionRateLimited, admit_position, finish_walk, walk_lamps
+from api.residents import (
+    PositionRateLimited,
+    WalkRefused,
+    admit_position,
+    check_live_walk,
+    finish_walk,
+    walk_lamps,
+)
 from api.schemas import WalkPositionIn, describe_errors
-from api.security import hash_resident_token
 from api.state import AppState
 from store.alertstore import WALK_CHANNEL
 
@@ -42,43 +48,11 @@ _TRY_AGAIN_LATER = 1013
 AUTH_TIMEOUT_S = 10.0  # for the first message when the token did not come with the handshake
 
 
-class Refused(Exception):
-    """The socket is refused at connect: why, and the HTTP status the same request would get."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
 def _header_token(ws: WebSocket) -> str | None:
     scheme, _, value = ws.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
     return value.strip() or None
-
-
-async def _check(state: AppState, token: str, walk_id: str) -> str | None:
-    """The walk's district when the token is a live resident's and the walk theirs and active."""
-    assert state.apool is not None
-    async with state.apool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT r.resident_id, w.resident_id, w.status, w.district_code FROM (SELECT 1) one "
-            "LEFT JOIN residents r ON r.token_hash = %s AND r.deleted_at IS NULL "
-            "LEFT JOIN walks w ON w.walk_id = %s",
-            (hash_resident_token(token), walk_id),
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    resident, owner, status, district = row
-    if resident is None:
-        raise Refused(401, "unknown or revoked resident token")
-    if owner is None:
-        raise Refused(404, f"unknown walk {walk_id!r}")
-    if owner != resident:
-        raise Refused(403, f"walk {walk_id!r} belongs to another resident")
-    if status != "active":
-        raise Refused(409, f"walk {walk_id!r} has ended")
-    return None if district is None else str(district)
 
 
 def _decode(raw: str | bytes) -> Any:
@@ -101,12 +75,14 @@ async def _first_message_token(ws: WebSocket) -> str:
     try:
         msg = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
     except TimeoutError as exc:
-        raise Refused(401, f"no token within {AUTH_TIMEOUT_S:g} s") from exc
+        raise WalkRefused(401, f"no token within {AUTH_TIMEOUT_S:g} s") from exc
     raw = msg.get("text") or msg.get("bytes")
     data = _decode(raw) if raw else None
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
-        raise Refused(401, 'missing token: send {"token": "<install token>"} first, or Authorization: Bearer')
+        raise WalkRefused(
+            401, 'missing token: send {"token": "<install token>"} first, or Authorization: Bearer'
+        )
     return token
 
 
@@ -117,12 +93,12 @@ async def walk_live(ws: WebSocket, walk_id: str) -> None:
     token = _header_token(ws)
     try:
         if token is not None:
-            district = await _check(state, token, walk_id)
+            district = await check_live_walk(state, token, walk_id)
             await ws.accept()
         else:
             await ws.accept()
-            district = await _check(state, await _first_message_token(ws), walk_id)
-    except Refused as exc:
+            district = await check_live_walk(state, await _first_message_token(ws), walk_id)
+    except WalkRefused as exc:
         if token is not None:  # not accepted yet: the handshake answers 403
             await ws.close(_POLICY_VIOLATION, exc.reason)
         else:
