@@ -152,7 +152,8 @@ def test_the_batch_writer_flushes_when_the_buffer_reaches_max_rows(store_url: st
     ) as writer:
         for i, row in enumerate(_rows(250)):
             writer.add(row, tag=i)
-        assert _wait_for(lambda: _count(conn) == 200)
+        # on_written runs after the commit: wait for both callbacks, not only the rows
+        assert _wait_for(lambda: _count(conn) == 200 and len(written) == 2)
         assert writer.pending == 50  # the rest waits for its minute, not flushed early
         assert [len(b.rows) for b, _ in written] == [100, 100]
         assert written[0][0].tags == list(range(100))
