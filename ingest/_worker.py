@@ -102,7 +102,11 @@ class IngestWorker:
         self.spool = Spool(config.spool_path, config.spool_max_bytes)
         self.metrics.spool_bytes = self.spool.size_bytes
         self.client = paho_client(
-            config.mqtt, config.client_id, clean_session=config.clean_session, manual_ack=True
+            config.mqtt,
+            config.client_id,
+            clean_session=config.clean_session,
+            manual_ack=True,
+            buffered_reads=True,
         )
         # Let the broker send as much as its own in-flight limit allows; we ack after commit.
         self.client.max_inflight_messages_set(65_535)

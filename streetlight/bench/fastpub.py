@@ -48,17 +48,19 @@ def build_stream(count: int, lamps: int, qos: int, district: str, prefix: str, t
     return packets
 
 
-def _drain(sock: socket.socket, stop: threading.Event) -> None:
-    # Read and discard CONNACK/PUBACKs so the broker never blocks on a full socket.
+def _drain(sock: socket.socket, stop: threading.Event, closed: threading.Event) -> None:
+    # Read and discard CONNACK/PUBACKs so the broker never blocks on a full socket; ``closed`` is
+    # set when the broker closes the connection (after it has read our DISCONNECT).
     sock.settimeout(0.5)
     while not stop.is_set():
         try:
             if not sock.recv(65536):
-                return
+                break
         except TimeoutError:
             continue
         except OSError:
-            return
+            break
+    closed.set()
 
 
 def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None, chunk: int = 500) -> float:
@@ -67,7 +69,8 @@ def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(connect_packet(f"fastpub-{time.monotonic_ns()}"))
     stop = threading.Event()
-    reader = threading.Thread(target=_drain, args=(sock, stop), daemon=True)
+    closed = threading.Event()
+    reader = threading.Thread(target=_drain, args=(sock, stop, closed), daemon=True)
     reader.start()
     t0 = time.perf_counter()
     for start in range(0, len(packets), chunk):
@@ -78,7 +81,11 @@ def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None
                 time.sleep(ahead)
     elapsed = time.perf_counter() - t0
     sock.sendall(b"\xe0\x00")  # DISCONNECT
-    time.sleep(0.2)
+    # Close only once the broker has closed: it has then read every PUBLISH before the DISCONNECT.
+    # Closing first (after a fixed 0.2 s) with PUBACKs unread made the kernel reset the connection,
+    # and the broker lost what it had not read yet: up to 11,000 of 200,000 QoS 1 messages "lost"
+    # in bench ingest, the baseline's 192,110-198,649 received.
+    closed.wait(120.0)
     stop.set()
     sock.close()
     return elapsed

@@ -279,3 +279,39 @@ def test_a_private_mosquitto_in_tmp_path_keeps_retained_and_queued_messages_acro
     fresh.disconnect()
     fresh.loop_stop()
     assert retained is not None and retained.payload == b"kept" and retained.retain
+
+
+def test_a_buffered_read_client_receives_small_and_large_messages_intact_and_in_order(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    # Ingest's paho client reads the socket 256 KB at a time and serves paho's reads from that
+    # buffer: packet boundaries that fall anywhere in a read, and a message larger than a read.
+    from broker._paho import BufferedReadClient
+
+    params = params_of(mqtt_service)
+    topic = device_topic("11230", f"L-{unique_id}", "telemetry")
+    got: queue.Queue[bytes] = queue.Queue()
+    sub = paho_client(params, f"sub-{unique_id}", buffered_reads=True)
+    assert isinstance(sub, BufferedReadClient)
+    sub.on_message = lambda _c, _u, msg: got.put(msg.payload)
+    subscribed = queue.Queue[int]()
+    sub.on_subscribe = lambda *_a: subscribed.put(1)
+    sub.connect(params.host, params.port)
+    sub.loop_start()
+    try:
+        sub.subscribe(topic, 1)
+        subscribed.get(timeout=10)
+        big = bytes(range(256)) * 2400  # 614,400 bytes: more than two reads
+        sent = [b"%d" % i for i in range(3000)] + [big] + [b"x" * (i % 300) for i in range(500)]
+        pub = paho_client(params, f"pub-{unique_id}")
+        pub.connect(params.host, params.port)
+        pub.loop_start()
+        for payload in sent:
+            pub.publish(topic, payload, qos=1)
+        received = [got.get(timeout=20) for _ in sent]
+        pub.disconnect()
+        pub.loop_stop()
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+    assert received == sent
