@@ -15,7 +15,7 @@ from broker._connection import (
     supports_shared_subscriptions,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
-from broker._paho import DeviceLink, paho_client
+from broker._paho import BufferedReadClient, DeviceLink, paho_client
 from broker._payloads import (
     MAX_DEPTH,
     MAX_FUTURE_MS,
@@ -92,6 +92,7 @@ __all__ = [
     "AlertsTopic",
     "Birth",
     "BrokerError",
+    "BufferedReadClient",
     "Channel",
     "Cmd",
     "ConnectionLost",
