@@ -1,0 +1,111 @@
+"""``streetlight bench geo``: the per-position geometry against its straightforward form, same run.
+
+Every walk position reaches ``geo`` twice (the API's answer and check, the controller's check and
+commands), so its cost per call is a queue every position waits in. Measured here, each against
+its baseline on the same points in the same process:
+
+* ``lamps_for_walker`` (the grid in plain Python) against the tree form it replaced (the index's
+  ``within`` then ``ahead``, GEOS + numpy), with the answers compared: ``mismatches`` must be 0;
+* ``Gazetteer.quick_district`` (cached cells) against ``Gazetteer.locate``, with the share of
+  points the cells answered and the answers compared;
+* ``to_metric_point`` against ``to_metric`` on one point.
+
+Lamps: the 2022 smart-light zones' placement (``firmware_sim.placement``); points: walkers near
+random lamps (±45 m), heading and speed at random. Median microseconds per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+HELP = "geometry per walk position (walker lamps, quick district, projection) vs the straightforward forms"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight bench geo``."""
+    parser.add_argument("--queries", type=int, default=5000, help="points per measurement (default 5000)")
+    parser.add_argument("--lamps", type=int, default=3500, help="lamps placed (default 3500, the 2022 zones)")
+    parser.add_argument("--seed", type=int, default=7)
+
+
+def _median_us(fn: Callable[[Any], object], args: Sequence[Any], rounds: int = 5) -> float:
+    """Median over ``rounds`` passes of the mean µs per call over ``args``."""
+    per_call = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for a in args:
+            fn(a)
+        per_call.append((time.perf_counter() - t0) / max(1, len(args)) * 1e6)
+    return round(statistics.median(per_call), 2)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure; the result is the JSON line (DESIGN.md §7)."""
+    from firmware_sim.placement import place_lamps
+    from geo import Gazetteer, LampIndex, lamps_for_walker
+    from geo._projection import to_metric, to_metric_point
+
+    rng = random.Random(args.seed)
+    gazetteer = Gazetteer.load()
+    lamps = place_lamps(args.lamps, gazetteer=gazetteer).lamps
+    index = LampIndex([p.lamp_id for p in lamps], [p.lat_deg for p in lamps], [p.lon_deg for p in lamps])
+    index.prepare_walker_grid()
+    points = []
+    for _ in range(args.queries):
+        lamp = lamps[rng.randrange(len(lamps))]
+        points.append(
+            (
+                lamp.lat_deg + rng.uniform(-4e-4, 4e-4),
+                lamp.lon_deg + rng.uniform(-5e-4, 5e-4),
+                rng.choice([None, rng.uniform(0.0, 360.0)]),
+                rng.uniform(0.0, 2.5),
+            )
+        )
+
+    def tree(p: tuple[float, float, float | None, float]) -> tuple[str, ...]:
+        lat, lon, heading, speed = p
+        near = index.within(lat, lon, 30.0).ids
+        if heading is None or speed <= 0.0:
+            return near
+        seen = set(near)
+        return (*near, *(i for i in index.ahead(lat, lon, heading, speed).ids if i not in seen))
+
+    def grid(p: tuple[float, float, float | None, float]) -> tuple[str, ...]:
+        return lamps_for_walker(index, p[0], p[1], p[2], p[3])
+
+    mismatches = sum(1 for p in points if grid(p) != tree(p))
+    sys.stderr.write(f"[bench geo] {len(lamps)} lamps, {len(points)} points, {mismatches} mismatches\n")
+    latlon = [(p[0], p[1]) for p in points]
+    quick = [gazetteer.quick_district(lat, lon) for lat, lon in latlon]  # also fills the cells
+    located = [gazetteer.locate(lat, lon) for lat, lon in latlon]
+    district_mismatches = sum(
+        1 for q, loc in zip(quick, located, strict=True) if q is not None and q != loc.district_code
+    )
+    walker_us = _median_us(grid, points)
+    tree_us = _median_us(tree, points)
+    quick_us = _median_us(lambda ll: gazetteer.quick_district(*ll), latlon)
+    locate_us = _median_us(lambda ll: gazetteer.locate(*ll), latlon)
+    point_us = _median_us(lambda ll: to_metric_point(*ll), latlon)
+    array_us = _median_us(lambda ll: to_metric(*ll), latlon)
+    return {
+        "bench": "geo",
+        "lamps": len(lamps),
+        "queries": len(points),
+        "walker_us": walker_us,
+        "walker_tree_us": tree_us,
+        "walker_speedup": round(tree_us / walker_us, 1) if walker_us else None,
+        "mismatches": mismatches,
+        "quick_district_us": quick_us,
+        "locate_us": locate_us,
+        "quick_district_answered": round(sum(q is not None for q in quick) / len(quick), 3),
+        "district_mismatches": district_mismatches,
+        "to_metric_point_us": point_us,
+        "to_metric_us": array_us,
+        "ok": mismatches == 0 and district_mismatches == 0,
+    }
