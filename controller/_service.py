@@ -91,6 +91,8 @@ BEACON_MAX_AGE_S = 30.0
 WRITE_QUEUE_SIZE = 50_000
 # The command-row writer waits this long after a first row so the rows behind it share a transaction.
 WRITE_GATHER_S = 0.1
+# Expired holds and idle walks are dropped this often.
+HOUSEKEEPING_EVERY_MS = 5_000
 # A walk with no position for this long is forgotten (the API ends or expires it in the table).
 WALK_IDLE_S = 900.0
 # Alerts whose latest change is not yet at (some of) its centres; beyond this the oldest is
@@ -161,6 +163,7 @@ class Controller:
         self._index = LampIndex([], [], [])
         self._devices: dict[str, LampRow] = {}
         self._device_rows: list[LampRow] | None = None  # as last loaded, to skip unchanged reloads
+        self._housekeeping_due_ms = 0
         self._walks: dict[str, _Walk] = {}
         self._holds = HoldBook(cfg.holds)
         self._tracker = CommandTracker(retry_after_s=cfg.retry_after_s)
@@ -851,6 +854,11 @@ class Controller:
 
     async def _housekeeping(self) -> None:
         now = now_ms()
+        # Expired holds are harmless (a lamp whose hold ran out is commanded again either way) and
+        # a pass over them costs ~1 ms at 1,000 walks: every few seconds, not every tick.
+        if now < self._housekeeping_due_ms:
+            return
+        self._housekeeping_due_ms = now + HOUSEKEEPING_EVERY_MS
         self._holds.prune(now)
         idle_ms = WALK_IDLE_S * 1000
         for walk_id in [
