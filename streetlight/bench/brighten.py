@@ -545,8 +545,8 @@ def _phase(
         time.sleep(1.0)
         received_before = len(fleet.received)
         # This process records the lamps' arrivals: no collector pause in it during the phase.
-        gc.collect()
-        gc.freeze()
+        # (No gc.collect() here: run in-process, e.g. by a test, it would finalise whatever the
+        # caller left for the collector at this moment, such as another test's unclosed socket.)
         gc.disable()
         meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
         meter.start()
@@ -563,7 +563,6 @@ def _phase(
         time.sleep(1.0)  # the last commands in flight
     finally:
         gc.enable()
-        gc.unfreeze()
         for proc, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
