@@ -36,6 +36,16 @@ def skip_unless(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def _have_mosquitto() -> bool:
+    return shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+
+
+@pytest.fixture
+def needs_mosquitto() -> None:
+    """A private Mosquitto of the test's own (fault scenarios kill it; benchmarks start one)."""
+    skip_unless(_have_mosquitto(), "mosquitto")
+
+
 @pytest.fixture(scope="session")
 def output_dir() -> Path:
     """Where tests leave screenshots, logs and figures for a person to look at."""
@@ -83,7 +93,7 @@ def db_url(pg_service: PgService) -> Iterator[str]:
 def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
     """A mosquitto of the test's own, for tests that kill and restart the broker."""
     skip_unless(
-        shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(),
+        _have_mosquitto(),
         "the broker-restart test needs a mosquitto binary to kill and restart",
     )
     svc = start_mosquitto(tmp_path / "mosquitto")

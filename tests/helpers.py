@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psycopg
+
+from ingest import IngestWorker
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -21,3 +25,16 @@ def count(db: str, sql: str, *params: object) -> int:
     with psycopg.connect(db) as conn:
         row = conn.execute(sql, params).fetchone()
     return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def running(worker: IngestWorker) -> Iterator[IngestWorker]:
+    """An ingest worker on its own thread, subscribed, for the `with` block; stopped after."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.wait_connected(10), "worker did not subscribe"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(20)

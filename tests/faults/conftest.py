@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,6 @@ def figures_dir(output_dir: Path) -> Path:
     path = output_dir / "faults"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@pytest.fixture
-def needs_mosquitto() -> None:
-    """The scenarios kill and restart a private Mosquitto."""
-    skip_unless(shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists(), "mosquitto")
 
 
 @pytest.fixture

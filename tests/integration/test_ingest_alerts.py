@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from ingest._write import write_batch
 from store import migrate
 from store.alertstore import active_alerts, load_alert
 from streetlight.localservices import MqttService
-from tests.helpers import count, wait_for
+from tests.helpers import count, running, wait_for
 
 SEOUL = (37.5665, 126.9780)
 
@@ -58,18 +57,6 @@ def sky_offset_to(hour_kst: int) -> timedelta:
 
 def shifted_sun(offset: timedelta) -> Callable[[float, float, datetime], float]:
     return lambda lat, lon, when: sun_elevation_deg(lat, lon, when + offset)
-
-
-@contextlib.contextmanager
-def running(worker: IngestWorker) -> Iterator[IngestWorker]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    assert worker.wait_connected(10), "worker did not subscribe"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(20)
 
 
 def make_worker(svc: MqttService, db: str, tmp: Path, uid: str) -> IngestWorker:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from store import migrate
 from store.alertstore import active_alerts
 from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
-from tests.helpers import count, wait_for
+from tests.helpers import count, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMP = (
@@ -115,18 +114,6 @@ def publisher(svc: MqttService) -> mqtt.Client:
     client.connect(svc.host, svc.port)
     client.loop_start()
     return client
-
-
-@contextlib.contextmanager
-def running(worker: IngestWorker) -> Iterator[IngestWorker]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    assert worker.wait_connected(10), "worker did not subscribe"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(20)
 
 
 def make_worker(svc: MqttService, db: str, tmp: Path, uid: str, **kw: object) -> IngestWorker:

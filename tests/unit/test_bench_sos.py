@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 
 import pytest
 
@@ -13,7 +12,7 @@ from streetlight.bench import sos
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("mosquitto") is None, reason="needs mosquitto"),
+    pytest.mark.usefixtures("needs_mosquitto"),
 ]
 
 

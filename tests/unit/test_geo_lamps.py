@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geo import LampIndex, distance_m, grid_direction, reach_for_speed, to_latlon, to_metric
+from streetlight.bench.geo import walker_lamps_by_tree
 
 # A ~550 m square in Jung-gu: small enough that random radii catch many lamps.
 LAT_RANGE = (37.5600, 37.5650)
@@ -333,17 +334,6 @@ def test_a_walker_gets_the_lamps_around_then_the_lamps_ahead_once_each() -> None
     assert "behind" in walking and len(set(walking)) == len(walking)
 
 
-def _walker_reference(
-    index: LampIndex, lat: float, lon: float, heading: float | None, speed: float | None
-) -> tuple[str, ...]:
-    """lamps_for_walker as first written: the index's ``within`` then its ``ahead`` (GEOS tree)."""
-    near = index.within(lat, lon, 30.0).ids
-    if heading is None or speed is None or speed <= 0.0:
-        return near
-    seen = set(near)
-    return (*near, *(i for i in index.ahead(lat, lon, heading % 360.0, speed).ids if i not in seen))
-
-
 @settings(max_examples=300, deadline=None)
 @given(
     points=st.lists(st.tuples(lats, lons), min_size=1, max_size=150),
@@ -360,7 +350,7 @@ def test_the_walker_grid_answers_exactly_as_the_tree_queries(
     from geo import lamps_for_walker
 
     index = _index(points)
-    assert lamps_for_walker(index, lat, lon, heading, speed) == _walker_reference(
+    assert lamps_for_walker(index, lat, lon, heading, speed) == walker_lamps_by_tree(
         index, lat, lon, heading, speed
     )
 
@@ -382,7 +372,7 @@ def test_the_walker_grid_agrees_with_the_tree_on_the_2022_zones() -> None:
         for i in picks
     ]
     answers = [lamps_for_walker(index, la, lo, h, 1.4) for la, lo, h in queries]
-    assert answers == [_walker_reference(index, la, lo, h, 1.4) for la, lo, h in queries]
+    assert answers == [walker_lamps_by_tree(index, la, lo, h, 1.4) for la, lo, h in queries]
     assert sum(len(a) for a in answers) > len(queries)  # real neighbourhoods, not empty answers
 
 
