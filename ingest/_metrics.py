@@ -47,6 +47,7 @@ class IngestMetrics:
     subscribed: bool = False
     pending: int = 0
     lag_ms_last: float = 0.0
+    last_commit_unix_s: float = 0.0  # wall-clock time of the last committed batch (0: none yet)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
 
@@ -136,6 +137,12 @@ class IngestMetrics:
             "gauge",
             "newest committed telemetry: receive time minus device ts",
             [(w, round(self.lag_ms_last, 1))],
+        )
+        metric(
+            "ingest_last_commit_timestamp_seconds",
+            "gauge",
+            "Unix time of the last batch committed (alert when it stops moving under load)",
+            [(w, round(self.last_commit_unix_s, 6))],
         )
         name = "ingest_batch_latency_seconds"
         lines.append(f"# HELP {name} time from a batch's first message to its commit")

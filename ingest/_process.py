@@ -206,7 +206,11 @@ def process(
                 # Telemetry fields: ts, seq, level, power_w, voltage_v, current_a, temp_c, lux,
                 # faults, rssi_dbm, battery_v, blinking, sightings -> store.TELEMETRY_FIELDS order.
                 ts, seq, faults = t[0], t[1], t[8]
-                telemetry.append((ts, device_id, ROW_BDSEQ, seq, *t[2:8], list(faults), *t[9:]))
+                if t[9] is None:  # a lamp
+                    telemetry.append((ts, device_id, ROW_BDSEQ, seq, *t[2:8], list(faults), *t[9:]))
+                else:  # a blinker: RSSI in whole dB, as the column holds it (half to even, as SQL)
+                    row = (ts, device_id, ROW_BDSEQ, seq, *t[2:8], list(faults), round(t[9]), *t[10:])
+                    telemetry.append(row)
                 telemetry_src.append(i)
                 dev = devices.get(device_id)
                 if dev is None:

@@ -32,7 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from broker import ConnectionParams, backoff_delay_s, ingest_filters, paho_client
+from broker import BufferedReadClient, ConnectionParams, backoff_delay_s, ingest_filters, paho_client
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, process
 from ingest._spool import Spool, SpoolFull
@@ -289,6 +289,7 @@ class IngestWorker:
             seqs.rollback()
             raise
         seqs.commit()
+        m.last_commit_unix_s = time.time()
         m.db_up = True
         self._db_failures = 0
         m.stored_rows += result.inserted
@@ -405,9 +406,17 @@ class IngestWorker:
 
     def _ack(self, items: list[Item]) -> None:
         generation = self._generation
-        ack = self.client.ack
-        for _t, _p, qos, mid, gen in items:
-            # A message from an earlier connection is redelivered on the new one (persistent
-            # session) and acked then; acking its old mid now could ack a different message.
-            if qos and gen == generation:
-                ack(mid, qos)
+        # A message from an earlier connection is redelivered on the new one (persistent session)
+        # and acked then; acking its old mid now could ack a different message. Ingest subscribes
+        # at QoS 0 or 1 (QoS 1 acks go out in one write; a QoS 2 one alone).
+        mids = [mid for _t, _p, qos, mid, gen in items if qos == 1 and gen == generation]
+        client = self.client
+        if isinstance(client, BufferedReadClient):
+            client.ack_many(mids)
+        else:
+            for mid in mids:
+                client.ack(mid, 1)
+        if self.config.qos == 2:
+            for _t, _p, qos, mid, gen in items:
+                if qos == 2 and gen == generation:
+                    client.ack(mid, 2)

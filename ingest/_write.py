@@ -56,7 +56,8 @@ def _write_isolating(
     if not rows:
         return 0, []
     try:
-        return write_rows(conn, kind, rows), []
+        # Rows come from schema-validated payloads, so telemetry may take the direct COPY.
+        return write_rows(conn, kind, rows, direct=True), []
     except StoreRejected as exc:
         if len(rows) == 1:
             log.warning("%s row refused by the database: %s", kind, exc)

@@ -63,8 +63,10 @@ def _drain(sock: socket.socket, stop: threading.Event, closed: threading.Event) 
     closed.set()
 
 
-def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None, chunk: int = 500) -> float:
-    """Send the packets (optionally paced); returns the seconds it took."""
+def publish(
+    host: str, port: int, packets: list[bytes], rate_per_s: float | None, chunk: int = 500
+) -> tuple[float, float]:
+    """Send the packets (optionally paced); returns the Unix time of the first send and the seconds taken."""
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(connect_packet(f"fastpub-{time.monotonic_ns()}"))
@@ -72,6 +74,7 @@ def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None
     closed = threading.Event()
     reader = threading.Thread(target=_drain, args=(sock, stop, closed), daemon=True)
     reader.start()
+    started_unix_s = time.time()
     t0 = time.perf_counter()
     for start in range(0, len(packets), chunk):
         sock.sendall(b"".join(packets[start : start + chunk]))
@@ -88,7 +91,7 @@ def publish(host: str, port: int, packets: list[bytes], rate_per_s: float | None
     closed.wait(120.0)
     stop.set()
     sock.close()
-    return elapsed
+    return started_unix_s, elapsed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     ts_ms = a.ts_ms or int(time.time() * 1000)
     packets = build_stream(a.count, a.lamps, a.qos, a.district, a.prefix, ts_ms)
-    elapsed = publish(a.host, a.port, packets, a.rate or None)
-    sys.stdout.write(json.dumps({"sent": a.count, "seconds": round(elapsed, 3)}) + "\n")
+    started_unix_s, elapsed = publish(a.host, a.port, packets, a.rate or None)
+    sys.stdout.write(
+        json.dumps({"sent": a.count, "started_unix_s": started_unix_s, "seconds": round(elapsed, 3)}) + "\n"
+    )
     return 0
 
 

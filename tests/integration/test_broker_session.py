@@ -309,6 +309,16 @@ def test_a_buffered_read_client_receives_small_and_large_messages_intact_and_in_
         for payload in sent:
             pub.publish(topic, payload, qos=1)
         received = [got.get(timeout=20) for _ in sent]
+        # A per-topic callback still gets its topic's messages (and on_message does not).
+        alarms: queue.Queue[bytes] = queue.Queue()
+        alarm_topic = device_topic("11230", f"B-{unique_id}", "event")
+        sub.message_callback_add(alarm_topic, lambda _c, _u, msg: alarms.put(msg.payload))
+        sub.subscribe(alarm_topic, 1)
+        subscribed.get(timeout=10)
+        pub.publish(alarm_topic, b"alarm", qos=1)
+        pub.publish(topic, b"after", qos=1)
+        assert alarms.get(timeout=10) == b"alarm"
+        assert got.get(timeout=10) == b"after" and got.empty()
         pub.disconnect()
         pub.loop_stop()
     finally:

@@ -236,3 +236,28 @@ def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_its_batch_is_wri
     assert _count(conn) == 100
     with pytest.raises(StoreRejected):
         write_telemetry(conn, [bad])
+
+
+def test_the_direct_copy_stores_what_the_staging_path_stores_and_falls_back_on_duplicates(conn: Conn) -> None:
+    # Ingest's fast path COPYs straight into telemetry; a batch holding a redelivery falls back to
+    # the staging table, so the count of new rows (the duplicate counter) stays exact.
+    rows = _rows(1_000)
+    blinker = (rows[0][0], "blink-d", 3, 1, *([None] * 6), [], -72, 3.5, True, 4)
+    assert write_rows(conn, "telemetry", [*rows, blinker], direct=True) == 1_001
+    conn.execute("CREATE TABLE direct_copy AS SELECT * FROM telemetry")
+    conn.execute("TRUNCATE telemetry")
+    assert write_rows(conn, "telemetry", [*rows, blinker]) == 1_001
+    diff = conn.execute(
+        "(SELECT * FROM telemetry EXCEPT SELECT * FROM direct_copy) "
+        "UNION ALL (SELECT * FROM direct_copy EXCEPT SELECT * FROM telemetry)"
+    ).fetchall()
+    assert diff == []
+    more = _rows(10, start_ms=1)
+    assert write_rows(conn, "telemetry", [*more, rows[5]], direct=True) == 10  # one already stored
+    assert write_rows(conn, "telemetry", [more[0]], direct=True) == 0
+    assert write_rows(conn, "telemetry", [*_rows(3, start_ms=5), _rows(1, start_ms=5)[0]], direct=True) == 3
+    assert _count(conn) == 1_001 + 10 + 3
+    # A value the direct types cannot carry (a fractional RSSI) is stored by the staging path.
+    odd = (rows[0][0], "blink-e", 3, 1, *([None] * 6), [], -71.6, 3.5, True, 4)
+    assert write_rows(conn, "telemetry", [odd], direct=True) == 1
+    assert conn.execute("SELECT rssi_dbm FROM telemetry WHERE device_id = 'blink-e'").fetchone() == (-72,)
