@@ -16,6 +16,7 @@ from broker.security._ids import (
     CITY_DISTRICT,
     DEVICE_PREFIX,
     UPLINK_CHANNELS,
+    WALKS_TOPIC,
     alerts_topic,
     device_topic,
 )
@@ -54,10 +55,16 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
             Grant("write", f"{ALERTS_PREFIX}/+/alerts"),
             *(Grant("read", f"{_ALL_DEVICES}/{ch}") for ch in ("birth", "state", "event", "ack")),
             *(Grant("read", f"$share/controller/{_ALL_DEVICES}/{ch}") for ch in ("event", "ack")),
+            Grant("read", WALKS_TOPIC),
         )
     if p.role == "api":
         # The console shows alerts and which lamps are online; telemetry comes from the database.
-        return (Grant("read", f"{ALERTS_PREFIX}/+/alerts"), Grant("read", f"{_ALL_DEVICES}/state"))
+        # Walk positions go to the controllers (docs/protocol.md, "Backend-internal topics").
+        return (
+            Grant("read", f"{ALERTS_PREFIX}/+/alerts"),
+            Grant("read", f"{_ALL_DEVICES}/state"),
+            Grant("write", WALKS_TOPIC),
+        )
     if p.role == "control_centre":
         if p.district_code == CITY_DISTRICT:
             return (Grant("read", f"{ALERTS_PREFIX}/+/alerts"),)

@@ -623,3 +623,42 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
         centre.disconnect()
         centre.loop_stop()
         broker.stop()
+
+
+async def test_walk_positions_over_the_broker_brighten_and_none_after_the_walk_ended(world: World) -> None:
+    # The API hands positions over ctl/v1/walks when it has the broker; the end still comes through
+    # PostgreSQL, and a position published just before the end may arrive after it.
+    lat, lon = world.lamps[0].lat, world.lamps[0].lon
+    lamp = world.lamps[0].device_id
+    far = world.lamps[9]
+
+    def position(walk_id: str, plat: float, plon: float) -> bytes:
+        note = {"walk_id": walk_id, "op": "position", "lat": plat, "lon": plon, "accuracy_m": 5.0,
+                "heading_deg": None, "speed_mps": None, "ts_ms": time.time_ns() // 1_000_000,
+                "district": DISTRICT}  # fmt: skip
+        return json.dumps(note).encode()
+
+    with (
+        LampFleet(world.params, world.lamps) as fleet,
+        psycopg.connect(world.db_url, autocommit=True) as conn,
+    ):
+        async with running(world.cfg()) as ctl:
+            pub = paho_client(world.params, f"api-{world.prefix}")
+            pub.connect(world.params.host, world.params.port)
+            pub.loop_start()
+            try:
+                pub.publish("ctl/v1/walks", b"{not json").wait_for_publish(5)
+                pub.publish("ctl/v1/walks", b'{"walk_id": "w", "op": "end"}').wait_for_publish(5)
+                pub.publish("ctl/v1/walks", position("walk-m", lat, lon)).wait_for_publish(5)
+                await until(lambda: "walk-m" in fleet.sources(lamp), 5, "a walk over the broker")
+                assert ctl.snapshot()["stats"].get("mqtt_handler_errors", 0) == 2
+                _walk_note(conn, "walk-m", "end", lat, lon, 0.0, 0.0)
+                await until(lambda: ctl.snapshot()["stats"].get("walks_ended", 0) == 1, 5, "the end")
+                pub.publish("ctl/v1/walks", position("walk-m", far.lat, far.lon)).wait_for_publish(5)
+                await until(
+                    lambda: ctl.snapshot()["stats"].get("walk_positions_after_end", 0) == 1, 5, "dropped"
+                )
+                assert not fleet.commands_for(far.device_id)
+            finally:
+                pub.disconnect()
+                pub.loop_stop()
