@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -37,7 +35,6 @@ from api.ratelimit import RateLimiter
 from api.schemas import describe_errors
 from api.security import password_hasher
 from api.state import AppState
-from broker import MqttSession, parse_mqtt_url
 from geo import Gazetteer
 from store.errors import StoreRejected
 from store.schema import apply_migrations
@@ -121,16 +118,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             name="api-live",
         )
         await state.apool.open(wait=True, timeout=30.0)
-        async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tg:
-            if cfg.mqtt_url:
-                # Connects (and reconnects) in the background; until it is up, positions wake the
-                # controller through PostgreSQL as without a broker.
-                state.walk_bus = await stack.enter_async_context(
-                    MqttSession(
-                        parse_mqtt_url(cfg.mqtt_url),
-                        client_id=f"streetlight-api-{os.getpid()}-{secrets.token_hex(3)}",
-                    )
-                )
+        async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(state.hub.run(), name="stream-hub")
             refresh_task = tg.create_task(_refresh_lamps(state), name="lamp-refresh")
             try:

@@ -30,9 +30,6 @@ class ApiConfig:
     lamp_refresh_s: float = 30.0  # how often the lamp index is rebuilt from the devices table
     nearest_lamps: int = 3  # lamps named in an SOS's place
     stream_queue: int = 1000  # per console; a console that falls this far behind is disconnected
-    # The broker the walk positions go to the controllers through (``ctl/v1/walks``); None: a
-    # PostgreSQL NOTIFY with each position's row instead (slower, and it wakes every listener).
-    mqtt_url: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, database_url: str | None = None) -> ApiConfig:
@@ -46,5 +43,4 @@ class ApiConfig:
             token_ttl_s=settings.api_token_ttl_s,
             kdf_time_cost=settings.api_kdf_time_cost,
             kdf_memory_kib=settings.api_kdf_memory_kib,
-            mqtt_url=settings.mqtt_url,
         )

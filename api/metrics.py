@@ -45,11 +45,6 @@ class ApiMetrics:
         self.walk_positions = Counter(
             "streetlight_api_walk_positions", "walk positions accepted", registry=self.registry
         )
-        self.walk_positions_via_broker = Counter(
-            "streetlight_api_walk_positions_via_broker",
-            "walk positions handed to the controllers over MQTT (the rest: PostgreSQL NOTIFY)",
-            registry=self.registry,
-        )
         self.stream_clients = Gauge(
             "streetlight_api_stream_clients", "connected console WebSockets", registry=self.registry
         )

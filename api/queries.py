@@ -36,8 +36,6 @@ _POSITION_SQL = (
     "%s::boolean, %s::text FROM w) "
     "SELECT pg_notify(%s, %s) FROM w"
 )
-# The same row without the wake-up: the controller heard of the position over the broker.
-_POSITION_ONLY_SQL = _POSITION_SQL.replace("SELECT pg_notify(%s, %s) FROM w", "SELECT 1 FROM w")
 
 
 def position_statement(
@@ -62,13 +60,6 @@ async def add_position_and_notify_async(
     if conn.info.transaction_status != pq.TransactionStatus.IDLE:
         raise RuntimeError("add_position_and_notify commits on its own; call it outside a transaction")
     cur = await conn.execute(*position_statement(walk_id, position, channel, note))
-    return await cur.fetchone() is not None
-
-
-async def add_position_async(conn: AsyncConnection[Any], walk_id: str, position: Sequence[Any]) -> bool:
-    """The position row alone (its wake-up went over the broker), in one statement; False when
-    the walk is not active."""
-    cur = await conn.execute(_POSITION_ONLY_SQL, (walk_id, walk_id, *position))
     return await cur.fetchone() is not None
 
 

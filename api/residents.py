@@ -12,18 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
 from api.places import place_for
-from api.queries import add_position_and_notify_async, add_position_async
+from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State, bearer_token
-from broker import WALKS_TOPIC, ConnectionLost
 from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
@@ -188,29 +186,6 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Admit
     return AdmittedPosition(district, row, note)
 
 
-async def store_position(state: AppState, walk_id: str, pos: AdmittedPosition) -> bool:
-    """Store an admitted position and wake the controller; False when the walk is not active.
-
-    With the broker up, the controller hears of the position over MQTT (``ctl/v1/walks``, QoS 0)
-    while the row is written, so PostgreSQL is off the brightening's path and no NOTIFY wakes
-    every listening session for every position; a controller ignores positions of walks that
-    have ended. Otherwise the row and a NOTIFY go in one statement.
-    """
-    assert state.apool is not None
-    bus = state.walk_bus
-    if bus is not None and bus.connected:
-        try:
-            bus.publish_nowait(WALKS_TOPIC, orjson.dumps(pos.note), qos=0)
-        except ConnectionLost:
-            pass  # lost meanwhile: through PostgreSQL below
-        else:
-            state.metrics.walk_positions_via_broker.inc()
-            async with state.apool.connection() as conn:
-                return await add_position_async(conn, walk_id, pos.row)
-    async with state.apool.connection() as conn:
-        return await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note)
-
-
 def walk_has_ended(walk_id: str) -> HTTPException:
     """409: positions of an ended walk are refused."""
     return HTTPException(409, f"walk {walk_id!r} has ended")
@@ -229,8 +204,10 @@ async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, st
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, exc.reason, headers) from None
     pos = admit_position(state, walk_id, body)
-    if not await store_position(state, walk_id, pos):
-        raise walk_has_ended(walk_id)  # ended since the check above
+    assert state.apool is not None
+    async with state.apool.connection() as conn:
+        if not await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
+            raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
     return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
 

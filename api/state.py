@@ -22,7 +22,6 @@ from api.metrics import ApiMetrics
 from api.places import LampDirectory
 from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
-from broker import MqttSession
 from geo import Gazetteer
 from store.repo import resident_by_token_hash
 from store.types import Conn
@@ -48,8 +47,6 @@ class AppState:
     # The walkers' live sockets write from the event loop (no thread hop per position); opened in
     # the lifespan, on the server's loop.
     apool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
-    # The walk positions' way to the controllers (``ApiConfig.mqtt_url``), opened in the lifespan.
-    walk_bus: MqttSession | None = None
 
 
 async def get_state(request: Request) -> AppState:

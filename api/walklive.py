@@ -26,17 +26,18 @@ from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.queries import add_position_and_notify_async
 from api.residents import (
     PositionRateLimited,
     WalkRefused,
     admit_position,
     check_live_walk,
     finish_walk,
-    store_position,
     walk_lamps,
 )
 from api.schemas import WalkPositionIn, describe_errors
 from api.state import AppState
+from store.alertstore import WALK_CHANNEL
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["residents"])
@@ -135,7 +136,10 @@ async def _one(
             return {"seq": seq, "walk_id": walk_id, "status": "ended", "already_ended": not ended}, True
         body = WalkPositionIn.model_validate(data)
         pos = admit_position(state, walk_id, body)
-        if not await store_position(state, walk_id, pos):
+        assert state.apool is not None
+        async with state.apool.connection() as conn:
+            stored = await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note)
+        if not stored:
             return {"seq": seq, "error": f"walk {walk_id!r} has ended", "status": 409}, True
         state.metrics.walk_positions.inc()
         return {"seq": seq, "lamps": walk_lamps(state, body)}, False

@@ -19,9 +19,6 @@ DEVICE_PREFIX: Final = "sl/v1"
 ALERTS_PREFIX: Final = "cc/v1"
 DEVICE_ID_MAX_LEN: Final = 64  # DESIGN.md §3: ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$
 DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-# Backend-internal: the API hands walk positions to the controllers here (QoS 0; the row is in
-# PostgreSQL too). Devices may neither publish nor subscribe (deploy/ ACLs).
-WALKS_TOPIC: Final = "ctl/v1/walks"
 INGEST_GROUP: Final = "ingest"
 # MQTT 5 / EMQX / Mosquitto >= 2 shared subscription syntax: $share/{group}/{filter}.
 INGEST_SHARED_FILTER: Final = f"$share/{INGEST_GROUP}/{DEVICE_PREFIX}/+/+/#"

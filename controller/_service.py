@@ -47,7 +47,6 @@ from alerts import (
     render_cap,
 )
 from broker import (
-    WALKS_TOPIC,
     ConnectionLost,
     ConnectionParams,
     MqttSession,
@@ -96,7 +95,6 @@ WRITE_GATHER_S = 0.1
 HOUSEKEEPING_EVERY_MS = 5_000
 # A walk with no position for this long is forgotten (the API ends or expires it in the table).
 WALK_IDLE_S = 900.0
-ENDED_MEMORY_MS = 60_000  # how long positions of an ended walk are recognised and dropped
 # Alerts whose latest change is not yet at (some of) its centres; beyond this the oldest is
 # forgotten and counted (its next change publishes it again; the console has it from the database).
 MAX_UNPUBLISHED = 10_000
@@ -167,9 +165,6 @@ class Controller:
         self._device_rows: list[LampRow] | None = None  # as last loaded, to skip unchanged reloads
         self._housekeeping_due_ms = 0
         self._walks: dict[str, _Walk] = {}
-        # Walks ended lately (id -> when): a position published over the broker just before the
-        # end may arrive after it, and must not brighten lamps again.
-        self._ended: dict[str, int] = {}
         self._holds = HoldBook(cfg.holds)
         self._tracker = CommandTracker(retry_after_s=cfg.retry_after_s)
         self._ids = CommandIds(f"c{cfg.owner[-4:]}{now_ms() % 10**9:x}")
@@ -205,11 +200,7 @@ class Controller:
                     log.warning("database not reachable attempt=%d: %s", attempt, exc)
                     await asyncio.sleep(backoff_delay_s(attempt, base_s=0.5, cap_s=10.0))
                     attempt += 1
-            subs = [
-                ("sl/v1/+/+/ack", 1),
-                *((f"sl/v1/{d}/+/event", 1) for d in self.cfg.districts),
-                (WALKS_TOPIC, 0),  # walk positions from the API (docs/protocol.md)
-            ]
+            subs = [("sl/v1/+/+/ack", 1), *((f"sl/v1/{d}/+/event", 1) for d in self.cfg.districts)]
             async with MqttSession(
                 self.cfg.mqtt, client_id=f"ctl-{self.cfg.owner}", subscriptions=subs
             ) as mqtt:
@@ -366,9 +357,6 @@ class Controller:
                 log.warning("message dropped topic=%s: %s", msg.topic, exc)
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
-        if topic == WALKS_TOPIC:
-            await self._on_walk_message(payload)
-            return
         try:
             parsed = parse_device_topic(topic)
         except TopicError as exc:
@@ -465,17 +453,6 @@ class Controller:
         if alert is not None:
             await self._on_alert(alert)
 
-    async def _on_walk_message(self, payload: bytes) -> None:
-        """A walk position the API handed over the broker (the same fields as the NOTIFY's)."""
-        note = json.loads(payload)
-        if not isinstance(note, dict) or note.get("op") != "position":
-            raise ValueError("not a walk position")
-        if str(note.get("walk_id")) in self._ended:
-            # Published by the API before it learnt the walk had ended (its row was refused).
-            self.stats["walk_positions_after_end"] += 1
-            return
-        await self._on_walk_note(note)
-
     async def _on_walk_note(self, note: dict[str, Any]) -> None:
         walk_id = str(note["walk_id"])
         district = str(note.get("district") or "") or self._district_near(note.get("lat"), note.get("lon"))
@@ -484,7 +461,6 @@ class Controller:
         op = note.get("op")
         if op == "end":
             self._walks.pop(walk_id, None)
-            self._ended[walk_id] = now_ms()
             self.stats["walks_ended"] += 1
             return
         if note.get("lat") is None or note.get("lon") is None:
@@ -889,8 +865,6 @@ class Controller:
             w for w, walk in self._walks.items() if walk.last_ms and now - walk.last_ms > idle_ms
         ]:
             del self._walks[walk_id]
-        for walk_id in [w for w, at in self._ended.items() if now - at > ENDED_MEMORY_MS]:
-            del self._ended[walk_id]
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and sizes for logs, tests and benchmarks."""

@@ -16,7 +16,6 @@ from broker.security._ids import (
     CITY_DISTRICT,
     DEVICE_PREFIX,
     UPLINK_CHANNELS,
-    WALKS_TOPIC,
     alerts_topic,
     device_topic,
 )
@@ -55,16 +54,10 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
             Grant("write", f"{ALERTS_PREFIX}/+/alerts"),
             *(Grant("read", f"{_ALL_DEVICES}/{ch}") for ch in ("birth", "state", "event", "ack")),
             *(Grant("read", f"$share/controller/{_ALL_DEVICES}/{ch}") for ch in ("event", "ack")),
-            Grant("read", WALKS_TOPIC),
         )
     if p.role == "api":
         # The console shows alerts and which lamps are online; telemetry comes from the database.
-        # Walk positions go to the controllers (docs/protocol.md, "Backend-internal topics").
-        return (
-            Grant("read", f"{ALERTS_PREFIX}/+/alerts"),
-            Grant("read", f"{_ALL_DEVICES}/state"),
-            Grant("write", WALKS_TOPIC),
-        )
+        return (Grant("read", f"{ALERTS_PREFIX}/+/alerts"), Grant("read", f"{_ALL_DEVICES}/state"))
     if p.role == "control_centre":
         if p.district_code == CITY_DISTRICT:
             return (Grant("read", f"{ALERTS_PREFIX}/+/alerts"),)

@@ -18,7 +18,6 @@ IDENTITY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DISTRICT_RE: Final = re.compile(r"[0-9]{5}")
 DEVICE_PREFIX: Final = "sl/v1"
 ALERTS_PREFIX: Final = "cc/v1"
-WALKS_TOPIC: Final = "ctl/v1/walks"  # the API hands walk positions to the controllers
 UPLINK_CHANNELS: Final = ("birth", "state", "telemetry", "event", "ack")
 CITY_DISTRICT: Final = "11000"
 # Seoul's 25 autonomous districts, statistical codes 11010 (Jongno-gu) .. 11250 (Gangdong-gu);

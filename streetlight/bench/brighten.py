@@ -77,13 +77,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="http",
         help="positions as HTTP POSTs (default) or over the walk's WebSocket (/v1/walks/{id}/live)",
     )
-    parser.add_argument(
-        "--handoff",
-        choices=("broker", "database"),
-        default="broker",
-        help="how the API hands positions to the controller: over MQTT (default, as deployed with a "
-        "broker) or a PostgreSQL NOTIFY with each row (the API without --mqtt-url)",
-    )
     parser.add_argument("--seed", type=int, default=7)
 
 
@@ -229,7 +222,6 @@ def services(
     controller: bool = True,
     ingest_metrics_port: int | None = None,
     extra_env: dict[str, str] | None = None,
-    api_mqtt: bool = True,
 ) -> Iterator[Services]:
     """PostgreSQL, Mosquitto, the API and (optionally) the controller and ingest, each a process.
 
@@ -261,13 +253,8 @@ def services(
         env = {**os.environ, "STREETLIGHT_LOG_LEVEL": "WARNING", **(extra_env or {})}
         cli = [PY, "-m", "streetlight.cli"]
         api_argv = [*cli, "api", "--port", str(port), "--database-url", db_url]
-        if api_mqtt:
-            api_argv += ["--mqtt-url", mqtt_svc.url]
         api_argv += ["--workers", str(api_workers)]
-        api_env = env if api_mqtt else {k: v for k, v in env.items() if k != "MQTT_URL"}
-        procs["api"] = subprocess.Popen(
-            api_argv, env=api_env, stdout=subprocess.DEVNULL, stderr=_log(tmp, "api")
-        )
+        procs["api"] = subprocess.Popen(api_argv, env=env, stdout=subprocess.DEVNULL, stderr=_log(tmp, "api"))
         if controller:
             procs["controller"] = subprocess.Popen(
                 [
@@ -713,9 +700,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-brighten-") as tmp_name:
         tmp = Path(tmp_name)
         prepare = functools.partial(seed_lamps, placement=placement)
-        with services(
-            tmp, api_workers=args.api_workers, prepare=prepare, api_mqtt=args.handoff == "broker"
-        ) as svc:
+        with services(tmp, api_workers=args.api_workers, prepare=prepare) as svc:
             wait_leases(svc.db_url, districts, svc.procs["controller"])
             specs = [LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg) for lp in placement.lamps]
             with LampFleet(parse_mqtt_url(svc.mqtt_url), specs) as fleet:
@@ -733,7 +718,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bench": "brighten",
         "transport": args.transport,
-        "handoff": args.handoff,
         "walkers": args.walkers,
         "updates": load["updates"],
         "p50_ms": load["p50_ms"],

@@ -16,11 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="listen address (default: STREETLIGHT_API_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default: STREETLIGHT_API_PORT or 8080)")
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
-    parser.add_argument(
-        "--mqtt-url",
-        help="broker for handing walk positions to the controllers (default: MQTT_URL; without one, "
-        "through PostgreSQL)",
-    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     parser.add_argument(
         "--demo-operators",
@@ -78,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
     port = args.port or settings.api_port
     # The app reads its settings when it starts, in this process or in each worker process.
     os.environ["DATABASE_URL"] = url
-    if args.mqtt_url:
-        os.environ["MQTT_URL"] = args.mqtt_url
     uvicorn.run(
         "api.app:app",
         host=host,

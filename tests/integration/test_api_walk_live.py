@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import queue
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,8 +14,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from api.testing import BUSAN, JUNG, fast_config, seed, serve
-from broker import paho_client, parse_mqtt_url
-from streetlight.localservices import MqttService
 
 pytestmark = pytest.mark.integration
 
@@ -162,60 +158,3 @@ def test_a_walk_ended_over_http_answers_its_next_position_with_409(base: str) ->
         assert answer["status"] == 409
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
-
-
-def test_with_a_broker_positions_go_to_the_controllers_over_mqtt_and_their_rows_are_stored(
-    db_url: str, mqtt_service: MqttService
-) -> None:
-    # Over HTTP and the socket alike: the position on ctl/v1/walks (QoS 0), the row in
-    # walk_positions, and no NOTIFY per position (it woke every listening session).
-    params = parse_mqtt_url(mqtt_service.url)
-    got: queue.Queue[dict[str, Any]] = queue.Queue()
-    subscribed: queue.Queue[int] = queue.Queue()
-    sub = paho_client(params, f"ctl-test-{time.monotonic_ns()}")
-    sub.on_message = lambda _c, _u, msg: got.put(json.loads(msg.payload))
-    sub.on_subscribe = lambda *_a: subscribed.put(1)
-    sub.connect(params.host, params.port)
-    sub.loop_start()
-    seed(db_url, LAMPS)
-    try:
-        sub.subscribe("ctl/v1/walks", 0)
-        subscribed.get(timeout=10)
-        with (
-            serve(fast_config(db_url, mqtt_url=mqtt_service.url)) as base,
-            psycopg.connect(db_url, autocommit=True) as listener,
-        ):
-            listener.execute("LISTEN sl_walk")
-            token, walk_id = walker(base)
-            posted = 0
-            with httpx.Client(base_url=base, timeout=10.0) as c:
-                while True:  # the API's session connects in the background; NOTIFY until then
-                    r = c.post(
-                        f"/v1/walks/{walk_id}/positions",
-                        json=pos(heading_deg=90.0),
-                        headers={"Authorization": f"Bearer {token}"},
-                    )
-                    assert r.status_code == 200, r.text
-                    posted += 1
-                    with contextlib.suppress(queue.Empty):
-                        first = got.get(timeout=0.6)
-                        break
-                    assert posted < 20, "the API never used the broker"
-            list(listener.notifies(timeout=0.5))  # those sent before the session was up
-            with live(base, walk_id, token) as ws:
-                json.loads(ws.recv(timeout=10))
-                assert "jl1" in ask(ws, pos(lon=JUNG[1] + 0.00005))["lamps"]
-            second = got.get(timeout=10)
-            notes = [json.loads(n.payload)["op"] for n in listener.notifies(timeout=1.0)]
-        assert first["walk_id"] == second["walk_id"] == walk_id
-        assert first["op"] == "position" and first["heading_deg"] == 90.0 and first["district"] == "11020"
-        assert second["lon"] == pytest.approx(JUNG[1] + 0.00005)
-        assert "position" not in notes
-        with psycopg.connect(db_url) as conn:
-            count = conn.execute(
-                "SELECT count(*) FROM walk_positions WHERE walk_id = %s", (walk_id,)
-            ).fetchone()
-        assert count == (3,)  # the start, one over HTTP, one over the socket
-    finally:
-        sub.disconnect()
-        sub.loop_stop()

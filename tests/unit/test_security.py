@@ -19,7 +19,6 @@ from broker.security import (
     SEOUL_DISTRICTS,
     DeviceFileError,
     DeviceSpec,
-    Grant,
     InvalidIdentityError,
     MosquittoOptions,
     PasswordHash,
@@ -29,7 +28,6 @@ from broker.security import (
     UnknownPrincipalError,
     acl_conf_text,
     acl_file_text,
-    acl_table,
     check_sender,
     grants_for,
     hash_secret,
@@ -281,8 +279,7 @@ def test_services_get_only_what_they_need() -> None:
     }
     assert all(access == "read" for access, _ in by_role["ingest"])
     assert ("read", "$share/ingest/sl/v1/+/+/#") in by_role["ingest"]
-    # The API publishes one thing: walk positions for the controllers.
-    assert {t for a, t in by_role["api"] if a == "write"} == {"ctl/v1/walks"}
+    assert all(access == "read" for access, _ in by_role["api"])
     assert not any("telemetry" in t or t.endswith("#") for _, t in by_role["api"])
     assert ("write", "sl/v1/+/+/cmd") in by_role["controller"]
     assert not any(a == "write" and "telemetry" in t for a, t in by_role["controller"])
@@ -485,15 +482,3 @@ def test_the_registry_can_be_mirrored_into_a_device_sink() -> None:
     sink = FakeDeviceSink()
     sync_devices(registry, sink)
     assert sink.upserted == [LAMP_A] and sink.revoked == ["blink-a"]
-
-
-def test_only_the_api_may_publish_walk_positions_and_only_controllers_read_them() -> None:
-    # Positions are personal data: no device, centre or ingest may see or forge them.
-    registry = Registry()
-    registry.provision([LAMP_A, BLINK_A])
-    table = acl_table(registry)
-    writers = {name for name, grants in table.items() if Grant("write", "ctl/v1/walks") in grants}
-    granted = {name for name, grants in table.items() if any(g.topic.startswith("ctl/") for g in grants)}
-    assert writers == {"api"}
-    assert granted == {"api", "controller"}
-    assert [g for g in table["controller"] if g.topic.startswith("ctl/")] == [Grant("read", "ctl/v1/walks")]
