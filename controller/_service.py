@@ -23,7 +23,7 @@ import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -939,25 +939,56 @@ def _release_all(conn: psycopg.Connection[Any], districts: list[str], owner: str
 
 
 def _flush_writes(conn: psycopg.Connection[Any], items: list[tuple[str, Any]]) -> None:
-    """Write queued rows in order, in one transaction (a command's row before its ack); each run
-    of one kind is one statement (the writer runs in a thread: per-row round trips held the GIL
-    against the event loop)."""
+    """Write queued rows in one transaction, the same end state as applying them in order.
+
+    The commands of the batch go first, in one statement, each already carrying the ack or the
+    ``unanswered`` that came for it within the batch (most acks come a few ms after their
+    command, well inside the 0.1 s a batch gathers); then the acks and unanswered marks of earlier
+    commands and the position verdicts, one statement per run of a kind. (The writer runs in a
+    thread: per-row round trips held the GIL against the event loop, and an ack's UPDATE rewrote
+    every index of ``commands``.)"""
     at = datetime.now(UTC)
+    order: list[CommandRecord] = []
+    latest: dict[str, int] = {}  # cmd_id -> its latest row in `order`
+    later: list[tuple[str, Any]] = []
+    for kind, data in items:
+        if kind == "cmd":
+            latest[data.cmd_id] = len(order)
+            order.append(_command_record(data))
+        elif kind == "ack" and (i := latest.get(data[0])) is not None:
+            if order[i].status in ("sent", "unanswered"):
+                _, status, level, reason = data
+                order[i] = replace(order[i], status=status, acked_at=at, effective_level=level, reason=reason)
+        elif kind == "unanswered" and any(cmd_id in latest for cmd_id in data):
+            for cmd_id in data:
+                i = latest.get(cmd_id)
+                if i is None:
+                    later.append(("unanswered", [cmd_id]))
+                elif order[i].status == "sent":
+                    order[i] = replace(order[i], status="unanswered")
+        else:
+            later.append((kind, data))
     with conn.transaction():
-        for kind, run in itertools.groupby(items, key=lambda item: item[0]):
+        if order:
+            insert_commands(conn, order)
+        for kind, run in itertools.groupby(later, key=lambda item: item[0]):
             data = [d for _, d in run]
-            if kind == "cmd":
-                insert_commands(conn, [_command_record(cmd) for cmd in data])
-            elif kind == "ack":
+            if kind == "ack":
                 record_acks(conn, data, acked_at=at)
             elif kind == "unanswered":
                 mark_commands_unanswered(conn, [cmd_id for ids in data for cmd_id in ids])
             elif kind == "verdict":
-                for walk_id, ts_ms, accepted, reason in data:
-                    conn.execute(
-                        "UPDATE walk_positions SET accepted = %s, reason = %s WHERE walk_id = %s AND ts = %s",
-                        (accepted, reason, walk_id, datetime.fromtimestamp(ts_ms / 1000, UTC)),
-                    )
+                conn.execute(
+                    "UPDATE walk_positions p SET accepted = v.accepted, reason = v.reason "
+                    "FROM unnest(%s::text[], %s::timestamptz[], %s::boolean[], %s::text[]) "
+                    "AS v(walk_id, ts, accepted, reason) WHERE p.walk_id = v.walk_id AND p.ts = v.ts",
+                    (
+                        [d[0] for d in data],
+                        [datetime.fromtimestamp(d[1] / 1000, UTC) for d in data],
+                        [d[2] for d in data],
+                        [d[3] for d in data],
+                    ),
+                )
 
 
 def _load_lamps(

@@ -8,7 +8,7 @@ caller that needs several calls to commit together wraps them in ``with conn.tra
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -258,35 +258,82 @@ class CommandRecord:
     sent_at: datetime
     level: int | None = None
     district_code: str | None = None
+    # Set when the device's answer is already known as the row is first written.
+    status: str = "sent"
+    acked_at: datetime | None = None
+    effective_level: int | None = None
+    reason: str | None = None
+
+
+_INSERT_COMMANDS_SQL = """
+INSERT INTO commands AS c (cmd_id, device_id, district_code, action, level, priority, source, ttl_s,
+                           sent_at, expires_at, status, acked_at, effective_level, reason, attempts)
+SELECT r.cmd_id, r.device_id, r.district_code, r.action, r.level, r.priority, r.source, r.ttl_s,
+       r.sent_at, r.sent_at + make_interval(secs => r.ttl_s), r.status, r.acked_at, r.effective_level,
+       r.reason, r.attempts
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::smallint[], %s::text[], %s::text[],
+            %s::int[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::smallint[], %s::text[],
+            %s::int[])
+     AS r(cmd_id, device_id, district_code, action, level, priority, source, ttl_s, sent_at, status,
+          acked_at, effective_level, reason, attempts)
+ON CONFLICT (cmd_id) DO UPDATE SET
+    attempts = c.attempts + EXCLUDED.attempts,
+    sent_at = EXCLUDED.sent_at,
+    expires_at = EXCLUDED.expires_at,
+    status = CASE WHEN EXCLUDED.status <> 'sent' AND c.status IN ('sent', 'unanswered')
+                  THEN EXCLUDED.status ELSE c.status END,
+    acked_at = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+                    THEN EXCLUDED.acked_at ELSE c.acked_at END,
+    effective_level = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+                           THEN EXCLUDED.effective_level ELSE c.effective_level END,
+    reason = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+                  THEN EXCLUDED.reason ELSE c.reason END
+"""
 
 
 def insert_commands(conn: Conn, commands: Sequence[CommandRecord]) -> None:
-    """Record commands as sent (status ``sent``); a re-sent cmd_id counts one more attempt."""
-    with conn.transaction(), conn.cursor() as cur:
-        cur.executemany(
-            """
-            INSERT INTO commands (cmd_id, device_id, district_code, action, level, priority, source,
-                                  ttl_s, sent_at, expires_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (cmd_id) DO UPDATE SET attempts = commands.attempts + 1,
-                                               sent_at = EXCLUDED.sent_at, expires_at = EXCLUDED.expires_at
-            """,
-            [
-                (
-                    c.cmd_id,
-                    c.device_id,
-                    c.district_code,
-                    c.action,
-                    c.level,
-                    c.priority,
-                    c.source,
-                    c.ttl_s,
-                    c.sent_at,
-                    c.sent_at + timedelta(seconds=c.ttl_s),
-                )
-                for c in commands
-            ],
-        )
+    """Record commands as sent (status ``sent``), in one statement; a re-sent cmd_id counts one
+    more attempt.
+
+    A record may already carry its device's answer (``status`` applied, rejected or expired, with
+    ``acked_at``): the controller gathers rows for a tenth of a second and most acks arrive within
+    it, so the row is written settled instead of inserted and then updated (an UPDATE of
+    ``status`` rewrites all four of the table's indexes). Status ``unanswered`` without an answer
+    is written as such. When one cmd_id comes more than once, its attempts add up and the first
+    answer wins, as with the statements applied one after the other."""
+    merged: dict[str, CommandRecord] = {}
+    attempts: dict[str, int] = {}
+    for c in commands:
+        before = merged.get(c.cmd_id)
+        attempts[c.cmd_id] = attempts.get(c.cmd_id, 0) + 1
+        if before is not None and (
+            before.acked_at is not None or (before.status != "sent" and c.acked_at is None)
+        ):
+            c = replace(c, status=before.status, acked_at=before.acked_at,
+                        effective_level=before.effective_level, reason=before.reason)  # fmt: skip
+        merged[c.cmd_id] = c
+    rows = list(merged.values())
+    if not rows:
+        return
+    conn.execute(
+        _INSERT_COMMANDS_SQL,
+        (
+            [c.cmd_id for c in rows],
+            [c.device_id for c in rows],
+            [c.district_code for c in rows],
+            [c.action for c in rows],
+            [c.level for c in rows],
+            [c.priority for c in rows],
+            [c.source for c in rows],
+            [c.ttl_s for c in rows],
+            [c.sent_at for c in rows],
+            [c.status for c in rows],
+            [c.acked_at for c in rows],
+            [c.effective_level for c in rows],
+            [c.reason for c in rows],
+            [attempts[c.cmd_id] for c in rows],
+        ),
+    )
 
 
 def record_ack(
