@@ -113,6 +113,8 @@ class IngestWorker:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        if isinstance(self.client, BufferedReadClient):
+            self.client.set_publish_handler(self._on_publish)
         self.client.on_subscribe = self._on_subscribe
 
     # -- MQTT side (paho's thread)
@@ -154,6 +156,13 @@ class IngestWorker:
             queue.append((msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation))
         except UnicodeDecodeError:  # a topic that is not UTF-8; brokers refuse these, but never crash
             queue.append(("<not utf-8>", bytes(msg.payload), msg.qos, msg.mid, self._generation))
+
+    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+        # The same as _on_message, for the PUBLISH packets the client cuts from its buffer itself.
+        queue = self._queue
+        if not queue:
+            self._first_at = time.monotonic()
+        queue.append((topic, payload, qos, mid, self._generation))
 
     # -- lifecycle
 

@@ -325,3 +325,64 @@ def test_a_buffered_read_client_receives_small_and_large_messages_intact_and_in_
         sub.disconnect()
         sub.loop_stop()
     assert received == sent
+
+
+def test_a_publish_handler_gets_every_message_in_order_and_acked_ones_are_not_sent_again(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    # Ingest's hot path: complete QoS 0/1 PUBLISH packets are cut from the read buffer and handed
+    # over as (topic, payload, qos, mid); the rest (a message longer than a read) goes through
+    # paho's on_message. Both end in one ordered stream, and the mids ack the right messages.
+    from broker._paho import BufferedReadClient
+
+    params = params_of(mqtt_service)
+    topic = device_topic("11230", f"L-{unique_id}", "telemetry")
+    got: queue.Queue[tuple[str, bytes, int, int, str]] = queue.Queue()
+
+    def subscriber() -> BufferedReadClient:
+        sub = paho_client(
+            params, f"fast-{unique_id}", clean_session=False, manual_ack=True, buffered_reads=True
+        )
+        assert isinstance(sub, BufferedReadClient)
+        sub.set_publish_handler(lambda t, p, q, m: got.put((t, p, q, m, "cut")))
+        sub.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload, msg.qos, msg.mid, "paho"))
+        subscribed = queue.Queue[int]()
+        sub.on_connect = lambda c, *_a: c.subscribe(topic, 1)
+        sub.on_subscribe = lambda *_a: subscribed.put(1)
+        sub.connect(params.host, params.port)
+        sub.loop_start()
+        subscribed.get(timeout=10)
+        return sub
+
+    sub = subscriber()
+    big = bytes(range(256)) * 2400
+    sent = [b"%d" % i for i in range(3000)] + [big] + [b"y" * (i % 300) for i in range(500)]
+    pub = paho_client(params, f"pub-{unique_id}")
+    pub.connect(params.host, params.port)
+    pub.loop_start()
+    try:
+        for payload in sent:
+            pub.publish(topic, payload, qos=1)
+        received = []
+        for k in range(len(sent)):  # acked as they come (a broker sends ~20 unacked at a time)
+            received.append(got.get(timeout=20))
+            if k < len(sent) - 10:
+                sub.ack_many([received[-1][3]])
+        assert [r[1] for r in received] == sent
+        assert {r[0] for r in received} == {topic} and {r[2] for r in received} == {1}
+        ways = {r[4] for r in received}
+        assert ways == {"cut", "paho"}, ways  # the big one through paho, most cut from the buffer
+        time.sleep(0.5)
+        sub.disconnect()
+        sub.loop_stop()
+        # The same session again: only the ten never acked come back.
+        sub = subscriber()
+        again = [got.get(timeout=10)[1] for _ in range(10)]
+        assert again == sent[-10:]
+        time.sleep(0.5)
+        assert got.empty()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.disconnect()
+        sub.loop_stop()
