@@ -291,6 +291,13 @@ ON CONFLICT (cmd_id) DO UPDATE SET
 """
 
 
+# The arrays of _INSERT_COMMANDS_SQL, in order (then the attempts).
+_COMMAND_COLUMNS = (
+    "cmd_id", "device_id", "district_code", "action", "level", "priority", "source", "ttl_s",
+    "sent_at", "status", "acked_at", "effective_level", "reason",
+)  # fmt: skip
+
+
 def insert_commands(conn: Conn, commands: Sequence[CommandRecord]) -> None:
     """Record commands as sent (status ``sent``), in one statement; a re-sent cmd_id counts one
     more attempt.
@@ -315,25 +322,8 @@ def insert_commands(conn: Conn, commands: Sequence[CommandRecord]) -> None:
     rows = list(merged.values())
     if not rows:
         return
-    conn.execute(
-        _INSERT_COMMANDS_SQL,
-        (
-            [c.cmd_id for c in rows],
-            [c.device_id for c in rows],
-            [c.district_code for c in rows],
-            [c.action for c in rows],
-            [c.level for c in rows],
-            [c.priority for c in rows],
-            [c.source for c in rows],
-            [c.ttl_s for c in rows],
-            [c.sent_at for c in rows],
-            [c.status for c in rows],
-            [c.acked_at for c in rows],
-            [c.effective_level for c in rows],
-            [c.reason for c in rows],
-            [attempts[c.cmd_id] for c in rows],
-        ),
-    )
+    columns = [[getattr(c, name) for c in rows] for name in _COMMAND_COLUMNS]
+    conn.execute(_INSERT_COMMANDS_SQL, (*columns, [attempts[c.cmd_id] for c in rows]))
 
 
 def record_ack(
