@@ -96,6 +96,7 @@ class BufferedReadClient(mqtt.Client):
     """
 
     DRAIN_PACKETS = 256  # packets handled per wake-up before paho's loop writes acks and pings
+    DRAIN_READS = 8  # socket reads per wake-up on the publish handler's path (2 MB)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,12 +133,14 @@ class BufferedReadClient(mqtt.Client):
         if not isinstance(sock, _ReadBuffer):
             return super().loop_read(max_packets)
         fast = self._publish_handler is not None and self._protocol != MQTTProtocolVersion.MQTTv5
-        budget = self.DRAIN_PACKETS
+        budget, reads = self.DRAIN_PACKETS, self.DRAIN_READS
         while budget:
             budget -= 1
             if fast and self._in_packet["command"] == 0:
-                if not sock.buffered() and not sock.fill():
-                    return mqtt.MQTT_ERR_SUCCESS  # nothing more to read now
+                if not sock.buffered():
+                    if not reads or not sock.fill():
+                        return mqtt.MQTT_ERR_SUCCESS  # nothing more to read now, or enough for once
+                    reads -= 1
                 if sock.buffered():
                     self._cut_publishes(sock)
                     if not sock.buffered():
