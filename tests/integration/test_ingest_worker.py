@@ -135,6 +135,7 @@ def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(
     dev = f"L{unique_id}"
     base = f"sl/v1/11230/{dev}"
     ts = now_ms()
+    started = time.time()
     with running(make_worker(mqtt_service, migrated, tmp_path, unique_id)) as worker:
         pub = publisher(mqtt_service)
         msgs = [
@@ -156,6 +157,9 @@ def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(
         wait_for(lambda: count(migrated, "SELECT count(*) FROM dead_letters") >= 2)
         pub.loop_stop()
         assert worker.metrics.dead_letters["payload"] >= 2
+        # The freshness gauge operators alert on moved to the last commit.
+        assert started <= worker.metrics.last_commit_unix_s <= time.time()
+        assert "ingest_last_commit_timestamp_seconds{" in worker.metrics.exposition()
     assert count(migrated, "SELECT count(*) FROM devices WHERE device_id = %s AND firmware = '1.2'", dev) == 1
     assert count(migrated, "SELECT count(*) FROM device_state WHERE device_id = %s AND online", dev) == 1
     assert count(migrated, "SELECT count(*) FROM events WHERE device_id = %s", dev) == 2
