@@ -43,10 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        # One worker per core, as deployed (docs/operations.md); a worker's paho thread is the
-        # same per-message cost as the baseline's, so one worker alone measured 0.52-0.57 of it.
-        default=min(2, os.cpu_count() or 1),
-        help="ingest worker processes on one shared subscription (default: 2, or 1 on one core)",
+        # One, as `streetlight ingest` deploys by default: since PUBLISH packets are cut from the
+        # read buffer, one worker commits 129-135k msg/s at QoS 0 here and two only 92-99k (they
+        # and the broker's shared-subscription round robin compete for the same 2 cores);
+        # docs/benchmarks.md. More workers are for availability, or for more cores.
+        default=1,
+        help="ingest worker processes on one shared subscription (default 1)",
     )
     parser.add_argument("--rate", type=float, default=0.0, help="publish rate (0: as fast as possible)")
     parser.add_argument("--naive-sample", type=int, default=NAIVE_SAMPLE)
