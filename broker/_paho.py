@@ -91,8 +91,10 @@ class BufferedReadClient(mqtt.Client):
     paho reads a packet with one ``recv`` for its first byte, one per remaining-length byte and one
     for the rest: three system calls for a small telemetry message, which made paho's thread the
     ingest worker's bottleneck (py-spy: two thirds of a worker's samples). This client reads up to
-    256 KB at once and serves paho's reads from that buffer; paho's loop already skips ``select``
-    while its socket reports ``pending()`` bytes (its path for TLS). The MQTT handling is paho's.
+    256 KB at once and serves paho's reads from that buffer, handles every packet already buffered
+    without a ``select`` each, sends a batch of QoS 1 acks as one write (``ack_many``) and skips the
+    topic matcher when no per-topic callback is set. With ``set_publish_handler`` it also cuts QoS
+    0/1 PUBLISH packets from the buffer itself; every other packet is paho's to handle.
     """
 
     DRAIN_PACKETS = 256  # packets handled per wake-up before paho's loop writes acks and pings
@@ -195,9 +197,15 @@ class BufferedReadClient(mqtt.Client):
             except UnicodeDecodeError:
                 topic = "<not utf-8>"
             mid = (buf[topic_end] << 8) | buf[topic_end + 1] if qos else 0
-            handler(topic, buf[head_end:stop], qos, mid)
             pos = stop
             n += 1
+            try:
+                handler(topic, buf[head_end:stop], qos, mid)
+            except Exception as err:  # as paho treats an on_message that raises
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in the publish handler: %s", err)
+                if not self.suppress_exceptions:
+                    sock._pos = pos
+                    raise
         if n:
             sock._pos = pos
             with self._msgtime_mutex:
