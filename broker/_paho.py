@@ -92,9 +92,9 @@ class BufferedReadClient(mqtt.Client):
     for the rest: three system calls for a small telemetry message, which made paho's thread the
     ingest worker's bottleneck (py-spy: two thirds of a worker's samples). This client reads up to
     256 KB at once and serves paho's reads from that buffer, handles every packet already buffered
-    without a ``select`` each, sends a batch of QoS 1 acks as one write (``ack_many``) and skips the
-    topic matcher when no per-topic callback is set. With ``set_publish_handler`` it also cuts QoS
-    0/1 PUBLISH packets from the buffer itself; every other packet is paho's to handle.
+    without a ``select`` each and sends a batch of QoS 1 acks as one write (``ack_many``). With
+    ``set_publish_handler`` it also cuts QoS 0/1 PUBLISH packets from the buffer itself; every
+    other packet is paho's to handle.
     """
 
     DRAIN_PACKETS = 256  # packets handled per wake-up before paho's loop writes acks and pings
@@ -102,7 +102,6 @@ class BufferedReadClient(mqtt.Client):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._filtered_callbacks = 0
         self._publish_handler: RawPublishHandler | None = None
 
     def _create_socket(self) -> Any:
@@ -223,26 +222,6 @@ class BufferedReadClient(mqtt.Client):
             return
         pack = _PUBACK.pack
         self._packet_queue(mqtt.PUBACK, b"".join([pack(mqtt.PUBACK, 2, mid) for mid in mids]), 0, 1)
-
-    def message_callback_add(self, sub: str, callback: Any) -> None:
-        super().message_callback_add(sub, callback)
-        self._filtered_callbacks += 1
-
-    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        """``on_message`` without the topic matcher when no per-topic callback was ever added."""
-        if self._filtered_callbacks:
-            super()._handle_on_message(message)
-            return
-        on_message = self.on_message
-        if on_message is None:
-            return
-        with self._in_callback_mutex:
-            try:
-                on_message(self, self._userdata, message)
-            except Exception as err:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                if not self.suppress_exceptions:
-                    raise
 
 
 def paho_client(

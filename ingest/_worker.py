@@ -149,16 +149,14 @@ class IngestWorker:
             )
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        queue = self._queue
-        if not queue:
-            self._first_at = time.monotonic()
+        # The packets paho handles itself (one split across reads, or without the publish handler).
         try:
-            queue.append((msg.topic, bytes(msg.payload), msg.qos, msg.mid, self._generation))
+            topic = msg.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8; brokers refuse these, but never crash
-            queue.append(("<not utf-8>", bytes(msg.payload), msg.qos, msg.mid, self._generation))
+            topic = "<not utf-8>"
+        self._on_publish(topic, bytes(msg.payload), msg.qos, msg.mid)
 
     def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
-        # The same as _on_message, for the PUBLISH packets the client cuts from its buffer itself.
         queue = self._queue
         if not queue:
             self._first_at = time.monotonic()
