@@ -512,10 +512,48 @@ def _set_meta(conn: Conn, key: str, value: str) -> None:
     )
 
 
+PRELOAD_HINT = (
+    "add timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL "
+    "(docs/operations.md, TimescaleDB)"
+)
+
+
+def timescale_preloaded(conn: Conn) -> bool:
+    """True when this server was started with TimescaleDB's loader in ``shared_preload_libraries``.
+
+    ``CREATE EXTENSION timescaledb`` on a server without the preload ends the session with a FATAL
+    error, so this is asked first. The loader defines ``timescaledb.max_background_workers``
+    (an integer) when it is loaded; without it the name is unknown or, when postgresql.conf sets
+    it anyway, a text placeholder. Any role can read ``pg_settings`` for it, unlike
+    ``shared_preload_libraries`` itself, which only superusers may read.
+    """
+    row = conn.execute(
+        "SELECT vartype FROM pg_settings WHERE name = 'timescaledb.max_background_workers'"
+    ).fetchone()
+    return row is not None and row[0] == "integer"
+
+
+def _refuse_timescale_without_preload(conn: Conn) -> None:
+    """Fail clearly when this database has the extension but the server did not preload it.
+
+    Any DDL in such a database, even ``CREATE TABLE IF NOT EXISTS``, loads the extension and ends
+    the session with a FATAL error; catalog reads do not.
+    """
+    has_extension = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    if has_extension is not None and not timescale_preloaded(conn):
+        raise MigrationError(
+            0, f"this database uses TimescaleDB but the server did not preload it: {PRELOAD_HINT}"
+        )
+
+
 def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None]:
     """Decide the storage path once per database; later runs read the recorded decision."""
     recorded = _meta(conn, "timescaledb")
     if recorded is not None:
+        if wanted and recorded != "on":
+            raise MigrationError(
+                0, "TimescaleDB was asked for but this database was created on native partitioning"
+            )
         return recorded == "on", _meta(conn, "timescaledb_version")
     if wanted is False:
         log.info("storage path: native partitioning (TimescaleDB not wanted)")
@@ -526,15 +564,35 @@ def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None
     ).fetchone()
     if row is None:
         if wanted:
-            raise MigrationError(0, "TimescaleDB was asked for but is not available on this server")
+            raise MigrationError(0, "TimescaleDB was asked for but is not installed on this server")
         log.info("storage path: native partitioning (TimescaleDB is not available on this server)")
+        _set_meta(conn, "timescaledb", "off")
+        return False, None
+    if not timescale_preloaded(conn):
+        # Installed but not preloaded (the package is in, postgresql.conf not yet edited):
+        # CREATE EXTENSION would end this session with a FATAL error, so it is never tried.
+        if wanted:
+            raise MigrationError(
+                0,
+                f"TimescaleDB {row[0]} is installed but not in shared_preload_libraries: {PRELOAD_HINT}",
+            )
+        log.warning(
+            "storage path: native partitioning (TimescaleDB %s is installed but not in "
+            "shared_preload_libraries; to use it, %s before the first migration)",
+            row[0],
+            PRELOAD_HINT,
+        )
         _set_meta(conn, "timescaledb", "off")
         return False, None
     try:
         with conn.transaction():
             conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as exc:
-        # Typically: available but not in shared_preload_libraries.
+        if conn.closed:
+            # A FATAL error ended the session: nothing more can be written on it.
+            raise MigrationError(
+                0, f"CREATE EXTENSION timescaledb ended the session ({exc}); {PRELOAD_HINT}"
+            ) from exc
         if wanted:
             raise MigrationError(0, f"CREATE EXTENSION timescaledb failed: {exc}") from exc
         log.warning("storage path: native partitioning (TimescaleDB available but failed to load: %s)", exc)
@@ -554,6 +612,7 @@ def apply_migrations(conn: Conn, *, timescale: bool | None = None) -> MigrationR
         raise ValueError(
             "apply_migrations needs an autocommit connection: each migration is its own transaction"
         )
+    _refuse_timescale_without_preload(conn)
     conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
     try:
         conn.execute(BOOTSTRAP_SQL.encode())

@@ -216,6 +216,8 @@ class PgService:
     port: int | None = None
     run_as: str | None = None
     pg_bin: Path | None = None
+    timescale: bool = False
+    """Started with TimescaleDB preloaded (and worker slots for its jobs)."""
     _server: object = None
 
     def database_url(self, dbname: str) -> str:
@@ -242,16 +244,46 @@ class PgService:
         if self.kind != "pg_ctl":
             raise RuntimeError("only a pg_ctl cluster started by this process can be restarted")
         assert self.datadir is not None
-        opts = _pg_options(self.port or 5432, self.datadir)
+        opts = _pg_options(self.port or 5432, self.datadir, timescale=self.timescale)
         if self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", opts) != 0:
             raise RuntimeError(f"pg_ctl start failed; see {self.datadir}/server.log")
 
 
-def _pg_options(port: int, datadir: Path) -> str:
-    return (
+# TimescaleDB's jobs each take a background worker while they run, plus one scheduler per
+# database with the extension and one launcher: 8 slots (the default) ran out with this
+# project's 7 jobs; the tests keep a few databases alive at once, hence the margin.
+TIMESCALE_WORKER_OPTIONS = (
+    "-c shared_preload_libraries=timescaledb -c max_worker_processes=32 "
+    "-c timescaledb.max_background_workers=24"
+)
+
+
+def _pg_options(port: int, datadir: Path, *, timescale: bool = False) -> str:
+    opts = (
         f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
         "-c shared_buffers=256MB -c synchronous_commit=off -c fsync=off -c full_page_writes=off"
     )
+    return f"{opts} {TIMESCALE_WORKER_OPTIONS}" if timescale else opts
+
+
+def timescale_installed(pg_bin: Path | None = None) -> bool:
+    """True when the PostgreSQL whose binaries are in ``pg_bin`` has TimescaleDB's files."""
+    pg_bin = pg_bin or find_pg_bin()
+    if pg_bin is None:
+        return False
+    try:
+        out = subprocess.run(
+            [str(pg_bin / "pg_config"), "--pkglibdir", "--sharedir"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    if len(out) != 2:
+        return False
+    lib, share = Path(out[0]), Path(out[1])
+    return (lib / "timescaledb.so").exists() and (share / "extension" / "timescaledb.control").exists()
 
 
 def find_pg_bin() -> Path | None:
@@ -265,8 +297,11 @@ def find_pg_bin() -> Path | None:
     return None
 
 
-def start_pg_cluster(workdir: Path, *, port: int | None = None) -> PgService:
-    """initdb + pg_ctl start a throwaway cluster on a free port (as 'postgres' when we are root)."""
+def start_pg_cluster(workdir: Path, *, port: int | None = None, timescale: bool = False) -> PgService:
+    """initdb + pg_ctl start a throwaway cluster on a free port (as 'postgres' when we are root).
+
+    ``timescale``: preload TimescaleDB and give its jobs worker slots (False: the state of a
+    server right after the package is installed and before postgresql.conf is edited)."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
         raise FileNotFoundError("initdb/pg_ctl are not installed")
@@ -298,7 +333,7 @@ def start_pg_cluster(workdir: Path, *, port: int | None = None) -> PgService:
     if out.returncode != 0:
         raise RuntimeError(f"initdb failed: {out.stderr.strip()}")
     svc = PgService(
-        "pg_ctl", f"postgresql://postgres@127.0.0.1:{port}/postgres", datadir, port, run_as, pg_bin
+        "pg_ctl", f"postgresql://postgres@127.0.0.1:{port}/postgres", datadir, port, run_as, pg_bin, timescale
     )
     svc.start_again()
     return svc

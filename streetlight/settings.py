@@ -68,6 +68,14 @@ class Settings:
     api_token_ttl_s: float = 12 * 3600.0  # one operator shift
     api_kdf_time_cost: int = 3  # argon2id passes for operators' passwords (RFC 9106 second choice)
     api_kdf_memory_kib: int = 65536  # argon2id memory, 64 MiB (RFC 9106 second recommended option)
+    storage: str = "auto"
+    """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
+    (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
+
+    @property
+    def timescale_wanted(self) -> bool | None:
+        """``storage`` as ``apply_migrations`` takes it: None detects, True insists, False refuses."""
+        return {"auto": None, "timescaledb": True, "plain": False}[self.storage]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,4 +102,5 @@ class Settings:
             api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
             api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),
             api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
+            storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )

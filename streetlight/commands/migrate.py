@@ -14,7 +14,14 @@ HELP = "apply the database migrations (creates or updates the schema; safe to ru
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streetlight migrate``."""
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
-    parser.add_argument(
+    path = parser.add_mutually_exclusive_group()
+    path.add_argument(
+        "--timescale",
+        action="store_true",
+        help="insist on TimescaleDB: fail, saying why, when it cannot be used (first run only; "
+        "default: STREETLIGHT_STORAGE)",
+    )
+    path.add_argument(
         "--no-timescale",
         action="store_true",
         help="use native partitioning even when TimescaleDB is available (first run only)",
@@ -38,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
         print("streetlight migrate: no database: pass --database-url or set DATABASE_URL")
         return 2
     try:
-        report = migrate(url, timescale=False if args.no_timescale else None)
+        wanted = settings.timescale_wanted
+        if getattr(args, "timescale", False):
+            wanted = True
+        elif args.no_timescale:
+            wanted = False
+        report = migrate(url, timescale=wanted)
     except (StoreError, OSError) as exc:
         print(f"streetlight migrate: {exc}")
         return 1
