@@ -8,7 +8,17 @@ import pytest
 
 from broker.security import Principal, hash_secret
 from broker.security._registry import DeviceSpec
-from ingest import IngestMetrics, RawMessage, SeqTracker, Spool, SpoolFull, ack_seq, process, sender_checker
+from ingest import (
+    IngestMetrics,
+    RawMessage,
+    SeqTracker,
+    Spool,
+    SpoolFull,
+    SpoolLocked,
+    ack_seq,
+    process,
+    sender_checker,
+)
 from store import EVENT_FIELDS, TELEMETRY_FIELDS
 
 NOW_MS = 1_764_100_000_000
@@ -133,6 +143,21 @@ def test_a_torn_spool_record_is_cut_on_reopen_so_later_batches_stay_readable(tmp
     spool.append([tel("L1", 2)])
     assert [m.payload for _, b in spool.batches() for m in b] == [tel("L1", 1).payload, tel("L1", 2).payload]
     spool.close()
+
+
+def test_a_second_instance_cannot_open_a_spool_that_another_holds_so_it_never_truncates_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.spool"
+    first = Spool(path)
+    first.append([tel("L1", 1)])
+    with pytest.raises(SpoolLocked, match="another running ingest instance"):
+        Spool(path)
+    assert [m.payload for _, b in first.batches() for m in b] == [tel("L1", 1).payload]
+    first.close()
+    second = Spool(path)  # the lock dies with its holder
+    assert len(second) == 1
+    second.close()
 
 
 def test_a_full_spool_refuses_the_batch_and_writes_nothing(tmp_path: Path) -> None:
