@@ -22,6 +22,7 @@ from broker.security._errors import (
 from broker.security._ids import CITY_DISTRICT, SEOUL_DISTRICTS, check_identity, identity_problem
 from broker.security._mosquitto import (
     MAX_PAYLOAD_BYTES,
+    PACKET_HEADROOM_BYTES,
     MosquittoFiles,
     MosquittoOptions,
     TlsFiles,
@@ -48,6 +49,7 @@ from broker.security._sender import Verdict, check_sender
 __all__ = [
     "CITY_DISTRICT",
     "MAX_PAYLOAD_BYTES",
+    "PACKET_HEADROOM_BYTES",
     "REGISTRY_FILE",
     "SEOUL_DISTRICTS",
     "DeviceFileError",
