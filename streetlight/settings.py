@@ -9,6 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker import ConnectionParams
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -43,7 +47,12 @@ class Settings:
     """Everything configurable, with the defaults a single-machine deployment wants."""
 
     mqtt_url: str | None = None
-    """``mqtt://user:pass@host:port``; None means: start the embedded broker."""
+    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``); None means: start
+    the embedded broker."""
+    mqtt_password: str | None = None
+    """The MQTT secret of the URL's user (``MQTT_PASSWORD``), so it is on no command line."""
+    mqtt_password_file: Path | None = None
+    """A file holding the secret, or provision's ``username,secret`` CSV (``MQTT_PASSWORD_FILE``)."""
     database_url: str | None = None
     """``postgresql://...``; None means: start the embedded PostgreSQL."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
@@ -77,6 +86,20 @@ class Settings:
         """``storage`` as ``apply_migrations`` takes it: None detects, True insists, False refuses."""
         return {"auto": None, "timescaledb": True, "plain": False}[self.storage]
 
+    def mqtt_params(
+        self, url: str, *, username: str | None = None, password_file: Path | None = None
+    ) -> ConnectionParams:
+        """Connection parameters for ``url``, the secret taken from the URL, ``MQTT_PASSWORD`` or
+        the password file (``password_file`` over ``MQTT_PASSWORD_FILE``); raises MqttUrlError."""
+        from broker import parse_mqtt_url, with_credentials
+
+        return with_credentials(
+            parse_mqtt_url(url),
+            username=username,
+            password=self.mqtt_password,
+            password_file=password_file or self.mqtt_password_file,
+        )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from the environment (``os.environ`` unless given)."""
@@ -84,6 +107,8 @@ class Settings:
         data_dir = Path(e.get("STREETLIGHT_DATA_DIR") or (Path.cwd() / ".streetlight"))
         return cls(
             mqtt_url=e.get("MQTT_URL") or None,
+            mqtt_password=e.get("MQTT_PASSWORD") or None,
+            mqtt_password_file=Path(e["MQTT_PASSWORD_FILE"]) if e.get("MQTT_PASSWORD_FILE") else None,
             database_url=e.get("DATABASE_URL") or None,
             data_dir=data_dir,
             api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
