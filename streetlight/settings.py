@@ -53,6 +53,8 @@ class Settings:
     """The MQTT secret of the URL's user (``MQTT_PASSWORD``), so it is on no command line."""
     mqtt_password_file: Path | None = None
     """A file holding the secret, or provision's ``username,secret`` CSV (``MQTT_PASSWORD_FILE``)."""
+    operator_password: str | None = None
+    """``streetlight api --create-operator USER``'s password (``STREETLIGHT_OPERATOR_PASSWORD``)."""
     database_url: str | None = None
     """``postgresql://...``; None means: start the embedded PostgreSQL."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
@@ -109,6 +111,7 @@ class Settings:
             mqtt_url=e.get("MQTT_URL") or None,
             mqtt_password=e.get("MQTT_PASSWORD") or None,
             mqtt_password_file=Path(e["MQTT_PASSWORD_FILE"]) if e.get("MQTT_PASSWORD_FILE") else None,
+            operator_password=e.get("STREETLIGHT_OPERATOR_PASSWORD") or None,
             database_url=e.get("DATABASE_URL") or None,
             data_dir=data_dir,
             api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
