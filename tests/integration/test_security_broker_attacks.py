@@ -415,8 +415,7 @@ def _connects(d: Deployment, user: str) -> bool:
     """Whether a fresh mosquitto_sub login as ``user`` gets CONNACK 0."""
     assert SUB is not None
     r = subprocess.run(
-        [SUB, "-p", str(d.port), "-u", user, "-P", d.secrets[user], "-i", user, "-t", "x", "-C", "1"]
-        + ["-W", "1", "-d"],
+        [SUB, "-p", str(d.port), "-u", user, "-P", d.secrets[user], "-i", user, "-t", "x", "-W", "1", "-d"],
         capture_output=True,
         text=True,
         timeout=10,
