@@ -52,6 +52,30 @@ def _operator_password(password_file: Path | None, from_env: str | None) -> str 
     return first if first == getpass.getpass("again: ") else None
 
 
+def _new_operator(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    """``--create-operator``'s username and password; the password None (and said why) if refused."""
+    username = args.create_operator[0]
+    if len(args.create_operator) != 1:
+        print(
+            "streetlight api: --create-operator takes only USERNAME: a password on the command line "
+            "is visible to every local user (ps); use --password-file, STREETLIGHT_OPERATOR_PASSWORD "
+            "or the prompt"
+        )
+        return username, None
+    try:
+        password = _operator_password(args.password_file, settings.operator_password)
+    except OSError as exc:
+        print(f"streetlight api: cannot read the password file: {exc}")
+        return username, None
+    if not password:
+        print(
+            "streetlight api: no password: pass --password-file, set STREETLIGHT_OPERATOR_PASSWORD, "
+            "or run it on a terminal to be asked"
+        )
+        return username, None
+    return username, password
+
+
 def run(args: argparse.Namespace) -> int:
     """Migrate, optionally create accounts, then serve until stopped."""
     import psycopg
@@ -67,30 +91,19 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         print("streetlight api: no database: pass --database-url or set DATABASE_URL")
         return 2
+    new_operator: tuple[str, str] | None = None
+    if args.create_operator:
+        # Asked before anything else is done, so a refusal changes nothing.
+        username, password = _new_operator(args, settings)
+        if password is None:
+            return 2
+        new_operator = (username, password)
     hasher = password_hasher(settings.api_kdf_time_cost, settings.api_kdf_memory_kib)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
-            if args.create_operator:
-                if len(args.create_operator) != 1:
-                    print(
-                        "streetlight api: --create-operator takes only USERNAME: a password on the "
-                        "command line is visible to every local user (ps); use --password-file, "
-                        "STREETLIGHT_OPERATOR_PASSWORD or the prompt"
-                    )
-                    return 2
-                username = args.create_operator[0]
-                try:
-                    password = _operator_password(args.password_file, settings.operator_password)
-                except OSError as exc:
-                    print(f"streetlight api: cannot read the password file: {exc}")
-                    return 2
-                if not password:
-                    print(
-                        "streetlight api: no password: pass --password-file, set "
-                        "STREETLIGHT_OPERATOR_PASSWORD, or run it on a terminal to be asked"
-                    )
-                    return 2
+            if new_operator is not None:
+                username, password = new_operator
                 try:
                     create_operator(
                         conn, username, password, role=args.role, district=args.district, hasher=hasher
