@@ -426,60 +426,60 @@ def _connects(d: Deployment, user: str) -> bool:
 # -- 4. the documented TLS set-up -------------------------------------------------------------------
 
 
+def _tls_sub(certs: Path, port: int, device: str, client_id: str, *args: str) -> list[str]:
+    assert SUB is not None
+    argv = [SUB, "-h", "localhost", "-p", str(port), "--cafile", str(certs / "ca.crt")]
+    argv += ["--cert", str(certs / f"{device}.crt"), "--key", str(certs / f"{device}.key")]
+    return [*argv, "-i", client_id, "-t", f"sl/v1/11230/{device}/cmd", "-q", "1", *args]
+
+
 def test_the_documented_tls_setup_starts_and_a_device_connects_with_its_certificate() -> None:
     skip_unless(shutil.which("openssl") is not None, "needs openssl")
     with broker_users_dir() as base:
         certs, conf_dir = base / "certs", base / "streetlight"
         # The steps of docs/security.md "Mosquitto with mTLS", with these paths.
         subprocess.run(
-            ["sh", str(ROOT / "broker/security/make_test_ca.sh"), str(certs), "localhost", "lamp-tls"],
+            [
+                "sh",
+                str(ROOT / "broker/security/make_test_ca.sh"),
+                str(certs),
+                "localhost",
+                "lamp-tls",
+                "lamp-tls2",
+            ],
             check=True,
             capture_output=True,
         )
-        devices = _device_csv(base / "lamps.csv", ["lamp-tls"])
+        devices = _device_csv(base / "lamps.csv", ["lamp-tls", "lamp-tls2"])
         tls_port, dev_port = free_port(), free_port()
-        argv = [
-            "provision",
-            "--devices",
-            str(devices),
-            "--state-dir",
-            str(base / "state"),
-            "--out",
-            str(conf_dir),
-        ]
-        argv += ["--tls-port", str(tls_port), "--tls-dir", str(certs), "--dev-port", str(dev_port)]
-        assert cli_main([*argv, "--secrets-out", str(base / "issued.csv")]) == 0
+        argv = ["provision", "--devices", str(devices), "--state-dir", str(base / "state")]
+        argv += ["--out", str(conf_dir), "--tls-port", str(tls_port), "--tls-dir", str(certs)]
+        assert cli_main([*argv, "--dev-port", str(dev_port), "--secrets-out", str(base / "issued.csv")]) == 0
         subprocess.run(["chgrp", "-R", "mosquitto", str(conf_dir), str(certs)], check=True)
-        proc = _start(conf_dir / "mosquitto.conf", tls_port, base / "stdout.log")
+        log = base / "stdout.log"
+        proc = _start(conf_dir / "mosquitto.conf", tls_port, log)
         try:
-            assert SUB is not None
             r = subprocess.run(
-                [
-                    SUB,
-                    "-h",
-                    "localhost",
-                    "-p",
-                    str(tls_port),
-                    "--cafile",
-                    str(certs / "ca.crt"),
-                    "--cert",
-                    str(certs / "lamp-tls.crt"),
-                    "--key",
-                    str(certs / "lamp-tls.key"),
-                    "-i",
-                    "lamp-tls",
-                    "-t",
-                    "sl/v1/11230/lamp-tls/cmd",
-                    "-C",
-                    "1",
-                    "-W",
-                    "2",
-                    "-d",
-                ],
+                _tls_sub(certs, tls_port, "lamp-tls", "lamp-tls", "-C", "1", "-W", "2", "-d"),
                 capture_output=True,
                 text=True,
                 timeout=10,
             )
             assert "received CONNACK (0)" in r.stdout, r.stdout + r.stderr
+            # With a certificate too, the client id is the identity (the CN), not what the client says.
+            victim = subprocess.Popen(
+                _tls_sub(certs, tls_port, "lamp-tls", "lamp-tls"), stdout=subprocess.PIPE, text=True
+            )
+            wait_for(lambda: log.read_text().count("as lamp-tls ") >= 2, 5)
+            attacker = subprocess.run(
+                _tls_sub(certs, tls_port, "lamp-tls2", "lamp-tls", "-W", "1", "-d"),
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            assert "received CONNACK (0)" in attacker.stdout
+            assert victim.poll() is None and TAKEOVER not in log.read_text()
+            victim.terminate()
+            victim.communicate(timeout=5)
         finally:
             terminate(proc)
