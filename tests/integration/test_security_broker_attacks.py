@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from store import migrate
 from streetlight.cli import main as cli_main
 from streetlight.localservices import MqttService, free_port, terminate
 from tests.conftest import skip_unless
@@ -259,6 +260,30 @@ def test_provisioned_ingest_shares_its_subscription_and_six_devices_in_its_group
         for a in attackers:
             stop(a)
     assert n - stored == 0, f"{n - stored} of {n} messages never reached the database"
+
+
+def test_the_shared_subscription_probe_keeps_what_was_queued_for_the_stopped_worker(
+    deployment: Deployment, db_url: str, tmp_path: Path
+) -> None:
+    # The broker gives the probe the worker's client id (its username): a clean-session probe
+    # would wipe the worker's persistent session and everything queued in it while it was down.
+    d = deployment
+    env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%401@127.0.0.1:{d.port}"}
+    rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-7'"
+    migrate(db_url)
+    ts = int(time.time() * 1000)
+    with ingest_process(env, tmp_path / "first.log") as first:
+        wait_for(lambda: "connected (session present" in first.log.read_text(), 30)
+        time.sleep(0.5)  # the SUBACK
+        pub(d, "lamp-7", "sl/v1/11230/lamp-7/telemetry", [LAMP % (ts, 0)])
+        wait_for(lambda: count(db_url, rows) == 1, 30)
+    n = 20
+    pub(d, "lamp-7", "sl/v1/11230/lamp-7/telemetry", [LAMP % (ts + i, i) for i in range(1, n + 1)])
+    with ingest_process(env, tmp_path / "second.log") as again:
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: count(db_url, rows) == n + 1, 30)
+        assert "subscription_mode mode=shared" in again.log.read_text()
+    assert count(db_url, rows) == n + 1, "messages queued for the stopped worker were lost"
 
 
 # -- 6. the registry check of the deployed ingest ---------------------------------------------------
