@@ -8,6 +8,7 @@ client; the services under attack are the real `streetlight ingest` processes. d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import grp
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from firmware_sim import DeviceIdentity, LampFirmware
+from firmware_sim.fleet import LAMP_MODEL, Endpoint, Fleet
 from store import migrate
 from streetlight.cli import main as cli_main
 from streetlight.localservices import MqttService, free_port, terminate
@@ -190,6 +193,26 @@ def test_a_device_cannot_resume_an_offline_devices_session_and_its_queued_comman
     back = sub(d, "lamp-5", "sl/v1/11230/lamp-5/cmd", clean=False)
     time.sleep(1.0)
     assert "queued-while-offline" in stop(back), "the device's own persistent session lost its command"
+
+
+async def test_simulated_lamps_log_in_with_their_provisioned_secrets_and_publish(
+    deployment: Deployment,
+) -> None:
+    # The simulator's devices send their device id as client id, which is their username: the
+    # binding changes nothing for them.
+    d = deployment
+    watcher = sub(d, "ingest", "sl/v1/11230/lamp-6/#")
+    wait_for(lambda: "as ingest " in d.log.read_text(), 5)
+    await asyncio.sleep(0.3)  # its SUBACK
+    fleet = Fleet([Endpoint("127.0.0.1", d.port)], interval_s=0.5)
+    lamp = DeviceIdentity("lamp-6", "11230", "lamp", 37.56, 127.03, LAMP_MODEL)
+    fleet.add(LampFirmware(lamp), d.secrets)
+    async with fleet:
+        assert await fleet.wait_connected(timeout_s=10)
+        await asyncio.sleep(1.5)
+    out = stop(watcher)
+    assert "sl/v1/11230/lamp-6/birth" in out and "sl/v1/11230/lamp-6/telemetry" in out
+    assert takeovers(d, "lamp-6") == 0
 
 
 # -- 1. the ingest share group ----------------------------------------------------------------------
