@@ -60,10 +60,6 @@ class Deployment:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def cli_args(self) -> list[str]:
-        args = ["--state-dir", str(self.state), "--out", str(self.out), "--dev-port", str(self.port)]
-        return args + (["--broker-user", RUN_AS] if RUN_AS else [])
-
 
 def _device_csv(path: Path, ids: list[str]) -> Path:
     path.write_text("id,kind,district_code\n" + "".join(f"{d},lamp,11230\n" for d in ids))
@@ -76,27 +72,35 @@ def _read_secrets(path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def deployed(workdir: Path, *extra: str) -> Iterator[Deployment]:
+def deployed(workdir: Path) -> Iterator[Deployment]:
     """`streetlight provision` as documented, then mosquitto on its output."""
     skip_unless(
         MOSQUITTO is not None and SUB is not None and PUB is not None, "needs mosquitto and its clients"
     )
     port = free_port()
-    secrets_file = workdir / "issued.csv"
-    d = Deployment(workdir / "state", workdir / "mosq", port, {}, secrets_file, None, workdir / "broker.log")  # type: ignore[arg-type]
-    argv = ["provision", *d.cli_args(), "--devices", str(_device_csv(workdir / "lamps.csv", DEVICES))]
-    assert (
-        cli_main([*argv, "--service", "ingest@0", "ingest@1", "--secrets-out", str(secrets_file), *extra])
-        == 0
+    state, out, secrets_file, log = (
+        workdir / "state",
+        workdir / "mosq",
+        workdir / "issued.csv",
+        workdir / "broker.log",
     )
-    d.secrets = _read_secrets(secrets_file)
-    conf = d.out / "mosquitto.conf"
-    conf.write_text(conf.read_text().replace("log_dest stderr", f"log_dest file {d.log}"))
-    d.proc = _start(conf, port, workdir / "stdout.log")
+    argv = ["provision", "--state-dir", str(state), "--out", str(out), "--dev-port", str(port)]
+    argv += ["--broker-user", RUN_AS] if RUN_AS else []
+    argv += [
+        "--devices",
+        str(_device_csv(workdir / "lamps.csv", DEVICES)),
+        "--service",
+        "ingest@0",
+        "ingest@1",
+    ]
+    assert cli_main([*argv, "--secrets-out", str(secrets_file)]) == 0
+    conf = out / "mosquitto.conf"
+    conf.write_text(conf.read_text().replace("log_dest stderr", f"log_dest file {log}"))
+    proc = _start(conf, port, workdir / "stdout.log")
     try:
-        yield d
+        yield Deployment(state, out, port, _read_secrets(secrets_file), secrets_file, proc, log)
     finally:
-        terminate(d.proc)
+        terminate(proc)
 
 
 @pytest.fixture(scope="module")
