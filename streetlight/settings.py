@@ -6,6 +6,7 @@ Every service receives the values it needs from here as arguments; nothing else 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,3 +133,24 @@ class Settings:
             api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )
+
+
+def warn_secrets_in_flags(command: str, flags: Mapping[str, str | None]) -> list[str]:
+    """Warn (stderr) about each ``--flag`` whose URL carries a password: any local user reads it
+    in ``ps``. Returns the flags warned about. The URL still works; the fix is the environment."""
+    from urllib.parse import urlsplit
+
+    warned = []
+    for flag, url in flags.items():
+        try:
+            has_secret = bool(url) and urlsplit(url).password is not None
+        except ValueError:
+            has_secret = False
+        if has_secret:
+            warned.append(flag)
+            sys.stderr.write(
+                f"streetlight {command}: warning: {flag} carries a password, visible to every local user "
+                "(ps); pass the URL without it and the secret in MQTT_PASSWORD[_FILE] (MQTT) or "
+                "PGPASSWORD / PGPASSFILE (PostgreSQL)\n"
+            )
+    return warned

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "serve the Safety-app and operators' API and the console (migrates the database first)"
 
@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from store.schema import apply_migrations
 
     settings = Settings.from_env()
+    warn_secrets_in_flags("api", {"--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url = args.database_url or settings.database_url
     if not url:

@@ -10,7 +10,7 @@ import logging
 import signal
 from pathlib import Path
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "run the controller (walk brightening, SOS to control centres, blinking, escalation) for districts"
 
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from controller import Controller, ControllerConfig, HoldPolicy
 
     settings = Settings.from_env()
+    warn_secrets_in_flags("controller", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     mqtt_url = args.mqtt_url or settings.mqtt_url
     db_url = args.database_url or settings.database_url

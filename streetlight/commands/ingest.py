@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 if TYPE_CHECKING:
     from broker import ConnectionParams
@@ -104,6 +104,8 @@ def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Start the workers (or, with --index, be one) until SIGTERM/SIGINT."""
     settings = Settings.from_env()
+    if args.index is None:  # the supervisor warns once, not every worker
+        warn_secrets_in_flags("ingest", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     mqtt_url = args.mqtt_url or settings.mqtt_url
     database_url = args.database_url or settings.database_url

@@ -28,7 +28,7 @@ from broker.security import (
     write_emqx,
     write_mosquitto,
 )
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "register lamps and blinkers, issue credentials, generate Mosquitto/EMQX security config"
 
@@ -115,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Provision, rotate, revoke; write the registry and broker files; optionally reload mosquitto."""
+    warn_secrets_in_flags("provision", {"--database-url": args.database_url})
     state_dir: Path = args.state_dir or Settings.from_env().data_dir / "provision"
     registry_path = state_dir / REGISTRY_FILE
     try:

@@ -118,3 +118,18 @@ def _another_group() -> int:
         except KeyError:
             continue
     pytest.skip("no second group on this machine")
+
+
+def test_a_url_with_a_password_on_the_command_line_is_warned_about(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from streetlight.settings import warn_secrets_in_flags
+
+    flags = {
+        "--mqtt-url": "mqtt://ingest:s3cret@h:1883",
+        "--database-url": "postgresql://u@h/db",
+        "--x": None,
+    }
+    assert warn_secrets_in_flags("ingest", flags) == ["--mqtt-url"]
+    err = capsys.readouterr().err
+    assert "--mqtt-url carries a password" in err and "s3cret" not in err
