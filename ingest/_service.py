@@ -39,11 +39,6 @@ def probe_shared_subscriptions(params: ConnectionParams, timeout_s: float = 2.0)
     Mosquitto (>= 1.6) and EMQX say who they are on ``$SYS``; otherwise (e.g. amqtt, which
     delivered 1 of 100 shared messages, DESIGN.md §5) send probe messages through a shared
     subscription and require every one of them back.
-
-    With an account, the broker gives the probe the worker's client id (its username): it then
-    resumes the worker's persistent session instead of wiping it (a clean session would drop what
-    was queued while the worker was down), acknowledges nothing it is handed (the broker sends it
-    again to the worker) and unsubscribes what it subscribed.
     """
     got: list[bytes] = []
     version: list[str] = []
@@ -56,14 +51,7 @@ def probe_shared_subscriptions(params: ConnectionParams, timeout_s: float = 2.0)
         else:
             got.append(bytes(msg.payload))
 
-    with_account = params.username is not None
-    client = paho_client(
-        params,
-        params.username or f"streetlight-probe-{uuid.uuid4().hex[:8]}",
-        clean_session=not with_account,
-        manual_ack=with_account,
-    )
-    probe_filters = ["$SYS/broker/version", "$SYS/brokers/+/version", f"$share/probe/{probe_topic}"]
+    client = paho_client(params, f"streetlight-probe-{uuid.uuid4().hex[:8]}")
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subscribed.set()
     try:
@@ -91,14 +79,8 @@ def probe_shared_subscriptions(params: ConnectionParams, timeout_s: float = 2.0)
         ok = len(got) >= _PROBE_MESSAGES
         return ok, f"shared-subscription probe delivered {len(got)} of {_PROBE_MESSAGES}"
     finally:
-        if with_account:
-            # Out of the worker's persistent session again before leaving it.
-            unsubscribed = threading.Event()
-            client.on_unsubscribe = lambda *_a: unsubscribed.set()
-            client.unsubscribe(probe_filters)
-            unsubscribed.wait(timeout_s / 2)
-        client.disconnect()
         client.loop_stop()
+        client.disconnect()
 
 
 class _IdInPayload(msgspec.Struct):

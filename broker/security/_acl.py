@@ -8,7 +8,7 @@ at connect time (no ``pattern`` / ``%c`` / ``%u``, no ``${clientid}``), so a cli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
 from broker.security._errors import UnsafeAclError
 from broker.security._ids import (
@@ -34,8 +34,6 @@ class Grant:
 
 
 _ALL_DEVICES = f"{DEVICE_PREFIX}/+/+"
-# Where Mosquitto and EMQX publish their name and version (retained / periodic).
-BROKER_VERSION_TOPICS: Final = ("$SYS/broker/version", "$SYS/brokers/+/version")
 
 
 def grants_for(p: Principal) -> tuple[Grant, ...]:
@@ -50,14 +48,9 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
     if p.role == "ingest":
         # Everything devices say (and the commands, to store them); never a publish. The $share
         # line is for EMQX; Mosquitto's acl_file never checks a SUBSCRIBE and checks a shared
-        # delivery against the message's own topic (measured on 2.0.11, docs/security.md). The
-        # broker's version (and nothing else of $SYS) is what ingest's shared-subscription probe
-        # reads to know the broker shares (ingest._service.probe_shared_subscriptions).
-        return (
-            Grant("read", f"{_ALL_DEVICES}/#"),
-            Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"),
-            *(Grant("read", t) for t in BROKER_VERSION_TOPICS),
-        )
+        # delivery against the message's own topic (measured on 2.0.11, docs/security.md). No
+        # $SYS: an ingest with an account does not probe the broker (streetlight/commands/ingest.py).
+        return (Grant("read", f"{_ALL_DEVICES}/#"), Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"))
     if p.role == "controller":
         return (
             Grant("write", f"{_ALL_DEVICES}/cmd"),

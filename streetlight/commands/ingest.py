@@ -96,6 +96,14 @@ def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
 
     if args.subscription != "auto":
         return bool(args.subscription == "shared")
+    if params.username is not None:
+        # A broker with accounts is one `streetlight provision` configured: Mosquitto or EMQX, both
+        # share. Not probed: a probe would log in as a worker, the broker (binding the client id to
+        # the username) would hand it that worker's persistent session, and a clean-session probe
+        # would wipe what is queued there, a resumed one would take the queued QoS 0 messages.
+        why = "a broker with accounts (Mosquitto or EMQX as provisioned); not probed"
+        log.info("subscription_mode mode=shared why=%r", why)
+        return True
     shared, why = probe_shared_subscriptions(params)
     log.info("subscription_mode mode=%s why=%s", "shared" if shared else "plain", why)
     return shared
@@ -154,6 +162,7 @@ def _run_worker(
     from ingest import (
         IngestWorker,
         JobsLeader,
+        SpoolLocked,
         WorkerConfig,
         gazetteer_locator,
         raise_fault_alerts,
@@ -173,21 +182,27 @@ def _run_worker(
     except psycopg.Error as exc:
         print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
         return 1
+    # With an account the broker makes the client id the username (use_username_as_clientid).
+    client_id = params.username or f"{args.client_id}-{index}"
     config = WorkerConfig(
         mqtt=params,
         database_url=database_url,
-        spool_path=settings.data_dir / "spool" / f"ingest-{index}.spool",
+        # One spool per instance, named like its MQTT session: both hold what this instance owes.
+        spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
         index=index,
         shared=shared,
-        # With an account the broker makes the client id the username (use_username_as_clientid).
-        client_id=params.username or f"{args.client_id}-{index}",
+        client_id=client_id,
         share_group=group or INGEST_GROUP,
         qos=args.qos,
         max_rows=args.max_rows,
         max_delay_s=args.max_delay_ms / 1000,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
     )
-    worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+    try:
+        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+    except SpoolLocked as exc:
+        log.error("ingest worker %d: %s", index, exc)
+        return 2
     server = (
         serve_metrics(worker.metrics, args.metrics_host, args.metrics_port + index)
         if args.metrics_port

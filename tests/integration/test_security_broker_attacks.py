@@ -289,11 +289,11 @@ def test_provisioned_ingest_shares_its_subscription_and_six_devices_in_its_group
     assert n - stored == 0, f"{n - stored} of {n} messages never reached the database"
 
 
-def test_the_shared_subscription_probe_keeps_what_was_queued_for_the_stopped_worker(
+def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_down(
     deployment: Deployment, db_url: str, tmp_path: Path
 ) -> None:
-    # The broker gives the probe the worker's client id (its username): a clean-session probe
-    # would wipe the worker's persistent session and everything queued in it while it was down.
+    # The broker gives any connection on the worker's account the worker's client id: a
+    # clean-session probe at start would wipe the persistent session and what was queued in it.
     d = deployment
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%401@127.0.0.1:{d.port}"}
     rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-7'"

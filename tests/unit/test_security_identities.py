@@ -53,15 +53,21 @@ def test_service_instance_accounts_get_their_roles_rights_and_devices_cannot_use
             check_service_account(bad)
 
 
-def test_the_ingest_account_may_read_the_brokers_version_and_nothing_else_of_sys() -> None:
-    # ingest's shared-subscription probe reads $SYS/broker/version; with no right to it the probe
-    # got nothing and a deployed ingest fell back to one plain worker.
+def test_an_ingest_with_an_account_shares_its_subscription_without_probing_the_broker() -> None:
+    # The generated ACL gives ingest nothing of $SYS, where the probe reads the broker's name: a
+    # deployed ingest probing got nothing and fell back to one plain worker. Probing would also
+    # have to log in as a worker, whose persistent session the broker would then hand it.
+    import argparse
+
+    from streetlight.commands.ingest import _decide_shared
+
     registry = Registry()
     registry.provision([])
     ingest = registry.get("ingest")
     assert ingest is not None
-    sys_topics = {g.topic for g in grants_for(ingest) if g.topic.startswith("$SYS")}
-    assert sys_topics == {"$SYS/broker/version", "$SYS/brokers/+/version"}
+    assert not any(g.topic.startswith("$SYS") for g in grants_for(ingest))
+    nowhere = parse_mqtt_url("mqtt://ingest%400:secret@127.0.0.1:1")  # nothing listens on port 1
+    assert _decide_shared(argparse.Namespace(subscription="auto"), nowhere) is True
 
 
 def test_a_secret_comes_from_the_provision_csv_row_of_the_user_or_a_one_line_file(tmp_path: Path) -> None:
