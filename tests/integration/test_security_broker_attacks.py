@@ -92,6 +92,7 @@ def deployed(workdir: Path) -> Iterator[Deployment]:
         "--service",
         "ingest@0",
         "ingest@1",
+        "controller@north-a",
     ]
     assert cli_main([*argv, "--secrets-out", str(secrets_file)]) == 0
     conf = out / "mosquitto.conf"
@@ -217,6 +218,33 @@ async def test_simulated_lamps_log_in_with_their_provisioned_secrets_and_publish
     out = stop(watcher)
     assert "sl/v1/11230/lamp-6/birth" in out and "sl/v1/11230/lamp-6/telemetry" in out
     assert takeovers(d, "lamp-6") == 0
+
+
+def test_a_controller_logs_in_on_its_instance_account_from_a_password_file(
+    deployment: Deployment, db_url: str, tmp_path: Path
+) -> None:
+    d = deployment
+    migrate(db_url)
+    url = f"mqtt://controller%40north-a@127.0.0.1:{d.port}"
+    env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": url}
+    log = tmp_path / "controller.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streetlight.cli", "controller", "--districts", "11230"],
+            env=env,
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: "as controller@north-a " in d.log.read_text(), 60)
+        time.sleep(1.0)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert "not authorised" not in log.read_text().lower()
+    assert takeovers(d, "controller@north-a") == 0
 
 
 # -- 1. the ingest share group ----------------------------------------------------------------------
