@@ -400,6 +400,22 @@ def test_the_deployed_ingest_refuses_a_ghost_device_with_no_registry_flag(
     assert count(db_url, "SELECT count(*) FROM devices WHERE device_id = 'lamp-ghost'") == 0
 
 
+def test_a_device_revoked_with_the_database_named_is_refused_by_ingests_registry(
+    db_url: str, tmp_path: Path
+) -> None:
+    from ingest import DatabaseRegistry, sender_checker
+
+    common = ["provision", "--state-dir", str(tmp_path / "state"), "--database-url", db_url]
+    devices = _device_csv(tmp_path / "lamps.csv", ["lamp-ok", "lamp-gone"])
+    assert cli_main([*common, "--devices", str(devices)]) == 0
+    assert cli_main([*common, "--revoke", "lamp-gone"]) == 0
+    check = sender_checker(DatabaseRegistry(db_url).lookup)
+    assert check("lamp-ok", "11230", b"{}")[0] is None
+    assert check("lamp-gone", "11230", b"{}")[0] == "revoked_device"
+    assert check("lamp-never", "11230", b"{}")[0] == "unknown_device"
+    assert check("lamp-ok", "11010", b"{}")[1] == "district_mismatch"
+
+
 # -- 3. revocation with the broker running as its own user ------------------------------------------
 
 
