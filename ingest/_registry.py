@@ -67,10 +67,11 @@ class DatabaseRegistry:
         self._lock = threading.Lock()
         self._devices: dict[str, ProvisionedDevice] = {}
         self._loaded_at = -float("inf")
+        self._failing = False
 
     def load(self) -> int:
         """Read the table now; returns how many devices were ever provisioned."""
-        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=2) as conn:
             devices = provisioned_devices(conn)
         with self._lock:
             self._devices = devices
@@ -80,11 +81,16 @@ class DatabaseRegistry:
     def lookup(self, device_id: str) -> RegisteredDevice | None:
         """The registered device ``device_id``, or None when provisioning never registered it."""
         age = self._clock() - self._loaded_at
-        if age >= self.refresh_s or (device_id not in self._devices and age >= self.miss_refresh_s):
+        miss_due = device_id not in self._devices and age >= self.miss_refresh_s and not self._failing
+        if age >= self.refresh_s or miss_due:
             try:
                 self.load()
+                self._failing = False
             except psycopg.Error as exc:
-                self._loaded_at = self._clock()  # not again before the next interval
+                # The database is down (ingest spools meanwhile): keep the table, and wait a full
+                # interval, misses or not, so this thread does not stall on connects.
+                self._loaded_at = self._clock()
+                self._failing = True
                 log.warning("registry_refresh_failed devices=%d error=%s", len(self._devices), exc)
         d = self._devices.get(device_id)
         return None if d is None else RegisteredDevice(d.device_id, d.district_code, d.revoked)

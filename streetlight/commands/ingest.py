@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS (default 1)")
     parser.add_argument(
-        "--client-id", default="streetlight-ingest", help="prefix of the workers' MQTT client ids"
+        "--client-id",
+        default="streetlight-ingest",
+        help="prefix of the workers' MQTT client ids without an account (with one it is the username)",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus /metrics and /health (worker i: port + i)"

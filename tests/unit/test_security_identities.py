@@ -139,3 +139,30 @@ def test_a_url_with_a_password_on_the_command_line_is_warned_about(
     assert warn_secrets_in_flags("ingest", flags) == ["--mqtt-url"]
     err = capsys.readouterr().err
     assert "--mqtt-url carries a password" in err and "s3cret" not in err
+
+
+def test_ingests_database_registry_keeps_its_table_and_waits_a_full_interval_while_the_database_is_down() -> (
+    None
+):
+    import psycopg
+
+    from ingest import DatabaseRegistry
+
+    now = [0.0]
+    registry = DatabaseRegistry(
+        "postgresql://unused", refresh_s=30.0, miss_refresh_s=5.0, clock=lambda: now[0]
+    )
+    attempts: list[float] = []
+
+    def down() -> int:
+        attempts.append(now[0])
+        raise psycopg.OperationalError("connection refused")
+
+    registry.load = down  # type: ignore[method-assign]
+    assert registry.lookup("lamp-a") is None  # first lookup: tries, fails, no exception
+    for t in (1.0, 6.0, 12.0, 29.0):  # unknown ids, but the last attempt failed: no new attempt
+        now[0] = t
+        assert registry.lookup("lamp-ghost") is None
+    now[0] = 30.5
+    registry.lookup("lamp-ghost")
+    assert attempts == [0.0, 30.5]
