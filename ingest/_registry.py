@@ -6,6 +6,7 @@ the ``devices`` table, and every ingest instance that shares the database shares
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -77,6 +78,24 @@ class DatabaseRegistry:
             self._devices = devices
             self._loaded_at = self._clock()
         return len(devices)
+
+    def active(self) -> bool:
+        """Whether provisioning has registered any device yet (re-read every ``refresh_s``).
+
+        ``--registry-check auto`` checks senders only then, so a development database without
+        provisioning stores every device, and a deployed ingest turns the check on by itself once
+        ``streetlight provision --database-url`` has run, without a restart.
+        """
+        if self._clock() - self._loaded_at >= self.refresh_s:
+            was = bool(self._devices)
+            with contextlib.suppress(psycopg.Error):
+                self.load()
+            self._loaded_at = self._clock()
+            if bool(self._devices) != was:
+                log.info(
+                    "registry_check state=%s devices=%d", "on" if self._devices else "off", len(self._devices)
+                )
+        return bool(self._devices)
 
     def lookup(self, device_id: str) -> RegisteredDevice | None:
         """The registered device ``device_id``, or None when provisioning never registered it."""

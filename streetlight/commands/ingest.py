@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from broker import ConnectionParams
     from ingest import SenderCheckFn
 
+CheckResult = tuple[str | None, str | None, str]
+
 HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
 log = logging.getLogger("streetlight.ingest")
 
@@ -243,14 +245,22 @@ def _sender_check(args: argparse.Namespace, database_url: str) -> SenderCheckFn 
         return sender_checker(file_registry_lookup(args.registry))
     registry = DatabaseRegistry(database_url)
     provisioned = registry.load()
-    if provisioned == 0 and args.registry_check == "auto":
+    check = sender_checker(registry.lookup)
+    if args.registry_check == "on":
+        log.info("registry_check state=on source=database devices=%d", provisioned)
+        return check
+    if provisioned == 0:
         log.warning(
             "registry_check state=off reason=no_provisioned_devices "
-            "hint='streetlight provision --database-url' turns it on"
+            "hint='streetlight provision --database-url' turns it on (re-read every 30 s)"
         )
-        return None
-    log.info("registry_check state=on source=database devices=%d", provisioned)
-    return sender_checker(registry.lookup)
+    else:
+        log.info("registry_check state=on source=database devices=%d", provisioned)
+
+    def check_once_provisioned(device_id: str, district: str, payload: bytes) -> CheckResult:
+        return check(device_id, district, payload) if registry.active() else (None, None, "")
+
+    return check_once_provisioned
 
 
 def _supervise(args: argparse.Namespace, workers: int) -> int:

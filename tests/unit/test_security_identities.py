@@ -166,3 +166,26 @@ def test_ingests_database_registry_keeps_its_table_and_waits_a_full_interval_whi
     now[0] = 30.5
     registry.lookup("lamp-ghost")
     assert attempts == [0.0, 30.5]
+
+
+def test_the_auto_registry_check_turns_on_by_itself_once_provisioning_reached_the_database() -> None:
+    from ingest import DatabaseRegistry
+    from store.registry import ProvisionedDevice
+
+    now = [0.0]
+    registry = DatabaseRegistry("postgresql://unused", refresh_s=30.0, clock=lambda: now[0])
+    table: dict[str, ProvisionedDevice] = {}
+
+    def load() -> int:
+        registry._devices = dict(table)
+        registry._loaded_at = now[0]
+        return len(table)
+
+    registry.load = load  # type: ignore[method-assign]
+    assert registry.active() is False  # a development database: every sender is stored
+    table["lamp-a"] = ProvisionedDevice("lamp-a", "lamp", "11230", credentials_fingerprint="f")
+    now[0] = 10.0
+    assert registry.active() is False  # not re-read before the interval
+    now[0] = 31.0
+    assert registry.active() is True
+    assert registry.lookup("lamp-a") is not None and registry.lookup("lamp-ghost") is None
