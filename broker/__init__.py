@@ -12,7 +12,9 @@ from broker._connection import (
     ConnectionParams,
     backoff_delay_s,
     parse_mqtt_url,
+    read_password_file,
     supports_shared_subscriptions,
+    with_credentials,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
 from broker._paho import BufferedReadClient, DeviceLink, paho_client
@@ -140,7 +142,9 @@ __all__ = [
     "parse_device_topic",
     "parse_mqtt_url",
     "parse_topic",
+    "read_password_file",
     "shared",
     "supports_shared_subscriptions",
     "unshared",
+    "with_credentials",
 ]

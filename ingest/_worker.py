@@ -32,7 +32,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from broker import BufferedReadClient, ConnectionParams, backoff_delay_s, ingest_filters, paho_client
+from broker import (
+    INGEST_GROUP,
+    BufferedReadClient,
+    ConnectionParams,
+    backoff_delay_s,
+    ingest_filters,
+    paho_client,
+)
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, process
 from ingest._spool import Spool, SpoolFull
@@ -61,13 +68,14 @@ class WorkerConfig:
     idle_s: float = 0.005
     spool_max_bytes: int = 1 << 30
     clean_session: bool = False
+    share_group: str = INGEST_GROUP
     filters: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.client_id:
             self.client_id = f"streetlight-ingest-{self.index}"
         if not self.filters:
-            self.filters = ingest_filters(shared_subscription=self.shared)
+            self.filters = ingest_filters(shared_subscription=self.shared, group=self.share_group)
 
 
 class IngestWorker:
