@@ -61,7 +61,7 @@ from broker import (
     parse_device_topic,
 )
 from controller._blink import BlinkPolicy, BlinkSet, blink_targets, confirm, fail, move_to, refresh_due
-from controller._commands import CommandIds, CommandTracker, LampCommand
+from controller._commands import CommandIds, CommandTracker, LampCommand, WrongDevice
 from controller._db import Db, LampRow, active_walks, load_devices, mark_commands_unanswered
 from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
@@ -350,6 +350,12 @@ class Controller:
 
     async def _mqtt_loop(self, mqtt: MqttSession) -> None:
         async for msg in mqtt.messages():
+            if msg.retain:
+                # Acks and events are never retained (DESIGN.md §3): one from the broker's store
+                # is old news replayed at every (re)subscription, so it is counted and skipped.
+                self.stats["retained_skipped"] += 1
+                log.info("retained message skipped topic=%s", msg.topic)
+                continue
             try:
                 await self._on_mqtt(msg.topic, msg.payload)
             except Exception as exc:  # one bad message never stops the controller
@@ -376,9 +382,21 @@ class Controller:
             log.info("refused %s from device=%s: %s", parsed.channel, parsed.device_id, exc)
 
     async def _on_ack(self, device_id: str, ack: Any, now: int) -> None:
-        answered = self._tracker.acked(ack.cmd_id, ack.status, now)
+        answered = self._tracker.acked(ack.cmd_id, ack.status, now, sender=device_id)
         if answered is None:
             return  # another controller's command, or one already settled
+        if isinstance(answered, WrongDevice):
+            # A device acking a command sent to another lamp: a faked confirmation (issue 15).
+            self.stats["acks_wrong_device"] += 1
+            log.warning(
+                "ack refused: not from its device cmd_id=%s sender=%s target=%s action=%s source=%s",
+                ack.cmd_id,
+                device_id,
+                answered.command.device_id,
+                answered.command.action,
+                answered.command.source,
+            )
+            return
         cmd = answered.command
         self._write("ack", (cmd.cmd_id, ack.status, ack.effective_level, ack.reason))
         self.stats[f"acks_{answered.state}"] += 1
