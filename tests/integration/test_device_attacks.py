@@ -9,6 +9,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -17,14 +18,17 @@ from typing import Any
 
 import psycopg
 
-from alerts import AlertKind, Place, Position, new_alert
+from alerts import AlertKind, Place, Position, new_alert, resolve
 from broker import ConnectionParams, parse_mqtt_url
 from controller import Controller, ControllerConfig
+from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from store import migrate, upsert_device
-from store.alertstore import load_alert, save_alert
+from store.alertstore import active_alerts, load_alert, save_alert
 from streetlight.bench.controller import LampFleet, LampSpec
 from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
+from tests.helpers import running as running_worker
+from tests.helpers import wait_for
 
 DISTRICT = "11140"  # Jung-gu
 BASE_LAT, BASE_LON = 37.5650, 126.9800
@@ -169,3 +173,175 @@ async def test_a_lamp_acking_another_lamps_blink_command_is_refused_and_the_dark
             }
             assert "applied" not in statuses
             assert ctl.snapshot()["commands"].get("wrong_device", 0) >= 1
+
+
+# ------------------------------------------------------------------ ingest: one lamp's messages
+
+
+def ingest_worker(svc: MqttService, db: str, tmp: Path, client_id: str, **kw: Any) -> IngestWorker:
+    """An ingest worker as `streetlight ingest` builds it (rate bound at its defaults)."""
+    config = WorkerConfig(
+        mqtt=parse_mqtt_url(svc.url),
+        database_url=db,
+        spool_path=tmp / f"{client_id}.spool",
+        client_id=client_id,
+        shared=False,
+        max_delay_s=0.05,
+        **kw,
+    )
+    return IngestWorker(config, on_faults=raise_fault_alerts)
+
+
+def device_alerts(db: str, device_id: str, kind: str) -> list[tuple[str, str, int]]:
+    """(status, fault code, count) of a device's alerts of a kind, oldest first."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT status, data->>'fault_code', (data->>'count')::int FROM alerts "
+            "WHERE device_id = %s AND kind = %s ORDER BY created_at",
+            (device_id, kind),
+        ).fetchall()
+    return [(str(s), str(c), int(n or 1)) for s, c, n in rows]
+
+
+def stored(db: str, sql: str, *args: Any) -> int:
+    with psycopg.connect(db, autocommit=True) as conn:
+        row = conn.execute(sql, args).fetchone()
+    return int(row[0]) if row else 0
+
+
+def marker(params: ConnectionParams, db: str, device_id: str, seq: int) -> None:
+    """Send one telemetry from a bystander lamp and wait for its row: everything before is handled."""
+    topic = f"sl/v1/11230/{device_id}/telemetry"
+    mosquitto_pub(params, topic, [LAMP % (now_ms(), seq)], client_id=device_id)
+    wait_for(
+        lambda: (
+            stored(db, "SELECT count(*) FROM telemetry WHERE device_id = %s AND seq = %s", device_id, seq)
+            == 1
+        ),
+        10,
+    )
+
+
+LAMP = b'{"ts":%d,"seq":%d,"level":80,"power_w":36.4,"faults":[]}'
+
+
+def test_a_retained_tamper_event_raises_no_alert_again_after_ingest_reconnects_nor_a_redelivered_one(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    dev, bystander = f"T{unique_id}", f"M{unique_id}"
+    topic = f"sl/v1/11230/{dev}/event"
+    tamper = b'{"ts":%d,"seq":41,"type":"tamper"}' % now_ms()
+    try:
+        with running_worker(ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")):
+            mosquitto_pub(params, topic, [tamper], retain=True, client_id=dev)
+            wait_for(lambda: device_alerts(db_url, dev, "tamper") == [("open", "tamper", 1)], 10)
+        # The operator looks at the pole and resolves the alert.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            (alert,) = active_alerts(conn, kinds=["tamper"], source_id=dev)
+            save_alert(
+                conn, resolve(alert, datetime.now(UTC), "operator:kim", note="checked"), previous=alert
+            )
+        # Ingest reconnects (a restart, a broker restart): the broker hands it the retained copy.
+        worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+        with running_worker(worker):
+            marker(params, db_url, bystander, 1)
+            # The same event again, live (a QoS 1 redelivery: same device, ts and seq).
+            mosquitto_pub(params, topic, [tamper], client_id=dev)
+            marker(params, db_url, bystander, 2)
+        assert device_alerts(db_url, dev, "tamper") == [("resolved", "tamper", 1)]
+        assert stored(db_url, "SELECT count(*) FROM events WHERE device_id = %s", dev) == 1
+        assert worker.metrics.snapshot()["retained_ignored"] == 1
+    finally:
+        mosquitto_pub(params, topic, [b""], retain=True, client_id=dev)  # clear the retained message
+
+
+def test_a_birth_contradicting_the_registration_is_flagged_and_changes_nothing_but_firmware(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp, blinker, elsewhere = f"R{unique_id}", f"B{unique_id}", f"X{unique_id}"
+    lat, lon = 37.5744, 127.0396  # Dongdaemun-gu, 11230
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        upsert_device(conn, blinker, kind="blinker", district_code="11230", lat=lat, lon=lon)
+        upsert_device(conn, elsewhere, kind="lamp", district_code="11680", lat=37.4979, lon=127.0276)
+    topic = f"sl/v1/11230/{lamp}/birth"
+
+    def birth(**over: Any) -> bytes:
+        fields = {"kind": "lamp", "firmware": "2.4.1", "model": "SL-LED-60", "lat": lat, "lon": lon,
+                  "paired": blinker, "bdseq": 1}  # fmt: skip
+        return json.dumps({**fields, **over}).encode()
+
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    with running_worker(worker):
+        mosquitto_pub(params, topic, [birth()], client_id=lamp)  # the first birth registers the lamp
+        wait_for(lambda: stored(db_url, "SELECT count(*) FROM devices WHERE device_id = %s", lamp) == 1, 10)
+        # Its controller stolen: a blinker now, in Gangnam, paired with a lamp there.
+        attack = birth(kind="blinker", lat=37.4979, lon=127.0276, paired=elsewhere, firmware="6.6.6", bdseq=2)
+        mosquitto_pub(params, topic, [attack], client_id=lamp)
+        wait_for(lambda: device_alerts(db_url, lamp, "tamper") != [], 10)
+        assert worker.metrics.flags["registration_mismatch"] == 1
+        # A later honest birth after a firmware upgrade is no conflict.
+        mosquitto_pub(params, topic, [birth(firmware="2.5.0", bdseq=3)], client_id=lamp)
+        marker(params, db_url, f"M{unique_id}", 1)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT kind, district_code, lat, lon, paired_device_id, firmware FROM devices "
+            "WHERE device_id = %s",
+            (lamp,),
+        ).fetchone()
+    assert row == ("lamp", "11230", lat, lon, blinker, "2.5.0")
+    assert device_alerts(db_url, lamp, "tamper") == [("open", "registration_mismatch", 1)]
+    assert worker.metrics.flags["registration_mismatch"] == 1
+
+
+def test_a_lamp_flooding_50000_messages_is_bounded_alerted_once_and_does_not_hold_up_the_others(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    flooder, others = f"F{unique_id}", [f"N{unique_id}-{i}" for i in range(20)]
+    t0 = now_ms()
+    flood = [LAMP % (t0, seq) for seq in range(50_000)]
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    with running_worker(worker):
+        peak = [0]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], len(worker._queue))
+                time.sleep(0.001)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        pub = threading.Thread(
+            target=mosquitto_pub,
+            args=(params, f"sl/v1/11230/{flooder}/telemetry", flood),
+            kwargs={"qos": 0, "client_id": flooder},
+        )
+        pub.start()
+        # Meanwhile the other lamps report as usual; each must be stored promptly.
+        delays: list[float] = []
+        for i, lamp in enumerate(others):
+            sent = time.monotonic()
+            marker(params, db_url, lamp, i)
+            delays.append(time.monotonic() - sent)
+        pub.join(120)
+        flood_s = time.monotonic() - started
+        marker(params, db_url, f"M{unique_id}", 1)
+        done.set()
+        watcher.join()
+        rows = stored(db_url, "SELECT count(*) FROM telemetry WHERE device_id = %s", flooder)
+        assert rows <= 100 + 5 * flood_s + 5  # the burst and the rate over the flood, nothing more
+        limited = worker.metrics.snapshot()["rate_limited"]
+        print(f"flood of 50,000 in {flood_s:.1f} s: {rows} stored, {limited} refused, peak queue {peak[0]},"
+              f" bystanders' publish->row max {max(delays) * 1000:.0f} ms")  # fmt: skip
+        assert rows + limited == 50_000
+        assert peak[0] < 1000  # what is over the bound never queues
+        assert max(delays) < 2.0
+        wait_for(lambda: device_alerts(db_url, flooder, "tamper") != [], 10)
+    assert device_alerts(db_url, flooder, "tamper") == [("open", "message_flood", 1)]
