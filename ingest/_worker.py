@@ -104,6 +104,7 @@ class IngestWorker:
             if config.device_rate_per_s > 0
             else None
         )
+        self._admit = self._limiter.admit if self._limiter is not None else None
         # QoS 1 messages refused in the receive path (over the rate, retained): (mid, connection).
         # They are acknowledged without being stored, by the flusher, many in one write.
         self._refused_acks: deque[tuple[int, int]] = deque()
@@ -172,8 +173,8 @@ class IngestWorker:
         if retain and not topic.endswith("/state"):
             self._refuse_retained(topic, qos, mid)
             return
-        limiter = self._limiter
-        if limiter is not None and not limiter.admit(topic):
+        admit = self._admit
+        if admit is not None and not admit(topic):
             if qos:
                 self._refused_acks.append((mid, self._generation))
             return
@@ -294,6 +295,7 @@ class IngestWorker:
     def _handle(self, items: list[Item], first_at: float) -> None:
         m = self.metrics
         m.received += len(items)
+        self._ack_refused()  # whatever the batch's fate (written, spooled), the buckets refill
         messages = [RawMessage(t, p, q) for t, p, q, _mid, _gen in items]
         if self.spool.size_bytes:
             self._to_spool(items, messages)
@@ -309,7 +311,6 @@ class IngestWorker:
             self._to_spool(items, messages)
             return
         self._ack(items)
-        self._ack_refused()
         m.observe_batch(time.monotonic() - first_at)
         m.pending = len(self._queue)
 
@@ -455,8 +456,10 @@ class IngestWorker:
         self._reconnect_wanted = True
 
     def _ack_refused(self) -> None:
-        """Acknowledge the QoS 1 messages refused in the receive path (of this connection)."""
+        """Refill the devices' buckets and acknowledge the QoS 1 messages refused in the receive
+        path (of this connection)."""
         if self._limiter is not None:
+            self._limiter.refill(time.monotonic())
             self.metrics.rate_limited = self._limiter.limited
         refused = self._refused_acks
         if not refused:

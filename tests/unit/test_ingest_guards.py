@@ -17,21 +17,17 @@ from ingest._registration import POSITION_TOLERANCE_M, judge_birth
 M_LAT = 1 / 111_000  # degrees of latitude per metre
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+T0 = 1000.0
 
 
 def test_a_device_gets_its_burst_then_its_rate_and_the_rest_is_refused_and_counted() -> None:
-    clock = Clock()
-    limiter = DeviceRateLimiter(rate_per_s=5, burst=100, clock=clock)
+    limiter = DeviceRateLimiter(rate_per_s=5, burst=100, now=T0)
     topic = "sl/v1/11140/L-1/telemetry"
     admitted = sum(limiter.admit(topic) for _ in range(50_000))
     assert admitted == 100 and limiter.limited == 49_900
-    clock.t += 2.0  # two seconds: ten more
+    limiter.refill(T0 + 0.1)  # half a token: nothing yet
+    assert not limiter.admit(topic)
+    limiter.refill(T0 + 2.0)  # two seconds: ten more
     assert sum(limiter.admit(topic) for _ in range(1000)) == 10
     # Its other channels share the bucket; another device has its own.
     assert not limiter.admit("sl/v1/11140/L-1/event")
@@ -39,16 +35,18 @@ def test_a_device_gets_its_burst_then_its_rate_and_the_rest_is_refused_and_count
 
 
 def test_a_sustained_flood_is_one_episode_and_a_flood_after_a_quiet_spell_another() -> None:
-    clock = Clock()
-    limiter = DeviceRateLimiter(rate_per_s=5, burst=10, clock=clock)
+    limiter = DeviceRateLimiter(rate_per_s=5, burst=10, now=T0)
     topic = "sl/v1/11140/L-1/event"
+    t = T0
     for _ in range(200):  # 20 s of 100 msg/s
         for _ in range(10):
             limiter.admit(topic)
-        clock.t += 0.1
+        t += 0.1
+        limiter.refill(t)
     assert limiter.take_new_floods() == ["sl/v1/11140/L-1"]
     assert limiter.take_new_floods() == []
-    clock.t += 2.0  # the bucket is full again: the episode is over
+    limiter.refill(t + 2.0)  # the bucket is full again: the episode is over, the device forgotten
+    assert len(limiter) == 0
     for _ in range(50):
         limiter.admit(topic)
     assert limiter.take_new_floods() == ["sl/v1/11140/L-1"]
@@ -58,19 +56,20 @@ def test_a_sustained_flood_is_one_episode_and_a_flood_after_a_quiet_spell_anothe
 def test_a_device_never_gets_more_than_its_burst_plus_its_rate_over_time(
     steps: list[tuple[int, float]],
 ) -> None:
-    clock = Clock()
-    limiter = DeviceRateLimiter(rate_per_s=5, burst=20, clock=clock)
-    start, admitted = clock.t, 0
+    limiter = DeviceRateLimiter(rate_per_s=5, burst=20, now=T0)
+    t, admitted = T0, 0
     for n, dt in steps:
         admitted += sum(limiter.admit("sl/v1/11140/L-1/telemetry") for _ in range(n))
-        clock.t += dt
-    assert admitted <= 20 + 5 * (clock.t - start) + 1e-6
+        t += dt
+        limiter.refill(t)
+    assert admitted <= 20 + 5 * (t - T0) + 1e-6
 
 
 def test_the_buckets_are_bounded_in_number() -> None:
-    limiter = DeviceRateLimiter(max_devices=100)
+    limiter = DeviceRateLimiter(max_devices=100, now=T0)
     for i in range(1000):
         limiter.admit(f"sl/v1/11140/L-{i}/telemetry")
+    limiter.refill(T0 + 1.0)
     assert len(limiter) <= 100
 
 
