@@ -253,7 +253,7 @@ def _event(out: Processed, i: int, device_id: str, ev: Event, payload: bytes) ->
         out.fault_events.append((device_id, ev.type, ev.code or ev.type, ev.ts, ev.seq))
 
 
-# The maintenance alert of a device over its message rate (ingest/_ratelimit.py).
+# The maintenance alert of a device over its message rate (broker/_ratelimit.py).
 FLOOD_EVENT: Final = "flood"
 FLOOD_CODE: Final = "message_flood"
 

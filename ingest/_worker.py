@@ -32,10 +32,18 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from broker import BufferedReadClient, ConnectionParams, backoff_delay_s, ingest_filters, paho_client
+from broker import (
+    DEVICE_BURST,
+    DEVICE_RATE_PER_S,
+    BufferedReadClient,
+    ConnectionParams,
+    DeviceRateLimiter,
+    backoff_delay_s,
+    ingest_filters,
+    paho_client,
+)
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
-from ingest._ratelimit import DEFAULT_BURST, DEFAULT_RATE_PER_S, DeviceRateLimiter
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from store import StoreUnavailable
@@ -63,9 +71,9 @@ class WorkerConfig:
     spool_max_bytes: int = 1 << 30
     clean_session: bool = False
     filters: list[str] = field(default_factory=list)
-    # Per-device bound in the receive path (ingest/_ratelimit.py); 0 turns it off.
-    device_rate_per_s: float = DEFAULT_RATE_PER_S
-    device_burst: float = DEFAULT_BURST
+    # Per-device bound in the receive path (broker/_ratelimit.py); 0 turns it off.
+    device_rate_per_s: float = DEVICE_RATE_PER_S
+    device_burst: float = DEVICE_BURST
 
     def __post_init__(self) -> None:
         if not self.client_id:

@@ -351,3 +351,58 @@ def test_a_lamp_flooding_50000_messages_is_bounded_alerted_once_and_does_not_hol
         assert max(delays) < 2.0
         wait_for(lambda: device_alerts(db_url, flooder, "tamper") != [], 10)
     assert device_alerts(db_url, flooder, "tamper") == [("open", "message_flood", 1)]
+
+
+async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_within_its_rate(
+    db_url: str, mqtt_service: MqttService, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    prefix = f"L{unique_id}"
+    lamps = [LampSpec(f"{prefix}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)]
+    blinker = f"B{unique_id}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for spec in lamps:
+            upsert_device(
+                conn, spec.device_id, kind="lamp", district_code=DISTRICT, lat=spec.lat, lon=spec.lon
+            )
+        upsert_device(
+            conn, blinker, kind="blinker", district_code=DISTRICT, lat=BASE_LAT, lon=BASE_LON,
+            paired_device_id=lamps[0].device_id,
+        )  # fmt: skip
+    cfg = ControllerConfig(
+        mqtt=params,
+        database_url=db_url,
+        districts=(DISTRICT,),
+        lease_ttl_s=2.0,
+        tick_s=0.05,
+        retry_after_s=0.5,
+    )
+    n = 5000
+    sightings = [
+        json.dumps(
+            {"ts": now_ms(), "seq": i, "type": "beacon", "token_hash": f"{i:032x}", "rssi_dbm": -60}
+        ).encode()
+        for i in range(n)
+    ]
+    with LampFleet(params, lamps):
+        async with running(cfg) as ctl:
+            started = time.monotonic()
+            await asyncio.to_thread(
+                mosquitto_pub, params, f"sl/v1/{DISTRICT}/{blinker}/event", sightings, client_id=blinker
+            )
+            await until(
+                lambda: (
+                    ctl.snapshot()["stats"].get("beacon_sightings", 0)
+                    + ctl.snapshot()["stats"].get("rate_limited", 0)
+                    >= n
+                ),
+                30,
+                "every sighting handled or refused",
+            )
+            elapsed = time.monotonic() - started
+            stats = ctl.snapshot()["stats"]
+            # Each sighting brightens the three lamps: bounded by the blinker's burst and rate.
+            assert stats.get("beacon_sightings", 0) <= 100 + 5 * elapsed + 5
+            assert stats.get("commands_sent", 0) <= 3 * (100 + 5 * elapsed + 5)
+            assert stats.get("rate_limited", 0) >= n - 100 - 5 * elapsed - 5

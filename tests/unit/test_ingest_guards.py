@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import Birth
-from ingest._ratelimit import DeviceRateLimiter
+from broker import Birth, DeviceRateLimiter
 from ingest._registration import POSITION_TOLERANCE_M, judge_birth
 
 M_LAT = 1 / 111_000  # degrees of latitude per metre

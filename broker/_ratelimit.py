@@ -1,10 +1,10 @@
-"""A per-device token bucket for ingest's receive path: a flooding lamp costs a dict lookup per
-message, never a row, a queue slot or a database write.
+"""A per-device token bucket for the services' receive paths (ingest, the controller): a flooding
+lamp costs a dict lookup per message, never a row, a queue slot, a command or a database write.
 
 The protocol's expected traffic per device (docs/protocol.md §4) is one telemetry a minute, a
 birth and two states per connection, an ack per command and an event now and then (a blinker's
 beacon sightings in a busy alley are the most: a few a second). The default bound (a sustained
-``DEFAULT_RATE_PER_S`` with bursts of ``DEFAULT_BURST``) is two orders of magnitude above that,
+``DEVICE_RATE_PER_S`` with bursts of ``DEVICE_BURST``) is two orders of magnitude above that,
 so no working device ever meets it, and a flood of 50,000 messages in two seconds keeps ~110.
 
 Per device means per topic prefix ``sl/v1/{d}/{id}``: the broker's ACL lets a device publish only
@@ -20,10 +20,10 @@ from collections import deque
 from typing import Final
 
 # Sustained messages per second one device may send (its expected rate is ~1 a minute).
-DEFAULT_RATE_PER_S: Final = 5.0
+DEVICE_RATE_PER_S: Final = 5.0
 # Messages one device may send at once: a reconnect (birth, state), a burst of acks for an SOS
 # and a blinker's sightings fit many times over.
-DEFAULT_BURST: Final = 100.0
+DEVICE_BURST: Final = 100.0
 # Seoul has ~16k devices; the bound is for topics a misconfigured broker might let through.
 MAX_DEVICES: Final = 200_000
 
@@ -56,8 +56,8 @@ class DeviceRateLimiter:
 
     def __init__(
         self,
-        rate_per_s: float = DEFAULT_RATE_PER_S,
-        burst: float = DEFAULT_BURST,
+        rate_per_s: float = DEVICE_RATE_PER_S,
+        burst: float = DEVICE_BURST,
         *,
         max_devices: int = MAX_DEVICES,
         now: float | None = None,
