@@ -143,6 +143,7 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
     """A first birth registers its device; a later one may change only what ``judge_birth`` allows,
     and one contradicting the registration is flagged and raises a ``registration_mismatch``."""
     claimed = sorted({b.paired for _d, _i, b in batch.births if b.paired is not None})
+    paired_rows: dict[str, dict[str, Any]] | None = None  # read once, when a later birth needs them
     for district, device_id, birth in batch.births:
         at = _ms(birth.ts, now)
         registered = device_registrations(conn, [device_id], lock=True).get(device_id)
@@ -161,7 +162,9 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
             continue
         if registered is None:  # registered by another worker meanwhile
             registered = device_registrations(conn, [device_id], lock=True)[device_id]
-        paired_row = device_registrations(conn, claimed).get(birth.paired or "") if claimed else None
+        if paired_rows is None:
+            paired_rows = device_registrations(conn, claimed)
+        paired_row = paired_rows.get(birth.paired) if birth.paired is not None else None
         verdict = judge_birth(registered, district, birth, paired_row)
         update_device_from_birth(
             conn,
