@@ -3,7 +3,7 @@ lamp costs a dict lookup per message, never a row, a queue slot, a command or a 
 
 The protocol's expected traffic per device (docs/protocol.md §4) is one telemetry a minute, a
 birth and two states per connection, an ack per command and an event now and then (a blinker's
-beacon sightings in a busy alley are the most: a few a second). The default bound (a sustained
+beacon sightings in a busy alley are the most frequent). The default bound (a sustained
 ``DEVICE_RATE_PER_S`` with bursts of ``DEVICE_BURST``) is two orders of magnitude above that,
 so no working device ever meets it, and a flood of 50,000 messages in two seconds keeps ~110.
 
@@ -31,10 +31,11 @@ MAX_DEVICES: Final = 200_000
 class DeviceRateLimiter:
     """``admit(topic)``: True while the topic's device has tokens left, False (counted) when not.
 
-    A token bucket split in two for speed: paho's network thread only counts what each device used
-    (``admit``: a slice, a dict lookup and an addition, no clock); the flusher thread calls
-    ``refill(now)`` every few milliseconds, which gives every device back ``rate_per_s`` tokens a
-    second and forgets a device whose bucket is full again (so only active devices take memory).
+    A token bucket split in two for speed: the receiving thread only counts what each device used
+    (``admit``: a cached topic-to-device lookup, a dict update, no clock); the reading side
+    (ingest's flusher, the controller's tick) calls ``refill(now)`` every few milliseconds, which
+    gives every device back ``rate_per_s`` tokens a second and forgets a device whose bucket is
+    full again (so only active devices take memory).
     A device going over the bound starts a *flood episode*: its prefix is appended once to
     ``new_floods`` (for one maintenance alert); the episode ends when its bucket has filled up again
     (the device was quiet for ``burst / rate_per_s`` seconds), so a sustained flood is one episode.
