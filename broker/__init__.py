@@ -50,6 +50,7 @@ from broker._payloads import (
     offline_will,
     online_state,
 )
+from broker._ratelimit import DEVICE_BURST, DEVICE_RATE_PER_S, DeviceRateLimiter
 from broker._topics import (
     CHANNELS,
     DEVICE_ID_PATTERN,
@@ -79,7 +80,9 @@ __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "CHANNELS",
+    "DEVICE_BURST",
     "DEVICE_ID_PATTERN",
+    "DEVICE_RATE_PER_S",
     "INGEST_GROUP",
     "INGEST_SHARED_FILTER",
     "MAX_DEPTH",
@@ -101,6 +104,7 @@ __all__ = [
     "ConnectionParams",
     "DeviceKind",
     "DeviceLink",
+    "DeviceRateLimiter",
     "DeviceTopic",
     "Event",
     "EventType",

@@ -36,6 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lease-ttl-s", type=float, default=6.0, help="district lease time to live (default 6)"
     )
     parser.add_argument("--hold-s", type=int, default=30, help="walk brightening hold time (default 30)")
+    parser.add_argument(
+        "--device-rate",
+        type=float,
+        default=5.0,
+        help="acks and events one device may send per second, sustained (default 5; 0: no bound)",
+    )
+    parser.add_argument(
+        "--device-burst", type=float, default=100.0, help="acks and events one device may send at once"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
     parser.add_argument("--metrics-host", default="127.0.0.1")
 
@@ -90,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         ),
         police_webhook_url=settings.police_webhook_url,
         guard_webhook_url=settings.guard_webhook_url,
+        device_rate_per_s=args.device_rate,
+        device_burst=args.device_burst,
     )
     if args.owner:
         cfg = dataclasses.replace(cfg, owner=args.owner)

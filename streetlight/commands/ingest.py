@@ -76,6 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spool-max-mb", type=float, default=1024.0, help="bound of the spool file per worker"
     )
     parser.add_argument(
+        "--device-rate",
+        type=float,
+        default=None,
+        help="messages per second one device may send, sustained (default 5; 0: no bound)",
+    )
+    parser.add_argument(
+        "--device-burst", type=float, default=None, help="messages one device may send at once (default 100)"
+    )
+    parser.add_argument(
         "--no-jobs", action="store_true", help="never run the periodic alert/maintenance jobs"
     )
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
@@ -202,6 +211,10 @@ def _run_worker(
         max_delay_s=args.max_delay_ms / 1000,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
     )
+    if args.device_rate is not None:
+        config.device_rate_per_s = args.device_rate
+    if args.device_burst is not None:
+        config.device_burst = args.device_burst
     try:
         worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
     except SpoolLocked as exc:
@@ -340,6 +353,10 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--registry", str(args.registry)]
     if args.no_jobs:
         out.append("--no-jobs")
+    if args.device_rate is not None:
+        out += ["--device-rate", str(args.device_rate)]
+    if args.device_burst is not None:
+        out += ["--device-burst", str(args.device_burst)]
     return out
 
 

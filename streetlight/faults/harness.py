@@ -188,7 +188,9 @@ class Processes:
             sys.executable, "-m", "streetlight.commands.ingest", "--index", "0",
             "--subscription", "plain", "--no-jobs", "--client-id", client_id,
             "--max-delay-ms", str(max_delay_ms), "--metrics-port", str(metrics_port),
-            "--mqtt-url", mqtt_url, "--database-url", database_url, *extra,
+            "--mqtt-url", mqtt_url, "--database-url", database_url,
+            # The scenarios stream load from a few lamp ids, far over one device's message rate.
+            "--device-rate", "0", *extra,
         ]  # fmt: skip
         return self.spawn(name, argv)
 

@@ -344,7 +344,7 @@ def test_a_publish_handler_gets_every_message_in_order_and_acked_ones_are_not_se
             params, f"fast-{unique_id}", clean_session=False, manual_ack=True, buffered_reads=True
         )
         assert isinstance(sub, BufferedReadClient)
-        sub.set_publish_handler(lambda t, p, q, m: got.put((t, p, q, m, "cut")))
+        sub.set_publish_handler(lambda t, p, q, m, _r: got.put((t, p, q, m, "cut")))
         sub.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload, msg.qos, msg.mid, "paho"))
         subscribed = queue.Queue[int]()
         sub.on_connect = lambda c, *_a: c.subscribe(topic, 1)
