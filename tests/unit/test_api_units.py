@@ -11,7 +11,7 @@ from api.ratelimit import RateLimiter, retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import (
     InvalidToken,
-    Operator,
+    SessionClaims,
     hash_resident_token,
     new_resident_token,
     password_hasher,
@@ -41,9 +41,9 @@ def test_a_limit_forgets_idle_keys_to_bound_memory() -> None:
 
 
 def test_tokens_round_trip_and_refuse_forgery_and_expiry() -> None:
-    op = Operator("kim", "district", "11020", expires_at=1000.0)
-    token = sign_token(SECRET, op)
-    assert verify_token(SECRET, token, 999.0) == op
+    claims = SessionClaims("s-1", "kim", expires_at=1000.0)
+    token = sign_token(SECRET, claims)
+    assert verify_token(SECRET, token, 999.0) == claims
     with pytest.raises(InvalidToken, match="expired"):
         verify_token(SECRET, token, 1000.0)
     with pytest.raises(InvalidToken, match="signature"):
