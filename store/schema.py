@@ -497,7 +497,7 @@ CREATE INDEX alerts_source ON alerts (source_key, created_at) WHERE source_key I
 """
 
 
-def _m4_accounts_and_sos_source(conn: Conn, timescale: bool) -> None:
+def _m5_accounts_and_sos_source(conn: Conn, timescale: bool) -> None:
     conn.execute(ACCOUNTS_AND_SOS_SOURCE_SQL.encode())
 
 
@@ -505,7 +505,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
     Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
-    Migration(4, "operator sessions, login places, SOS source grouping", _m4_accounts_and_sos_source),
+    Migration(5, "operator sessions, login places, SOS source grouping", _m5_accounts_and_sos_source),
 )
 
 BOOTSTRAP_SQL = """
