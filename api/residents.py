@@ -133,6 +133,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
     """Start a walk at a position; answers with the lamps being brightened. A resident has at most
     ``walks_per_resident`` walks in progress (one by default): a new walk ends the oldest, so an
     app restarted mid-walk is never locked out (``ended`` lists them)."""
+    district = _district_for_walk(state, body)
     wait = state.walk_start_limit.hit(resident, time.monotonic())
     if wait:
         state.metrics.rate_limited.labels("walk_start").inc()
@@ -141,7 +142,6 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
             f"at most {state.config.walk_starts_per_minute} walks started per minute",
             {"Retry-After": retry_after_header(wait)},
         )
-    district = _district_for_walk(state, body)
     now = _now()
     walk_id = new_id("walk")
     with conn.transaction():

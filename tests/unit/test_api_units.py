@@ -129,3 +129,12 @@ def test_credentials_in_websocket_debug_lines_are_redacted() -> None:
         .getMessage()
         .endswith("last_event_id=3 HTTP/1.1")
     )
+
+
+def test_the_other_services_metrics_servers_listen_on_loopback_by_default() -> None:
+    from streetlight.cli import build_parser
+
+    parser = build_parser()
+    for command in (["ingest"], ["controller"]):
+        args, _ = parser.parse_known_args(command)
+        assert args.metrics_host == "127.0.0.1", command
