@@ -52,7 +52,6 @@ from store.accounts import (
     is_login_place,
     remember_login_place,
     revoke_session,
-    revoke_sessions,
     set_operator_disabled,
 )
 from store.alertstore import AlertNotFound, change_alert
@@ -368,7 +367,7 @@ def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: 
     if body.district is not None and body.district not in {d.code for d in state.gazetteer.districts}:
         raise HTTPException(422, f"unknown district {body.district!r}")
     with conn.transaction():
-        create_operator(
+        ended = create_operator(
             conn,
             body.username,
             body.password,
@@ -377,9 +376,8 @@ def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: 
             display_name=body.display_name,
             hasher=state.hasher,
         )
-        # A replaced password ends the account's sessions; the role and district count from the
-        # next request anyway (each request reads the account as it is now).
-        ended = revoke_sessions(conn, body.username)
+        # A replaced password ends the account's sessions (create_operator); the role and district
+        # count from the next request anyway (each request reads the account as it is now).
         log_access(
             conn,
             actor=op.actor,
