@@ -30,7 +30,7 @@ from alerts import (
 )
 from api.accounts import create_operator
 from api.hub import alert_summary
-from api.loginguard import Refusal
+from api.loginguard import Refusal, Throttle
 from api.queries import audit_entries, last_event_id, list_operators
 from api.ratelimit import retry_after_header
 from api.schemas import DispatchIn, LoginIn, NoteIn, OperatorIn, ResolveIn
@@ -112,9 +112,10 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, 
         state.metrics.login_failures.labels(f"throttled_{refusal.throttle.value}").inc()
         if state.login_guard.first_report(f"{refusal.throttle.value}:{address}:{body.username}", now):
             _audit_login(conn, address, "login.throttled", body.username, by=refusal.throttle.value)
+        where = "from this address" if refusal.throttle is Throttle.ADDRESS else "for this username"
         raise HTTPException(
             429,
-            f"too many failed logins from this {refusal.throttle.value}",
+            f"too many failed logins {where}; try again later",
             {"Retry-After": retry_after_header(refusal.wait_s)},
         )
     row = get_operator(conn, body.username)

@@ -24,7 +24,12 @@ def _announce(conn: Conn, username: str) -> None:
 
 
 def create_session(conn: Conn, session_id: str, username: str, *, expires_at: datetime) -> None:
-    """Record a new session of `username` valid until `expires_at`."""
+    """Record a new session of `username` valid until `expires_at`, and forget sessions that ended
+    more than a day ago (a few hundred logins a day: no job needed)."""
+    conn.execute(
+        "DELETE FROM operator_sessions WHERE expires_at < now() - interval '1 day' "
+        "OR revoked_at < now() - interval '1 day'"
+    )
     conn.execute(
         "INSERT INTO operator_sessions (session_id, username, expires_at) VALUES (%s, %s, %s)",
         (session_id, username, expires_at),
