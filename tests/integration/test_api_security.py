@@ -499,3 +499,15 @@ def test_every_answer_with_a_residents_position_is_audited_and_maintenance_gets_
         ("operator:op-jung", "read_alert_list", "resident", resident_id),
         ("operator:op-jung", "read_walkers", "walkers", "11020"),
     ]
+
+
+def test_an_oversized_websocket_message_closes_the_walkers_socket_unread(
+    server: str, api: httpx.Client
+) -> None:
+    headers = resident(api)
+    walk = api.post("/v1/walks", json={"lat": JUNG[0], "lon": JUNG[1], "accuracy_m": 5}, headers=headers)
+    url = server.replace("http://", "ws://") + f"/v1/walks/{walk.json()['walk_id']}/live"
+    with connect(url, additional_headers=headers, open_timeout=5, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=5))["status"] == "live"
+        ws.send('{"lat": ' + " " * (1024 * 1024) + "37.56}")
+        assert closed_code(ws) == 1009  # message too big
