@@ -484,12 +484,13 @@ document.addEventListener("keydown", (ev) => {
   }
   const key = ev.key.toLowerCase();
   if (key === "a") {
-    // A acknowledges the selected alert when it is open, else the oldest open SOS (else the oldest open alert).
+    // A acknowledges the selected alert when it is open, else the oldest open SOS that is not a
+    // suspected burst, else the oldest open SOS (else the oldest open alert).
     const sel = S.selected && S.alerts.get(S.selected);
     if (!sel || sel.state !== "open") {
       const byAge = (a, b) => (a.created_at > b.created_at ? 1 : -1);
       const open = [...S.alerts.values()].filter((a) => a.state === "open").sort(byAge);
-      const next = open.find((a) => a.kind === "sos") || open[0];
+      const next = open.find((a) => a.kind === "sos" && !a.suspected_burst) || open.find((a) => a.kind === "sos") || open[0];
       if (next) { S.selected = next.id; renderList(); }
     }
     act("acknowledge");
