@@ -9,7 +9,8 @@ then changes as they happen.
 
 The session is checked again whenever the operator's account or sessions change (the hub hears
 `store.accounts.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
-a changed role or district with 4001 (the console reconnects and gets its new view).
+a changed role or district with 4001 (the console reconnects and gets its new view); the
+token's expiry closes it with 1008 too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import psycopg
@@ -100,6 +102,12 @@ async def _pump(ws: WebSocket, sub: Subscriber, state: AppState, op: Operator, t
         await ws.send_text(json.dumps(message, ensure_ascii=False, default=str))
 
 
+async def _expire(ws: WebSocket, op: Operator) -> None:
+    """Close the stream when its session's token expires (a socket must not outlive its login)."""
+    await asyncio.sleep(max(0.0, op.expires_at - time.time()))
+    await ws.close(code=_POLICY_VIOLATION, reason="operator token expired; log in again")
+
+
 async def _drain(ws: WebSocket) -> None:
     while True:
         message = await ws.receive()
@@ -151,6 +159,7 @@ async def stream(ws: WebSocket) -> None:
         tasks = [
             asyncio.create_task(_pump(ws, sub, state, op, token), name="stream-pump"),
             asyncio.create_task(_drain(ws), name="stream-drain"),
+            asyncio.create_task(_expire(ws, op), name="stream-expiry"),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

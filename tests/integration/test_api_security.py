@@ -511,3 +511,12 @@ def test_an_oversized_websocket_message_closes_the_walkers_socket_unread(
         assert json.loads(ws.recv(timeout=5))["status"] == "live"
         ws.send('{"lat": ' + " " * (1024 * 1024) + "37.56}")
         assert closed_code(ws) == 1009  # message too big
+
+
+def test_a_live_stream_ends_when_its_token_expires(db_url: str) -> None:
+    seed(db_url)
+    with serve(fast_config(db_url, token_ttl_s=2.0)) as base, httpx.Client(base_url=base) as c:
+        token = token_of(login(c, "op-jung"))
+        with connect(ws_url(base), subprotocols=["streetlight.v1", f"bearer.{token}"], open_timeout=5) as ws:  # type: ignore[list-item]
+            assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+            assert closed_code(ws, within_s=6.0) == 1008
