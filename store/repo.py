@@ -542,6 +542,17 @@ def end_walk(conn: Conn, walk_id: str, *, ended_at: datetime, status: str = "end
     return cur.rowcount == 1
 
 
+def active_walks_of(conn: Conn, resident_id: str) -> list[Row]:
+    """A resident's walks in progress (walk_id, district_code), oldest first; locks them against a
+    concurrent start of another walk (call inside a transaction)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT walk_id, district_code FROM walks WHERE resident_id = %s AND status = 'active' "
+            "ORDER BY started_at, walk_id FOR UPDATE",
+            (resident_id,),
+        ).fetchall()
+
+
 def get_walk(conn: Conn, walk_id: str) -> Row | None:
     """One walk, or None."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -783,6 +794,19 @@ def log_access(
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (at or _now(), actor, action, subject_kind, subject_id, Jsonb(details or {})),
     )
+
+
+def log_accesses(
+    conn: Conn, *, actor: str, action: str, entries: Sequence[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """`log_access` for many subjects at once: (subject_kind, subject_id, details) each."""
+    now = _now()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(now, actor, action, kind, sid, Jsonb(details)) for kind, sid, details in entries],
+        )
 
 
 # --------------------------------------------------------------------------- controller leases

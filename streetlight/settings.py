@@ -80,6 +80,10 @@ class Settings:
     api_token_ttl_s: float = 12 * 3600.0  # one operator shift
     api_kdf_time_cost: int = 3  # argon2id passes for operators' passwords (RFC 9106 second choice)
     api_kdf_memory_kib: int = 65536  # argon2id memory, 64 MiB (RFC 9106 second recommended option)
+    api_registrations_per_hour: int = 60
+    """New residents per client address per hour; 0: no limit (benchmarks and simulators)."""
+    api_metrics_token: str | None = None
+    """Bearer token Prometheus sends to the API's ``/metrics``; None: ``/metrics`` is not served."""
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -131,6 +135,8 @@ class Settings:
             api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
             api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),
             api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
+            api_registrations_per_hour=_int(e, "STREETLIGHT_API_REGISTRATIONS_PER_HOUR", 60),
+            api_metrics_token=e.get("STREETLIGHT_API_METRICS_TOKEN") or None,
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )
 

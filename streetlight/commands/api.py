@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.accounts import create_operator, ensure_demo_operators
+    from api.config import WS_MAX_MESSAGE_BYTES
     from api.security import password_hasher
     from store.schema import apply_migrations
 
@@ -133,5 +134,6 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,
         ws="websockets-sansio",
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
     return 0

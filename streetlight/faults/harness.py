@@ -229,7 +229,8 @@ class Processes:
             sys.executable, "-m", "streetlight.cli", "api", "--host", "127.0.0.1", "--port", str(port),
             "--database-url", database_url,
         ]  # fmt: skip
-        return self.spawn("api", argv, **env)
+        # The scenarios' residents all register from this host: no per-address registration limit.
+        return self.spawn("api", argv, **{"STREETLIGHT_API_REGISTRATIONS_PER_HOUR": "0", **env})
 
 
 def wait_api(port: int, timeout_s: float = 60.0) -> float:
