@@ -518,7 +518,7 @@ def test_past_its_queue_a_stuck_subscriber_loses_the_newest_qos1_messages_counte
         wait_until(lambda: any("messages dropped" in r.getMessage() for r in caplog.records))
         # The subscriber wakes up: it gets the ten in flight and the hundred queued, the oldest ones,
         # as from Mosquitto (max_queued_messages drops what arrives at a full queue).
-        got = []
+        got: list[int] = []
         s.settimeout(5)
         while len(got) < 110:
             first, body = read_packet(s)
