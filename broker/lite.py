@@ -23,25 +23,36 @@ What it does (MQTT 3.1.1, OASIS standard; protocol level 4, and level 3 ``MQIsdp
 - SUBSCRIBE/UNSUBSCRIBE with ``+``/``#`` and ``$share/{group}/{filter}``: a shared message goes
   to one member (round robin over online members; when every member is an offline persistent
   session, QoS 1 messages queue on one of them). Wildcards at the first level do not match
-  ``$`` topics. Retained messages are not sent on shared subscriptions (as Mosquitto).
+  ``$`` topics. A new subscription gets the matching retained messages, a shared one too (as
+  Mosquitto 2.0.11 does: a fresh ingest instance learns every lamp's state this way).
 - Retained messages (empty payload deletes), delivered on subscribe with the retain flag, and
   with ``data_dir`` saved to ``retained.bin`` every ``save_interval_s`` and on a clean stop, and
   loaded at start (the backend relies on the lamps' retained ``offline`` wills).
-- Persistent sessions (clean session 0): subscriptions and queued QoS 1 messages (up to
-  ``max_queued`` per session; beyond it the oldest is dropped, counted and logged) are kept
+- Persistent sessions (clean session 0): subscriptions and queued QoS 1 messages are kept
   **in memory only**: a broker restart loses sessions (not retained messages).
-- PINGREQ/PINGRESP, DISCONNECT, ``max_packet_size`` (default 256 KiB; larger closes the
-  connection). Any malformed packet closes that connection only.
+- Slow and dead subscribers, as Mosquitto treats them: a publisher is never held back for a
+  subscriber. Each session has a bounded queue behind its inflight window (``max_queued``
+  messages, default 100,000, and ``max_queued_bytes``, default 64 MiB, online or offline); a
+  QoS 1 message arriving at a full queue is dropped (the newest, as Mosquitto's
+  max_queued_messages), and QoS 0 to a client whose socket backlog is over ``drop_qos0_above``
+  (default 8 MiB) is dropped. Both are counted (``dropped``) and logged as one warning per
+  client per ``warn_interval_s`` with the count. A dead client's keepalive ends it as usual.
+- The production limits by default (deploy/mosquitto/mosquitto.conf): ``max_packet_size``
+  17,408 (counted as Mosquitto 2.0.11 counts it, remaining length + 1; larger closes the
+  connection, will published) and ``message_size_limit`` 16,384 (a larger PUBLISH payload is
+  acknowledged and dropped, the connection stays); both logged at warning with the client id.
+- ``max_connections`` (default: RLIMIT_NOFILE minus 32 reserved descriptors): a client beyond
+  it, or arriving when descriptors run out anyway (a spare one is kept for this), is accepted
+  and closed at once; one warning per burst with the count (``refused_connections``).
+- PINGREQ/PINGRESP, DISCONNECT. Any malformed packet closes that connection only.
 - ``$SYS/broker/version`` is a retained message naming this broker; clients cannot publish to
   ``$SYS/...`` (ignored, acknowledged).
 
 How it is fast enough: each connection is an ``asyncio.Protocol`` (no task per connection);
 routing looks exact topics up in a dict and walks a trie only for wildcard filters, with a
 bounded topic -> matches cache; a QoS 0 PUBLISH is forwarded as the bytes received when it can
-be; writes are gathered per connection and flushed once per event-loop iteration. Backpressure:
-when a subscriber's transport buffer passes ``high_water`` the broker stops reading from the
-publishers feeding it until it drains; beyond ``drop_qos0_above`` bytes buffered, QoS 0 messages
-to that subscriber are dropped (and counted).
+be; writes are gathered per connection and flushed once per event-loop iteration. A
+subscriber's socket backlog is only looked at once it passes ``high_water`` (1 MiB).
 
 Measured on the 2-core development machine in the same run as Mosquitto (docs/architecture.md,
 "Embedded broker (lite)"; ``python -m tests.integration.test_broker_lite``): 7,000 simulated
@@ -321,6 +332,7 @@ class _Conn(asyncio.Protocol):
         self.will: _Msg | None = None
         self.closing = False
         self.out: list[bytes] = []
+        self.out_bytes = 0  # in ``out``: written at the end of this event-loop iteration
         self.pending: list[bytes] = []
         self.pending_len = 0
         self.need = 0
@@ -338,6 +350,7 @@ class _Conn(asyncio.Protocol):
         self.closing = True
         self.b._conns.discard(self)
         self.out.clear()
+        self.out_bytes = 0
         self.b._detach(self)
 
     def pause_writing(self) -> None:
@@ -348,7 +361,8 @@ class _Conn(asyncio.Protocol):
 
     def backlog_bytes(self) -> int:
         """Bytes accepted for this client and not yet taken by its socket."""
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return buffered + self.out_bytes
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -428,11 +442,13 @@ class _Conn(asyncio.Protocol):
                 self.b._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self.b._flush)
         self.out.append(data)
+        self.out_bytes += len(data)
 
     def flush(self) -> None:
         if self.out and not self.closing and self.transport is not None:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
+            self.out_bytes = 0
             self.transport.write(data)
 
     def close(self) -> None:
@@ -445,6 +461,7 @@ class _Conn(asyncio.Protocol):
     def abort(self) -> None:
         self.closing = True
         self.out.clear()
+        self.out_bytes = 0
         if self.transport is not None:
             self.transport.abort()
 
@@ -1122,7 +1139,9 @@ class LiteBroker:
         if not qos:
             if conn is None:
                 return  # QoS 0 is not queued for an offline session (Mosquitto's queue_qos0_messages false)
-            if conn.write_paused and conn.backlog_bytes() > self.drop_qos0_above:
+            if (
+                conn.write_paused or conn.out_bytes > self.high_water
+            ) and conn.backlog_bytes() > self.drop_qos0_above:
                 self._drop(session, "client not reading, QoS 0")
                 return
             conn.send(msg.q0())

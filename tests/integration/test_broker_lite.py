@@ -653,6 +653,27 @@ def test_clients_beyond_the_descriptor_limit_are_closed_at_once_with_one_warning
     assert sum(int(line.split("count=")[1].split()[0]) for line in refusals) == answers.count(-1)
 
 
+def test_the_embedded_broker_command_takes_other_packet_limits(unique_id: str) -> None:
+    from streetlight.localservices import tcp_reachable, terminate
+
+    port = free_port()
+    argv = [sys.executable, "-m", "broker.embedded", "--port", str(port), "--max-packet-size", "1024"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not tcp_reachable("127.0.0.1", port, 0.2):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        s, _ = raw_client(port, f"small-{unique_id}")
+        s.sendall(encode_publish("t", b"x" * 1000, qos=1, packet_id=1))
+        assert read_packet(s) == (0x40, b"\x00\x01")
+        s.sendall(encode_publish("t", b"x" * 2000, qos=1, packet_id=2))
+        assert read_packet(s) == (-1, b"")
+        s.close()
+    finally:
+        terminate(proc)
+
+
 # -- by-hand benchmark: lite vs mosquitto in the same run --------------------------------------------
 # .venv/bin/python -m tests.integration.test_broker_lite [N]   (N devices, default 7000)
 # Prints one JSON line per broker: connect storm (N sim clients, will + SUBSCRIBE each), a 10 s hold
