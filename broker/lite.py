@@ -99,6 +99,8 @@ MESSAGE_SIZE_LIMIT: Final = 16_384
 # Descriptors kept out of max_connections' default (RLIMIT_NOFILE minus these): the listener,
 # the event loop's own, the spare one, log and retained files.
 _RESERVED_FDS: Final = 32
+# Warning lines naming one client each, per warn interval; beyond, one summed line per event.
+_LINES_PER_INTERVAL: Final = 20
 
 
 def _open_spare() -> int | None:
@@ -125,13 +127,17 @@ class _Tally:
     """Counts repeated warnings and logs each (event, client id) at most once per ``interval_s``.
 
     One misbehaving client, or a flood of refused connections, costs one log line per interval
-    with a count, not a line (or a traceback) per occurrence.
+    with a count, not a line (or a traceback) per occurrence; past ``_LINES_PER_INTERVAL`` lines
+    in an interval (many clients at once, e.g. one attacker with many client ids) the rest are
+    summed into one line per event.
     """
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._counts: dict[tuple[str, str], tuple[int, str]] = {}
         self._logged_at: dict[tuple[str, str], float] = {}
+        self._window_start = 0.0
+        self._lines = 0
 
     def add(self, event: str, client_id: str, detail: str = "", n: int = 1) -> None:
         key = (event, client_id or "?")
@@ -140,13 +146,25 @@ class _Tally:
 
     def report(self, now: float) -> None:
         """Log what was counted since the last line of each key, for keys quiet for ``interval_s``."""
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._lines = now, 0
+        overflow: dict[str, tuple[int, int]] = {}  # event -> (clients, count)
         for key, (count, detail) in list(self._counts.items()):
-            if now - self._logged_at.get(key, -self.interval_s) < self.interval_s:
+            if now - self._logged_at.get(key, now - self.interval_s) < self.interval_s:
                 continue
-            event, client_id = key
-            log.warning("%s client_id=%s count=%d %s", event, client_id, count, detail)
             del self._counts[key]
             self._logged_at[key] = now
+            event, client_id = key
+            if self._lines < _LINES_PER_INTERVAL:
+                self._lines += 1
+                log.warning("%s client_id=%s count=%d %s", event, client_id, count, detail)
+            else:
+                clients, total = overflow.get(event, (0, 0))
+                overflow[event] = (clients + 1, total + count)
+        for event, (clients, total) in overflow.items():
+            log.warning(
+                "%s client_id=* clients=%d count=%d (more clients than log lines)", event, clients, total
+            )
         if len(self._logged_at) > 10_000:  # forget clients quiet for a whole interval
             self._logged_at = {k: t for k, t in self._logged_at.items() if now - t < self.interval_s}
 

@@ -576,6 +576,24 @@ def test_oversized_packets_and_payloads_are_refused_with_a_warning_naming_the_cl
     )
 
 
+def test_many_clients_misbehaving_at_once_cost_at_most_twenty_named_lines_and_a_sum(
+    unique_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One attacker, many client ids: the log stays small whatever the number of clients.
+    with caplog.at_level(logging.WARNING, logger="broker.lite"), ThreadBroker() as b:
+        for i in range(60):
+            s, _ = raw_client(b.port, f"big{i}-{unique_id}")
+            s.sendall(encode_publish("t", b"x" * 20_000))
+            assert read_packet(s) == (-1, b"")
+            s.close()
+        time.sleep(1.2)  # two housekeeping rounds
+    lines = [r.getMessage() for r in caplog.records if "packet too large" in r.getMessage()]
+    named = [m for m in lines if f"-{unique_id}" in m]
+    summed = [m for m in lines if "client_id=*" in m]
+    assert len(named) == 20, lines
+    assert sum(int(m.split("clients=")[1].split()[0]) for m in summed) == 40, lines
+
+
 # The broker in a process of its own with few file descriptors, logging to stderr.
 FD_LIMIT = 64
 LOW_FD_BROKER = """
