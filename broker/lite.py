@@ -144,13 +144,16 @@ class _Tally:
         count, _ = self._counts.get(key, (0, ""))
         self._counts[key] = (count + n, detail)
 
-    def report(self, now: float) -> None:
-        """Log what was counted since the last line of each key, for keys quiet for ``interval_s``."""
+    def report(self, now: float, *, final: bool = False) -> None:
+        """Log what was counted since the last line of each key, for keys quiet for ``interval_s``.
+
+        ``final``: everything still counted, whenever its last line was (the broker is stopping).
+        """
         if now - self._window_start >= self.interval_s:
             self._window_start, self._lines = now, 0
         overflow: dict[str, tuple[int, int]] = {}  # event -> (clients, count)
         for key, (count, detail) in list(self._counts.items()):
-            if now - self._logged_at.get(key, now - self.interval_s) < self.interval_s:
+            if not final and now - self._logged_at.get(key, now - self.interval_s) < self.interval_s:
                 continue
             del self._counts[key]
             self._logged_at[key] = now
@@ -635,6 +638,7 @@ class LiteBroker:
         await asyncio.gather(
             *self._accepting, *([self._task] if self._task is not None else []), return_exceptions=True
         )
+        self._tally.report(time.monotonic(), final=True)
         for conn in list(self._conns):
             conn.will = None
             conn.abort()
