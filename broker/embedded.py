@@ -72,7 +72,7 @@ class EmbeddedBroker:
         *,
         impl: Impl = "lite",
         data_dir: Path | None = None,
-        lite_options: Mapping[str, int] | None = None,
+        lite_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -135,7 +135,7 @@ async def serve(
     *,
     impl: Impl = "lite",
     data_dir: Path | None = None,
-    lite_options: Mapping[str, int] | None = None,
+    lite_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the embedded broker until SIGTERM or SIGINT."""
     stop = asyncio.Event()
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "--max-packet-size", type=int, help="bytes, counted as Mosquitto does (default 17408)"
     )
     limits.add_argument("--message-size-limit", type=int, help="payload bytes (default 16384)")
-    limits.add_argument("--max-queued", type=int, help="QoS 1 messages queued per session (default 100000)")
+    limits.add_argument("--max-queued", type=int, help="messages queued per session (default 400000)")
     limits.add_argument("--max-connections", type=int, help="default: RLIMIT_NOFILE minus 32")
     args = parser.parse_args(argv)
     names = ("max_packet_size", "message_size_limit", "max_queued", "max_connections")

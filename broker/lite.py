@@ -28,15 +28,18 @@ What it does (MQTT 3.1.1, OASIS standard; protocol level 4, and level 3 ``MQIsdp
 - Retained messages (empty payload deletes), delivered on subscribe with the retain flag, and
   with ``data_dir`` saved to ``retained.bin`` every ``save_interval_s`` and on a clean stop, and
   loaded at start (the backend relies on the lamps' retained ``offline`` wills).
-- Persistent sessions (clean session 0): subscriptions and queued QoS 1 messages are kept
-  **in memory only**: a broker restart loses sessions (not retained messages).
+- Persistent sessions (clean session 0): subscriptions and queued messages are kept **in
+  memory only**: a broker restart loses sessions (not retained messages). While a persistent
+  session is offline its QoS 0 messages are queued too (``queue_qos0``, as the deployed
+  Mosquitto's queue_qos0_messages), within the same bound.
 - Slow and dead subscribers, as Mosquitto treats them: a publisher is never held back for a
-  subscriber. Each session has a bounded queue behind its inflight window (``max_queued``
-  messages, default 100,000, and ``max_queued_bytes``, default 64 MiB, online or offline); a
-  QoS 1 message arriving at a full queue is dropped (the newest, as Mosquitto's
-  max_queued_messages), and QoS 0 to a client whose socket backlog is over ``drop_qos0_above``
-  (default 8 MiB) is dropped. Both are counted (``dropped``) and logged as one warning per
-  client per ``warn_interval_s`` with the count. A dead client's keepalive ends it as usual.
+  subscriber. Each session has a bounded queue behind its inflight window, online or offline:
+  ``max_queued`` messages and ``max_queued_bytes`` (topics and payloads), by default the deployed
+  Mosquitto's 400,000 and 256 MiB (ten minutes of the city's traffic for ingest). A message that
+  finds the queue full is dropped (the newest, as Mosquitto's max_queued_messages), and QoS 0 to
+  a connected client whose socket backlog is over ``drop_qos0_above`` (default 8 MiB) is dropped.
+  Both are counted (``dropped``) and logged as one warning per client per ``warn_interval_s``
+  with the count. A dead client's keepalive ends it as usual.
 - The production limits by default (deploy/mosquitto/mosquitto.conf): ``max_packet_size``
   17,408 (counted as Mosquitto 2.0.11 counts it, remaining length + 1; larger closes the
   connection, will published) and ``message_size_limit`` 16,384 (a larger PUBLISH payload is
@@ -279,7 +282,7 @@ class _Session:
         self.subs: dict[str, int] = {}  # full filter (with any $share prefix) -> granted QoS
         self.conn: _Conn | None = None
         self.inflight: dict[int, _Msg] = {}
-        self.queue: deque[_Msg] = deque()
+        self.queue: deque[tuple[_Msg, int]] = deque()  # (message, QoS to send it at)
         self.queued_bytes = 0  # topics and payloads in ``queue``
         self.next_pid = 1
         self.qos2_in: set[int] = set()
@@ -542,8 +545,9 @@ class LiteBroker:
         max_packet_size: int = MAX_PACKET_SIZE,
         message_size_limit: int = MESSAGE_SIZE_LIMIT,
         max_inflight: int = 1000,
-        max_queued: int = 100_000,
-        max_queued_bytes: int = 64 << 20,
+        max_queued: int = 400_000,
+        max_queued_bytes: int = 256 << 20,
+        queue_qos0: bool = True,
         max_connections: int | None = None,
         save_interval_s: float = 5.0,
         high_water: int = 1 << 20,
@@ -558,6 +562,7 @@ class LiteBroker:
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
         self.max_connections = max_connections
         self.save_interval_s = save_interval_s
         self.high_water = high_water
@@ -1158,9 +1163,7 @@ class LiteBroker:
         queue is dropped and counted, as Mosquitto does with max_queued_messages).
         """
         conn = session.conn
-        if not qos:
-            if conn is None:
-                return  # QoS 0 is not queued for an offline session (Mosquitto's queue_qos0_messages false)
+        if not qos and conn is not None:
             if (
                 conn.write_paused or conn.out_bytes > self.high_water
             ) and conn.backlog_bytes() > self.drop_qos0_above:
@@ -1168,7 +1171,9 @@ class LiteBroker:
                 return
             conn.send(msg.q0())
             return
-        if conn is not None and not session.queue and len(session.inflight) < self.max_inflight:
+        if not qos and not self.queue_qos0:
+            return  # offline and queue_qos0 off: QoS 0 is not kept
+        if qos and conn is not None and not session.queue and len(session.inflight) < self.max_inflight:
             pid = session.alloc_pid()
             session.inflight[pid] = msg
             conn.send(msg.q1(pid, False))
@@ -1177,7 +1182,7 @@ class LiteBroker:
         if len(session.queue) >= self.max_queued or session.queued_bytes + size > self.max_queued_bytes:
             self._drop(session, "session queue full")
             return
-        session.queue.append(msg)
+        session.queue.append((msg, qos))
         session.queued_bytes += size
 
     def _drop(self, session: _Session, reason: str) -> None:
@@ -1200,9 +1205,15 @@ class LiteBroker:
         if conn is None:
             return
         queue, inflight = session.queue, session.inflight
-        while queue and len(inflight) < self.max_inflight:
-            msg = queue.popleft()
+        while queue:
+            msg, qos = queue[0]
+            if qos and len(inflight) >= self.max_inflight:
+                break  # a QoS 0 message never waits for the window; one behind a QoS 1 waits its turn
+            queue.popleft()
             session.queued_bytes -= len(msg.topic_b) + len(msg.payload)
+            if not qos:
+                conn.send(msg.q0())
+                continue
             pid = session.alloc_pid()
             inflight[pid] = msg
             conn.send(msg.q1(pid, False))

@@ -36,15 +36,31 @@ DEPLOYED_CONF = ROOT / "deploy" / "mosquitto" / "mosquitto.conf"
 KEEPALIVE_2S_CUT_WITHIN_S = {"lite": 4.5, "mosquitto": 12.0}
 
 
-def deployed_limits() -> dict[str, int]:
-    """``max_packet_size`` and ``message_size_limit`` as the deployed mosquitto.conf sets them."""
-    limits = {}
+DEPLOYED_KEYS = (
+    "max_packet_size",
+    "message_size_limit",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "queue_qos0_messages",
+    "max_inflight_messages",
+)
+
+
+def deployed_settings() -> dict[str, str]:
+    """The packet and queue settings of the deployed mosquitto.conf."""
+    found = {}
     for line in DEPLOYED_CONF.read_text().splitlines():
         key, _, value = line.partition(" ")
-        if key in ("max_packet_size", "message_size_limit"):
-            limits[key] = int(value)
-    assert set(limits) == {"max_packet_size", "message_size_limit"}, limits
-    return limits
+        if key in DEPLOYED_KEYS:
+            found[key] = value.strip()
+    assert set(found) == set(DEPLOYED_KEYS), found
+    return found
+
+
+def deployed_limits() -> dict[str, int]:
+    """``max_packet_size`` and ``message_size_limit`` as the deployed mosquitto.conf sets them."""
+    settings = deployed_settings()
+    return {k: int(settings[k]) for k in ("max_packet_size", "message_size_limit")}
 
 
 @dataclass
@@ -56,15 +72,16 @@ class Broker:
 
 @pytest.fixture(scope="module", params=["lite", "mosquitto"])
 def broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """The embedded broker with its defaults, or a private Mosquitto with the deployed packet limits."""
+    """The embedded broker with its defaults, or a private Mosquitto with the deployed limits."""
     if request.param == "lite":
         with ThreadBroker() as b:
             assert b.broker is not None
             yield Broker("lite", b.port, b.broker)
         return
     skip_unless(_have_mosquitto(), "mosquitto")
-    limits = "".join(f"{k} {v}\n" for k, v in deployed_limits().items())
-    svc = start_mosquitto(tmp_path_factory.mktemp("mosquitto") / "mosquitto", extra_config=limits)
+    # After start_mosquitto's own lines: Mosquitto keeps the last value of a repeated option.
+    deployed = "".join(f"{k} {v}\n" for k, v in deployed_settings().items())
+    svc = start_mosquitto(tmp_path_factory.mktemp("mosquitto") / "mosquitto", extra_config=deployed)
     try:
         yield Broker("mosquitto", svc.port, None)
     finally:
@@ -306,9 +323,11 @@ def test_unacknowledged_qos1_is_resent_with_dup_when_the_persistent_session_reco
     s.close()
 
 
-def test_a_persistent_session_gets_qos1_sent_while_offline_in_order_but_not_qos0(
+def test_a_persistent_session_gets_what_was_sent_while_it_was_offline_qos0_included_in_order(
     broker: Broker, unique_id: str
 ) -> None:
+    # queue_qos0_messages true (deployed) and lite's queue_qos0: ingest's QoS 0 telemetry waits
+    # for it through a restart, within the session's queue bound.
     topic = f"oq{unique_id}/t"
     cid = f"oq-{unique_id}"
     s, _ = raw_client(broker.port, cid, clean_session=False)
@@ -322,11 +341,12 @@ def test_a_persistent_session_gets_qos1_sent_while_offline_in_order_but_not_qos0
     s, connack = raw_client(broker.port, cid, clean_session=False)
     assert connack == b"\x01\x00"
     got = []
-    for _ in range(3):
+    for _ in range(4):
         p = next_publish(s)
-        got.append(p.payload)
-        s.sendall(b"\x40\x02" + struct.pack("!H", p.packet_id))
-    assert got == [b"1", b"2", b"3"]
+        got.append((p.payload, p.qos))
+        if p.qos:
+            s.sendall(b"\x40\x02" + struct.pack("!H", p.packet_id))
+    assert got == [(b"1", 1), (b"zero", 0), (b"2", 1), (b"3", 1)]
     assert nothing_arrives(s)
     s.sendall(b"\xe0\x00")
     s.close()
@@ -480,7 +500,11 @@ def test_a_publisher_that_dies_while_a_subscriber_is_stuck_still_gets_its_will_p
         stuck.close()
 
 
-def test_the_embedded_broker_defaults_to_the_deployed_packet_limits() -> None:
+def test_the_embedded_broker_defaults_to_the_deployed_limits_and_queue_bounds() -> None:
     lite = LiteBroker()
-    assert lite.max_packet_size == deployed_limits()["max_packet_size"]
-    assert lite.message_size_limit == deployed_limits()["message_size_limit"]
+    deployed = deployed_settings()
+    assert lite.max_packet_size == int(deployed["max_packet_size"])
+    assert lite.message_size_limit == int(deployed["message_size_limit"])
+    assert lite.max_queued == int(deployed["max_queued_messages"])
+    assert lite.max_queued_bytes == int(deployed["max_queued_bytes"])
+    assert lite.queue_qos0 == (deployed["queue_qos0_messages"] == "true")
