@@ -571,7 +571,7 @@ class LiteBroker:
         self.refused_connections = 0  # closed at accept: max_connections reached or out of descriptors
         self.refused_messages = 0  # PUBLISH payloads over message_size_limit (acknowledged, not routed)
         self._tally = _Tally(warn_interval_s)
-        self._listener: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
         self._spare_fd: int | None = None  # closed to accept-and-close a client when descriptors run out
         self._accept_paused = False
         self._accepting: set[asyncio.Task[None]] = set()
@@ -598,25 +598,12 @@ class LiteBroker:
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             self.max_connections = max(1, soft - _RESERVED_FDS) if soft != resource.RLIM_INFINITY else 1 << 20
         try:
-            infos = await loop.getaddrinfo(
-                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-            family, _, _, _, address = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(address)
-                sock.listen(4096)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
+            self._listeners = await self._listen(loop)
         except OSError as exc:
             raise BrokerError(f"embedded broker on {self.host}:{self.port} did not start: {exc}") from exc
-        self._listener = sock
-        self.port = sock.getsockname()[1]
         self._spare_fd = _open_spare()
-        loop.add_reader(sock.fileno(), self._accept)
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
         self._task = asyncio.create_task(self._housekeeping(), name="lite-broker-housekeeping")
         log.info(
             "embedded MQTT broker (lite) listening on mqtt://%s:%d max_connections=%d max_packet_size=%d",
@@ -626,15 +613,43 @@ class LiteBroker:
             self.max_packet_size,
         )
 
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> list[socket.socket]:
+        """A listening socket per address ``host`` resolves to (as asyncio's create_server), one port."""
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        listeners: list[socket.socket] = []
+        seen: set[tuple[int, str]] = set()
+        try:
+            for family, _, _, _, address in infos:
+                key = (int(family), str(address[0]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                port = listeners[0].getsockname()[1] if len(listeners) > 1 else self.port
+                sock.bind((address[0], port, *address[2:]))
+                sock.listen(4096)
+                sock.setblocking(False)
+        except OSError:
+            for sock in listeners:
+                sock.close()
+            raise
+        self.port = listeners[0].getsockname()[1]
+        return listeners
+
     async def stop(self) -> None:
         """Close every connection (no wills), save retained messages, forget sessions."""
-        sock, self._listener = self._listener, None
-        if sock is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners:
             return
         loop = asyncio.get_running_loop()
-        if not self._accept_paused:
-            loop.remove_reader(sock.fileno())
-        sock.close()
+        for sock in listeners:
+            if not self._accept_paused:
+                loop.remove_reader(sock.fileno())
+            sock.close()
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
@@ -653,10 +668,8 @@ class LiteBroker:
 
     # -- accepting -------------------------------------------------------------------------------
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         """Accept what the listen queue holds; refuse (close at once) past max_connections or out of fds."""
-        sock = self._listener
-        assert sock is not None
         loop = asyncio.get_running_loop()
         limit = self.max_connections or 0
         for _ in range(256):  # a bounded batch per wake-up, so clients already connected get served too
@@ -695,37 +708,47 @@ class LiteBroker:
         self._tally.add("connections refused", "?", f"reason={reason} limit={self.max_connections}", n)
 
     def _refuse_without_fd(self, sock: socket.socket, exc: OSError) -> bool:
-        """Out of descriptors: free the spare one, accept a client on it and close it, take it back."""
+        """Out of descriptors: free the spare one, accept a client on it and close it, take it back.
+
+        False when that did not refuse anyone (no spare, or the freed descriptor went elsewhere):
+        the caller then pauses accepting instead of spinning on a listener that stays readable.
+        """
         if self._spare_fd is None:
             return False
         os.close(self._spare_fd)
         self._spare_fd = None
+        refused = False
         try:
             client, _ = sock.accept()
         except OSError:
             pass
         else:
             client.close()
+            refused = True
             self._refuse(errno.errorcode.get(exc.errno or 0, "out_of_descriptors"))
         self._spare_fd = _open_spare()
-        return self._spare_fd is not None
+        return refused and self._spare_fd is not None
 
     def _pause_accepting(self, exc: OSError) -> None:
         """No spare descriptor left either: stop accepting for a second, as asyncio's own server does."""
-        assert self._listener is not None
+        if self._accept_paused:
+            return
         self._tally.add("accepting paused", "?", f"error={exc.strerror!r} connections={len(self._conns)}")
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self._listener.fileno())
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
         self._accept_paused = True
         loop.call_later(1.0, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
-        if self._listener is None or not self._accept_paused:
+        if not self._listeners or not self._accept_paused:
             return
         self._accept_paused = False
         if self._spare_fd is None:
             self._spare_fd = _open_spare()
-        asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
 
     async def __aenter__(self) -> Self:
         await self.start()
