@@ -6,6 +6,11 @@ persistent sessions in memory, and shared subscriptions (``$share/...``), so ing
 (``ingest.probe_shared_subscriptions``) finds them and can run several workers. It holds the
 demo fleet (thousands of connections) on two cores; figures in docs/architecture.md.
 
+The lite broker's limits default to the production ones (``max_packet_size`` 17,408,
+``message_size_limit`` 16,384, as ``deploy/mosquitto/mosquitto.conf``) and bound what a slow or
+dead subscriber can hold (``max_queued``, ``max_queued_bytes``); ``--max-packet-size``,
+``--message-size-limit``, ``--max-queued`` and ``--max-connections`` change them.
+
 ``--impl amqtt`` runs amqtt 0.12 instead (the former default: about 3k msg/s, connected 1,160 of
 7,000 devices in 75 s, does **not** deliver shared subscriptions; DESIGN.md §5).
 Use Mosquitto or EMQX (``MQTT_URL``) for anything beyond a demo.
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -66,11 +72,13 @@ class EmbeddedBroker:
         *,
         impl: Impl = "lite",
         data_dir: Path | None = None,
+        lite_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.impl = impl
         self.data_dir = data_dir
+        self.lite_options = dict(lite_options or {})  # LiteBroker keyword arguments (limits)
         self._broker: Any = None
 
     async def start(self) -> None:
@@ -78,7 +86,7 @@ class EmbeddedBroker:
         if self.impl == "lite":
             from broker.lite import LiteBroker
 
-            lite = LiteBroker(self.host, self.port, data_dir=self.data_dir)
+            lite = LiteBroker(self.host, self.port, data_dir=self.data_dir, **self.lite_options)
             await lite.start()
             self.port = lite.port
             self._broker = lite
@@ -121,13 +129,20 @@ class EmbeddedBroker:
         await self.stop()
 
 
-async def serve(host: str, port: int, *, impl: Impl = "lite", data_dir: Path | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    *,
+    impl: Impl = "lite",
+    data_dir: Path | None = None,
+    lite_options: Mapping[str, Any] | None = None,
+) -> None:
     """Run the embedded broker until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with EmbeddedBroker(host, port, impl=impl, data_dir=data_dir):
+    async with EmbeddedBroker(host, port, impl=impl, data_dir=data_dir, lite_options=lite_options):
         await stop.wait()
     log.info("embedded MQTT broker stopped")
 
@@ -141,10 +156,23 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=None, help="keep retained messages here across restarts (lite)"
     )
     parser.add_argument("--impl", choices=IMPLS, default="lite", help="broker implementation (default: lite)")
+    limits = parser.add_argument_group(
+        "lite limits (defaults: the deployed Mosquitto's, docs/architecture.md)"
+    )
+    limits.add_argument(
+        "--max-packet-size", type=int, help="bytes, counted as Mosquitto does (default 17408)"
+    )
+    limits.add_argument("--message-size-limit", type=int, help="payload bytes (default 16384)")
+    limits.add_argument("--max-queued", type=int, help="messages queued per session (default 400000)")
+    limits.add_argument("--max-connections", type=int, help="default: RLIMIT_NOFILE minus 32")
     args = parser.parse_args(argv)
+    names = ("max_packet_size", "message_size_limit", "max_queued", "max_connections")
+    lite_options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        asyncio.run(serve(args.host, args.port, impl=args.impl, data_dir=args.data_dir))
+        asyncio.run(
+            serve(args.host, args.port, impl=args.impl, data_dir=args.data_dir, lite_options=lite_options)
+        )
     except BrokerError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201
         return 1

@@ -23,39 +23,56 @@ What it does (MQTT 3.1.1, OASIS standard; protocol level 4, and level 3 ``MQIsdp
 - SUBSCRIBE/UNSUBSCRIBE with ``+``/``#`` and ``$share/{group}/{filter}``: a shared message goes
   to one member (round robin over online members; when every member is an offline persistent
   session, QoS 1 messages queue on one of them). Wildcards at the first level do not match
-  ``$`` topics. Retained messages are not sent on shared subscriptions (as Mosquitto).
+  ``$`` topics. A new subscription gets the matching retained messages, a shared one too (as
+  Mosquitto 2.0.11 does: a fresh ingest instance learns every lamp's state this way).
 - Retained messages (empty payload deletes), delivered on subscribe with the retain flag, and
   with ``data_dir`` saved to ``retained.bin`` every ``save_interval_s`` and on a clean stop, and
   loaded at start (the backend relies on the lamps' retained ``offline`` wills).
-- Persistent sessions (clean session 0): subscriptions and queued QoS 1 messages (up to
-  ``max_queued`` per session; beyond it the oldest is dropped, counted and logged) are kept
-  **in memory only**: a broker restart loses sessions (not retained messages).
-- PINGREQ/PINGRESP, DISCONNECT, ``max_packet_size`` (default 256 KiB; larger closes the
-  connection). Any malformed packet closes that connection only.
+- Persistent sessions (clean session 0): subscriptions and queued messages are kept **in
+  memory only**: a broker restart loses sessions (not retained messages). While a persistent
+  session is offline its QoS 0 messages are queued too (``queue_qos0``, as the deployed
+  Mosquitto's queue_qos0_messages), within the same bound.
+- Slow and dead subscribers, as Mosquitto treats them: a publisher is never held back for a
+  subscriber. Each session has a bounded queue behind its inflight window, online or offline:
+  ``max_queued`` messages and ``max_queued_bytes`` (topics and payloads), by default the deployed
+  Mosquitto's 400,000 and 256 MiB (ten minutes of the city's traffic for ingest). A message that
+  finds the queue full is dropped (the newest, as Mosquitto's max_queued_messages), and QoS 0 to
+  a connected client whose socket backlog is over ``drop_qos0_above`` (default 8 MiB) is dropped.
+  Both are counted (``dropped``) and logged as one warning per client per ``warn_interval_s``
+  with the count. A dead client's keepalive ends it as usual.
+- The production limits by default (deploy/mosquitto/mosquitto.conf): ``max_packet_size``
+  17,408 (counted as Mosquitto 2.0.11 counts it, remaining length + 1; larger closes the
+  connection, will published) and ``message_size_limit`` 16,384 (a larger PUBLISH payload is
+  acknowledged and dropped, the connection stays); both logged at warning with the client id.
+- ``max_connections`` (default: RLIMIT_NOFILE minus 32 reserved descriptors): a client beyond
+  it, or arriving when descriptors run out anyway (a spare one is kept for this), is accepted
+  and closed at once; one warning per burst with the count (``refused_connections``).
+- PINGREQ/PINGRESP, DISCONNECT. Any malformed packet closes that connection only.
 - ``$SYS/broker/version`` is a retained message naming this broker; clients cannot publish to
   ``$SYS/...`` (ignored, acknowledged).
 
 How it is fast enough: each connection is an ``asyncio.Protocol`` (no task per connection);
 routing looks exact topics up in a dict and walks a trie only for wildcard filters, with a
 bounded topic -> matches cache; a QoS 0 PUBLISH is forwarded as the bytes received when it can
-be; writes are gathered per connection and flushed once per event-loop iteration. Backpressure:
-when a subscriber's transport buffer passes ``high_water`` the broker stops reading from the
-publishers feeding it until it drains; beyond ``drop_qos0_above`` bytes buffered, QoS 0 messages
-to that subscriber are dropped (and counted).
+be; writes are gathered per connection and flushed once per event-loop iteration. A
+subscriber's socket backlog is only looked at once it passes ``high_water`` (1 MiB).
 
 Measured on the 2-core development machine in the same run as Mosquitto (docs/architecture.md,
 "Embedded broker (lite)"; ``python -m tests.integration.test_broker_lite``): 7,000 simulated
 devices connect in 1.06 s (Mosquitto 1.10 s); fan-in from one publisher to one paho subscriber
 74k msg/s at QoS 0 and 38k msg/s at QoS 1 (Mosquitto 72k and 27k; both bound by the subscriber);
-broker CPU 1.6 us per QoS 0 message (Mosquitto 5.0 us).
+broker CPU 1.6 us per QoS 0 message (Mosquitto 5.0 us). The fan-in figures date from when lite
+held a publisher back for a slow subscriber; now QoS 0 past the subscriber's backlog is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import logging
 import os
+import resource
+import socket
 import struct
 import time
 import uuid
@@ -78,10 +95,85 @@ _SUBSCRIBE, _UNSUBSCRIBE, _PINGREQ, _DISCONNECT = 8, 10, 12, 14
 _PINGRESP: Final = b"\xd0\x00"
 _RETAINED_MAGIC: Final = b"SLRETAIN1\n"
 _SMALL_VARINT: Final = [bytes([n]) for n in range(128)]
+# The production limits (deploy/mosquitto/mosquitto.conf, written by `streetlight provision`): a
+# 16 KiB payload (DESIGN.md §3, broker.MAX_PAYLOAD_BYTES) and 1 KiB of headroom for the rest of
+# the packet. The demo broker enforces the same, so what works on it works in production.
+MAX_PACKET_SIZE: Final = 17_408
+MESSAGE_SIZE_LIMIT: Final = 16_384
+# Descriptors kept out of max_connections' default (RLIMIT_NOFILE minus these): the listener,
+# the event loop's own, the spare one, log and retained files.
+_RESERVED_FDS: Final = 32
+# Warning lines naming one client each, per warn interval; beyond, one summed line per event.
+_LINES_PER_INTERVAL: Final = 20
+
+
+def _open_spare() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
 
 
 class _ProtocolError(Exception):
     """The peer broke MQTT 3.1.1; its connection is closed (and its will published)."""
+
+
+class _PacketTooLarge(_ProtocolError):
+    """A packet over ``max_packet_size`` (whole packet, as Mosquitto counts it); the connection is closed."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"packet of {size} bytes over the limit of {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class _Tally:
+    """Counts repeated warnings and logs each (event, client id) at most once per ``interval_s``.
+
+    One misbehaving client, or a flood of refused connections, costs one log line per interval
+    with a count, not a line (or a traceback) per occurrence; past ``_LINES_PER_INTERVAL`` lines
+    in an interval (many clients at once, e.g. one attacker with many client ids) the rest are
+    summed into one line per event.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._counts: dict[tuple[str, str], tuple[int, str]] = {}
+        self._logged_at: dict[tuple[str, str], float] = {}
+        self._window_start = 0.0
+        self._lines = 0
+
+    def add(self, event: str, client_id: str, detail: str = "", n: int = 1) -> None:
+        key = (event, client_id or "?")
+        count, _ = self._counts.get(key, (0, ""))
+        self._counts[key] = (count + n, detail)
+
+    def report(self, now: float, *, final: bool = False) -> None:
+        """Log what was counted since the last line of each key, for keys quiet for ``interval_s``.
+
+        ``final``: everything still counted, whenever its last line was (the broker is stopping).
+        """
+        if now - self._window_start >= self.interval_s:
+            self._window_start, self._lines = now, 0
+        overflow: dict[str, tuple[int, int]] = {}  # event -> (clients, count)
+        for key, (count, detail) in list(self._counts.items()):
+            if not final and now - self._logged_at.get(key, now - self.interval_s) < self.interval_s:
+                continue
+            del self._counts[key]
+            self._logged_at[key] = now
+            event, client_id = key
+            if self._lines < _LINES_PER_INTERVAL:
+                self._lines += 1
+                log.warning("%s client_id=%s count=%d %s", event, client_id, count, detail)
+            else:
+                clients, total = overflow.get(event, (0, 0))
+                overflow[event] = (clients + 1, total + count)
+        for event, (clients, total) in overflow.items():
+            log.warning(
+                "%s client_id=* clients=%d count=%d (more clients than log lines)", event, clients, total
+            )
+        if len(self._logged_at) > 10_000:  # forget clients quiet for a whole interval
+            self._logged_at = {k: t for k, t in self._logged_at.items() if now - t < self.interval_s}
 
 
 def _varint(n: int) -> bytes:
@@ -172,7 +264,18 @@ class _Msg:
 
 
 class _Session:
-    __slots__ = ("clean", "client_id", "conn", "dropped", "inflight", "next_pid", "qos2_in", "queue", "subs")
+    __slots__ = (
+        "clean",
+        "client_id",
+        "conn",
+        "dropped",
+        "inflight",
+        "next_pid",
+        "qos2_in",
+        "queue",
+        "queued_bytes",
+        "subs",
+    )
 
     def __init__(self, client_id: str, clean: bool) -> None:
         self.client_id = client_id
@@ -180,7 +283,8 @@ class _Session:
         self.subs: dict[str, int] = {}  # full filter (with any $share prefix) -> granted QoS
         self.conn: _Conn | None = None
         self.inflight: dict[int, _Msg] = {}
-        self.queue: deque[_Msg] = deque()
+        self.queue: deque[tuple[_Msg, int]] = deque()  # (message, QoS to send it at)
+        self.queued_bytes = 0  # topics and payloads in ``queue``
         self.next_pid = 1
         self.qos2_in: set[int] = set()
         self.dropped = 0
@@ -253,13 +357,11 @@ class _Conn(asyncio.Protocol):
         self.will: _Msg | None = None
         self.closing = False
         self.out: list[bytes] = []
+        self.out_bytes = 0  # in ``out``: written at the end of this event-loop iteration
         self.pending: list[bytes] = []
         self.pending_len = 0
         self.need = 0
-        self.write_paused = False
-        self.read_paused = False
-        self.blockers: set[_Conn] = set()  # subscribers whose full buffers stop us reading
-        self.blocked: set[_Conn] = set()  # publishers we stopped reading from
+        self.write_paused = False  # the transport holds more than ``high_water`` unsent bytes
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -273,10 +375,7 @@ class _Conn(asyncio.Protocol):
         self.closing = True
         self.b._conns.discard(self)
         self.out.clear()
-        self._unblock_all()
-        for sub in self.blockers:
-            sub.blocked.discard(self)
-        self.blockers.clear()
+        self.out_bytes = 0
         self.b._detach(self)
 
     def pause_writing(self) -> None:
@@ -284,7 +383,11 @@ class _Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._unblock_all()
+
+    def backlog_bytes(self) -> int:
+        """Bytes accepted for this client and not yet taken by its socket."""
+        buffered = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        return buffered + self.out_bytes
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -300,6 +403,11 @@ class _Conn(asyncio.Protocol):
             self.pending_len = self.need = 0
         try:
             self._parse(data)
+        except _PacketTooLarge as exc:
+            self.b._tally.add(
+                "packet too large, connection closed", self.client_id, f"bytes={exc.size} limit={exc.limit}"
+            )
+            self.abort()
         except (_ProtocolError, ValueError, IndexError, struct.error) as exc:
             log.debug("closing %r: %s", self.client_id or "?", exc)
             self.abort()
@@ -331,8 +439,8 @@ class _Conn(asyncio.Protocol):
                 mult <<= 7
                 if mult > 0x200000:
                     raise _ProtocolError("malformed remaining length")
-            if rl > limit:
-                raise _ProtocolError(f"packet of {rl} bytes exceeds the maximum {limit}")
+            if rl + 1 > limit:  # counted as Mosquitto 2.0.11 does: remaining length + 1 (measured)
+                raise _PacketTooLarge(i - pos + rl, limit)
             end = i + rl
             if end > n:
                 self._keep(data, pos, end - pos)
@@ -359,11 +467,13 @@ class _Conn(asyncio.Protocol):
                 self.b._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self.b._flush)
         self.out.append(data)
+        self.out_bytes += len(data)
 
     def flush(self) -> None:
         if self.out and not self.closing and self.transport is not None:
             data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
             self.out.clear()
+            self.out_bytes = 0
             self.transport.write(data)
 
     def close(self) -> None:
@@ -376,27 +486,9 @@ class _Conn(asyncio.Protocol):
     def abort(self) -> None:
         self.closing = True
         self.out.clear()
+        self.out_bytes = 0
         if self.transport is not None:
             self.transport.abort()
-
-    def block_on(self, sub: _Conn) -> None:
-        """Stop reading from this publisher until ``sub`` drains its transport buffer."""
-        if sub is self or self.closing:
-            return
-        self.blockers.add(sub)
-        sub.blocked.add(self)
-        if not self.read_paused and self.transport is not None:
-            self.read_paused = True
-            self.transport.pause_reading()
-
-    def _unblock_all(self) -> None:
-        for pub in self.blocked:
-            pub.blockers.discard(self)
-            if not pub.blockers and pub.read_paused and not pub.closing and pub.transport is not None:
-                pub.read_paused = False
-                pub.last_rx = time.monotonic()
-                pub.transport.resume_reading()
-        self.blocked.clear()
 
     # -- packets ---------------------------------------------------------------------------------
 
@@ -451,24 +543,39 @@ class LiteBroker:
         port: int = 1883,
         *,
         data_dir: Path | str | None = None,
-        max_packet_size: int = 256 * 1024,
+        max_packet_size: int = MAX_PACKET_SIZE,
+        message_size_limit: int = MESSAGE_SIZE_LIMIT,
         max_inflight: int = 1000,
-        max_queued: int = 100_000,
+        max_queued: int = 400_000,
+        max_queued_bytes: int = 256 << 20,
+        queue_qos0: bool = True,
+        max_connections: int | None = None,
         save_interval_s: float = 5.0,
         high_water: int = 1 << 20,
-        drop_qos0_above: int = 64 << 20,
+        drop_qos0_above: int = 8 << 20,
+        warn_interval_s: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.max_packet_size = max_packet_size
+        self.message_size_limit = message_size_limit
         self.max_inflight = max_inflight
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
+        self.queue_qos0 = queue_qos0
+        self.max_connections = max_connections
         self.save_interval_s = save_interval_s
         self.high_water = high_water
         self.drop_qos0_above = drop_qos0_above
-        self.dropped = 0  # QoS 1 messages dropped from full session queues, QoS 0 to stalled clients
-        self._server: asyncio.Server | None = None
+        self.dropped = 0  # messages not delivered: full session queues, QoS 0 to clients that do not read
+        self.refused_connections = 0  # closed at accept: max_connections reached or out of descriptors
+        self.refused_messages = 0  # PUBLISH payloads over message_size_limit (acknowledged, not routed)
+        self._tally = _Tally(warn_interval_s)
+        self._listeners: list[socket.socket] = []
+        self._spare_fd: int | None = None  # closed to accept-and-close a client when descriptors run out
+        self._accept_paused = False
+        self._accepting: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._conns: set[_Conn] = set()
         self._sessions: dict[str, _Session] = {}
@@ -488,33 +595,161 @@ class LiteBroker:
         loop = asyncio.get_running_loop()
         self._load_retained()
         self._retained["$SYS/broker/version"] = (VERSION.encode(), 0)
+        if self.max_connections is None:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            self.max_connections = max(1, soft - _RESERVED_FDS) if soft != resource.RLIM_INFINITY else 1 << 20
         try:
-            self._server = await loop.create_server(
-                lambda: _Conn(self), self.host, self.port, backlog=4096, reuse_address=True
-            )
+            self._listeners = await self._listen(loop)
         except OSError as exc:
             raise BrokerError(f"embedded broker on {self.host}:{self.port} did not start: {exc}") from exc
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._spare_fd = _open_spare()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
         self._task = asyncio.create_task(self._housekeeping(), name="lite-broker-housekeeping")
-        log.info("embedded MQTT broker (lite) listening on mqtt://%s:%d", self.host, self.port)
+        log.info(
+            "embedded MQTT broker (lite) listening on mqtt://%s:%d max_connections=%d max_packet_size=%d",
+            self.host,
+            self.port,
+            self.max_connections,
+            self.max_packet_size,
+        )
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop) -> list[socket.socket]:
+        """A listening socket per address ``host`` resolves to (as asyncio's create_server), one port."""
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        listeners: list[socket.socket] = []
+        seen: set[tuple[int, str]] = set()
+        try:
+            for family, _, _, _, address in infos:
+                key = (int(family), str(address[0]))
+                if key in seen:
+                    continue
+                seen.add(key)
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                port = listeners[0].getsockname()[1] if len(listeners) > 1 else self.port
+                sock.bind((address[0], port, *address[2:]))
+                sock.listen(4096)
+                sock.setblocking(False)
+        except OSError:
+            for sock in listeners:
+                sock.close()
+            raise
+        self.port = listeners[0].getsockname()[1]
+        return listeners
 
     async def stop(self) -> None:
         """Close every connection (no wills), save retained messages, forget sessions."""
-        server, self._server = self._server, None
-        if server is None:
+        listeners, self._listeners = self._listeners, []
+        if not listeners:
             return
-        server.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        loop = asyncio.get_running_loop()
+        for sock in listeners:
+            if not self._accept_paused:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+        for task in [*self._accepting, *([self._task] if self._task is not None else [])]:
+            task.cancel()
+        await asyncio.gather(
+            *self._accepting, *([self._task] if self._task is not None else []), return_exceptions=True
+        )
+        self._tally.report(time.monotonic(), final=True)
         for conn in list(self._conns):
             conn.will = None
             conn.abort()
         await asyncio.sleep(0)
-        await server.wait_closed()
         self._save_retained()
         self._sessions.clear()
+
+    # -- accepting -------------------------------------------------------------------------------
+
+    def _accept(self, sock: socket.socket) -> None:
+        """Accept what the listen queue holds; refuse (close at once) past max_connections or out of fds."""
+        loop = asyncio.get_running_loop()
+        limit = self.max_connections or 0
+        for _ in range(256):  # a bounded batch per wake-up, so clients already connected get served too
+            try:
+                client, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._refuse_without_fd(sock, exc):
+                        continue
+                    self._pause_accepting(exc)
+                else:
+                    self._tally.add("accept failed", "?", f"error={exc.strerror!r}")
+                return
+            if len(self._conns) + len(self._accepting) >= limit:
+                client.close()
+                self._refuse("max_connections")
+                continue
+            client.setblocking(False)
+            task = loop.create_task(self._attach(client))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
+
+    async def _attach(self, client: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: _Conn(self), client)
+        except OSError as exc:
+            client.close()
+            self._tally.add("accept failed", "?", f"error={exc.strerror!r}")
+
+    def _refuse(self, reason: str, n: int = 1) -> None:
+        self.refused_connections += n
+        self._tally.add("connections refused", "?", f"reason={reason} limit={self.max_connections}", n)
+
+    def _refuse_without_fd(self, sock: socket.socket, exc: OSError) -> bool:
+        """Out of descriptors: free the spare one, accept a client on it and close it, take it back.
+
+        False when that did not refuse anyone (no spare, or the freed descriptor went elsewhere):
+        the caller then pauses accepting instead of spinning on a listener that stays readable.
+        """
+        if self._spare_fd is None:
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        refused = False
+        try:
+            client, _ = sock.accept()
+        except OSError:
+            pass
+        else:
+            client.close()
+            refused = True
+            self._refuse(errno.errorcode.get(exc.errno or 0, "out_of_descriptors"))
+        self._spare_fd = _open_spare()
+        return refused and self._spare_fd is not None
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """No spare descriptor left either: stop accepting for a second, as asyncio's own server does."""
+        if self._accept_paused:
+            return
+        self._tally.add("accepting paused", "?", f"error={exc.strerror!r} connections={len(self._conns)}")
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+        self._accept_paused = True
+        loop.call_later(1.0, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if not self._listeners or not self._accept_paused:
+            return
+        self._accept_paused = False
+        if self._spare_fd is None:
+            self._spare_fd = _open_spare()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -536,14 +771,13 @@ class LiteBroker:
             conn.flush()
 
     async def _housekeeping(self) -> None:
-        """Keepalive expiry (1.5 x), CONNECT timeout, retained saves, drop reports."""
+        """Keepalive expiry (1.5 x), CONNECT timeout, retained saves, warnings with counts."""
         last_save = time.monotonic()
-        reported = 0
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             for conn in list(self._conns):
-                if conn.closing or conn.read_paused:
+                if conn.closing:
                     continue
                 if conn.session is None:
                     if now - conn.opened > 10.0:
@@ -551,9 +785,7 @@ class LiteBroker:
                 elif conn.keepalive and now - conn.last_rx > 1.5 * conn.keepalive:
                     log.debug("keepalive expired for %r", conn.client_id)
                     conn.abort()
-            if self.dropped != reported:
-                log.warning("dropped %d messages so far (full session queues, stalled clients)", self.dropped)
-                reported = self.dropped
+            self._tally.report(now)
             if self._retained_dirty and self.data_dir is not None and now - last_save >= self.save_interval_s:
                 last_save = now
                 snapshot = self._retained_snapshot()
@@ -677,7 +909,7 @@ class LiteBroker:
             session.conn = None
             if old.will is not None:
                 w, old.will = old.will, None
-                self._publish_msg(w, None)
+                self._publish_msg(w)
             old.abort()
         present = False
         if session is not None and (clean or session.clean):
@@ -700,7 +932,7 @@ class LiteBroker:
         session, conn.session = conn.session, None
         if conn.will is not None:
             w, conn.will = conn.will, None
-            self._publish_msg(w, None)
+            self._publish_msg(w)
         if session is None or session.conn is not conn:
             return
         session.conn = None
@@ -714,6 +946,7 @@ class LiteBroker:
             del self._sessions[session.client_id]
         session.inflight.clear()
         session.queue.clear()
+        session.queued_bytes = 0
 
     # -- subscriptions ---------------------------------------------------------------------------
 
@@ -807,7 +1040,7 @@ class LiteBroker:
             if req > 2:
                 raise _ProtocolError("bad requested QoS")
             try:
-                group, plain = _split_shared(f)
+                _, plain = _split_shared(f)
             except ValueError:
                 codes.append(0x80)
                 continue
@@ -817,8 +1050,7 @@ class LiteBroker:
             qos = min(req, 1)
             self._subscribe(session, f, qos)
             codes.append(qos)
-            if group is None:
-                granted.append((plain, qos))
+            granted.append((plain, qos))  # shared ones too: Mosquitto 2.0.11 sends them retained messages
         conn.send(b"\x90" + _varint(2 + len(codes)) + pid + bytes(codes))
         for f, qos in granted:
             self._send_retained(session, f, qos)
@@ -844,7 +1076,7 @@ class LiteBroker:
             items = [(t, v) for t, v in self._retained.items() if _matches(pattern, t)]
         for topic, (payload, mq) in items:
             msg = _Msg(topic, topic.encode(), payload, mq, True)
-            self._deliver(session, msg, min(mq, qos), None)
+            self._deliver(session, msg, min(mq, qos))
 
     # -- routing ---------------------------------------------------------------------------------
 
@@ -881,7 +1113,16 @@ class LiteBroker:
             if p > end:
                 raise _ProtocolError("PUBLISH without packet id")
         payload = data[p:end]
-        if topic.startswith("$SYS/"):
+        if len(payload) > self.message_size_limit:
+            # As Mosquitto's message_size_limit: acknowledged (so the client does not resend it
+            # forever), not routed, not retained; counted and logged with the client id.
+            self.refused_messages += 1
+            self._tally.add(
+                "message over message_size_limit dropped",
+                conn.client_id,
+                f"topic={topic!r} bytes={len(payload)} limit={self.message_size_limit}",
+            )
+        elif topic.startswith("$SYS/"):
             pass  # the broker's own topics
         elif qos == 2:
             session = conn.session
@@ -889,17 +1130,17 @@ class LiteBroker:
             n = int.from_bytes(pid, "big")
             if n not in session.qos2_in:
                 session.qos2_in.add(n)
-                self._publish(topic, topic_b, payload, 1, bool(retain), None, conn)
+                self._publish(topic, topic_b, payload, 1, bool(retain), None)
         else:
             raw = data[start:end] if qos == 0 and not retain else None
-            self._publish(topic, topic_b, payload, qos, bool(retain), raw, conn)
+            self._publish(topic, topic_b, payload, qos, bool(retain), raw)
         if qos == 1:
             conn.send(b"\x40\x02" + pid)
         elif qos == 2:
             conn.send(b"\x50\x02" + pid)
 
-    def _publish_msg(self, msg: _Msg, source: _Conn | None) -> None:
-        self._publish(msg.topic, msg.topic_b, msg.payload, min(msg.qos, 1), msg.retain, None, source)
+    def _publish_msg(self, msg: _Msg) -> None:
+        self._publish(msg.topic, msg.topic_b, msg.payload, min(msg.qos, 1), msg.retain, None)
 
     def _publish(
         self,
@@ -909,7 +1150,6 @@ class LiteBroker:
         qos: int,
         retain: bool,
         raw: bytes | None,
-        source: _Conn | None,
     ) -> None:
         if retain:
             if payload:
@@ -925,7 +1165,7 @@ class LiteBroker:
             msg._q0 = raw
         if len(entries) == 1 and not entries[0].shared:
             for session, sq in entries[0].subs.items():
-                self._deliver(session, msg, sq if sq < qos else qos, source)
+                self._deliver(session, msg, sq if sq < qos else qos)
             return
         targets: dict[_Session, int] = {}
         for e in entries:
@@ -937,41 +1177,47 @@ class LiteBroker:
                 if picked is not None and targets.get(picked[0], -1) < picked[1]:
                     targets[picked[0]] = picked[1]
         for session, sq in targets.items():
-            self._deliver(session, msg, sq if sq < qos else qos, source)
+            self._deliver(session, msg, sq if sq < qos else qos)
 
-    def _deliver(self, session: _Session, msg: _Msg, qos: int, source: _Conn | None) -> None:
+    def _deliver(self, session: _Session, msg: _Msg, qos: int) -> None:
+        """Send or queue one message for one session; what a slow or absent client cannot take is dropped.
+
+        Never pushes back on the publisher: one client that stops reading costs its own messages,
+        not everyone else's (MQTT 3.1.1 lets a server drop QoS 0; QoS 1 beyond the session's bounded
+        queue is dropped and counted, as Mosquitto does with max_queued_messages).
+        """
         conn = session.conn
-        if conn is not None and conn.write_paused:
-            if source is not None:
-                source.block_on(conn)
+        if not qos and conn is not None:
             if (
-                not qos
-                and conn.transport is not None
-                and conn.transport.get_write_buffer_size() > self.drop_qos0_above
-            ):
-                self.dropped += 1
+                conn.write_paused or conn.out_bytes > self.high_water
+            ) and conn.backlog_bytes() > self.drop_qos0_above:
+                self._drop(session, "client not reading, QoS 0")
                 return
-        if not qos:
-            if conn is not None:
-                conn.send(msg.q0())
+            conn.send(msg.q0())
             return
-        if conn is not None and not session.queue and len(session.inflight) < self.max_inflight:
+        if not qos and not self.queue_qos0:
+            return  # offline and queue_qos0 off: QoS 0 is not kept
+        if qos and conn is not None and not session.queue and len(session.inflight) < self.max_inflight:
             pid = session.alloc_pid()
             session.inflight[pid] = msg
             conn.send(msg.q1(pid, False))
             return
-        if len(session.queue) >= self.max_queued:
-            session.queue.popleft()
-            session.dropped += 1
-            self.dropped += 1
-            if session.dropped in (1, 1000) or session.dropped % 100_000 == 0:
-                log.warning(
-                    "session %r: queue full (%d), dropped %d oldest messages",
-                    session.client_id,
-                    self.max_queued,
-                    session.dropped,
-                )
-        session.queue.append(msg)
+        size = len(msg.topic_b) + len(msg.payload)
+        if len(session.queue) >= self.max_queued or session.queued_bytes + size > self.max_queued_bytes:
+            self._drop(session, "session queue full")
+            return
+        session.queue.append((msg, qos))
+        session.queued_bytes += size
+
+    def _drop(self, session: _Session, reason: str) -> None:
+        session.dropped += 1
+        self.dropped += 1
+        self._tally.add(
+            "messages dropped",
+            session.client_id,
+            f"reason={reason!r} queued={len(session.queue)} inflight={len(session.inflight)} "
+            f"session_dropped={session.dropped}",
+        )
 
     def _on_puback(self, session: _Session, pid: int) -> None:
         session.inflight.pop(pid, None)
@@ -983,8 +1229,15 @@ class LiteBroker:
         if conn is None:
             return
         queue, inflight = session.queue, session.inflight
-        while queue and len(inflight) < self.max_inflight:
-            msg = queue.popleft()
+        while queue:
+            msg, qos = queue[0]
+            if qos and len(inflight) >= self.max_inflight:
+                break  # a QoS 0 message never waits for the window; one behind a QoS 1 waits its turn
+            queue.popleft()
+            session.queued_bytes -= len(msg.topic_b) + len(msg.payload)
+            if not qos:
+                conn.send(msg.q0())
+                continue
             pid = session.alloc_pid()
             inflight[pid] = msg
             conn.send(msg.q1(pid, False))

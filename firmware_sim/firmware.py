@@ -185,6 +185,10 @@ class _Firmware:
         self.bdseq += 1
         return self._state("offline")
 
+    def on_clean_shutdown(self) -> Message:
+        """The retained `offline` of this connection's `bdseq`, said before a DISCONNECT drops the will."""
+        return self._state("offline")
+
     def on_connected(self, now_ms: int) -> list[Message]:
         """Messages to publish once connected: birth, then retained `online`."""
         identity = self.identity

@@ -2,8 +2,9 @@
 
 The firmware (``firmware.py``) decides what a device says; this module only carries it: a
 ``DeviceLink`` connects with the device's own client id and credentials, registers the retained
-``offline`` last will of the connection's ``bdseq``, publishes birth then retained ``online``,
-subscribes to its own ``cmd`` topic, feeds commands to the firmware and publishes the acks, and
+``offline`` last will of the connection's ``bdseq``, publishes birth then retained ``online``
+(and on a clean stop the retained ``offline`` itself, before DISCONNECT), subscribes to its own
+``cmd`` topic, feeds commands to the firmware and publishes the acks, and
 reconnects with capped jittered backoff. A ``Fleet`` holds thousands of links on one event loop
 and sends telemetry round-robin, so the load is even instead of arriving in waves.
 """
@@ -244,10 +245,20 @@ class DeviceLink:
             self.conn.abort()
 
     def disconnect(self) -> None:
-        """Clean end: DISCONNECT, no will."""
+        """Clean end: retained ``offline`` of this connection's bdseq, then DISCONNECT (no will)."""
         self._killed = True
         if self.conn is not None:
-            self.conn.disconnect()
+            self._say_offline_and_disconnect(self.conn)
+
+    def _say_offline_and_disconnect(self, conn: mqtt.MqttConnection) -> None:
+        # docs/protocol.md: a DISCONNECT suppresses the will, so a device leaving cleanly says
+        # `offline` itself first; the broker handles the PUBLISH before the DISCONNECT behind it.
+        if conn.is_open:
+            offline = self.firmware.on_clean_shutdown()
+            with contextlib.suppress(mqtt.MqttError):
+                conn.publish(offline.topic, _encode(offline), qos=offline.qos, retain=True)
+                self.fleet.stats.published += 1
+        conn.disconnect()
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect with capped jittered backoff; until cancelled."""
@@ -281,7 +292,7 @@ class DeviceLink:
                 attempt += 1
                 continue
             if self._killed:
-                conn.disconnect()
+                self._say_offline_and_disconnect(conn)
                 return
             attempt = 0
             self.conn = conn

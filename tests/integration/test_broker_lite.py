@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import queue
+import resource
 import socket
 import struct
 import subprocess
@@ -28,6 +30,7 @@ from broker.lite import LiteBroker
 from firmware_sim.mqtt import Will, connect, encode_connect, encode_publish, encode_subscribe
 from ingest import probe_shared_subscriptions
 from streetlight.localservices import free_port
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -467,6 +470,229 @@ async def test_two_thousand_devices_connect_at_once(lite: ThreadBroker, unique_i
     for c in conns:
         c.disconnect()
     assert elapsed < 10, f"2,000 connections took {elapsed:.1f} s"
+
+
+# -- slow subscribers, limits, descriptors -----------------------------------------------------------
+
+
+def stuck_subscriber(port: int, client_id: str, topic: str, qos: int) -> socket.socket:
+    """Subscribed, then never reads its socket (a hung process); a small receive buffer fills fast."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(encode_connect(client_id, keepalive_s=600))
+    s.settimeout(5)
+    assert read_packet(s)[0] == 0x20
+    s.sendall(encode_subscribe(1, topic, qos))
+    assert read_packet(s) == (0x90, bytes([0, 1, qos]))
+    return s
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_past_its_queue_a_stuck_subscriber_loses_the_newest_qos1_messages_counted_and_logged_once(
+    unique_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"dq{unique_id}/t"
+    cid = f"stuck-{unique_id}"
+    with (
+        caplog.at_level(logging.WARNING, logger="broker.lite"),
+        ThreadBroker(max_inflight=10, max_queued=100) as b,
+    ):
+        assert b.broker is not None
+        s = stuck_subscriber(b.port, cid, topic, 1)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{unique_id}")
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        infos = [pub.publish(topic, str(i).encode(), qos=1) for i in range(500)]
+        for info in infos:
+            info.wait_for_publish(10)  # every publish acknowledged: the publisher is not held back
+        pub.disconnect()
+        pub.loop_stop()
+        assert b.broker.dropped == 500 - 10 - 100
+        wait_until(lambda: any("messages dropped" in r.getMessage() for r in caplog.records))
+        # The subscriber wakes up: it gets the ten in flight and the hundred queued, the oldest ones,
+        # as from Mosquitto (max_queued_messages drops what arrives at a full queue).
+        got: list[int] = []
+        s.settimeout(5)
+        while len(got) < 110:
+            first, body = read_packet(s)
+            assert first & 0xF6 == 0x32, first
+            got.append(int(body[2 + len(topic) + 2 :]))
+            s.sendall(b"\x40\x02" + body[2 + len(topic) : 2 + len(topic) + 2])
+        assert got == list(range(110))
+        s.close()
+    lines = [r.getMessage() for r in caplog.records if "messages dropped" in r.getMessage()]
+    assert 1 <= len(lines) <= 2 and all(f"client_id={cid}" in m for m in lines), lines  # the rest at stop
+    assert sum(int(m.split("count=")[1].split()[0]) for m in lines) == 390, lines
+
+
+def test_qos0_for_a_subscriber_that_does_not_read_is_dropped_past_a_bounded_backlog(unique_id: str) -> None:
+    topic = f"d0{unique_id}/t"
+    with ThreadBroker(high_water=64 << 10, drop_qos0_above=256 << 10) as b:
+        assert b.broker is not None
+        stuck = stuck_subscriber(b.port, f"stuck-{unique_id}", topic, 0)
+        pub, _ = raw_client(b.port, f"pub-{unique_id}")
+        pub.settimeout(5)
+        packet = encode_publish(topic, b"z" * 8000)
+        for _ in range(2000):  # 16 MB
+            pub.sendall(packet)
+        pub.sendall(b"\xc0\x00")
+        assert read_packet(pub) == (0xD0, b"")  # the publisher is answered at once
+        session = b.broker._sessions[f"stuck-{unique_id}"]
+        assert session.conn is not None
+        assert session.conn.backlog_bytes() <= (256 << 10) + len(packet)
+        assert b.broker.dropped > 1000
+        pub.close()
+        stuck.close()
+
+
+def test_oversized_packets_and_payloads_are_refused_with_a_warning_naming_the_client(
+    unique_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="broker.lite"), ThreadBroker() as b:
+        assert b.broker is not None
+        s, _ = raw_client(b.port, f"fat-{unique_id}")
+        for pid in (1, 2, 3):
+            s.sendall(encode_publish("t", b"x" * 16_385, qos=1, packet_id=pid))
+            assert read_packet(s) == (0x40, bytes([0, pid]))
+        s.sendall(encode_publish("t", b"x" * 20_000))
+        assert read_packet(s) == (-1, b"")
+        s.close()
+        assert b.broker.refused_messages == 3
+        wait_until(
+            lambda: len([r for r in caplog.records if f"client_id=fat-{unique_id}" in r.getMessage()]) == 2
+        )
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    over_limit = [m for m in messages if "message_size_limit" in m]
+    too_large = [m for m in messages if "packet too large" in m]
+    assert 1 <= len(over_limit) <= 2 and all("limit=16384" in m for m in over_limit), over_limit
+    assert sum(int(m.split("count=")[1].split()[0]) for m in over_limit) == 3
+    assert (
+        len(too_large) == 1 and "limit=17408" in too_large[0] and f"client_id=fat-{unique_id}" in too_large[0]
+    )
+
+
+def test_many_clients_misbehaving_at_once_cost_at_most_twenty_named_lines_and_a_sum(
+    unique_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One attacker, many client ids: the log stays small whatever the number of clients.
+    with caplog.at_level(logging.WARNING, logger="broker.lite"), ThreadBroker() as b:
+        for i in range(60):
+            s, _ = raw_client(b.port, f"big{i}-{unique_id}")
+            s.sendall(encode_publish("t", b"x" * 20_000))
+            assert read_packet(s) == (-1, b"")
+            s.close()
+        time.sleep(1.2)  # two housekeeping rounds
+    lines = [r.getMessage() for r in caplog.records if "packet too large" in r.getMessage()]
+    named = [m for m in lines if f"-{unique_id}" in m]
+    summed = [m for m in lines if "client_id=*" in m]
+    assert len(named) == 20, lines
+    assert sum(int(m.split("clients=")[1].split()[0]) for m in summed) == 40, lines
+
+
+# The broker in a process of its own with few file descriptors, logging to stderr.
+FD_LIMIT = 64
+LOW_FD_BROKER = """
+import asyncio, json, logging, sys
+from broker.lite import LiteBroker
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+async def main() -> None:
+    broker = LiteBroker("127.0.0.1", int(sys.argv[1]), **json.loads(sys.argv[2]))
+    await broker.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"max_connections": 100_000}],
+    ids=["max_connections from RLIMIT_NOFILE", "out of file descriptors"],
+)
+def test_clients_beyond_the_descriptor_limit_are_closed_at_once_with_one_warning_per_burst(
+    kwargs: dict[str, int], tmp_path: Path
+) -> None:
+    port = free_port()
+    stderr_path = tmp_path / "broker.stderr"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LOW_FD_BROKER, str(port), json.dumps(kwargs)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            preexec_fn=_low_fd_limit,
+        )
+    socks: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        for i in range(150):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(encode_connect(f"fd-{i}", keepalive_s=60))
+            socks.append(s)
+        deadline = time.monotonic() + 5
+        answers: list[int] = []
+        for s in socks:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                answers.append(read_packet(s)[0])
+            except TimeoutError:
+                answers.append(0)  # neither a CONNACK nor a close: left waiting
+        assert answers.count(0x20) + answers.count(-1) == 150, answers
+        assert answers.count(0x20) >= 16 and answers.count(-1) >= 50
+        for s in socks:
+            s.close()
+        socks.clear()
+        time.sleep(0.5)
+        s, connack = raw_client(port, "after-the-burst")  # served again once descriptors are free
+        assert connack == b"\x00\x00"
+        s.close()
+        time.sleep(1.0)  # the warning of the burst comes from the 0.5 s housekeeping
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    log_text = stderr_path.read_text()
+    assert "Traceback" not in log_text
+    refusals = [line for line in log_text.splitlines() if "connections refused" in line]
+    assert 1 <= len(refusals) <= 2, log_text[-3000:]
+    assert refusals[0].startswith("WARNING") and "count=" in refusals[0]
+    # Refusals after the burst's line wait for the next interval (10 s), past this test's end.
+    assert 0 < sum(int(line.split("count=")[1].split()[0]) for line in refusals) <= answers.count(-1)
+
+
+def test_the_embedded_broker_command_takes_other_packet_limits(unique_id: str) -> None:
+    from streetlight.localservices import tcp_reachable, terminate
+
+    port = free_port()
+    argv = [sys.executable, "-m", "broker.embedded", "--port", str(port), "--max-packet-size", "1024"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not tcp_reachable("127.0.0.1", port, 0.2):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        s, _ = raw_client(port, f"small-{unique_id}")
+        s.sendall(encode_publish("t", b"x" * 1000, qos=1, packet_id=1))
+        assert read_packet(s) == (0x40, b"\x00\x01")
+        s.sendall(encode_publish("t", b"x" * 2000, qos=1, packet_id=2))
+        assert read_packet(s) == (-1, b"")
+        s.close()
+    finally:
+        terminate(proc)
 
 
 # -- by-hand benchmark: lite vs mosquitto in the same run --------------------------------------------

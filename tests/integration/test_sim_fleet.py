@@ -154,14 +154,20 @@ async def test_a_dropped_socket_fires_the_retained_offline_will_and_reconnect_in
     assert link.firmware.seq >= 2  # seq runs on across the reconnect (birth 1, birth 2)
 
 
-async def test_a_clean_stop_disconnects_without_wills(
+async def test_a_clean_stop_leaves_every_device_retained_offline_with_its_bdseq(
     mqtt_service: MqttService, unique_id: str, watcher_factory: object
 ) -> None:
     prefix = f"s{unique_id}-"
     fleet = _fleet(mqtt_service, prefix, 5, interval_s=60.0)
+    topics = [f"{link.firmware.identity.topic_prefix}/state" for link in fleet.links]
     async with fleet:
         assert await fleet.wait_connected(timeout_s=30)
-        watch = watcher_factory([f"{link.firmware.identity.topic_prefix}/state" for link in fleet.links])  # type: ignore[operator]
-        await asyncio.to_thread(watch.collect, 1.0)
-    later = await asyncio.to_thread(watch.collect, 2.0)
-    assert not [pl for _, pl, _ in later if pl.get("state") == "offline"]
+        live = watcher_factory(topics)  # type: ignore[operator]
+        online = await asyncio.to_thread(live.collect, 5.0, lambda out: len(out) >= len(topics))
+        assert {tuple(sorted(p.items())) for _, p, _ in online} == {(("bdseq", 1), ("state", "online"))}
+    # A subscriber that arrives after the clean stop sees what the backend would: every device's
+    # retained state, which the devices themselves set to offline before their DISCONNECT.
+    after = watcher_factory(topics)  # type: ignore[operator]
+    got = await asyncio.to_thread(after.collect, 5.0, lambda out: len(out) >= len(topics))
+    assert sorted(t for t, _, _ in got) == sorted(topics)
+    assert all(p == {"state": "offline", "bdseq": 1} and retained for _, p, retained in got), got
