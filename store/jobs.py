@@ -38,6 +38,67 @@ def _hour_floor(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def raw_retained_from(conn: Conn, *, timescale: bool | None = None) -> datetime | None:
+    """The earliest instant from which raw telemetry is still complete (None: nothing dropped yet).
+
+    Aggregates outlive raw data: a refresh must never reach below this, or it would recompute
+    hours whose raw rows are gone and wipe them. Plain path: the retention job's latest cutoff;
+    TimescaleDB: now minus the retention policy's ``drop_after`` (chunks go whole, never newer).
+    """
+    if timescale if timescale is not None else timescale_enabled(conn):
+        row = conn.execute(
+            "SELECT now() - (config->>'drop_after')::interval FROM timescaledb_information.jobs "
+            "WHERE proc_name = 'policy_retention' AND hypertable_name = 'telemetry'"
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT value::timestamptz FROM store_meta WHERE key = 'telemetry_retained_from'"
+        ).fetchone()
+    return None if row is None or row[0] is None else row[0]
+
+
+def _hour_ceil(t: datetime) -> datetime:
+    floor = _hour_floor(t)
+    return floor if floor == t else floor + HOUR
+
+
+def _clamp(start: datetime, retained_from: datetime | None) -> datetime:
+    if retained_from is None:
+        return start
+    return max(start, _hour_ceil(retained_from))
+
+
+def _recompute_hours(conn: Conn, start: datetime, end: datetime) -> tuple[int, int]:
+    """Recompute both plain rollups for the hours in [start, end); returns rows written."""
+    conn.execute("DELETE FROM telemetry_hourly_lamp WHERE bucket >= %s AND bucket < %s", (start, end))
+    lamp_hours = conn.execute(
+        f"INSERT INTO telemetry_hourly_lamp SELECT {plain_lamp_hour_select()} "
+        "FROM telemetry t JOIN devices d ON t.device_id = d.device_id "
+        "WHERE t.ts >= %s AND t.ts < %s AND t.level IS NOT NULL "
+        "GROUP BY date_trunc('hour', t.ts), t.device_id, d.district_code",
+        (start, end),
+    ).rowcount
+    conn.execute("DELETE FROM telemetry_hourly_district WHERE bucket >= %s AND bucket < %s", (start, end))
+    district_hours = conn.execute(
+        "INSERT INTO telemetry_hourly_district (bucket, district_code, lamps_online, energy_wh) "
+        "SELECT bucket, district_code, count(*), sum(energy_wh) FROM telemetry_hourly_lamp "
+        "WHERE bucket >= %s AND bucket < %s GROUP BY bucket, district_code",
+        (start, end),
+    ).rowcount
+    return lamp_hours, district_hours
+
+
+def _runs_of_hours(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Consecutive hours merged into [start, end) ranges, oldest first."""
+    runs: list[tuple[datetime, datetime]] = []
+    for h in sorted(set(hours)):
+        if runs and runs[-1][1] == h:
+            runs[-1] = (runs[-1][0], h + HOUR)
+        else:
+            runs.append((h, h + HOUR))
+    return runs
+
+
 @dataclass(frozen=True, slots=True)
 class RollupRun:
     """Which hours a rollup refresh recomputed and how many lamp-hours it wrote."""
@@ -46,6 +107,21 @@ class RollupRun:
     end: datetime
     lamp_hours: int
     district_hours: int
+    late_hours: int = 0
+    """Hours outside [start, end) recomputed because late rows arrived for them."""
+
+
+def _refresh_timescale(conn: Conn, start: datetime | None, end: datetime, now: datetime) -> None:
+    # The ordered refresh job's own procedure does the scheduled work; an explicit window is
+    # refreshed here, clamped so it never reaches hours whose raw chunks were dropped.
+    conn.execute("DELETE FROM rollup_dirty_hours")  # the invalidation log covers late rows here
+    if start is None or not conn.autocommit:
+        return
+    start = _clamp(start, raw_retained_from(conn, timescale=True))
+    if start >= end:
+        return
+    for view in ("telemetry_hourly_lamp", "telemetry_hourly_district"):
+        conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
 
 
 def refresh_rollups(
@@ -58,15 +134,17 @@ def refresh_rollups(
 ) -> RollupRun | None:
     """Recompute the hourly rollups from the last run (minus ``lookback``) to now, or for [start, end).
 
-    On the TimescaleDB path this asks for a refresh of the continuous aggregates when the
-    connection is in autocommit mode (``refresh_continuous_aggregate`` refuses a transaction)
-    and returns None.
+    Hours that received late rows (``rollup_dirty_hours``, written by the COPY writer) are
+    recomputed too, whatever their age. No window ever reaches below :func:`raw_retained_from`:
+    aggregates of hours whose raw rows were dropped are kept, never recomputed from nothing.
+
+    On the TimescaleDB path this asks for a refresh of the continuous aggregates for an explicit
+    [start, end) when the connection is in autocommit mode (``refresh_continuous_aggregate``
+    refuses a transaction) and returns None; the scheduled refresh is the database's own job.
     """
     now = now or datetime.now(UTC)
     if timescale_enabled(conn):
-        if conn.autocommit and start is not None:
-            for view in ("telemetry_hourly_lamp", "telemetry_hourly_district"):
-                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end or now))
+        _refresh_timescale(conn, start, end or now, now)
         return None
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,))
@@ -78,23 +156,18 @@ def refresh_rollups(
             ).fetchone()
             assert row is not None
             start = row[0] - lookback
-        start = _hour_floor(start)
+        retained_from = raw_retained_from(conn, timescale=False)
+        start = _clamp(_hour_floor(start), retained_from)
         end = _hour_floor(end) if end is not None else _hour_floor(now) + HOUR
-        conn.execute("DELETE FROM telemetry_hourly_lamp WHERE bucket >= %s AND bucket < %s", (start, end))
-        lamp_hours = conn.execute(
-            f"INSERT INTO telemetry_hourly_lamp SELECT {plain_lamp_hour_select()} "
-            "FROM telemetry t JOIN devices d ON t.device_id = d.device_id "
-            "WHERE t.ts >= %s AND t.ts < %s AND t.level IS NOT NULL "
-            "GROUP BY date_trunc('hour', t.ts), t.device_id, d.district_code",
-            (start, end),
-        ).rowcount
-        conn.execute("DELETE FROM telemetry_hourly_district WHERE bucket >= %s AND bucket < %s", (start, end))
-        district_hours = conn.execute(
-            "INSERT INTO telemetry_hourly_district (bucket, district_code, lamps_online, energy_wh) "
-            "SELECT bucket, district_code, count(*), sum(energy_wh) FROM telemetry_hourly_lamp "
-            "WHERE bucket >= %s AND bucket < %s GROUP BY bucket, district_code",
-            (start, end),
-        ).rowcount
+        # Taken (deleted) in this transaction: a writer marking the same hour meanwhile waits for
+        # the commit and marks it again, so a late row is never forgotten.
+        taken = conn.execute("DELETE FROM rollup_dirty_hours RETURNING hour").fetchall()
+        dirty = [_hour_floor(r[0]) for r in taken]
+        late = [h for h in dirty if not (start <= h < end) and _clamp(h, retained_from) == h]
+        lamp_hours, district_hours = _recompute_hours(conn, start, end) if start < end else (0, 0)
+        for lo, hi in _runs_of_hours(late):
+            more = _recompute_hours(conn, lo, hi)
+            lamp_hours, district_hours = lamp_hours + more[0], district_hours + more[1]
         # The open hour is recomputed next time; remember where this run's data ended.
         conn.execute(
             "INSERT INTO store_meta (key, value) VALUES ('rollups_until', %s) "
@@ -102,13 +175,14 @@ def refresh_rollups(
             (min(now, end).isoformat(),),
         )
     log.info(
-        "rollups refreshed from %s to %s: %d lamp-hours, %d district-hours",
+        "rollups refreshed from %s to %s and %d late hours: %d lamp-hours, %d district-hours",
         start.isoformat(),
         end.isoformat(),
+        len(late),
         lamp_hours,
         district_hours,
     )
-    return RollupRun(start, end, lamp_hours, district_hours)
+    return RollupRun(start, end, lamp_hours, district_hours, len(late))
 
 
 # --------------------------------------------------------------------------- retention
