@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from store.schema import (
@@ -280,9 +281,137 @@ def run_retention(
     return done
 
 
+MAINTENANCE_JOB = "maintenance"
+# The maintenance job is meant to run every 10-15 min (ingest's jobs leader: 10 min; the systemd
+# timer: 15 min); three missed runs make it late.
+MAINTENANCE_LATE_AFTER = timedelta(minutes=45)
+
+
+def _record_job(conn: Conn, job: str, outcome: str, error: str | None = None) -> None:
+    if outcome == "start":
+        sql = (
+            "INSERT INTO storage_job_runs (job, last_start) VALUES (%(job)s, now()) "
+            "ON CONFLICT (job) DO UPDATE SET last_start = now()"
+        )
+    elif outcome == "success":
+        sql = (
+            "INSERT INTO storage_job_runs (job, last_success) VALUES (%(job)s, now()) "
+            "ON CONFLICT (job) DO UPDATE SET last_success = now(), failures_in_row = 0"
+        )
+    else:
+        sql = (
+            "INSERT INTO storage_job_runs (job, last_failure, last_error, failures_in_row) "
+            "VALUES (%(job)s, now(), %(error)s, 1) ON CONFLICT (job) DO UPDATE SET last_failure = now(), "
+            "last_error = %(error)s, failures_in_row = storage_job_runs.failures_in_row + 1"
+        )
+    conn.execute(sql, {"job": job, "error": (error or "")[:500]})
+
+
 def run_maintenance(conn: Conn, *, now: datetime | None = None) -> dict[str, object]:
-    """The periodic job a service runs (e.g. every 10 min): partitions ahead, rollups, retention."""
-    created = [] if timescale_enabled(conn) else ensure_partitions(conn, now=now)
-    rollups = refresh_rollups(conn, now=now)
-    retention = run_retention(conn, now=now)
+    """The periodic job a service runs (e.g. every 10 min): partitions ahead, rollups, retention.
+
+    Each run's start, success or failure (with its error) is recorded in ``storage_job_runs`` so a
+    failing or stalled job shows in :func:`storage_job_problems`."""
+    _record_job(conn, MAINTENANCE_JOB, "start")
+    try:
+        created = [] if timescale_enabled(conn) else ensure_partitions(conn, now=now)
+        rollups = refresh_rollups(conn, now=now)
+        retention = run_retention(conn, now=now)
+    except Exception as exc:
+        if not conn.closed:
+            try:
+                _record_job(conn, MAINTENANCE_JOB, "failure", f"{type(exc).__name__}: {exc}")
+            except psycopg.Error:
+                log.warning("could not record the maintenance job's failure", exc_info=True)
+        log.error("maintenance job failed: %s: %s", type(exc).__name__, exc)
+        raise
+    _record_job(conn, MAINTENANCE_JOB, "success")
     return {"partitions_created": created, "rollups": rollups, "retention": retention}
+
+
+# --------------------------------------------------------------------------- job health
+
+
+@dataclass(frozen=True, slots=True)
+class JobProblem:
+    """A storage job that failed its last run or has not succeeded for too long."""
+
+    job: str  # "maintenance", or the TimescaleDB job's procedure and table, e.g. "policy_retention telemetry"
+    problem: str  # "failed" or "late"
+    since: datetime | None  # the failure, or the last success (None: never succeeded)
+    detail: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        """JSON-able, for /readyz and alert notes."""
+        return {
+            "job": self.job,
+            "problem": self.problem,
+            "since": None if self.since is None else self.since.isoformat(),
+            "detail": self.detail,
+        }
+
+
+# A TimescaleDB job is late when it has not succeeded for two of its intervals plus this margin
+# (its scheduler retries a failed job with back-off, so one slow retry is not yet a problem).
+TIMESCALE_LATE_MARGIN = timedelta(minutes=10)
+
+_TIMESCALE_JOBS_SQL = """
+SELECT j.job_id, j.proc_name, coalesce(j.hypertable_name, ''), j.schedule_interval,
+       s.last_run_status, nullif(s.last_successful_finish, '-infinity'),
+       nullif(s.last_run_started_at, '-infinity'),
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+         WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1)
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+WHERE j.scheduled AND j.job_id >= 1000
+ORDER BY j.job_id
+"""
+
+
+def _jobs_since(conn: Conn) -> datetime | None:
+    # When the jobs this module watches were created: a fresh database is not yet "late".
+    row = conn.execute("SELECT applied_at FROM schema_migrations WHERE version = 4").fetchone()
+    return None if row is None else row[0]
+
+
+def storage_job_problems(conn: Conn, *, now: datetime | None = None) -> list[JobProblem]:
+    """Failed or late storage jobs, on either path: the project's maintenance job, and on
+    TimescaleDB the database's own jobs (columnstore, retention, the rollup refresh)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    created = _jobs_since(conn)
+    if created is None:
+        return []  # schema older than migration 4: nothing recorded yet
+    problems: list[JobProblem] = []
+    row = conn.execute(
+        "SELECT last_success, last_failure, last_error, failures_in_row FROM storage_job_runs WHERE job = %s",
+        (MAINTENANCE_JOB,),
+    ).fetchone()
+    success, failure, error, in_row = row if row is not None else (None, None, None, 0)
+    if failure is not None and (success is None or failure > success):
+        problems.append(
+            JobProblem(MAINTENANCE_JOB, "failed", failure, f"{in_row} failed runs in a row: {error}")
+        )
+    elif (success or created) < now - MAINTENANCE_LATE_AFTER:
+        problems.append(
+            JobProblem(
+                MAINTENANCE_JOB,
+                "late",
+                success,
+                f"no successful run for more than {int(MAINTENANCE_LATE_AFTER.total_seconds() // 60)} min",
+            )
+        )
+    if not timescale_enabled(conn):
+        return problems
+    for job_id, proc, table, every, status, ok_at, started, err in conn.execute(_TIMESCALE_JOBS_SQL):
+        name = f"{proc} {table}".strip() + f" (job {job_id})"
+        if status == "Failed":
+            problems.append(JobProblem(name, "failed", started, str(err or "failed")))
+        elif (ok_at or created) < now - 2 * every - TIMESCALE_LATE_MARGIN:
+            problems.append(JobProblem(name, "late", ok_at, f"no successful run within 2 x {every}"))
+    return problems
+
+
+def storage_jobs_report(conn: Conn, *, now: datetime | None = None) -> dict[str, object]:
+    """What /readyz shows of the storage jobs: ``ok``, or ``failing`` with each problem."""
+    problems = storage_job_problems(conn, now=now)
+    return {"status": "failing" if problems else "ok", "problems": [p.as_dict() for p in problems]}
