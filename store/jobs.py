@@ -112,17 +112,37 @@ class RollupRun:
     """Hours outside [start, end) recomputed because late rows arrived for them."""
 
 
-def _refresh_timescale(conn: Conn, start: datetime | None, end: datetime, now: datetime) -> None:
-    # The ordered refresh job's own procedure does the scheduled work; an explicit window is
-    # refreshed here, clamped so it never reaches hours whose raw chunks were dropped.
-    conn.execute("DELETE FROM rollup_dirty_hours")  # the invalidation log covers late rows here
-    if start is None or not conn.autocommit:
-        return
-    start = _clamp(start, raw_retained_from(conn, timescale=True))
-    if start >= end:
-        return
-    for view in ("telemetry_hourly_lamp", "telemetry_hourly_district"):
-        conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
+def _refresh_timescale(conn: Conn, start: datetime | None, end: datetime, now: datetime) -> int:
+    """Refresh [start, end) when asked and force-refresh the marked hours; returns hours forced.
+
+    The scheduled refresh is the ordered job's (``streetlight_refresh_rollups``); the invalidation
+    log already covers late rows, but not a device row that appeared or moved, hence the marks.
+    Every window is clamped so it never reaches hours whose raw chunks were dropped.
+    """
+    if not conn.autocommit:
+        return 0  # refresh_continuous_aggregate refuses to run inside a transaction
+    retained_from = raw_retained_from(conn, timescale=True)
+    if start is not None:
+        start = _clamp(start, retained_from)
+        if start < end:
+            for view in ("telemetry_hourly_lamp", "telemetry_hourly_district"):
+                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (view, start, end))
+    taken = [_hour_floor(r[0]) for r in conn.execute("DELETE FROM rollup_dirty_hours RETURNING hour")]
+    hours = [h for h in taken if _clamp(h, retained_from) == h and h < _hour_floor(now)]
+    try:
+        for lo, hi in _runs_of_hours(hours):
+            for view in ("telemetry_hourly_lamp", "telemetry_hourly_district"):
+                conn.execute("CALL refresh_continuous_aggregate(%s, %s, %s, force => true)", (view, lo, hi))
+    except BaseException:
+        # Put the marks back so the next run tries again (the failure itself is recorded).
+        if not conn.closed:
+            conn.execute(
+                "INSERT INTO rollup_dirty_hours (hour) SELECT unnest(%s::timestamptz[]) "
+                "ON CONFLICT DO NOTHING",
+                (hours,),
+            )
+        raise
+    return len(hours)
 
 
 def refresh_rollups(
@@ -145,7 +165,9 @@ def refresh_rollups(
     """
     now = now or datetime.now(UTC)
     if timescale_enabled(conn):
-        _refresh_timescale(conn, start, end or now, now)
+        forced = _refresh_timescale(conn, start, end or now, now)
+        if forced:
+            log.info("rollups: %d marked hours refreshed again", forced)
         return None
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,))

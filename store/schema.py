@@ -515,6 +515,29 @@ def timescale_jobs_sql(retention: Mapping[str, timedelta] = DEFAULT_RETENTION) -
     ]
 
 
+# An hour's district in the aggregates is the lamp's district as registered: when a device row
+# appears (telemetry may come before the birth) or its district changes, its stored hours within
+# raw retention are marked for the next refresh to recompute (both paths; on TimescaleDB a forced
+# refresh of those hours). The lookup uses the dedup index (device_id, ts, ...) and runs only on
+# those two rare writes, never on a plain re-birth.
+DEVICE_DISTRICT_TRIGGER_SQL = """
+CREATE FUNCTION streetlight_mark_device_hours() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO rollup_dirty_hours (hour)
+    SELECT DISTINCT date_trunc('hour', t.ts) FROM telemetry t
+    WHERE t.device_id = NEW.device_id AND t.ts >= now() - interval '%(days)s days'
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER devices_mark_hours_on_insert AFTER INSERT ON devices
+    FOR EACH ROW EXECUTE FUNCTION streetlight_mark_device_hours();
+CREATE TRIGGER devices_mark_hours_on_move AFTER UPDATE OF district_code ON devices
+    FOR EACH ROW WHEN (OLD.district_code IS DISTINCT FROM NEW.district_code)
+    EXECUTE FUNCTION streetlight_mark_device_hours();
+"""
+
+
 # --------------------------------------------------------------------------- migrations
 
 
@@ -555,11 +578,19 @@ def _m4_late_rows_and_jobs(conn: Conn, timescale: bool) -> None:
         conn.execute(TS_BRIN_SQL.encode())
 
 
+def _m5_device_hours(conn: Conn, timescale: bool) -> None:
+    days = int(DEFAULT_RETENTION["telemetry"].total_seconds() // 86400) + 1
+    conn.execute((DEVICE_DISTRICT_TRIGGER_SQL % {"days": days}).encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
     Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
     Migration(4, "late rows, ordered rollup refresh, storage job runs, BRIN on ts", _m4_late_rows_and_jobs),
+    Migration(
+        5, "a device's hours recomputed when its row appears or its district changes", _m5_device_hours
+    ),
 )
 
 BOOTSTRAP_SQL = """

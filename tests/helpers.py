@@ -43,7 +43,8 @@ def running(worker: IngestWorker) -> Iterator[IngestWorker]:
 
 def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
     """Run the rollup refresh the way the deployment does, now: the project's job on the plain
-    path, the database's own refresh jobs (in job order) on TimescaleDB."""
+    path; on TimescaleDB the database's own refresh jobs (in job order), then the project's
+    (which refreshes the hours marked for a device that appeared or moved)."""
     from store import refresh_rollups, timescale_enabled
 
     if not timescale_enabled(conn):
@@ -63,3 +64,4 @@ def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
             except psycopg.errors.LockNotAvailable:
                 assert time.monotonic() < deadline, "a concurrent refresh did not finish in time"
                 time.sleep(0.2)
+    refresh_rollups(conn)

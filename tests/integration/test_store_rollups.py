@@ -181,3 +181,41 @@ def test_the_storage_path_uses_the_current_columnstore_api_and_a_brin_index_on_t
         "WHERE hypertable_name IN ('telemetry', 'events') ORDER BY 1"
     ).fetchall()
     assert dims == [("events", timedelta(days=1)), ("telemetry", timedelta(days=1))]
+
+
+def _lamp_districts(conn: Conn, bucket: datetime) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT device_id, district_code, samples FROM telemetry_hourly_lamp WHERE bucket = %s ORDER BY 1",
+        (bucket,),
+    ).fetchall()
+
+
+def _district_counts(conn: Conn, bucket: datetime) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT district_code, lamps_online FROM telemetry_hourly_district WHERE bucket = %s ORDER BY 1",
+        (bucket,),
+    ).fetchall()
+
+
+def test_telemetry_stored_before_its_lamps_birth_and_a_lamps_move_reach_the_district_figures(
+    conn: Conn,
+) -> None:
+    now = _now_hour()
+    hour = now - 5 * HOUR
+    _lamps(conn, "lamp-a", district="11110")
+    _hours(conn, now - 6 * HOUR, now - HOUR)  # lamp-b has no device row yet
+    run_storage_jobs(conn)
+    assert _lamp_districts(conn, hour) == [("lamp-a", "11110", 2)]
+    # lamp-b's birth comes after its telemetry: its stored hours are materialised with it.
+    _lamps(conn, "lamp-b", district="11110")
+    run_storage_jobs(conn)
+    assert _lamp_districts(conn, hour) == [("lamp-a", "11110", 2), ("lamp-b", "11110", 2)]
+    assert _district_counts(conn, hour) == [("11110", 2)]
+    # lamp-b is registered in another district: every hour raw retention holds follows it.
+    _lamps(conn, "lamp-b", district="11140")
+    run_storage_jobs(conn)
+    assert _lamp_districts(conn, hour) == [("lamp-a", "11110", 2), ("lamp-b", "11140", 2)]
+    assert _district_counts(conn, hour) == [("11110", 1), ("11140", 1)]
+    # A re-birth in the same district marks nothing.
+    _lamps(conn, "lamp-b", district="11140")
+    assert conn.execute("SELECT count(*) FROM rollup_dirty_hours").fetchone() == (0,)
