@@ -136,16 +136,26 @@ def storage(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _migrated_database(svc: PgService, timescale: bool) -> Iterator[str]:
+    name = _fresh_database(svc)
+    url = svc.database_url(name)
+    report = migrate(url, timescale=timescale)
+    assert report.timescale is timescale
+    yield url
+    _drop_database(svc, name)
+
+
 @pytest.fixture
 def storage_url(storage: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh database migrated onto the test's storage path (pinned, never detected)."""
     svc: PgService = request.getfixturevalue("pg_service" if storage == "plain" else "pg_timescale_service")
-    name = _fresh_database(svc)
-    url = svc.database_url(name)
-    report = migrate(url, timescale=storage == "timescaledb")
-    assert report.timescale is (storage == "timescaledb")
-    yield url
-    _drop_database(svc, name)
+    yield from _migrated_database(svc, storage == "timescaledb")
+
+
+@pytest.fixture
+def timescale_url(pg_timescale_service: PgService) -> Iterator[str]:
+    """A fresh database on the TimescaleDB path, for what exists on that path only."""
+    yield from _migrated_database(pg_timescale_service, True)
 
 
 @pytest.fixture

@@ -67,9 +67,12 @@ def test_a_maintenance_job_that_stops_running_is_late(conn: Conn) -> None:
     assert ("maintenance", "late") in problems
 
 
-def test_a_failing_timescaledb_job_is_seen_with_its_error(conn: Conn, storage: str) -> None:
-    if storage == "plain":
-        pytest.skip("TimescaleDB's own jobs exist on the TimescaleDB path only")
+def test_a_failing_timescaledb_job_is_seen_with_its_error(timescale_url: str) -> None:
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        _failing_job_is_seen(conn)
+
+
+def _failing_job_is_seen(conn: Conn) -> None:
     (job,) = conn.execute(
         "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'streetlight_refresh_rollups'"
     ).fetchone() or (None,)
