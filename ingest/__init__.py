@@ -25,7 +25,7 @@ from ingest._service import (
     probe_shared_subscriptions,
     sender_checker,
 )
-from ingest._spool import Spool, SpoolFull
+from ingest._spool import Spool, SpoolFull, SpoolLocked
 from ingest._worker import IngestWorker, WorkerConfig
 from ingest._write import WriteResult, write_batch
 
@@ -43,6 +43,7 @@ __all__ = [
     "SeqTracker",
     "Spool",
     "SpoolFull",
+    "SpoolLocked",
     "WorkerConfig",
     "WriteResult",
     "ack_seq",

@@ -10,6 +10,7 @@ decode and write path as live traffic and the dedup key absorbs anything written
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
@@ -40,14 +41,35 @@ class SpoolFull(Exception):
         self.max_bytes = max_bytes
 
 
+class SpoolLocked(Exception):
+    """Another live process holds this spool: two writers would erase each other's batches."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"spool {path} is held by another running ingest instance; "
+            "give every instance its own client id (the spool is named after it)"
+        )
+        self.path = path
+
+
 class Spool:
-    """Append batches durably, read them back in order, truncate once replayed."""
+    """Append batches durably, read them back in order, truncate once replayed.
+
+    The file is held with an exclusive ``flock`` for the spool's lifetime: a second instance
+    opening the same path gets :class:`SpoolLocked` instead of truncating batches that the
+    first one has spooled and already acknowledged. The lock dies with the process.
+    """
 
     def __init__(self, path: Path, max_bytes: int = 1 << 30) -> None:
         self.path = path
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise SpoolLocked(path) from None
         self._size = os.fstat(self._fd).st_size
         self._messages = -1  # unknown until counted
         self._cut_torn_tail()

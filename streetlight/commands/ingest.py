@@ -109,6 +109,7 @@ def _run_worker(
     from ingest import (
         IngestWorker,
         JobsLeader,
+        SpoolLocked,
         WorkerConfig,
         file_registry_lookup,
         gazetteer_locator,
@@ -117,20 +118,26 @@ def _run_worker(
         serve_metrics,
     )
 
+    client_id = f"{args.client_id}-{index}"
     config = WorkerConfig(
         mqtt=parse_mqtt_url(mqtt_url),
         database_url=database_url,
-        spool_path=settings.data_dir / "spool" / f"ingest-{index}.spool",
+        # One spool per instance, named like its MQTT session: both hold what this instance owes.
+        spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
         index=index,
         shared=shared,
-        client_id=f"{args.client_id}-{index}",
+        client_id=client_id,
         qos=args.qos,
         max_rows=args.max_rows,
         max_delay_s=args.max_delay_ms / 1000,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
     )
     check = sender_checker(file_registry_lookup(args.registry)) if args.registry else None
-    worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+    try:
+        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+    except SpoolLocked as exc:
+        log.error("ingest worker %d: %s", index, exc)
+        return 2
     server = (
         serve_metrics(worker.metrics, args.metrics_host, args.metrics_port + index)
         if args.metrics_port

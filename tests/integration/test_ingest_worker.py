@@ -444,3 +444,38 @@ def test_telemetry_received_hours_late_reaches_the_hourly_aggregates_once_the_jo
         ).fetchone()
     assert row == (30,)
     assert district == (1,)
+
+
+def test_two_ingest_instances_with_one_client_id_never_share_a_spool_the_second_exits_saying_why(
+    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    env = dict(
+        os.environ, MQTT_URL=mqtt_service.url, DATABASE_URL=migrated, STREETLIGHT_DATA_DIR=str(tmp_path)
+    )
+
+    def cmd(client_id: str) -> list[str]:
+        return [
+            *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "plain"),
+            *("--no-jobs", "--client-id", client_id),
+        ]
+
+    first = subprocess.Popen(cmd(f"one-{unique_id}"), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        spool = tmp_path / "spool" / f"one-{unique_id}-0.spool"
+        wait_for(spool.exists)
+        time.sleep(0.5)
+        same = subprocess.run(cmd(f"one-{unique_id}"), env=env, cwd=ROOT, capture_output=True, timeout=60)
+        assert same.returncode == 2
+        assert b"held by another running ingest instance" in same.stderr
+        assert first.poll() is None, "the first instance keeps running"
+        other = subprocess.Popen(cmd(f"two-{unique_id}"), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+        try:
+            wait_for((tmp_path / "spool" / f"two-{unique_id}-0.spool").exists)
+            time.sleep(0.5)
+            assert other.poll() is None, "an instance with its own client id runs beside the first"
+        finally:
+            other.send_signal(signal.SIGTERM)
+            other.wait(30)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(30)
