@@ -17,6 +17,7 @@ from ingest._process import (
     ack_seq,
     process,
 )
+from ingest._registry import DatabaseRegistry, share_group
 from ingest._service import (
     JOBS_LOCK_KEY,
     JobsLeader,
@@ -32,6 +33,7 @@ from ingest._write import WriteResult, write_batch
 __all__ = [
     "JOBS_LOCK_KEY",
     "ROW_BDSEQ",
+    "DatabaseRegistry",
     "DeadLetter",
     "DeviceBatch",
     "IngestMetrics",
@@ -57,5 +59,6 @@ __all__ = [
     "raise_offline_alerts",
     "sender_checker",
     "serve_metrics",
+    "share_group",
     "write_batch",
 ]

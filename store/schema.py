@@ -578,7 +578,39 @@ def _m4_late_rows_and_jobs(conn: Conn, timescale: bool) -> None:
         conn.execute(TS_BRIN_SQL.encode())
 
 
-def _m5_device_hours(conn: Conn, timescale: bool) -> None:
+# Operators' sessions (a token is checked against its session and the account as they are now),
+# the places each operator logged in from (never locked out from there), and the source of each SOS
+# (an HMAC of the client address, never the address) so a burst from one source is grouped.
+ACCOUNTS_AND_SOS_SOURCE_SQL = """
+CREATE TABLE operator_sessions (
+    session_id  text PRIMARY KEY,              -- random; carried in the signed token
+    username    text NOT NULL REFERENCES operators (username) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    revoked_at  timestamptz
+);
+CREATE INDEX operator_sessions_user ON operator_sessions (username) WHERE revoked_at IS NULL;
+
+CREATE TABLE operator_login_places (
+    username    text NOT NULL REFERENCES operators (username) ON DELETE CASCADE,
+    address     text NOT NULL,
+    first_at    timestamptz NOT NULL DEFAULT now(),
+    last_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (username, address)
+);
+
+ALTER TABLE alerts ADD COLUMN source_key text;
+ALTER TABLE alerts ADD COLUMN burst_group text;
+ALTER TABLE alerts ADD COLUMN suspected_burst boolean NOT NULL DEFAULT false;
+CREATE INDEX alerts_source ON alerts (source_key, created_at) WHERE source_key IS NOT NULL;
+"""
+
+
+def _m5_accounts_and_sos_source(conn: Conn, timescale: bool) -> None:
+    conn.execute(ACCOUNTS_AND_SOS_SOURCE_SQL.encode())
+
+
+def _m6_device_hours(conn: Conn, timescale: bool) -> None:
     days = int(DEFAULT_RETENTION["telemetry"].total_seconds() // 86400) + 1
     conn.execute((DEVICE_DISTRICT_TRIGGER_SQL % {"days": days}).encode())
 
@@ -588,8 +620,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
     Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
     Migration(4, "late rows, ordered rollup refresh, storage job runs, BRIN on ts", _m4_late_rows_and_jobs),
+    Migration(5, "operator sessions, login places, SOS source grouping", _m5_accounts_and_sos_source),
     Migration(
-        5, "a device's hours recomputed when its row appears or its district changes", _m5_device_hours
+        6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
     ),
 )
 
