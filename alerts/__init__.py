@@ -105,6 +105,7 @@ from alerts._model import (
 from alerts._recovery import OUTAGE_RESTORED_FRACTION, outage_restored, resolve_recovered
 from alerts._routing import CITY_CENTRE, alerts_topic, is_centre_code, route
 from alerts._serial import SCHEMA_VERSION, alert_from_dict, alert_to_dict, place_from_dict, place_to_dict
+from alerts._storage import STORAGE_PLACE, STORAGE_SOURCE, storage_alert_update
 from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
 
 __all__ = [
@@ -122,6 +123,8 @@ __all__ = [
     "POLICE",
     "SCHEMA_VERSION",
     "SOS_REPEAT_WINDOW_S",
+    "STORAGE_PLACE",
+    "STORAGE_SOURCE",
     "TARGET_STATE",
     "Action",
     "Alert",
@@ -190,6 +193,7 @@ __all__ = [
     "resolve_recovered",
     "route",
     "sky_at",
+    "storage_alert_update",
     "suppress_covered",
     "transition",
 ]

@@ -24,6 +24,7 @@ class AlertKind(StrEnum):
     DEVICE_OFFLINE = "device_offline"
     MASS_OUTAGE = "mass_outage"
     TAMPER = "tamper"
+    STORAGE = "storage"  # a storage job (rollups, retention, columnstore) failed or stalled
 
 
 class Severity(StrEnum):
@@ -44,6 +45,7 @@ DEFAULT_SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.MASS_OUTAGE: Severity.MODERATE,
     AlertKind.LAMP_FAULT: Severity.MINOR,
     AlertKind.DEVICE_OFFLINE: Severity.MINOR,
+    AlertKind.STORAGE: Severity.MINOR,
 }
 
 DEVICE_KINDS = frozenset({AlertKind.LAMP_FAULT, AlertKind.DEVICE_OFFLINE, AlertKind.TAMPER})

@@ -40,6 +40,7 @@ from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
 from geo import Gazetteer
 from store.errors import StoreRejected
+from store.jobs import storage_jobs_report
 from store.schema import apply_migrations
 from store.types import Conn
 from streetlight import runtime
@@ -184,7 +185,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["health"], summary="Readiness", responses={503: {"description": "not ready"}})
     def readyz(request: Request) -> JSONResponse:
-        """The database answers and the live stream listens."""
+        """The database answers and the live stream listens; the storage jobs' health is shown."""
         state: AppState = request.app.state.api
         try:
             with state.pool.connection(timeout=2.0) as conn:
@@ -193,7 +194,15 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             return JSONResponse({"status": "database unavailable", "detail": str(exc)}, status_code=503)
         if not state.hub.ready.is_set():
             return JSONResponse({"status": "stream not listening"}, status_code=503)
-        return JSONResponse({"status": "ready", "lamps": len(state.lamps.snapshot.index)})
+        # Failed or late storage jobs are shown, not a reason to stop serving (docs/operations.md).
+        try:
+            with state.pool.connection(timeout=2.0) as conn:
+                jobs: dict[str, object] = storage_jobs_report(conn)
+        except (psycopg.Error, OSError) as exc:
+            jobs = {"status": "unknown", "detail": str(exc)}
+        return JSONResponse(
+            {"status": "ready", "lamps": len(state.lamps.snapshot.index), "storage_jobs": jobs}
+        )
 
     @app.get(
         "/metrics",

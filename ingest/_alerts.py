@@ -17,6 +17,9 @@ result with ``store.alertstore`` (which also NOTIFYs the console and the control
   online, faults, an active override from ``commands``) is judged against the sun's elevation at
   its position at the reading's time (``alerts.observe``); day burning and dark at night become
   one ``lamp_fault`` alert per device and condition (``alerts.apply_observation``).
+* Storage jobs (periodic, one worker, after each maintenance run): a failed or late storage job
+  (``store.jobs.storage_job_problems``) keeps one ``storage`` alert open for the city centre
+  until every job succeeds again (``alerts.storage_alert_update``).
 """
 
 from __future__ import annotations
@@ -52,11 +55,13 @@ from alerts import (
     observe,
     resolve,
     resolve_recovered,
+    storage_alert_update,
     suppress_covered,
 )
 from geo.solar import sun_elevation_deg
 from ingest._process import Processed
 from store.alertstore import active_alerts, save_alert
+from store.jobs import JobProblem, storage_job_problems
 from store.types import Conn
 
 log = logging.getLogger(__name__)
@@ -397,3 +402,22 @@ def raise_daynight_alerts(
             else:
                 counts["daynight_resolved"] += 1
     return counts
+
+
+def raise_storage_job_alert(conn: Conn, now: datetime) -> list[JobProblem]:
+    """Keep the one storage alert in step with the storage jobs' health; returns the problems."""
+    problems = storage_job_problems(conn, now=now)
+    with conn.transaction():
+        _lock(conn, "ingest:storage-alert")
+        active = active_alerts(conn, kinds=[AlertKind.STORAGE.value])
+        changed, previous = storage_alert_update(
+            active, [f"{p.job}: {p.problem}" for p in problems], now=now, new_alert_id=new_alert_id()
+        )
+        if changed is not None:
+            save_alert(conn, changed, previous=previous)
+            log.warning(
+                "storage jobs alert %s: %s",
+                changed.state.value,
+                [p.as_dict() for p in problems],
+            )
+    return problems

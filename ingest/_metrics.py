@@ -50,6 +50,7 @@ class IngestMetrics:
     pending: int = 0
     lag_ms_last: float = 0.0
     last_commit_unix_s: float = 0.0  # wall-clock time of the last committed batch (0: none yet)
+    storage_job_problems: int = 0  # failed or late storage jobs (set by the worker running the jobs)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
     latency_sum_s: float = 0.0
 
@@ -159,6 +160,12 @@ class IngestMetrics:
             "gauge",
             "Unix time of the last batch committed (alert when it stops moving under load)",
             [(w, round(self.last_commit_unix_s, 6))],
+        )
+        metric(
+            "ingest_storage_job_problems",
+            "gauge",
+            "storage jobs failed or late (maintenance, TimescaleDB jobs); set by the jobs leader",
+            [(w, self.storage_job_problems)],
         )
         name = "ingest_batch_latency_seconds"
         lines.append(f"# HELP {name} time from a batch's first message to its commit")

@@ -21,7 +21,8 @@ import psycopg
 from alerts import DayNightPolicy
 from broker import ConnectionParams, paho_client
 from broker.security import Principal, Registered, Registry, check_sender
-from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts
+from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
+from ingest._metrics import IngestMetrics
 from ingest._process import SenderCheckFn
 from store import run_maintenance
 from store.types import Conn
@@ -156,6 +157,7 @@ class JobsLeader:
         maintenance_every_s: float = 600.0,
         locate: Locator | None = None,
         daynight_every_s: float = 300.0,
+        metrics: IngestMetrics | None = None,
     ) -> None:
         self.database_url = database_url
         self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
@@ -163,6 +165,7 @@ class JobsLeader:
         self.interval_s = interval_s
         self.maintenance_every_s = maintenance_every_s
         self.locate = locate
+        self.metrics = metrics  # the storage jobs' problems are exposed with this worker's metrics
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.is_leader = False
@@ -185,6 +188,13 @@ class JobsLeader:
         return raise_offline_alerts(
             conn, now or datetime.now(UTC), silent_after_s=self.silent_after_s, locate=self.locate
         )
+
+    def check_storage_jobs(self, conn: Conn, now: datetime | None = None) -> int:
+        """Raise, update or resolve the one storage alert and set the gauge; returns the problems."""
+        problems = raise_storage_job_alert(conn, now or datetime.now(UTC))
+        if self.metrics is not None:
+            self.metrics.storage_job_problems = len(problems)
+        return len(problems)
 
     def _loop(self) -> None:
         conn: Conn | None = None
@@ -213,7 +223,12 @@ class JobsLeader:
                         )
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
-                        run_maintenance(conn)
+                        try:
+                            run_maintenance(conn)
+                        finally:
+                            # After a failure too: the failure itself is what the alert reports.
+                            if not conn.closed:
+                                self.check_storage_jobs(conn)
             except psycopg.Error as exc:
                 log.warning("periodic jobs: database error (%s); retrying", exc)
                 if conn is not None:

@@ -16,12 +16,23 @@ Public names::
                 add_alert_positions, alert_track, claim_idempotency_key, upsert_operator,
                 get_operator, log_access, acquire_lease, release_lease, lease_owners,
                 lamp_hours, district_hours
-    jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance
+    jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance, raw_retained_from,
+                storage_job_problems, storage_jobs_report, JobProblem
     errors      StoreError, StoreUnavailable, StoreRejected, BufferFull, MigrationError
 """
 
 from store.errors import BufferFull, MigrationError, StoreError, StoreRejected, StoreUnavailable
-from store.jobs import RetentionPolicy, RollupRun, refresh_rollups, run_maintenance, run_retention
+from store.jobs import (
+    JobProblem,
+    RetentionPolicy,
+    RollupRun,
+    raw_retained_from,
+    refresh_rollups,
+    run_maintenance,
+    run_retention,
+    storage_job_problems,
+    storage_jobs_report,
+)
 from store.repo import (
     CommandRecord,
     StateUpdate,
@@ -93,6 +104,7 @@ __all__ = [
     "BufferFull",
     "CommandRecord",
     "Conn",
+    "JobProblem",
     "MigrationError",
     "MigrationReport",
     "RetentionPolicy",
@@ -132,6 +144,7 @@ __all__ = [
     "log_access",
     "mark_unanswered",
     "migrate",
+    "raw_retained_from",
     "record_ack",
     "record_acks",
     "refresh_rollups",
@@ -143,6 +156,8 @@ __all__ = [
     "set_connectivity",
     "silent_devices",
     "start_walk",
+    "storage_job_problems",
+    "storage_jobs_report",
     "timescale_enabled",
     "update_device_states",
     "upsert_alert",

@@ -333,20 +333,20 @@ def timescale_timeseries_sql(retention: Mapping[str, timedelta] = DEFAULT_RETENT
     for table, cols in (("telemetry", TELEMETRY_COLUMNS_SQL), ("events", EVENTS_COLUMNS_SQL)):
         stmts.append(f"CREATE TABLE {table} ({cols})")
         # No default ts index: the dedup index leads with device_id and chunk exclusion serves
-        # time-range scans; one index fewer to maintain on the ingest hot path.
+        # time-range scans; migration 4 adds a BRIN index on ts for the rollup refreshes.
         stmts.append(
-            f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => INTERVAL '1 day', "
+            f"SELECT create_hypertable('{table}', by_range('ts', INTERVAL '1 day'), "
             "create_default_indexes => FALSE, if_not_exists => TRUE)"
         )
         stmts.append(DEDUP_INDEX_SQL.format(table=table))
-        # Every column of a unique index must be a segmentby or orderby column of compression.
+        # Every column of a unique index must be a segmentby or orderby column of the columnstore.
         stmts.append(
-            f"ALTER TABLE {table} SET (timescaledb.compress, "
-            "timescaledb.compress_segmentby = 'device_id', "
-            "timescaledb.compress_orderby = 'ts DESC, seq DESC, bdseq DESC')"
+            f"ALTER TABLE {table} SET (timescaledb.enable_columnstore, "
+            "timescaledb.segmentby = 'device_id', "
+            "timescaledb.orderby = 'ts DESC, seq DESC, bdseq DESC')"
         )
         stmts.append(
-            f"SELECT add_compression_policy('{table}', compress_after => {_interval(COMPRESS_AFTER)}, "
+            f"CALL add_columnstore_policy('{table}', after => {_interval(COMPRESS_AFTER)}, "
             "if_not_exists => TRUE)"
         )
         stmts.append(
@@ -437,6 +437,107 @@ def timescale_rollup_sql() -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------- SQL: late rows, job watch
+
+# Rows older than this (by the writer's clock) when written are "late": the regular rollup refresh
+# (from its last run minus a 3 h look-back) may have passed their hour, so the writer records the
+# hour in rollup_dirty_hours and the next refresh recomputes it (plain path). On TimescaleDB the
+# continuous aggregates' own invalidation log records every changed range whatever its age.
+LATE_AFTER = timedelta(hours=1)
+
+JOBS_SQL = """
+-- Hours that received late telemetry and must be recomputed by the next rollup refresh.
+CREATE TABLE rollup_dirty_hours (
+    hour      timestamptz PRIMARY KEY,
+    marked_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The project's own storage jobs (the maintenance job on either path): when each last started,
+-- succeeded and failed, so a failing or stalled job is seen (readyz, metrics, one alert).
+CREATE TABLE storage_job_runs (
+    job             text PRIMARY KEY,
+    last_start      timestamptz,
+    last_success    timestamptz,
+    last_failure    timestamptz,
+    last_error      text,
+    failures_in_row integer NOT NULL DEFAULT 0
+);
+"""
+
+# Block-range index on ts: a refresh of one hour reads the blocks of that hour instead of the
+# whole day partition/chunk (the dedup index leads with device_id); rows arrive nearly in ts
+# order, so ranges stay narrow, and it costs ingest a fraction of a B-tree (docs/benchmarks.md).
+TS_BRIN_SQL = "CREATE INDEX telemetry_ts_brin ON telemetry USING brin (ts)"
+
+# One job refreshes both continuous aggregates in order (lamp, then district built on it), so the
+# district figures never lag the lamp figures by a cycle. The window reaches back to what raw
+# retention still holds (minus an hour of margin, never into dropped chunks, whose invalidations
+# would wipe materialised hours): late rows of any age within retention are materialised.
+TS_REFRESH_PROCEDURE_SQL = """
+CREATE OR REPLACE PROCEDURE streetlight_refresh_rollups(job_id integer, config jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    retained interval;
+    window_start timestamptz;
+    window_end timestamptz := now() - (config->>'end_offset')::interval;
+BEGIN
+    SELECT (j.config->>'drop_after')::interval INTO retained
+    FROM timescaledb_information.jobs j
+    WHERE j.proc_name = 'policy_retention' AND j.hypertable_name = 'telemetry';
+    window_start := now() - (config->>'start_offset')::interval;
+    IF retained IS NOT NULL THEN
+        window_start := greatest(window_start, now() - retained + interval '1 hour');
+    END IF;
+    CALL refresh_continuous_aggregate('telemetry_hourly_lamp', window_start, window_end);
+    COMMIT;
+    CALL refresh_continuous_aggregate('telemetry_hourly_district', window_start, window_end);
+END
+$$
+"""
+ROLLUP_JOB_EVERY = timedelta(minutes=30)
+
+
+def timescale_jobs_sql(retention: Mapping[str, timedelta] = DEFAULT_RETENTION) -> list[str]:
+    """Migration 4 on TimescaleDB: one ordered refresh job over the retained window, BRIN on ts,
+    events in the columnstore without segment-by (sparse: a few rows per device and day)."""
+    start = retention["telemetry"] - timedelta(days=1)
+    config = f'{{"start_offset": "{int(start.total_seconds())} seconds", "end_offset": "3600 seconds"}}'
+    return [
+        JOBS_SQL,
+        TS_BRIN_SQL,
+        "SELECT remove_continuous_aggregate_policy('telemetry_hourly_lamp', if_exists => TRUE)",
+        "SELECT remove_continuous_aggregate_policy('telemetry_hourly_district', if_exists => TRUE)",
+        TS_REFRESH_PROCEDURE_SQL,
+        "SELECT add_job('streetlight_refresh_rollups', "
+        f"{_interval(ROLLUP_JOB_EVERY)}, config => '{config}'::jsonb)",
+        "ALTER TABLE events SET (timescaledb.segmentby = '', "
+        "timescaledb.orderby = 'device_id, ts DESC, seq DESC, bdseq DESC')",
+    ]
+
+
+# An hour's district in the aggregates is the lamp's district as registered: when a device row
+# appears (telemetry may come before the birth) or its district changes, its stored hours within
+# raw retention are marked for the next refresh to recompute (both paths; on TimescaleDB a forced
+# refresh of those hours). The lookup uses the dedup index (device_id, ts, ...) and runs only on
+# those two rare writes, never on a plain re-birth.
+DEVICE_DISTRICT_TRIGGER_SQL = """
+CREATE FUNCTION streetlight_mark_device_hours() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO rollup_dirty_hours (hour)
+    SELECT DISTINCT date_trunc('hour', t.ts) FROM telemetry t
+    WHERE t.device_id = NEW.device_id AND t.ts >= now() - interval '%(days)s days'
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER devices_mark_hours_on_insert AFTER INSERT ON devices
+    FOR EACH ROW EXECUTE FUNCTION streetlight_mark_device_hours();
+CREATE TRIGGER devices_mark_hours_on_move AFTER UPDATE OF district_code ON devices
+    FOR EACH ROW WHEN (OLD.district_code IS DISTINCT FROM NEW.district_code)
+    EXECUTE FUNCTION streetlight_mark_device_hours();
+"""
+
+
 # --------------------------------------------------------------------------- migrations
 
 
@@ -467,6 +568,14 @@ def _m3_rollups(conn: Conn, timescale: bool) -> None:
         _run_all(conn, timescale_rollup_sql())
     else:
         conn.execute(PLAIN_ROLLUP_TABLES_SQL.encode())
+
+
+def _m4_late_rows_and_jobs(conn: Conn, timescale: bool) -> None:
+    if timescale:
+        _run_all(conn, timescale_jobs_sql())
+    else:
+        conn.execute(JOBS_SQL.encode())
+        conn.execute(TS_BRIN_SQL.encode())
 
 
 # Operators' sessions (a token is checked against its session and the account as they are now),
@@ -501,11 +610,20 @@ def _m5_accounts_and_sos_source(conn: Conn, timescale: bool) -> None:
     conn.execute(ACCOUNTS_AND_SOS_SOURCE_SQL.encode())
 
 
+def _m6_device_hours(conn: Conn, timescale: bool) -> None:
+    days = int(DEFAULT_RETENTION["telemetry"].total_seconds() // 86400) + 1
+    conn.execute((DEVICE_DISTRICT_TRIGGER_SQL % {"days": days}).encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
     Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
+    Migration(4, "late rows, ordered rollup refresh, storage job runs, BRIN on ts", _m4_late_rows_and_jobs),
     Migration(5, "operator sessions, login places, SOS source grouping", _m5_accounts_and_sos_source),
+    Migration(
+        6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
+    ),
 )
 
 BOOTSTRAP_SQL = """
@@ -783,6 +901,13 @@ def drop_expired_partitions(
     dropped: list[str] = []
     for table, keep in retention.items():
         cutoff = now - keep
+        # Rollup refreshes never reach below this: hours there may have lost raw rows.
+        conn.execute(
+            "INSERT INTO store_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+            "SET value = greatest(store_meta.value::timestamptz, EXCLUDED.value::timestamptz)::text, "
+            "updated_at = now()",
+            (f"{table}_retained_from", cutoff.isoformat()),
+        )
         for name in list_partitions(conn, table):
             m = _PARTITION_NAME.match(name)
             assert m is not None

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 
@@ -38,3 +39,29 @@ def running(worker: IngestWorker) -> Iterator[IngestWorker]:
     finally:
         worker.stop()
         thread.join(20)
+
+
+def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
+    """Run the rollup refresh the way the deployment does, now: the project's job on the plain
+    path; on TimescaleDB the database's own refresh jobs (in job order), then the project's
+    (which refreshes the hours marked for a device that appeared or moved)."""
+    from store import refresh_rollups, timescale_enabled
+
+    if not timescale_enabled(conn):
+        refresh_rollups(conn)
+        return
+    jobs = conn.execute(
+        "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name IN "
+        "('policy_refresh_continuous_aggregate', 'streetlight_refresh_rollups') ORDER BY job_id"
+    ).fetchall()
+    for (job_id,) in jobs:
+        # The background scheduler may be running the same job: wait for it, then run it again.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                conn.execute("CALL run_job(%s)", (job_id,))
+                break
+            except psycopg.errors.LockNotAvailable:
+                assert time.monotonic() < deadline, "a concurrent refresh did not finish in time"
+                time.sleep(0.2)
+    refresh_rollups(conn)

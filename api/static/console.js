@@ -23,13 +23,13 @@ const S = {
 const T = {
   ko: {
     open: "미확인", acknowledged: "확인됨", dispatched: "출동", resolved: "종료", cancelled: "취소", connected: "연결됨", disconnected: "연결 끊김",
-    sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손",
+    sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손", storage: "저장소 작업",
     created: "접수", repeated: "반복", position: "위치", lamps_added: "추가 소등", escalated: "상향", lamps_confirmed: "점멸 확인",
     online: "정상", brightened: "밝힘", blinking: "점멸", fault: "고장", offline: "끊김", sound_on: "소리 켜짐", sound_off: "소리 꺼짐", no_data: "자료 없음",
   },
   en: {
     open: "OPEN", acknowledged: "acknowledged", dispatched: "dispatched", resolved: "resolved", cancelled: "cancelled", connected: "connected", disconnected: "disconnected",
-    sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper",
+    sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper", storage: "storage jobs",
     created: "created", repeated: "pressed again", position: "position", lamps_added: "more lamps out", escalated: "escalated", lamps_confirmed: "lamps confirmed",
     online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
   },

@@ -1,14 +1,20 @@
-"""``streetlight bench ingest``: MQTT -> PostgreSQL ingest rate against a bare paho subscriber.
+"""``streetlight bench ingest``: MQTT -> PostgreSQL ingest rate on both storage paths, against
+two subscribers that store nothing.
 
 In one run, on a private Mosquitto (big-queue config) and DATABASE_URL's server (a throwaway
-database on it) or a throwaway cluster:
+database on it) or a throwaway cluster, plus a throwaway cluster with TimescaleDB preloaded:
 
-1. baseline: ``streetlight.bench.baseline`` (bare paho + orjson, no storage) receives N messages
-   from ``streetlight.bench.fastpub`` (a raw-socket publisher in its own process);
+1. baselines, each receiving N messages from ``streetlight.bench.fastpub`` (a raw-socket
+   publisher in its own process): ``streetlight.bench.baseline`` (bare paho + orjson, first to
+   last receive) and Mosquitto's own C subscriber ``mosquitto_sub -C N`` with its output
+   discarded (the publisher's first send to its exit: the fastest receiver this broker allows);
 2. ingest: ``streetlight ingest`` (its own processes) receives the same N messages and commits
-   them; the rate is rows committed over the time from the first to the last commit, read from
-   the workers' /metrics; lost = sent - distinct rows, duplicates = rows - distinct (device, seq);
-3. naive: one INSERT with autocommit per message, on a sample.
+   them, once into a plain-path database and once into a TimescaleDB one; the rate is rows
+   committed over the time from the publisher's first send to the last commit, read from the
+   workers' /metrics; lost = sent - distinct rows, duplicates = rows - distinct (device, seq);
+3. naive: one INSERT with autocommit per message, on a sample (plain path).
+
+Where TimescaleDB is not installed, its figures are replaced by ``timescaledb_skipped`` (why).
 
 The last stdout line is the JSON result (DESIGN.md §7); progress goes to stderr.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,9 +36,20 @@ from typing import Any
 
 import psycopg
 
-from streetlight.localservices import PgService, free_port, start_mosquitto, start_pg_cluster, terminate
+from streetlight.localservices import (
+    TIMESCALE_WORKER_OPTIONS,
+    PgService,
+    free_port,
+    start_mosquitto,
+    start_pg_cluster,
+    terminate,
+    timescale_installed,
+)
 
-HELP = "ingest rate (MQTT -> PostgreSQL) vs a bare paho subscriber, lost/duplicates, naive INSERT rate"
+HELP = (
+    "ingest rate (MQTT -> PostgreSQL, plain and TimescaleDB) vs paho and mosquitto_sub subscribers, "
+    "lost/duplicates, naive INSERT rate"
+)
 NAIVE_SAMPLE = 3000
 
 
@@ -103,6 +121,26 @@ def _baseline(port: int, args: argparse.Namespace) -> dict[str, Any]:
     _publish(port, args, "base")
     out, _ = sub.communicate(timeout=600)
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _mosquitto_sub(port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Mosquitto's C subscriber, output discarded: rate from the publisher's first send to its exit."""
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        return {"error": "mosquitto_sub is not installed"}
+    cmd = [binary, "-h", "127.0.0.1", "-p", str(port), "-q", str(args.qos), "-t", "sl/v1/+/+/telemetry"]
+    cmd += ["-C", str(args.count), "-W", "600", "-i", f"bench-msub-{uuid.uuid4().hex[:6]}"]
+    sub = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # It says nothing when subscribed; on loopback that takes milliseconds (a -C run that missed
+    # messages would never exit and is reported as incomplete).
+    time.sleep(1.0)
+    sent = _publish(port, args, "msub")
+    code = sub.wait(timeout=900)
+    ended = time.time()
+    if code != 0:
+        return {"error": f"mosquitto_sub exited with {code} before {args.count} messages"}
+    span = ended - float(sent["started_unix_s"])
+    return {"received": args.count, "rate_msgs_s": round(args.count / span, 1) if span > 0 else 0.0}
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -251,6 +289,8 @@ def _durable(pg: PgService) -> None:
     assert pg.pg_bin is not None and pg.datadir is not None and pg.port is not None
     pg.stop()
     opts = f"-p {pg.port} -k {pg.datadir} -c listen_addresses=127.0.0.1 -c shared_buffers=256MB"
+    if pg.timescale:
+        opts += f" {TIMESCALE_WORKER_OPTIONS}"
     cmd = [
         str(pg.pg_bin / "pg_ctl"),
         "-D",
@@ -269,14 +309,44 @@ def _durable(pg: PgService) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _stored(db_url: str) -> tuple[int, int]:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT (device_id, seq)) FROM telemetry WHERE device_id LIKE 'bench%'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _ratio(rate: float, baseline: float | None) -> float | None:
+    return round(rate / baseline, 3) if baseline else None
+
+
+def _timescale_server(workdir: Path, admin_url: str | None) -> tuple[PgService | None, str | None, str]:
+    """(a cluster we started, the admin URL to use, why not) for the TimescaleDB run."""
+    from store.schema import timescale_preloaded
+
+    if admin_url:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            if timescale_preloaded(conn):
+                return None, admin_url, ""
+    if not timescale_installed():
+        return None, None, "TimescaleDB is not installed in the local PostgreSQL"
+    pg = start_pg_cluster(workdir / "pg-timescaledb", timescale=True)
+    _durable(pg)
+    return pg, pg.url, ""
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the three measurements and return the figures."""
+    """Run the measurements and return the figures."""
     from store import migrate
 
     workdir = Path(tempfile.mkdtemp(prefix="slbench-ingest-"))
     broker = start_mosquitto(workdir / "mosquitto")
     pg: PgService | None = None
+    pg_ts: PgService | None = None
     admin_url = os.environ.get("DATABASE_URL")
+    ts_admin_url: str | None = None
     dbname = f"slbench_{uuid.uuid4().hex[:8]}"
     try:
         if not admin_url:
@@ -286,22 +356,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{dbname}"')
         db_url = PgService("configured", admin_url).database_url(dbname)
-        migrate(db_url)
-        _say(f"broker mosquitto :{broker.port}, database {db_url.split('@')[-1]}")
+        migrate(db_url, timescale=False)
+        pg_ts, ts_admin_url, ts_skipped = _timescale_server(workdir, os.environ.get("DATABASE_URL"))
+        ts_url = None
+        if ts_admin_url:
+            with psycopg.connect(ts_admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{dbname}_ts"')
+            ts_url = PgService("configured", ts_admin_url).database_url(f"{dbname}_ts")
+            migrate(ts_url, timescale=True)
+        _say(f"broker mosquitto :{broker.port}, database {db_url.split('@')[-1]}, timescaledb {ts_url}")
         base = _baseline(broker.port, args)
-        _say(f"baseline: {base}")
+        _say(f"baseline (paho): {base}")
+        msub = _mosquitto_sub(broker.port, args)
+        _say(f"baseline (mosquitto_sub): {msub}")
         ing = _ingest(broker.port, db_url, args, workdir)
-        with psycopg.connect(db_url) as conn:
-            row = conn.execute(
-                "SELECT count(*), count(DISTINCT (device_id, seq)) FROM telemetry "
-                "WHERE device_id LIKE 'bench%'"
-            ).fetchone()
-        assert row is not None
-        rows, distinct = int(row[0]), int(row[1])
-        _say(f"ingest: {ing['rate']:.0f} msg/s, rows {rows}")
+        rows, distinct = _stored(db_url)
+        _say(f"ingest (plain): {ing['rate']:.0f} msg/s, rows {rows}")
+        ts: dict[str, Any] = {}
+        if ts_url is not None:
+            # A fresh broker of the same configuration: the first run's persistent sessions
+            # (QoS 1) stay members of the shared subscription and would take a share.
+            broker.stop()
+            broker = start_mosquitto(workdir / "mosquitto-timescaledb")
+            ts = _ingest(broker.port, ts_url, args, workdir)
+            ts["rows"], ts["distinct"] = _stored(ts_url)
+            _say(f"ingest (timescaledb): {ts['rate']:.0f} msg/s, rows {ts['rows']}")
         naive = _naive(db_url, args.naive_sample)
         _say(f"naive: {naive:.0f} msg/s")
         baseline_rate = float(base.get("rate_msgs_s", 0.0))
+        msub_rate = msub.get("rate_msgs_s")
         rate = float(ing["rate"])
         m = ing["metrics"]
         result: dict[str, Any] = {
@@ -313,7 +396,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rate_msgs_s": round(rate, 1),
             "baseline_rate_msgs_s": baseline_rate,
             "baseline_received": base.get("received"),
-            "ratio": round(rate / baseline_rate, 3) if baseline_rate else None,
+            "ratio": _ratio(rate, baseline_rate),
+            "mosquitto_sub_rate_msgs_s": msub_rate,
+            "mosquitto_sub_error": msub.get("error"),
+            "ratio_mosquitto_sub": _ratio(rate, msub_rate),
             "rows": rows,
             "lost": ing["sent"] - distinct,
             "duplicates": rows - distinct,
@@ -326,12 +412,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if pg is None
             else "pg_ctl throwaway cluster (fsync on)",
         }
-        result["ok"] = bool(result["lost"] == 0 and result["duplicates"] == 0)
+        ok = result["lost"] == 0 and result["duplicates"] == 0
+        if ts:
+            ts_rate = float(ts["rate"])
+            result |= {
+                "timescaledb_rate_msgs_s": round(ts_rate, 1),
+                "timescaledb_ratio": _ratio(ts_rate, baseline_rate),
+                "timescaledb_ratio_mosquitto_sub": _ratio(ts_rate, msub_rate),
+                "timescaledb_rows": ts["rows"],
+                "timescaledb_lost": ts["sent"] - ts["distinct"],
+                "timescaledb_duplicates": ts["rows"] - ts["distinct"],
+                "timescaledb_p99_lag_ms": _p99_ms(ts["metrics"]),
+                "timescaledb_database": "pg_ctl throwaway cluster, TimescaleDB preloaded (fsync on)"
+                if pg_ts is not None
+                else "configured (throwaway database)",
+            }
+            ok = ok and result["timescaledb_lost"] == 0 and result["timescaledb_duplicates"] == 0
+        else:
+            result["timescaledb_skipped"] = ts_skipped
+        result["ok"] = bool(ok)
         return result
     finally:
         broker.stop()
-        if pg is not None:
-            pg.stop()
-        elif admin_url:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        for svc, url, name in ((pg, admin_url, dbname), (pg_ts, ts_admin_url, f"{dbname}_ts")):
+            if svc is not None:
+                svc.stop()
+            elif url:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -27,6 +27,7 @@ BENCHES: dict[str, str] = {
     "sos": "sos",
     "soak": "soak",
     "geo": "geo",
+    "storage": "storage",
 }
 
 

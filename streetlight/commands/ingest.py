@@ -228,7 +228,9 @@ def _run_worker(
     leader = None
     if not args.no_jobs:
         interval_s = settings.telemetry_interval_s * settings.silent_after_intervals
-        leader = JobsLeader(database_url, silent_after_s=interval_s, locate=gazetteer_locator()).start()
+        leader = JobsLeader(
+            database_url, silent_after_s=interval_s, locate=gazetteer_locator(), metrics=worker.metrics
+        ).start()
 
     def _on_signal(_signum: int, _frame: object) -> None:
         worker.stop()

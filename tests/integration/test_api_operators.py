@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import psycopg
@@ -245,3 +246,27 @@ def test_a_lamp_stops_showing_blinking_once_the_controller_clears_that_blink(
     with psycopg.connect(db_url, autocommit=True) as conn:
         insert_commands(conn, [CommandRecord("c2", "oj1", "clear", "sos", "sos-1", 120, now, None)])
     assert state() == "online"  # the blink's expiry is still two minutes away
+
+
+def test_a_lamps_24_hour_chart_comes_from_the_hourly_aggregates_on_both_storage_paths(
+    storage_url: str,
+) -> None:
+    from store import write_telemetry
+    from tests.helpers import run_storage_jobs
+
+    seed(storage_url, LAMPS)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    rows = [
+        (int((hour - timedelta(hours=h, minutes=-m)).timestamp() * 1000), "oj1", 1, h * 100 + m, 80, 30.0,
+         220.0, 0.14, 20.0, 2.0, [], None, None, None, None)
+        for h in range(1, 30) for m in range(0, 60, 10)
+    ]  # fmt: skip
+    with psycopg.connect(storage_url, autocommit=True) as conn:
+        write_telemetry(conn, rows)
+        run_storage_jobs(conn)
+    with serve(fast_config(storage_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        r = c.get("/v1/lamps/oj1", headers=login(c, "op-city"))
+    assert r.status_code == 200, r.text
+    hours = r.json()["hours"]
+    assert len(hours) in (23, 24) and all(h["samples"] == 6 for h in hours)  # the closed hours of the day
+    assert hours[0]["energy_wh"] == pytest.approx(3.0)  # six 60-s samples at 30 W

@@ -30,7 +30,7 @@ _ONE_BY_ONE = {
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Conn]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)  # the plain path, pinned
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
 

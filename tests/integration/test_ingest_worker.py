@@ -105,8 +105,15 @@ def with_port(url: str, port: int) -> str:
 
 @pytest.fixture
 def migrated(db_url: str) -> str:
-    migrate(db_url)
+    """The plain path, pinned (tests of ingest's own behaviour)."""
+    migrate(db_url, timescale=False)
     return db_url
+
+
+@pytest.fixture
+def stored(storage_url: str) -> str:
+    """Both storage paths (tests of what ingest leaves in the database)."""
+    return storage_url
 
 
 def publisher(svc: MqttService) -> mqtt.Client:
@@ -133,8 +140,9 @@ def make_worker(svc: MqttService, db: str, tmp: Path, uid: str, **kw: object) ->
 
 
 def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(
-    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+    mqtt_service: MqttService, stored: str, tmp_path: Path, unique_id: str
 ) -> None:
+    migrated = stored
     dev = f"L{unique_id}"
     base = f"sl/v1/11230/{dev}"
     ts = now_ms()
@@ -174,8 +182,9 @@ def test_every_message_kind_is_stored_and_bad_input_is_dead_lettered(
 
 
 def test_database_outage_is_spooled_and_replayed_once_each(
-    mqtt_service: MqttService, pg_service: object, migrated: str, tmp_path: Path, unique_id: str
+    mqtt_service: MqttService, stored: str, tmp_path: Path, unique_id: str
 ) -> None:
+    migrated = stored
     from urllib.parse import urlsplit
 
     parts = urlsplit(migrated)
@@ -402,6 +411,44 @@ def test_repeated_lamp_faults_count_into_one_alert_and_a_clear_resolves_it(
         ]
         write_batch(conn, process(cleared, ts, SeqTracker()), cleared, now, on_faults=raise_fault_alerts)
         assert active_alerts(conn, kinds=["lamp_fault"], source_id=dev) == []
+
+
+def test_telemetry_received_hours_late_reaches_the_hourly_aggregates_once_the_jobs_have_run(
+    mqtt_service: MqttService, stored: str, tmp_path: Path, unique_id: str
+) -> None:
+    from store import upsert_device, write_telemetry
+    from tests.helpers import run_storage_jobs
+
+    dev = f"LATE{unique_id}"
+    hour_ms = 3_600_000
+    base = (now_ms() // hour_ms - 12) * hour_ms  # twelve hours ago: beyond every regular look-back
+    with psycopg.connect(stored, autocommit=True) as conn:
+        upsert_device(conn, dev, kind="lamp", district_code="11230", lat=37.57, lon=127.04, firmware="1")
+        # An hour already materialised two hours ago, so the late hour lies below the aggregates'
+        # watermark (where TimescaleDB's real-time aggregation no longer looks at raw rows).
+        recent = (now_ms() // hour_ms - 2) * hour_ms
+        write_telemetry(
+            conn, [(recent, dev, 0, 0, 80, 36.4, 221.7, 0.16, 21.5, 3.2, [], None, None, None, None)]
+        )
+        run_storage_jobs(conn)
+        with running(make_worker(mqtt_service, stored, tmp_path, unique_id)) as worker:
+            pub = publisher(mqtt_service)
+            for seq in range(30):  # a gateway's buffer, delivered now: two minutes apart, an hour's worth
+                pub.publish(f"sl/v1/11230/{dev}/telemetry", LAMP % (base + seq * 120_000, seq), qos=1)
+            wait_for(lambda: worker.metrics.stored_rows >= 30)
+            pub.loop_stop()
+        run_storage_jobs(conn)
+        row = conn.execute(
+            "SELECT samples FROM telemetry_hourly_lamp WHERE device_id = %s AND bucket = to_timestamp(%s)",
+            (dev, base // 1000),
+        ).fetchone()
+        district = conn.execute(
+            "SELECT lamps_online FROM telemetry_hourly_district WHERE district_code = '11230' "
+            "AND bucket = to_timestamp(%s)",
+            (base // 1000,),
+        ).fetchone()
+    assert row == (30,)
+    assert district == (1,)
 
 
 def test_two_ingest_instances_with_one_client_id_never_share_a_spool_the_second_exits_saying_why(

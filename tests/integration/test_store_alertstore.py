@@ -30,7 +30,7 @@ PLACE = Place(lat=37.5665, lon=126.978, district_code="11140", district_name="ì¤
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Conn]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)  # the plain path, pinned
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
 

@@ -61,7 +61,7 @@ T0 = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Conn]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)  # the plain path, pinned
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
 

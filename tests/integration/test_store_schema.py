@@ -27,7 +27,7 @@ from streetlight.commands import migrate as migrate_command
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     with psycopg.connect(db_url, autocommit=True) as c:
         yield c
 
@@ -52,7 +52,7 @@ def _schema_snapshot(c: psycopg.Connection[tuple[object, ...]]) -> list[tuple[ob
 
 
 def test_migrations_apply_on_an_empty_database_and_record_the_plain_path(db_url: str) -> None:
-    report = migrate(db_url)
+    report = migrate(db_url, timescale=False)
     assert len(report.applied) == len(MIGRATIONS)
     assert report.timescale is False
     with psycopg.connect(db_url, autocommit=True) as c:
@@ -70,7 +70,7 @@ def test_migrations_apply_on_an_empty_database_and_record_the_plain_path(db_url:
 
 
 def test_running_the_migrations_twice_changes_nothing(db_url: str) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     with psycopg.connect(db_url, autocommit=True) as c:
         before = _schema_snapshot(c)
         again = apply_migrations(c)
@@ -157,7 +157,7 @@ def test_the_retention_job_drops_partitions_older_than_the_retention(
 def test_the_migrate_command_prints_what_it_applied_and_the_storage_path(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = argparse.Namespace(database_url=db_url, no_timescale=False)
+    args = argparse.Namespace(database_url=db_url, no_timescale=True)
     assert migrate_command.run(args) == 0
     first = capsys.readouterr().out
     assert "applied 1: core tables" in first

@@ -17,7 +17,6 @@ from store import (
     BufferFull,
     StoreRejected,
     StoreUnavailable,
-    migrate,
     write_events,
     write_rows,
     write_telemetry,
@@ -28,9 +27,9 @@ Conn = psycopg.Connection[Any]
 
 
 @pytest.fixture
-def store_url(db_url: str) -> str:
-    migrate(db_url)
-    return db_url
+def store_url(storage_url: str) -> str:
+    """Every writer test runs on both storage paths (plain and TimescaleDB)."""
+    return storage_url
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Smoke test of ``streetlight bench ingest`` at a tiny size: every message stored once, timed from
-the publisher's first send, the JSON has the contract's fields."""
+"""Smoke test of ``streetlight bench ingest`` at a tiny size: every message stored once on both
+storage paths, timed from the publisher's first send, both baselines, the contract's fields."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import pytest
 
 from streetlight.bench import ingest
+from streetlight.localservices import timescale_installed
+from tests.conftest import skip_unless
 
 pytestmark = [
     pytest.mark.integration,
@@ -34,3 +36,14 @@ def test_ingest_tiny_run_stores_every_message_once_and_reports_the_contract_fiel
     # Rows over the time from the first send to the last commit: positive and finite.
     assert 0 < result["rate_msgs_s"] < 10_000_000 and result["naive_insert_rate_msgs_s"] > 0
     assert result["ratio"] == pytest.approx(result["rate_msgs_s"] / result["baseline_rate_msgs_s"], rel=0.01)
+    # The second baseline: Mosquitto's own C subscriber on the same stream.
+    assert result["mosquitto_sub_error"] is None and result["mosquitto_sub_rate_msgs_s"] > 0
+    assert result["ratio_mosquitto_sub"] == pytest.approx(
+        result["rate_msgs_s"] / result["mosquitto_sub_rate_msgs_s"], rel=0.01
+    )
+    # The same stream into a TimescaleDB database, in the same run.
+    skip_unless(timescale_installed(), "TimescaleDB installed in the local PostgreSQL")
+    assert "timescaledb_skipped" not in result
+    assert result["timescaledb_rows"] == 2000 and result["timescaledb_lost"] == 0
+    assert result["timescaledb_duplicates"] == 0 and result["timescaledb_rate_msgs_s"] > 0
+    assert result["timescaledb_ratio_mosquitto_sub"] is not None and result["ok"] is True

@@ -11,6 +11,7 @@ from store.schema import (
     partition_name,
     plain_lamp_hour_select,
     plain_timeseries_sql,
+    timescale_jobs_sql,
     timescale_rollup_sql,
     timescale_timeseries_sql,
 )
@@ -29,16 +30,18 @@ def test_migrations_are_numbered_strictly_upwards_from_one() -> None:
 def test_the_timescale_path_makes_telemetry_and_events_daily_hypertables() -> None:
     sql = _joined(timescale_timeseries_sql())
     for table in ("telemetry", "events"):
-        assert f"SELECT create_hypertable('{table}', 'ts', chunk_time_interval => INTERVAL '1 day'" in sql
+        assert f"SELECT create_hypertable('{table}', by_range('ts', INTERVAL '1 day')" in sql
         assert f"CREATE TABLE {table} (" in sql
     assert "PARTITION BY" not in sql
 
 
-def test_the_timescale_path_compresses_by_device_and_sets_retention_per_table() -> None:
+def test_the_timescale_path_uses_the_columnstore_api_by_device_and_sets_retention_per_table() -> None:
     stmts = timescale_timeseries_sql({"telemetry": timedelta(days=30), "events": timedelta(days=90)})
     sql = _joined(stmts)
-    assert sql.count("timescaledb.compress_segmentby = 'device_id'") == 2
-    assert "add_compression_policy('telemetry', compress_after => INTERVAL" in sql
+    assert sql.count("timescaledb.enable_columnstore, timescaledb.segmentby = 'device_id'") == 2
+    assert "CALL add_columnstore_policy('telemetry', after => INTERVAL" in sql
+    for deprecated in ("add_compression_policy", "timescaledb.compress", "chunk_time_interval =>"):
+        assert deprecated not in sql
     assert "add_retention_policy('telemetry', drop_after => INTERVAL '2592000 seconds'" in sql
     assert "add_retention_policy('events', drop_after => INTERVAL '7776000 seconds'" in sql
     # Compression policies need compression enabled first, and that needs the hypertable.
@@ -48,7 +51,7 @@ def test_the_timescale_path_compresses_by_device_and_sets_retention_per_table() 
             for needle in (
                 f"create_hypertable('{table}'",
                 f"ALTER TABLE {table} SET",
-                f"add_compression_policy('{table}'",
+                f"add_columnstore_policy('{table}'",
             )
         ]
         assert order == sorted(order)
@@ -57,9 +60,11 @@ def test_the_timescale_path_compresses_by_device_and_sets_retention_per_table() 
 def test_every_dedup_key_column_is_a_segmentby_or_orderby_column_of_compression() -> None:
     key = re.search(r"\((.*)\)", DEDUP_INDEX_SQL)
     assert key is not None
-    compress = next(s for s in timescale_timeseries_sql() if "timescaledb.compress," in s)
-    for column in (c.strip() for c in key.group(1).split(",")):
-        assert column in compress
+    settings = [s for s in timescale_timeseries_sql() + timescale_jobs_sql() if "timescaledb.orderby" in s]
+    assert len(settings) == 3  # telemetry, events, then events again without segment-by
+    for stmt in settings:
+        for column in (c.strip() for c in key.group(1).split(",")):
+            assert column in stmt
 
 
 def test_the_timescale_path_defines_the_two_hourly_continuous_aggregates_with_policies() -> None:
