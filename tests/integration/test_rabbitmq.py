@@ -1,0 +1,45 @@
+"""RabbitMQ (3.10, its MQTT plugin) as the services' broker: a private node, the behaviours the
+services rely on, and the services end to end on it (issue 16, "A second real broker")."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from streetlight.localservices import MqttService
+
+
+def _client(svc: MqttService, client_id: str, *, clean: bool = True) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+    c.connect(svc.host, svc.port, keepalive=30)
+    c.loop_start()
+    return c
+
+
+def test_a_private_rabbitmq_node_delivers_a_qos1_message_and_an_exact_topics_retained_one(
+    rabbitmq_service: MqttService, unique_id: str
+) -> None:
+    got: list[tuple[str, bytes, bool]] = []
+    done = threading.Event()
+    topic = f"sl/v1/11110/rmq{unique_id}/state"
+    pub = _client(rabbitmq_service, f"pub-{unique_id}")
+    pub.publish(topic, b'{"state": "online", "bdseq": 1}', qos=1, retain=True).wait_for_publish(10)
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        got.append((msg.topic, bytes(msg.payload), bool(msg.retain)))
+        done.set()
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sub-{unique_id}")
+    sub.on_message = on_message
+    sub.on_connect = lambda c, *_a: c.subscribe(topic, qos=1)
+    sub.connect(rabbitmq_service.host, rabbitmq_service.port)
+    sub.loop_start()
+    try:
+        assert done.wait(10), "the retained state was not delivered on its exact topic"
+        assert got[0][:2] == (topic, b'{"state": "online", "bdseq": 1}')
+    finally:
+        for c in (pub, sub):
+            c.loop_stop()
+            c.disconnect()
