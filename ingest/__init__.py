@@ -5,6 +5,7 @@ the guarantees, the spool, the metrics and the measured figures.
 """
 
 from ingest._alerts import new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._lease import ConsumerLease, lease_key
 from ingest._metrics import IngestMetrics, serve_metrics
 from ingest._process import (
     ROW_BDSEQ,
@@ -32,6 +33,7 @@ from ingest._write import WriteResult, write_batch
 __all__ = [
     "JOBS_LOCK_KEY",
     "ROW_BDSEQ",
+    "ConsumerLease",
     "DeadLetter",
     "DeviceBatch",
     "IngestMetrics",
@@ -49,6 +51,7 @@ __all__ = [
     "ack_seq",
     "file_registry_lookup",
     "gazetteer_locator",
+    "lease_key",
     "new_alert_id",
     "offline_reports",
     "probe_shared_subscriptions",

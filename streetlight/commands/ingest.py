@@ -35,7 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS (default 1)")
     parser.add_argument(
-        "--client-id", default="streetlight-ingest", help="prefix of the workers' MQTT client ids"
+        "--client-id",
+        default="streetlight-ingest",
+        help="prefix of the workers' MQTT client ids and spool names",
+    )
+    parser.add_argument(
+        "--group",
+        help="on a plain subscription: instances with the same group take turns, one consuming at a "
+        "time (lease ingest/GROUP) on the group's MQTT session (client id GROUP); default: none, "
+        "every instance consumes on its own session",
+    )
+    parser.add_argument(
+        "--lease-ttl-s",
+        type=float,
+        default=15.0,
+        help="time to live of the group's lease: a dead consumer is replaced within it (default 15)",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus /metrics and /health (worker i: port + i)"
@@ -107,6 +121,7 @@ def _run_worker(
 ) -> int:
     from broker import parse_mqtt_url
     from ingest import (
+        ConsumerLease,
         IngestWorker,
         JobsLeader,
         SpoolLocked,
@@ -119,6 +134,8 @@ def _run_worker(
     )
 
     client_id = f"{args.client_id}-{index}"
+    # A group on a plain subscription: one session for the group, one consumer at a time.
+    grouped = not shared and bool(args.group)
     config = WorkerConfig(
         mqtt=parse_mqtt_url(mqtt_url),
         database_url=database_url,
@@ -126,7 +143,7 @@ def _run_worker(
         spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
         index=index,
         shared=shared,
-        client_id=client_id,
+        client_id=args.group if grouped else client_id,
         qos=args.qos,
         max_rows=args.max_rows,
         max_delay_s=args.max_delay_ms / 1000,
@@ -134,7 +151,8 @@ def _run_worker(
     )
     check = sender_checker(file_registry_lookup(args.registry)) if args.registry else None
     try:
-        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+        lease = ConsumerLease(database_url, args.group, client_id, args.lease_ttl_s) if grouped else None
+        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
     except SpoolLocked as exc:
         log.error("ingest worker %d: %s", index, exc)
         return 2
@@ -235,6 +253,8 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--database-url", args.database_url]
     if args.registry:
         out += ["--registry", str(args.registry)]
+    if args.group:
+        out += ["--group", args.group, "--lease-ttl-s", str(args.lease_ttl_s)]
     if args.no_jobs:
         out.append("--no-jobs")
     return out

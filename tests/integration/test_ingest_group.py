@@ -1,0 +1,133 @@
+"""Several ingest instances on a broker without shared subscriptions (issue 16): the instances of
+one group take turns on the group's lease, exactly one consumes, and a killed consumer is replaced
+by a standby without losing or duplicating a row.
+
+Real processes (``python -m streetlight.commands.ingest --subscription plain --group G``) on a
+private RabbitMQ node (which has no ``$share``) and on a private Mosquitto forced to plain
+subscriptions; SIGKILL for the fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from store import lease_owners, migrate
+from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
+from tests.conftest import ROOT, _have_mosquitto, skip_unless
+
+
+@pytest.fixture(params=["rabbitmq", "mosquitto"])
+def plain_broker(request: pytest.FixtureRequest) -> Iterator[MqttService]:
+    """The session's RabbitMQ node, or a private Mosquitto of the test's own."""
+    if request.param == "rabbitmq":
+        yield request.getfixturevalue("rabbitmq_service")
+        return
+    skip_unless(_have_mosquitto(), "mosquitto")
+    # Under /tmp: see tests/integration/test_scale_out.py.
+    svc = start_mosquitto(Path("/tmp") / f"sl-group-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _wait(what: str, cond: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _fastpub(broker: MqttService, count: int, prefix: str, rate: float) -> list[str]:
+    return [
+        *(sys.executable, "-m", "streetlight.bench.fastpub", "--port", str(broker.port)),
+        *("--count", str(count), "--lamps", "100", "--qos", "1", "--prefix", prefix, "--rate", str(rate)),
+    ]
+
+
+def _rows(db_url: str, prefix: str) -> tuple[int, int]:
+    with psycopg.connect(db_url) as c:
+        row = c.execute(
+            "SELECT count(*), count(DISTINCT (device_id, seq)) FROM telemetry WHERE device_id LIKE %s",
+            (prefix + "%",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_two_ingest_instances_of_one_group_store_every_message_once_and_a_standby_replaces_a_killed_consumer(
+    plain_broker: MqttService, db_url: str, unique_id: str, tmp_path: Path
+) -> None:
+    migrate(db_url)
+    group = f"grp-{unique_id}"
+    ports = {"a": free_port(), "b": free_port()}
+    env = {
+        **os.environ,
+        "MQTT_URL": plain_broker.url,
+        "DATABASE_URL": db_url,
+        "STREETLIGHT_DATA_DIR": str(tmp_path),
+    }
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        argv = [
+            *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "plain"),
+            *("--group", group, "--lease-ttl-s", "3", "--client-id", f"{name}-{unique_id}"),
+            *("--metrics-port", str(ports[name]), "--no-jobs", "--no-migrate", "--max-delay-ms", "50"),
+        ]
+        return subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    procs = {"a": start("a")}
+    try:
+        _wait("a consuming", lambda: _metric(ports["a"], "ingest_subscribed") == 1, 60)
+        procs["b"] = start("b")
+        _wait("b up", lambda: _metric(ports["b"], "ingest_subscribed") == 0, 60)
+        first = f"g{unique_id}-"
+        n = 3000
+        out = subprocess.run(
+            _fastpub(plain_broker, n, first, 3000), capture_output=True, check=True, timeout=120
+        )
+        assert json.loads(out.stdout.decode().strip().splitlines()[-1])["sent"] == n
+        _wait(f"{n} rows", lambda: _rows(db_url, first)[1] == n, 60)
+        time.sleep(1.0)  # anything more (a duplicate) would have arrived by now
+        assert _rows(db_url, first) == (n, n)
+        received = {k: _metric(p, "ingest_messages_received_total") for k, p in ports.items()}
+        assert received["b"] == 0 and received["a"] >= n, f"exactly one instance consumes: {received}"
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            assert lease_owners(conn)[f"ingest/{group}"] == f"a-{unique_id}-0"
+
+        second = f"h{unique_id}-"
+        publisher = subprocess.Popen(_fastpub(plain_broker, n, second, 1000), stdout=subprocess.DEVNULL)
+        _wait("some of the second burst stored", lambda: _rows(db_url, second)[1] > 300, 30)
+        procs["a"].kill()  # the consumer, mid-stream
+        procs["a"].wait()
+        assert publisher.wait(timeout=60) == 0
+        _wait("b consuming", lambda: _metric(ports["b"], "ingest_subscribed") == 1, 30)
+        _wait(f"{n} more rows", lambda: _rows(db_url, second)[1] == n, 90)
+        time.sleep(1.0)
+        assert _rows(db_url, second) == (n, n)  # 0 lost, 0 duplicated across the takeover
+        assert _rows(db_url, first) == (n, n)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                terminate(p)
