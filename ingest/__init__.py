@@ -26,6 +26,7 @@ from ingest._service import (
     probe_shared_subscriptions,
     sender_checker,
 )
+from ingest._sharecheck import shared_subscriptions_ignored
 from ingest._spool import Spool, SpoolFull, SpoolLocked
 from ingest._worker import IngestWorker, WorkerConfig
 from ingest._write import WriteResult, write_batch
@@ -60,5 +61,6 @@ __all__ = [
     "raise_offline_alerts",
     "sender_checker",
     "serve_metrics",
+    "shared_subscriptions_ignored",
     "write_batch",
 ]

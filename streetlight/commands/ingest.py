@@ -73,11 +73,30 @@ def _decide_shared(args: argparse.Namespace, mqtt_url: str) -> bool:
     from broker import parse_mqtt_url
     from ingest import probe_shared_subscriptions
 
+    if args.subscription == "shared":
+        _refuse_ignored_share(mqtt_url)
+        return True
     if args.subscription != "auto":
-        return bool(args.subscription == "shared")
+        return False
     shared, why = probe_shared_subscriptions(parse_mqtt_url(mqtt_url))
     log.info("subscription: %s (%s)", "shared $share/ingest/..." if shared else "plain", why)
     return shared
+
+
+class SharedSubscriptionsIgnored(RuntimeError):
+    """``--subscription shared`` on a broker that accepts ``$share`` and delivers nothing to it."""
+
+
+def _refuse_ignored_share(mqtt_url: str) -> None:
+    """Fail loudly rather than consume nothing in silence (issue 16)."""
+    from broker import parse_mqtt_url
+    from ingest import shared_subscriptions_ignored
+
+    why = shared_subscriptions_ignored(parse_mqtt_url(mqtt_url))
+    if why is not None:
+        raise SharedSubscriptionsIgnored(
+            f"--subscription shared: {why}; use --subscription plain (with --group for several instances)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
 
         migrate(database_url)
     workers = args.workers or settings.ingest_workers
-    shared = _decide_shared(args, mqtt_url)
+    try:
+        shared = _decide_shared(args, mqtt_url)
+    except SharedSubscriptionsIgnored as exc:
+        log.error("ingest_refused reason=shared_subscriptions_ignored detail=%s", exc)
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
+        return 2
     if not shared and workers > 1:
         log.warning("the broker cannot share a subscription: running 1 worker instead of %d", workers)
         workers = 1

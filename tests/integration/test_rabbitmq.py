@@ -3,12 +3,19 @@ services rely on, and the services end to end on it (issue 16, "A second real br
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker import parse_mqtt_url
+from ingest import shared_subscriptions_ignored
 from streetlight.localservices import MqttService
+from tests.conftest import ROOT
 
 
 def _client(svc: MqttService, client_id: str, *, clean: bool = True) -> mqtt.Client:
@@ -43,3 +50,24 @@ def test_a_private_rabbitmq_node_delivers_a_qos1_message_and_an_exact_topics_ret
         for c in (pub, sub):
             c.loop_stop()
             c.disconnect()
+
+
+def test_ingest_forced_onto_shared_subscriptions_on_rabbitmq_exits_saying_the_broker_ignores_share(
+    rabbitmq_service: MqttService, db_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "STREETLIGHT_DATA_DIR": str(tmp_path)}
+    argv = [
+        *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "shared", "--no-jobs"),
+        *("--mqtt-url", rabbitmq_service.url, "--database-url", db_url),
+    ]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=120)
+    assert done.returncode == 2
+    assert b"does not implement shared subscriptions" in done.stderr
+    assert b"--subscription plain" in done.stderr
+
+
+def test_the_share_check_proves_rabbitmq_ignores_share_and_finds_nothing_against_a_sharing_broker(
+    rabbitmq_service: MqttService, mqtt_service: MqttService
+) -> None:
+    assert shared_subscriptions_ignored(parse_mqtt_url(rabbitmq_service.url)) is not None
+    assert shared_subscriptions_ignored(parse_mqtt_url(mqtt_service.url)) is None
