@@ -34,6 +34,7 @@ class IngestMetrics:
     seq_repeats: int = 0
     births: int = 0
     states: int = 0
+    state_resyncs: int = 0  # devices whose retained state was asked for on its exact topic
     acks_seen: int = 0  # device command acks stored as events
     flags: Counter[str] = field(default_factory=Counter)  # accepted but suspicious (district_mismatch)
     spooled: int = 0  # messages written to the spool
@@ -124,6 +125,12 @@ class IngestMetrics:
         metric("ingest_spool_bytes", "gauge", "bytes waiting in the spool", [(w, self.spool_bytes)])
         metric(
             "ingest_pending_messages", "gauge", "messages received, not yet committed", [(w, self.pending)]
+        )
+        metric(
+            "ingest_state_resyncs_total",
+            "counter",
+            "retained states asked for on a device's exact topic",
+            [(w, self.state_resyncs)],
         )
         metric("ingest_subscribed", "gauge", "1 while subscribed", [(w, int(self.subscribed))])
         metric(

@@ -36,10 +36,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 
-from broker import BufferedReadClient, ConnectionParams, backoff_delay_s, ingest_filters, paho_client
+from broker import (
+    BufferedReadClient,
+    ConnectionParams,
+    TopicError,
+    backoff_delay_s,
+    ingest_filters,
+    paho_client,
+    parse_device_topic,
+)
 from ingest._lease import ConsumerLease
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, process
+from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from store import StoreUnavailable
@@ -67,6 +76,8 @@ class WorkerConfig:
     spool_max_bytes: int = 1 << 30
     clean_session: bool = False
     filters: list[str] = field(default_factory=list)
+    state_resync: bool = True
+    """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -106,6 +117,7 @@ class IngestWorker:
         self._conn: Conn | None = None
         self._db_retry_at = 0.0
         self._db_failures = 0
+        self._resync = StateResync()
         self.spool = Spool(config.spool_path, config.spool_max_bytes)
         self.metrics.spool_bytes = self.spool.size_bytes
         self.client = paho_client(
@@ -292,6 +304,8 @@ class IngestWorker:
             if self._stop.is_set():
                 return False
             self._maybe_replay()
+            if self.config.state_resync:
+                self._resync_subscriptions([], self._resync.expired(time.monotonic()))
             time.sleep(0.02)
         seen = len(queue)
         while seen < cfg.max_rows and not self._stop.is_set():
@@ -381,6 +395,32 @@ class IngestWorker:
         m.acks_seen += batch.acks
         if self._on_batch is not None:
             self._on_batch(batch)
+        if self.config.state_resync:
+            self._resync_states(batch, messages)
+
+    def _resync_states(self, batch: Processed, messages: Sequence[RawMessage]) -> None:
+        heard: dict[str, str] = {}
+        known = batch.devices.keys() | {device for _d, device, _b in batch.births}
+        for message in messages:
+            try:
+                parsed = parse_device_topic(message.topic)
+            except TopicError:
+                continue
+            if parsed.device_id in known:
+                heard.setdefault(parsed.device_id, parsed.district_code)
+        stated = [device for device, _state in batch.states]
+        ask, drop = self._resync.after_batch(((d, dev) for dev, d in heard.items()), stated, time.monotonic())
+        self._resync_subscriptions(ask, drop)
+
+    def _resync_subscriptions(self, ask: list[str], drop: list[str]) -> None:
+        for topics in chunks(drop):
+            self.client.unsubscribe(topics)
+        for topics in chunks(ask):
+            result, _mid = self.client.subscribe([(t, 1) for t in topics])
+            if result != mqtt.MQTT_ERR_SUCCESS:
+                self._resync.forget_asked(topics)
+            else:
+                self.metrics.state_resyncs += len(topics)
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
