@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import parse_mqtt_url
 from ingest import shared_subscriptions_ignored
-from streetlight.localservices import MqttService
+from streetlight.localservices import MqttService, start_embedded_broker
 from tests.conftest import ROOT
 
 
@@ -66,8 +66,13 @@ def test_ingest_forced_onto_shared_subscriptions_on_rabbitmq_exits_saying_the_br
     assert b"--subscription plain" in done.stderr
 
 
-def test_the_share_check_proves_rabbitmq_ignores_share_and_finds_nothing_against_a_sharing_broker(
+def test_the_share_check_proves_rabbitmq_ignores_share_and_finds_nothing_against_sharing_brokers(
     rabbitmq_service: MqttService, mqtt_service: MqttService
 ) -> None:
     assert shared_subscriptions_ignored(parse_mqtt_url(rabbitmq_service.url)) is not None
     assert shared_subscriptions_ignored(parse_mqtt_url(mqtt_service.url)) is None
+    embedded = start_embedded_broker()  # no $SYS: the probe messages decide
+    try:
+        assert shared_subscriptions_ignored(parse_mqtt_url(embedded.url)) is None
+    finally:
+        embedded.stop()
