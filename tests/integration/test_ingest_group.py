@@ -16,11 +16,13 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from ingest import RawMessage, SeqTracker, process, write_batch
 from store import lease_owners, migrate
 from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
@@ -131,3 +133,29 @@ def test_two_ingest_instances_of_one_group_store_every_message_once_and_a_standb
         for p in procs.values():
             if p.poll() is None:
                 terminate(p)
+
+
+def test_messages_written_by_two_instances_during_a_takeover_overlap_are_stored_once(
+    db_url: str, unique_id: str
+) -> None:
+    """The outgoing holder commits a batch it has not acked; the new one gets it again: the dedup
+    key (device, ts, seq, bdseq 0) comes from the message alone, so the second write adds nothing."""
+    migrate(db_url)
+    dev, ts = f"ov{unique_id}", 1_765_000_000_000
+    messages = [
+        RawMessage(f"sl/v1/11140/{dev}/telemetry", b'{"ts":%d,"seq":%d,"level":80}' % (ts + i, i), 1)
+        for i in range(1, 6)
+    ] + [
+        RawMessage(f"sl/v1/11140/{dev}/event", b'{"ts":%d,"seq":9,"type":"tamper"}' % (ts + 9), 1),
+    ]
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        first = write_batch(conn, process(messages, ts, SeqTracker()), messages, now)
+        again = write_batch(conn, process(messages, ts, SeqTracker()), messages, now)  # another process
+        stored = conn.execute(
+            "SELECT (SELECT count(*) FROM telemetry WHERE device_id = %s) + "
+            "(SELECT count(*) FROM events WHERE device_id = %s)",
+            (dev, dev),
+        ).fetchone()
+    assert (first.inserted, again.inserted, again.offered) == (6, 0, 6)
+    assert stored == (6,)
