@@ -23,6 +23,9 @@ from broker import device_topic
 RESYNC_WAIT_S: Final = 10.0
 # Topics per SUBSCRIBE/UNSUBSCRIBE packet: a fleet's first minute asks for thousands.
 TOPICS_PER_PACKET: Final = 200
+# Devices remembered as known; past it (ids invented by a flood) the memory starts again, which
+# costs at most one more question per real device.
+MAX_REMEMBERED: Final = 1_000_000
 
 
 @dataclass
@@ -42,6 +45,8 @@ class StateResync:
         whose state message the batch held.
         """
         drop: list[str] = []
+        if len(self._stated) > MAX_REMEMBERED:
+            self._stated.clear()
         for device in stated:
             self._stated.add(device)
             asked = self._asked.pop(device, None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from ingest import _resync
 from ingest._resync import StateResync, chunks
 
 
@@ -31,3 +34,13 @@ def test_a_subscription_that_could_not_be_sent_is_asked_again_when_the_device_is
 
 def test_topics_are_cut_into_packets_of_at_most_the_size_given() -> None:
     assert [len(c) for c in chunks([str(i) for i in range(450)], 200)] == [200, 200, 50]
+
+
+def test_the_memory_of_known_devices_is_bounded_and_starts_again_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_resync, "MAX_REMEMBERED", 3)
+    r = StateResync()
+    r.after_batch([], [f"fake-{i}" for i in range(4)], now_s=0.0)
+    ask, _ = r.after_batch([("11140", "fake-0")], [], now_s=1.0)
+    assert ask == ["sl/v1/11140/fake-0/state"]  # forgotten, so asked once more
