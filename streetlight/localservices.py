@@ -218,7 +218,9 @@ def rabbitmq_config(amqp_port: int, mqtt_port: int, *, prefetch: int = RABBITMQ_
     )
 
 
-def start_rabbitmq(workdir: Path, *, timeout_s: float = 90.0) -> MqttService:
+def start_rabbitmq(
+    workdir: Path, *, prefetch: int = RABBITMQ_MQTT_PREFETCH, timeout_s: float = 90.0
+) -> MqttService:
     """Start a private RabbitMQ node with its MQTT plugin on free loopback ports, its files in ``workdir``.
 
     The node runs as the caller (no Debian wrapper, which switches to the ``rabbitmq`` user) with
@@ -231,7 +233,7 @@ def start_rabbitmq(workdir: Path, *, timeout_s: float = 90.0) -> MqttService:
     workdir.mkdir(parents=True, exist_ok=True)
     amqp_port, mqtt_port, dist_port = _rabbitmq_port(), _rabbitmq_port(), _rabbitmq_port()
     node = f"sl-{os.getpid()}-{mqtt_port}@localhost"
-    (workdir / "rabbitmq.conf").write_text(rabbitmq_config(amqp_port, mqtt_port))
+    (workdir / "rabbitmq.conf").write_text(rabbitmq_config(amqp_port, mqtt_port, prefetch=prefetch))
     (workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
     (workdir / "nodename").write_text(node + "\n")
     env = {
