@@ -246,7 +246,9 @@ class _Firmware:
         }
         if duplicate:
             body["duplicate"] = True
-        return self._message("ack", body, now_ms)
+        # An ack carries no seq (docs/protocol.md §4.6): the counter is telemetry's and events'.
+        payload = {"ts": self.device_clock_ms(now_ms), **body}
+        return Message("ack", f"{self.identity.topic_prefix}/ack", payload)
 
     def _apply(self, command: Command, clock_ms: int) -> None:
         current = self.overrides.get(command.source)

@@ -98,6 +98,9 @@ class Processed:
     dead: list[DeadLetter] = field(default_factory=list)
     flags: list[SenderCheck] = field(default_factory=list)
     acks: int = 0
+    event_seq_gaps: int = 0
+    """Gaps and repeats that events revealed (they share the device's seq counter with telemetry)."""
+    event_seq_repeats: int = 0
 
     @property
     def rows(self) -> int:
@@ -110,7 +113,7 @@ SenderCheckFn = Callable[[str, str, bytes], tuple[str | None, str | None, str]]
 
 
 class SeqTracker:
-    """The last telemetry ``seq`` this worker saw per device, to count gaps and repeats.
+    """The last ``seq`` (telemetry and events share it) seen per device, to count gaps and repeats.
 
     Exact with one worker; with several on a shared subscription a device's messages are split
     across workers, so each sees gaps that another filled (docs/ingest.md).
@@ -224,7 +227,11 @@ def process(
                     dev.last_ts_ms, dev.last_seq, dev.level = ts, seq, t[2]
                     dev.faults, dev.summary = faults, payload
             elif channel == "event":
-                _event(out, i, device_id, decode_event(payload, now_ms), payload)
+                ev = decode_event(payload, now_ms)
+                _event(out, i, device_id, ev, payload)
+                gaps, repeats = seqs.see(device_id, ev.seq)
+                out.event_seq_gaps += gaps
+                out.event_seq_repeats += repeats
             elif channel == "birth":
                 birth = decode_birth(payload, now_ms)
                 seqs.reset(device_id)

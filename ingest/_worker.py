@@ -385,6 +385,8 @@ class IngestWorker:
             log.warning(
                 "flagged device_id=%s district=%s flag=%s %s", f.device_id, f.district_code, f.flag, f.detail
             )
+        m.seq_gaps += batch.event_seq_gaps
+        m.seq_repeats += batch.event_seq_repeats
         for dev in batch.devices.values():
             m.seq_gaps += dev.seq_gaps
             m.seq_repeats += dev.seq_duplicates

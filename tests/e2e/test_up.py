@@ -10,6 +10,7 @@ it again to see the data kept.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,9 @@ def test_the_readme_command_runs_the_city_and_ctrl_c_stops_it_keeping_the_data(
         status = c.get(f"/v1/sos/{alert_id}", headers=resident).json()
         assert status["acknowledged"] is True
     assert up.stop() == 0, up.text()
+    # Nothing failed, so no seq number went missing, with walkers, beacons and commands going on.
+    gaps = [int(n) for n in re.findall(r"'seq_gaps': (\d+)", up.text())]
+    assert gaps and set(gaps) == {0}, f"ingest counted seq gaps in a clean run: {gaps}"
     (output_dir / "up-figures.txt").write_text(f"console after {boot_s:.1f} s; {online} lamps online\n")
     assert boot_s < 60, f"the console took {boot_s:.0f} s"
 

@@ -109,3 +109,20 @@ def test_environment_files_only_use_variables_the_settings_read() -> None:
             if name == "STREETLIGHT_CONTROLLER_DISTRICTS":
                 continue  # read by the unit's own command line
             assert f'"{name}"' in SETTINGS, f"{f.name}: {name} is not read by streetlight/settings.py"
+
+
+def test_the_shipped_mosquitto_conf_carries_the_limits_that_provision_generates(tmp_path: Path) -> None:
+    from broker.security import MosquittoOptions, Registry, write_mosquitto
+
+    registry = Registry()
+    registry.provision([])
+    files = write_mosquitto(registry, tmp_path, MosquittoOptions())
+    limits = re.compile(r"^(max_\w+|queue_qos0_messages|message_size_limit) ")
+    generated = {line for line in files.conf.read_text().splitlines() if limits.match(line)}
+    shipped = {
+        line
+        for line in (DEPLOY / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+        if limits.match(line)
+    }
+    assert "max_connections -1" in shipped and "max_connections -1" in generated  # per listener
+    assert shipped == generated

@@ -420,7 +420,7 @@ def test_birth_comes_first_then_a_retained_online_state() -> None:
     assert state.retain
 
 
-def test_seq_increases_by_one_on_every_message_across_reconnects() -> None:
+def test_seq_increases_by_one_on_every_numbered_message_across_reconnects() -> None:
     lamp = make_lamp()
     rng = random.Random(7)
     seqs: list[object] = []
@@ -429,7 +429,7 @@ def test_seq_increases_by_one_on_every_message_across_reconnects() -> None:
         now_ms = NIGHT_MS + session * 60_000
         messages = [*lamp.on_connected(now_ms), lamp.telemetry(now_ms, rng)]
         messages += lamp.handle_command(cmd(now_ms), now_ms)
-        seqs += [m.payload["seq"] for m in messages if m.channel != "state"]
+        seqs += [m.payload["seq"] for m in messages if m.channel not in ("state", "ack")]
     assert seqs == list(range(1, len(seqs) + 1))
 
 
@@ -440,3 +440,13 @@ def test_timestamps_are_epoch_milliseconds_of_the_device_clock() -> None:
     assert telemetry.topic.endswith("/telemetry")
     assert datetime.fromtimestamp(NOON_MS / 1000, KST).hour == 12
     assert timedelta(milliseconds=NOON_MS).days > 19_000
+
+
+def test_an_ack_carries_no_seq_and_spends_no_number_of_the_telemetry_counter() -> None:
+    lamp = make_lamp()
+    rng = random.Random(1)
+    before = lamp.telemetry(NIGHT_MS, rng).to_payload()["seq"]
+    ack = ack_of(lamp.handle_command(cmd(NIGHT_MS, level=100, source="walk-1", ttl_s=10), NIGHT_MS))
+    assert "seq" not in ack
+    after = lamp.telemetry(NIGHT_MS + 1000, rng).to_payload()["seq"]
+    assert after == before + 1  # type: ignore[operator]

@@ -95,6 +95,25 @@ def test_seq_gaps_and_repeats_are_counted_per_device_and_a_birth_restarts_the_co
     assert out.births[0][:2] == ("11230", "L1")
 
 
+def test_events_share_the_seq_counter_with_telemetry_so_interleaved_ones_are_no_gap() -> None:
+    seqs = SeqTracker()
+    beacon = (
+        b'{"ts":%d,"seq":%d,"type":"beacon","token_hash":"9f86d081884c7d659a2feaa0c55ad015","rssi_dbm":-63}'
+    )
+    ack = b'{"ts":%d,"cmd_id":"c-1","status":"applied","effective_level":100}' % NOW_MS
+    messages = [
+        tel("L1", 1),
+        RawMessage("sl/v1/11230/L1/event", beacon % (NOW_MS, 2), 1),
+        RawMessage("sl/v1/11230/L1/ack", ack, 1),  # an ack carries no seq: it takes no number
+        RawMessage("sl/v1/11230/L1/event", beacon % (NOW_MS, 3), 1),
+        tel("L1", 4),
+    ]
+    out = process(messages, NOW_MS, seqs)
+    assert out.devices["L1"].seq_gaps == 0 and out.event_seq_gaps == 0
+    lost = process([RawMessage("sl/v1/11230/L1/event", beacon % (NOW_MS, 7), 1)], NOW_MS, seqs)
+    assert lost.event_seq_gaps == 2  # seq 5 and 6 never came
+
+
 def _principal(name: str, district: str) -> Principal:
     spec = DeviceSpec(name, "lamp", district)
     return Principal(name, "device", hash_secret("x" * 32), district, spec)

@@ -1,0 +1,143 @@
+"""Delivery through the broker configuration that is deployed, not a benchmark's.
+
+A real Mosquitto is started with exactly what `streetlight provision` writes (password file, ACL,
+limits; deploy/mosquitto/mosquitto.conf is the same text), devices publish with their own
+credentials, and ingest runs as the `streetlight ingest` command with the ingest account. The
+design figure (docs/operations.md, "Broker queue"): ingest may be away for 10 minutes of the
+city's traffic (~550 msg/s) without the broker dropping what arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker.security import DeviceSpec, MosquittoOptions, Registry, write_mosquitto
+from streetlight.localservices import free_port, tcp_reachable, terminate
+from tests.conftest import skip_unless
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+RUN_AS = "root" if os.geteuid() == 0 else None  # pytest's 0700 tmp dirs are closed to 'mosquitto'
+LAMPS = [DeviceSpec(f"lamp-q{i:02d}", "lamp", "11230") for i in range(20)]
+
+
+@dataclass
+class DeployedBroker:
+    port: int
+    secrets: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    conf: str
+
+
+@pytest.fixture
+def deployed(tmp_path: Path) -> Iterator[DeployedBroker]:
+    skip_unless(MOSQUITTO is not None, "mosquitto is not installed")
+    assert MOSQUITTO is not None
+    registry = Registry()
+    report = registry.provision(LAMPS)
+    port = free_port()
+    # Only what a test host needs differs from the deployed options: the port, the log file and
+    # the account to run as. Every limit is the default that provision writes.
+    options = MosquittoOptions(dev_port=port, log_dest=f"file {tmp_path}/mosquitto.log", run_as=RUN_AS)
+    files = write_mosquitto(registry, tmp_path, options)
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(files.conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not tcp_reachable("127.0.0.1", port, 0.2):
+        assert proc.poll() is None, (tmp_path / "mosquitto.log").read_text()
+        assert time.monotonic() < deadline, "mosquitto did not listen"
+        time.sleep(0.05)
+    yield DeployedBroker(port, report.secrets, proc, files.conf.read_text())
+    terminate(proc)
+
+
+def _ingest(broker: DeployedBroker, db: str, data_dir: Path, client_id: str) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        MQTT_URL=f"mqtt://ingest:{broker.secrets['ingest']}@127.0.0.1:{broker.port}",
+        DATABASE_URL=db,
+        STREETLIGHT_DATA_DIR=str(data_dir),
+    )
+    cmd = [sys.executable, "-m", "streetlight.commands.ingest", "--no-jobs", "--client-id", client_id]
+    with (data_dir / f"{client_id}.log").open("ab") as log:
+        return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=log)
+
+
+def _rows(db: str) -> int:
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT count(*) FROM telemetry WHERE device_id LIKE 'lamp-q%%'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _publish_from_every_lamp(broker: DeployedBroker, per_lamp: int, qos: int) -> None:
+    """Each lamp publishes its own telemetry with its own credentials, as fast as the broker takes it."""
+    ts = int(time.time() * 1000)
+    clients = []
+    for spec in LAMPS:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec.id)
+        c.username_pw_set(spec.id, broker.secrets[spec.id])
+        c.max_queued_messages_set(0)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        clients.append(c)
+    infos = []
+    for n in range(per_lamp):
+        for spec, c in zip(LAMPS, clients, strict=True):
+            body = {"ts": ts + n, "seq": n, "level": 80, "power_w": 36.0, "faults": []}
+            infos.append(c.publish(f"sl/v1/11230/{spec.id}/telemetry", json.dumps(body), qos=qos))
+    for info in infos:
+        info.wait_for_publish(60)
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_what_arrives_while_ingest_is_down_waits_at_the_deployed_broker_and_is_all_stored(
+    deployed: DeployedBroker, migrated: str, tmp_path: Path
+) -> None:
+    # 20,000 QoS 1 and 2,000 QoS 0 messages: 40 s of the city's traffic, 20x the old queue bound.
+    client_id = "ingest-q"
+    ingest = _ingest(deployed, migrated, tmp_path, client_id)
+    try:
+        deadline = time.monotonic() + 30
+        while _rows(migrated) == 0:  # once one is stored, ingest's persistent session exists
+            assert time.monotonic() < deadline, "ingest never stored a message"
+            _publish_from_every_lamp(deployed, 1, qos=1)
+            time.sleep(0.5)
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(30)
+    before = _rows(migrated)
+    _publish_from_every_lamp(deployed, 1000, qos=1)
+    _publish_from_every_lamp(deployed, 100, qos=0)
+    started = time.monotonic()
+    ingest = _ingest(deployed, migrated, tmp_path, client_id)
+    try:
+        want = before + len(LAMPS) * 1100
+        deadline = time.monotonic() + 120
+        while (have := _rows(migrated)) < want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        drained_s = time.monotonic() - started
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(30)
+    log = (tmp_path / f"{client_id}.log").read_text()[-3000:]
+    assert have == want, f"{want - have} of {want} messages lost with the deployed limits; ingest:\n{log}"
+    assert drained_s < 120
