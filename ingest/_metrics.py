@@ -46,6 +46,7 @@ class IngestMetrics:
     db_failures: int = 0
     db_up: bool = True
     subscribed: bool = False
+    standby: bool = False  # a --group instance waiting for the group's lease
     pending: int = 0
     lag_ms_last: float = 0.0
     last_commit_unix_s: float = 0.0  # wall-clock time of the last committed batch (0: none yet)
@@ -133,6 +134,12 @@ class IngestMetrics:
             [(w, self.state_resyncs)],
         )
         metric("ingest_subscribed", "gauge", "1 while subscribed", [(w, int(self.subscribed))])
+        metric(
+            "ingest_standby",
+            "gauge",
+            "1 while waiting for the group's lease (another instance consumes)",
+            [(w, int(self.standby))],
+        )
         metric(
             "ingest_database_up",
             "gauge",

@@ -243,6 +243,7 @@ class IngestWorker:
         active = False
         confirmed_at = -1e9
         next_round = 0.0
+        self.metrics.standby = True
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_round:
@@ -255,6 +256,7 @@ class IngestWorker:
                     self.client.connect_async(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
                     self.client.loop_start()
                     active = True
+                    self.metrics.standby = False
                 elif held is False and active:
                     self._step_down(lease, "another instance holds the lease")
                     active = False
@@ -278,6 +280,7 @@ class IngestWorker:
         self.client.loop_stop()
         self._connected.clear()
         self.metrics.subscribed = False
+        self.metrics.standby = True
         # Not committed, so not acknowledged: the lease holder gets these again from the session.
         self._queue.clear()
 

@@ -113,6 +113,7 @@ def test_two_ingest_instances_of_one_group_store_every_message_once_and_a_standb
         _wait(f"{n} rows", lambda: _rows(db_url, first)[1] == n, 60)
         time.sleep(1.0)  # anything more (a duplicate) would have arrived by now
         assert _rows(db_url, first) == (n, n)
+        assert [_metric(ports[k], "ingest_standby") for k in ("a", "b")] == [0, 1]
         received = {k: _metric(p, "ingest_messages_received_total") for k, p in ports.items()}
         assert received["b"] == 0 and received["a"] >= n, f"exactly one instance consumes: {received}"
         with psycopg.connect(db_url, autocommit=True) as conn:
