@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,7 +23,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest import RawMessage, SeqTracker, process, write_batch
+from broker import parse_mqtt_url
+from ingest import ConsumerLease, IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, write_batch
 from store import lease_owners, migrate
 from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
@@ -163,3 +165,51 @@ def test_messages_written_by_two_instances_during_a_takeover_overlap_are_stored_
         ).fetchone()
     assert (first.inserted, again.inserted, again.offered) == (6, 0, 6)
     assert stored == (6,)
+
+
+def _group_worker(
+    svc: MqttService, db_url: str, tmp: Path, group: str, name: str, ttl_s: float
+) -> tuple[IngestWorker, threading.Thread]:
+    config = WorkerConfig(
+        mqtt=parse_mqtt_url(svc.url),
+        database_url=db_url,
+        spool_path=tmp / f"{name}.spool",
+        client_id=group,
+        shared=False,
+        max_delay_s=0.05,
+    )
+    worker = IngestWorker(config, lease=ConsumerLease(db_url, group, name, ttl_s))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def test_a_cleanly_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_lease_steps_down(
+    mqtt_service: MqttService, db_url: str, unique_id: str, tmp_path: Path
+) -> None:
+    migrate(db_url)
+    group, ttl_s = f"hand-{unique_id}", 3.0
+    a, a_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "a", ttl_s)
+    b, b_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "b", ttl_s)
+    try:
+        _wait("a consuming", lambda: a.metrics.subscribed, 20)
+        _wait("b standing by", lambda: b.metrics.standby, 20)
+        assert not b.metrics.subscribed
+        a.stop()
+        a_thread.join(20)
+        stopped_at = time.monotonic()
+        _wait("b consuming", lambda: b.metrics.subscribed, 20)
+        # Released on the way out: b takes it at its next try, not when the lease runs out.
+        assert time.monotonic() - stopped_at < ttl_s
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            # Another instance holds the lease now (as after b was cut off for a whole lease).
+            conn.execute(
+                "UPDATE controller_leases SET owner = 'other', expires_at = now() + interval '1 hour' "
+                "WHERE district_code = %s",
+                (f"ingest/{group}",),
+            )
+        _wait("b standing by", lambda: b.metrics.standby and not b.metrics.subscribed, ttl_s + 2)
+    finally:
+        for w, t in ((a, a_thread), (b, b_thread)):
+            w.stop()
+            t.join(20)
