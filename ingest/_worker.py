@@ -234,7 +234,7 @@ class IngestWorker:
                 self.config.index,
             )
             self.client.disconnect()
-            self.client.loop_stop()
+            self._loop_stop()
             self.client.reconnect()
             self.client.loop_start()
 
@@ -274,10 +274,16 @@ class IngestWorker:
                 self._maybe_reconnect()
             self._stop.wait(0.2)
 
+    def _loop_stop(self) -> None:
+        """Stop paho's network thread and close its wake-up socket pair: paho 2.2's ``loop_start``
+        opens a new pair each time and ``loop_stop`` leaves the old one open."""
+        self.client.loop_stop()
+        self.client._reset_sockets(sockpair_only=True)
+
     def _step_down(self, lease: ConsumerLease, why: str) -> None:
         log.warning("ingest_lease_lost key=%s owner=%s why=%s: standing by", lease.key, lease.owner, why)
         self.client.disconnect()
-        self.client.loop_stop()
+        self._loop_stop()
         self._connected.clear()
         self.metrics.subscribed = False
         self.metrics.standby = True

@@ -184,7 +184,7 @@ def _group_worker(
     return worker, thread
 
 
-def test_a_cleanly_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_lease_steps_down(
+def test_a_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_lease_stands_by_until_free(
     mqtt_service: MqttService, db_url: str, unique_id: str, tmp_path: Path
 ) -> None:
     migrate(db_url)
@@ -209,6 +209,9 @@ def test_a_cleanly_stopped_consumer_hands_its_group_over_at_once_and_one_that_lo
                 (f"ingest/{group}",),
             )
         _wait("b standing by", lambda: b.metrics.standby and not b.metrics.subscribed, ttl_s + 2)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("DELETE FROM controller_leases WHERE district_code = %s", (f"ingest/{group}",))
+        _wait("b consuming again", lambda: b.metrics.subscribed and not b.metrics.standby, ttl_s + 5)
     finally:
         for w, t in ((a, a_thread), (b, b_thread)):
             w.stop()
