@@ -190,9 +190,11 @@ def test_a_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_l
     migrate(db_url)
     group, ttl_s = f"hand-{unique_id}", 3.0
     a, a_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "a", ttl_s)
-    b, b_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "b", ttl_s)
+    workers = [(a, a_thread)]
     try:
         _wait("a consuming", lambda: a.metrics.subscribed, 20)
+        b, b_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "b", ttl_s)
+        workers.append((b, b_thread))
         _wait("b standing by", lambda: b.metrics.standby, 20)
         assert not b.metrics.subscribed
         a.stop()
@@ -213,6 +215,6 @@ def test_a_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_l
             conn.execute("DELETE FROM controller_leases WHERE district_code = %s", (f"ingest/{group}",))
         _wait("b consuming again", lambda: b.metrics.subscribed and not b.metrics.standby, ttl_s + 5)
     finally:
-        for w, t in ((a, a_thread), (b, b_thread)):
+        for w, t in workers:
             w.stop()
             t.join(20)
