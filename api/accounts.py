@@ -8,6 +8,7 @@ from argon2 import PasswordHasher
 
 from api.security import ROLES, password_hasher
 from geo import Gazetteer
+from store.accounts import revoke_sessions
 from store.repo import get_operator, upsert_operator
 from store.types import Conn
 
@@ -33,21 +34,24 @@ def create_operator(
     district: str | None = None,
     display_name: str | None = None,
     hasher: PasswordHasher | None = None,
-) -> None:
-    """Create or replace an operator account; a district operator needs its 5-digit district."""
+) -> int:
+    """Create or replace an operator account; a district operator needs its 5-digit district.
+    Replacing an account (a new password) ends its sessions: returns how many."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if role == "district" and not district:
         raise ValueError("a district operator needs a district code")
     hasher = hasher or password_hasher(3, 65536)
-    upsert_operator(
-        conn,
-        username,
-        password_hash=hasher.hash(password),
-        role=role,
-        district_code=district,
-        display_name=display_name,
-    )
+    with conn.transaction():
+        upsert_operator(
+            conn,
+            username,
+            password_hash=hasher.hash(password),
+            role=role,
+            district_code=district,
+            display_name=display_name,
+        )
+        return revoke_sessions(conn, username)
 
 
 def ensure_demo_operators(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,15 +26,17 @@ from fastapi.staticfiles import StaticFiles
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from api import lamps, operators, residents, stream, walklive
+from api import lamps, logredact, operators, residents, stream, walklive
 from api.config import ApiConfig
+from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
+from api.loginguard import LoginGuard
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.places import LampDirectory
 from api.queries import shared_token_secret
 from api.ratelimit import RateLimiter
 from api.schemas import describe_errors
-from api.security import password_hasher
+from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
 from geo import Gazetteer
 from store.errors import StoreRejected
@@ -79,21 +82,29 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         name="api",
     )
     pool.open(wait=True, timeout=30.0)
+    hasher = password_hasher(config.kdf_time_cost, config.kdf_memory_kib)
     state = AppState(
         config=config,
         pool=pool,
         gazetteer=Gazetteer.load(),
         lamps=LampDirectory(),
-        hasher=password_hasher(config.kdf_time_cost, config.kdf_memory_kib),
+        hasher=hasher,
         token_secret=secret,
         metrics=metrics,
         hub=StreamHub(config.database_url, metrics, config.stream_queue),
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
         sos_limit=RateLimiter(config.sos_per_minute, 60.0),
-        login_limit=RateLimiter(config.logins_per_minute, 60.0),
-        register_limit=RateLimiter(config.registrations_per_minute, 60.0)
-        if config.registrations_per_minute
+        login_guard=LoginGuard(
+            per_username=config.login_failures_per_username,
+            per_address=config.login_failures_per_address,
+            window_s=config.login_window_s,
+            spray_usernames=config.login_spray_usernames,
+        ),
+        register_limit=RateLimiter(config.registrations_per_hour, 3600.0)
+        if config.registrations_per_hour
         else None,
+        walk_start_limit=RateLimiter(config.walk_starts_per_minute, 60.0),
+        dummy_password_hash=dummy_password_hash(hasher),
         db_slots=asyncio.Semaphore(config.pool_max),
     )
     _refresh_once(state)
@@ -107,6 +118,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cfg = config or ApiConfig.from_settings(Settings.from_env())
+        logredact.install()  # after the server configured its loggers
         state = await run_in_threadpool(_open_state, cfg, metrics)
         app.state.api = state
         state.apool = AsyncConnectionPool(
@@ -137,6 +149,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(BoundaryMiddleware, max_body_bytes=(config or ApiConfig("")).max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: metrics)
     app.include_router(residents.router)
     app.include_router(operators.router)
@@ -152,6 +165,13 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     @app.exception_handler(ValueError)
     async def invalid_value(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(psycopg.DataError)
+    async def value_refused(request: Request, exc: psycopg.DataError) -> JSONResponse:
+        # A value PostgreSQL (or psycopg's encoder) refuses: a NUL byte, an untranslatable character,
+        # a number out of range. The caller's input, so a 4xx; the boundary checks catch most first.
+        log.info("api.value_refused", extra={"path": request.url.path, "error": type(exc).__name__})
+        return JSONResponse({"detail": f"a value was refused by the database: {exc}"}, status_code=400)
 
     @app.exception_handler(StoreRejected)
     async def store_rejected(request: Request, exc: StoreRejected) -> JSONResponse:
@@ -175,9 +195,26 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             return JSONResponse({"status": "stream not listening"}, status_code=503)
         return JSONResponse({"status": "ready", "lamps": len(state.lamps.snapshot.index)})
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response)
-    def prometheus() -> Response:
-        """Counters and latency histograms in the Prometheus text format."""
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={401: {"description": "wrong or missing bearer token"}, 404: {"description": "not served"}},
+    )
+    def prometheus(request: Request) -> Response:
+        """Counters and latency histograms in the Prometheus text format, for the scraper holding
+        ``STREETLIGHT_API_METRICS_TOKEN`` (``Authorization: Bearer``); not served without one."""
+        wanted = request.app.state.api.config.metrics_token
+        if not wanted:
+            return JSONResponse({"detail": "metrics are not served: set STREETLIGHT_API_METRICS_TOKEN"}, 404)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), wanted.encode()):
+            return JSONResponse(
+                {"detail": "metrics need Authorization: Bearer <metrics token>"},
+                401,
+                {"WWW-Authenticate": "Bearer"},
+            )
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from streetlight.settings import Settings
 
+# A WebSocket message (a walker's position, a console's ping) is under 1 KiB; uvicorn's default
+# would read 16 MiB. Passed to the server (`streetlight api`, `api.testing.serve`), not the app.
+WS_MAX_MESSAGE_BYTES = 65536
+
 
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
@@ -22,11 +26,27 @@ class ApiConfig:
     # Issue 6: "positions at most 2 per second per walk, SOS at most 3 per minute per resident".
     walk_positions_per_s: float = 2.0
     sos_per_minute: int = 3
-    # Failed logins per username per minute before 429 (password guessing).
-    logins_per_minute: int = 10
-    # New residents per client address per minute; 0 = no limit (the default: many phones share
-    # one carrier NAT address, and the simulator registers thousands from one host).
-    registrations_per_minute: int = 0
+    # Password guessing (api/loginguard.py): failed logins per username (refused from places the
+    # operator never used) and per source address (refused whatever the username), per window;
+    # an address failing on this many usernames in the window is a suspected spray (audited).
+    login_failures_per_username: int = 10
+    login_failures_per_address: int = 30
+    login_window_s: float = 900.0
+    login_spray_usernames: int = 5
+    # New residents per client address per hour; 0 = no limit. A phone registers once per install,
+    # so 60 an hour leaves room for a carrier NAT address shared by many phones.
+    registrations_per_hour: int = 60
+    # Walks in progress per resident: a new walk ends the oldest beyond this (an app restarted
+    # mid-walk is never locked out); walk starts per resident per minute.
+    walks_per_resident: int = 1
+    walk_starts_per_minute: int = 6
+    # SOS alerts of other residents from one client address within this window are grouped, and
+    # all but the first flagged as a suspected burst (never dropped).
+    sos_burst_window_s: float = 600.0
+    # Request bodies: the largest is an operator account (~1.5 kB); 64 KiB is generous.
+    max_body_bytes: int = 65536
+    # ``/metrics`` answers only ``Authorization: Bearer <metrics_token>``; None: not served (404).
+    metrics_token: str | None = None
     lamp_refresh_s: float = 30.0  # how often the lamp index is rebuilt from the devices table
     nearest_lamps: int = 3  # lamps named in an SOS's place
     stream_queue: int = 1000  # per console; a console that falls this far behind is disconnected
@@ -43,4 +63,6 @@ class ApiConfig:
             token_ttl_s=settings.api_token_ttl_s,
             kdf_time_cost=settings.api_kdf_time_cost,
             kdf_memory_kib=settings.api_kdf_memory_kib,
+            registrations_per_hour=settings.api_registrations_per_hour,
+            metrics_token=settings.api_metrics_token,
         )

@@ -26,6 +26,7 @@ from alerts import alert_from_dict, allowed_actions
 from alerts._errors import AlertError
 from api.metrics import ApiMetrics
 from api.queries import STREAM_SELECT
+from store.accounts import OPERATOR_CHANNEL
 from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ def alert_summary(row: dict[str, Any]) -> dict[str, Any]:
         "last_event": timeline[-1] if timeline else None,
         "allowed_actions": actions,
         "event_id": int(row.get("event_id") or 0),
+        # SOS alerts from one source (address) within a window: grouped, all but the first flagged.
+        "suspected_burst": bool(row.get("suspected_burst")),
+        "burst_group": row.get("burst_group"),
     }
 
 
@@ -80,6 +84,7 @@ class Subscriber:
     districts: list[str] | None
     kinds: list[str] | None
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    username: str | None = None  # told when that operator's account or sessions change
 
     def wants(self, districts: list[str], kind: str | None) -> bool:
         """True when this console may see an item of these districts and kind."""
@@ -89,7 +94,7 @@ class Subscriber:
 
 
 class StreamHub:
-    """LISTEN sl_alert and sl_lamp; push each change to the consoles that may see it."""
+    """LISTEN sl_alert, sl_lamp and sl_operator; push each change to the consoles that may see it."""
 
     def __init__(self, database_url: str, metrics: ApiMetrics, queue_size: int) -> None:
         self._url = database_url
@@ -98,9 +103,11 @@ class StreamHub:
         self._subs: set[Subscriber] = set()
         self.ready = asyncio.Event()
 
-    def subscribe(self, districts: list[str] | None, kinds: list[str] | None) -> Subscriber:
+    def subscribe(
+        self, districts: list[str] | None, kinds: list[str] | None, username: str | None = None
+    ) -> Subscriber:
         """Register a console; its queue starts receiving at once."""
-        sub = Subscriber(districts, kinds, asyncio.Queue(maxsize=self._queue_size))
+        sub = Subscriber(districts, kinds, asyncio.Queue(maxsize=self._queue_size), username)
         self._subs.add(sub)
         self._metrics.stream_clients.set(len(self._subs))
         return sub
@@ -134,6 +141,11 @@ class StreamHub:
         self._subs.clear()
 
     async def _dispatch(self, reader: AsyncConnection[Any], channel: str, payload: str) -> None:
+        if channel == OPERATOR_CHANNEL:  # payload: a username whose account or sessions changed
+            for sub in list(self._subs):
+                if sub.username == payload:
+                    self._offer(sub, {"type": "account"})
+            return
         try:
             note = json.loads(payload)
         except ValueError:
@@ -163,6 +175,7 @@ class StreamHub:
                 ):
                     await listen.execute(f"LISTEN {ALERT_CHANNEL}")
                     await listen.execute(f"LISTEN {LAMP_CHANNEL}")
+                    await listen.execute(f"LISTEN {OPERATOR_CHANNEL}")
                     self.ready.set()
                     attempt = 0
                     async for notification in listen.notifies():

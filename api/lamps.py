@@ -228,8 +228,18 @@ def lamp_override_clear(device_id: str, op: CurrentOperator, conn: Db) -> dict[s
 
 @router.get("/v1/walkers", summary="Walks in progress as anonymous dots")
 def walkers(op: CurrentOperator, conn: Db) -> dict[str, Any]:
-    """The latest position of each walk in progress (no ids; rounded to ~10 m)."""
+    """The latest position of each walk in progress (no ids; rounded to ~10 m). Residents'
+    positions: refused to maintenance (lamps need no walkers), and every read is audited."""
+    require_role(op, "district", "city", "admin")
     rows = active_walkers(conn, visible_districts(op))
+    log_access(
+        conn,
+        actor=op.actor,
+        action="read_walkers",
+        subject_kind="walkers",
+        subject_id=",".join(visible_districts(op) or ["all"]),
+        details={"walkers": len(rows)},
+    )
     return {
         "walkers": [
             {

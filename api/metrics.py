@@ -42,6 +42,22 @@ class ApiMetrics:
             ["limit"],
             registry=self.registry,
         )
+        self.login_failures = Counter(
+            "streetlight_api_login_failures",
+            "failed or refused operator logins by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.login_sprays = Counter(
+            "streetlight_api_login_sprays",
+            "addresses seen failing logins on many usernames (suspected password spray)",
+            registry=self.registry,
+        )
+        self.sos_bursts = Counter(
+            "streetlight_api_sos_suspected_bursts",
+            "SOS alerts flagged as part of a burst from one source",
+            registry=self.registry,
+        )
         self.walk_positions = Counter(
             "streetlight_api_walk_positions", "walk positions accepted", registry=self.registry
         )

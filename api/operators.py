@@ -7,12 +7,13 @@ an operator's view answers 404, exactly as an unknown one, so ids leak nothing.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from alerts import (
     Alert,
@@ -29,15 +30,43 @@ from alerts import (
 )
 from api.accounts import create_operator
 from api.hub import alert_summary
+from api.loginguard import Refusal, Throttle
 from api.queries import audit_entries, last_event_id, list_operators
 from api.ratelimit import retry_after_header
 from api.schemas import DispatchIn, LoginIn, NoteIn, OperatorIn, ResolveIn
-from api.security import Operator, sign_token, verify_password
-from api.state import CurrentOperator, Db, State, may_see, require_role, visible_districts, visible_kinds
+from api.security import Operator, SessionClaims, new_session_id, sign_token, verify_password
+from api.state import (
+    AppState,
+    CurrentOperator,
+    Db,
+    State,
+    client_address,
+    may_see,
+    require_role,
+    visible_districts,
+    visible_kinds,
+)
+from store.accounts import (
+    account_changed,
+    create_session,
+    is_login_place,
+    remember_login_place,
+    revoke_session,
+    set_operator_disabled,
+)
 from store.alertstore import AlertNotFound, change_alert
-from store.repo import alert_events, alert_track, get_alert, get_operator, list_alerts, log_access
+from store.repo import (
+    alert_events,
+    alert_track,
+    get_alert,
+    get_operator,
+    list_alerts,
+    log_access,
+    log_accesses,
+)
 from store.types import Conn
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["operators"])
 
 _STATES = ("open", "acknowledged", "dispatched", "resolved", "cancelled")
@@ -47,28 +76,93 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _audit_login(conn: Conn, address: str, action: str, username: str, **details: Any) -> None:
+    log_access(
+        conn,
+        actor=f"address:{address}",
+        action=action,
+        subject_kind="operator",
+        subject_id=username,
+        details={"address": address, **details},
+    )
+
+
+def _throttled(state: AppState, conn: Conn, username: str, address: str, now: float) -> Refusal | None:
+    """A refusal for this attempt, or None: the address's failures first, then the username's
+    (not from a place the operator logged in from before; api/loginguard.py)."""
+    guard = state.login_guard
+    refusal = guard.address_refusal(address, now)
+    if refusal is None:
+        refusal = guard.username_refusal(username, now)
+        if refusal is not None and is_login_place(conn, username, address):
+            refusal = None
+    return refusal
+
+
 @router.post("/v1/auth/login", summary="Operator login")
-def login(body: LoginIn, state: State, conn: Db) -> dict[str, Any]:
-    """A session token for a valid username and password (argon2id), with its expiry and role."""
-    wait = state.login_limit.hit(body.username, time.monotonic())
-    if wait:
+def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, Any]:
+    """A session token for a valid username and password (argon2id), with its expiry and role.
+
+    Failed logins are audited and limited per address and per username (429 with Retry-After);
+    an unknown username costs the same password check as a wrong password."""
+    address, now = client_address(request), time.monotonic()
+    refusal = _throttled(state, conn, body.username, address, now)
+    if refusal is not None:
         state.metrics.rate_limited.labels("login").inc()
+        state.metrics.login_failures.labels(f"throttled_{refusal.throttle.value}").inc()
+        if state.login_guard.first_report(f"{refusal.throttle.value}:{address}:{body.username}", now):
+            _audit_login(conn, address, "login.throttled", body.username, by=refusal.throttle.value)
+        where = "from this address" if refusal.throttle is Throttle.ADDRESS else "for this username"
         raise HTTPException(
-            429, "too many login attempts for this user", {"Retry-After": retry_after_header(wait)}
+            429,
+            f"too many failed logins {where}; try again later",
+            {"Retry-After": retry_after_header(refusal.wait_s)},
         )
     row = get_operator(conn, body.username)
-    if row is None or not verify_password(state.hasher, row["password_hash"], body.password):
+    # The same argon2id work whether the account exists or not: timing tells no usernames.
+    stored = row["password_hash"] if row is not None else state.dummy_password_hash
+    if not verify_password(state.hasher, stored, body.password) or row is None:
+        reason = "unknown_user" if row is None else "wrong_password"
+        state.metrics.login_failures.labels(reason).inc()
+        spray = state.login_guard.failed(body.username, address, now)
+        with conn.transaction():
+            _audit_login(conn, address, "login.failed", body.username, reason=reason)
+            if spray:
+                state.metrics.login_sprays.inc()
+                _audit_login(conn, address, "login.spray_suspected", body.username)
+        if spray:
+            log.warning("login.spray_suspected", extra={"address": address})
         raise HTTPException(401, "wrong username or password")
     expires = time.time() + state.config.token_ttl_s
-    op = Operator(row["username"], row["role"], row["district_code"], expires)
-    log_access(conn, actor=op.actor, action="login", subject_kind="operator", subject_id=op.username)
+    claims = SessionClaims(new_session_id(), row["username"], expires)
+    op = Operator(row["username"], row["role"], row["district_code"], expires, claims.session_id)
+    with conn.transaction():
+        create_session(conn, claims.session_id, op.username, expires_at=datetime.fromtimestamp(expires, UTC))
+        remember_login_place(conn, op.username, address)
+        log_access(
+            conn,
+            actor=op.actor,
+            action="login",
+            subject_kind="operator",
+            subject_id=op.username,
+            details={"address": address},
+        )
     return {
-        "token": sign_token(state.token_secret, op),
+        "token": sign_token(state.token_secret, claims),
         "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
         "role": op.role,
         "district": op.district,
         "username": op.username,
     }
+
+
+@router.post("/v1/auth/logout", status_code=204, summary="Operator logout")
+def logout(op: CurrentOperator, conn: Db) -> Response:
+    """End this session: its token is refused from now on, and its live streams close."""
+    with conn.transaction():
+        revoke_session(conn, op.session_id)
+        log_access(conn, actor=op.actor, action="logout", subject_kind="operator", subject_id=op.username)
+    return Response(status_code=204)
 
 
 @router.get("/v1/me", summary="Who am I")
@@ -109,7 +203,19 @@ def alerts_list(
     rows = list_alerts(
         conn, district_codes=visible_districts(op), statuses=status, kinds=kinds, since=since, limit=limit
     )
+    audit_resident_places(conn, op, "read_alert_list", rows)
     return {"alerts": [alert_summary(r) for r in rows], "event_id": last_event_id(conn)}
+
+
+def audit_resident_places(conn: Conn, op: Operator, action: str, rows: list[dict[str, Any]]) -> None:
+    """One audit row per resident whose SOS position (the alert's place) this answer carries."""
+    by_resident: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("resident_id") is not None:
+            by_resident.setdefault(str(r["resident_id"]), []).append(str(r["alert_id"]))
+    if by_resident:
+        entries = [("resident", rid, {"alert_ids": ids}) for rid, ids in by_resident.items()]
+        log_accesses(conn, actor=op.actor, action=action, entries=entries)
 
 
 def _visible_alert(conn: Conn, op: Operator, alert_id: str) -> dict[str, Any]:
@@ -222,6 +328,15 @@ def alert_cap(alert_id: str, op: CurrentOperator, conn: Db) -> Response:
     """The OASIS CAP 1.2 XML of the alert's latest message."""
     row = _visible_alert(conn, op, alert_id)
     message = render_cap(alert_from_dict(row["data"]))
+    if row["resident_id"] is not None:  # the CAP area is the resident's position
+        log_access(
+            conn,
+            actor=op.actor,
+            action="read_cap",
+            subject_kind="resident",
+            subject_id=str(row["resident_id"]),
+            details={"alert_id": alert_id},
+        )
     return Response(message.xml, media_type="application/cap+xml")
 
 
@@ -252,16 +367,52 @@ def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: 
         raise HTTPException(422, "a district operator needs a district (5-digit code)")
     if body.district is not None and body.district not in {d.code for d in state.gazetteer.districts}:
         raise HTTPException(422, f"unknown district {body.district!r}")
-    create_operator(
-        conn,
-        body.username,
-        body.password,
-        role=body.role,
-        district=body.district,
-        display_name=body.display_name,
-        hasher=state.hasher,
-    )
-    log_access(
-        conn, actor=op.actor, action="operator.upsert", subject_kind="operator", subject_id=body.username
-    )
+    with conn.transaction():
+        ended = create_operator(
+            conn,
+            body.username,
+            body.password,
+            role=body.role,
+            district=body.district,
+            display_name=body.display_name,
+            hasher=state.hasher,
+        )
+        # A replaced password ends the account's sessions (create_operator); the role and district
+        # count from the next request anyway (each request reads the account as it is now).
+        log_access(
+            conn,
+            actor=op.actor,
+            action="operator.upsert",
+            subject_kind="operator",
+            subject_id=body.username,
+            details={"role": body.role, "district": body.district, "sessions_ended": ended},
+        )
     return {"username": body.username, "role": body.role, "district": body.district}
+
+
+@router.post("/v1/operators/{username}/disable", summary="Disable an operator (admin)")
+def operators_disable(username: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """The account can no longer log in and its sessions end at once (tokens and live streams)."""
+    return _set_disabled(conn, op, username, True)
+
+
+@router.post("/v1/operators/{username}/enable", summary="Enable an operator again (admin)")
+def operators_enable(username: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+    """The account may log in again (its old sessions stay ended)."""
+    return _set_disabled(conn, op, username, False)
+
+
+def _set_disabled(conn: Conn, op: Operator, username: str, disabled: bool) -> dict[str, Any]:
+    require_role(op, "admin")
+    with conn.transaction():
+        if not set_operator_disabled(conn, username, disabled):
+            raise HTTPException(404, f"unknown operator {username!r}")
+        account_changed(conn, username)
+        log_access(
+            conn,
+            actor=op.actor,
+            action="operator.disable" if disabled else "operator.enable",
+            subject_kind="operator",
+            subject_id=username,
+        )
+    return {"username": username, "disabled": disabled}

@@ -71,6 +71,7 @@ def last_event_id(conn: Conn) -> int:
 
 STREAM_SELECT = """
 SELECT a.alert_id, a.kind, a.status, a.district_codes, a.updated_at, a.data,
+       a.suspected_burst, a.burst_group, a.resident_id,
        (SELECT coalesce(max(e.id), 0) FROM alert_events e WHERE e.alert_id = a.alert_id) AS event_id
 FROM alerts a
 """

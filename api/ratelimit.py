@@ -40,6 +40,18 @@ class RateLimiter:
             hits.append(now)
             return 0.0
 
+    def wait(self, key: str, now: float) -> float:
+        """Like `hit` without recording anything: 0.0 when a hit would be allowed, else the wait."""
+        with self._lock:
+            hits = self._hits.get(key)
+            if not hits:
+                return 0.0
+            while hits and hits[0] <= now - self.window_s:
+                hits.popleft()
+            if len(hits) >= self.limit:
+                return max(hits[0] + self.window_s - now, 1e-3)
+            return 0.0
+
     def _forget_idle(self, now: float) -> None:
         idle = [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window_s]
         for k in idle:

@@ -7,6 +7,8 @@ is done, so an accepted SOS survives any crash after the answer.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +23,7 @@ from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
-from api.state import AppState, Db, Resident, State, bearer_token
+from api.state import AppState, Db, Resident, State, bearer_token, client_address
 from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
@@ -32,8 +34,10 @@ from store.alertstore import (
     notify,
     save_alert,
 )
+from store.bursts import mark_sos_source
 from store.repo import (
     WalkPosition,
+    active_walks_of,
     add_walk_positions,
     attach_walk_to_alert,
     claim_idempotency_key,
@@ -103,8 +107,9 @@ def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
 
 @router.post("/v1/residents", status_code=201, summary="Register an app install")
 def register(request: Request, state: State, conn: Db) -> dict[str, str]:
-    """A pseudonymous resident id and its install token; the token is shown only this once."""
-    client = request.client.host if request.client else "unknown"
+    """A pseudonymous resident id and its install token; the token is shown only this once.
+    At most ``registrations_per_hour`` per client address (429 with Retry-After)."""
+    client = client_address(request)
     wait = state.register_limit.hit(client, time.monotonic()) if state.register_limit else 0.0
     if wait:
         state.metrics.rate_limited.labels("register").inc()
@@ -125,11 +130,28 @@ def delete_me(resident: Resident, conn: Db) -> Response:
 
 @router.post("/v1/walks", status_code=201, summary="Start a safe walk")
 def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db) -> dict[str, Any]:
-    """Start a walk at a position; answers with the lamps being brightened."""
+    """Start a walk at a position; answers with the lamps being brightened. A resident has at most
+    ``walks_per_resident`` walks in progress (one by default): a new walk ends the oldest, so an
+    app restarted mid-walk is never locked out (``ended`` lists them)."""
     district = _district_for_walk(state, body)
+    wait = state.walk_start_limit.hit(resident, time.monotonic())
+    if wait:
+        state.metrics.rate_limited.labels("walk_start").inc()
+        raise HTTPException(
+            429,
+            f"at most {state.config.walk_starts_per_minute} walks started per minute",
+            {"Retry-After": retry_after_header(wait)},
+        )
     now = _now()
     walk_id = new_id("walk")
     with conn.transaction():
+        # One resident's advisory lock: two starts racing cannot both keep their walk.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("walk:" + resident,))
+        active = active_walks_of(conn, resident)
+        superseded = active[: max(0, len(active) - state.config.walks_per_resident + 1)]
+        for old in superseded:
+            end_walk(conn, old["walk_id"], ended_at=now)
+            notify(conn, WALK_CHANNEL, _walk_note(old["walk_id"], "end", None, old["district_code"], now))
         start_walk(conn, walk_id, resident, started_at=now, district_code=district)
         add_walk_positions(
             conn,
@@ -138,7 +160,12 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
         )
         notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, district, now))
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": district, "lamps": walk_lamps(state, body)}
+    return {
+        "walk_id": walk_id,
+        "district": district,
+        "lamps": walk_lamps(state, body),
+        "ended": [w["walk_id"] for w in superseded],
+    }
 
 
 class PositionRateLimited(HTTPException):
@@ -267,7 +294,15 @@ def _sos_answer(alert: Alert) -> dict[str, Any]:
     return {"alert_id": alert.id, "district": route(alert.place)[0], "status": alert.state.value}
 
 
-def _accept_sos(state: AppState, conn: Conn, resident: str, body: SosIn, key: str) -> tuple[Alert, bool]:
+def sos_source_key(state: AppState, address: str) -> str:
+    """The pseudonymous key of an SOS's source address (HMAC with the token secret): the same on
+    every API instance, and the address itself is never stored."""
+    return hmac.new(state.token_secret, b"sos-source:" + address.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _accept_sos(
+    state: AppState, conn: Conn, resident: str, body: SosIn, key: str, source_key: str
+) -> tuple[Alert, bool]:
     """Claim the key, merge or open the SOS, save and notify: one transaction. Returns the alert and
     whether this request was a retry of an earlier one (same key)."""
     now = _now()
@@ -294,6 +329,16 @@ def _accept_sos(state: AppState, conn: Conn, resident: str, body: SosIn, key: st
             return earlier, True
         previous = None if created else next(a for a in active if a.id == alert.id)
         save_alert(conn, alert, previous=previous, resident_id=resident, walk_id=body.walk_id)
+        if created:
+            mark = mark_sos_source(
+                conn,
+                alert.id,
+                source_key=source_key,
+                resident_id=resident,
+                window_s=state.config.sos_burst_window_s,
+            )
+            if mark.suspected_burst:
+                state.metrics.sos_bursts.inc()
         if body.walk_id is not None:
             attach_walk_to_alert(conn, body.walk_id, alert.id)
     return alert, False
@@ -301,13 +346,21 @@ def _accept_sos(state: AppState, conn: Conn, resident: str, body: SosIn, key: st
 
 @router.post("/v1/sos", status_code=202, summary="Raise an SOS")
 def sos(
-    body: SosIn, resident: Resident, state: State, conn: Db, idempotency_key: IdempotencyKey = None
+    body: SosIn,
+    request: Request,
+    resident: Resident,
+    state: State,
+    conn: Db,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Accept an SOS once it is durable. A retry with the same ``Idempotency-Key`` returns the same
-    alert; more than 3 per minute still update the open alert but answer 429 with Retry-After."""
+    alert; more than 3 per minute still update the open alert but answer 429 with Retry-After.
+    Other residents' SOS from the same address within minutes are grouped and flagged for the
+    operator as a suspected burst (never refused)."""
     key = idempotency_key or new_id("auto")
+    source = sos_source_key(state, client_address(request))
     # Accepted first, limited after: an SOS is never refused, the limit only tells the app to stop.
-    alert, retried = _accept_sos(state, conn, resident, body, key)
+    alert, retried = _accept_sos(state, conn, resident, body, key, source)
     answer = _sos_answer(alert)
     if retried:
         state.metrics.sos.labels("retry").inc()

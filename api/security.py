@@ -3,9 +3,13 @@
 - A resident's token is 32 random bytes shown once; the database keeps its SHA-256 only (a
   random 256-bit secret needs no slow KDF: nobody can guess it to test against the hash).
 - An operator's password is hashed with argon2id (cost from the settings; tests lower it).
-- An operator's session token is `v1.<payload>.<HMAC-SHA256>` carrying username, role,
-  district and expiry, so every API instance can check it without a database round trip; the
-  signing secret comes from the settings or is shared through the database (`store_meta`).
+- An operator's session token is `v2.<payload>.<HMAC-SHA256>` carrying a random session id,
+  the username and the expiry. The signature refuses a forged or altered token without a database
+  round trip; the session and the account are then read as they are now (`store.accounts`), so
+  logout, a disabled account, a new role or district count from the next request. The signing
+  secret comes from the settings or is shared through the database (`store_meta`).
+- Login verifies a password hash for an unknown username too (`dummy_password_hash`), so the
+  answer's timing does not tell which usernames exist.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def password_hasher(time_cost: int, memory_kib: int) -> PasswordHasher:
     return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
 
 
+def dummy_password_hash(hasher: PasswordHasher) -> str:
+    """A hash of a random password with `hasher`'s cost, verified for unknown usernames so that
+    they cost the same time as a wrong password."""
+    return hasher.hash(secrets.token_urlsafe(24))
+
+
 def verify_password(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
     """True when `password` matches; False for a mismatch or an unreadable hash."""
     try:
@@ -56,13 +66,23 @@ def verify_password(hasher: PasswordHasher, password_hash: str, password: str) -
 
 
 @dataclass(frozen=True, slots=True)
+class SessionClaims:
+    """What a session token says: which session, whose, until when."""
+
+    session_id: str
+    username: str
+    expires_at: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Operator:
-    """Who is calling, as the session token says."""
+    """Who is calling: the session's account as it is now."""
 
     username: str
     role: str
     district: str | None
     expires_at: float  # epoch seconds
+    session_id: str = ""
 
     @property
     def actor(self) -> str:
@@ -78,21 +98,25 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign_token(secret: bytes, operator: Operator) -> str:
-    """A session token for `operator`, valid until its `expires_at`."""
+def new_session_id() -> str:
+    """A random session id (128 bits)."""
+    return secrets.token_urlsafe(16)
+
+
+def sign_token(secret: bytes, claims: SessionClaims) -> str:
+    """A session token for `claims`, valid (as far as the signature goes) until its `expires_at`."""
     payload = json.dumps(
-        {"u": operator.username, "r": operator.role, "d": operator.district, "e": operator.expires_at},
-        separators=(",", ":"),
+        {"s": claims.session_id, "u": claims.username, "e": claims.expires_at}, separators=(",", ":")
     ).encode("utf-8")
-    body = "v1." + _b64(payload)
+    body = "v2." + _b64(payload)
     mac = hmac.new(secret, body.encode("ascii"), hashlib.sha256).digest()
     return body + "." + _b64(mac)
 
 
-def verify_token(secret: bytes, token: str, now: float) -> Operator:
-    """The operator a token names; InvalidToken when it is malformed, forged or expired."""
+def verify_token(secret: bytes, token: str, now: float) -> SessionClaims:
+    """The session a token names; InvalidToken when it is malformed, forged or expired."""
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != "v1":
+    if len(parts) != 3 or parts[0] != "v2":
         raise InvalidToken("malformed operator token")
     body = parts[0] + "." + parts[1]
     try:
@@ -104,9 +128,9 @@ def verify_token(secret: bytes, token: str, now: float) -> Operator:
     if not hmac.compare_digest(mac, good):
         raise InvalidToken("operator token signature does not match")
     try:
-        operator = Operator(str(payload["u"]), str(payload["r"]), payload["d"], float(payload["e"]))
+        claims = SessionClaims(str(payload["s"]), str(payload["u"]), float(payload["e"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidToken("malformed operator token") from exc
-    if operator.expires_at <= now:
+    if claims.expires_at <= now:
         raise InvalidToken("operator token expired; log in again")
-    return operator
+    return claims

@@ -18,11 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from alerts import AlertKind
 from api.config import ApiConfig
 from api.hub import StreamHub
+from api.loginguard import LoginGuard
 from api.metrics import ApiMetrics
 from api.places import LampDirectory
 from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
 from geo import Gazetteer
+from store.accounts import session_account
 from store.repo import resident_by_token_hash
 from store.types import Conn
 
@@ -41,8 +43,10 @@ class AppState:
     hub: StreamHub
     position_limit: RateLimiter
     sos_limit: RateLimiter
-    login_limit: RateLimiter
+    login_guard: LoginGuard
     register_limit: RateLimiter | None
+    walk_start_limit: RateLimiter
+    dummy_password_hash: str  # verified for unknown usernames (same time as a wrong password)
     db_slots: asyncio.Semaphore  # request connections in use (the pool's max size)
     # The walkers' live sockets write from the event loop (no thread hop per position); opened in
     # the lifespan, on the server's loop.
@@ -90,6 +94,11 @@ async def get_conn(state: State) -> AsyncIterator[Conn]:
 Db = Annotated[Conn, Depends(get_conn)]
 
 
+def client_address(request: Request) -> str:
+    """The client's address as the server saw it (behind a proxy: the proxy's forwarded one)."""
+    return request.client.host if request.client else "unknown"
+
+
 def current_resident(request: Request, conn: Db) -> str:
     """The resident an install token belongs to; 401 when unknown or deleted."""
     resident = resident_by_token_hash(conn, hash_resident_token(bearer_token(request)))
@@ -98,15 +107,23 @@ def current_resident(request: Request, conn: Db) -> str:
     return resident
 
 
-def operator_from_token(state: AppState, token: str) -> Operator:
-    """The operator a session token names; InvalidToken otherwise."""
-    return verify_token(state.token_secret, token, time.time())
+def operator_from_token(state: AppState, conn: Conn, token: str) -> Operator:
+    """The operator of a session token, with the account's role and district as they are now;
+    InvalidToken for a forged or expired token, or a session ended (logout, account disabled)."""
+    claims = verify_token(state.token_secret, token, time.time())
+    row = session_account(conn, claims.session_id)
+    if row is None or row["username"] != claims.username:
+        raise InvalidToken("operator session ended (logged out, account disabled or replaced); log in again")
+    return Operator(row["username"], row["role"], row["district_code"], claims.expires_at, claims.session_id)
 
 
-def current_operator(request: Request, state: State) -> Operator:
-    """The logged-in operator; 401 for a missing, forged or expired token."""
+def current_operator(request: Request, state: State, conn: Db) -> Operator:
+    """The logged-in operator; 401 for a missing, forged or expired token or an ended session.
+
+    One indexed query per request (the handler's own pooled connection, shared through FastAPI's
+    dependency cache), measured in docs/security.md."""
     try:
-        return operator_from_token(state, bearer_token(request))
+        return operator_from_token(state, conn, bearer_token(request))
     except InvalidToken as exc:
         raise HTTPException(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
 

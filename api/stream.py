@@ -1,10 +1,16 @@
 """``/v1/stream``: the consoles' WebSocket.
 
 Authenticated before accept: the session token comes as the subprotocol ``bearer.<token>``
-(what a browser can send), an ``Authorization`` header, or a ``token`` query parameter; a bad
-or missing one closes with 1008 (policy violation). On connect the console receives a
-``hello``, then every active alert it may see and every alert changed since its
-``last_event_id`` (query parameter), marked ``replay``; then changes as they happen.
+(what a browser can send) or an ``Authorization`` header, never in the URL (URLs end up in access
+logs and proxies' logs: a ``token`` query parameter is refused); a bad or missing one closes with
+1008 (policy violation). On connect the console receives a ``hello``, then every active alert it
+may see and every alert changed since its ``last_event_id`` (query parameter), marked ``replay``;
+then changes as they happen.
+
+The session is checked again whenever the operator's account or sessions change (the hub hears
+`store.accounts.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
+a changed role or district with 4001 (the console reconnects and gets its new view); the
+token's expiry closes it with 1008 too.
 """
 
 from __future__ import annotations
@@ -12,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from api.hub import Subscriber, alert_message
+from api.operators import audit_resident_places
 from api.queries import last_event_id, stream_catch_up
 from api.security import InvalidToken, Operator
 from api.state import AppState, operator_from_token, visible_districts, visible_kinds
@@ -28,6 +37,7 @@ router = APIRouter(tags=["stream"])
 SUBPROTOCOL = "streetlight.v1"
 _POLICY_VIOLATION = 1008
 _TRY_AGAIN_LATER = 1013
+_ACCOUNT_CHANGED = 4001  # application-defined (4000-4999): reconnect for the new role or district
 
 
 def _token(ws: WebSocket) -> tuple[str, bool]:
@@ -39,7 +49,12 @@ def _token(ws: WebSocket) -> tuple[str, bool]:
     scheme, _, value = ws.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value:
         return value.strip(), SUBPROTOCOL in offered
-    return ws.query_params.get("token", ""), SUBPROTOCOL in offered
+    return "", SUBPROTOCOL in offered
+
+
+def _operator(state: AppState, token: str) -> Operator:
+    with state.pool.connection() as conn:
+        return operator_from_token(state, conn, token)
 
 
 def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict[str, Any]]]:
@@ -47,6 +62,7 @@ def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict
         rows = stream_catch_up(
             conn, after_event_id=after, district_codes=visible_districts(op), kinds=visible_kinds(op)
         )
+        audit_resident_places(conn, op, "stream_replay", rows)
         log_access(
             conn,
             actor=op.actor,
@@ -58,13 +74,38 @@ def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict
         return last_event_id(conn), rows
 
 
-async def _pump(ws: WebSocket, sub: Subscriber) -> None:
+def _recheck(state: AppState, op: Operator, token: str) -> int | None:
+    """None while the session and the account's view are unchanged, else the close code."""
+    try:
+        now = _operator(state, token)
+    except InvalidToken:
+        return _POLICY_VIOLATION
+    same = (now.role, now.district) == (op.role, op.district)
+    return None if same else _ACCOUNT_CHANGED
+
+
+async def _pump(ws: WebSocket, sub: Subscriber, state: AppState, op: Operator, token: str) -> None:
     while True:
         message = await sub.queue.get()
         if message["type"] == "overflow":
             await ws.close(code=_TRY_AGAIN_LATER, reason="fell behind; reconnect with last_event_id")
             return
+        if message["type"] == "account":
+            code = await run_in_threadpool(_recheck, state, op, token)
+            if code == _POLICY_VIOLATION:
+                await ws.close(code=code, reason="operator session ended; log in again")
+                return
+            if code is not None:
+                await ws.close(code=code, reason="operator account changed; reconnect")
+                return
+            continue
         await ws.send_text(json.dumps(message, ensure_ascii=False, default=str))
+
+
+async def _expire(ws: WebSocket, op: Operator) -> None:
+    """Close the stream when its session's token expires (a socket must not outlive its login)."""
+    await asyncio.sleep(max(0.0, op.expires_at - time.time()))
+    await ws.close(code=_POLICY_VIOLATION, reason="operator token expired; log in again")
 
 
 async def _drain(ws: WebSocket) -> None:
@@ -80,11 +121,20 @@ async def _drain(ws: WebSocket) -> None:
 async def stream(ws: WebSocket) -> None:
     """Live alert and lamp changes of the operator's districts."""
     state: AppState = ws.app.state.api
+    if "token" in ws.query_params:
+        await ws.close(
+            code=_POLICY_VIOLATION,
+            reason="no token in the URL: send it as the subprotocol bearer.<token> (or Authorization)",
+        )
+        return
     token, as_subprotocol = _token(ws)
     try:
-        op = operator_from_token(state, token)
+        op = await run_in_threadpool(_operator, state, token)
     except InvalidToken as exc:
         await ws.close(code=_POLICY_VIOLATION, reason=str(exc) if token else "missing operator token")
+        return
+    except psycopg.OperationalError:
+        await ws.close(code=_TRY_AGAIN_LATER, reason="database unavailable, retry")
         return
     try:
         after = max(0, int(ws.query_params.get("last_event_id", "0")))
@@ -93,7 +143,7 @@ async def stream(ws: WebSocket) -> None:
     await ws.accept(subprotocol=SUBPROTOCOL if as_subprotocol else None)
     # Subscribe before reading the catch-up, so nothing falls between the two (duplicates may;
     # the console keeps the newest event id per alert).
-    sub = state.hub.subscribe(visible_districts(op), visible_kinds(op))
+    sub = state.hub.subscribe(visible_districts(op), visible_kinds(op), op.username)
     try:
         newest, rows = await run_in_threadpool(_catch_up, state, op, after)
         hello = {
@@ -107,8 +157,9 @@ async def stream(ws: WebSocket) -> None:
         for row in rows:
             await ws.send_text(json.dumps(alert_message(row, replay=True), ensure_ascii=False, default=str))
         tasks = [
-            asyncio.create_task(_pump(ws, sub), name="stream-pump"),
+            asyncio.create_task(_pump(ws, sub, state, op, token), name="stream-pump"),
             asyncio.create_task(_drain(ws), name="stream-drain"),
+            asyncio.create_task(_expire(ws, op), name="stream-expiry"),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -13,7 +13,7 @@ import uvicorn
 
 from api.accounts import create_operator
 from api.app import create_app
-from api.config import ApiConfig
+from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig
 from api.security import password_hasher
 from store.repo import upsert_device
 from store.schema import apply_migrations
@@ -69,6 +69,7 @@ def serve(config: ApiConfig, *, port: int | None = None) -> Iterator[str]:
             port=port,
             log_level="warning",
             ws="websockets-sansio",
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
             lifespan="on",
         )
     )

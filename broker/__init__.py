@@ -12,7 +12,9 @@ from broker._connection import (
     ConnectionParams,
     backoff_delay_s,
     parse_mqtt_url,
+    read_password_file,
     supports_shared_subscriptions,
+    with_credentials,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
 from broker._paho import BufferedReadClient, DeviceLink, paho_client
@@ -48,6 +50,7 @@ from broker._payloads import (
     offline_will,
     online_state,
 )
+from broker._ratelimit import DEVICE_BURST, DEVICE_RATE_PER_S, DeviceRateLimiter
 from broker._topics import (
     CHANNELS,
     DEVICE_ID_PATTERN,
@@ -77,7 +80,9 @@ __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "CHANNELS",
+    "DEVICE_BURST",
     "DEVICE_ID_PATTERN",
+    "DEVICE_RATE_PER_S",
     "INGEST_GROUP",
     "INGEST_SHARED_FILTER",
     "MAX_DEPTH",
@@ -99,6 +104,7 @@ __all__ = [
     "ConnectionParams",
     "DeviceKind",
     "DeviceLink",
+    "DeviceRateLimiter",
     "DeviceTopic",
     "Event",
     "EventType",
@@ -140,7 +146,9 @@ __all__ = [
     "parse_device_topic",
     "parse_mqtt_url",
     "parse_topic",
+    "read_password_file",
     "shared",
     "supports_shared_subscriptions",
     "unshared",
+    "with_credentials",
 ]

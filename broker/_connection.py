@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit
 
@@ -61,6 +63,43 @@ def parse_mqtt_url(url: str) -> ConnectionParams:
         password=unquote(parts.password) if parts.password is not None else None,
         tls=parts.scheme == "mqtts",
     )
+
+
+def read_password_file(path: Path, username: str | None) -> str:
+    """The secret for ``username`` from ``path``: one line holding the secret, or the
+    ``username,secret`` CSV that ``streetlight provision`` writes (the row of ``username``).
+
+    Raises MqttUrlError (naming the file and user, never a secret) when there is none.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and lines[0].replace(" ", "") == "username,secret":
+        for row in csv.DictReader(lines):
+            if row.get("username") == username and row.get("secret"):
+                return str(row["secret"])
+        raise MqttUrlError(str(path), f"no secret for {username!r} in this file")
+    if len(lines) != 1:
+        raise MqttUrlError(str(path), "expected one line holding the secret, or a username,secret CSV")
+    return lines[0]
+
+
+def with_credentials(
+    params: ConnectionParams,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    password_file: Path | None = None,
+) -> ConnectionParams:
+    """``params`` logged in as ``username`` (default: the URL's user) with the secret from the URL,
+    else ``password`` (e.g. $MQTT_PASSWORD), else ``password_file``: so the secret need never be on
+    a command line, where every local user reads it in ``ps``."""
+    user = username or params.username
+    secret = params.password if user == params.username else None
+    if secret is None:
+        secret = password
+    if secret is None and password_file is not None and user is not None:
+        secret = read_password_file(password_file, user)
+    return replace(params, username=user, password=secret)
 
 
 def backoff_delay_s(

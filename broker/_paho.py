@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 _PUBACK = struct.Struct("!BBH")
 
-RawPublishHandler = Callable[[str, bytes, int, int], None]
-"""``(topic, payload, qos, mid)`` of a received PUBLISH (``BufferedReadClient.set_publish_handler``)."""
+RawPublishHandler = Callable[[str, bytes, int, int, bool], None]
+"""``(topic, payload, qos, mid, retain)`` of a received PUBLISH (``BufferedReadClient.set_publish_handler``).
+``retain`` is the packet's RETAIN flag: set by the broker only on a message from its retained store
+(sent because a subscription was made), never on a live one (MQTT 3.1.1 §3.3.1.3)."""
 
 
 class _ReadBuffer:
@@ -111,7 +113,7 @@ class BufferedReadClient(mqtt.Client):
         return _ReadBuffer(sock)
 
     def set_publish_handler(self, handler: RawPublishHandler | None) -> None:
-        """Receive PUBLISH packets as ``handler(topic, payload, qos, mid)`` instead of ``on_message``.
+        """Receive PUBLISH packets as ``handler(topic, payload, qos, mid, retain)`` instead of ``on_message``.
 
         For the ingest hot path: MQTT 3.1.1 PUBLISH packets at QoS 0 or 1 that lie complete in the
         read buffer are cut out of it directly, without paho's per-packet work (a packet dict, a
@@ -199,7 +201,7 @@ class BufferedReadClient(mqtt.Client):
             pos = stop
             n += 1
             try:
-                handler(topic, buf[head_end:stop], qos, mid)
+                handler(topic, buf[head_end:stop], qos, mid, bool(first & 1))
             except Exception as err:  # as paho treats an on_message that raises
                 self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in the publish handler: %s", err)
                 if not self.suppress_exceptions:

@@ -169,9 +169,10 @@ def unshared(topic_filter: str) -> str:
     return topic_filter
 
 
-def ingest_filters(*, shared_subscription: bool = True) -> list[str]:
-    """Filters for an ingest worker: the device-to-backend channels, shared when the broker can."""
+def ingest_filters(*, shared_subscription: bool = True, group: str = INGEST_GROUP) -> list[str]:
+    """Filters for an ingest worker: the device-to-backend channels, shared (in ``group``) when the
+    broker can. A deployed ingest uses a secret group name (ingest._registry.share_group)."""
     filters = [device_filter(channel=channel) for channel in UPLINK_CHANNELS]
     if shared_subscription:
-        return [shared(INGEST_GROUP, f) for f in filters]
+        return [shared(group, f) for f in filters]
     return filters

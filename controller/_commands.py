@@ -5,6 +5,11 @@ not acknowledged ``retry_after_s`` after it was sent is sent once more with the 
 issue time (the firmware answers a repeated id with its first ack, and the absolute expiry
 stays the same); still unanswered ``retry_after_s`` after that it is ``unanswered``.
 
+An ack counts only when it comes from the device the command was sent to (the device id of the
+ack's topic, which the broker binds to the sender's identity): an ack naming another lamp's
+command is refused and the command keeps waiting for its own lamp. Command ids carry 128 random
+bits, so a lamp that reads its own ``cmd_id`` learns nothing about its neighbours'.
+
 States::
 
     sent --ack applied--> applied
@@ -15,10 +20,11 @@ States::
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import count
+from typing import Final
 
 from broker import Cmd
 
@@ -65,15 +71,24 @@ class LampCommand:
         )
 
 
+# 128 random bits: as many as a uuid4 has (122), so ids are unique across controllers and
+# restarts without coordination, and a lamp cannot guess another lamp's from its own.
+CMD_ID_RANDOM_BYTES: Final = 16
+
+
 class CommandIds:
-    """Command ids unique across controllers and restarts: a per-process prefix and a counter."""
+    """Command ids that are unique and unguessable: a per-process prefix and 128 random bits.
+
+    ``<prefix>.<32 hex digits>``; the prefix (at most 30 characters) only tells which controller
+    sent a command, so an id stays within the protocol's 64 characters."""
 
     def __init__(self, prefix: str) -> None:
+        if not 1 <= len(prefix) <= 30:
+            raise ValueError(f"command id prefix must be 1-30 characters, got {len(prefix)}")
         self._prefix = prefix
-        self._next = count(1)
 
     def __call__(self) -> str:
-        return f"{self._prefix}.{next(self._next)}"
+        return f"{self._prefix}.{secrets.token_hex(CMD_ID_RANDOM_BYTES)}"
 
 
 @dataclass(slots=True)
@@ -93,6 +108,14 @@ class Answered:
     state: CommandState
     latency_ms: int
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WrongDevice:
+    """An ack for one of our commands from a device the command was not sent to (refused)."""
+
+    command: LampCommand
+    sender: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +140,17 @@ class CommandTracker:
         self.pending[command.cmd_id] = Pending(command, now_ms)
         self.counts[CommandState.SENT] += 1
 
-    def acked(self, cmd_id: str, status: str, now_ms: int) -> Answered | None:
-        """Match an ack; None when the id is not ours (another controller's) or already settled."""
-        waiting = self.pending.pop(cmd_id, None)
+    def acked(self, cmd_id: str, status: str, now_ms: int, *, sender: str) -> Answered | WrongDevice | None:
+        """Match an ack from device ``sender``; None when the id is not ours (another controller's)
+        or already settled; ``WrongDevice`` (the command still waits) when ``sender`` is not the
+        device the command went to."""
+        waiting = self.pending.get(cmd_id)
         if waiting is None:
             return None
+        if waiting.command.device_id != sender:
+            self.counts["wrong_device"] += 1
+            return WrongDevice(waiting.command, sender)
+        del self.pending[cmd_id]
         try:
             state = CommandState(status)
         except ValueError:

@@ -47,8 +47,11 @@ from alerts import (
     render_cap,
 )
 from broker import (
+    DEVICE_BURST,
+    DEVICE_RATE_PER_S,
     ConnectionLost,
     ConnectionParams,
+    DeviceRateLimiter,
     MqttSession,
     PayloadError,
     TopicError,
@@ -61,7 +64,7 @@ from broker import (
     parse_device_topic,
 )
 from controller._blink import BlinkPolicy, BlinkSet, blink_targets, confirm, fail, move_to, refresh_due
-from controller._commands import CommandIds, CommandTracker, LampCommand
+from controller._commands import CommandIds, CommandTracker, LampCommand, WrongDevice
 from controller._db import Db, LampRow, active_walks, load_devices, mark_commands_unanswered
 from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
@@ -139,6 +142,9 @@ class ControllerConfig:
     police_webhook_url: str | None = None
     guard_webhook_url: str | None = None
     safety_zones: SafetyZones | None = None  # None: the vendored seed file
+    # Per-device bound on acks and events taken from MQTT (as ingest's); 0 turns it off.
+    device_rate_per_s: float = DEVICE_RATE_PER_S
+    device_burst: float = DEVICE_BURST
 
 
 @dataclass
@@ -167,6 +173,9 @@ class Controller:
         self._walks: dict[str, _Walk] = {}
         self._holds = HoldBook(cfg.holds)
         self._tracker = CommandTracker(retry_after_s=cfg.retry_after_s)
+        self._limiter = (
+            DeviceRateLimiter(cfg.device_rate_per_s, cfg.device_burst) if cfg.device_rate_per_s > 0 else None
+        )
         self._ids = CommandIds(f"c{cfg.owner[-4:]}{now_ms() % 10**9:x}")
         self._alerts: dict[str, Alert] = {}
         self._blinks: dict[str, BlinkSet] = {}
@@ -349,7 +358,19 @@ class Controller:
     # ------------------------------------------------------------------ MQTT
 
     async def _mqtt_loop(self, mqtt: MqttSession) -> None:
+        admit = self._limiter.admit if self._limiter is not None else None
         async for msg in mqtt.messages():
+            if admit is not None and not admit(msg.topic):
+                # A device over its rate (a stolen blinker's made-up beacon sightings would each
+                # command lamps): dropped before decoding; ingest raises the flood alert.
+                self.stats["rate_limited"] += 1
+                continue
+            if msg.retain:
+                # Acks and events are never retained (DESIGN.md §3): one from the broker's store
+                # is old news replayed at every (re)subscription, so it is counted and skipped.
+                self.stats["retained_skipped"] += 1
+                log.info("retained message skipped topic=%s", msg.topic)
+                continue
             try:
                 await self._on_mqtt(msg.topic, msg.payload)
             except Exception as exc:  # one bad message never stops the controller
@@ -376,9 +397,21 @@ class Controller:
             log.info("refused %s from device=%s: %s", parsed.channel, parsed.device_id, exc)
 
     async def _on_ack(self, device_id: str, ack: Any, now: int) -> None:
-        answered = self._tracker.acked(ack.cmd_id, ack.status, now)
+        answered = self._tracker.acked(ack.cmd_id, ack.status, now, sender=device_id)
         if answered is None:
             return  # another controller's command, or one already settled
+        if isinstance(answered, WrongDevice):
+            # A device acking a command sent to another lamp: a faked confirmation (issue 15).
+            self.stats["acks_wrong_device"] += 1
+            log.warning(
+                "ack refused: not from its device cmd_id=%s sender=%s target=%s action=%s source=%s",
+                ack.cmd_id,
+                device_id,
+                answered.command.device_id,
+                answered.command.action,
+                answered.command.source,
+            )
+            return
         cmd = answered.command
         self._write("ack", (cmd.cmd_id, ack.status, ack.effective_level, ack.reason))
         self.stats[f"acks_{answered.state}"] += 1
@@ -750,6 +783,7 @@ class Controller:
                 next_lamps = mono + self.cfg.lamps_refresh_s
                 steps.append(("devices", self._load_devices))
             steps += [
+                ("rates", self._refill_rates),
                 ("republish", self._republish),
                 ("acks", self._ack_timeouts),
                 ("blink", self._blink_refresh),
@@ -766,6 +800,14 @@ class Controller:
                     self.stats[f"tick_{name}_errors"] += 1
                     log.warning("tick step %s failed: %s", name, exc)
             await asyncio.sleep(self.cfg.tick_s)
+
+    async def _refill_rates(self) -> None:
+        limiter = self._limiter
+        if limiter is None:
+            return
+        limiter.refill(time.monotonic())
+        for prefix in limiter.take_new_floods():
+            log.warning("device over its message rate prefix=%s limited_total=%d", prefix, limiter.limited)
 
     async def _renew_leases(self) -> None:
         cfg = self.cfg

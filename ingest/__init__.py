@@ -18,6 +18,7 @@ from ingest._process import (
     ack_seq,
     process,
 )
+from ingest._registry import DatabaseRegistry, share_group
 from ingest._service import (
     JOBS_LOCK_KEY,
     JobsLeader,
@@ -35,6 +36,7 @@ __all__ = [
     "JOBS_LOCK_KEY",
     "ROW_BDSEQ",
     "ConsumerLease",
+    "DatabaseRegistry",
     "DeadLetter",
     "DeviceBatch",
     "IngestMetrics",
@@ -61,6 +63,7 @@ __all__ = [
     "raise_offline_alerts",
     "sender_checker",
     "serve_metrics",
+    "share_group",
     "shared_subscriptions_ignored",
     "write_batch",
 ]

@@ -64,7 +64,15 @@ log = logging.getLogger(__name__)
 # Where an alert is put when the device never sent a birth with its position: Seoul City Hall,
 # so the alert still shows on the city map (its district code still routes it).
 SEOUL_CITY_HALL = (37.5665, 126.9780)
-_EVENT_KIND = {"fault": AlertKind.LAMP_FAULT, "power_loss": AlertKind.LAMP_FAULT, "tamper": AlertKind.TAMPER}
+# A device over its message rate, or a birth contradicting its registration, may be in the hands of
+# someone else: a tamper alert, so it is looked at as one (ingest/_process.py names them).
+_EVENT_KIND = {
+    "fault": AlertKind.LAMP_FAULT,
+    "power_loss": AlertKind.LAMP_FAULT,
+    "tamper": AlertKind.TAMPER,
+    "flood": AlertKind.TAMPER,
+    "registration": AlertKind.TAMPER,
+}
 
 Locator = Callable[[float, float], tuple[str, str]]
 """(lat, lon) -> (district_code, dong_code); empty strings when unknown."""
@@ -109,7 +117,7 @@ def _place(row: dict[str, Any] | None, district: str) -> Place:
 def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
     """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes."""
     reports: list[tuple[str, AlertKind, str, bool]] = []  # (device, kind, code, cleared)
-    for device_id, ev_type, code, _ts in batch.fault_events:
+    for device_id, ev_type, code, _ts, _seq in batch.fault_events:
         if ev_type == "fault_cleared":
             reports.append((device_id, AlertKind.LAMP_FAULT, code, True))
         else:

@@ -42,6 +42,8 @@ class IngestMetrics:
     spool_bytes: int = 0
     spool_messages: int = 0
     dropped: int = 0  # messages neither stored nor spooled (spool full); QoS 1 ones stay at the broker
+    rate_limited: int = 0  # messages over their device's rate bound, not stored (acknowledged)
+    retained_ignored: int = 0  # non-state messages from the broker's retained store, not stored
     batches: int = 0
     db_failures: int = 0
     db_up: bool = True
@@ -76,6 +78,8 @@ class IngestMetrics:
             "replayed": self.replayed,
             "spool_bytes": self.spool_bytes,
             "dropped": self.dropped,
+            "rate_limited": self.rate_limited,
+            "retained_ignored": self.retained_ignored,
             "db_up": self.db_up,
             "subscribed": self.subscribed,
             "batches": self.batches,
@@ -123,6 +127,18 @@ class IngestMetrics:
         metric("ingest_spooled_total", "counter", "messages written to the spool", [(w, self.spooled)])
         metric("ingest_replayed_total", "counter", "messages replayed from the spool", [(w, self.replayed)])
         metric("ingest_dropped_total", "counter", "messages neither stored nor spooled", [(w, self.dropped)])
+        metric(
+            "ingest_rate_limited_total",
+            "counter",
+            "messages over their device's rate bound, acknowledged and not stored",
+            [(w, self.rate_limited)],
+        )
+        metric(
+            "ingest_retained_ignored_total",
+            "counter",
+            "messages other than state from the broker's retained store, not stored",
+            [(w, self.retained_ignored)],
+        )
         metric("ingest_spool_bytes", "gauge", "bytes waiting in the spool", [(w, self.spool_bytes)])
         metric(
             "ingest_pending_messages", "gauge", "messages received, not yet committed", [(w, self.pending)]

@@ -94,7 +94,9 @@ class Processed:
     births: list[tuple[str, str, Birth]] = field(default_factory=list)  # (district, device, birth)
     states: list[tuple[str, State]] = field(default_factory=list)  # (device, state)
     devices: dict[str, DeviceBatch] = field(default_factory=dict)
-    fault_events: list[tuple[str, str, str, int]] = field(default_factory=list)  # (dev, type, code, ts)
+    # (device, type, code, ts, seq): ``seq`` is the event row's (None for what ingest itself
+    # reports, e.g. a flood), so a redelivered event raises nothing twice (ingest/_write.py).
+    fault_events: list[tuple[str, str, str, int, int | None]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     flags: list[SenderCheck] = field(default_factory=list)
     acks: int = 0
@@ -255,7 +257,21 @@ def _event(out: Processed, i: int, device_id: str, ev: Event, payload: bytes) ->
     out.events.append((ev.ts, device_id, ROW_BDSEQ, ev.seq, ev.type, ev.code, ev.token_hash, rssi, text))
     out.events_src.append(i)
     if ev.type in ("fault", "fault_cleared", "tamper", "power_loss"):
-        out.fault_events.append((device_id, ev.type, ev.code or ev.type, ev.ts))
+        out.fault_events.append((device_id, ev.type, ev.code or ev.type, ev.ts, ev.seq))
+
+
+# The maintenance alert of a device over its message rate (broker/_ratelimit.py).
+FLOOD_EVENT: Final = "flood"
+FLOOD_CODE: Final = "message_flood"
+
+
+def add_flood(out: Processed, topic_prefix: str, now_ms: int) -> None:
+    """Report a device that went over its message rate (``sl/v1/{d}/{id}``) for one alert."""
+    try:
+        _district, device_id, _channel = parse_device_topic(f"{topic_prefix}/event")
+    except TopicError:
+        return  # not a device's topic: nothing to alert about (its messages are dead letters)
+    out.fault_events.append((device_id, FLOOD_EVENT, FLOOD_CODE, now_ms, None))
 
 
 def _ack(out: Processed, i: int, device_id: str, ack: Ack, payload: bytes) -> None:

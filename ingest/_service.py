@@ -20,7 +20,7 @@ import psycopg
 
 from alerts import DayNightPolicy
 from broker import ConnectionParams, paho_client
-from broker.security import Principal, Registry, check_sender
+from broker.security import Principal, Registered, Registry, check_sender
 from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts
 from ingest._process import SenderCheckFn
 from store import run_maintenance
@@ -90,7 +90,7 @@ class _IdInPayload(msgspec.Struct):
 _ID_DECODER: Final = msgspec.json.Decoder(_IdInPayload)
 
 
-def sender_checker(lookup: Callable[[str], Principal | None]) -> SenderCheckFn:
+def sender_checker(lookup: Callable[[str], Registered | None]) -> SenderCheckFn:
     """The per-message identity check (DESIGN.md §3 and issue 7's second wall) over a registry lookup."""
 
     def check(device_id: str, district: str, payload: bytes) -> tuple[str | None, str | None, str]:

@@ -37,8 +37,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from broker import (
+    DEVICE_BURST,
+    DEVICE_RATE_PER_S,
+    INGEST_GROUP,
     BufferedReadClient,
     ConnectionParams,
+    DeviceRateLimiter,
     TopicError,
     backoff_delay_s,
     ingest_filters,
@@ -47,7 +51,7 @@ from broker import (
 )
 from ingest._lease import ConsumerLease
 from ingest._metrics import IngestMetrics
-from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, process
+from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
 from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
@@ -75,7 +79,11 @@ class WorkerConfig:
     idle_s: float = 0.005
     spool_max_bytes: int = 1 << 30
     clean_session: bool = False
+    share_group: str = INGEST_GROUP
     filters: list[str] = field(default_factory=list)
+    # Per-device bound in the receive path (broker/_ratelimit.py); 0 turns it off.
+    device_rate_per_s: float = DEVICE_RATE_PER_S
+    device_burst: float = DEVICE_BURST
     state_resync: bool = True
     """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
 
@@ -83,7 +91,7 @@ class WorkerConfig:
         if not self.client_id:
             self.client_id = f"streetlight-ingest-{self.index}"
         if not self.filters:
-            self.filters = ingest_filters(shared_subscription=self.shared)
+            self.filters = ingest_filters(shared_subscription=self.shared, group=self.share_group)
 
 
 class IngestWorker:
@@ -113,6 +121,15 @@ class IngestWorker:
         self._reconnect_wanted = False
         self._unacked_dropped = False
         self._seqs = SeqTracker()  # live and replayed messages alike, in the order stored
+        self._limiter = (
+            DeviceRateLimiter(config.device_rate_per_s, config.device_burst)
+            if config.device_rate_per_s > 0
+            else None
+        )
+        self._admit = self._limiter.admit if self._limiter is not None else None
+        # QoS 1 messages refused in the receive path (over the rate, retained): (mid, connection).
+        # They are acknowledged without being stored, by the flusher, many in one write.
+        self._refused_acks: deque[tuple[int, int]] = deque()
         self._replayed_from_spool = 0  # messages of the current spool already committed by a replay
         self._conn: Conn | None = None
         self._db_retry_at = 0.0
@@ -173,13 +190,30 @@ class IngestWorker:
             topic = msg.topic
         except UnicodeDecodeError:  # a topic that is not UTF-8; brokers refuse these, but never crash
             topic = "<not utf-8>"
-        self._on_publish(topic, bytes(msg.payload), msg.qos, msg.mid)
+        self._on_publish(topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain))
 
-    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int) -> None:
+    def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool = False) -> None:
+        if retain and not topic.endswith("/state"):
+            self._refuse_retained(topic, qos, mid)
+            return
+        admit = self._admit
+        if admit is not None and not admit(topic):
+            if qos:
+                self._refused_acks.append((mid, self._generation))
+            return
         queue = self._queue
         if not queue:
             self._first_at = time.monotonic()
         queue.append((topic, payload, qos, mid, self._generation))
+
+    def _refuse_retained(self, topic: str, qos: int, mid: int) -> None:
+        # Only ``state`` is retained in the protocol; anything else from the broker's retained
+        # store is an old message replayed at every (re)subscription (a retained ``tamper``
+        # would raise its alert again after every reconnect): counted, logged, never stored.
+        self.metrics.retained_ignored += 1
+        log.warning("retained message ignored topic=%s worker=%d", topic, self.config.index)
+        if qos:
+            self._refused_acks.append((mid, self._generation))
 
     # -- lifecycle
 
@@ -312,6 +346,7 @@ class IngestWorker:
         while not queue:
             if self._stop.is_set():
                 return False
+            self._ack_refused()
             self._maybe_replay()
             if self.config.state_resync:
                 self._resync_subscriptions([], self._resync.expired(time.monotonic()))
@@ -348,6 +383,7 @@ class IngestWorker:
     def _handle(self, items: list[Item], first_at: float) -> None:
         m = self.metrics
         m.received += len(items)
+        self._ack_refused()  # whatever the batch's fate (written, spooled), the buckets refill
         messages = [RawMessage(t, p, q) for t, p, q, _mid, _gen in items]
         if self.spool.size_bytes:
             self._to_spool(items, messages)
@@ -372,12 +408,19 @@ class IngestWorker:
         # The tracker keeps only what was committed: a batch that is not goes to the spool and
         # comes back through this same tracker at replay, in order, so an outage is no gap.
         seqs.begin()
+        limiter = self._limiter
+        floods = limiter.take_new_floods() if limiter is not None else []
         try:
-            batch = process(messages, int(now.timestamp() * 1000), seqs, check_sender=self._check_sender)
+            now_ms = int(now.timestamp() * 1000)
+            batch = process(messages, now_ms, seqs, check_sender=self._check_sender)
+            for prefix in floods:
+                add_flood(batch, prefix, now_ms)
             conn = self._connection()
             result = write_batch(conn, batch, messages, now, on_faults=self._on_faults)
         except BaseException:
             seqs.rollback()
+            if limiter is not None:
+                limiter.new_floods.extend(floods)  # reported with the next batch that commits
             raise
         seqs.commit()
         m.last_commit_unix_s = time.time()
@@ -401,6 +444,11 @@ class IngestWorker:
             m.seq_repeats += dev.seq_duplicates
             if dev.last_ts_ms > 0:
                 m.lag_ms_last = now.timestamp() * 1000 - dev.last_ts_ms
+        if limiter is not None:
+            for prefix in floods:
+                log.warning(
+                    "device over its message rate prefix=%s limited_total=%d", prefix, limiter.limited
+                )
         m.births += len(batch.births)
         m.states += len(batch.states)
         m.acks_seen += batch.acks
@@ -522,6 +570,24 @@ class IngestWorker:
 
     def _request_redelivery(self) -> None:
         self._reconnect_wanted = True
+
+    def _ack_refused(self) -> None:
+        """Refill the devices' buckets and acknowledge the QoS 1 messages refused in the receive
+        path (of this connection)."""
+        if self._limiter is not None:
+            self._limiter.refill(time.monotonic())
+            self.metrics.rate_limited = self._limiter.limited
+        refused = self._refused_acks
+        if not refused:
+            return
+        generation = self._generation
+        mids = [mid for mid, gen in (refused.popleft() for _ in range(len(refused))) if gen == generation]
+        client = self.client
+        if isinstance(client, BufferedReadClient):
+            client.ack_many(mids)
+        else:
+            for mid in mids:
+                client.ack(mid, 1)
 
     def _ack(self, items: list[Item]) -> None:
         generation = self._generation

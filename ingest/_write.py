@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 
-from ingest._process import DeadLetter, Processed, RawMessage
+from ingest._process import DeadLetter, Processed, RawMessage, SenderCheck
+from ingest._registration import judge_birth
 from store import (
     StateUpdate,
     StoreRejected,
@@ -24,9 +25,9 @@ from store import (
     insert_dead_letters,
     set_connectivity,
     update_device_states,
-    upsert_device,
     write_rows,
 )
+from store.repo import device_registrations, existing_event_keys, register_device, update_device_from_birth
 from store.types import Conn
 from store.writer import Kind
 
@@ -79,6 +80,8 @@ def write_batch(
     """Commit a processed batch; raises StoreUnavailable when the database is away (nothing written)."""
     try:
         with conn.transaction():
+            if batch.fault_events:
+                _drop_redelivered_faults(conn, batch)
             inserted_t, bad_t = _write_isolating(conn, "telemetry", batch.telemetry, batch.telemetry_src)
             inserted_e, bad_e = _write_isolating(conn, "events", batch.events, batch.events_src)
             refused = [
@@ -88,19 +91,8 @@ def write_batch(
                 for i in (*bad_t, *bad_e)
             ]
             batch.dead.extend(refused)
-            for district, device_id, birth in batch.births:
-                upsert_device(
-                    conn,
-                    device_id,
-                    kind=birth.kind,
-                    district_code=district,
-                    lat=birth.lat,
-                    lon=birth.lon,
-                    firmware=birth.firmware,
-                    model=birth.model,
-                    paired_device_id=birth.paired,
-                    at=_ms(birth.ts, now),
-                )
+            if batch.births:
+                _apply_births(conn, batch, now)
             for device_id, state in batch.states:
                 set_connectivity(
                     conn, device_id, online=state.state == "online", bdseq=state.bdseq, at=_ms(state.ts, now)
@@ -125,6 +117,70 @@ def write_batch(
         raise
     offered = batch.rows - len(refused)
     return WriteResult(inserted_t + inserted_e, offered, len(refused))
+
+
+def _drop_redelivered_faults(conn: Conn, batch: Processed) -> None:
+    """Keep only fault events seen for the first time: an event whose row is stored already (a QoS 1
+    redelivery, a replay) or that comes twice in the batch raises no alert again (its row is
+    refused by the dedup key). Runs in the batch transaction, before the events are written."""
+    keys = [(dev, ts, seq) for dev, _t, _c, ts, seq in batch.fault_events if seq is not None]
+    stored = existing_event_keys(conn, keys) if keys else set()
+    seen: set[tuple[str, int, int]] = set()
+    kept: list[tuple[str, str, str, int, int | None]] = []
+    for fault in batch.fault_events:
+        dev, _t, _c, ts, seq = fault
+        if seq is not None:
+            key = (dev, ts, seq)
+            if key in stored or key in seen:
+                log.info("redelivered fault event ignored device_id=%s ts=%d seq=%d", dev, ts, seq)
+                continue
+            seen.add(key)
+        kept.append(fault)
+    batch.fault_events = kept
+
+
+def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
+    """A first birth registers its device; a later one may change only what ``judge_birth`` allows,
+    and one contradicting the registration is flagged and raises a ``registration_mismatch``."""
+    claimed = sorted({b.paired for _d, _i, b in batch.births if b.paired is not None})
+    paired_rows: dict[str, dict[str, Any]] | None = None  # read once, when a later birth needs them
+    for district, device_id, birth in batch.births:
+        at = _ms(birth.ts, now)
+        registered = device_registrations(conn, [device_id], lock=True).get(device_id)
+        if registered is None and register_device(
+            conn,
+            device_id,
+            kind=birth.kind,
+            district_code=district,
+            lat=birth.lat,
+            lon=birth.lon,
+            firmware=birth.firmware,
+            model=birth.model,
+            paired_device_id=birth.paired,
+            at=at,
+        ):
+            continue
+        if registered is None:  # registered by another worker meanwhile
+            registered = device_registrations(conn, [device_id], lock=True)[device_id]
+        if paired_rows is None:
+            paired_rows = device_registrations(conn, claimed)
+        paired_row = paired_rows.get(birth.paired) if birth.paired is not None else None
+        verdict = judge_birth(registered, district, birth, paired_row)
+        update_device_from_birth(
+            conn,
+            device_id,
+            firmware=verdict.firmware,
+            model=verdict.model,
+            lat=verdict.lat,
+            lon=verdict.lon,
+            paired_device_id=verdict.paired,
+            at=at,
+        )
+        if verdict.conflicts:
+            batch.flags.append(SenderCheck(device_id, district, "registration_mismatch", verdict.detail))
+            batch.fault_events.append(
+                (device_id, "registration", "registration_mismatch", int(at.timestamp() * 1000), None)
+            )
 
 
 def _has_faults(batch: Processed) -> bool:

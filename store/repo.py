@@ -73,6 +73,99 @@ def upsert_device(
     )
 
 
+def register_device(
+    conn: Conn,
+    device_id: str,
+    *,
+    kind: str,
+    district_code: str,
+    lat: float | None,
+    lon: float | None,
+    firmware: str | None,
+    model: str | None,
+    paired_device_id: str | None,
+    at: datetime | None = None,
+) -> bool:
+    """Register a device from its first birth; False (nothing written) when it is registered already."""
+    cur = conn.execute(
+        """
+        INSERT INTO devices (device_id, kind, district_code, lat, lon, firmware, model, paired_device_id,
+                             created_at, updated_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (device_id) DO NOTHING
+        """,
+        (
+            device_id,
+            kind,
+            district_code,
+            lat,
+            lon,
+            firmware,
+            model,
+            paired_device_id,
+            at or _now(),
+            at or _now(),
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def device_registrations(conn: Conn, device_ids: Sequence[str], *, lock: bool = False) -> dict[str, Row]:
+    """``kind, district_code, lat, lon, paired_device_id`` of registered devices, by id (``lock``:
+    FOR UPDATE, so two births of one device are judged one after the other)."""
+    if not device_ids:
+        return {}
+    sql = (
+        "SELECT device_id, kind, district_code, lat, lon, paired_device_id FROM devices "
+        "WHERE device_id = ANY(%s) ORDER BY device_id" + (" FOR UPDATE" if lock else "")
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["device_id"]: r for r in cur.execute(sql, (list(device_ids),)).fetchall()}
+
+
+def update_device_from_birth(
+    conn: Conn,
+    device_id: str,
+    *,
+    firmware: str,
+    model: str,
+    lat: float | None = None,
+    lon: float | None = None,
+    paired_device_id: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """What a later birth may change: firmware and model; position and pairing only where the
+    registration has none (ingest/_registration.py decides)."""
+    conn.execute(
+        """
+        UPDATE devices SET firmware = %s, model = %s,
+            lat = coalesce(lat, %s), lon = coalesce(lon, %s),
+            paired_device_id = coalesce(paired_device_id, %s), updated_at = %s
+        WHERE device_id = %s
+        """,
+        (firmware, model, lat, lon, paired_device_id, at or _now(), device_id),
+    )
+
+
+def existing_event_keys(conn: Conn, keys: Sequence[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+    """Which ``(device_id, ts_ms, seq)`` are stored already as events (with bdseq 0, ingest's rows)."""
+    if not keys:
+        return set()
+    rows = conn.execute(
+        """
+        SELECT k.device_id, k.ts_ms, k.seq
+        FROM unnest(%s::text[], %s::int8[], %s::int8[]) AS k(device_id, ts_ms, seq)
+        WHERE EXISTS (
+            SELECT 1 FROM events e
+            WHERE e.device_id = k.device_id AND e.seq = k.seq AND e.bdseq = 0
+              AND e.ts = timestamptz 'epoch' + k.ts_ms * interval '1 millisecond'
+        )
+        """,
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+    ).fetchall()
+    return {(str(r[0]), int(r[1]), int(r[2])) for r in rows}
+
+
 def set_connectivity(
     conn: Conn, device_id: str, *, online: bool, bdseq: int, at: datetime | None = None
 ) -> bool:
@@ -449,6 +542,17 @@ def end_walk(conn: Conn, walk_id: str, *, ended_at: datetime, status: str = "end
     return cur.rowcount == 1
 
 
+def active_walks_of(conn: Conn, resident_id: str) -> list[Row]:
+    """A resident's walks in progress (walk_id, district_code), oldest first; locks them against a
+    concurrent start of another walk (call inside a transaction)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT walk_id, district_code FROM walks WHERE resident_id = %s AND status = 'active' "
+            "ORDER BY started_at, walk_id FOR UPDATE",
+            (resident_id,),
+        ).fetchall()
+
+
 def get_walk(conn: Conn, walk_id: str) -> Row | None:
     """One walk, or None."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -690,6 +794,19 @@ def log_access(
         "VALUES (%s, %s, %s, %s, %s, %s)",
         (at or _now(), actor, action, subject_kind, subject_id, Jsonb(details or {})),
     )
+
+
+def log_accesses(
+    conn: Conn, *, actor: str, action: str, entries: Sequence[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """`log_access` for many subjects at once: (subject_kind, subject_id, details) each."""
+    now = _now()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(now, actor, action, kind, sid, Jsonb(details)) for kind, sid, details in entries],
+        )
 
 
 # --------------------------------------------------------------------------- controller leases

@@ -469,10 +469,43 @@ def _m3_rollups(conn: Conn, timescale: bool) -> None:
         conn.execute(PLAIN_ROLLUP_TABLES_SQL.encode())
 
 
+# Operators' sessions (a token is checked against its session and the account as they are now),
+# the places each operator logged in from (never locked out from there), and the source of each SOS
+# (an HMAC of the client address, never the address) so a burst from one source is grouped.
+ACCOUNTS_AND_SOS_SOURCE_SQL = """
+CREATE TABLE operator_sessions (
+    session_id  text PRIMARY KEY,              -- random; carried in the signed token
+    username    text NOT NULL REFERENCES operators (username) ON DELETE CASCADE,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    revoked_at  timestamptz
+);
+CREATE INDEX operator_sessions_user ON operator_sessions (username) WHERE revoked_at IS NULL;
+
+CREATE TABLE operator_login_places (
+    username    text NOT NULL REFERENCES operators (username) ON DELETE CASCADE,
+    address     text NOT NULL,
+    first_at    timestamptz NOT NULL DEFAULT now(),
+    last_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (username, address)
+);
+
+ALTER TABLE alerts ADD COLUMN source_key text;
+ALTER TABLE alerts ADD COLUMN burst_group text;
+ALTER TABLE alerts ADD COLUMN suspected_burst boolean NOT NULL DEFAULT false;
+CREATE INDEX alerts_source ON alerts (source_key, created_at) WHERE source_key IS NOT NULL;
+"""
+
+
+def _m5_accounts_and_sos_source(conn: Conn, timescale: bool) -> None:
+    conn.execute(ACCOUNTS_AND_SOS_SOURCE_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
     Migration(3, "hourly rollups (continuous aggregates or tables)", _m3_rollups),
+    Migration(5, "operator sessions, login places, SOS source grouping", _m5_accounts_and_sos_source),
 )
 
 BOOTSTRAP_SQL = """

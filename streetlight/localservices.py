@@ -125,16 +125,27 @@ class MqttService:
 
 
 def mosquitto_config(port: int, workdir: Path, *, persistence: bool = True, extra: str = "") -> str:
-    """A development mosquitto.conf: loopback only, anonymous, generous queues for persistent sessions."""
+    """A development mosquitto.conf: loopback only and anonymous, with the deployed limits.
+
+    Queues, in-flight window and size limits are the ones `streetlight provision` writes
+    (``MosquittoOptions``' defaults), so what the tests and fault scenarios measure on a private
+    broker is what a deployed one does; only authentication and ACLs are left out.
+    """
+    from broker.security import MAX_PAYLOAD_BYTES, PACKET_HEADROOM_BYTES, MosquittoOptions
+
+    deployed = MosquittoOptions()
     lines = [
         f"listener {port} 127.0.0.1",
         "allow_anonymous true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {workdir}/",
         "autosave_interval 1",
-        # Persistent-session queues: ingest must not lose QoS 1 messages while it restarts.
-        "max_queued_messages 1000000",
-        "max_inflight_messages 1000",
+        f"message_size_limit {MAX_PAYLOAD_BYTES}",
+        f"max_packet_size {MAX_PAYLOAD_BYTES + PACKET_HEADROOM_BYTES}",
+        f"max_queued_messages {deployed.max_queued_messages}",
+        f"max_queued_bytes {deployed.max_queued_bytes}",
+        "queue_qos0_messages true",
+        f"max_inflight_messages {deployed.max_inflight_messages}",
         "max_keepalive 600",
         "log_dest none",
     ]

@@ -6,9 +6,14 @@ Every service receives the values it needs from here as arguments; nothing else 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker import ConnectionParams
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -43,7 +48,14 @@ class Settings:
     """Everything configurable, with the defaults a single-machine deployment wants."""
 
     mqtt_url: str | None = None
-    """``mqtt://user:pass@host:port``; None means: start the embedded broker."""
+    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``); None means: start
+    the embedded broker."""
+    mqtt_password: str | None = None
+    """The MQTT secret of the URL's user (``MQTT_PASSWORD``), so it is on no command line."""
+    mqtt_password_file: Path | None = None
+    """A file holding the secret, or provision's ``username,secret`` CSV (``MQTT_PASSWORD_FILE``)."""
+    operator_password: str | None = None
+    """``streetlight api --create-operator USER``'s password (``STREETLIGHT_OPERATOR_PASSWORD``)."""
     database_url: str | None = None
     """``postgresql://...``; None means: start the embedded PostgreSQL."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
@@ -68,6 +80,10 @@ class Settings:
     api_token_ttl_s: float = 12 * 3600.0  # one operator shift
     api_kdf_time_cost: int = 3  # argon2id passes for operators' passwords (RFC 9106 second choice)
     api_kdf_memory_kib: int = 65536  # argon2id memory, 64 MiB (RFC 9106 second recommended option)
+    api_registrations_per_hour: int = 60
+    """New residents per client address per hour; 0: no limit (benchmarks and simulators)."""
+    api_metrics_token: str | None = None
+    """Bearer token Prometheus sends to the API's ``/metrics``; None: ``/metrics`` is not served."""
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -77,6 +93,20 @@ class Settings:
         """``storage`` as ``apply_migrations`` takes it: None detects, True insists, False refuses."""
         return {"auto": None, "timescaledb": True, "plain": False}[self.storage]
 
+    def mqtt_params(
+        self, url: str, *, username: str | None = None, password_file: Path | None = None
+    ) -> ConnectionParams:
+        """Connection parameters for ``url``, the secret taken from the URL, ``MQTT_PASSWORD`` or
+        the password file (``password_file`` over ``MQTT_PASSWORD_FILE``); raises MqttUrlError."""
+        from broker import parse_mqtt_url, with_credentials
+
+        return with_credentials(
+            parse_mqtt_url(url),
+            username=username,
+            password=self.mqtt_password,
+            password_file=password_file or self.mqtt_password_file,
+        )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from the environment (``os.environ`` unless given)."""
@@ -84,6 +114,9 @@ class Settings:
         data_dir = Path(e.get("STREETLIGHT_DATA_DIR") or (Path.cwd() / ".streetlight"))
         return cls(
             mqtt_url=e.get("MQTT_URL") or None,
+            mqtt_password=e.get("MQTT_PASSWORD") or None,
+            mqtt_password_file=Path(e["MQTT_PASSWORD_FILE"]) if e.get("MQTT_PASSWORD_FILE") else None,
+            operator_password=e.get("STREETLIGHT_OPERATOR_PASSWORD") or None,
             database_url=e.get("DATABASE_URL") or None,
             data_dir=data_dir,
             api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
@@ -102,5 +135,28 @@ class Settings:
             api_token_ttl_s=_float(e, "STREETLIGHT_API_TOKEN_TTL_S", 12 * 3600.0),
             api_kdf_time_cost=_int(e, "STREETLIGHT_API_KDF_TIME_COST", 3),
             api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
+            api_registrations_per_hour=_int(e, "STREETLIGHT_API_REGISTRATIONS_PER_HOUR", 60),
+            api_metrics_token=e.get("STREETLIGHT_API_METRICS_TOKEN") or None,
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )
+
+
+def warn_secrets_in_flags(command: str, flags: Mapping[str, str | None]) -> list[str]:
+    """Warn (stderr) about each ``--flag`` whose URL carries a password: any local user reads it
+    in ``ps``. Returns the flags warned about. The URL still works; the fix is the environment."""
+    from urllib.parse import urlsplit
+
+    warned = []
+    for flag, url in flags.items():
+        try:
+            has_secret = bool(url) and urlsplit(url).password is not None
+        except ValueError:
+            has_secret = False
+        if has_secret:
+            warned.append(flag)
+            sys.stderr.write(
+                f"streetlight {command}: warning: {flag} carries a password, visible to every local user "
+                "(ps); pass the URL without it and the secret in MQTT_PASSWORD[_FILE] (MQTT) or "
+                "PGPASSWORD / PGPASSFILE (PostgreSQL)\n"
+            )
+    return warned

@@ -123,6 +123,21 @@ def rabbitmq_service() -> Iterator[MqttService]:
 
 
 @pytest.fixture
+def lenient_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
+    """A mosquitto that passes packets up to 2 MB (the deployed one stops at 17,408 bytes).
+
+    For client-side tests of messages larger than one socket read: brokers other than the
+    deployed Mosquitto (RabbitMQ, EMQX) accept such packets by default.
+    """
+    skip_unless(_have_mosquitto(), "mosquitto is not installed")
+    svc = start_mosquitto(
+        tmp_path / "mosquitto", extra_config="max_packet_size 2000000\nmessage_size_limit 0\n"
+    )
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
 def unique_id() -> str:
     """A short unique token for topics and device ids, so tests never see each other's messages."""
     return uuid.uuid4().hex[:10]

@@ -34,6 +34,8 @@ const T = {
     online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
   },
 };
+// SOS alerts from one source (address) within minutes: grouped by the API, all but the first flagged.
+T.ko.burst = "일괄 의심"; T.en.burst = "burst?";
 const t = (k) => (T[S.lang] && T[S.lang][k]) || k;
 
 function applyLang() {
@@ -108,6 +110,8 @@ async function login(ev) {
 }
 
 function logout() {
+  // End the session on the server too (its token is refused from now on); the answer is not awaited.
+  if (S.token) fetch("/v1/auth/logout", { method: "POST", headers: { Authorization: "Bearer " + S.token }, keepalive: true }).catch(() => {});
   S.token = null; sessionStorage.removeItem("sl.token");
   if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
   clearInterval(S.lampTimer); clearInterval(S.beepTimer); S.beepTimer = null;
@@ -144,6 +148,7 @@ function connect() {
     setConn(false);
     if (!S.token) return;
     if (ev.code === 1008) { logout(); return; }
+    if (ev.code === 4001) { location.reload(); return; } // role or district changed: start again with the new view
     // Capped exponential backoff with jitter, as every reconnect in this project.
     const delay = Math.random() * Math.min(10000, 500 * Math.pow(1.5, Math.min(10, S.wsAttempt++)));
     setTimeout(() => { if (S.token) connect(); }, delay);
@@ -174,14 +179,16 @@ function renderList() {
   const ul = $("alert-list");
   if (!ul) return;
   const order = { open: 0, acknowledged: 1, dispatched: 2, resolved: 3, cancelled: 4 };
-  const items = [...S.alerts.values()].sort((a, b) => (order[a.state] - order[b.state]) || (b.created_at > a.created_at ? 1 : -1));
+  // Within a state, a suspected burst goes below the others: a real SOS is never buried under a flood.
+  const items = [...S.alerts.values()].sort((a, b) => (order[a.state] - order[b.state]) || (!!a.suspected_burst - !!b.suspected_burst) || (b.created_at > a.created_at ? 1 : -1));
   ul.replaceChildren(...items.map((a) => {
     const li = document.createElement("li");
     li.dataset.alertId = a.id; li.dataset.state = a.state; li.dataset.kind = a.kind;
+    if (a.suspected_burst) { li.dataset.burst = a.burst_group || ""; li.title = `${t("burst")} ${a.burst_group || ""}`; }
     if (a.id === S.selected) li.classList.add("selected");
     li.innerHTML = `<span class="st"></span><span class="kind"></span> <span class="time"></span><div class="place"></div>`;
     li.querySelector(".st").textContent = t(a.state);
-    li.querySelector(".kind").textContent = t(a.kind) + (a.count > 1 ? ` ×${a.count}` : "");
+    li.querySelector(".kind").textContent = t(a.kind) + (a.count > 1 ? ` ×${a.count}` : "") + (a.suspected_burst ? ` · ${t("burst")}` : "");
     li.querySelector(".time").textContent = fmtTime(a.created_at);
     li.querySelector(".place").textContent = S.lang === "ko" ? a.place_text_ko : a.place_text_en;
     li.onclick = () => select(a.id);
@@ -327,7 +334,9 @@ function refreshLampsSoon() { if (!lampsSoon) lampsSoon = setTimeout(() => { lam
 async function refreshLamps() {
   if (!S.proj || !S.token) return;
   try {
-    const [lamps, walkers] = await Promise.all([api("/v1/lamps"), api("/v1/walkers")]);
+    // Walkers are residents' positions: the maintenance role gets none (403), so it does not ask.
+    const wantWalkers = S.me && S.me.role !== "maintenance";
+    const [lamps, walkers] = await Promise.all([api("/v1/lamps"), wantWalkers ? api("/v1/walkers") : { walkers: [] }]);
     const g = $("map-lamps"); g.replaceChildren();
     const z = { offline: 0, online: 1, fault: 2, brightened: 3, blinking: 4 }; // blinking on top
     lamps.features.sort((p, q) => (z[p.properties.state] ?? 1) - (z[q.properties.state] ?? 1));
@@ -475,12 +484,13 @@ document.addEventListener("keydown", (ev) => {
   }
   const key = ev.key.toLowerCase();
   if (key === "a") {
-    // A acknowledges the selected alert when it is open, else the oldest open SOS (else the oldest open alert).
+    // A acknowledges the selected alert when it is open, else the oldest open SOS that is not a
+    // suspected burst, else the oldest open SOS (else the oldest open alert).
     const sel = S.selected && S.alerts.get(S.selected);
     if (!sel || sel.state !== "open") {
       const byAge = (a, b) => (a.created_at > b.created_at ? 1 : -1);
       const open = [...S.alerts.values()].filter((a) => a.state === "open").sort(byAge);
-      const next = open.find((a) => a.kind === "sos") || open[0];
+      const next = open.find((a) => a.kind === "sos" && !a.suspected_burst) || open.find((a) => a.kind === "sos") || open[0];
       if (next) { S.selected = next.id; renderList(); }
     }
     act("acknowledge");

@@ -19,9 +19,18 @@ from broker.security._errors import (
     UnknownPrincipalError,
     UnsafeAclError,
 )
-from broker.security._ids import CITY_DISTRICT, SEOUL_DISTRICTS, check_identity, identity_problem
+from broker.security._ids import (
+    CITY_DISTRICT,
+    SEOUL_DISTRICTS,
+    SERVICE_ROLES,
+    check_identity,
+    check_service_account,
+    identity_problem,
+    service_role,
+)
 from broker.security._mosquitto import (
     MAX_PAYLOAD_BYTES,
+    PACKET_HEADROOM_BYTES,
     MosquittoFiles,
     MosquittoOptions,
     TlsFiles,
@@ -43,13 +52,15 @@ from broker.security._registry import (
     sync_devices,
     write_private,
 )
-from broker.security._sender import Verdict, check_sender
+from broker.security._sender import Registered, Verdict, check_sender
 
 __all__ = [
     "CITY_DISTRICT",
     "MAX_PAYLOAD_BYTES",
+    "PACKET_HEADROOM_BYTES",
     "REGISTRY_FILE",
     "SEOUL_DISTRICTS",
+    "SERVICE_ROLES",
     "DeviceFileError",
     "DeviceSink",
     "DeviceSpec",
@@ -62,6 +73,7 @@ __all__ = [
     "Principal",
     "ProvisionReport",
     "ProvisioningError",
+    "Registered",
     "Registry",
     "TlsFiles",
     "UnknownPrincipalError",
@@ -73,6 +85,7 @@ __all__ = [
     "authz_rules",
     "check_identity",
     "check_sender",
+    "check_service_account",
     "emqx_conf_text",
     "grants_for",
     "hash_secret",
@@ -82,6 +95,7 @@ __all__ = [
     "new_secret",
     "password_file_text",
     "reload_mosquitto",
+    "service_role",
     "sync_devices",
     "users_bootstrap",
     "verify_secret",

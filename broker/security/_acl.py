@@ -46,7 +46,10 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
         own = [Grant("write", device_topic(p.district_code, p.name, ch)) for ch in UPLINK_CHANNELS]
         return (*own, Grant("read", device_topic(p.district_code, p.name, "cmd")))
     if p.role == "ingest":
-        # Everything devices say (and the commands, to store them); never a publish.
+        # Everything devices say (and the commands, to store them); never a publish. The $share
+        # line is for EMQX; Mosquitto's acl_file never checks a SUBSCRIBE and checks a shared
+        # delivery against the message's own topic (measured on 2.0.11, docs/security.md). No
+        # $SYS: an ingest with an account does not probe the broker (streetlight/commands/ingest.py).
         return (Grant("read", f"{_ALL_DEVICES}/#"), Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"))
     if p.role == "controller":
         return (

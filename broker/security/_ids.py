@@ -16,6 +16,12 @@ from broker.security._errors import InvalidIdentityError
 # ACL into a wildcard with them), '/' (a topic level separator) or '%' (the substitution marker).
 IDENTITY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 DISTRICT_RE: Final = re.compile(r"[0-9]{5}")
+# One account per running backend instance: ROLE@INSTANCE (ingest@0, controller@north-a). The
+# broker forces each connection's client id to its username (use_username_as_clientid), so two
+# instances sharing one account would take each other's connection over. '@' is in no device id,
+# so an instance account can never collide with a device, and it is no MQTT wildcard or separator.
+SERVICE_ROLES: Final = ("ingest", "controller", "api")
+SERVICE_INSTANCE_RE: Final = re.compile(r"(ingest|controller|api)@[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 DEVICE_PREFIX: Final = "sl/v1"
 ALERTS_PREFIX: Final = "cc/v1"
 UPLINK_CHANNELS: Final = ("birth", "state", "telemetry", "event", "ack")
@@ -59,3 +65,17 @@ def device_topic(district_code: str, device_id: str, channel: str) -> str:
 def alerts_topic(district_code: str) -> str:
     """``cc/v1/{d}/alerts`` (DESIGN.md §3)."""
     return f"{ALERTS_PREFIX}/{district_code}/alerts"
+
+
+def check_service_account(name: str) -> str:
+    """Return ``name`` when it is ``ingest``, ``controller``, ``api`` or ``ROLE@INSTANCE``."""
+    if name in SERVICE_ROLES or SERVICE_INSTANCE_RE.fullmatch(name) is not None:
+        return name
+    raise InvalidIdentityError(
+        name, "a service account is ingest, controller, api or ROLE@INSTANCE (e.g. ingest@0)"
+    )
+
+
+def service_role(name: str) -> str:
+    """The role of a service account name (``ingest@0`` -> ``ingest``)."""
+    return check_service_account(name).split("@", 1)[0]

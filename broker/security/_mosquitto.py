@@ -25,6 +25,15 @@ MAX_PAYLOAD_BYTES: Final = 16 * 1024
 PACKET_HEADROOM_BYTES: Final = 1024
 
 
+# A listener option in 2.0.11 (not reloaded on SIGHUP). The client id a client sends is replaced
+# by its username (with mTLS: the certificate CN), so credentials for one identity can never take
+# over another identity's connection or persistent session by naming its client id.
+_BIND_CLIENT_ID: Final = (
+    "# The client id is the authenticated identity, whatever the client sends.",
+    "use_username_as_clientid true",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     """Server side of the mTLS listener."""
@@ -133,6 +142,7 @@ def mosquitto_conf_text(files: MosquittoFiles, options: MosquittoOptions) -> str
     if o.dev_port is not None:
         lines += ["", "# Development: password login, loopback only.", f"listener {o.dev_port} 127.0.0.1"]
         lines.append(f"max_connections {o.max_connections}")
+        lines += _BIND_CLIENT_ID
     if o.tls_port is not None:
         if o.tls is None:
             raise ValueError("a TLS listener needs TlsFiles")
@@ -146,6 +156,7 @@ def mosquitto_conf_text(files: MosquittoFiles, options: MosquittoOptions) -> str
             f"keyfile {o.tls.keyfile}",
             "require_certificate true",
             "use_identity_as_username true",
+            *_BIND_CLIENT_ID,
             # Measured on 2.0.11: a minimum; TLS 1.3 and 1.2 handshakes succeed, TLS 1.1 is refused.
             "tls_version tlsv1.2",
         ]

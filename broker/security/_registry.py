@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,14 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast, get_args
 
 from broker.security._errors import DeviceFileError, ProvisioningError, UnknownPrincipalError
-from broker.security._ids import CITY_DISTRICT, SEOUL_DISTRICTS, check_district, check_identity
+from broker.security._ids import (
+    CITY_DISTRICT,
+    SEOUL_DISTRICTS,
+    check_district,
+    check_identity,
+    check_service_account,
+    service_role,
+)
 from broker.security._passwords import PasswordHash, hash_secret, new_secret
 
 DeviceKind = Literal["lamp", "blinker"]
@@ -110,13 +118,25 @@ class Registry:
     # -- provisioning ---------------------------------------------------------------------------
 
     def provision(
-        self, devices: Iterable[DeviceSpec], *, districts: Sequence[str] = SEOUL_DISTRICTS
+        self,
+        devices: Iterable[DeviceSpec],
+        *,
+        districts: Sequence[str] = SEOUL_DISTRICTS,
+        services: Iterable[str] = (),
     ) -> ProvisionReport:
-        """Register devices and the standard accounts; existing ones keep their credentials."""
+        """Register devices, the standard accounts and the ``services`` instance accounts.
+
+        Existing principals keep their credentials. ``services`` are names like ``ingest@0``: one
+        account per running instance, since the broker binds the client id to the username.
+        """
         report = ProvisionReport()
         wanted: list[tuple[str, Role, str | None, DeviceSpec | None]] = [
             (role, role, None, None) for role in SERVICE_ACCOUNTS
         ]
+        for name in services:
+            role = cast(Role, service_role(name))
+            if (name, role, None, None) not in wanted:
+                wanted.append((name, role, None, None))
         wanted += [(f"cc-{d}", "control_centre", d, None) for d in (CITY_DISTRICT, *districts)]
         seen: set[str] = set()
         for device in devices:
@@ -125,7 +145,10 @@ class Registry:
             seen.add(device.id)
             wanted.append((device.id, "device", device.district_code, device))
         for name, role, district, spec in wanted:
-            check_identity(name)
+            if role in SERVICE_ACCOUNTS:
+                check_service_account(name)
+            else:
+                check_identity(name)
             current = self._by_name.get(name)
             if current is None:
                 secret = new_secret()
@@ -188,12 +211,24 @@ def sync_devices(registry: Registry, sink: DeviceSink) -> None:
 
 
 def write_private(path: Path, text: str, *, mode: int) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename) with ``mode`` from the start."""
+    """Write ``text`` to ``path`` atomically (temp file + rename).
+
+    A new file gets ``mode``. A file that exists keeps its owner, group and mode: the operator
+    gave the broker's group read access once (``chgrp mosquitto``), and a rewrite by root must
+    not take it away, or the broker reloading on SIGHUP can read no password and refuses everyone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        current: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        current = None
     # Atomic so that a broker reloading on SIGHUP never reads a half-written password or ACL file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, mode)
+        if current is None:
+            os.fchmod(fd, mode)
+        else:
+            _keep_owner_and_mode(fd, path, current)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         Path(tmp).replace(path)
@@ -201,6 +236,22 @@ def write_private(path: Path, text: str, *, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(tmp).unlink()
         raise
+
+
+def _keep_owner_and_mode(fd: int, path: Path, current: os.stat_result) -> None:
+    """Give the temp file ``fd`` the owner, group and mode ``path`` has now, or refuse."""
+    try:
+        # Owner and group first: chown clears set-id bits, and fchmod then sets the mode exactly.
+        if (current.st_uid, current.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchown(fd, current.st_uid, current.st_gid)
+        os.fchmod(fd, stat.S_IMODE(current.st_mode))
+    except PermissionError as exc:
+        # Renaming a file we could not give the same owner over the old one would lock the broker
+        # out of it; refuse before anything changes.
+        raise ProvisioningError(
+            f"{path}: cannot keep its owner {current.st_uid}:{current.st_gid} and mode "
+            f"{stat.S_IMODE(current.st_mode):o} on rewrite ({exc.strerror}); run as its owner or root"
+        ) from exc
 
 
 def _principal_to_json(p: Principal) -> dict[str, Any]:

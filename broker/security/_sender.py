@@ -8,9 +8,21 @@ payload naming another device) and turn it into counted refusals instead of stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
-from broker.security._registry import Principal
+
+class Registered(Protocol):
+    """What the check needs to know of a registered identity (a ``Principal`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def district_code(self) -> str | None: ...
+    @property
+    def revoked(self) -> bool: ...
+
 
 Refusal = Literal[
     "unknown_device", "revoked_device", "not_a_device", "username_mismatch", "payload_id_mismatch"
@@ -31,7 +43,7 @@ class Verdict:
 def check_sender(
     topic_device_id: str,
     topic_district: str,
-    registry_entry: Principal | None,
+    registry_entry: Registered | None,
     client_username: str | None,
     *,
     payload_device_id: str | None = None,

@@ -100,6 +100,9 @@ for device in "$@"; do
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
 done
-# Public parts readable so the broker (its own user) can load them; keys stay 0600.
+# Public parts readable so the broker (its own user) can load them. The server key is 0640: the
+# broker reads it through its group once the directory is `chgrp -R mosquitto` (docs/security.md);
+# the CA key and the device keys stay 0600 (the broker never reads them).
 chmod 0644 "$out"/*.crt
+chmod 0640 "$out/server.key"
 echo "test CA in $out: ca.crt, crl.pem, server.crt/key for $server, $# client certificate(s)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -127,6 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 [sys.executable, "-m", "streetlight.cli", "api", "--port", str(port), "--database-url", url],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                # Thousands of residents from this one host: no per-address registration limit.
+                env={**os.environ, "STREETLIGHT_API_REGISTRATIONS_PER_HOUR": "0"},
             )
             base = f"http://127.0.0.1:{port}"
             _wait_ready(base, proc)

@@ -250,7 +250,13 @@ def services(
         if prepare is not None:
             prepare(db_url)
         port = free_port()
-        env = {**os.environ, "STREETLIGHT_LOG_LEVEL": "WARNING", **(extra_env or {})}
+        # Every simulated resident registers from this one host: no per-address registration limit.
+        env = {
+            **os.environ,
+            "STREETLIGHT_LOG_LEVEL": "WARNING",
+            "STREETLIGHT_API_REGISTRATIONS_PER_HOUR": "0",
+            **(extra_env or {}),
+        }
         cli = [PY, "-m", "streetlight.cli"]
         api_argv = [*cli, "api", "--port", str(port), "--database-url", db_url]
         api_argv += ["--workers", str(api_workers)]

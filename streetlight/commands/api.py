@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
+import sys
+from pathlib import Path
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "serve the Safety-app and operators' API and the console (migrates the database first)"
 
@@ -24,12 +27,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--create-operator",
-        nargs=2,
-        metavar=("USERNAME", "PASSWORD"),
-        help="create or update one operator account, then exit (with --role and --district)",
+        nargs="+",
+        metavar="USERNAME",
+        help="create or update one operator account, then exit (with --role and --district); the "
+        "password from --password-file, STREETLIGHT_OPERATOR_PASSWORD or a prompt, never the command line",
+    )
+    parser.add_argument(
+        "--password-file", type=Path, metavar="FILE", help="the new operator's password (first line)"
     )
     parser.add_argument("--role", default="district", choices=["district", "city", "maintenance", "admin"])
     parser.add_argument("--district", help="5-digit district code of a district operator")
+
+
+def _operator_password(password_file: Path | None, from_env: str | None) -> str | None:
+    """The new operator's password: the file's first line, the environment, or a prompt on a tty."""
+    if password_file is not None:
+        lines = password_file.read_text(encoding="utf-8").splitlines()
+        return lines[0] if lines else None
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        return None
+    first = getpass.getpass("new operator's password: ")
+    return first if first == getpass.getpass("again: ") else None
+
+
+def _new_operator(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    """``--create-operator``'s username and password; the password None (and said why) if refused."""
+    username = args.create_operator[0]
+    if len(args.create_operator) != 1:
+        print(
+            "streetlight api: --create-operator takes only USERNAME: a password on the command line "
+            "is visible to every local user (ps); use --password-file, STREETLIGHT_OPERATOR_PASSWORD "
+            "or the prompt"
+        )
+        return username, None
+    try:
+        password = _operator_password(args.password_file, settings.operator_password)
+    except OSError as exc:
+        print(f"streetlight api: cannot read the password file: {exc}")
+        return username, None
+    if not password:
+        print(
+            "streetlight api: no password: pass --password-file, set STREETLIGHT_OPERATOR_PASSWORD, "
+            "or run it on a terminal to be asked"
+        )
+        return username, None
+    return username, password
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,21 +82,30 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.accounts import create_operator, ensure_demo_operators
+    from api.config import WS_MAX_MESSAGE_BYTES
     from api.security import password_hasher
     from store.schema import apply_migrations
 
     settings = Settings.from_env()
+    warn_secrets_in_flags("api", {"--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     url = args.database_url or settings.database_url
     if not url:
         print("streetlight api: no database: pass --database-url or set DATABASE_URL")
         return 2
+    new_operator: tuple[str, str] | None = None
+    if args.create_operator:
+        # Asked before anything else is done, so a refusal changes nothing.
+        username, password = _new_operator(args, settings)
+        if password is None:
+            return 2
+        new_operator = (username, password)
     hasher = password_hasher(settings.api_kdf_time_cost, settings.api_kdf_memory_kib)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
-            if args.create_operator:
-                username, password = args.create_operator
+            if new_operator is not None:
+                username, password = new_operator
                 try:
                     create_operator(
                         conn, username, password, role=args.role, district=args.district, hasher=hasher
@@ -81,5 +134,6 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         access_log=False,
         ws="websockets-sansio",
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
     return 0

@@ -8,8 +8,9 @@ import contextlib
 import dataclasses
 import logging
 import signal
+from pathlib import Path
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "run the controller (walk brightening, SOS to control centres, blinking, escalation) for districts"
 
@@ -22,13 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CODES",
         help="comma-separated district codes to lease, or 'all' (the 25 districts and the city centre)",
     )
-    parser.add_argument("--mqtt-url", help="broker URL (default: MQTT_URL)")
+    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the MQTT secret, or provision's username,secret CSV (default: MQTT_PASSWORD[_FILE])",
+    )
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
     parser.add_argument("--owner", help="lease owner name (default: host-pid-random)")
     parser.add_argument(
         "--lease-ttl-s", type=float, default=6.0, help="district lease time to live (default 6)"
     )
     parser.add_argument("--hold-s", type=int, default=30, help="walk brightening hold time (default 30)")
+    parser.add_argument(
+        "--device-rate",
+        type=float,
+        default=5.0,
+        help="acks and events one device may send per second, sustained (default 5; 0: no bound)",
+    )
+    parser.add_argument(
+        "--device-burst", type=float, default=100.0, help="acks and events one device may send at once"
+    )
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics and /health on this port")
     parser.add_argument("--metrics-host", default="127.0.0.1")
 
@@ -51,10 +67,11 @@ def district_codes(spec: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """Run the controller until SIGINT/SIGTERM; leases are released on the way out."""
     from alerts import EscalationPolicy
-    from broker import parse_mqtt_url
+    from broker import MqttUrlError
     from controller import Controller, ControllerConfig, HoldPolicy
 
     settings = Settings.from_env()
+    warn_secrets_in_flags("controller", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     mqtt_url = args.mqtt_url or settings.mqtt_url
     db_url = args.database_url or settings.database_url
@@ -66,8 +83,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"streetlight controller: {exc}")
         return 2
+    try:
+        params = settings.mqtt_params(mqtt_url, password_file=args.mqtt_password_file)
+    except (MqttUrlError, OSError) as exc:
+        print(f"streetlight controller: {exc}")
+        return 2
     cfg = ControllerConfig(
-        mqtt=parse_mqtt_url(mqtt_url),
+        mqtt=params,
         database_url=db_url,
         districts=districts,
         lease_ttl_s=args.lease_ttl_s,
@@ -77,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         ),
         police_webhook_url=settings.police_webhook_url,
         guard_webhook_url=settings.guard_webhook_url,
+        device_rate_per_s=args.device_rate,
+        device_burst=args.device_burst,
     )
     if args.owner:
         cfg = dataclasses.replace(cfg, owner=args.owner)

@@ -9,8 +9,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
+
+if TYPE_CHECKING:
+    from broker import ConnectionParams
+    from ingest import SenderCheckFn
+
+CheckResult = tuple[str | None, str | None, str]
 
 HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
 log = logging.getLogger("streetlight.ingest")
@@ -25,19 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: STREETLIGHT_INGEST_WORKERS or 1)",
     )
     parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)  # a child worker's number
-    parser.add_argument("--mqtt-url", help="broker URL (default: MQTT_URL)")
+    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        metavar="FILE",
+        help="the MQTT secret, or provision's username,secret CSV (default: MQTT_PASSWORD_FILE, "
+        "MQTT_PASSWORD); with --workers N, worker i logs in as USER@i",
+    )
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
     parser.add_argument(
         "--subscription",
         choices=["auto", "shared", "plain"],
         default="auto",
-        help="shared ($share/ingest/...) or plain subscription; auto asks the broker (plain: one worker)",
+        help="shared ($share/ingest-SECRET/...) or plain; auto asks the broker (plain: one worker)",
     )
     parser.add_argument("--qos", type=int, choices=[0, 1], default=1, help="subscription QoS (default 1)")
     parser.add_argument(
         "--client-id",
         default="streetlight-ingest",
-        help="prefix of the workers' MQTT client ids and spool names",
+        help="prefix of the workers' MQTT client ids without an account (with one it is the username)",
     )
     parser.add_argument(
         "--group",
@@ -55,7 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, default=0, help="Prometheus /metrics and /health (worker i: port + i)"
     )
     parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--registry", type=Path, help="provisioning registry file: refuse unknown devices")
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        help="provisioning registry file (default: the provisioned devices in the database)",
+    )
+    parser.add_argument(
+        "--registry-check",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="refuse ids provisioning never registered: auto = on once the database holds any (default)",
+    )
     parser.add_argument("--max-rows", type=int, default=5000, help="rows per batch (default 5000)")
     parser.add_argument(
         "--max-delay-ms", type=float, default=200.0, help="longest wait before a batch is written"
@@ -64,22 +88,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--spool-max-mb", type=float, default=1024.0, help="bound of the spool file per worker"
     )
     parser.add_argument(
+        "--device-rate",
+        type=float,
+        default=None,
+        help="messages per second one device may send, sustained (default 5; 0: no bound)",
+    )
+    parser.add_argument(
+        "--device-burst", type=float, default=None, help="messages one device may send at once (default 100)"
+    )
+    parser.add_argument(
         "--no-jobs", action="store_true", help="never run the periodic alert/maintenance jobs"
     )
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
 
 
-def _decide_shared(args: argparse.Namespace, mqtt_url: str) -> bool:
+def _worker_params(
+    args: argparse.Namespace, settings: Settings, mqtt_url: str, index: int, workers: int
+) -> ConnectionParams:
+    """Worker ``index``'s login: with several workers each has its own account, ``USER@index``
+    (``USER-index`` when USER is already an instance account), because the broker binds a client
+    id to its username and two workers on one account would take each other's connection."""
     from broker import parse_mqtt_url
+
+    user = parse_mqtt_url(mqtt_url).username
+    if user is not None and workers > 1:
+        user = f"{user}{'-' if '@' in user else '@'}{index}"
+    return settings.mqtt_params(mqtt_url, username=user, password_file=args.mqtt_password_file)
+
+
+def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
     from ingest import probe_shared_subscriptions
 
     if args.subscription == "shared":
-        _refuse_ignored_share(mqtt_url)
+        _refuse_ignored_share(params)
         return True
     if args.subscription != "auto":
         return False
-    shared, why = probe_shared_subscriptions(parse_mqtt_url(mqtt_url))
-    log.info("subscription: %s (%s)", "shared $share/ingest/..." if shared else "plain", why)
+    if params.username is not None:
+        # A broker with accounts is one `streetlight provision` configured: Mosquitto or EMQX, both
+        # share. Not probed: a probe would log in as a worker, the broker (binding the client id to
+        # the username) would hand it that worker's persistent session, and a clean-session probe
+        # would wipe what is queued there, a resumed one would take the queued QoS 0 messages.
+        why = "a broker with accounts (Mosquitto or EMQX as provisioned); not probed"
+        log.info("subscription_mode mode=shared why=%r", why)
+        return True
+    shared, why = probe_shared_subscriptions(params)
+    log.info("subscription_mode mode=%s why=%s", "shared" if shared else "plain", why)
     return shared
 
 
@@ -87,12 +141,16 @@ class SharedSubscriptionsIgnored(RuntimeError):
     """``--subscription shared`` on a broker that accepts ``$share`` and delivers nothing to it."""
 
 
-def _refuse_ignored_share(mqtt_url: str) -> None:
+def _refuse_ignored_share(params: ConnectionParams) -> None:
     """Fail loudly rather than consume nothing in silence (issue 16)."""
-    from broker import parse_mqtt_url
     from ingest import shared_subscriptions_ignored
 
-    why = shared_subscriptions_ignored(parse_mqtt_url(mqtt_url))
+    if params.username is not None:
+        # Not checked with an account, for the reason _decide_shared does not probe: the check's
+        # logins would take over this worker's session where the broker binds client ids to users.
+        log.info("subscription_mode mode=shared why='forced; a broker with accounts, not checked'")
+        return
+    why = shared_subscriptions_ignored(params)
     if why is not None:
         raise SharedSubscriptionsIgnored(
             f"--subscription shared: {why}; use --subscription plain (with --group for several instances)"
@@ -102,6 +160,8 @@ def _refuse_ignored_share(mqtt_url: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start the workers (or, with --index, be one) until SIGTERM/SIGINT."""
     settings = Settings.from_env()
+    if args.index is None:  # the supervisor warns once, not every worker
+        warn_secrets_in_flags("ingest", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     mqtt_url = args.mqtt_url or settings.mqtt_url
     database_url = args.database_url or settings.database_url
@@ -119,11 +179,16 @@ def run(args: argparse.Namespace) -> int:
         from store import migrate
 
         migrate(database_url)
+    from broker import MqttUrlError
+
     workers = args.workers or settings.ingest_workers
     try:
-        shared = _decide_shared(args, mqtt_url)
+        shared = _decide_shared(args, _worker_params(args, settings, mqtt_url, 0, workers))
     except SharedSubscriptionsIgnored as exc:
         log.error("ingest_refused reason=shared_subscriptions_ignored detail=%s", exc)
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
+        return 2
+    except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
     if not shared and workers > 1:
@@ -143,37 +208,55 @@ def _run_worker(
     *,
     shared: bool,
 ) -> int:
-    from broker import parse_mqtt_url
+    import psycopg
+
+    from broker import INGEST_GROUP, MqttUrlError
     from ingest import (
         ConsumerLease,
         IngestWorker,
         JobsLeader,
         SpoolLocked,
         WorkerConfig,
-        file_registry_lookup,
         gazetteer_locator,
         raise_fault_alerts,
-        sender_checker,
         serve_metrics,
+        share_group,
     )
 
-    client_id = f"{args.client_id}-{index}"
+    # A child of the supervisor (--index) is one of several workers, each with its own account.
+    workers = args.workers if args.index is not None and args.workers else 1
+    try:
+        params = _worker_params(args, settings, mqtt_url, index, workers)
+        group = share_group(database_url) if shared else None
+        check = _sender_check(args, database_url)
+    except (MqttUrlError, OSError) as exc:
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
+        return 1
+    # With an account the broker makes the client id the username (use_username_as_clientid).
+    client_id = params.username or f"{args.client_id}-{index}"
     # A group on a plain subscription: one session for the group, one consumer at a time.
     grouped = not shared and bool(args.group)
     config = WorkerConfig(
-        mqtt=parse_mqtt_url(mqtt_url),
+        mqtt=params,
         database_url=database_url,
         # One spool per instance, named like its MQTT session: both hold what this instance owes.
         spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
         index=index,
         shared=shared,
         client_id=args.group if grouped else client_id,
+        share_group=group or INGEST_GROUP,
         qos=args.qos,
         max_rows=args.max_rows,
         max_delay_s=args.max_delay_ms / 1000,
         spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
     )
-    check = sender_checker(file_registry_lookup(args.registry)) if args.registry else None
+    if args.device_rate is not None:
+        config.device_rate_per_s = args.device_rate
+    if args.device_burst is not None:
+        config.device_burst = args.device_burst
     try:
         lease = ConsumerLease(database_url, args.group, client_id, args.lease_ttl_s) if grouped else None
         worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
@@ -207,6 +290,35 @@ def _run_worker(
     return 0
 
 
+def _sender_check(args: argparse.Namespace, database_url: str) -> SenderCheckFn | None:
+    """The registry check: the file given, else the provisioned devices in the database."""
+    from ingest import DatabaseRegistry, file_registry_lookup, sender_checker
+
+    if args.registry_check == "off":
+        log.warning("registry_check state=off: messages from ids nobody provisioned are stored")
+        return None
+    if args.registry is not None:
+        return sender_checker(file_registry_lookup(args.registry))
+    registry = DatabaseRegistry(database_url)
+    provisioned = registry.load()
+    check = sender_checker(registry.lookup)
+    if args.registry_check == "on":
+        log.info("registry_check state=on source=database devices=%d", provisioned)
+        return check
+    if provisioned == 0:
+        log.warning(
+            "registry_check state=off reason=no_provisioned_devices "
+            "hint='streetlight provision --database-url' turns it on (re-read every 30 s)"
+        )
+    else:
+        log.info("registry_check state=on source=database devices=%d", provisioned)
+
+    def check_once_provisioned(device_id: str, district: str, payload: bytes) -> CheckResult:
+        return check(device_id, district, payload) if registry.active() else (None, None, "")
+
+    return check_once_provisioned
+
+
 def _supervise(args: argparse.Namespace, workers: int) -> int:
     """Run ``workers`` child processes on the shared subscription; restart one that dies."""
     argv_tail = _child_args(args)
@@ -222,6 +334,8 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
                 str(i),
                 "--subscription",
                 "shared",
+                "--workers",
+                str(workers),
                 *argv_tail,
             ]
         )
@@ -271,8 +385,11 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         "--metrics-port",
         str(args.metrics_port),
     ]
+    out += ["--registry-check", args.registry_check]
     if args.mqtt_url:
         out += ["--mqtt-url", args.mqtt_url]
+    if args.mqtt_password_file:
+        out += ["--mqtt-password-file", str(args.mqtt_password_file)]
     if args.database_url:
         out += ["--database-url", args.database_url]
     if args.registry:
@@ -281,6 +398,10 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--group", args.group, "--lease-ttl-s", str(args.lease_ttl_s)]
     if args.no_jobs:
         out.append("--no-jobs")
+    if args.device_rate is not None:
+        out += ["--device-rate", str(args.device_rate)]
+    if args.device_burst is not None:
+        out += ["--device-burst", str(args.device_burst)]
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "apply the database migrations (creates or updates the schema; safe to run twice)"
 
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from store.schema import migrate
 
     settings = Settings.from_env()
+    warn_secrets_in_flags("migrate", {"--database-url": args.database_url})
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     url = args.database_url or settings.database_url
     if not url:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import os
 import sys
@@ -17,6 +18,7 @@ from broker.security import (
     REGISTRY_FILE,
     DeviceSpec,
     MosquittoOptions,
+    Principal,
     ProvisioningError,
     Registry,
     TlsFiles,
@@ -26,7 +28,7 @@ from broker.security import (
     write_emqx,
     write_mosquitto,
 )
-from streetlight.settings import Settings
+from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "register lamps and blinkers, issue credentials, generate Mosquitto/EMQX security config"
 
@@ -64,6 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the same for EMQX (paths inside emqx-security.conf)",
     )
     parser.add_argument(
+        "--service",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="ROLE@INSTANCE",
+        help="service instance accounts, one per running process (ingest@0 ingest@1 controller@north-a); "
+        "the broker binds a client id to its username, so instances never share an account",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="mirror the devices into this database for ingest's registry check (default: DATABASE_URL)",
+    )
+    parser.add_argument(
         "--rotate", action="append", default=[], metavar="ID", help="issue a new secret; repeatable"
     )
     parser.add_argument(
@@ -99,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Provision, rotate, revoke; write the registry and broker files; optionally reload mosquitto."""
+    warn_secrets_in_flags("provision", {"--database-url": args.database_url})
     state_dir: Path = args.state_dir or Settings.from_env().data_dir / "provision"
     registry_path = state_dir / REGISTRY_FILE
     try:
@@ -112,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
             registry = Registry.load(registry_path)
             # With no device list the registry's devices are kept as they are.
             report = registry.provision(
-                devices or [p.device for p in registry.devices() if p.device is not None]
+                devices or [p.device for p in registry.devices() if p.device is not None],
+                services=args.service,
             )
             for name in args.rotate:
                 report.secrets[name] = registry.rotate(name)
@@ -132,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 registry, args.emqx_out or state_dir / "emqx", install_dir=args.emqx_install_dir
             )
         reloaded = _reload(args)
+        database = _mirror(registry, args.database_url or Settings.from_env().database_url)
     except (ProvisioningError, OSError) as exc:
         print(f"streetlight provision: {exc}", file=sys.stderr)
         return 1
@@ -152,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  mosquitto  {mosq.conf.parent}/ (mosquitto.conf, passwords, acl)")
     print(f"  emqx       {emqx.conf.parent}/ (emqx-security.conf, bootstrap users, acl.conf, rules)")
     print(f"  broker     {reloaded}")
+    print(f"  database   {database}")
     return 0
 
 
@@ -201,6 +221,36 @@ def _emit_secrets(secrets: dict[str, str], args: argparse.Namespace, state_dir: 
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(buf.getvalue())
     return f"{path} ({len(secrets)} new, mode 0600: hand it to the installer, then delete it)"
+
+
+def _mirror(registry: Registry, database_url: str | None) -> str:
+    """Mirror the devices into the ``devices`` table, where ingest's registry check reads them."""
+    if not database_url:
+        return "not told: pass --database-url (or set DATABASE_URL) so ingest refuses unknown ids"
+    import psycopg
+
+    from store.registry import ProvisionedDevice, mark_provisioned, mark_revoked
+    from store.schema import apply_migrations
+
+    def row(p: Principal, d: DeviceSpec) -> ProvisionedDevice:
+        # A fingerprint of the stored hash shows a rotation; the hash itself stays in the registry.
+        fingerprint = hashlib.sha256(p.password.mosquitto().encode()).hexdigest()[:32]
+        return ProvisionedDevice(
+            d.id, d.kind, d.district_code, d.dong_code, d.lamp_number, d.paired, d.lat, d.lon, fingerprint
+        )
+
+    devices = [(p, p.device) for p in registry.devices() if p.device is not None]
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            apply_migrations(conn)
+            with conn.transaction():
+                n = mark_provisioned(conn, [row(p, d) for p, d in devices])
+                mark_revoked(conn, [p.name for p, _ in devices if p.revoked])
+    except psycopg.Error as exc:
+        raise ProvisioningError(
+            f"files written, but the database was not updated ({exc}); re-run with the same arguments"
+        ) from exc
+    return f"{n} devices mirrored into the devices table (ingest's registry check)"
 
 
 def _reload(args: argparse.Namespace) -> str:

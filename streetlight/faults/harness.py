@@ -188,7 +188,9 @@ class Processes:
             sys.executable, "-m", "streetlight.commands.ingest", "--index", "0",
             "--subscription", "plain", "--no-jobs", "--client-id", client_id,
             "--max-delay-ms", str(max_delay_ms), "--metrics-port", str(metrics_port),
-            "--mqtt-url", mqtt_url, "--database-url", database_url, *extra,
+            "--mqtt-url", mqtt_url, "--database-url", database_url,
+            # The scenarios stream load from a few lamp ids, far over one device's message rate.
+            "--device-rate", "0", *extra,
         ]  # fmt: skip
         return self.spawn(name, argv)
 
@@ -227,7 +229,8 @@ class Processes:
             sys.executable, "-m", "streetlight.cli", "api", "--host", "127.0.0.1", "--port", str(port),
             "--database-url", database_url,
         ]  # fmt: skip
-        return self.spawn("api", argv, **env)
+        # The scenarios' residents all register from this host: no per-address registration limit.
+        return self.spawn("api", argv, **{"STREETLIGHT_API_REGISTRATIONS_PER_HOUR": "0", **env})
 
 
 def wait_api(port: int, timeout_s: float = 60.0) -> float:

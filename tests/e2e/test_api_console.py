@@ -262,3 +262,46 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
             assert browser.evaluate("document.getElementById('sos-banner').hidden")
             status = c.get(f"/v1/sos/{later}", headers=other_walker.headers).json()
             assert status["acknowledged"], status
+
+
+def test_a_burst_of_sos_from_one_address_is_marked_below_the_real_one_and_logout_ends_the_session(
+    browser: Browser, db_url: str
+) -> None:
+    seed(db_url, LAMPS)
+    with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        browser.viewport(1440, 900)
+        browser.goto(base + "/")
+        browser.type("#login-user", "op-jung")
+        browser.type("#login-pass", PASSWORD)
+        browser.click("#login-submit")
+        browser.wait_for("document.querySelector('#conn.up') !== null")
+        farm_transport = httpx.HTTPTransport(local_address="127.0.0.9")
+        with httpx.Client(base_url=base, timeout=10.0, transport=farm_transport) as farm:
+            burst = [sos(farm, resident(farm), JUNG) for _ in range(3)]
+        real_transport = httpx.HTTPTransport(local_address="127.0.0.10")
+        with httpx.Client(base_url=base, timeout=10.0, transport=real_transport) as phone:
+            real = sos(phone, resident(phone), JUNG)
+        browser.wait_for(
+            f"document.querySelector('[data-alert-id=\"{real}\"]') !== null"
+            " && document.querySelectorAll('#alert-list li[data-burst]').length === 2"
+        )
+        order = browser.evaluate(
+            "[...document.querySelectorAll('#alert-list li')].map((li) => li.dataset.alertId)"
+        )
+        assert set(order[:2]) == {real, burst[0]} and set(order[2:]) == set(burst[1:])
+        marked = browser.evaluate(
+            f"document.querySelector('[data-alert-id=\"{burst[1]}\"] .kind').textContent"
+        )
+        assert "burst?" in marked or "일괄 의심" in marked  # English or Korean labels
+        # A takes the oldest SOS that is not a suspected burst: the first of the group.
+        browser.press("a")
+        browser.wait_for(
+            f"document.querySelector('[data-alert-id=\"{burst[0]}\"]').dataset.state === 'acknowledged'"
+        )
+        token = browser.evaluate("S.token")
+        assert c.get("/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        browser.click("#logout")
+        deadline = time.monotonic() + 5.0
+        while c.get("/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code != 401:
+            assert time.monotonic() < deadline, "the session still works after logout"
+            time.sleep(0.05)

@@ -200,8 +200,8 @@ def test_the_stream_pushes_only_the_operators_districts_and_catches_up(
     op = login(api, "op-jung")
     api.post(f"/v1/alerts/{before}/acknowledge", headers=op)
     api.post(f"/v1/alerts/{before}/resolve", headers=op)
-    url = f"{_ws_url(server)}?last_event_id={last_event_id}&token={token}"
-    with connect(url, open_timeout=5) as ws:
+    url = f"{_ws_url(server)}?last_event_id={last_event_id}"
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=5) as ws:
         json.loads(ws.recv(timeout=5))
         got = {
             m["alert"]["id"]: m["alert"]["state"] for m in (json.loads(ws.recv(timeout=5)) for _ in range(2))

@@ -21,10 +21,13 @@ LAMPS = [
 ]
 
 
+METRICS_TOKEN = "scrape-me-7f3a"
+
+
 @pytest.fixture
 def api(db_url: str) -> Iterator[Client]:
     seed(db_url, LAMPS)
-    with client(fast_config(db_url)) as c:
+    with client(fast_config(db_url, metrics_token=METRICS_TOKEN)) as c:
         yield c
 
 
@@ -205,7 +208,7 @@ def test_health_readiness_and_metrics(api: Client) -> None:
     api.post("/v1/sos", json=pos(*GANGNAM), headers=resident(api))
     # A request is counted once its answer is sent, so the scrape may race the last one.
     for _ in range(50):
-        text = api.get("/metrics").text
+        text = api.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
         if 'route="/v1/sos"' in text:
             break
         time.sleep(0.02)

@@ -282,13 +282,13 @@ def test_a_private_mosquitto_in_tmp_path_keeps_retained_and_queued_messages_acro
 
 
 def test_a_buffered_read_client_receives_small_and_large_messages_intact_and_in_order(
-    mqtt_service: MqttService, unique_id: str
+    lenient_mosquitto: MqttService, unique_id: str
 ) -> None:
     # Ingest's paho client reads the socket 256 KB at a time and serves paho's reads from that
     # buffer: packet boundaries that fall anywhere in a read, and a message larger than a read.
     from broker._paho import BufferedReadClient
 
-    params = params_of(mqtt_service)
+    params = params_of(lenient_mosquitto)
     topic = device_topic("11230", f"L-{unique_id}", "telemetry")
     got: queue.Queue[bytes] = queue.Queue()
     sub = paho_client(params, f"sub-{unique_id}", buffered_reads=True)
@@ -328,14 +328,14 @@ def test_a_buffered_read_client_receives_small_and_large_messages_intact_and_in_
 
 
 def test_a_publish_handler_gets_every_message_in_order_and_acked_ones_are_not_sent_again(
-    mqtt_service: MqttService, unique_id: str
+    lenient_mosquitto: MqttService, unique_id: str
 ) -> None:
     # Ingest's hot path: complete QoS 0/1 PUBLISH packets are cut from the read buffer and handed
     # over as (topic, payload, qos, mid); the rest (a message longer than a read) goes through
     # paho's on_message. Both end in one ordered stream, and the mids ack the right messages.
     from broker._paho import BufferedReadClient
 
-    params = params_of(mqtt_service)
+    params = params_of(lenient_mosquitto)
     topic = device_topic("11230", f"L-{unique_id}", "telemetry")
     got: queue.Queue[tuple[str, bytes, int, int, str]] = queue.Queue()
 
@@ -344,7 +344,7 @@ def test_a_publish_handler_gets_every_message_in_order_and_acked_ones_are_not_se
             params, f"fast-{unique_id}", clean_session=False, manual_ack=True, buffered_reads=True
         )
         assert isinstance(sub, BufferedReadClient)
-        sub.set_publish_handler(lambda t, p, q, m: got.put((t, p, q, m, "cut")))
+        sub.set_publish_handler(lambda t, p, q, m, _r: got.put((t, p, q, m, "cut")))
         sub.on_message = lambda _c, _u, msg: got.put((msg.topic, msg.payload, msg.qos, msg.mid, "paho"))
         subscribed = queue.Queue[int]()
         sub.on_connect = lambda c, *_a: c.subscribe(topic, 1)

@@ -124,6 +124,9 @@ def make_worker(svc: MqttService, db: str, tmp: Path, uid: str, **kw: object) ->
         client_id=f"ingest-{uid}",
         shared=bool(kw.pop("shared", False)),
         max_delay_s=0.05,
+        # These tests stream load from a few device ids; the per-device bound has its own tests
+        # (test_device_attacks.py).
+        device_rate_per_s=float(kw.pop("device_rate_per_s", 0)),  # type: ignore[arg-type]
         **kw,  # type: ignore[arg-type]
     )
     return IngestWorker(config, on_faults=raise_fault_alerts)
@@ -288,6 +291,8 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(
         f"kill-{unique_id}",
         "--max-delay-ms",
         "50",
+        "--device-rate",
+        "0",  # load from a few device ids, not a device's traffic
     ]
 
     def start() -> subprocess.Popen[bytes]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 from pydantic import ValidationError
 
+from api.loginguard import LoginGuard, Throttle
+from api.logredact import RedactCredentials
 from api.ratelimit import RateLimiter, retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import (
     InvalidToken,
-    Operator,
+    SessionClaims,
     hash_resident_token,
     new_resident_token,
     password_hasher,
@@ -41,9 +44,9 @@ def test_a_limit_forgets_idle_keys_to_bound_memory() -> None:
 
 
 def test_tokens_round_trip_and_refuse_forgery_and_expiry() -> None:
-    op = Operator("kim", "district", "11020", expires_at=1000.0)
-    token = sign_token(SECRET, op)
-    assert verify_token(SECRET, token, 999.0) == op
+    claims = SessionClaims("s-1", "kim", expires_at=1000.0)
+    token = sign_token(SECRET, claims)
+    assert verify_token(SECRET, token, 999.0) == claims
     with pytest.raises(InvalidToken, match="expired"):
         verify_token(SECRET, token, 1000.0)
     with pytest.raises(InvalidToken, match="signature"):
@@ -84,3 +87,54 @@ def test_positions_refuse_nan_infinity_and_out_of_range(bad: dict[str, float]) -
 def test_an_sos_needs_only_a_position() -> None:
     sos = SosIn.model_validate({"lat": 37.5, "lon": 127.0})
     assert sos.accuracy_m is None and sos.walk_id is None
+
+
+def test_login_guard_slows_an_address_and_a_username_and_reports_a_spray_once() -> None:
+    guard = LoginGuard(per_username=3, per_address=5, window_s=60.0, spray_usernames=3)
+    for i in range(3):
+        assert guard.failed("kim", "10.0.0.1", float(i)) is False
+    refusal = guard.username_refusal("kim", 3.0)
+    assert (
+        refusal is not None
+        and refusal.throttle is Throttle.USERNAME
+        and refusal.wait_s == pytest.approx(57.0)
+    )
+    assert guard.address_refusal("10.0.0.1", 3.0) is None and guard.username_refusal("lee", 3.0) is None
+    assert guard.failed("lee", "10.0.0.1", 4.0) is False
+    assert guard.failed("park", "10.0.0.1", 5.0) is True  # a third username from one address
+    assert guard.failed("choi", "10.0.0.1", 6.0) is False  # reported once per window
+    refusal = guard.address_refusal("10.0.0.1", 6.0)
+    assert refusal is not None and refusal.throttle is Throttle.ADDRESS
+    assert guard.address_refusal("10.0.0.2", 6.0) is None
+    assert guard.address_refusal("10.0.0.1", 61.0) is None  # the window moved on
+    assert (
+        guard.first_report("k", 0.0) and not guard.first_report("k", 59.0) and guard.first_report("k", 60.0)
+    )
+
+
+def test_credentials_in_websocket_debug_lines_are_redacted() -> None:
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        r = logging.LogRecord("uvicorn.error", logging.DEBUG, __file__, 1, msg, args, None)
+        RedactCredentials().filter(r)
+        return r
+
+    assert record("< %s: %s", "Authorization", "Bearer abc").getMessage() == "< Authorization: [redacted]"
+    assert record("< %s: %s", "Sec-WebSocket-Protocol", "streetlight.v1, bearer.v2.x.y").getMessage() == (
+        "< Sec-WebSocket-Protocol: [redacted]"
+    )
+    assert record("< %s", 'TEXT \'{"token": "abc"}\' [16 bytes]').getMessage() == "< [redacted]"
+    assert record("< %s: %s", "Host", "example").getMessage() == "< Host: example"
+    assert (
+        record("< GET %s HTTP/1.1", "/v1/stream?last_event_id=3")
+        .getMessage()
+        .endswith("last_event_id=3 HTTP/1.1")
+    )
+
+
+def test_the_other_services_metrics_servers_listen_on_loopback_by_default() -> None:
+    from streetlight.cli import build_parser
+
+    parser = build_parser()
+    for command in (["ingest"], ["controller"]):
+        args, _ = parser.parse_known_args(command)
+        assert args.metrics_host == "127.0.0.1", command

@@ -55,7 +55,7 @@ def connected_pair() -> Iterator[Pair]:
     )
     assert isinstance(client, BufferedReadClient)
     got: list[tuple[str, Message]] = []
-    client.set_publish_handler(lambda t, p, q, m: got.append(("cut", (t, p, q, m))))
+    client.set_publish_handler(lambda t, p, q, m, _r: got.append(("cut", (t, p, q, m))))
     client.on_message = lambda _c, _u, msg: got.append(("paho", (msg.topic, msg.payload, msg.qos, msg.mid)))
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
@@ -139,3 +139,26 @@ def test_a_handler_without_manual_ack_is_refused() -> None:
     assert isinstance(client, BufferedReadClient)
     with pytest.raises(ValueError, match="manual_ack"):
         client.set_publish_handler(lambda *_a: None)
+
+
+def test_the_publish_handler_is_told_which_messages_come_from_the_brokers_retained_store() -> None:
+    client = paho_client(
+        ConnectionParams("127.0.0.1", 1883), "read-path-retain", manual_ack=True, buffered_reads=True
+    )
+    assert isinstance(client, BufferedReadClient)
+    got: list[tuple[str, bool]] = []
+    client.set_publish_handler(lambda t, _p, _q, _m, retain: got.append((t, retain)))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = _ReadBuffer(ours)
+    try:
+        live = publish_packet("sl/v1/11230/L-1/event", b"{}", 1, 7)
+        stored = bytearray(publish_packet("sl/v1/11230/L-2/event", b"{}", 1, 8))
+        stored[0] |= 0x01  # RETAIN
+        theirs.sendall(live + bytes(stored))
+        for _ in range(5):
+            client.loop_read()
+        assert got == [("sl/v1/11230/L-1/event", False), ("sl/v1/11230/L-2/event", True)]
+    finally:
+        ours.close()
+        theirs.close()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker import decode
 from controller import (
     BlinkPolicy,
     BlinkSet,
@@ -25,6 +27,7 @@ from controller import (
     responsible_centre,
 )
 from controller._blink import confirm, fail, move_to, refresh_due
+from controller._commands import Answered, CommandIds, WrongDevice
 from controller._leases import plan_leases
 
 NOW = 1_764_100_000_000
@@ -227,10 +230,41 @@ def test_an_unanswered_command_is_retried_once_after_5_s_then_given_up() -> None
 def test_acks_are_matched_by_id_and_others_ignored() -> None:
     tracker = CommandTracker()
     tracker.sent(cmd("c1"), NOW)
-    assert tracker.acked("someone-elses", "applied", NOW + 10) is None
-    answered = tracker.acked("c1", "applied", NOW + 12)
-    assert answered is not None and answered.state is CommandState.APPLIED and answered.latency_ms == 12
-    assert tracker.acked("c1", "applied", NOW + 13) is None  # settled once
+    assert tracker.acked("someone-elses", "applied", NOW + 10, sender="lamp-1") is None
+    answered = tracker.acked("c1", "applied", NOW + 12, sender="lamp-1")
+    assert isinstance(answered, Answered)
+    assert answered.state is CommandState.APPLIED and answered.latency_ms == 12
+    assert tracker.acked("c1", "applied", NOW + 13, sender="lamp-1") is None  # settled once
+
+
+def test_an_ack_from_another_device_than_the_commands_is_refused_and_the_command_keeps_waiting() -> None:
+    tracker = CommandTracker()
+    tracker.sent(cmd("c1"), NOW)  # sent to lamp-1
+    refused = tracker.acked("c1", "applied", NOW + 10, sender="lamp-2")
+    assert isinstance(refused, WrongDevice) and refused.sender == "lamp-2"
+    assert "c1" in tracker.pending and tracker.counts["wrong_device"] == 1
+    assert tracker.counts[CommandState.APPLIED] == 0
+    # The lamp it was sent to still answers it; without that, it ends unanswered as usual.
+    answered = tracker.acked("c1", "applied", NOW + 20, sender="lamp-1")
+    assert isinstance(answered, Answered) and answered.state is CommandState.APPLIED
+
+
+def test_command_ids_are_unguessable_from_one_another_and_fit_the_protocol() -> None:
+    ids = CommandIds("c1a2b3c4d5")
+    issued = [ids() for _ in range(2000)]
+    assert len(set(issued)) == len(issued)
+    suffixes = [int(i.rsplit(".", 1)[1], 16) for i in issued]
+    assert all(len(i.rsplit(".", 1)[1]) == 32 for i in issued)  # 128 bits each
+    # Neither the next id nor a neighbour of it: no two ids issued in a row are close.
+    assert min(abs(b - a) for a, b in itertools.pairwise(suffixes)) > 2**64
+    for cmd_id in issued[:50]:
+        decode(
+            "cmd",
+            b'{"cmd_id":"%s","ts":%d,"action":"clear","source":"s"}' % (cmd_id.encode(), NOW),
+            NOW,
+        )
+    with pytest.raises(ValueError):
+        CommandIds("x" * 31)
 
 
 def test_the_wire_payload_is_a_valid_v1_command() -> None:

@@ -111,6 +111,39 @@ def test_environment_files_only_use_variables_the_settings_read() -> None:
             assert f'"{name}"' in SETTINGS, f"{f.name}: {name} is not read by streetlight/settings.py"
 
 
+def _deployed_mqtt_urls() -> list[tuple[str, str]]:
+    found = []
+    for f in [*DEPLOY.glob("systemd/*"), *DEPLOY.glob("compose/*")]:
+        for url in re.findall(r"mqtts?://[^\s\"']+", f.read_text()):
+            found.append((f.name, url.replace("%%", "%").replace("%i", "0")))
+    return found
+
+
+def test_every_deployed_mqtt_url_names_an_instance_account_and_carries_no_secret() -> None:
+    # Secrets on a command line or in a unit are visible to every local user (ps, systemctl show);
+    # they come from MQTT_PASSWORD_FILE. Each URL's user is an account `provision --service` makes.
+    from broker import parse_mqtt_url
+    from broker.security import check_service_account
+
+    urls = _deployed_mqtt_urls()
+    assert urls
+    for where, url in urls:
+        params = parse_mqtt_url(url)
+        assert params.password is None, f"{where}: {url} carries a secret"
+        assert params.username is not None, f"{where}: {url} names no account"
+        check_service_account(params.username)
+
+
+def test_no_two_deployed_controllers_share_an_mqtt_account() -> None:
+    # The broker makes the client id the username: two instances on one account would take each
+    # other's connection over, so each controller (and each standby) has its own.
+    compose = yaml.safe_load((DEPLOY / "compose/compose.yaml").read_text())["services"]
+    accounts = [
+        svc["environment"]["MQTT_URL"] for name, svc in compose.items() if name.startswith("controller")
+    ]
+    assert len(accounts) == 4 and len(set(accounts)) == 4
+
+
 def test_the_shipped_mosquitto_conf_carries_the_limits_that_provision_generates(tmp_path: Path) -> None:
     from broker.security import MosquittoOptions, Registry, write_mosquitto
 

@@ -77,7 +77,7 @@ def test_events_and_acks_become_event_rows_and_faults_are_noted() -> None:
     fault, ack = (dict(zip(EVENT_FIELDS, r, strict=True)) for r in out.events)
     assert fault["type"] == "fault" and fault["code"] == "lamp_failure" and fault["seq"] == 3
     assert ack["type"] == "ack" and ack["code"] == "applied" and ack["seq"] == ack_seq("c-1")
-    assert out.fault_events == [("L1", "fault", "lamp_failure", NOW_MS)]
+    assert out.fault_events == [("L1", "fault", "lamp_failure", NOW_MS, 3)]
     assert out.acks == 1
 
 

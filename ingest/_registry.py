@@ -1,0 +1,115 @@
+"""Ingest's view of the provisioned devices and its share group, both read from the database.
+
+So a deployed ingest needs nothing passed: ``streetlight provision`` mirrors its registry into
+the ``devices`` table, and every ingest instance that shares the database shares the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import psycopg
+
+from broker import INGEST_GROUP
+from store.registry import ProvisionedDevice, provisioned_devices, shared_secret
+
+log = logging.getLogger(__name__)
+
+# The group's secret part; 128 random bits in store_meta, never in a file, an argument or a log.
+SHARE_GROUP_KEY: Final = "ingest_share_group"
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    """A provisioned device as ``broker.security.check_sender`` sees it."""
+
+    name: str
+    district_code: str | None
+    revoked: bool
+    role: str = "device"
+
+
+def share_group(database_url: str) -> str:
+    """The ingest share group: ``ingest-`` and a random secret every instance reads from the database.
+
+    A device may SUBSCRIBE to any ``$share/...`` filter (Mosquitto's acl_file never refuses one);
+    in a group whose name it knows it would take its turn of the messages and the read ACL would
+    drop them. It cannot join a group whose name it cannot learn.
+    """
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        return f"{INGEST_GROUP}-{shared_secret(conn, SHARE_GROUP_KEY)}"
+
+
+class DatabaseRegistry:
+    """Provisioned devices from the ``devices`` table, re-read every ``refresh_s`` and on a miss.
+
+    A lookup never waits on the database longer than one query; when it cannot be read the last
+    table stays in use (the broker refuses revoked devices on its own meanwhile).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        refresh_s: float = 30.0,
+        miss_refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.database_url = database_url
+        self.refresh_s = refresh_s
+        self.miss_refresh_s = miss_refresh_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._devices: dict[str, ProvisionedDevice] = {}
+        self._loaded_at = -float("inf")
+        self._failing = False
+
+    def load(self) -> int:
+        """Read the table now; returns how many devices were ever provisioned."""
+        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=2) as conn:
+            devices = provisioned_devices(conn)
+        with self._lock:
+            self._devices = devices
+            self._loaded_at = self._clock()
+        return len(devices)
+
+    def active(self) -> bool:
+        """Whether provisioning has registered any device yet (re-read every ``refresh_s``).
+
+        ``--registry-check auto`` checks senders only then, so a development database without
+        provisioning stores every device, and a deployed ingest turns the check on by itself once
+        ``streetlight provision --database-url`` has run, without a restart.
+        """
+        if self._clock() - self._loaded_at >= self.refresh_s:
+            was = bool(self._devices)
+            with contextlib.suppress(psycopg.Error):
+                self.load()
+            self._loaded_at = self._clock()
+            if bool(self._devices) != was:
+                log.info(
+                    "registry_check state=%s devices=%d", "on" if self._devices else "off", len(self._devices)
+                )
+        return bool(self._devices)
+
+    def lookup(self, device_id: str) -> RegisteredDevice | None:
+        """The registered device ``device_id``, or None when provisioning never registered it."""
+        age = self._clock() - self._loaded_at
+        miss_due = device_id not in self._devices and age >= self.miss_refresh_s and not self._failing
+        if age >= self.refresh_s or miss_due:
+            try:
+                self.load()
+                self._failing = False
+            except psycopg.Error as exc:
+                # The database is down (ingest spools meanwhile): keep the table, and wait a full
+                # interval, misses or not, so this thread does not stall on connects.
+                self._loaded_at = self._clock()
+                self._failing = True
+                log.warning("registry_refresh_failed devices=%d error=%s", len(self._devices), exc)
+        d = self._devices.get(device_id)
+        return None if d is None else RegisteredDevice(d.device_id, d.district_code, d.revoked)

@@ -1,0 +1,50 @@
+"""SOS bursts from one source: the SQL that groups and flags them (never drops them).
+
+Each new SOS alert carries a `source_key` (the API's HMAC of the client address: pseudonymous, and
+the same across API instances). When other residents' SOS alerts came from the same source within
+the window, the new one joins their group (`burst_group`: the id of the first alert of the group)
+and is flagged `suspected_burst`; the first of a group stays unflagged, so one real SOS is never
+hidden behind a flood of throw-away accounts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from store.alertstore import ALERT_CHANNEL, notify
+from store.types import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class BurstMark:
+    """What `mark_sos_source` decided for one alert."""
+
+    burst_group: str | None
+    suspected_burst: bool
+
+
+def mark_sos_source(
+    conn: Conn, alert_id: str, *, source_key: str, resident_id: str, window_s: float
+) -> BurstMark:
+    """Record the source of a new SOS alert and group it with the other residents' SOS from the same
+    source within `window_s`. Call inside the transaction that saved the alert."""
+    # Two SOS from one source racing on two API instances: the second waits for the first's commit.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos-source:" + source_key,))
+    first = conn.execute(
+        "SELECT alert_id, burst_group FROM alerts WHERE kind = 'sos' AND source_key = %s "
+        "AND created_at > now() - make_interval(secs => %s) AND alert_id <> %s "
+        "AND resident_id IS DISTINCT FROM %s ORDER BY created_at, alert_id LIMIT 1",
+        (source_key, window_s, alert_id, resident_id),
+    ).fetchone()
+    if first is None:
+        conn.execute("UPDATE alerts SET source_key = %s WHERE alert_id = %s", (source_key, alert_id))
+        return BurstMark(None, False)
+    group = str(first[1] or first[0])
+    if first[1] is None:  # the group starts now: the first alert joins it, unflagged
+        conn.execute("UPDATE alerts SET burst_group = %s WHERE alert_id = %s", (group, first[0]))
+        notify(conn, ALERT_CHANNEL, {"alert_id": str(first[0])})
+    conn.execute(
+        "UPDATE alerts SET source_key = %s, burst_group = %s, suspected_burst = true WHERE alert_id = %s",
+        (source_key, group, alert_id),
+    )
+    return BurstMark(group, True)

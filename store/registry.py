@@ -1,0 +1,115 @@
+"""The provisioned-device registry in the ``devices`` table, and secrets shared by service instances.
+
+``streetlight provision`` mirrors its file registry here (``mark_provisioned``, ``mark_revoked``);
+ingest reads it back (``provisioned_devices``) to refuse messages from ids nobody provisioned,
+so a deployed ingest needs no registry file. A row written by a birth alone has no
+``credentials_hash``: it was never provisioned. ``credentials_hash`` holds a fingerprint of the
+broker's password hash (never the secret, never the hash itself), so a rotation shows as a change.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from store.types import Conn
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisionedDevice:
+    """What provisioning registered for one device: the facts a message is checked against."""
+
+    device_id: str
+    kind: str
+    district_code: str
+    dong_code: str | None = None
+    lamp_number: str | None = None
+    paired_device_id: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    credentials_fingerprint: str | None = None
+    revoked: bool = False
+
+
+def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
+    """Insert or update provisioned devices (registered facts win over what a birth wrote)."""
+    rows = [
+        (
+            d.device_id,
+            d.kind,
+            d.district_code,
+            d.dong_code,
+            d.lamp_number,
+            d.lat,
+            d.lon,
+            d.paired_device_id,
+            d.credentials_fingerprint,
+        )
+        for d in devices
+    ]
+    if not rows:
+        return 0
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO devices (device_id, kind, district_code, dong_code, lamp_number, lat, lon,
+                                 paired_device_id, provisioned, credentials_hash)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true, %s)
+            ON CONFLICT (device_id) DO UPDATE SET
+                kind = EXCLUDED.kind, district_code = EXCLUDED.district_code,
+                dong_code = coalesce(EXCLUDED.dong_code, devices.dong_code),
+                lamp_number = coalesce(EXCLUDED.lamp_number, devices.lamp_number),
+                lat = coalesce(EXCLUDED.lat, devices.lat), lon = coalesce(EXCLUDED.lon, devices.lon),
+                paired_device_id = coalesce(EXCLUDED.paired_device_id, devices.paired_device_id),
+                provisioned = true, credentials_hash = EXCLUDED.credentials_hash, updated_at = now()
+            """,
+            rows,
+        )
+    return len(rows)
+
+
+def mark_revoked(conn: Conn, device_ids: Iterable[str]) -> None:
+    """Record that these devices' credentials are revoked (the row and its history stay)."""
+    ids = list(device_ids)
+    if ids:
+        conn.execute(
+            "UPDATE devices SET provisioned = false, updated_at = now() "
+            "WHERE device_id = ANY(%s) AND credentials_hash IS NOT NULL",
+            (ids,),
+        )
+
+
+def provisioned_devices(conn: Conn) -> dict[str, ProvisionedDevice]:
+    """Every device provisioning ever registered, revoked ones flagged; {} when none was."""
+    rows = conn.execute(
+        "SELECT device_id, kind, district_code, dong_code, lamp_number, paired_device_id, lat, lon, "
+        "credentials_hash, provisioned FROM devices WHERE credentials_hash IS NOT NULL"
+    ).fetchall()
+    return {
+        str(r[0]): ProvisionedDevice(
+            device_id=str(r[0]),
+            kind=str(r[1]),
+            district_code=str(r[2]),
+            dong_code=r[3],
+            lamp_number=r[4],
+            paired_device_id=r[5],
+            lat=r[6],
+            lon=r[7],
+            credentials_fingerprint=r[8],
+            revoked=not r[9],
+        )
+        for r in rows
+    }
+
+
+def shared_secret(conn: Conn, key: str, nbytes: int = 16) -> str:
+    """A random hex secret kept in ``store_meta`` under ``key``, created by the first caller."""
+    conn.execute(
+        "INSERT INTO store_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+        (key, secrets.token_hex(nbytes)),
+    )
+    row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (key,)).fetchone()
+    if row is None:  # only if someone deleted it between the two statements
+        raise LookupError(f"store_meta {key!r} vanished")
+    return str(row[0])
