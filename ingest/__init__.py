@@ -5,6 +5,7 @@ the guarantees, the spool, the metrics and the measured figures.
 """
 
 from ingest._alerts import new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._lease import ConsumerLease, lease_key
 from ingest._metrics import IngestMetrics, serve_metrics
 from ingest._process import (
     ROW_BDSEQ,
@@ -26,6 +27,7 @@ from ingest._service import (
     probe_shared_subscriptions,
     sender_checker,
 )
+from ingest._sharecheck import shared_subscriptions_ignored
 from ingest._spool import Spool, SpoolFull, SpoolLocked
 from ingest._worker import IngestWorker, WorkerConfig
 from ingest._write import WriteResult, write_batch
@@ -33,6 +35,7 @@ from ingest._write import WriteResult, write_batch
 __all__ = [
     "JOBS_LOCK_KEY",
     "ROW_BDSEQ",
+    "ConsumerLease",
     "DatabaseRegistry",
     "DeadLetter",
     "DeviceBatch",
@@ -51,6 +54,7 @@ __all__ = [
     "ack_seq",
     "file_registry_lookup",
     "gazetteer_locator",
+    "lease_key",
     "new_alert_id",
     "offline_reports",
     "probe_shared_subscriptions",
@@ -60,5 +64,6 @@ __all__ = [
     "sender_checker",
     "serve_metrics",
     "share_group",
+    "shared_subscriptions_ignored",
     "write_batch",
 ]

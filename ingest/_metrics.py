@@ -34,6 +34,7 @@ class IngestMetrics:
     seq_repeats: int = 0
     births: int = 0
     states: int = 0
+    state_resyncs: int = 0  # devices whose retained state was asked for on its exact topic
     acks_seen: int = 0  # device command acks stored as events
     flags: Counter[str] = field(default_factory=Counter)  # accepted but suspicious (district_mismatch)
     spooled: int = 0  # messages written to the spool
@@ -47,6 +48,7 @@ class IngestMetrics:
     db_failures: int = 0
     db_up: bool = True
     subscribed: bool = False
+    standby: bool = False  # a --group instance waiting for the group's lease
     pending: int = 0
     lag_ms_last: float = 0.0
     last_commit_unix_s: float = 0.0  # wall-clock time of the last committed batch (0: none yet)
@@ -142,7 +144,19 @@ class IngestMetrics:
         metric(
             "ingest_pending_messages", "gauge", "messages received, not yet committed", [(w, self.pending)]
         )
+        metric(
+            "ingest_state_resyncs_total",
+            "counter",
+            "retained states asked for on a device's exact topic",
+            [(w, self.state_resyncs)],
+        )
         metric("ingest_subscribed", "gauge", "1 while subscribed", [(w, int(self.subscribed))])
+        metric(
+            "ingest_standby",
+            "gauge",
+            "1 while waiting for the group's lease (another instance consumes)",
+            [(w, int(self.standby))],
+        )
         metric(
             "ingest_database_up",
             "gauge",

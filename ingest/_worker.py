@@ -14,6 +14,10 @@ When the database is unreachable a batch goes to the spool (fsynced) and is acke
 replayed, in order, once the database answers again, and new batches queue behind it in the
 spool meanwhile. A batch that can be neither committed nor spooled is not acked: the broker keeps
 its QoS 1 messages and sends them again when this worker reconnects.
+
+With a ``lease`` (a plain subscription shared by a group of instances, ingest/_lease.py) the
+worker connects to the broker only while it holds the group's lease, and steps down (disconnects,
+dropping what it has not committed: the next holder gets it again) when another instance holds it.
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ from broker import (
     BufferedReadClient,
     ConnectionParams,
     DeviceRateLimiter,
+    TopicError,
     backoff_delay_s,
     ingest_filters,
     paho_client,
+    parse_device_topic,
 )
+from ingest._lease import ConsumerLease
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
+from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from store import StoreUnavailable
@@ -76,6 +84,8 @@ class WorkerConfig:
     # Per-device bound in the receive path (broker/_ratelimit.py); 0 turns it off.
     device_rate_per_s: float = DEVICE_RATE_PER_S
     device_burst: float = DEVICE_BURST
+    state_resync: bool = True
+    """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -95,8 +105,10 @@ class IngestWorker:
         check_sender: SenderCheckFn | None = None,
         on_faults: FaultHook | None = None,
         on_batch: Callable[[Processed], None] | None = None,
+        lease: ConsumerLease | None = None,
     ) -> None:
         self.config = config
+        self._lease = lease
         self.metrics = metrics or IngestMetrics(worker=config.index)
         self._check_sender = check_sender
         self._on_faults = on_faults
@@ -122,6 +134,7 @@ class IngestWorker:
         self._conn: Conn | None = None
         self._db_retry_at = 0.0
         self._db_failures = 0
+        self._resync = StateResync()
         self.spool = Spool(config.spool_path, config.spool_max_bytes)
         self.metrics.spool_bytes = self.spool.size_bytes
         self.client = paho_client(
@@ -210,6 +223,22 @@ class IngestWorker:
             target=self._flush_loop, name=f"ingest-flush-{self.config.index}", daemon=True
         )
         flusher.start()
+        try:
+            if self._lease is not None:
+                self._run_leased(self._lease)
+            else:
+                self._run_alone()
+        finally:
+            flusher.join(timeout=30)
+            self.client.disconnect()
+            self.client.loop_stop()
+            self.spool.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self._lease is not None:
+                self._lease.release()  # after the last batch is committed and acked
+
+    def _run_alone(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:
@@ -226,27 +255,74 @@ class IngestWorker:
                 attempt += 1
                 self._stop.wait(delay)
         self.client.loop_start()
-        try:
-            while not self._stop.wait(0.2):
-                if self._reconnect_wanted:
-                    # Unacked QoS 1 messages were dropped (spool full): a new connection makes the
-                    # broker send them again, now that there is room.
-                    self._reconnect_wanted = False
-                    log.warning(
-                        "ingest worker %d: reconnecting to get unacknowledged messages again",
-                        self.config.index,
-                    )
-                    self.client.disconnect()
-                    self.client.loop_stop()
-                    self.client.reconnect()
-                    self.client.loop_start()
-        finally:
-            flusher.join(timeout=30)
+        while not self._stop.wait(0.2):
+            self._maybe_reconnect()
+
+    def _maybe_reconnect(self) -> None:
+        if self._reconnect_wanted:
+            # Unacked QoS 1 messages were dropped (spool full): a new connection makes the
+            # broker send them again, now that there is room.
+            self._reconnect_wanted = False
+            log.warning(
+                "ingest worker %d: reconnecting to get unacknowledged messages again",
+                self.config.index,
+            )
             self.client.disconnect()
-            self.client.loop_stop()
-            self.spool.close()
-            if self._conn is not None:
-                self._conn.close()
+            self._loop_stop()
+            self.client.reconnect()
+            self.client.loop_start()
+
+    def _run_leased(self, lease: ConsumerLease) -> None:
+        """Consume only while holding the group's lease; the spool is replayed either way."""
+        active = False
+        confirmed_at = -1e9
+        next_round = 0.0
+        self.metrics.standby = True
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_round:
+                next_round = now + lease.ttl_s / 3
+                held = lease.try_hold()
+                if held:
+                    confirmed_at = now
+                if held and not active:
+                    log.info("ingest_lease_taken key=%s owner=%s: consuming", lease.key, lease.owner)
+                    self.client.connect_async(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                    self.client.loop_start()
+                    active = True
+                    self.metrics.standby = False
+                elif held is False and active:
+                    self._step_down(lease, "another instance holds the lease")
+                    active = False
+                elif (
+                    held is None
+                    and active
+                    and not self._connected.is_set()
+                    and now - confirmed_at > lease.ttl_s
+                ):
+                    # Cut off from the database and from the broker: another instance may hold
+                    # the lease by now, and reconnecting would take its connection over.
+                    self._step_down(lease, "lease unconfirmed while the broker is away")
+                    active = False
+            if active:
+                self._maybe_reconnect()
+            self._stop.wait(0.2)
+
+    def _loop_stop(self) -> None:
+        """Stop paho's network thread and close its wake-up socket pair: paho 2.2's ``loop_start``
+        opens a new pair each time and ``loop_stop`` leaves the old one open."""
+        self.client.loop_stop()
+        self.client._reset_sockets(sockpair_only=True)
+
+    def _step_down(self, lease: ConsumerLease, why: str) -> None:
+        log.warning("ingest_lease_lost key=%s owner=%s why=%s: standing by", lease.key, lease.owner, why)
+        self.client.disconnect()
+        self._loop_stop()
+        self._connected.clear()
+        self.metrics.subscribed = False
+        self.metrics.standby = True
+        # Not committed, so not acknowledged: the lease holder gets these again from the session.
+        self._queue.clear()
 
     def stop(self) -> None:
         """Ask the worker to finish its last batch and return from :meth:`run`."""
@@ -272,6 +348,8 @@ class IngestWorker:
                 return False
             self._ack_refused()
             self._maybe_replay()
+            if self.config.state_resync:
+                self._resync_subscriptions([], self._resync.expired(time.monotonic()))
             time.sleep(0.02)
         seen = len(queue)
         while seen < cfg.max_rows and not self._stop.is_set():
@@ -376,6 +454,32 @@ class IngestWorker:
         m.acks_seen += batch.acks
         if self._on_batch is not None:
             self._on_batch(batch)
+        if self.config.state_resync:
+            self._resync_states(batch, messages)
+
+    def _resync_states(self, batch: Processed, messages: Sequence[RawMessage]) -> None:
+        heard: dict[str, str] = {}
+        known = batch.devices.keys() | {device for _d, device, _b in batch.births}
+        for message in messages:
+            try:
+                parsed = parse_device_topic(message.topic)
+            except TopicError:
+                continue
+            if parsed.device_id in known:
+                heard.setdefault(parsed.device_id, parsed.district_code)
+        stated = [device for device, _state in batch.states]
+        ask, drop = self._resync.after_batch(((d, dev) for dev, d in heard.items()), stated, time.monotonic())
+        self._resync_subscriptions(ask, drop)
+
+    def _resync_subscriptions(self, ask: list[str], drop: list[str]) -> None:
+        for topics in chunks(drop):
+            self.client.unsubscribe(topics)
+        for topics in chunks(ask):
+            result, _mid = self.client.subscribe([(t, 1) for t in topics])
+            if result != mqtt.MQTT_ERR_SUCCESS:
+                self._resync.forget_asked(topics)
+            else:
+                self.metrics.state_resyncs += len(topics)
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:

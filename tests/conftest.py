@@ -25,8 +25,10 @@ from streetlight.localservices import (
     find_pg_bin,
     provide_mqtt,
     provide_pg,
+    rabbitmq_installed,
     start_mosquitto,
     start_pg_cluster,
+    start_rabbitmq,
     timescale_installed,
 )
 from streetlight.settings import Settings
@@ -168,6 +170,19 @@ def private_mosquitto(tmp_path: Path) -> Iterator[MqttService]:
     svc = start_mosquitto(tmp_path / "mosquitto")
     yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_service() -> Iterator[MqttService]:
+    """A private RabbitMQ node (MQTT plugin) for the whole session: it takes 6-10 s to boot."""
+    skip_unless(rabbitmq_installed(), "rabbitmq-server is not installed (/usr/lib/rabbitmq/bin)")
+    # Not under pytest's basetemp (0700 and cleaned by later sessions); the node runs as us.
+    workdir = Path(tempfile.mkdtemp(prefix="sl-test-rabbitmq-"))
+    svc = start_rabbitmq(workdir)
+    _USED["rabbitmq"] = f"private node at {svc.host}:{svc.port}"
+    yield svc
+    svc.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

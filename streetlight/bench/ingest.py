@@ -1,8 +1,10 @@
 """``streetlight bench ingest``: MQTT -> PostgreSQL ingest rate on both storage paths, against
 two subscribers that store nothing.
 
-In one run, on a private Mosquitto (big-queue config) and DATABASE_URL's server (a throwaway
-database on it) or a throwaway cluster, plus a throwaway cluster with TimescaleDB preloaded:
+In one run, on a private Mosquitto (the deployed limits) or, with ``--broker rabbitmq``, a private
+RabbitMQ node (``--prefetch``: its ``mqtt.prefetch``; ingest on a plain subscription, one worker),
+and DATABASE_URL's server (a throwaway database on it) or a throwaway cluster, plus a throwaway
+cluster with TimescaleDB preloaded:
 
 1. baselines, each receiving N messages from ``streetlight.bench.fastpub`` (a raw-socket
    publisher in its own process): ``streetlight.bench.baseline`` (bare paho + orjson, first to
@@ -37,11 +39,13 @@ from typing import Any
 import psycopg
 
 from streetlight.localservices import (
+    RABBITMQ_MQTT_PREFETCH,
     TIMESCALE_WORKER_OPTIONS,
     PgService,
     free_port,
     start_mosquitto,
     start_pg_cluster,
+    start_rabbitmq,
     terminate,
     timescale_installed,
 )
@@ -70,6 +74,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rate", type=float, default=0.0, help="publish rate (0: as fast as possible)")
     parser.add_argument("--naive-sample", type=int, default=NAIVE_SAMPLE)
+    parser.add_argument(
+        "--broker", choices=["mosquitto", "rabbitmq"], default="mosquitto", help="the private broker to start"
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=RABBITMQ_MQTT_PREFETCH,
+        help=f"RabbitMQ's mqtt.prefetch (default {RABBITMQ_MQTT_PREFETCH}; RabbitMQ's own is 10)",
+    )
 
 
 def _say(text: str) -> None:
@@ -189,7 +202,7 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
         "--workers",
         str(args.workers),
         "--subscription",
-        "shared",
+        "plain" if args.broker == "rabbitmq" else "shared",
         "--qos",
         str(args.qos),
         "--no-jobs",
@@ -242,7 +255,7 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
         span = last_t - float(sent["started_unix_s"])
         _say(f"{last_n:.0f} rows committed {span:.3f} s after the first send")
         rate = last_n / span if span > 0 else 0.0
-        return {"sent": sent["sent"], "rate": rate, "metrics": snapshot}
+        return {"sent": sent["sent"], "pubacks": sent.get("pubacks"), "rate": rate, "metrics": snapshot}
     finally:
         terminate(proc)
 
@@ -342,7 +355,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from store import migrate
 
     workdir = Path(tempfile.mkdtemp(prefix="slbench-ingest-"))
-    broker = start_mosquitto(workdir / "mosquitto")
+    if args.broker == "rabbitmq":
+        args.workers = 1  # no shared subscriptions: one consumer
+        broker = start_rabbitmq(workdir / "rabbitmq", prefetch=args.prefetch)
+    else:
+        broker = start_mosquitto(workdir / "mosquitto")
     pg: PgService | None = None
     pg_ts: PgService | None = None
     admin_url = os.environ.get("DATABASE_URL")
@@ -364,7 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 conn.execute(f'CREATE DATABASE "{dbname}_ts"')
             ts_url = PgService("configured", ts_admin_url).database_url(f"{dbname}_ts")
             migrate(ts_url, timescale=True)
-        _say(f"broker mosquitto :{broker.port}, database {db_url.split('@')[-1]}, timescaledb {ts_url}")
+        _say(f"broker {broker.kind} :{broker.port}, database {db_url.split('@')[-1]}, timescaledb {ts_url}")
         base = _baseline(broker.port, args)
         _say(f"baseline (paho): {base}")
         msub = _mosquitto_sub(broker.port, args)
@@ -377,7 +394,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # A fresh broker of the same configuration: the first run's persistent sessions
             # (QoS 1) stay members of the shared subscription and would take a share.
             broker.stop()
-            broker = start_mosquitto(workdir / "mosquitto-timescaledb")
+            if args.broker == "rabbitmq":
+                broker = start_rabbitmq(workdir / "rabbitmq-timescaledb", prefetch=args.prefetch)
+            else:
+                broker = start_mosquitto(workdir / "mosquitto-timescaledb")
             ts = _ingest(broker.port, ts_url, args, workdir)
             ts["rows"], ts["distinct"] = _stored(ts_url)
             _say(f"ingest (timescaledb): {ts['rate']:.0f} msg/s, rows {ts['rows']}")
@@ -402,12 +422,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_mosquitto_sub": _ratio(rate, msub_rate),
             "rows": rows,
             "lost": ing["sent"] - distinct,
+            # QoS 1 messages the broker acknowledged to the publisher (a broker that closes the
+            # publisher's connection mid-burst never acknowledges the rest: not ingest's loss).
+            "pubacks": ing["pubacks"],
             "duplicates": rows - distinct,
             "p99_lag_ms": _p99_ms(m),
             "naive_insert_rate_msgs_s": round(naive, 1),
             "speedup_vs_naive": round(rate / naive, 1) if naive else None,
             "dead_letters": _sum(m, "ingest_dead_letters_total"),
-            "broker": "mosquitto (private, big-queue config)",
+            "broker": "mosquitto (private, big-queue config)"
+            if args.broker == "mosquitto"
+            else f"rabbitmq (private node, mqtt.prefetch {args.prefetch})",
             "database": "configured (throwaway database)"
             if pg is None
             else "pg_ctl throwaway cluster (fsync on)",

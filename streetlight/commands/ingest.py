@@ -54,6 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prefix of the workers' MQTT client ids without an account (with one it is the username)",
     )
     parser.add_argument(
+        "--group",
+        help="on a plain subscription: instances with the same group take turns, one consuming at a "
+        "time (lease ingest/GROUP) on the group's MQTT session (client id GROUP); default: none, "
+        "every instance consumes on its own session",
+    )
+    parser.add_argument(
+        "--lease-ttl-s",
+        type=float,
+        default=15.0,
+        help="time to live of the group's lease: a dead consumer is replaced within it (default 15)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, default=0, help="Prometheus /metrics and /health (worker i: port + i)"
     )
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -107,8 +119,11 @@ def _worker_params(
 def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
     from ingest import probe_shared_subscriptions
 
+    if args.subscription == "shared":
+        _refuse_ignored_share(params)
+        return True
     if args.subscription != "auto":
-        return bool(args.subscription == "shared")
+        return False
     if params.username is not None:
         # A broker with accounts is one `streetlight provision` configured: Mosquitto or EMQX, both
         # share. Not probed: a probe would log in as a worker, the broker (binding the client id to
@@ -120,6 +135,26 @@ def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
     shared, why = probe_shared_subscriptions(params)
     log.info("subscription_mode mode=%s why=%s", "shared" if shared else "plain", why)
     return shared
+
+
+class SharedSubscriptionsIgnored(RuntimeError):
+    """``--subscription shared`` on a broker that accepts ``$share`` and delivers nothing to it."""
+
+
+def _refuse_ignored_share(params: ConnectionParams) -> None:
+    """Fail loudly rather than consume nothing in silence (issue 16)."""
+    from ingest import shared_subscriptions_ignored
+
+    if params.username is not None:
+        # Not checked with an account, for the reason _decide_shared does not probe: the check's
+        # logins would take over this worker's session where the broker binds client ids to users.
+        log.info("subscription_mode mode=shared why='forced; a broker with accounts, not checked'")
+        return
+    why = shared_subscriptions_ignored(params)
+    if why is not None:
+        raise SharedSubscriptionsIgnored(
+            f"--subscription shared: {why}; use --subscription plain (with --group for several instances)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or settings.ingest_workers
     try:
         shared = _decide_shared(args, _worker_params(args, settings, mqtt_url, 0, workers))
+    except SharedSubscriptionsIgnored as exc:
+        log.error("ingest_refused reason=shared_subscriptions_ignored detail=%s", exc)
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
+        return 2
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +212,7 @@ def _run_worker(
 
     from broker import INGEST_GROUP, MqttUrlError
     from ingest import (
+        ConsumerLease,
         IngestWorker,
         JobsLeader,
         SpoolLocked,
@@ -197,6 +237,8 @@ def _run_worker(
         return 1
     # With an account the broker makes the client id the username (use_username_as_clientid).
     client_id = params.username or f"{args.client_id}-{index}"
+    # A group on a plain subscription: one session for the group, one consumer at a time.
+    grouped = not shared and bool(args.group)
     config = WorkerConfig(
         mqtt=params,
         database_url=database_url,
@@ -204,7 +246,7 @@ def _run_worker(
         spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
         index=index,
         shared=shared,
-        client_id=client_id,
+        client_id=args.group if grouped else client_id,
         share_group=group or INGEST_GROUP,
         qos=args.qos,
         max_rows=args.max_rows,
@@ -216,7 +258,8 @@ def _run_worker(
     if args.device_burst is not None:
         config.device_burst = args.device_burst
     try:
-        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts)
+        lease = ConsumerLease(database_url, args.group, client_id, args.lease_ttl_s) if grouped else None
+        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
     except SpoolLocked as exc:
         log.error("ingest worker %d: %s", index, exc)
         return 2
@@ -353,6 +396,8 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         out += ["--database-url", args.database_url]
     if args.registry:
         out += ["--registry", str(args.registry)]
+    if args.group:
+        out += ["--group", args.group, "--lease-ttl-s", str(args.lease_ttl_s)]
     if args.no_jobs:
         out.append("--no-jobs")
     if args.device_rate is not None:

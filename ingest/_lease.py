@@ -1,0 +1,73 @@
+"""One consumer at a time for ingest instances on a broker without shared subscriptions.
+
+On such a broker (RabbitMQ, a Mosquitto bridge) every plain subscriber gets every message, so
+instances of one *group* take turns instead: the holder of the lease ``ingest/<group>`` (a row
+of ``controller_leases``, renewed every third of its time to live, as the controllers' district
+leases are) connects with the group's MQTT client id and consumes; the others keep no MQTT
+connection and try the lease again every third of its time to live. Because every holder resumes
+the group's one persistent session, what was queued or left unacknowledged when a holder died is
+delivered to the next one: nothing is lost, and a message the dead holder committed but had not
+acknowledged yet is written again and dropped by the time series' dedup key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Final
+
+import psycopg
+
+from store import acquire_lease, release_lease
+from store.types import Conn
+
+log = logging.getLogger(__name__)
+
+LEASE_PREFIX: Final = "ingest/"
+# Time to live of the lease: a dead holder is replaced within it (plus a third of it at most).
+DEFAULT_LEASE_TTL_S: Final = 15.0
+
+
+def lease_key(group: str) -> str:
+    """The lease row of an ingest group (same table as the controllers', never a district code)."""
+    return f"{LEASE_PREFIX}{group}"
+
+
+class ConsumerLease:
+    """Take, renew and give up the group's lease on a connection of its own."""
+
+    def __init__(self, database_url: str, group: str, owner: str, ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
+        self.database_url = database_url
+        self.key = lease_key(group)
+        self.owner = owner
+        self.ttl_s = ttl_s
+        self._conn: Conn | None = None
+
+    def try_hold(self) -> bool | None:
+        """Take or renew the lease: True held, False another owner holds it, None database unreachable."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+            return acquire_lease(self._conn, self.key, self.owner, ttl_s=self.ttl_s)
+        except psycopg.Error as exc:
+            log.warning("ingest_lease_unconfirmed key=%s owner=%s error=%s", self.key, self.owner, exc)
+            self.close()
+            return None
+
+    def release(self) -> None:
+        """Give the lease up (clean stop) so a standby takes over at once."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+            release_lease(self._conn, self.key, self.owner)
+        except psycopg.Error as exc:
+            log.warning("ingest_lease_not_released key=%s owner=%s error=%s", self.key, self.owner, exc)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the lease's connection (the lease itself runs out on its own)."""
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None

@@ -1,0 +1,84 @@
+"""Does a broker ignore ``$share``? The check behind ``--subscription shared`` (issue 16).
+
+A broker without shared subscriptions may accept ``$share/g/topic`` as a literal topic filter
+(RabbitMQ 3.10 does) and then deliver nothing to it: an ingest forced onto it would consume
+nothing, in silence. Two probe clients tell the cases apart: one subscribes to ``T`` plainly, the
+other to ``$share/g/T``; the first publishes to ``T``. The plain subscriber getting the messages
+and the shared one none proves the broker ignores ``$share``; the plain one getting none means
+the probe could not publish (an ACL that forbids the account to publish) and proves nothing.
+A broker that names itself Mosquitto or EMQX on ``$SYS`` (both share) is not probed further, so
+a deployment whose broker binds client ids to usernames never sees the two probe clients (one
+account) take each other's connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Final
+
+import paho.mqtt.client as mqtt
+
+from broker import ConnectionParams, paho_client
+
+_PROBE_MESSAGES: Final = 5
+# Where Mosquitto and EMQX say who they are (retained or periodic).
+_VERSION_TOPICS: Final = ("$SYS/broker/version", "$SYS/brokers/+/version")
+
+
+def shared_subscriptions_ignored(params: ConnectionParams, timeout_s: float = 3.0) -> str | None:
+    """Why the broker is proven to ignore ``$share`` subscriptions, or None (it shares, or cannot tell)."""
+    token = uuid.uuid4().hex[:12]
+    topic = f"streetlight/probe/{token}"
+    got: dict[str, int] = {"plain": 0, "shared": 0}
+    version: list[str] = []
+    subscribed = threading.Semaphore(0)
+    clients: dict[str, mqtt.Client] = {}
+    filters = {
+        "shared": [(f"$share/probe-{token}/{topic}", 1), *((t, 0) for t in _VERSION_TOPICS)],
+        "plain": [(topic, 1)],
+    }
+    for name, topic_filters in filters.items():
+        client = paho_client(params, f"streetlight-sharecheck-{name}-{token}")
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage, name: str = name) -> None:
+            if msg.topic.startswith("$SYS"):
+                version.append(msg.payload.decode("utf-8", "replace"))
+            else:
+                got[name] += 1
+
+        client.on_message = on_message
+        client.on_subscribe = lambda *_a: subscribed.release()
+        client.on_connect = lambda c, *_a, f=topic_filters: c.subscribe(f)
+        clients[name] = client
+    try:
+        for name, client in clients.items():
+            client.connect(params.host, params.port, keepalive=10)
+            client.loop_start()
+            if not subscribed.acquire(timeout=timeout_s):
+                return None  # no SUBACK: not this check's business (the worker will say so)
+            if name == "shared":
+                deadline = time.monotonic() + timeout_s / 3
+                while not version and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if version and any(b in version[0].lower() for b in ("mosquitto", "emqx")):
+                    return None
+        for i in range(_PROBE_MESSAGES):
+            clients["plain"].publish(topic, str(i).encode(), qos=1)
+        deadline = time.monotonic() + timeout_s
+        while got["shared"] < _PROBE_MESSAGES and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if got["plain"] >= _PROBE_MESSAGES and got["shared"] == 0:
+            return (
+                f"the broker accepted the subscription {'$share/...'!r} but delivered 0 of "
+                f"{_PROBE_MESSAGES} probe messages to it (and all of them to a plain subscriber): "
+                "it does not implement shared subscriptions"
+            )
+        return None
+    except OSError:
+        return None  # unreachable: the worker's own connection loop reports and retries
+    finally:
+        for client in clients.values():
+            client.loop_stop()
+            client.disconnect()
