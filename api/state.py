@@ -134,6 +134,10 @@ CurrentOperator = Annotated[Operator, Depends(current_operator)]
 _DEVICE_ALERT_KINDS = tuple(k.value for k in AlertKind if k is not AlertKind.SOS)
 
 
+# The roles that may see residents' positions (walkers, the walk and SOS overrides of lamps).
+POSITION_ROLES = ("district", "city", "admin")
+
+
 def visible_districts(op: Operator) -> list[str] | None:
     """The districts whose alerts and lamps an operator sees; None means all of them."""
     if op.role == "district":

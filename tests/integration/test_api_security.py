@@ -520,3 +520,34 @@ def test_a_live_stream_ends_when_its_token_expires(db_url: str) -> None:
         with connect(ws_url(base), subprotocols=["streetlight.v1", f"bearer.{token}"], open_timeout=5) as ws:  # type: ignore[list-item]
             assert json.loads(ws.recv(timeout=5))["type"] == "hello"
             assert closed_code(ws, within_s=6.0) == 1008
+
+
+def test_lamp_overrides_never_name_a_walk_or_an_sos_and_maintenance_sees_none_of_theirs(
+    api: httpx.Client, db_url: str
+) -> None:
+    commands = [
+        ("c-walk", "walk", "set_level", 100, "walk_abc"),
+        ("c-sos", "sos", "blink", None, "sos_def"),
+        ("c-manual", "manual", "set_level", 30, "operator:op-maint"),
+    ]
+    for cmd_id, priority, action, level, source in commands:
+        sql(
+            db_url,
+            "INSERT INTO commands (cmd_id, device_id, district_code, action, level, priority, source, "
+            "ttl_s, sent_at, expires_at) VALUES (%s, 'sj1', '11020', %s, %s, %s, %s, 60, now(), "
+            "now() + interval '60 s')",
+            cmd_id,
+            action,
+            level,
+            priority,
+            source,
+        )
+    jung, maint = login(api, "op-jung"), login(api, "op-maint")
+    for headers, expected in ((jung, ["c-walk", "c-sos", "c-manual"]), (maint, ["c-manual"])):
+        listed = api.get("/v1/lamps", headers=headers).json()["features"]
+        detail = api.get("/v1/lamps/sj1", headers=headers).json()["lamp"]
+        for props in (next(f["properties"] for f in listed if f["id"] == "sj1"), detail):
+            assert [o["cmd_id"] for o in props["overrides"]] == expected
+            assert all("source" not in o for o in props["overrides"])
+            body = json.dumps(props)
+            assert "walk_abc" not in body and "sos_def" not in body
