@@ -95,6 +95,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         hub=StreamHub(config.database_url, metrics, config.stream_queue),
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
         sos_limit=RateLimiter(config.sos_per_minute, 60.0),
+        sos_fold_limit=RateLimiter(1, 1.0),
         login_guard=LoginGuard(
             per_username=config.login_failures_per_username,
             per_address=config.login_failures_per_address,

@@ -43,6 +43,7 @@ class AppState:
     hub: StreamHub
     position_limit: RateLimiter
     sos_limit: RateLimiter
+    sos_fold_limit: RateLimiter  # presses over `sos_limit` written into their alert: 1/s per alert
     login_guard: LoginGuard
     register_limit: RateLimiter | None
     walk_start_limit: RateLimiter

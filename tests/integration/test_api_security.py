@@ -551,3 +551,43 @@ def test_lamp_overrides_never_name_a_walk_or_an_sos_and_maintenance_sees_none_of
             assert all("source" not in o for o in props["overrides"])
             body = json.dumps(props)
             assert "walk_abc" not in body and "sos_def" not in body
+
+
+def test_sos_pressed_in_a_loop_writes_little_past_the_limit_and_a_later_sos_is_still_accepted(
+    api: httpx.Client, db_url: str
+) -> None:
+    me = resident(api)
+    started = time.monotonic()
+    codes = [
+        api.post(
+            "/v1/sos",
+            json={"lat": JUNG[0], "lon": JUNG[1], "accuracy_m": 5},
+            headers={**me, "Idempotency-Key": "first"} if i == 0 else me,
+        ).status_code
+        for i in range(60)
+    ]
+    seconds = int(time.monotonic() - started) + 1
+    assert codes[:3] == [202, 202, 202] and set(codes[3:]) == {429}
+    alert_id = sql(db_url, "SELECT alert_id FROM alerts")[0][0]
+    events = sql(db_url, "SELECT count(*) FROM alert_events WHERE alert_id = %s", alert_id)[0][0]
+    points = sql(db_url, "SELECT count(*) FROM alert_positions WHERE alert_id = %s", alert_id)[0][0]
+    keys = sql(db_url, "SELECT count(*) FROM idempotency_keys")[0][0]
+    count, track, timeline = sql(
+        db_url,
+        "SELECT (data->>'count')::int, jsonb_array_length(data->'track'), "
+        "jsonb_array_length(data->'timeline') FROM alerts WHERE alert_id = %s",
+        alert_id,
+    )[0]
+    # The three accepted presses: one timeline entry, track point and key each; the 57 over the
+    # limit: the latest position at most once a second, no timeline entry, no key.
+    assert events == timeline == 3 and keys == 3
+    assert 4 <= points == track == count <= 3 + seconds
+    # Over the limit with no SOS open (the resident cancelled it): a new alert, never refused.
+    assert api.post(f"/v1/sos/{alert_id}/cancel", headers=me).status_code == 200
+    r = api.post("/v1/sos", json={"lat": JUNG[0], "lon": JUNG[1], "accuracy_m": 5}, headers=me)
+    assert r.status_code == 202 and r.json()["alert_id"] != alert_id
+    # A retry of an accepted press, past the limit: replayed.
+    first = {**me, "Idempotency-Key": "first"}
+    replay = api.post("/v1/sos", json={"lat": JUNG[0], "lon": JUNG[1]}, headers=first)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["alert_id"] == alert_id
