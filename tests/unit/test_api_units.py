@@ -43,6 +43,27 @@ def test_a_limit_forgets_idle_keys_to_bound_memory() -> None:
     assert len(limit._hits) <= 10
 
 
+def test_a_key_at_its_limit_is_never_forgotten_however_many_other_keys_are_hit() -> None:
+    limit = RateLimiter(3, 900.0, max_keys=50)
+    for _ in range(3):
+        limit.hit("op-admin", 0.0)
+    for i in range(10_000):
+        limit.hit(f"u{i}", 1.0 + i * 1e-3)
+    assert limit.wait("op-admin", 20.0) > 0
+    assert len(limit._hits) <= 50
+
+
+def test_a_locked_username_stays_locked_after_failures_on_many_other_usernames() -> None:
+    guard = LoginGuard(per_username=10, per_address=30, window_s=900.0, spray_usernames=5)
+    for i in range(10):
+        guard.failed("op-admin", f"198.51.100.{i}", 0.0)
+    guard._by_user._max_keys = 100  # the default 100,000 keys, shrunk for the test's time
+    for i in range(3_000):
+        guard.failed(f"u{i}", f"203.0.113.{i // 29}", 1.0)
+    refusal = guard.username_refusal("op-admin", 2.0)
+    assert refusal is not None and refusal.throttle is Throttle.USERNAME
+
+
 def test_tokens_round_trip_and_refuse_forgery_and_expiry() -> None:
     claims = SessionClaims("s-1", "kim", expires_at=1000.0)
     token = sign_token(SECRET, claims)
