@@ -33,7 +33,7 @@ from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
-from api.state import AppState, Db, Resident, State, bearer_token, client_address
+from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
@@ -120,7 +120,7 @@ def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
 def register(request: Request, state: State, conn: Db) -> dict[str, str]:
     """A pseudonymous resident id and its install token; the token is shown only this once.
     At most ``registrations_per_hour`` per client address (429 with Retry-After)."""
-    client = client_address(request)
+    client = address_key(client_address(request))
     wait = state.register_limit.hit(client, time.monotonic()) if state.register_limit else 0.0
     if wait:
         state.metrics.rate_limited.labels("register").inc()
@@ -306,8 +306,8 @@ def _sos_answer(alert: Alert) -> dict[str, Any]:
 
 
 def sos_source_key(state: AppState, address: str) -> str:
-    """The pseudonymous key of an SOS's source address (HMAC with the token secret): the same on
-    every API instance, and the address itself is never stored."""
+    """The pseudonymous key of an SOS's source address (its `address_key`: an IPv6 /64) (HMAC with
+    the token secret): the same on every API instance, and the address itself is never stored."""
     return hmac.new(state.token_secret, b"sos-source:" + address.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -348,8 +348,8 @@ def _accept_sos(
                 resident_id=resident,
                 window_s=state.config.sos_burst_window_s,
             )
-            if mark.suspected_burst:
-                state.metrics.sos_bursts.inc()
+            if mark.flagged:
+                state.metrics.sos_bursts.inc(mark.flagged)
         if body.walk_id is not None:
             attach_walk_to_alert(conn, body.walk_id, alert.id)
     return alert, False
@@ -424,7 +424,7 @@ def sos(
             )
             return JSONResponse(answer, status_code=429, headers={"Retry-After": retry_after_header(wait)})
     key = idempotency_key or new_id("auto")
-    source = sos_source_key(state, client_address(request))
+    source = sos_source_key(state, address_key(client_address(request)))
     alert, retried = _accept_sos(state, conn, resident, body, key, source)
     answer = _sos_answer(alert)
     if retried:

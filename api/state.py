@@ -4,6 +4,7 @@ that hand it out: the connection pool, the gazetteer, the lamp index, limits, th
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -93,6 +94,20 @@ async def get_conn(state: State) -> AsyncIterator[Conn]:
 
 
 Db = Annotated[Conn, Depends(get_conn)]
+
+
+def address_key(address: str) -> str:
+    """The key of a client address in per-address limits and groupings: an IPv4 address as it is,
+    an IPv6 address as its /64 (one home or phone is given a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def client_address(request: Request) -> str:

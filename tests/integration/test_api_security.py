@@ -284,6 +284,23 @@ def test_guessing_from_elsewhere_never_locks_out_the_operator_where_they_work(
     assert ("address:127.0.0.2",) in throttled and ("address:127.0.0.3",) in throttled
 
 
+def test_a_guesser_behind_the_control_centres_address_does_not_lock_its_operators_out(
+    server: str, db_url: str
+) -> None:
+    with from_address(server, "127.0.0.12") as centre:
+        login(centre, "op-jung")  # the control centre's (shared, NAT) address: a known place
+        codes = [
+            centre.post("/v1/auth/login", json={"username": f"x{i}", "password": "guess"}).status_code
+            for i in range(31)
+        ]
+        assert codes[:30] == [401] * 30 and codes[30] == 429  # the address is over its failures
+        right = centre.post("/v1/auth/login", json={"username": "op-jung", "password": PASSWORD})
+        wrong = centre.post("/v1/auth/login", json={"username": "op-jung", "password": "nope"})
+        never_here = centre.post("/v1/auth/login", json={"username": "op-city", "password": PASSWORD})
+    assert right.status_code == 200
+    assert wrong.status_code == 429 and never_here.status_code == 429
+
+
 def test_a_password_spray_from_one_address_is_audited_counted_and_slowed(
     server: str, api: httpx.Client, db_url: str
 ) -> None:
@@ -331,7 +348,7 @@ def test_registrations_from_one_address_are_limited_by_default(server: str) -> N
         assert other.post("/v1/residents").status_code == 201
 
 
-def test_an_sos_burst_from_one_address_is_grouped_and_flagged_and_a_real_one_stands_out(
+def test_an_sos_burst_from_one_address_is_grouped_and_all_flagged_and_a_real_one_stands_out(
     server: str, api: httpx.Client
 ) -> None:
     with from_address(server, "127.0.0.7") as farm:
@@ -341,8 +358,7 @@ def test_an_sos_burst_from_one_address_is_grouped_and_flagged_and_a_real_one_sta
     alerts = {a["id"]: a for a in api.get("/v1/alerts", headers=login(api, "op-jung")).json()["alerts"]}
     assert set(burst) | {real} <= set(alerts)  # nothing dropped: eleven open SOS
     assert all(alerts[a]["state"] == "open" for a in [*burst, real])
-    assert alerts[burst[0]]["suspected_burst"] is False and alerts[burst[0]]["burst_group"] == burst[0]
-    assert all(alerts[a]["suspected_burst"] and alerts[a]["burst_group"] == burst[0] for a in burst[1:])
+    assert all(alerts[a]["suspected_burst"] and alerts[a]["burst_group"] == burst[0] for a in burst)
     assert alerts[real]["suspected_burst"] is False and alerts[real]["burst_group"] is None
 
 
@@ -591,3 +607,47 @@ def test_sos_pressed_in_a_loop_writes_little_past_the_limit_and_a_later_sos_is_s
     replay = api.post("/v1/sos", json={"lat": JUNG[0], "lon": JUNG[1]}, headers=first)
     assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json()["alert_id"] == alert_id
+
+
+def test_an_attackers_sos_sent_first_does_not_rank_above_a_real_one_from_the_same_address(
+    server: str, api: httpx.Client
+) -> None:
+    with from_address(server, "127.0.0.11") as shared_nat:
+        decoy = raise_sos(shared_nat, JUNG)
+        real = raise_sos(shared_nat, JUNG)
+    alerts = {a["id"]: a for a in api.get("/v1/alerts", headers=login(api, "op-jung")).json()["alerts"]}
+    assert alerts[decoy]["suspected_burst"] is alerts[real]["suspected_burst"] is True
+    assert alerts[decoy]["burst_group"] == alerts[real]["burst_group"] == decoy
+
+
+@pytest.mark.parametrize("trusted", [None, "127.0.0.2"])
+def test_a_forwarded_address_is_believed_only_from_a_named_proxy(db_url: str, trusted: str | None) -> None:
+    seed(db_url, LAMPS)
+    config = fast_config(db_url, registrations_per_hour=2)
+    with serve(config, trusted_proxies=trusted) as base, from_address(base, "127.0.0.1") as local:
+        codes = [
+            local.post("/v1/residents", headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+            for i in range(3)
+        ]
+    assert codes == [201, 201, 429]  # a local process cannot pick its own address
+
+
+def test_behind_a_named_proxy_ipv6_clients_are_keyed_by_their_64(db_url: str) -> None:
+    seed(db_url, LAMPS)
+    config = fast_config(db_url, registrations_per_hour=2)
+    with serve(config, trusted_proxies="127.0.0.2") as base, from_address(base, "127.0.0.2") as proxy:
+
+        def register(client: str) -> int:
+            return proxy.post("/v1/residents", headers={"X-Forwarded-For": client}).status_code
+
+        assert [register(f"2001:db8:7:1::{i:x}") for i in range(1, 4)] == [201, 201, 429]
+        assert register("2001:db8:7:2::1") == 201  # another /64: another home
+        assert register("198.51.100.1") == 201  # the proxy's word is believed
+        # Two residents' SOS from one /64 (an attacker's decoy first): one group, both flagged.
+        decoy = raise_sos(proxy, JUNG, {**resident(proxy), "X-Forwarded-For": "2001:db8:9:1::a"})
+        real = raise_sos(proxy, JUNG, {**resident(proxy), "X-Forwarded-For": "2001:db8:9:1::b"})
+        alerts = {
+            a["id"]: a for a in proxy.get("/v1/alerts", headers=login(proxy, "op-jung")).json()["alerts"]
+        }
+    assert alerts[decoy]["suspected_burst"] is alerts[real]["suspected_burst"] is True
+    assert alerts[decoy]["burst_group"] == alerts[real]["burst_group"] == decoy

@@ -8,6 +8,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from api.config import proxy_options
 from api.loginguard import LoginGuard, Throttle
 from api.logredact import RedactCredentials
 from api.ratelimit import RateLimiter, retry_after_header
@@ -22,6 +23,7 @@ from api.security import (
     verify_password,
     verify_token,
 )
+from api.state import address_key
 
 SECRET = b"k" * 32
 
@@ -159,3 +161,21 @@ def test_the_other_services_metrics_servers_listen_on_loopback_by_default() -> N
     for command in (["ingest"], ["controller"]):
         args, _ = parser.parse_known_args(command)
         assert args.metrics_host == "127.0.0.1", command
+
+
+def test_an_ipv6_client_is_keyed_by_its_64_and_an_ipv4_one_by_its_address() -> None:
+    assert address_key("2001:db8:1:2::a") == address_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::a") != address_key("2001:db8:1:2::a")
+    assert address_key("::ffff:198.51.100.7") == address_key("198.51.100.7") == "198.51.100.7"
+    assert address_key("unknown") == "unknown"
+
+
+def test_proxy_headers_are_read_only_from_named_proxies_and_never_from_anyone() -> None:
+    assert proxy_options(None) == {"proxy_headers": False}
+    assert proxy_options(" ") == {"proxy_headers": False}
+    assert proxy_options("172.30.0.10, 10.0.0.0/8") == {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "172.30.0.10,10.0.0.0/8",
+    }
+    with pytest.raises(ValueError, match="not '\\*'"):
+        proxy_options("*")
