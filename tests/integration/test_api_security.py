@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from argon2 import PasswordHasher
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from psycopg_pool import ConnectionPool
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -651,3 +652,21 @@ def test_behind_a_named_proxy_ipv6_clients_are_keyed_by_their_64(db_url: str) ->
         }
     assert alerts[decoy]["suspected_burst"] is alerts[real]["suspected_burst"] is True
     assert alerts[decoy]["burst_group"] == alerts[real]["burst_group"] == decoy
+
+
+def test_readyz_names_no_database_host_or_user_when_the_database_fails(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(db_url, LAMPS)
+    secret = 'connection to server at "db.internal" (10.1.2.3), port 5432 failed: user "streetlight"'
+
+    def unreachable(*args: object, **kwargs: object) -> Any:
+        raise psycopg.OperationalError(secret)
+
+    with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        assert c.get("/readyz").status_code == 200
+        with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="api.app"):
+            m.setattr(ConnectionPool, "connection", unreachable)  # the fault: the database is gone
+            r = c.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"status": "database unavailable"}
+    assert any(getattr(rec, "error", "") == secret for rec in caplog.records)  # the detail is logged
