@@ -99,6 +99,29 @@ def _visible_overrides(op: Operator, overrides: list[dict[str, Any]]) -> list[di
     return [o for o in overrides if o["priority"] not in _RESIDENT_PRIORITIES]
 
 
+def _audit_resident_overrides(
+    conn: Conn, op: Operator, subject: str, overrides: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One audit row for an answer showing walk or SOS overrides: lamps brightened for a resident
+    place that resident, like the walkers' dots (`read_walkers`)."""
+    if op.role not in POSITION_ROLES:
+        return
+    counts = {p: 0 for p in sorted(_RESIDENT_PRIORITIES)}
+    for lamp in overrides.values():
+        for o in lamp:
+            if o["priority"] in counts:
+                counts[o["priority"]] += 1
+    if any(counts.values()):
+        log_access(
+            conn,
+            actor=op.actor,
+            action="read_lamp_overrides",
+            subject_kind="lamps",
+            subject_id=subject,
+            details={f"{p}_overrides": n for p, n in counts.items()},
+        )
+
+
 def _lamp_props(row: dict[str, Any], op: Operator, all_overrides: list[dict[str, Any]]) -> dict[str, Any]:
     overrides = _visible_overrides(op, all_overrides)
     return {
@@ -132,6 +155,7 @@ def lamps(
     """Every lamp the operator may see: position, online, level, active overrides, faults."""
     rows = list_devices_with_state(conn, district_codes=_scope(op, district))
     overrides = active_overrides(conn, [r["device_id"] for r in rows])
+    _audit_resident_overrides(conn, op, ",".join(_scope(op, district) or ["all"]), overrides)
     return {
         "type": "FeatureCollection",
         "features": [
@@ -194,6 +218,7 @@ def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]
     """The lamp's live state and hourly level, power and uptime for the last 24 h (rollups)."""
     row = _visible_lamp(conn, op, device_id)
     overrides = active_overrides(conn, [device_id]).get(device_id, [])
+    _audit_resident_overrides(conn, op, device_id, {device_id: overrides})
     hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
     return {
         "lamp": {

@@ -568,6 +568,12 @@ def test_lamp_overrides_never_name_a_walk_or_an_sos_and_maintenance_sees_none_of
             assert all("source" not in o for o in props["overrides"])
             body = json.dumps(props)
             assert "walk_abc" not in body and "sos_def" not in body
+    audited = sql(
+        db_url,
+        "SELECT actor, subject_id, details FROM audit_log WHERE action = 'read_lamp_overrides' ORDER BY id",
+    )
+    counts = {"sos_overrides": 1, "walk_overrides": 1}
+    assert audited == [("operator:op-jung", "11020", counts), ("operator:op-jung", "sj1", counts)]
 
 
 def test_sos_pressed_in_a_loop_writes_little_past_the_limit_and_a_later_sos_is_still_accepted(
