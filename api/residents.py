@@ -12,6 +12,7 @@ import hmac
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
@@ -355,7 +356,7 @@ def _accept_sos(
     return alert, False
 
 
-class _OverLimit:
+class _OverLimit(Enum):
     """What a press over the resident's SOS limit amounts to, decided before anything is written."""
 
     REPLAY = "replay"  # a retry of an earlier request (same Idempotency-Key)
@@ -365,7 +366,7 @@ class _OverLimit:
 
 def _sos_over_limit(
     state: AppState, conn: Conn, resident: str, body: SosIn, key: str | None
-) -> tuple[str, Alert | None]:
+) -> tuple[_OverLimit, Alert | None]:
     """Over the limit: a replay, a press folded into the open SOS (the alert, or None when this
     second's press of that alert is already written), or a new SOS to accept as usual."""
     if key is not None:
@@ -412,10 +413,10 @@ def sos(
     wait = state.sos_limit.wait(resident, time.monotonic())
     if wait:
         outcome, over = _sos_over_limit(state, conn, resident, body, idempotency_key)
-        if outcome == _OverLimit.REPLAY and over is not None:
+        if outcome is _OverLimit.REPLAY and over is not None:
             state.metrics.sos.labels("retry").inc()
             return JSONResponse(_sos_answer(over), status_code=202, headers={"Idempotent-Replayed": "true"})
-        if outcome == _OverLimit.FOLDED and over is not None:
+        if outcome is _OverLimit.FOLDED and over is not None:
             state.metrics.sos.labels("rate_limited").inc()
             state.metrics.rate_limited.labels("sos").inc()
             answer = _sos_answer(over)
