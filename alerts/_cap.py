@@ -15,6 +15,7 @@ Two <info> blocks carry the same content in Korean (ko-KR) and English (en-US).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,9 +155,20 @@ def _description(alert: Alert, korean: bool) -> str:
     return "\n".join(lines)
 
 
+# What XML 1.0 cannot carry, even escaped (section 2.2): C0 controls but tab, newline and carriage
+# return, surrogates, U+FFFE and U+FFFF. An operator's note or a unit may hold them.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """`text` with every character XML 1.0 forbids replaced by U+FFFD, so the message stays
+    well-formed whatever an operator typed."""
+    return _NOT_XML.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
 def _sub(parent: ET.Element, name: str, text: str) -> ET.Element:
     element = ET.SubElement(parent, f"{{{CAP_NAMESPACE}}}{name}")
-    element.text = text
+    element.text = xml_text(text)
     return element
 
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from alerts._errors import InvalidAlertData
@@ -78,6 +78,12 @@ def merge_sos(
         track=(position,),
     )
     return created, True
+
+
+def fold_sos_press(alert: Alert, *, position: Position, place: Place) -> Alert:
+    """A press over the app's rate limit folded into its open SOS: one more press and the latest
+    position, without a timeline entry (the operator needs where, not one line per press)."""
+    return replace(alert, track=(*alert.track, position), place=place, count=alert.count + 1)
 
 
 def merge_fault(

@@ -95,6 +95,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         hub=StreamHub(config.database_url, metrics, config.stream_queue),
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
         sos_limit=RateLimiter(config.sos_per_minute, 60.0),
+        sos_fold_limit=RateLimiter(1, 1.0),
         login_guard=LoginGuard(
             per_username=config.login_failures_per_username,
             per_address=config.login_failures_per_address,
@@ -191,7 +192,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             with state.pool.connection(timeout=2.0) as conn:
                 conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
-            return JSONResponse({"status": "database unavailable", "detail": str(exc)}, status_code=503)
+            # Unauthenticated: the error text (host, port, user) goes to the log, not the answer.
+            log.warning("readyz.database_unavailable", extra={"error": str(exc), "type": type(exc).__name__})
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
         if not state.hub.ready.is_set():
             return JSONResponse({"status": "stream not listening"}, status_code=503)
         # Failed or late storage jobs are shown, not a reason to stop serving (docs/operations.md).
@@ -199,7 +202,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             with state.pool.connection(timeout=2.0) as conn:
                 jobs: dict[str, object] = storage_jobs_report(conn)
         except (psycopg.Error, OSError) as exc:
-            jobs = {"status": "unknown", "detail": str(exc)}
+            log.warning("readyz.storage_jobs_unknown", extra={"error": str(exc), "type": type(exc).__name__})
+            jobs = {"status": "unknown"}
         return JSONResponse(
             {"status": "ready", "lamps": len(state.lamps.snapshot.index), "storage_jobs": jobs}
         )

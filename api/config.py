@@ -11,6 +11,19 @@ from streetlight.settings import Settings
 WS_MAX_MESSAGE_BYTES = 65536
 
 
+def proxy_options(trusted_proxies: str | None) -> dict[str, object]:
+    """uvicorn's proxy options: ``X-Forwarded-For`` is read only from the proxies named (addresses or
+    networks, comma-separated); with none named it is never read, so no local process or container
+    chooses the address the per-address limits, the SOS grouping and the audit rows see. ValueError
+    for ``*`` (anyone could name their own address)."""
+    if trusted_proxies is None or not trusted_proxies.strip():
+        return {"proxy_headers": False}
+    names = [n.strip() for n in trusted_proxies.split(",") if n.strip()]
+    if "*" in names:
+        raise ValueError("STREETLIGHT_API_TRUSTED_PROXIES: name the proxy's address or network, not '*'")
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(names)}
+
+
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     """Everything the application needs, passed to `create_app` (tests build their own)."""

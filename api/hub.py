@@ -61,7 +61,7 @@ def alert_summary(row: dict[str, Any]) -> dict[str, Any]:
         "last_event": timeline[-1] if timeline else None,
         "allowed_actions": actions,
         "event_id": int(row.get("event_id") or 0),
-        # SOS alerts from one source (address) within a window: grouped, all but the first flagged.
+        # SOS alerts of 2+ residents from one source (address) within a window: grouped, all flagged.
         "suspected_burst": bool(row.get("suspected_burst")),
         "burst_group": row.get("burst_group"),
     }

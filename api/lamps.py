@@ -16,7 +16,7 @@ from shapely.geometry import mapping
 from api.queries import active_overrides, active_walkers
 from api.schemas import OverrideIn
 from api.security import Operator
-from api.state import CurrentOperator, Db, State, require_role, visible_districts
+from api.state import POSITION_ROLES, CurrentOperator, Db, State, require_role, visible_districts
 from geo import Gazetteer
 from store.alertstore import LAMP_CHANNEL, notify
 from store.repo import get_device, lamp_hours, list_devices_with_state, log_access
@@ -87,7 +87,43 @@ def _iso(v: Any) -> Any:
     return v.isoformat() if isinstance(v, datetime) else v
 
 
-def _lamp_props(row: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+# Overrides that follow a resident (a walk, an SOS's blinking): what they do, never whose they are,
+# and only to roles that may see residents' positions (maintenance sees its own and manual ones).
+_RESIDENT_PRIORITIES = frozenset({"walk", "sos"})
+_OVERRIDE_FIELDS = ("cmd_id", "action", "level", "priority", "expires_at", "status")
+
+
+def _visible_overrides(op: Operator, overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if op.role in POSITION_ROLES:
+        return overrides
+    return [o for o in overrides if o["priority"] not in _RESIDENT_PRIORITIES]
+
+
+def _audit_resident_overrides(
+    conn: Conn, op: Operator, subject: str, overrides: dict[str, list[dict[str, Any]]]
+) -> None:
+    """One audit row for an answer showing walk or SOS overrides: lamps brightened for a resident
+    place that resident, like the walkers' dots (`read_walkers`)."""
+    if op.role not in POSITION_ROLES:
+        return
+    counts = {p: 0 for p in sorted(_RESIDENT_PRIORITIES)}
+    for lamp in overrides.values():
+        for o in lamp:
+            if o["priority"] in counts:
+                counts[o["priority"]] += 1
+    if any(counts.values()):
+        log_access(
+            conn,
+            actor=op.actor,
+            action="read_lamp_overrides",
+            subject_kind="lamps",
+            subject_id=subject,
+            details={f"{p}_overrides": n for p, n in counts.items()},
+        )
+
+
+def _lamp_props(row: dict[str, Any], op: Operator, all_overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    overrides = _visible_overrides(op, all_overrides)
     return {
         "device_id": row["device_id"],
         "kind": row["kind"],
@@ -99,7 +135,7 @@ def _lamp_props(row: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[st
         "level": row["level"],
         "faults": list(row["faults"] or []),
         "last_seen": _iso(row["last_seen"]),
-        "overrides": [{k: _iso(v) for k, v in o.items()} for o in overrides],
+        "overrides": [{k: _iso(o.get(k)) for k in _OVERRIDE_FIELDS} for o in overrides],
     }
 
 
@@ -119,6 +155,7 @@ def lamps(
     """Every lamp the operator may see: position, online, level, active overrides, faults."""
     rows = list_devices_with_state(conn, district_codes=_scope(op, district))
     overrides = active_overrides(conn, [r["device_id"] for r in rows])
+    _audit_resident_overrides(conn, op, ",".join(_scope(op, district) or ["all"]), overrides)
     return {
         "type": "FeatureCollection",
         "features": [
@@ -128,7 +165,7 @@ def lamps(
                 "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]}
                 if r["lat"] is not None
                 else None,
-                "properties": _lamp_props(r, overrides.get(r["device_id"], [])),
+                "properties": _lamp_props(r, op, overrides.get(r["device_id"], [])),
             }
             for r in rows
         ],
@@ -181,9 +218,15 @@ def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]
     """The lamp's live state and hourly level, power and uptime for the last 24 h (rollups)."""
     row = _visible_lamp(conn, op, device_id)
     overrides = active_overrides(conn, [device_id]).get(device_id, [])
+    _audit_resident_overrides(conn, op, device_id, {device_id: overrides})
     hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
     return {
-        "lamp": {**_lamp_props(row, overrides), "lat": row["lat"], "lon": row["lon"], "model": row["model"]},
+        "lamp": {
+            **_lamp_props(row, op, overrides),
+            "lat": row["lat"],
+            "lon": row["lon"],
+            "model": row["model"],
+        },
         "hours": [{k: _iso(v) for k, v in h.items()} for h in hours],
     }
 
@@ -230,7 +273,7 @@ def lamp_override_clear(device_id: str, op: CurrentOperator, conn: Db) -> dict[s
 def walkers(op: CurrentOperator, conn: Db) -> dict[str, Any]:
     """The latest position of each walk in progress (no ids; rounded to ~10 m). Residents'
     positions: refused to maintenance (lamps need no walkers), and every read is audited."""
-    require_role(op, "district", "city", "admin")
+    require_role(op, *POSITION_ROLES)
     rows = active_walkers(conn, visible_districts(op))
     log_access(
         conn,

@@ -3,8 +3,11 @@
 Failed logins are counted (in the process, like every rate limit of the API) per source address and
 per username, each over `window_s`:
 
-- an address over its failures is refused whatever username it tries: a guess or a spray from one
-  place is slowed to `per_address` failures per window;
+- an address over its failures is refused whatever username it tries, except a username that
+  logged in from it before: a guess or a spray from one place is slowed to `per_address` failures
+  per window, while the control centre's operators behind the same (NAT) address still get in with
+  their right password (a wrong one there is refused as before);
+- addresses are counted by `api.state.address_key` (an IPv6 address by its /64);
 - a username over its failures is refused from every address the operator has never logged in
   from successfully; from a place they used before (`store.accounts.is_login_place`) the password is
   still checked, so an attacker elsewhere who exhausts the username's budget cannot lock the

@@ -40,6 +40,7 @@ from api.state import (
     CurrentOperator,
     Db,
     State,
+    address_key,
     client_address,
     may_see,
     require_role,
@@ -87,16 +88,33 @@ def _audit_login(conn: Conn, address: str, action: str, username: str, **details
     )
 
 
-def _throttled(state: AppState, conn: Conn, username: str, address: str, now: float) -> Refusal | None:
-    """A refusal for this attempt, or None: the address's failures first, then the username's
-    (not from a place the operator logged in from before; api/loginguard.py)."""
+def _throttled(
+    state: AppState, conn: Conn, username: str, address: str, now: float
+) -> tuple[Refusal | None, bool]:
+    """A refusal for this attempt, or None: the address's failures first, then the username's; and
+    whether it waits for the password. At a place the operator logged in from before the password
+    is checked first and a right one gets through (api/loginguard.py): someone failing from the
+    control centre's shared address, or anywhere on the username, does not lock its operators out."""
     guard = state.login_guard
-    refusal = guard.address_refusal(address, now)
+    key = address_key(address)
+    refusal = guard.address_refusal(key, now) or guard.username_refusal(username, now)
     if refusal is None:
-        refusal = guard.username_refusal(username, now)
-        if refusal is not None and is_login_place(conn, username, address):
-            refusal = None
-    return refusal
+        return None, False
+    return refusal, is_login_place(conn, username, key)
+
+
+def _refuse(state: AppState, conn: Conn, refusal: Refusal, username: str, address: str, now: float) -> None:
+    """429 for a throttled attempt: counted, and audited once per window per address and username."""
+    state.metrics.rate_limited.labels("login").inc()
+    state.metrics.login_failures.labels(f"throttled_{refusal.throttle.value}").inc()
+    if state.login_guard.first_report(f"{refusal.throttle.value}:{address_key(address)}:{username}", now):
+        _audit_login(conn, address, "login.throttled", username, by=refusal.throttle.value)
+    where = "from this address" if refusal.throttle is Throttle.ADDRESS else "for this username"
+    raise HTTPException(
+        429,
+        f"too many failed logins {where}; try again later",
+        {"Retry-After": retry_after_header(refusal.wait_s)},
+    )
 
 
 @router.post("/v1/auth/login", summary="Operator login")
@@ -106,25 +124,16 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, 
     Failed logins are audited and limited per address and per username (429 with Retry-After);
     an unknown username costs the same password check as a wrong password."""
     address, now = client_address(request), time.monotonic()
-    refusal = _throttled(state, conn, body.username, address, now)
-    if refusal is not None:
-        state.metrics.rate_limited.labels("login").inc()
-        state.metrics.login_failures.labels(f"throttled_{refusal.throttle.value}").inc()
-        if state.login_guard.first_report(f"{refusal.throttle.value}:{address}:{body.username}", now):
-            _audit_login(conn, address, "login.throttled", body.username, by=refusal.throttle.value)
-        where = "from this address" if refusal.throttle is Throttle.ADDRESS else "for this username"
-        raise HTTPException(
-            429,
-            f"too many failed logins {where}; try again later",
-            {"Retry-After": retry_after_header(refusal.wait_s)},
-        )
+    refusal, known_place = _throttled(state, conn, body.username, address, now)
+    if refusal is not None and not known_place:
+        _refuse(state, conn, refusal, body.username, address, now)
     row = get_operator(conn, body.username)
     # The same argon2id work whether the account exists or not: timing tells no usernames.
     stored = row["password_hash"] if row is not None else state.dummy_password_hash
     if not verify_password(state.hasher, stored, body.password) or row is None:
         reason = "unknown_user" if row is None else "wrong_password"
         state.metrics.login_failures.labels(reason).inc()
-        spray = state.login_guard.failed(body.username, address, now)
+        spray = state.login_guard.failed(body.username, address_key(address), now)
         with conn.transaction():
             _audit_login(conn, address, "login.failed", body.username, reason=reason)
             if spray:
@@ -132,13 +141,15 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, 
                 _audit_login(conn, address, "login.spray_suspected", body.username)
         if spray:
             log.warning("login.spray_suspected", extra={"address": address})
+        if refusal is not None and refusal.throttle is Throttle.ADDRESS:
+            _refuse(state, conn, refusal, body.username, address, now)  # a known place: still slowed
         raise HTTPException(401, "wrong username or password")
     expires = time.time() + state.config.token_ttl_s
     claims = SessionClaims(new_session_id(), row["username"], expires)
     op = Operator(row["username"], row["role"], row["district_code"], expires, claims.session_id)
     with conn.transaction():
         create_session(conn, claims.session_id, op.username, expires_at=datetime.fromtimestamp(expires, UTC))
-        remember_login_place(conn, op.username, address)
+        remember_login_place(conn, op.username, address_key(address))
         log_access(
             conn,
             actor=op.actor,

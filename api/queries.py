@@ -113,7 +113,8 @@ def stream_catch_up(
 
 
 def active_overrides(conn: Conn, device_ids: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Commands still in force per lamp (sent or applied, not expired): the lamp's overrides."""
+    """Commands still in force per lamp (sent or applied, not expired): the lamp's overrides, without
+    their source (a walk id or an SOS alert id would let a lamp reader follow a resident)."""
     # A later `clear` from the same source (a resolved SOS, an ended override) ends it early.
     where = (
         "c.status IN ('sent', 'applied') AND c.expires_at > now() AND c.action IN ('set_level', 'blink') "
@@ -126,7 +127,7 @@ def active_overrides(conn: Conn, device_ids: Sequence[str] | None = None) -> dic
         params.append(list(device_ids))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT c.device_id, c.cmd_id, c.action, c.level, c.priority, c.source, c.expires_at, c.status "
+            "SELECT c.device_id, c.cmd_id, c.action, c.level, c.priority, c.expires_at, c.status "
             "FROM commands c WHERE " + where + " ORDER BY c.device_id, c.sent_at",
             params,
         ).fetchall()

@@ -20,7 +20,10 @@ class RateLimiter:
             raise ValueError(f"rate limit needs limit >= 1 and window_s > 0, got {limit}, {window_s}")
         self.limit = limit
         self.window_s = window_s
-        self._max_keys = max_keys  # bound on memory: the oldest keys are forgotten first
+        # Bound on memory: idle keys are forgotten first, then the oldest under their limit; a key at
+        # its limit is never forgotten (a locked username stays locked whatever else is tried), so
+        # past the bound the table holds at most one key per `limit` hits of the window.
+        self._max_keys = max_keys
         self._hits: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -56,8 +59,11 @@ class RateLimiter:
         idle = [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window_s]
         for k in idle:
             del self._hits[k]
-        while len(self._hits) >= self._max_keys:
-            del self._hits[next(iter(self._hits))]
+        excess = len(self._hits) - self._max_keys + 1
+        if excess > 0:
+            under = [k for k, h in self._hits.items() if len(h) < self.limit][:excess]
+            for k in under:
+                del self._hits[k]
 
 
 def retry_after_header(wait_s: float) -> str:

@@ -12,18 +12,29 @@ import hmac
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
+from alerts import (
+    Alert,
+    AlertState,
+    CancelReason,
+    InvalidTransition,
+    Position,
+    cancel,
+    fold_sos_press,
+    merge_sos,
+    route,
+)
 from api.places import place_for
 from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
-from api.state import AppState, Db, Resident, State, bearer_token, client_address
+from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
 from store.alertstore import (
     WALK_CHANNEL,
@@ -45,6 +56,7 @@ from store.repo import (
     delete_resident,
     end_walk,
     get_walk,
+    idempotency_alert,
     start_walk,
 )
 from store.types import Conn
@@ -109,7 +121,7 @@ def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
 def register(request: Request, state: State, conn: Db) -> dict[str, str]:
     """A pseudonymous resident id and its install token; the token is shown only this once.
     At most ``registrations_per_hour`` per client address (429 with Retry-After)."""
-    client = client_address(request)
+    client = address_key(client_address(request))
     wait = state.register_limit.hit(client, time.monotonic()) if state.register_limit else 0.0
     if wait:
         state.metrics.rate_limited.labels("register").inc()
@@ -295,8 +307,8 @@ def _sos_answer(alert: Alert) -> dict[str, Any]:
 
 
 def sos_source_key(state: AppState, address: str) -> str:
-    """The pseudonymous key of an SOS's source address (HMAC with the token secret): the same on
-    every API instance, and the address itself is never stored."""
+    """The pseudonymous key of an SOS's source address (its `address_key`: an IPv6 /64) (HMAC with
+    the token secret): the same on every API instance, and the address itself is never stored."""
     return hmac.new(state.token_secret, b"sos-source:" + address.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -337,11 +349,50 @@ def _accept_sos(
                 resident_id=resident,
                 window_s=state.config.sos_burst_window_s,
             )
-            if mark.suspected_burst:
-                state.metrics.sos_bursts.inc()
+            if mark.flagged:
+                state.metrics.sos_bursts.inc(mark.flagged)
         if body.walk_id is not None:
             attach_walk_to_alert(conn, body.walk_id, alert.id)
     return alert, False
+
+
+class _OverLimit(Enum):
+    """What a press over the resident's SOS limit amounts to, decided before anything is written."""
+
+    REPLAY = "replay"  # a retry of an earlier request (same Idempotency-Key)
+    FOLDED = "folded"  # one more press of the open SOS (written at most once a second per alert)
+    NEW = "new"  # no open SOS to take it: accepted as a new alert, never refused
+
+
+def _sos_over_limit(
+    state: AppState, conn: Conn, resident: str, body: SosIn, key: str | None
+) -> tuple[_OverLimit, Alert | None]:
+    """Over the limit: a replay, a press folded into the open SOS (the alert, or None when this
+    second's press of that alert is already written), or a new SOS to accept as usual."""
+    if key is not None:
+        bound = idempotency_alert(conn, resident, key)
+        earlier = load_alert(conn, bound) if bound is not None else None
+        if earlier is not None:
+            return _OverLimit.REPLAY, earlier
+    now = _now()
+    _, place = place_for(
+        state.gazetteer, state.lamps.snapshot, body.lat, body.lon, state.config.nearest_lamps
+    )
+    position = Position(lat=body.lat, lon=body.lon, at=now, accuracy_m=body.accuracy_m)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        active = active_alerts(conn, source_id=resident, kinds=["sos"])
+        target, created = merge_sos(
+            active, resident_id=resident, position=position, place=place, now=now, new_alert_id="-"
+        )
+        if created:
+            return _OverLimit.NEW, None
+        previous = next(a for a in active if a.id == target.id)
+        if state.sos_fold_limit.hit(previous.id, time.monotonic()):
+            return _OverLimit.FOLDED, previous  # this second's press is written: nothing more
+        folded = fold_sos_press(previous, position=position, place=place)
+        save_alert(conn, folded, previous=previous, resident_id=resident)
+    return _OverLimit.FOLDED, folded
 
 
 @router.post("/v1/sos", status_code=202, summary="Raise an SOS")
@@ -354,25 +405,33 @@ def sos(
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Accept an SOS once it is durable. A retry with the same ``Idempotency-Key`` returns the same
-    alert; more than 3 per minute still update the open alert but answer 429 with Retry-After.
-    Other residents' SOS from the same address within minutes are grouped and flagged for the
+    alert; more than 3 per minute answer 429 with Retry-After and only update the open alert's
+    count and position (at most once a second, no timeline entry), or open a new alert when none is
+    open. Other residents' SOS from the same address within minutes are grouped and flagged for the
     operator as a suspected burst (never refused)."""
+    # The limit first: a resident pressing in a loop costs one read per press, not a transaction.
+    wait = state.sos_limit.wait(resident, time.monotonic())
+    if wait:
+        outcome, over = _sos_over_limit(state, conn, resident, body, idempotency_key)
+        if outcome is _OverLimit.REPLAY and over is not None:
+            state.metrics.sos.labels("retry").inc()
+            return JSONResponse(_sos_answer(over), status_code=202, headers={"Idempotent-Replayed": "true"})
+        if outcome is _OverLimit.FOLDED and over is not None:
+            state.metrics.sos.labels("rate_limited").inc()
+            state.metrics.rate_limited.labels("sos").inc()
+            answer = _sos_answer(over)
+            answer["detail"] = (
+                f"at most {state.config.sos_per_minute} SOS per minute; this one was added to alert {over.id}"
+            )
+            return JSONResponse(answer, status_code=429, headers={"Retry-After": retry_after_header(wait)})
     key = idempotency_key or new_id("auto")
-    source = sos_source_key(state, client_address(request))
-    # Accepted first, limited after: an SOS is never refused, the limit only tells the app to stop.
+    source = sos_source_key(state, address_key(client_address(request)))
     alert, retried = _accept_sos(state, conn, resident, body, key, source)
     answer = _sos_answer(alert)
     if retried:
         state.metrics.sos.labels("retry").inc()
         return JSONResponse(answer, status_code=202, headers={"Idempotent-Replayed": "true"})
-    wait = state.sos_limit.hit(resident, time.monotonic())
-    if wait:
-        state.metrics.sos.labels("rate_limited").inc()
-        state.metrics.rate_limited.labels("sos").inc()
-        answer["detail"] = (
-            f"at most {state.config.sos_per_minute} SOS per minute; this one was added to alert {alert.id}"
-        )
-        return JSONResponse(answer, status_code=429, headers={"Retry-After": retry_after_header(wait)})
+    state.sos_limit.hit(resident, time.monotonic())
     state.metrics.sos.labels("accepted").inc()
     return JSONResponse(answer, status_code=202)
 

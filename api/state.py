@@ -4,6 +4,7 @@ that hand it out: the connection pool, the gazetteer, the lamp index, limits, th
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class AppState:
     hub: StreamHub
     position_limit: RateLimiter
     sos_limit: RateLimiter
+    sos_fold_limit: RateLimiter  # presses over `sos_limit` written into their alert: 1/s per alert
     login_guard: LoginGuard
     register_limit: RateLimiter | None
     walk_start_limit: RateLimiter
@@ -94,6 +96,20 @@ async def get_conn(state: State) -> AsyncIterator[Conn]:
 Db = Annotated[Conn, Depends(get_conn)]
 
 
+def address_key(address: str) -> str:
+    """The key of a client address in per-address limits and groupings: an IPv4 address as it is,
+    an IPv6 address as its /64 (one home or phone is given a whole /64 to pick addresses from)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def client_address(request: Request) -> str:
     """The client's address as the server saw it (behind a proxy: the proxy's forwarded one)."""
     return request.client.host if request.client else "unknown"
@@ -132,6 +148,10 @@ Resident = Annotated[str, Depends(current_resident)]
 CurrentOperator = Annotated[Operator, Depends(current_operator)]
 
 _DEVICE_ALERT_KINDS = tuple(k.value for k in AlertKind if k is not AlertKind.SOS)
+
+
+# The roles that may see residents' positions (walkers, the walk and SOS overrides of lamps).
+POSITION_ROLES = ("district", "city", "admin")
 
 
 def visible_districts(op: Operator) -> list[str] | None:

@@ -13,7 +13,7 @@ import uvicorn
 
 from api.accounts import create_operator
 from api.app import create_app
-from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig
+from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig, proxy_options
 from api.security import password_hasher
 from store.repo import upsert_device
 from store.schema import apply_migrations
@@ -59,8 +59,9 @@ def seed(database_url: str, lamps: Sequence[tuple[str, str, float, float]] = ())
 
 
 @contextmanager
-def serve(config: ApiConfig, *, port: int | None = None) -> Iterator[str]:
-    """A real uvicorn serving the application on 127.0.0.1 in a thread; yields its base URL."""
+def serve(config: ApiConfig, *, port: int | None = None, trusted_proxies: str | None = None) -> Iterator[str]:
+    """A real uvicorn serving the application on 127.0.0.1 in a thread; yields its base URL.
+    ``X-Forwarded-For`` is read from `trusted_proxies` only, as `streetlight api` does."""
     port = port or free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -71,6 +72,7 @@ def serve(config: ApiConfig, *, port: int | None = None) -> Iterator[str]:
             ws="websockets-sansio",
             ws_max_size=WS_MAX_MESSAGE_BYTES,
             lifespan="on",
+            **proxy_options(trusted_proxies),  # type: ignore[arg-type]
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)

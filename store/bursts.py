@@ -3,8 +3,9 @@
 Each new SOS alert carries a `source_key` (the API's HMAC of the client address: pseudonymous, and
 the same across API instances). When other residents' SOS alerts came from the same source within
 the window, the new one joins their group (`burst_group`: the id of the first alert of the group)
-and is flagged `suspected_burst`; the first of a group stays unflagged, so one real SOS is never
-hidden behind a flood of throw-away accounts.
+and every member is flagged `suspected_burst`, the first too: arrival order ranks nothing, so an
+attacker's throw-away SOS sent first cannot put itself above a real resident's later SOS from the
+same address. SOS from other sources stay unflagged, above the group.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class BurstMark:
 
     burst_group: str | None
     suspected_burst: bool
+    flagged: int = 0  # alerts newly flagged by this one: 2 when it starts a group, else 1 or 0
 
 
 def mark_sos_source(
@@ -40,11 +42,16 @@ def mark_sos_source(
         conn.execute("UPDATE alerts SET source_key = %s WHERE alert_id = %s", (source_key, alert_id))
         return BurstMark(None, False)
     group = str(first[1] or first[0])
-    if first[1] is None:  # the group starts now: the first alert joins it, unflagged
-        conn.execute("UPDATE alerts SET burst_group = %s WHERE alert_id = %s", (group, first[0]))
+    flagged = 1
+    if first[1] is None:  # the group starts now: the first alert joins it, flagged like the rest
+        conn.execute(
+            "UPDATE alerts SET burst_group = %s, suspected_burst = true WHERE alert_id = %s",
+            (group, first[0]),
+        )
         notify(conn, ALERT_CHANNEL, {"alert_id": str(first[0])})
+        flagged = 2
     conn.execute(
         "UPDATE alerts SET source_key = %s, burst_group = %s, suspected_burst = true WHERE alert_id = %s",
         (source_key, group, alert_id),
     )
-    return BurstMark(group, True)
+    return BurstMark(group, True, flagged)

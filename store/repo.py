@@ -746,6 +746,14 @@ def claim_idempotency_key(conn: Conn, resident_id: str, key: str, alert_id: str)
     return str(existing[0]), False
 
 
+def idempotency_alert(conn: Conn, resident_id: str, key: str) -> str | None:
+    """The alert id a (resident, key) is bound to, or None (a read: nothing is claimed)."""
+    row = conn.execute(
+        "SELECT alert_id FROM idempotency_keys WHERE resident_id = %s AND key = %s", (resident_id, key)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 # --------------------------------------------------------------------------- operators, audit
 
 

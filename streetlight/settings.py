@@ -84,6 +84,9 @@ class Settings:
     """New residents per client address per hour; 0: no limit (benchmarks and simulators)."""
     api_metrics_token: str | None = None
     """Bearer token Prometheus sends to the API's ``/metrics``; None: ``/metrics`` is not served."""
+    api_trusted_proxies: str | None = None
+    """Comma-separated addresses or networks of the reverse proxies whose ``X-Forwarded-For`` the
+    API believes; None: no proxy header is read (the peer's address is the client's)."""
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -137,6 +140,7 @@ class Settings:
             api_kdf_memory_kib=_int(e, "STREETLIGHT_API_KDF_MEMORY_KIB", 65536),
             api_registrations_per_hour=_int(e, "STREETLIGHT_API_REGISTRATIONS_PER_HOUR", 60),
             api_metrics_token=e.get("STREETLIGHT_API_METRICS_TOKEN") or None,
+            api_trusted_proxies=e.get("STREETLIGHT_API_TRUSTED_PROXIES", "").strip() or None,
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )
 

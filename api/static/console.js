@@ -34,7 +34,8 @@ const T = {
     online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
   },
 };
-// SOS alerts from one source (address) within minutes: grouped by the API, all but the first flagged.
+// SOS alerts of 2+ residents from one source (address) within minutes: grouped and all flagged by
+// the API (arrival order ranks none of them); listed below the unflagged ones, newest first.
 T.ko.burst = "일괄 의심"; T.en.burst = "burst?";
 const t = (k) => (T[S.lang] && T[S.lang][k]) || k;
 

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.accounts import create_operator, ensure_demo_operators
-    from api.config import WS_MAX_MESSAGE_BYTES
+    from api.config import WS_MAX_MESSAGE_BYTES, proxy_options
     from api.security import password_hasher
     from store.schema import apply_migrations
 
@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.OperationalError as exc:
         print(f"streetlight api: cannot reach the database: {exc}")
         return 1
+    try:
+        proxies = proxy_options(settings.api_trusted_proxies)
+    except ValueError as exc:
+        print(f"streetlight api: {exc}")
+        return 2
     host = args.host or settings.api_host
     port = args.port or settings.api_port
     # The app reads its settings when it starts, in this process or in each worker process.
@@ -135,5 +140,6 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         ws="websockets-sansio",
         ws_max_size=WS_MAX_MESSAGE_BYTES,
+        **proxies,  # type: ignore[arg-type]
     )
     return 0

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from argon2 import PasswordHasher
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from psycopg_pool import ConnectionPool
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -284,6 +285,23 @@ def test_guessing_from_elsewhere_never_locks_out_the_operator_where_they_work(
     assert ("address:127.0.0.2",) in throttled and ("address:127.0.0.3",) in throttled
 
 
+def test_a_guesser_behind_the_control_centres_address_does_not_lock_its_operators_out(
+    server: str, db_url: str
+) -> None:
+    with from_address(server, "127.0.0.12") as centre:
+        login(centre, "op-jung")  # the control centre's (shared, NAT) address: a known place
+        codes = [
+            centre.post("/v1/auth/login", json={"username": f"x{i}", "password": "guess"}).status_code
+            for i in range(31)
+        ]
+        assert codes[:30] == [401] * 30 and codes[30] == 429  # the address is over its failures
+        right = centre.post("/v1/auth/login", json={"username": "op-jung", "password": PASSWORD})
+        wrong = centre.post("/v1/auth/login", json={"username": "op-jung", "password": "nope"})
+        never_here = centre.post("/v1/auth/login", json={"username": "op-city", "password": PASSWORD})
+    assert right.status_code == 200
+    assert wrong.status_code == 429 and never_here.status_code == 429
+
+
 def test_a_password_spray_from_one_address_is_audited_counted_and_slowed(
     server: str, api: httpx.Client, db_url: str
 ) -> None:
@@ -331,7 +349,7 @@ def test_registrations_from_one_address_are_limited_by_default(server: str) -> N
         assert other.post("/v1/residents").status_code == 201
 
 
-def test_an_sos_burst_from_one_address_is_grouped_and_flagged_and_a_real_one_stands_out(
+def test_an_sos_burst_from_one_address_is_grouped_and_all_flagged_and_a_real_one_stands_out(
     server: str, api: httpx.Client
 ) -> None:
     with from_address(server, "127.0.0.7") as farm:
@@ -341,8 +359,7 @@ def test_an_sos_burst_from_one_address_is_grouped_and_flagged_and_a_real_one_sta
     alerts = {a["id"]: a for a in api.get("/v1/alerts", headers=login(api, "op-jung")).json()["alerts"]}
     assert set(burst) | {real} <= set(alerts)  # nothing dropped: eleven open SOS
     assert all(alerts[a]["state"] == "open" for a in [*burst, real])
-    assert alerts[burst[0]]["suspected_burst"] is False and alerts[burst[0]]["burst_group"] == burst[0]
-    assert all(alerts[a]["suspected_burst"] and alerts[a]["burst_group"] == burst[0] for a in burst[1:])
+    assert all(alerts[a]["suspected_burst"] and alerts[a]["burst_group"] == burst[0] for a in burst)
     assert alerts[real]["suspected_burst"] is False and alerts[real]["burst_group"] is None
 
 
@@ -520,3 +537,142 @@ def test_a_live_stream_ends_when_its_token_expires(db_url: str) -> None:
         with connect(ws_url(base), subprotocols=["streetlight.v1", f"bearer.{token}"], open_timeout=5) as ws:  # type: ignore[list-item]
             assert json.loads(ws.recv(timeout=5))["type"] == "hello"
             assert closed_code(ws, within_s=6.0) == 1008
+
+
+def test_lamp_overrides_never_name_a_walk_or_an_sos_and_maintenance_sees_none_of_theirs(
+    api: httpx.Client, db_url: str
+) -> None:
+    commands = [
+        ("c-walk", "walk", "set_level", 100, "walk_abc"),
+        ("c-sos", "sos", "blink", None, "sos_def"),
+        ("c-manual", "manual", "set_level", 30, "operator:op-maint"),
+    ]
+    for cmd_id, priority, action, level, source in commands:
+        sql(
+            db_url,
+            "INSERT INTO commands (cmd_id, device_id, district_code, action, level, priority, source, "
+            "ttl_s, sent_at, expires_at) VALUES (%s, 'sj1', '11020', %s, %s, %s, %s, 60, now(), "
+            "now() + interval '60 s')",
+            cmd_id,
+            action,
+            level,
+            priority,
+            source,
+        )
+    jung, maint = login(api, "op-jung"), login(api, "op-maint")
+    for headers, expected in ((jung, ["c-walk", "c-sos", "c-manual"]), (maint, ["c-manual"])):
+        listed = api.get("/v1/lamps", headers=headers).json()["features"]
+        detail = api.get("/v1/lamps/sj1", headers=headers).json()["lamp"]
+        for props in (next(f["properties"] for f in listed if f["id"] == "sj1"), detail):
+            assert [o["cmd_id"] for o in props["overrides"]] == expected
+            assert all("source" not in o for o in props["overrides"])
+            body = json.dumps(props)
+            assert "walk_abc" not in body and "sos_def" not in body
+    audited = sql(
+        db_url,
+        "SELECT actor, subject_id, details FROM audit_log WHERE action = 'read_lamp_overrides' ORDER BY id",
+    )
+    counts = {"sos_overrides": 1, "walk_overrides": 1}
+    assert audited == [("operator:op-jung", "11020", counts), ("operator:op-jung", "sj1", counts)]
+
+
+def test_sos_pressed_in_a_loop_writes_little_past_the_limit_and_a_later_sos_is_still_accepted(
+    api: httpx.Client, db_url: str
+) -> None:
+    me = resident(api)
+    started = time.monotonic()
+    codes = [
+        api.post(
+            "/v1/sos",
+            json={"lat": JUNG[0], "lon": JUNG[1], "accuracy_m": 5},
+            headers={**me, "Idempotency-Key": "first"} if i == 0 else me,
+        ).status_code
+        for i in range(60)
+    ]
+    seconds = int(time.monotonic() - started) + 1
+    assert codes[:3] == [202, 202, 202] and set(codes[3:]) == {429}
+    alert_id = sql(db_url, "SELECT alert_id FROM alerts")[0][0]
+    events = sql(db_url, "SELECT count(*) FROM alert_events WHERE alert_id = %s", alert_id)[0][0]
+    points = sql(db_url, "SELECT count(*) FROM alert_positions WHERE alert_id = %s", alert_id)[0][0]
+    keys = sql(db_url, "SELECT count(*) FROM idempotency_keys")[0][0]
+    count, track, timeline = sql(
+        db_url,
+        "SELECT (data->>'count')::int, jsonb_array_length(data->'track'), "
+        "jsonb_array_length(data->'timeline') FROM alerts WHERE alert_id = %s",
+        alert_id,
+    )[0]
+    # The three accepted presses: one timeline entry, track point and key each; the 57 over the
+    # limit: the latest position at most once a second, no timeline entry, no key.
+    assert events == timeline == 3 and keys == 3
+    assert 4 <= points == track == count <= 3 + seconds
+    # Over the limit with no SOS open (the resident cancelled it): a new alert, never refused.
+    assert api.post(f"/v1/sos/{alert_id}/cancel", headers=me).status_code == 200
+    r = api.post("/v1/sos", json={"lat": JUNG[0], "lon": JUNG[1], "accuracy_m": 5}, headers=me)
+    assert r.status_code == 202 and r.json()["alert_id"] != alert_id
+    # A retry of an accepted press, past the limit: replayed.
+    first = {**me, "Idempotency-Key": "first"}
+    replay = api.post("/v1/sos", json={"lat": JUNG[0], "lon": JUNG[1]}, headers=first)
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["alert_id"] == alert_id
+
+
+def test_an_attackers_sos_sent_first_does_not_rank_above_a_real_one_from_the_same_address(
+    server: str, api: httpx.Client
+) -> None:
+    with from_address(server, "127.0.0.11") as shared_nat:
+        decoy = raise_sos(shared_nat, JUNG)
+        real = raise_sos(shared_nat, JUNG)
+    alerts = {a["id"]: a for a in api.get("/v1/alerts", headers=login(api, "op-jung")).json()["alerts"]}
+    assert alerts[decoy]["suspected_burst"] is alerts[real]["suspected_burst"] is True
+    assert alerts[decoy]["burst_group"] == alerts[real]["burst_group"] == decoy
+
+
+@pytest.mark.parametrize("trusted", [None, "127.0.0.2"])
+def test_a_forwarded_address_is_believed_only_from_a_named_proxy(db_url: str, trusted: str | None) -> None:
+    seed(db_url, LAMPS)
+    config = fast_config(db_url, registrations_per_hour=2)
+    with serve(config, trusted_proxies=trusted) as base, from_address(base, "127.0.0.1") as local:
+        codes = [
+            local.post("/v1/residents", headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+            for i in range(3)
+        ]
+    assert codes == [201, 201, 429]  # a local process cannot pick its own address
+
+
+def test_behind_a_named_proxy_ipv6_clients_are_keyed_by_their_64(db_url: str) -> None:
+    seed(db_url, LAMPS)
+    config = fast_config(db_url, registrations_per_hour=2)
+    with serve(config, trusted_proxies="127.0.0.2") as base, from_address(base, "127.0.0.2") as proxy:
+
+        def register(client: str) -> int:
+            return proxy.post("/v1/residents", headers={"X-Forwarded-For": client}).status_code
+
+        assert [register(f"2001:db8:7:1::{i:x}") for i in range(1, 4)] == [201, 201, 429]
+        assert register("2001:db8:7:2::1") == 201  # another /64: another home
+        assert register("198.51.100.1") == 201  # the proxy's word is believed
+        # Two residents' SOS from one /64 (an attacker's decoy first): one group, both flagged.
+        decoy = raise_sos(proxy, JUNG, {**resident(proxy), "X-Forwarded-For": "2001:db8:9:1::a"})
+        real = raise_sos(proxy, JUNG, {**resident(proxy), "X-Forwarded-For": "2001:db8:9:1::b"})
+        alerts = {
+            a["id"]: a for a in proxy.get("/v1/alerts", headers=login(proxy, "op-jung")).json()["alerts"]
+        }
+    assert alerts[decoy]["suspected_burst"] is alerts[real]["suspected_burst"] is True
+    assert alerts[decoy]["burst_group"] == alerts[real]["burst_group"] == decoy
+
+
+def test_readyz_names_no_database_host_or_user_when_the_database_fails(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed(db_url, LAMPS)
+    secret = 'connection to server at "db.internal" (10.1.2.3), port 5432 failed: user "streetlight"'
+
+    def unreachable(*args: object, **kwargs: object) -> Any:
+        raise psycopg.OperationalError(secret)
+
+    with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        assert c.get("/readyz").status_code == 200
+        with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger="api.app"):
+            m.setattr(ConnectionPool, "connection", unreachable)  # the fault: the database is gone
+            r = c.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"status": "database unavailable"}
+    assert any(getattr(rec, "error", "") == secret for rec in caplog.records)  # the detail is logged

@@ -233,3 +233,17 @@ def test_any_place_in_any_script_renders_a_valid_message(
     alert = new_alert(alert_id="p-1", kind=AlertKind.LAMP_FAULT, place=place, source_id="l-1", now=T0)
     schema.validate(render_cap(alert).xml)
     schema.validate(render_cap(acknowledge(alert, T0, "op")).xml)
+
+
+@given(note=st.text(max_size=40), unit=st.text(max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_any_operator_note_or_unit_renders_well_formed_xml(note: str, unit: str) -> None:
+    alert = acknowledge(sos(), T0 + timedelta(seconds=3), "op-1", note=note)
+    for item in (alert, dispatch(alert, T0 + timedelta(seconds=9), "op-1", unit=unit, note=note)):
+        parse(render_cap(item).xml)  # raises on a message that is not well-formed
+
+
+def test_a_control_character_in_a_note_becomes_a_replacement_character() -> None:
+    alert = acknowledge(sos(), T0 + timedelta(seconds=3), "op-1", note="seen \u0001\u000b\ud800 ok\tthere")
+    note = text(parse(render_cap(alert).xml), "cap:note")
+    assert "seen \ufffd\ufffd\ufffd ok\tthere" in note

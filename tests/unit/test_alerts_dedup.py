@@ -21,6 +21,7 @@ from alerts import (
     acknowledge,
     covering_outage,
     detect_mass_outages,
+    fold_sos_press,
     merge_fault,
     merge_mass_outage,
     merge_sos,
@@ -54,6 +55,14 @@ def test_a_second_sos_from_the_same_resident_119_s_later_updates_the_open_alert(
     assert not created
     assert second.id == first.id and second.count == 2 and len(second.track) == 2
     assert second.timeline[-1].action is EventAction.REPEATED
+
+
+def test_a_press_over_the_limit_counts_and_moves_the_alert_without_a_timeline_entry() -> None:
+    first, _ = press([], 0)
+    later = Position(37.57, 126.98, T0 + timedelta(seconds=5), accuracy_m=8.0)
+    folded = fold_sos_press(first, position=later, place=PLACE)
+    assert folded.id == first.id and folded.count == 2 and folded.track[-1] == later
+    assert folded.timeline == first.timeline and folded.last_position == (37.57, 126.98)
 
 
 def test_a_second_sos_121_s_later_opens_a_new_alert() -> None:

@@ -8,6 +8,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from api.config import proxy_options
 from api.loginguard import LoginGuard, Throttle
 from api.logredact import RedactCredentials
 from api.ratelimit import RateLimiter, retry_after_header
@@ -22,6 +23,7 @@ from api.security import (
     verify_password,
     verify_token,
 )
+from api.state import address_key
 
 SECRET = b"k" * 32
 
@@ -41,6 +43,27 @@ def test_a_limit_forgets_idle_keys_to_bound_memory() -> None:
     for i in range(100):
         limit.hit(f"k{i}", float(i))
     assert len(limit._hits) <= 10
+
+
+def test_a_key_at_its_limit_is_never_forgotten_however_many_other_keys_are_hit() -> None:
+    limit = RateLimiter(3, 900.0, max_keys=50)
+    for _ in range(3):
+        limit.hit("op-admin", 0.0)
+    for i in range(10_000):
+        limit.hit(f"u{i}", 1.0 + i * 1e-3)
+    assert limit.wait("op-admin", 20.0) > 0
+    assert len(limit._hits) <= 50
+
+
+def test_a_locked_username_stays_locked_after_failures_on_many_other_usernames() -> None:
+    guard = LoginGuard(per_username=10, per_address=30, window_s=900.0, spray_usernames=5)
+    for i in range(10):
+        guard.failed("op-admin", f"198.51.100.{i}", 0.0)
+    guard._by_user._max_keys = 100  # the default 100,000 keys, shrunk for the test's time
+    for i in range(3_000):
+        guard.failed(f"u{i}", f"203.0.113.{i // 29}", 1.0)
+    refusal = guard.username_refusal("op-admin", 2.0)
+    assert refusal is not None and refusal.throttle is Throttle.USERNAME
 
 
 def test_tokens_round_trip_and_refuse_forgery_and_expiry() -> None:
@@ -138,3 +161,21 @@ def test_the_other_services_metrics_servers_listen_on_loopback_by_default() -> N
     for command in (["ingest"], ["controller"]):
         args, _ = parser.parse_known_args(command)
         assert args.metrics_host == "127.0.0.1", command
+
+
+def test_an_ipv6_client_is_keyed_by_its_64_and_an_ipv4_one_by_its_address() -> None:
+    assert address_key("2001:db8:1:2::a") == address_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::a") != address_key("2001:db8:1:2::a")
+    assert address_key("::ffff:198.51.100.7") == address_key("198.51.100.7") == "198.51.100.7"
+    assert address_key("unknown") == "unknown"
+
+
+def test_proxy_headers_are_read_only_from_named_proxies_and_never_from_anyone() -> None:
+    assert proxy_options(None) == {"proxy_headers": False}
+    assert proxy_options(" ") == {"proxy_headers": False}
+    assert proxy_options("172.30.0.10, 10.0.0.0/8") == {
+        "proxy_headers": True,
+        "forwarded_allow_ips": "172.30.0.10,10.0.0.0/8",
+    }
+    with pytest.raises(ValueError, match="not '\\*'"):
+        proxy_options("*")
