@@ -6,7 +6,9 @@ result with ``store.alertstore`` (which also NOTIFYs the console and the control
 
 * Faults (in a batch's transaction): a ``fault``/``tamper``/``power_loss`` event, or a fault code
   that appears in a lamp's telemetry and was not in its stored state, is merged into the device's
-  one active alert for that code (count + 1). ``fault_cleared`` resolves it.
+  one active alert for that code (count + 1). ``fault_cleared`` resolves it. A device has at most
+  8 open ``lamp_fault`` alerts (``alerts.merge_device_fault``): further new codes are folded into
+  its one ``tamper`` alert ``fault_code_flood``, counted, logged.
 * Offline (periodic, one worker): devices offline by their will, or silent for longer than
   ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
   mass-outage alert (and supersedes the single ones it covers), the rest one alert each. The same
@@ -36,6 +38,8 @@ from alerts import (
     DARK_EXPLAINED_BY,
     DEFAULT_DAYNIGHT,
     DEFAULT_MASS_OUTAGE,
+    FAULT_FLOOD_CODE,
+    MAX_OPEN_FAULTS_PER_DEVICE,
     OUTAGE_RESTORED_FRACTION,
     Alert,
     AlertKind,
@@ -50,6 +54,7 @@ from alerts import (
     covering_outage,
     detect_mass_outages,
     fleet_wide,
+    merge_device_fault,
     merge_fault,
     merge_mass_outage,
     observe,
@@ -133,7 +138,43 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
         stored = set((known.get(dev.device_id) or {}).get("faults") or ())
         reports.extend((dev.device_id, AlertKind.LAMP_FAULT, c, False) for c in dev.faults if c not in stored)
     changes = 0
+    pending: dict[str, list[str]] = {}  # lamp_fault codes raised, merged per device in one step
+
+    def flush(device_id: str) -> None:
+        nonlocal changes
+        codes = pending.pop(device_id, None)
+        if not codes:
+            return
+        _lock(conn, device_id)
+        active = active_alerts(
+            conn, kinds=[AlertKind.LAMP_FAULT.value, AlertKind.TAMPER.value], source_id=device_id
+        )
+        row = known.get(device_id)
+        for merged in merge_device_fault(
+            active,
+            device_id=device_id,
+            fault_codes=codes,
+            place=_place(row, row["district_code"] if row else ""),
+            now=now,
+            new_alert_id=new_alert_id,
+        ):
+            previous = next((a for a in active if a.id == merged.id), None)
+            if merged.fault_code == FAULT_FLOOD_CODE:
+                log.warning(
+                    "fault_code_flood device=%s open_limit=%d folded_total=%d new_alert=%s",
+                    device_id,
+                    MAX_OPEN_FAULTS_PER_DEVICE,
+                    merged.count,
+                    previous is None,
+                )
+            save_alert(conn, merged, previous=previous)
+            changes += 1
+
     for device_id, kind, code, cleared in reports:
+        if kind is AlertKind.LAMP_FAULT and not cleared:
+            pending.setdefault(device_id, []).append(code)
+            continue
+        flush(device_id)  # in order: a fault then its clear in one batch
         _lock(conn, device_id)
         active = active_alerts(conn, kinds=[kind.value], source_id=device_id)
         if cleared:
@@ -158,6 +199,8 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
         previous = next((a for a in active if a.id == merged.id), None)
         save_alert(conn, merged, previous=previous)
         changes += 1
+    for device_id in list(pending):
+        flush(device_id)
     return changes
 
 
