@@ -429,6 +429,7 @@ class IngestWorker:
         m.stored_rows += result.inserted
         m.offered_rows += result.offered
         m.duplicates += result.offered - result.inserted
+        m.stale_states += result.stale_states
         for d in batch.dead:
             m.dead_letters[d.kind] += 1
             log.info("dead letter topic=%s reason=%s", d.topic, d.reason)

@@ -4,7 +4,9 @@
 ingest reads it back (``provisioned_devices``) to refuse messages from ids nobody provisioned,
 so a deployed ingest needs no registry file. A row written by a birth alone has no
 ``credentials_hash``: it was never provisioned. ``credentials_hash`` holds a fingerprint of the
-broker's password hash (never the secret, never the hash itself), so a rotation shows as a change.
+broker's password hash (never the secret, never the hash itself), so a rotation shows as a change;
+a rotation or a revocation also clears the device's stored ``bdseq`` (``device_state``), so what
+the old credentials said about the connection cannot outlive them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
     ]
     if not rows:
         return 0
+    # New credentials (a rotation, or a first provisioning) start a new connection lineage: the
+    # stored bdseq may have been set by whoever held the old ones.
+    conn.execute(
+        "UPDATE device_state s SET bdseq = NULL, updated_at = now() "
+        "FROM unnest(%s::text[], %s::text[]) AS n(device_id, fingerprint) "
+        "LEFT JOIN devices d ON d.device_id = n.device_id "
+        "WHERE s.device_id = n.device_id AND s.bdseq IS NOT NULL "
+        "AND d.credentials_hash IS DISTINCT FROM n.fingerprint",
+        ([r[0] for r in rows], [r[8] for r in rows]),
+    )
     with conn.cursor() as cur:
         cur.executemany(
             """
@@ -73,6 +85,13 @@ def mark_revoked(conn: Conn, device_ids: Iterable[str]) -> None:
     """Record that these devices' credentials are revoked (the row and its history stay)."""
     ids = list(device_ids)
     if ids:
+        # As on a rotation: what the revoked credentials said about the connection is void.
+        conn.execute(
+            "UPDATE device_state SET bdseq = NULL, updated_at = now() WHERE device_id = ANY(%s) "
+            "AND bdseq IS NOT NULL AND device_id IN "
+            "(SELECT device_id FROM devices WHERE provisioned AND credentials_hash IS NOT NULL)",
+            (ids,),
+        )
         conn.execute(
             "UPDATE devices SET provisioned = false, updated_at = now() "
             "WHERE device_id = ANY(%s) AND credentials_hash IS NOT NULL",

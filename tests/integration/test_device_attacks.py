@@ -398,6 +398,56 @@ def test_a_lamp_naming_32_new_fault_codes_in_each_telemetry_opens_at_most_nine_a
     assert n_open == MAX_OPEN_FAULTS_PER_DEVICE + 1
 
 
+def test_a_retained_offline_with_the_largest_bdseq_does_not_keep_the_lamp_offline_after_its_next_birth(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp = f"S{unique_id}"
+    base = f"sl/v1/11230/{lamp}"
+
+    def birth(bdseq: int) -> bytes:
+        return json.dumps({"kind": "lamp", "firmware": "2.4.1", "model": "SL-LED-60", "lat": 37.5744,
+                           "lon": 127.0396, "bdseq": bdseq, "ts": now_ms()}).encode()  # fmt: skip
+
+    def state(online: bool, bdseq: int) -> bytes:
+        return json.dumps(
+            {"state": "online" if online else "offline", "bdseq": bdseq, "ts": now_ms()}
+        ).encode()
+
+    def connectivity() -> tuple[bool, int] | None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT online, bdseq FROM device_state WHERE device_id = %s", (lamp,)
+            ).fetchone()
+        return None if row is None else (bool(row[0]), int(row[1]))
+
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    try:
+        with running_worker(worker):
+            mosquitto_pub(params, f"{base}/birth", [birth(3)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 3)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 3), 10)
+            # The stolen credentials: a retained offline of the largest connection there can be.
+            mosquitto_pub(params, f"{base}/state", [state(False, 2**63 - 1)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (False, 2**63 - 1), 10)
+            # The lamp, repaired (its counter restarted), connects again: birth and online of bdseq 0.
+            mosquitto_pub(params, f"{base}/birth", [birth(0)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 0)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 0), 10)
+            # It reconnects (bdseq 1); the previous connection's death arrives late: stale, counted.
+            mosquitto_pub(params, f"{base}/birth", [birth(1)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 1)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 1), 10)
+            mosquitto_pub(params, f"{base}/state", [state(False, 0)], client_id=lamp)
+            marker(params, db_url, f"M{unique_id}", 1)
+            assert connectivity() == (True, 1)
+            assert worker.metrics.stale_states == 1
+            assert worker.metrics.flags["bdseq_restart"] == 1
+    finally:
+        mosquitto_pub(params, f"{base}/state", [b""], retain=True, client_id=lamp)
+
+
 async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_within_its_rate(
     db_url: str, mqtt_service: MqttService, unique_id: str
 ) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from firmware_sim import DeviceIdentity, LampFirmware
@@ -414,6 +415,33 @@ def test_a_device_revoked_with_the_database_named_is_refused_by_ingests_registry
     assert check("lamp-gone", "11230", b"{}")[0] == "revoked_device"
     assert check("lamp-never", "11230", b"{}")[0] == "unknown_device"
     assert check("lamp-ok", "11010", b"{}")[1] == "district_mismatch"
+
+
+def test_rotating_or_revoking_a_lamp_voids_the_bdseq_its_old_credentials_stored(
+    db_url: str, tmp_path: Path
+) -> None:
+    # A stolen lamp sent a retained offline with bdseq 2^63-1: every later state of the repaired
+    # lamp would be older. New credentials start a new connection lineage.
+    from store import set_connectivity
+
+    common = ["provision", "--state-dir", str(tmp_path / "state"), "--database-url", db_url]
+    devices = _device_csv(tmp_path / "lamps.csv", ["lamp-a", "lamp-b", "lamp-c"])
+    assert cli_main([*common, "--devices", str(devices), "--secrets-out", str(tmp_path / "s1.csv")]) == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for dev in ("lamp-a", "lamp-b", "lamp-c"):
+            set_connectivity(conn, dev, online=False, bdseq=2**63 - 1)
+    assert cli_main([*common, "--rotate", "lamp-a", "--secrets-out", str(tmp_path / "s2.csv")]) == 0
+    assert cli_main([*common, "--revoke", "lamp-b"]) == 0
+    assert cli_main(common) == 0  # a re-run changes nothing more
+    bdseq = "SELECT bdseq FROM device_state WHERE device_id = %s"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert [conn.execute(bdseq, (d,)).fetchone() for d in ("lamp-a", "lamp-b", "lamp-c")] == [
+            (None,),
+            (None,),
+            (2**63 - 1,),
+        ]
+        assert set_connectivity(conn, "lamp-a", online=True, bdseq=0)  # the repaired lamp's first state
+        assert not set_connectivity(conn, "lamp-c", online=True, bdseq=0)
 
 
 # -- 3. revocation with the broker running as its own user ------------------------------------------
