@@ -132,3 +132,25 @@ def shared_secret(conn: Conn, key: str, nbytes: int = 16) -> str:
     if row is None:  # only if someone deleted it between the two statements
         raise LookupError(f"store_meta {key!r} vanished")
     return str(row[0])
+
+
+def rotate_shared_secret(conn: Conn, key: str, nbytes: int = 16) -> None:
+    """Replace the secret under ``key`` with a new random one; the old one is kept under
+    ``key:retired`` (its holders can be told to drop it)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO store_meta (key, value) SELECT %s, value FROM store_meta WHERE key = %s "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (f"{key}:retired", key),
+        )
+        conn.execute(
+            "INSERT INTO store_meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, secrets.token_hex(nbytes)),
+        )
+
+
+def retired_shared_secret(conn: Conn, key: str) -> str | None:
+    """The secret ``rotate_shared_secret`` replaced last under ``key``, or None."""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (f"{key}:retired",)).fetchone()
+    return None if row is None else str(row[0])

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -316,6 +317,44 @@ def test_provisioned_ingest_shares_its_subscription_and_six_devices_in_its_group
         for a in attackers:
             stop(a)
     assert n - stored == 0, f"{n - stored} of {n} messages never reached the database"
+
+
+def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_devices_that_learnt_it_nothing(
+    deployment: Deployment, db_url: str, tmp_path: Path
+) -> None:
+    d = deployment
+    env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%400@127.0.0.1:{d.port}"}
+    secret = "SELECT value FROM store_meta WHERE key = 'ingest_share_group'"
+    migrate(db_url)
+    with ingest_process(env, tmp_path / "first.log") as first:
+        wait_for(lambda: "connected (session present" in first.log.read_text(), 30)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            leaked = str((conn.execute(secret).fetchone() or ("",))[0])
+        assert leaked and leaked not in first.log.read_text()
+        assert "$share/ingest-…/sl/v1/+/+/telemetry" in first.log.read_text()
+    # Say the name leaked all the same (a backup of the database, an old log): three lamps join it.
+    thieves = [sub(d, f"lamp-{i}", f"$share/ingest-{leaked}/sl/v1/+/+/telemetry") for i in (1, 2, 3)]
+    try:
+        assert cli_main(["provision", "--state-dir", str(d.state), "--rotate-share-group",
+                         "--database-url", db_url]) == 0  # fmt: skip
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            rotated = str((conn.execute(secret).fetchone() or ("",))[0])
+        assert rotated and rotated != leaked
+        # Restarted, ingest's persistent session still holds the old group's subscriptions: dropped.
+        with ingest_process(env, tmp_path / "second.log") as again:
+            wait_for(lambda: "retired share group" in again.log.read_text(), 30)
+            time.sleep(0.5)  # the SUBACK
+            n, ts = 40, int(time.time() * 1000)
+            pub(d, "lamp-0", "sl/v1/11230/lamp-0/telemetry", [LAMP % (ts + i, i) for i in range(n)])
+            rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-0' AND ts >= %s"
+            since = datetime.fromtimestamp(ts / 1000, UTC)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: count(db_url, rows, since) >= n, 10)
+            assert count(db_url, rows, since) == n
+            assert leaked not in again.log.read_text() and rotated not in again.log.read_text()
+    finally:
+        for t in thieves:
+            stop(t)
 
 
 def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_down(
