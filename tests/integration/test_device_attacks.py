@@ -501,3 +501,47 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
             assert stats.get("beacon_sightings", 0) <= 100 + 5 * elapsed + 5
             assert stats.get("commands_sent", 0) <= 3 * (100 + 5 * elapsed + 5)
             assert stats.get("rate_limited", 0) >= n - 100 - 5 * elapsed - 5
+
+
+async def test_a_lamp_reporting_beacon_sightings_commands_no_lamp_and_a_blinkers_still_do(
+    db_url: str, mqtt_service: MqttService, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamps = [
+        LampSpec(f"L{unique_id}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)
+    ]
+    attacker, blinker = lamps[0].device_id, f"B{unique_id}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for spec in lamps:
+            upsert_device(
+                conn, spec.device_id, kind="lamp", district_code=DISTRICT, lat=spec.lat, lon=spec.lon
+            )
+        upsert_device(
+            conn, blinker, kind="blinker", district_code=DISTRICT, lat=BASE_LAT, lon=BASE_LON,
+            paired_device_id=lamps[0].device_id,
+        )  # fmt: skip
+    cfg = ControllerConfig(
+        mqtt=params, database_url=db_url, districts=(DISTRICT,), lease_ttl_s=2.0, tick_s=0.05
+    )
+
+    def sighting(seq: int) -> bytes:
+        return json.dumps(
+            {"ts": now_ms(), "seq": seq, "type": "beacon", "token_hash": f"{seq:032x}", "rssi_dbm": -60}
+        ).encode()
+
+    with LampFleet(params, lamps) as fleet:
+        async with running(cfg) as ctl:
+            await asyncio.to_thread(
+                mosquitto_pub, params, f"sl/v1/{DISTRICT}/{attacker}/event",
+                [sighting(i) for i in range(1, 11)], client_id=attacker,
+            )  # fmt: skip
+            await until(lambda: ctl.snapshot()["stats"].get("beacon_not_blinker", 0) == 10, 10, "10 refusals")
+            assert ctl.snapshot()["stats"].get("beacon_sightings", 0) == 0
+            assert all(fleet.commands_for(spec.device_id) == [] for spec in lamps)
+            # The real blinker's sighting still brightens its lamps.
+            await asyncio.to_thread(
+                mosquitto_pub, params, f"sl/v1/{DISTRICT}/{blinker}/event", [sighting(11)], client_id=blinker
+            )
+            await until(lambda: all(fleet.commands_for(spec.device_id) for spec in lamps), 10, "brightened")
+            assert ctl.snapshot()["stats"]["beacon_sightings"] == 1
