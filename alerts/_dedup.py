@@ -4,9 +4,10 @@
   (issue #2); later ones open a new alert.
 - A repeated fault of one device (same kind, device and fault code) updates its one active
   alert with a count (issue #2, #4); there is no time window, the alert lives until resolved.
-- A device has at most ``MAX_OPEN_FAULTS_PER_DEVICE`` (8) active ``lamp_fault`` alerts: a new fault
-  code beyond them is folded into the device's one ``tamper`` alert ``fault_code_flood`` (its count
-  says how many codes were folded), so a device naming ever new codes cannot bury the console.
+- A device has at most ``MAX_OPEN_FAULTS_PER_DEVICE`` (8) active alerts of a kind it reports codes
+  for (``lamp_fault``; ``tamper`` events with a code): a new code beyond them is folded into the
+  device's one ``tamper`` alert ``fault_code_flood`` (its count says how many codes were folded),
+  so a device naming ever new codes cannot bury the console.
 - Many lamps of one neighbourhood going offline within 2 minutes (issue #4) become one
   `mass_outage` alert listing them; the device_offline alerts it covers are cancelled as
   superseded.
@@ -133,11 +134,12 @@ def merge_device_fault(
     place: Place,
     now: datetime,
     new_alert_id: Callable[[], str],
+    kind: AlertKind = AlertKind.LAMP_FAULT,
     cap: int = MAX_OPEN_FAULTS_PER_DEVICE,
 ) -> list[Alert]:
-    """Count a device's reported fault codes into its lamp_fault alerts, at most ``cap`` of them open.
+    """Count a device's reported codes into its alerts of ``kind``, at most ``cap`` of them open.
 
-    ``active_alerts`` are the device's active alerts (lamp_fault and tamper at least). Each code with
+    ``active_alerts`` are the device's active alerts (``kind`` and tamper at least). Each code with
     an open alert counts into it; a new code opens one while fewer than ``cap`` are open; the codes
     beyond are folded into the device's ``tamper``/``fault_code_flood`` alert (opened once, then its
     count grows by the number folded; one timeline event per call naming them). Returns the changed
@@ -148,13 +150,13 @@ def merge_device_fault(
     changed: dict[str, Alert] = {}
     folded: list[str] = []
     for code in fault_codes:
-        faults = [a for a in current.values() if a.kind is AlertKind.LAMP_FAULT]
+        faults = [a for a in current.values() if a.kind is kind and a.fault_code != FAULT_FLOOD_CODE]
         if len(faults) >= cap and not any(a.fault_code == code for a in faults):
             folded.append(code)
             continue
         merged, _ = merge_fault(
             current.values(),
-            kind=AlertKind.LAMP_FAULT,
+            kind=kind,
             device_id=device_id,
             fault_code=code,
             place=place,

@@ -398,6 +398,27 @@ def test_a_lamp_naming_32_new_fault_codes_in_each_telemetry_opens_at_most_nine_a
     assert n_open == MAX_OPEN_FAULTS_PER_DEVICE + 1
 
 
+def test_a_lamp_sending_tamper_events_with_20_made_up_codes_opens_at_most_nine_alerts(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp = f"E{unique_id}"
+    t0 = now_ms()
+    events = [b'{"ts":%d,"seq":%d,"type":"tamper","code":"t%d"}' % (t0 + i, i + 1, i) for i in range(20)]
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    with running_worker(worker):
+        mosquitto_pub(params, f"sl/v1/11230/{lamp}/event", events, client_id=lamp)
+        wait_for(lambda: stored(db_url, "SELECT count(*) FROM events WHERE device_id = %s", lamp) == 20, 10)
+        marker(params, db_url, f"M{unique_id}", 1)
+    tampers = device_alerts(db_url, lamp, "tamper")
+    codes = [c for _s, c, _n in tampers if c != FAULT_FLOOD_CODE]
+    assert len(codes) == MAX_OPEN_FAULTS_PER_DEVICE and len(tampers) == MAX_OPEN_FAULTS_PER_DEVICE + 1
+    assert [(s, n) for s, c, n in tampers if c == FAULT_FLOOD_CODE] == [
+        ("open", 20 - MAX_OPEN_FAULTS_PER_DEVICE)
+    ]
+
+
 def test_a_retained_offline_with_the_largest_bdseq_does_not_keep_the_lamp_offline_after_its_next_birth(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:

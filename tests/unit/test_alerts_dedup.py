@@ -300,3 +300,17 @@ def test_a_resolved_fault_frees_its_place_under_the_cap() -> None:
         alerts, device_id="lamp-2", fault_codes=["lamp_failure"], place=PLACE, now=T0, new_alert_id=ids
     )
     assert fresh.kind is AlertKind.LAMP_FAULT and fresh.fault_code == "lamp_failure"
+
+
+def test_tamper_codes_a_device_names_are_capped_apart_from_its_lamp_faults() -> None:
+    ids = _ids()
+    alerts = merge_device_fault(
+        [], device_id="lamp-2", fault_codes=[f"f{i}" for i in range(8)], place=PLACE, now=T0, new_alert_id=ids
+    )
+    alerts += merge_device_fault(
+        alerts, device_id="lamp-2", fault_codes=[f"t{i}" for i in range(10)], place=PLACE, now=T0,
+        new_alert_id=ids, kind=AlertKind.TAMPER,
+    )  # fmt: skip
+    tampers = [a for a in alerts if a.kind is AlertKind.TAMPER]
+    assert sorted(a.fault_code for a in tampers) == sorted([FAULT_FLOOD_CODE, *(f"t{i}" for i in range(8))])
+    assert next(a for a in tampers if a.fault_code == FAULT_FLOOD_CODE).count == 2
