@@ -68,6 +68,7 @@ class MosquittoOptions:
     max_connections: int = -1
     max_keepalive: int = 300
     persistence_dir: Path | None = None
+    autosave_interval_s: int = 30
     log_dest: str = "stderr"
     run_as: str | None = None
     """``user`` option: the account mosquitto drops to when started as root ("root": stay)."""
@@ -138,7 +139,14 @@ def mosquitto_conf_text(files: MosquittoFiles, options: MosquittoOptions) -> str
     if o.run_as is not None:
         lines.append(f"user {o.run_as}")
     if o.persistence_dir is not None:
-        lines += ["persistence true", f"persistence_location {o.persistence_dir}/"]
+        # Sessions, their queues and retained states survive a broker restart. The store is a
+        # snapshot written every `autosave_interval` seconds: a crash loses at most that much of
+        # what the broker acknowledged but had not yet delivered (docs/operations.md).
+        lines += [
+            "persistence true",
+            f"persistence_location {o.persistence_dir}/",
+            f"autosave_interval {o.autosave_interval_s}",
+        ]
     if o.dev_port is not None:
         lines += ["", "# Development: password login, loopback only.", f"listener {o.dev_port} 127.0.0.1"]
         lines.append(f"max_connections {o.max_connections}")

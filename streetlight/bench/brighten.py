@@ -279,6 +279,9 @@ def services(
             )
         if ingest_metrics_port is not None:
             ingest_flags = ["--no-migrate", "--no-jobs", "--metrics-port", str(ingest_metrics_port)]
+            # The background stream comes from 500 lamp ids at up to 20 msg/s each, far over one
+            # device's message rate: without this, ingest would refuse most of it as floods.
+            ingest_flags += ["--device-rate", "0"]
             procs["ingest"] = subprocess.Popen(
                 [*cli, "ingest", "--mqtt-url", mqtt_svc.url, "--database-url", db_url, *ingest_flags],
                 env=env,

@@ -430,7 +430,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "naive_insert_rate_msgs_s": round(naive, 1),
             "speedup_vs_naive": round(rate / naive, 1) if naive else None,
             "dead_letters": _sum(m, "ingest_dead_letters_total"),
-            "broker": "mosquitto (private, big-queue config)"
+            "broker": "mosquitto (private, the deployed limits)"
             if args.broker == "mosquitto"
             else f"rabbitmq (private node, mqtt.prefetch {args.prefetch})",
             "database": "configured (throwaway database)"

@@ -103,6 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ca.crt, server.crt, server.key, crl.pem (see make_test_ca.sh)",
     )
     parser.add_argument(
+        "--persistence-dir",
+        type=Path,
+        metavar="DIR",
+        default=Path("/var/lib/mosquitto"),
+        help="where mosquitto keeps sessions, queues and retained states across restarts "
+        "(default /var/lib/mosquitto; 'none' to keep them in memory only)",
+    )
+    parser.add_argument(
         "--broker-user",
         metavar="USER",
         help="mosquitto's `user` option: the account it runs as when started as root",
@@ -206,8 +214,13 @@ def _mosquitto_options(args: argparse.Namespace) -> MosquittoOptions:
         d = args.tls_dir.resolve()
         # crl.pem is required, not optional: without it a revoked certificate reconnects.
         tls = TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key", d / "crl.pem")
+    persistence = None if str(args.persistence_dir) == "none" else args.persistence_dir
     return MosquittoOptions(
-        dev_port=args.dev_port or None, tls_port=args.tls_port or None, tls=tls, run_as=args.broker_user
+        dev_port=args.dev_port or None,
+        tls_port=args.tls_port or None,
+        tls=tls,
+        run_as=args.broker_user,
+        persistence_dir=persistence,
     )
 
 

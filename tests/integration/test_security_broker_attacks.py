@@ -63,6 +63,14 @@ class Deployment:
     log: Path
 
 
+def _broker_store(base: Path) -> Path:
+    """A persistence folder the broker, running as the `mosquitto` user, may write."""
+    store = base / "store"
+    store.mkdir()
+    shutil.chown(store, "mosquitto", "mosquitto")
+    return store
+
+
 def _device_csv(path: Path, ids: list[str]) -> Path:
     path.write_text("id,kind,district_code\n" + "".join(f"{d},lamp,11230\n" for d in ids))
     return path
@@ -87,6 +95,8 @@ def deployed(workdir: Path) -> Iterator[Deployment]:
         workdir / "broker.log",
     )
     argv = ["provision", "--state-dir", str(state), "--out", str(out), "--dev-port", str(port)]
+    (workdir / "store").mkdir()
+    argv += ["--persistence-dir", str(workdir / "store")]  # as deployed, but not the system broker's
     argv += ["--broker-user", RUN_AS] if RUN_AS else []
     argv += [
         "--devices",
@@ -506,6 +516,7 @@ def test_revoking_one_device_with_the_documented_commands_cuts_off_only_that_dev
     with broker_users_dir() as base:
         port = free_port()
         common = ["--state-dir", str(base / "state"), "--out", str(base / "mosq"), "--dev-port", str(port)]
+        common += ["--persistence-dir", str(_broker_store(base))]
         devices = _device_csv(base / "lamps.csv", ["lamp-keep", "lamp-stolen"])
         secrets_file = base / "issued.csv"
         assert (
@@ -616,6 +627,7 @@ def test_the_documented_tls_setup_starts_and_a_device_connects_with_its_certific
         devices = _device_csv(base / "lamps.csv", ["lamp-tls", "lamp-tls2"])
         tls_port, dev_port = free_port(), free_port()
         argv = ["provision", "--devices", str(devices), "--state-dir", str(base / "state")]
+        argv += ["--persistence-dir", str(_broker_store(base))]
         argv += ["--out", str(conf_dir), "--tls-port", str(tls_port), "--tls-dir", str(certs)]
         assert cli_main([*argv, "--dev-port", str(dev_port), "--secrets-out", str(base / "issued.csv")]) == 0
         subprocess.run(["chgrp", "-R", "mosquitto", str(conf_dir), str(certs)], check=True)

@@ -558,6 +558,8 @@ def test_the_provision_command_revokes_a_connected_device_and_reloads_the_broker
         str(port),
     ]
     common += ["--broker-user", RUN_AS] if RUN_AS else []
+    (tmp_path / "store").mkdir()
+    common += ["--persistence-dir", str(tmp_path / "store")]
     assert cli_main(["provision", *common, "--devices", str(devices), "--print-secrets"]) == 0
     out = capsys.readouterr().out
     secret = next(line.split(",", 1)[1] for line in out.splitlines() if line.startswith("lamp-cli,"))

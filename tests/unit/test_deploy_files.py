@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -159,3 +160,30 @@ def test_the_shipped_mosquitto_conf_carries_the_limits_that_provision_generates(
     }
     assert "max_connections -1" in shipped and "max_connections -1" in generated  # per listener
     assert shipped == generated
+
+
+def test_every_websocket_route_of_the_api_is_upgraded_by_the_shipped_nginx_config() -> None:
+    from starlette.routing import WebSocketRoute
+
+    from api.app import create_app
+
+    conf = (DEPLOY / "nginx" / "streetlight.conf").read_text()
+    upgraded: list[tuple[bool, str]] = []  # (is_regex, pattern) of locations that upgrade
+    for m in re.finditer(r"location\s+(~\s+)?(\S+)\s*\{([^}]*)\}", conf):
+        if "Upgrade $http_upgrade" in m.group(3):
+            upgraded.append((bool(m.group(1)), m.group(2)))
+
+    def routes(items: list[Any]) -> list[Any]:  # included routers nest their routes
+        out = []
+        for r in items:
+            inner = getattr(r, "original_router", None)
+            out += routes(list(inner.routes)) if inner is not None else [r]
+        return out
+
+    paths = [r.path for r in routes(list(create_app().routes)) if isinstance(r, WebSocketRoute)]
+    assert paths, "the API has WebSocket routes"
+    for path in paths:
+        concrete = re.sub(r"\{[^}]+\}", "w-123", path)
+        assert any(
+            re.search(pat, concrete) if is_re else concrete.startswith(pat) for is_re, pat in upgraded
+        ), f"nginx does not upgrade {path}: behind the proxy the socket never opens"
