@@ -4,6 +4,10 @@
   (issue #2); later ones open a new alert.
 - A repeated fault of one device (same kind, device and fault code) updates its one active
   alert with a count (issue #2, #4); there is no time window, the alert lives until resolved.
+- A device has at most ``MAX_OPEN_FAULTS_PER_DEVICE`` (8) active alerts of a kind it reports codes
+  for (``lamp_fault``; ``tamper`` events with a code): a new code beyond them is folded into the
+  device's one ``tamper`` alert ``fault_code_flood`` (its count says how many codes were folded),
+  so a device naming ever new codes cannot bury the console.
 - Many lamps of one neighbourhood going offline within 2 minutes (issue #4) become one
   `mass_outage` alert listing them; the device_offline alerts it covers are cancelled as
   superseded.
@@ -11,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -120,6 +124,81 @@ def merge_fault(
         fault_code=fault_code,
     )
     return created, True
+
+
+# A device's open lamp_fault alerts are bounded: honest lamps report a handful of distinct faults; a
+# device naming ever new codes (each one a valid code) is folded into one tamper alert.
+MAX_OPEN_FAULTS_PER_DEVICE = 8
+FAULT_FLOOD_CODE = "fault_code_flood"
+
+
+def merge_device_fault(
+    active_alerts: Iterable[Alert],
+    *,
+    device_id: str,
+    fault_codes: Iterable[str],
+    place: Place,
+    now: datetime,
+    new_alert_id: Callable[[], str],
+    kind: AlertKind = AlertKind.LAMP_FAULT,
+    cap: int = MAX_OPEN_FAULTS_PER_DEVICE,
+) -> list[Alert]:
+    """Count a device's reported codes into its alerts of ``kind``, at most ``cap`` of them open.
+
+    ``active_alerts`` are the device's active alerts (``kind`` and tamper at least). Each code with
+    an open alert counts into it; a new code opens one while fewer than ``cap`` are open; the codes
+    beyond are folded into the device's ``tamper``/``fault_code_flood`` alert (opened once, then its
+    count grows by the number folded; one timeline event per call naming them). Returns the changed
+    or new alerts, each once, in the order they should be saved.
+    """
+    at = require_aware(now, "now")
+    current = {a.id: a for a in active_alerts if a.is_active and a.source_id == device_id}
+    changed: dict[str, Alert] = {}
+    folded: list[str] = []
+    for code in fault_codes:
+        faults = [a for a in current.values() if a.kind is kind and a.fault_code != FAULT_FLOOD_CODE]
+        if len(faults) >= cap and not any(a.fault_code == code for a in faults):
+            folded.append(code)
+            continue
+        merged, _ = merge_fault(
+            current.values(),
+            kind=kind,
+            device_id=device_id,
+            fault_code=code,
+            place=place,
+            now=at,
+            new_alert_id=new_alert_id(),
+        )
+        current[merged.id] = changed[merged.id] = merged
+    if folded:
+        flood = next(
+            (a for a in current.values() if a.kind is AlertKind.TAMPER and a.fault_code == FAULT_FLOOD_CODE),
+            None,
+        )
+        shown = ", ".join(folded[:8]) + (f" and {len(folded) - 8} more" if len(folded) > 8 else "")
+        note = f"{len(folded)} more fault codes beyond {cap} open: {shown}"
+        actor = f"device:{device_id}"
+        if flood is None:
+            created = new_alert(
+                alert_id=new_alert_id(),
+                kind=AlertKind.TAMPER,
+                place=place,
+                source_id=device_id,
+                now=at,
+                actor=actor,
+                device_ids=(device_id,),
+                fault_code=FAULT_FLOOD_CODE,
+            )
+            flood = with_event(
+                created,
+                Event(at=at, actor=actor, action=EventAction.REPEATED, note=note),
+                count=len(folded),
+            )
+        else:
+            event = Event(at=at, actor=actor, action=EventAction.REPEATED, note=note)
+            flood = with_event(flood, event, count=flood.count + len(folded))
+        changed[flood.id] = flood
+    return list(changed.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,6 +425,11 @@ class Controller:
         if device is None:
             self.stats["beacon_unknown_device"] += 1
             return
+        if device.kind != "blinker":
+            # Only a blinker senses the app's beacon; a lamp's sighting would command its neighbours.
+            self.stats["beacon_not_blinker"] += 1
+            log.warning("beacon refused: not a blinker device=%s kind=%s", blinker_id, device.kind)
+            return
         if now - ts_ms > BEACON_MAX_AGE_S * 1000:
             self.reasons["beacon stale"] += 1
             return

@@ -18,7 +18,7 @@ from ingest._process import (
     ack_seq,
     process,
 )
-from ingest._registry import DatabaseRegistry, share_group
+from ingest._registry import DatabaseRegistry, redact_group, retired_share_group, share_group
 from ingest._service import (
     JOBS_LOCK_KEY,
     JobsLeader,
@@ -61,6 +61,8 @@ __all__ = [
     "process",
     "raise_fault_alerts",
     "raise_offline_alerts",
+    "redact_group",
+    "retired_share_group",
     "sender_checker",
     "serve_metrics",
     "share_group",

@@ -6,7 +6,9 @@ result with ``store.alertstore`` (which also NOTIFYs the console and the control
 
 * Faults (in a batch's transaction): a ``fault``/``tamper``/``power_loss`` event, or a fault code
   that appears in a lamp's telemetry and was not in its stored state, is merged into the device's
-  one active alert for that code (count + 1). ``fault_cleared`` resolves it.
+  one active alert for that code (count + 1). ``fault_cleared`` resolves it. A device has at most
+  8 open ``lamp_fault`` alerts and 8 from its ``tamper`` events (``alerts.merge_device_fault``):
+  further new codes are folded into its one ``tamper`` alert ``fault_code_flood``, counted, logged.
 * Offline (periodic, one worker): devices offline by their will, or silent for longer than
   ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
   mass-outage alert (and supersedes the single ones it covers), the rest one alert each. The same
@@ -36,6 +38,8 @@ from alerts import (
     DARK_EXPLAINED_BY,
     DEFAULT_DAYNIGHT,
     DEFAULT_MASS_OUTAGE,
+    FAULT_FLOOD_CODE,
+    MAX_OPEN_FAULTS_PER_DEVICE,
     OUTAGE_RESTORED_FRACTION,
     Alert,
     AlertKind,
@@ -50,6 +54,7 @@ from alerts import (
     covering_outage,
     detect_mass_outages,
     fleet_wide,
+    merge_device_fault,
     merge_fault,
     merge_mass_outage,
     observe,
@@ -78,6 +83,9 @@ _EVENT_KIND = {
     "flood": AlertKind.TAMPER,
     "registration": AlertKind.TAMPER,
 }
+
+# Event types whose code the device chooses: capped per device (alerts.merge_device_fault).
+_DEVICE_REPORTED = frozenset({"fault", "power_loss", "tamper"})
 
 Locator = Callable[[float, float], tuple[str, str]]
 """(lat, lon) -> (district_code, dong_code); empty strings when unknown."""
@@ -121,19 +129,63 @@ def _place(row: dict[str, Any] | None, district: str) -> Place:
 
 def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
     """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes."""
-    reports: list[tuple[str, AlertKind, str, bool]] = []  # (device, kind, code, cleared)
+    # (device, kind, code, cleared, capped): codes a device names are capped per device and kind;
+    # ingest's own findings (message_flood, registration_mismatch) are not.
+    reports: list[tuple[str, AlertKind, str, bool, bool]] = []
     for device_id, ev_type, code, _ts, _seq in batch.fault_events:
         if ev_type == "fault_cleared":
-            reports.append((device_id, AlertKind.LAMP_FAULT, code, True))
+            reports.append((device_id, AlertKind.LAMP_FAULT, code, True, False))
         else:
-            reports.append((device_id, _EVENT_KIND[ev_type], code, False))
+            reports.append((device_id, _EVENT_KIND[ev_type], code, False, ev_type in _DEVICE_REPORTED))
     with_faults = [d for d in batch.devices.values() if d.faults]
     known = _devices(conn, sorted({r[0] for r in reports} | {d.device_id for d in with_faults}))
     for dev in with_faults:
         stored = set((known.get(dev.device_id) or {}).get("faults") or ())
-        reports.extend((dev.device_id, AlertKind.LAMP_FAULT, c, False) for c in dev.faults if c not in stored)
+        reports.extend(
+            (dev.device_id, AlertKind.LAMP_FAULT, c, False, True) for c in dev.faults if c not in stored
+        )
     changes = 0
-    for device_id, kind, code, cleared in reports:
+    pending: dict[tuple[str, AlertKind], list[str]] = {}  # capped codes, merged per device and kind
+
+    def flush(device_id: str) -> None:
+        for kind in (AlertKind.LAMP_FAULT, AlertKind.TAMPER):
+            codes = pending.pop((device_id, kind), None)
+            if codes:
+                merge_capped(device_id, kind, codes)
+
+    def merge_capped(device_id: str, kind: AlertKind, codes: list[str]) -> None:
+        nonlocal changes
+        _lock(conn, device_id)
+        active = active_alerts(
+            conn, kinds=[AlertKind.LAMP_FAULT.value, AlertKind.TAMPER.value], source_id=device_id
+        )
+        row = known.get(device_id)
+        for merged in merge_device_fault(
+            active,
+            device_id=device_id,
+            fault_codes=codes,
+            kind=kind,
+            place=_place(row, row["district_code"] if row else ""),
+            now=now,
+            new_alert_id=new_alert_id,
+        ):
+            previous = next((a for a in active if a.id == merged.id), None)
+            if merged.fault_code == FAULT_FLOOD_CODE:
+                log.warning(
+                    "fault_code_flood device=%s open_limit=%d folded_total=%d new_alert=%s",
+                    device_id,
+                    MAX_OPEN_FAULTS_PER_DEVICE,
+                    merged.count,
+                    previous is None,
+                )
+            save_alert(conn, merged, previous=previous)
+            changes += 1
+
+    for device_id, kind, code, cleared, capped in reports:
+        if capped:
+            pending.setdefault((device_id, kind), []).append(code)
+            continue
+        flush(device_id)  # in order: a fault then its clear in one batch
         _lock(conn, device_id)
         active = active_alerts(conn, kinds=[kind.value], source_id=device_id)
         if cleared:
@@ -158,6 +210,8 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
         previous = next((a for a in active if a.id == merged.id), None)
         save_alert(conn, merged, previous=previous)
         changes += 1
+    for device_id, _kind in list(pending):
+        flush(device_id)
     return changes
 
 

@@ -34,6 +34,7 @@ class IngestMetrics:
     seq_repeats: int = 0
     births: int = 0
     states: int = 0
+    stale_states: int = 0  # online/offline of an older connection than the device's current one
     state_resyncs: int = 0  # devices whose retained state was asked for on its exact topic
     acks_seen: int = 0  # device command acks stored as events
     flags: Counter[str] = field(default_factory=Counter)  # accepted but suspicious (district_mismatch)
@@ -81,6 +82,7 @@ class IngestMetrics:
             "dropped": self.dropped,
             "rate_limited": self.rate_limited,
             "retained_ignored": self.retained_ignored,
+            "stale_states": self.stale_states,
             "db_up": self.db_up,
             "subscribed": self.subscribed,
             "batches": self.batches,
@@ -133,6 +135,12 @@ class IngestMetrics:
             "counter",
             "messages over their device's rate bound, acknowledged and not stored",
             [(w, self.rate_limited)],
+        )
+        metric(
+            "ingest_stale_states_total",
+            "counter",
+            "online/offline states of an older connection than the device's current one, ignored",
+            [(w, self.stale_states)],
         )
         metric(
             "ingest_retained_ignored_total",

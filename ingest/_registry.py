@@ -17,7 +17,7 @@ from typing import Final
 import psycopg
 
 from broker import INGEST_GROUP
-from store.registry import ProvisionedDevice, provisioned_devices, shared_secret
+from store.registry import ProvisionedDevice, provisioned_devices, retired_shared_secret, shared_secret
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,26 @@ def share_group(database_url: str) -> str:
     """
     with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
         return f"{INGEST_GROUP}-{shared_secret(conn, SHARE_GROUP_KEY)}"
+
+
+def retired_share_group(database_url: str) -> str | None:
+    """The group ``streetlight provision --rotate-share-group`` replaced last, or None.
+
+    A restarted worker's persistent session still holds its subscriptions in that group: the worker
+    unsubscribes them, so the devices that learnt the old name share nothing with it.
+    """
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        old = retired_shared_secret(conn, SHARE_GROUP_KEY)
+    return None if old is None else f"{INGEST_GROUP}-{old}"
+
+
+def redact_group(topic_filter: str) -> str:
+    """A filter fit for a log: the secret part of a ``$share/ingest-SECRET/`` group hidden."""
+    if not topic_filter.startswith("$share/"):
+        return topic_filter
+    _share, group, rest = topic_filter.split("/", 2)
+    public, dash, secret = group.partition("-")
+    return f"$share/{public}{dash}{'…' if secret else ''}/{rest}"
 
 
 class DatabaseRegistry:

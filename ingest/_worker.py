@@ -52,6 +52,7 @@ from broker import (
 from ingest._lease import ConsumerLease
 from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
+from ingest._registry import redact_group
 from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
@@ -79,8 +80,12 @@ class WorkerConfig:
     idle_s: float = 0.005
     spool_max_bytes: int = 1 << 30
     clean_session: bool = False
-    share_group: str = INGEST_GROUP
-    filters: list[str] = field(default_factory=list)
+    # The group's name is a secret (ingest/_registry.py): kept out of reprs and logs.
+    share_group: str = field(default=INGEST_GROUP, repr=False)
+    filters: list[str] = field(default_factory=list, repr=False)
+    retired_filters: list[str] = field(default_factory=list, repr=False)
+    """Filters of a rotated-out share group, unsubscribed on every connect (a persistent session
+    keeps the old group's subscriptions, in which devices that learnt its name take turns)."""
     # Per-device bound in the receive path (broker/_ratelimit.py); 0 turns it off.
     device_rate_per_s: float = DEVICE_RATE_PER_S
     device_burst: float = DEVICE_BURST
@@ -160,12 +165,16 @@ class IngestWorker:
             log.warning("ingest worker %d: connect refused: %s", self.config.index, reason)
             return
         self._generation += 1
+        retired = [f for f in self.config.retired_filters if f not in self.config.filters]
+        if retired:
+            client.unsubscribe(retired)
         client.subscribe([(f, self.config.qos) for f in self.config.filters])
         log.info(
-            "ingest worker %d connected (session present: %s), subscribed to %s",
+            "ingest worker %d connected (session present: %s), subscribed to %s%s",
             self.config.index,
             getattr(flags, "session_present", "?"),
-            ", ".join(self.config.filters),
+            ", ".join(redact_group(f) for f in self.config.filters),
+            f"; unsubscribed {len(retired)} filters of a retired share group" if retired else "",
         )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
@@ -429,6 +438,7 @@ class IngestWorker:
         m.stored_rows += result.inserted
         m.offered_rows += result.offered
         m.duplicates += result.offered - result.inserted
+        m.stale_states += result.stale_states
         for d in batch.dead:
             m.dead_letters[d.kind] += 1
             log.info("dead letter topic=%s reason=%s", d.topic, d.reason)

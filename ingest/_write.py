@@ -24,6 +24,7 @@ from store import (
     StoreUnavailable,
     insert_dead_letters,
     set_connectivity,
+    start_connection,
     update_device_states,
     write_rows,
 )
@@ -44,6 +45,7 @@ class WriteResult:
     inserted: int
     offered: int
     refused: int
+    stale_states: int = 0  # online/offline of an older connection than the device's current one
 
 
 def _ms(ts_ms: int | None, default: datetime) -> datetime:
@@ -93,10 +95,18 @@ def write_batch(
             batch.dead.extend(refused)
             if batch.births:
                 _apply_births(conn, batch, now)
+            stale = 0
             for device_id, state in batch.states:
-                set_connectivity(
+                if not set_connectivity(
                     conn, device_id, online=state.state == "online", bdseq=state.bdseq, at=_ms(state.ts, now)
-                )
+                ):
+                    stale += 1
+                    log.info(
+                        "stale_state device_id=%s state=%s bdseq=%d: older than the current connection",
+                        device_id,
+                        state.state,
+                        state.bdseq,
+                    )
             # Before the state merge: the hook compares reported faults with the stored ones.
             if on_faults is not None and (batch.fault_events or _has_faults(batch)):
                 try:
@@ -116,7 +126,7 @@ def write_batch(
     except StoreUnavailable:
         raise
     offered = batch.rows - len(refused)
-    return WriteResult(inserted_t + inserted_e, offered, len(refused))
+    return WriteResult(inserted_t + inserted_e, offered, len(refused), stale)
 
 
 def _drop_redelivered_faults(conn: Conn, batch: Processed) -> None:
@@ -146,6 +156,12 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
     paired_rows: dict[str, dict[str, Any]] | None = None  # read once, when a later birth needs them
     for district, device_id, birth in batch.births:
         at = _ms(birth.ts, now)
+        # A birth starts the device's current connection: its states are judged against its bdseq.
+        before = start_connection(conn, device_id, bdseq=birth.bdseq, at=at)
+        if before is not None:
+            batch.flags.append(
+                SenderCheck(device_id, district, "bdseq_restart", f"bdseq {before} -> {birth.bdseq} (birth)")
+            )
         registered = device_registrations(conn, [device_id], lock=True).get(device_id)
         if registered is None and register_device(
             conn,

@@ -4,7 +4,9 @@
 ingest reads it back (``provisioned_devices``) to refuse messages from ids nobody provisioned,
 so a deployed ingest needs no registry file. A row written by a birth alone has no
 ``credentials_hash``: it was never provisioned. ``credentials_hash`` holds a fingerprint of the
-broker's password hash (never the secret, never the hash itself), so a rotation shows as a change.
+broker's password hash (never the secret, never the hash itself), so a rotation shows as a change;
+a rotation or a revocation also clears the device's stored ``bdseq`` (``device_state``), so what
+the old credentials said about the connection cannot outlive them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
     ]
     if not rows:
         return 0
+    # New credentials (a rotation, or a first provisioning) start a new connection lineage: the
+    # stored bdseq may have been set by whoever held the old ones.
+    conn.execute(
+        "UPDATE device_state s SET bdseq = NULL, updated_at = now() "
+        "FROM unnest(%s::text[], %s::text[]) AS n(device_id, fingerprint) "
+        "LEFT JOIN devices d ON d.device_id = n.device_id "
+        "WHERE s.device_id = n.device_id AND s.bdseq IS NOT NULL "
+        "AND d.credentials_hash IS DISTINCT FROM n.fingerprint",
+        ([r[0] for r in rows], [r[8] for r in rows]),
+    )
     with conn.cursor() as cur:
         cur.executemany(
             """
@@ -73,6 +85,13 @@ def mark_revoked(conn: Conn, device_ids: Iterable[str]) -> None:
     """Record that these devices' credentials are revoked (the row and its history stay)."""
     ids = list(device_ids)
     if ids:
+        # As on a rotation: what the revoked credentials said about the connection is void.
+        conn.execute(
+            "UPDATE device_state SET bdseq = NULL, updated_at = now() WHERE device_id = ANY(%s) "
+            "AND bdseq IS NOT NULL AND device_id IN "
+            "(SELECT device_id FROM devices WHERE provisioned AND credentials_hash IS NOT NULL)",
+            (ids,),
+        )
         conn.execute(
             "UPDATE devices SET provisioned = false, updated_at = now() "
             "WHERE device_id = ANY(%s) AND credentials_hash IS NOT NULL",
@@ -113,3 +132,25 @@ def shared_secret(conn: Conn, key: str, nbytes: int = 16) -> str:
     if row is None:  # only if someone deleted it between the two statements
         raise LookupError(f"store_meta {key!r} vanished")
     return str(row[0])
+
+
+def rotate_shared_secret(conn: Conn, key: str, nbytes: int = 16) -> None:
+    """Replace the secret under ``key`` with a new random one; the old one is kept under
+    ``key:retired`` (its holders can be told to drop it)."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO store_meta (key, value) SELECT %s, value FROM store_meta WHERE key = %s "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (f"{key}:retired", key),
+        )
+        conn.execute(
+            "INSERT INTO store_meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, secrets.token_hex(nbytes)),
+        )
+
+
+def retired_shared_secret(conn: Conn, key: str) -> str | None:
+    """The secret ``rotate_shared_secret`` replaced last under ``key``, or None."""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (f"{key}:retired",)).fetchone()
+    return None if row is None else str(row[0])

@@ -172,7 +172,8 @@ def set_connectivity(
     """Record online/offline for connection ``bdseq``; False when ignored as stale (an older bdseq).
 
     A last will carries the bdseq of the connection it belongs to; once a device has reconnected
-    (higher bdseq), the late will of its previous connection must not mark it offline.
+    (higher bdseq), the late will of its previous connection must not mark it offline. The current
+    connection is the highest bdseq seen since the device's last birth (``start_connection``).
     """
     row = conn.execute(
         """
@@ -192,6 +193,27 @@ def set_connectivity(
         {"id": device_id, "online": online, "bdseq": bdseq, "at": at or _now()},
     ).fetchone()
     return row is not None
+
+
+def start_connection(conn: Conn, device_id: str, *, bdseq: int, at: datetime | None = None) -> int | None:
+    """A birth: connection ``bdseq`` is the device's current one, even if lower than the stored bdseq.
+
+    The birth is the device's own statement of its new connection (a device whose counter restarted,
+    a replaced controller, or a stored bdseq poisoned by a state sent with stolen credentials). A
+    birth below the stored bdseq restarts the lineage there (``state_changed_at`` = ``at``); one at
+    or above it changes nothing (its ``online`` state raises the bdseq as usual). From then on a
+    state older than ``bdseq`` is stale. Returns the bdseq replaced, or None when nothing changed.
+    """
+    row = conn.execute(
+        "SELECT bdseq FROM device_state WHERE device_id = %s FOR UPDATE", (device_id,)
+    ).fetchone()
+    if row is None or row[0] is None or int(row[0]) <= bdseq:
+        return None
+    conn.execute(
+        "UPDATE device_state SET bdseq = %s, state_changed_at = %s, updated_at = now() WHERE device_id = %s",
+        (bdseq, at or _now(), device_id),
+    )
+    return int(row[0])
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,7 +210,7 @@ def _run_worker(
 ) -> int:
     import psycopg
 
-    from broker import INGEST_GROUP, MqttUrlError
+    from broker import INGEST_GROUP, MqttUrlError, ingest_filters
     from ingest import (
         ConsumerLease,
         IngestWorker,
@@ -219,6 +219,7 @@ def _run_worker(
         WorkerConfig,
         gazetteer_locator,
         raise_fault_alerts,
+        retired_share_group,
         serve_metrics,
         share_group,
     )
@@ -228,6 +229,7 @@ def _run_worker(
     try:
         params = _worker_params(args, settings, mqtt_url, index, workers)
         group = share_group(database_url) if shared else None
+        retired = retired_share_group(database_url) if shared else None
         check = _sender_check(args, database_url)
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
@@ -248,6 +250,7 @@ def _run_worker(
         shared=shared,
         client_id=args.group if grouped else client_id,
         share_group=group or INGEST_GROUP,
+        retired_filters=ingest_filters(group=retired) if retired else [],
         qos=args.qos,
         max_rows=args.max_rows,
         max_delay_s=args.max_delay_ms / 1000,

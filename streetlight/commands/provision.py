@@ -119,6 +119,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     reload_to.add_argument("--reload-pid", type=int, metavar="PID", help="SIGHUP this mosquitto afterwards")
     reload_to.add_argument("--reload-pidfile", type=Path, metavar="FILE", help="SIGHUP the mosquitto in FILE")
     parser.add_argument("--list", action="store_true", help="list every principal and exit")
+    parser.add_argument(
+        "--rotate-share-group",
+        action="store_true",
+        help="give ingest a new secret share group in the database (--database-url) and exit; "
+        "restart every ingest instance afterwards",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.list:
             _print_list(Registry.load(registry_path))
+            return 0
+        if args.rotate_share_group:
+            print(f"provision: {_rotate_share_group(args.database_url or Settings.from_env().database_url)}")
             return 0
         # Everything that can be refused is checked before anything is written.
         devices: list[DeviceSpec] = [d for path in args.devices for d in load_device_file(path)]
@@ -264,6 +273,28 @@ def _mirror(registry: Registry, database_url: str | None) -> str:
             f"files written, but the database was not updated ({exc}); re-run with the same arguments"
         ) from exc
     return f"{n} devices mirrored into the devices table (ingest's registry check)"
+
+
+def _rotate_share_group(database_url: str | None) -> str:
+    """A new secret for ingest's share group (a leaked one lets devices take turns of the telemetry)."""
+    if not database_url:
+        raise ProvisioningError("--rotate-share-group needs --database-url (or DATABASE_URL)")
+    import psycopg
+
+    from ingest._registry import SHARE_GROUP_KEY
+    from store.registry import rotate_shared_secret
+    from store.schema import apply_migrations
+
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+            apply_migrations(conn)
+            rotate_shared_secret(conn, SHARE_GROUP_KEY)
+    except psycopg.Error as exc:
+        raise ProvisioningError(f"the share group was not rotated: {exc}") from exc
+    return (
+        "ingest share group rotated (the name is not shown); restart every ingest instance: each "
+        "subscribes in the new group and drops its subscriptions in the old one"
+    )
 
 
 def _reload(args: argparse.Namespace) -> str:

@@ -18,7 +18,15 @@ from typing import Any
 
 import psycopg
 
-from alerts import AlertKind, Place, Position, new_alert, resolve
+from alerts import (
+    FAULT_FLOOD_CODE,
+    MAX_OPEN_FAULTS_PER_DEVICE,
+    AlertKind,
+    Place,
+    Position,
+    new_alert,
+    resolve,
+)
 from broker import ConnectionParams, parse_mqtt_url
 from controller import Controller, ControllerConfig
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
@@ -353,6 +361,114 @@ def test_a_lamp_flooding_50000_messages_is_bounded_alerted_once_and_does_not_hol
     assert device_alerts(db_url, flooder, "tamper") == [("open", "message_flood", 1)]
 
 
+def test_a_lamp_naming_32_new_fault_codes_in_each_telemetry_opens_at_most_nine_alerts(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp = f"C{unique_id}"
+    t0 = now_ms()
+    n = 12
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    with running_worker(worker):
+        for i in range(n):  # one at a time, as at its allowed rate: each its own batch
+            codes = [f"c{i}n{j}" for j in range(32)]  # valid codes, never seen before
+            line = json.dumps(
+                {"ts": t0 + i * 200, "seq": i + 1, "level": 80, "power_w": 36.0, "faults": codes}
+            )
+            mosquitto_pub(params, f"sl/v1/11230/{lamp}/telemetry", [line.encode()], client_id=lamp)
+            wait_for(
+                lambda i=i: (
+                    stored(db_url, "SELECT count(*) FROM telemetry WHERE device_id = %s", lamp) == i + 1
+                ),
+                10,
+            )
+    assert worker.metrics.snapshot()["rate_limited"] == 0  # within the device's rate: no message_flood
+    faults = device_alerts(db_url, lamp, "lamp_fault")
+    assert len(faults) == MAX_OPEN_FAULTS_PER_DEVICE and all(s == "open" for s, _c, _n in faults)
+    assert {c for _s, c, _n in faults} <= {f"c0n{j}" for j in range(32)}
+    # Every code beyond is counted into the one tamper alert.
+    assert device_alerts(db_url, lamp, "tamper") == [
+        ("open", FAULT_FLOOD_CODE, n * 32 - MAX_OPEN_FAULTS_PER_DEVICE)
+    ]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        (n_open,) = conn.execute(
+            "SELECT count(*) FROM alerts WHERE device_id = %s AND status <> 'resolved'", (lamp,)
+        ).fetchone() or (0,)
+    assert n_open == MAX_OPEN_FAULTS_PER_DEVICE + 1
+
+
+def test_a_lamp_sending_tamper_events_with_20_made_up_codes_opens_at_most_nine_alerts(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp = f"E{unique_id}"
+    t0 = now_ms()
+    events = [b'{"ts":%d,"seq":%d,"type":"tamper","code":"t%d"}' % (t0 + i, i + 1, i) for i in range(20)]
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    with running_worker(worker):
+        mosquitto_pub(params, f"sl/v1/11230/{lamp}/event", events, client_id=lamp)
+        wait_for(lambda: stored(db_url, "SELECT count(*) FROM events WHERE device_id = %s", lamp) == 20, 10)
+        marker(params, db_url, f"M{unique_id}", 1)
+    tampers = device_alerts(db_url, lamp, "tamper")
+    codes = [c for _s, c, _n in tampers if c != FAULT_FLOOD_CODE]
+    assert len(codes) == MAX_OPEN_FAULTS_PER_DEVICE and len(tampers) == MAX_OPEN_FAULTS_PER_DEVICE + 1
+    assert [(s, n) for s, c, n in tampers if c == FAULT_FLOOD_CODE] == [
+        ("open", 20 - MAX_OPEN_FAULTS_PER_DEVICE)
+    ]
+
+
+def test_a_retained_offline_with_the_largest_bdseq_does_not_keep_the_lamp_offline_after_its_next_birth(
+    mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamp = f"S{unique_id}"
+    base = f"sl/v1/11230/{lamp}"
+
+    def birth(bdseq: int) -> bytes:
+        return json.dumps({"kind": "lamp", "firmware": "2.4.1", "model": "SL-LED-60", "lat": 37.5744,
+                           "lon": 127.0396, "bdseq": bdseq, "ts": now_ms()}).encode()  # fmt: skip
+
+    def state(online: bool, bdseq: int) -> bytes:
+        return json.dumps(
+            {"state": "online" if online else "offline", "bdseq": bdseq, "ts": now_ms()}
+        ).encode()
+
+    def connectivity() -> tuple[bool, int] | None:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT online, bdseq FROM device_state WHERE device_id = %s", (lamp,)
+            ).fetchone()
+        return None if row is None else (bool(row[0]), int(row[1]))
+
+    worker = ingest_worker(mqtt_service, db_url, tmp_path, f"ing-{unique_id}")
+    try:
+        with running_worker(worker):
+            mosquitto_pub(params, f"{base}/birth", [birth(3)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 3)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 3), 10)
+            # The stolen credentials: a retained offline of the largest connection there can be.
+            mosquitto_pub(params, f"{base}/state", [state(False, 2**63 - 1)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (False, 2**63 - 1), 10)
+            # The lamp, repaired (its counter restarted), connects again: birth and online of bdseq 0.
+            mosquitto_pub(params, f"{base}/birth", [birth(0)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 0)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 0), 10)
+            # It reconnects (bdseq 1); the previous connection's death arrives late: stale, counted.
+            mosquitto_pub(params, f"{base}/birth", [birth(1)], client_id=lamp)
+            mosquitto_pub(params, f"{base}/state", [state(True, 1)], retain=True, client_id=lamp)
+            wait_for(lambda: connectivity() == (True, 1), 10)
+            mosquitto_pub(params, f"{base}/state", [state(False, 0)], client_id=lamp)
+            marker(params, db_url, f"M{unique_id}", 1)
+            assert connectivity() == (True, 1)
+            assert worker.metrics.stale_states == 1
+            assert worker.metrics.flags["bdseq_restart"] == 1
+    finally:
+        mosquitto_pub(params, f"{base}/state", [b""], retain=True, client_id=lamp)
+
+
 async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_within_its_rate(
     db_url: str, mqtt_service: MqttService, unique_id: str
 ) -> None:
@@ -406,3 +522,47 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
             assert stats.get("beacon_sightings", 0) <= 100 + 5 * elapsed + 5
             assert stats.get("commands_sent", 0) <= 3 * (100 + 5 * elapsed + 5)
             assert stats.get("rate_limited", 0) >= n - 100 - 5 * elapsed - 5
+
+
+async def test_a_lamp_reporting_beacon_sightings_commands_no_lamp_and_a_blinkers_still_do(
+    db_url: str, mqtt_service: MqttService, unique_id: str
+) -> None:
+    migrate(db_url)
+    params = parse_mqtt_url(mqtt_service.url)
+    lamps = [
+        LampSpec(f"L{unique_id}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)
+    ]
+    attacker, blinker = lamps[0].device_id, f"B{unique_id}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for spec in lamps:
+            upsert_device(
+                conn, spec.device_id, kind="lamp", district_code=DISTRICT, lat=spec.lat, lon=spec.lon
+            )
+        upsert_device(
+            conn, blinker, kind="blinker", district_code=DISTRICT, lat=BASE_LAT, lon=BASE_LON,
+            paired_device_id=lamps[0].device_id,
+        )  # fmt: skip
+    cfg = ControllerConfig(
+        mqtt=params, database_url=db_url, districts=(DISTRICT,), lease_ttl_s=2.0, tick_s=0.05
+    )
+
+    def sighting(seq: int) -> bytes:
+        return json.dumps(
+            {"ts": now_ms(), "seq": seq, "type": "beacon", "token_hash": f"{seq:032x}", "rssi_dbm": -60}
+        ).encode()
+
+    with LampFleet(params, lamps) as fleet:
+        async with running(cfg) as ctl:
+            await asyncio.to_thread(
+                mosquitto_pub, params, f"sl/v1/{DISTRICT}/{attacker}/event",
+                [sighting(i) for i in range(1, 11)], client_id=attacker,
+            )  # fmt: skip
+            await until(lambda: ctl.snapshot()["stats"].get("beacon_not_blinker", 0) == 10, 10, "10 refusals")
+            assert ctl.snapshot()["stats"].get("beacon_sightings", 0) == 0
+            assert all(fleet.commands_for(spec.device_id) == [] for spec in lamps)
+            # The real blinker's sighting still brightens its lamps.
+            await asyncio.to_thread(
+                mosquitto_pub, params, f"sl/v1/{DISTRICT}/{blinker}/event", [sighting(11)], client_id=blinker
+            )
+            await until(lambda: all(fleet.commands_for(spec.device_id) for spec in lamps), 10, "brightened")
+            assert ctl.snapshot()["stats"]["beacon_sightings"] == 1

@@ -22,8 +22,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from firmware_sim import DeviceIdentity, LampFirmware
@@ -327,6 +329,44 @@ def test_provisioned_ingest_shares_its_subscription_and_six_devices_in_its_group
     assert n - stored == 0, f"{n - stored} of {n} messages never reached the database"
 
 
+def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_devices_that_learnt_it_nothing(
+    deployment: Deployment, db_url: str, tmp_path: Path
+) -> None:
+    d = deployment
+    env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%400@127.0.0.1:{d.port}"}
+    secret = "SELECT value FROM store_meta WHERE key = 'ingest_share_group'"
+    migrate(db_url)
+    with ingest_process(env, tmp_path / "first.log") as first:
+        wait_for(lambda: "connected (session present" in first.log.read_text(), 30)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            leaked = str((conn.execute(secret).fetchone() or ("",))[0])
+        assert leaked and leaked not in first.log.read_text()
+        assert "$share/ingest-…/sl/v1/+/+/telemetry" in first.log.read_text()
+    # Say the name leaked all the same (a backup of the database, an old log): three lamps join it.
+    thieves = [sub(d, f"lamp-{i}", f"$share/ingest-{leaked}/sl/v1/+/+/telemetry") for i in (1, 2, 3)]
+    try:
+        assert cli_main(["provision", "--state-dir", str(d.state), "--rotate-share-group",
+                         "--database-url", db_url]) == 0  # fmt: skip
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            rotated = str((conn.execute(secret).fetchone() or ("",))[0])
+        assert rotated and rotated != leaked
+        # Restarted, ingest's persistent session still holds the old group's subscriptions: dropped.
+        with ingest_process(env, tmp_path / "second.log") as again:
+            wait_for(lambda: "retired share group" in again.log.read_text(), 30)
+            time.sleep(0.5)  # the SUBACK
+            n, ts = 40, int(time.time() * 1000)
+            pub(d, "lamp-0", "sl/v1/11230/lamp-0/telemetry", [LAMP % (ts + i, i) for i in range(n)])
+            rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-0' AND ts >= %s"
+            since = datetime.fromtimestamp(ts / 1000, UTC)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: count(db_url, rows, since) >= n, 10)
+            assert count(db_url, rows, since) == n
+            assert leaked not in again.log.read_text() and rotated not in again.log.read_text()
+    finally:
+        for t in thieves:
+            stop(t)
+
+
 def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_down(
     deployment: Deployment, db_url: str, tmp_path: Path
 ) -> None:
@@ -424,6 +464,33 @@ def test_a_device_revoked_with_the_database_named_is_refused_by_ingests_registry
     assert check("lamp-gone", "11230", b"{}")[0] == "revoked_device"
     assert check("lamp-never", "11230", b"{}")[0] == "unknown_device"
     assert check("lamp-ok", "11010", b"{}")[1] == "district_mismatch"
+
+
+def test_rotating_or_revoking_a_lamp_voids_the_bdseq_its_old_credentials_stored(
+    db_url: str, tmp_path: Path
+) -> None:
+    # A stolen lamp sent a retained offline with bdseq 2^63-1: every later state of the repaired
+    # lamp would be older. New credentials start a new connection lineage.
+    from store import set_connectivity
+
+    common = ["provision", "--state-dir", str(tmp_path / "state"), "--database-url", db_url]
+    devices = _device_csv(tmp_path / "lamps.csv", ["lamp-a", "lamp-b", "lamp-c"])
+    assert cli_main([*common, "--devices", str(devices), "--secrets-out", str(tmp_path / "s1.csv")]) == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for dev in ("lamp-a", "lamp-b", "lamp-c"):
+            set_connectivity(conn, dev, online=False, bdseq=2**63 - 1)
+    assert cli_main([*common, "--rotate", "lamp-a", "--secrets-out", str(tmp_path / "s2.csv")]) == 0
+    assert cli_main([*common, "--revoke", "lamp-b"]) == 0
+    assert cli_main(common) == 0  # a re-run changes nothing more
+    bdseq = "SELECT bdseq FROM device_state WHERE device_id = %s"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert [conn.execute(bdseq, (d,)).fetchone() for d in ("lamp-a", "lamp-b", "lamp-c")] == [
+            (None,),
+            (None,),
+            (2**63 - 1,),
+        ]
+        assert set_connectivity(conn, "lamp-a", online=True, bdseq=0)  # the repaired lamp's first state
+        assert not set_connectivity(conn, "lamp-c", online=True, bdseq=0)
 
 
 # -- 3. revocation with the broker running as its own user ------------------------------------------

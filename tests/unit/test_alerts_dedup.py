@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts import (
+    FAULT_FLOOD_CODE,
+    MAX_OPEN_FAULTS_PER_DEVICE,
     Alert,
     AlertKind,
     AlertState,
@@ -22,6 +25,7 @@ from alerts import (
     covering_outage,
     detect_mass_outages,
     fold_sos_press,
+    merge_device_fault,
     merge_fault,
     merge_mass_outage,
     merge_sos,
@@ -264,3 +268,58 @@ def test_detected_outages_agree_with_a_brute_force_count_per_neighbourhood(
         assert (dong in found) is expected
         if expected:
             assert found[dong].device_ids == tuple(sorted(recent))
+
+
+def _ids() -> Callable[[], str]:
+    counter = iter(range(10_000))
+    return lambda: f"mnt-{next(counter)}"
+
+
+def test_a_device_naming_ever_new_fault_codes_keeps_eight_open_and_folds_the_rest_into_one_tamper() -> None:
+    open_alerts: dict[str, Alert] = {}
+    ids = _ids()
+    for message in range(50):
+        codes = [f"c{message}n{j}" for j in range(32)]
+        for alert in merge_device_fault(
+            open_alerts.values(), device_id="lamp-2", fault_codes=codes, place=PLACE, now=T0, new_alert_id=ids
+        ):
+            open_alerts[alert.id] = alert
+    faults = [a for a in open_alerts.values() if a.kind is AlertKind.LAMP_FAULT]
+    (flood,) = [a for a in open_alerts.values() if a.kind is AlertKind.TAMPER]
+    assert len(faults) == MAX_OPEN_FAULTS_PER_DEVICE and len(open_alerts) == MAX_OPEN_FAULTS_PER_DEVICE + 1
+    assert flood.fault_code == FAULT_FLOOD_CODE and flood.count == 50 * 32 - MAX_OPEN_FAULTS_PER_DEVICE
+    # Codes already open still count into their own alert, and another device is not affected.
+    (again,) = merge_device_fault(
+        open_alerts.values(), device_id="lamp-2", fault_codes=["c0n0"], place=PLACE, now=T0, new_alert_id=ids
+    )
+    assert again.kind is AlertKind.LAMP_FAULT and again.fault_code == "c0n0" and again.count == 2
+    (other,) = merge_device_fault(
+        open_alerts.values(), device_id="lamp-3", fault_codes=["c0n0"], place=PLACE, now=T0, new_alert_id=ids
+    )
+    assert other.kind is AlertKind.LAMP_FAULT and other.source_id == "lamp-3" and other.count == 1
+
+
+def test_a_resolved_fault_frees_its_place_under_the_cap() -> None:
+    ids = _ids()
+    alerts = merge_device_fault(
+        [], device_id="lamp-2", fault_codes=[f"f{i}" for i in range(8)], place=PLACE, now=T0, new_alert_id=ids
+    )
+    alerts[0] = resolve(alerts[0], T0, "device:lamp-2")
+    (fresh,) = merge_device_fault(
+        alerts, device_id="lamp-2", fault_codes=["lamp_failure"], place=PLACE, now=T0, new_alert_id=ids
+    )
+    assert fresh.kind is AlertKind.LAMP_FAULT and fresh.fault_code == "lamp_failure"
+
+
+def test_tamper_codes_a_device_names_are_capped_apart_from_its_lamp_faults() -> None:
+    ids = _ids()
+    alerts = merge_device_fault(
+        [], device_id="lamp-2", fault_codes=[f"f{i}" for i in range(8)], place=PLACE, now=T0, new_alert_id=ids
+    )
+    alerts += merge_device_fault(
+        alerts, device_id="lamp-2", fault_codes=[f"t{i}" for i in range(10)], place=PLACE, now=T0,
+        new_alert_id=ids, kind=AlertKind.TAMPER,
+    )  # fmt: skip
+    tampers = [a for a in alerts if a.kind is AlertKind.TAMPER]
+    assert sorted(a.fault_code for a in tampers) == sorted([FAULT_FLOOD_CODE, *(f"t{i}" for i in range(8))])
+    assert next(a for a in tampers if a.fault_code == FAULT_FLOOD_CODE).count == 2

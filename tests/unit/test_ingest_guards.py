@@ -140,3 +140,26 @@ def test_a_registration_without_position_or_pairing_takes_them_from_a_birth_pair
     assert verdict.paired is None and verdict.conflicts[0].startswith("paired: B-9 is not")
     verdict = judge_birth(bare, "11140", birth(paired="B-unknown"), None)
     assert verdict.paired is None and verdict.conflicts
+
+
+def test_a_share_groups_secret_is_never_in_a_logged_filter_nor_in_the_workers_config_repr() -> None:
+    from pathlib import Path
+
+    from broker import ConnectionParams
+    from ingest import WorkerConfig, redact_group
+
+    secret = "4adfcc86" * 4
+    assert (
+        redact_group(f"$share/ingest-{secret}/sl/v1/+/+/telemetry") == "$share/ingest-…/sl/v1/+/+/telemetry"
+    )
+    assert redact_group("$share/ingest/sl/v1/+/+/ack") == "$share/ingest/sl/v1/+/+/ack"
+    assert redact_group("sl/v1/+/+/ack") == "sl/v1/+/+/ack"
+    config = WorkerConfig(
+        mqtt=ConnectionParams(host="127.0.0.1", port=1883),
+        database_url="postgresql://x/y",
+        spool_path=Path("/nonexistent"),
+        share_group=f"ingest-{secret}",
+        retired_filters=[f"$share/ingest-{secret[::-1]}/sl/v1/+/+/ack"],
+    )
+    assert any(secret in f for f in config.filters)
+    assert secret not in repr(config) and secret[::-1] not in repr(config)
