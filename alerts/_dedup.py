@@ -130,6 +130,9 @@ def merge_fault(
 # device naming ever new codes (each one a valid code) is folded into one tamper alert.
 MAX_OPEN_FAULTS_PER_DEVICE = 8
 FAULT_FLOOD_CODE = "fault_code_flood"
+# While the flood goes on its alert's count grows with every fold, its timeline by one event per
+# this many seconds at most (the alert stays small however long the flood lasts).
+FAULT_FLOOD_EVENT_EVERY_S = 60.0
 
 
 def merge_device_fault(
@@ -148,7 +151,8 @@ def merge_device_fault(
     ``active_alerts`` are the device's active alerts (``kind`` and tamper at least). Each code with
     an open alert counts into it; a new code opens one while fewer than ``cap`` are open; the codes
     beyond are folded into the device's ``tamper``/``fault_code_flood`` alert (opened once, then its
-    count grows by the number folded; one timeline event per call naming them). Returns the changed
+    count grows by the number folded; a timeline event naming them at most every
+    ``FAULT_FLOOD_EVENT_EVERY_S``). Returns the changed
     or new alerts, each once, in the order they should be saved.
     """
     at = require_aware(now, "now")
@@ -194,6 +198,8 @@ def merge_device_fault(
                 Event(at=at, actor=actor, action=EventAction.REPEATED, note=note),
                 count=len(folded),
             )
+        elif at - _last_report_at(flood) < timedelta(seconds=FAULT_FLOOD_EVENT_EVERY_S):
+            flood = replace(flood, count=flood.count + len(folded))
         else:
             event = Event(at=at, actor=actor, action=EventAction.REPEATED, note=note)
             flood = with_event(flood, event, count=flood.count + len(folded))

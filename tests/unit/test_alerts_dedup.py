@@ -323,3 +323,20 @@ def test_tamper_codes_a_device_names_are_capped_apart_from_its_lamp_faults() -> 
     tampers = [a for a in alerts if a.kind is AlertKind.TAMPER]
     assert sorted(a.fault_code for a in tampers) == sorted([FAULT_FLOOD_CODE, *(f"t{i}" for i in range(8))])
     assert next(a for a in tampers if a.fault_code == FAULT_FLOOD_CODE).count == 2
+
+
+def test_a_long_fault_code_flood_counts_every_code_and_adds_a_timeline_event_a_minute_at_most() -> None:
+    ids = _ids()
+    alerts = {a.id: a for a in merge_device_fault(
+        [], device_id="lamp-2", fault_codes=[f"f{i}" for i in range(8)], place=PLACE, now=T0, new_alert_id=ids
+    )}  # fmt: skip
+    for second in range(0, 600):  # ten minutes at 5 messages a second, one batch a second
+        now = T0 + timedelta(seconds=second)
+        codes = [f"s{second}m{m}c{c}" for m in range(5) for c in range(32)]
+        for alert in merge_device_fault(
+            alerts.values(), device_id="lamp-2", fault_codes=codes, place=PLACE, now=now, new_alert_id=ids
+        ):
+            alerts[alert.id] = alert
+    (flood,) = [a for a in alerts.values() if a.fault_code == FAULT_FLOOD_CODE]
+    assert flood.count == 600 * 5 * 32
+    assert len(flood.timeline) <= 2 + 10
