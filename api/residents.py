@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,7 +18,6 @@ from fastapi.responses import JSONResponse
 
 from alerts import Alert, AlertState, CancelReason, InvalidTransition, Position, cancel, merge_sos, route
 from api.places import place_for
-from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
@@ -36,7 +34,6 @@ from store.alertstore import (
 )
 from store.bursts import mark_sos_source
 from store.repo import (
-    WalkPosition,
     active_walks_of,
     add_walk_positions,
     attach_walk_to_alert,
@@ -48,6 +45,7 @@ from store.repo import (
     start_walk,
 )
 from store.types import Conn
+from store.walkpositions import QueuedPosition
 
 router = APIRouter(tags=["residents"])
 
@@ -55,7 +53,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, in whole milliseconds: a position's row ``ts`` and its wake-up's ``ts_ms`` are the
+    same instant, so the controller's verdict finds the row by walk id and timestamp."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
 def _district_for_walk(state: AppState, body: WalkPositionIn) -> str | None:
@@ -180,16 +181,7 @@ class PositionRateLimited(HTTPException):
         self.wait_s = wait_s
 
 
-@dataclass(frozen=True, slots=True)
-class AdmittedPosition:
-    """A validated position of an active walk, ready to be stored: its row and its wake-up."""
-
-    district: str | None
-    row: WalkPosition
-    note: dict[str, Any]
-
-
-def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> AdmittedPosition:
+def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> QueuedPosition:
     """The checks after the body's validation, for the HTTP endpoint and the live socket alike:
     the rate limit (`PositionRateLimited`), then the service area (422). The caller has checked
     that the walk is the resident's and active."""
@@ -198,19 +190,16 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Admit
         state.metrics.rate_limited.labels("walk_position").inc()
         raise PositionRateLimited(walk_id, state.config.walk_positions_per_s, wait)
     district = _district_for_walk(state, body)
-    now = _now()
-    row: WalkPosition = (
-        now,
-        body.lat,
-        body.lon,
-        body.accuracy_m,
-        body.heading_deg,
-        body.speed_mps,
-        True,
-        None,
+    return QueuedPosition(
+        walk_id, _now(), body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, district
     )
-    note = _walk_note(walk_id, "position", body, district, now)
-    return AdmittedPosition(district, row, note)
+
+
+async def store_position(state: AppState, position: QueuedPosition) -> bool:
+    """Store an admitted position and wake the controller (in the process's next batch,
+    `api.walkbatch`); False when its walk is no longer active."""
+    assert state.positions is not None
+    return await state.positions.add(position)
 
 
 def walk_has_ended(walk_id: str) -> HTTPException:
@@ -223,18 +212,17 @@ async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, st
     """Add a position (at most 2 per second per walk); answers with the lamps being brightened.
 
     On the event loop with the async pool, like the walkers' socket (``/v1/walks/{id}/live``):
-    the resident and the walk in one query, the row and its wake-up in one statement, no thread
-    hop (as a plain ``def`` with a pooled connection it cost ~1.5 ms of CPU per position)."""
+    the resident and the walk in one query, the row and its wake-up in the process's next batch
+    (`api.walkbatch`), no thread hop (as a plain ``def`` with a pooled connection it cost ~1.5 ms
+    of CPU per position)."""
     try:
         await check_live_walk(state, bearer_token(request), walk_id)
     except WalkRefused as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, exc.reason, headers) from None
     pos = admit_position(state, walk_id, body)
-    assert state.apool is not None
-    async with state.apool.connection() as conn:
-        if not await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
-            raise walk_has_ended(walk_id)  # ended since the check above
+    if not await store_position(state, pos):
+        raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
     return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 
 from alerts import (
@@ -465,13 +466,16 @@ class Controller:
 
     async def _on_notify(self, channel: str, payload: str) -> None:
         try:
-            note = json.loads(payload)
+            note = orjson.loads(payload)
             if not isinstance(note, dict):
                 raise ValueError("not an object")
             if channel == ALERT_CHANNEL:
                 await self._on_alert_note(note)
             elif channel == WALK_CHANNEL:
-                await self._on_walk_note(note)
+                if note.get("op") == "positions":
+                    await self._on_walk_positions(note.get("positions"))
+                else:
+                    await self._on_walk_note(note)
             elif channel == LAMP_CHANNEL:
                 await self._on_lamp_note(note)
         except Exception as exc:
@@ -508,6 +512,32 @@ class Controller:
             speed_mps=_opt_float(note.get("speed_mps")),
         )
         await self._walk_position(walk_id, district, fix)
+
+    async def _on_walk_positions(self, positions: object) -> None:
+        """A batch of positions from the API (``store/walkpositions.py``), in their order; one that
+        cannot be read is counted and skipped, the rest of the batch goes on."""
+        if not isinstance(positions, list):
+            raise ValueError("positions is not a list")
+        owned = self.owned
+        for entry in positions:
+            try:
+                walk_id, ts_ms, lat, lon, accuracy_m, heading_deg, speed_mps, district = entry
+                district = str(district or "") or self._district_near(lat, lon)
+                if district not in owned:
+                    continue
+                fix = Fix(
+                    float(lat),
+                    float(lon),
+                    int(ts_ms),
+                    _opt_float(accuracy_m),
+                    _opt_float(heading_deg),
+                    _opt_float(speed_mps),
+                )
+            except (TypeError, ValueError) as exc:
+                self.stats["notify_handler_errors"] += 1
+                log.warning("walk position dropped: %s", type(exc).__name__)
+                continue
+            await self._walk_position(str(walk_id), district, fix)
 
     async def _walk_position(self, walk_id: str, district: str, fix: Fix) -> int:
         walk = self._walks.setdefault(walk_id, _Walk(district))

@@ -68,9 +68,11 @@ def test_a_walker_streams_positions_and_gets_lamps_stored_and_notified(base: str
             second = ask(ws, pos(lon=JUNG[1] + 0.00005, heading_deg=90.0))
             assert second["seq"] == 2 and "jl1" in second["lamps"]
         notes = [json.loads(n.payload) for n in listener.notifies(timeout=5.0, stop_after=2)]
-    assert [n["op"] for n in notes] == ["position", "position"]
-    assert notes[0]["walk_id"] == walk_id and notes[0]["heading_deg"] == 90.0
-    assert notes[0]["district"] == "11020"
+    # Each position in its batch's wake-up: [walk_id, ts_ms, lat, lon, accuracy, heading, speed, district]
+    assert [n["op"] for n in notes] == ["positions", "positions"]
+    entry = notes[0]["positions"][0]
+    assert entry[0] == walk_id and entry[5] == 90.0 and entry[6] == 1.4
+    assert entry[7] == "11020"
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT lon, heading_deg FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)
