@@ -90,19 +90,27 @@ def _implied_speed_mps(a: Fix, b: Fix) -> float:
 
 
 def check_fix(
-    fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy(), area: Gazetteer | None = None
+    fix: Fix,
+    now_ms: int,
+    policy: PositionPolicy = PositionPolicy(),
+    area: Gazetteer | None = None,
+    *,
+    placed: bool = False,
 ) -> Verdict:
     """The checks that need no history: finite, in the service area, accurate enough, not stale or future.
 
     The service area is the gazetteer's (``area``, the vendored Seoul one by default): a point
     inside a district or snapped to one (``Location.inside``), the same rule as the API's.
+    ``placed``: the API has already placed the fix in a district by that rule (a position it
+    stored names its district), so the gazetteer is not asked again.
     """
     if not (_finite(fix.lat) and _finite(fix.lon)):
         return Verdict(False, reason="position is not a finite number")
     if not (LAT_RANGE[0] <= fix.lat <= LAT_RANGE[1] and LON_RANGE[0] <= fix.lon <= LON_RANGE[1]):
         return Verdict(False, reason="position outside the service country")
     gazetteer = area or service_area()
-    if gazetteer.quick_district(fix.lat, fix.lon) is None:  # near a border or outside: the full answer
+    # Near a border or outside: the full answer.
+    if not placed and gazetteer.quick_district(fix.lat, fix.lon) is None:
         loc = gazetteer.locate(fix.lat, fix.lon)
         if not loc.inside:
             return Verdict(
@@ -142,9 +150,12 @@ def advance(
     now_ms: int,
     policy: PositionPolicy = PositionPolicy(),
     area: Gazetteer | None = None,
+    *,
+    placed: bool = False,
 ) -> tuple[Track, Verdict]:
-    """Check `fix` against itself and the walk's history; returns the new track and the verdict."""
-    verdict = check_fix(fix, now_ms, policy, area)
+    """Check `fix` against itself and the walk's history; returns the new track and the verdict
+    (``placed``: see `check_fix`)."""
+    verdict = check_fix(fix, now_ms, policy, area, placed=placed)
     if not verdict.accepted:
         return track, verdict
     anchor = track.anchor

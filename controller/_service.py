@@ -537,12 +537,13 @@ class Controller:
                 self.stats["notify_handler_errors"] += 1
                 log.warning("walk position dropped: %s", type(exc).__name__)
                 continue
-            await self._walk_position(str(walk_id), district, fix)
+            # A district in the entry: the API placed the position in the service area already.
+            await self._walk_position(str(walk_id), district, fix, placed=bool(entry[7]))
 
-    async def _walk_position(self, walk_id: str, district: str, fix: Fix) -> int:
+    async def _walk_position(self, walk_id: str, district: str, fix: Fix, *, placed: bool = False) -> int:
         walk = self._walks.setdefault(walk_id, _Walk(district))
         now = now_ms()
-        walk.track, verdict = advance(walk.track, fix, now, self.cfg.positions)
+        walk.track, verdict = advance(walk.track, fix, now, self.cfg.positions, placed=placed)
         walk.last_ms = now
         self.stats["walk_positions"] += 1
         if verdict.reason:

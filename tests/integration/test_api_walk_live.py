@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -75,10 +76,12 @@ def test_a_walker_streams_positions_and_gets_lamps_stored_and_notified(base: str
     assert entry[7] == "11020"
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT lon, heading_deg FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)
+            "SELECT lon, heading_deg, ts FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)
         ).fetchall()
     assert len(rows) == 3  # the start (HTTP) and two over the socket
     assert rows[1][1] == 90.0 and rows[2][0] == pytest.approx(JUNG[1] + 0.00005)
+    # The wake-up names its row's exact instant: the controller's verdict finds the row by it.
+    assert rows[1][2] == datetime.fromtimestamp(entry[1] / 1000, UTC)
 
 
 def test_token_as_first_message_and_op_end_ends_the_walk(base: str, db_url: str) -> None:
