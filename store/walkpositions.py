@@ -29,10 +29,15 @@ from psycopg import AsyncConnection, pq
 # of at most this many bytes of positions (~50 positions each).
 NOTIFY_BYTES = 7000
 
+# The batch travels as one JSON parameter (psycopg dumps a Python list into an array element by
+# element in Python: ten arrays cost the API more than the rest of the statement), one element per
+# position: [walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_mps, note, part]; ``note`` is the
+# notification's entry as JSON (``json`` keeps its text as sent), ``part`` its notification.
 _BATCH_SQL = (
-    "WITH v AS (SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::float8[], %s::float8[], "
-    "%s::float8[], %s::float8[], %s::float8[], %s::text[], %s::int[]) WITH ORDINALITY "
-    "AS v(walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s, note, part, n)), "
+    "WITH v AS (SELECT e.n, e.x->>0 AS walk_id, (e.x->>1)::timestamptz AS ts, (e.x->>2)::float8 AS lat, "
+    "(e.x->>3)::float8 AS lon, (e.x->>4)::float8 AS accuracy_m, (e.x->>5)::float8 AS heading_deg, "
+    "(e.x->>6)::float8 AS speed_m_s, (e.x->7)::text AS note, (e.x->>8)::int AS part "
+    "FROM json_array_elements(%s::json) WITH ORDINALITY AS e(x, n)), "
     "ok AS MATERIALIZED (SELECT v.* FROM v JOIN walks w ON w.walk_id = v.walk_id AND w.status = 'active'), "
     "ins AS (INSERT INTO walk_positions (walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s) "
     "SELECT walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s FROM ok ORDER BY n), "
@@ -74,27 +79,16 @@ class QueuedPosition:
 
 def batch_statement(positions: Sequence[QueuedPosition], channel: str) -> tuple[str, tuple[Any, ...]]:
     """The statement and parameters of `add_positions_and_notify`."""
-    notes = [p.note().decode() for p in positions]
-    parts: list[int] = []
+    rows: list[tuple[Any, ...]] = []
     part, size = 0, 0
-    for note in notes:
+    for p in positions:
+        note = p.note()
         if size and size + len(note) + 1 > NOTIFY_BYTES:
             part, size = part + 1, 0
-        parts.append(part)
         size += len(note) + 1
-    params = (
-        [p.walk_id for p in positions],
-        [p.ts for p in positions],
-        [p.lat for p in positions],
-        [p.lon for p in positions],
-        [p.accuracy_m for p in positions],
-        [p.heading_deg for p in positions],
-        [p.speed_mps for p in positions],
-        notes,
-        parts,
-        channel,
-    )
-    return _BATCH_SQL, params
+        entry = orjson.Fragment(note)
+        rows.append((p.walk_id, p.ts, p.lat, p.lon, p.accuracy_m, p.heading_deg, p.speed_mps, entry, part))
+    return _BATCH_SQL, (orjson.dumps(rows).decode(), channel)
 
 
 async def add_positions_and_notify(
