@@ -13,7 +13,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from geo import Gazetteer, distance_m
+from geo import Gazetteer, point_distance_m
 
 # Seoul lies at 37.4-37.7 N, 126.7-127.2 E; the box is South Korea (same as broker payloads), a
 # cheap first check before the gazetteer's answer on the service area.
@@ -83,7 +83,7 @@ def _implied_speed_mps(a: Fix, b: Fix) -> float:
     """Speed between two fixes, after giving each its reported accuracy as slack."""
     dt_s = (b.ts_ms - a.ts_ms) / 1000.0
     slack_m = (a.accuracy_m or 0.0) + (b.accuracy_m or 0.0)
-    moved_m = max(0.0, float(distance_m(a.lat, a.lon, b.lat, b.lon)) - slack_m)
+    moved_m = max(0.0, point_distance_m(a.lat, a.lon, b.lat, b.lon) - slack_m)
     if dt_s <= 0.0:
         return math.inf if moved_m > 0.0 else 0.0
     return moved_m / dt_s
