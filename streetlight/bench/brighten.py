@@ -605,6 +605,8 @@ def _phase(
         gc.disable()
         meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
         meter.start()
+        # The simulated lamps live in this process (their paho thread): its own CPU, not its tree.
+        own_t0, own_c0 = time.monotonic(), time.process_time()
         for proc, _ in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -615,6 +617,7 @@ def _phase(
             if line != "done":
                 raise RuntimeError(f"walker client failed ({proc.wait()})")
         cores = meter.stop()
+        cores["lamps"] = round((time.process_time() - own_c0) / max(1e-9, time.monotonic() - own_t0), 2)
         time.sleep(1.0)  # the last commands in flight
     finally:
         gc.enable()
