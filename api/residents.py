@@ -75,10 +75,9 @@ def _district_for_walk(state: AppState, body: WalkPositionIn) -> str | None:
     return loc.district_code
 
 
-def walk_lamps(state: AppState, body: WalkPositionIn) -> list[str]:
-    return list(
-        lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
-    )
+def walk_lamps(state: AppState, body: WalkPositionIn) -> tuple[str, ...]:
+    """The lamps of a walker's position: within 30 m and in the corridor ahead (`geo`)."""
+    return lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
 
 
 def _walk_note(
@@ -164,7 +163,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
     return {
         "walk_id": walk_id,
         "district": district,
-        "lamps": walk_lamps(state, body),
+        "lamps": list(walk_lamps(state, body)),
         "ended": [w["walk_id"] for w in superseded],
     }
 
@@ -190,8 +189,18 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Queue
         state.metrics.rate_limited.labels("walk_position").inc()
         raise PositionRateLimited(walk_id, state.config.walk_positions_per_s, wait)
     district = _district_for_walk(state, body)
+    # The lamps go with the position to the controller, which uses them when it trusts the heading
+    # (the same rule over the same devices) instead of computing them again.
     return QueuedPosition(
-        walk_id, _now(), body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, district
+        walk_id,
+        _now(),
+        body.lat,
+        body.lon,
+        body.accuracy_m,
+        body.heading_deg,
+        body.speed_mps,
+        district,
+        walk_lamps(state, body),
     )
 
 
@@ -224,7 +233,7 @@ async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, st
     if not await store_position(state, pos):
         raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
+    return {"walk_id": walk_id, "district": pos.district, "lamps": list(pos.lamps or ())}
 
 
 class WalkRefused(Exception):

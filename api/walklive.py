@@ -33,7 +33,6 @@ from api.residents import (
     check_live_walk,
     finish_walk,
     store_position,
-    walk_lamps,
 )
 from api.schemas import WalkPositionIn, describe_errors
 from api.state import AppState
@@ -135,10 +134,11 @@ async def _one(
             ended = await run_in_threadpool(_finish, state, walk_id, district)
             return {"seq": seq, "walk_id": walk_id, "status": "ended", "already_ended": not ended}, True
         body = WalkPositionIn.model_validate(data)
-        if not await store_position(state, admit_position(state, walk_id, body)):
+        pos = admit_position(state, walk_id, body)
+        if not await store_position(state, pos):
             return {"seq": seq, "error": f"walk {walk_id!r} has ended", "status": 409}, True
         state.metrics.walk_positions.inc()
-        return {"seq": seq, "lamps": walk_lamps(state, body)}, False
+        return {"seq": seq, "lamps": pos.lamps or ()}, False
     except ValidationError as exc:
         detail, _ = describe_errors(exc.errors())
         return {"seq": seq, "error": detail, "status": 422}, False

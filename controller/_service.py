@@ -521,7 +521,8 @@ class Controller:
         owned = self.owned
         for entry in positions:
             try:
-                walk_id, ts_ms, lat, lon, accuracy_m, heading_deg, speed_mps, district = entry
+                walk_id, ts_ms, lat, lon, accuracy_m, heading_deg, speed_mps, district, *more = entry
+                placed = bool(district)
                 district = str(district or "") or self._district_near(lat, lon)
                 if district not in owned:
                     continue
@@ -533,14 +534,29 @@ class Controller:
                     _opt_float(heading_deg),
                     _opt_float(speed_mps),
                 )
+                lamps = more[0] if more else None
+                if lamps is not None and not (
+                    isinstance(lamps, list) and all(isinstance(lamp, str) for lamp in lamps)
+                ):
+                    raise ValueError("lamps is not a list of ids")
             except (TypeError, ValueError) as exc:
                 self.stats["notify_handler_errors"] += 1
                 log.warning("walk position dropped: %s", type(exc).__name__)
                 continue
             # A district in the entry: the API placed the position in the service area already.
-            await self._walk_position(str(walk_id), district, fix, placed=bool(entry[7]))
+            await self._walk_position(str(walk_id), district, fix, placed=placed, lamps=lamps)
 
-    async def _walk_position(self, walk_id: str, district: str, fix: Fix, *, placed: bool = False) -> int:
+    async def _walk_position(
+        self,
+        walk_id: str,
+        district: str,
+        fix: Fix,
+        *,
+        placed: bool = False,
+        lamps: Sequence[str] | None = None,
+    ) -> int:
+        """Check a position and brighten its lamps. ``lamps``: the API's answer for this position
+        (the same rule with the heading), used when the verdict keeps the corridor."""
         walk = self._walks.setdefault(walk_id, _Walk(district))
         now = now_ms()
         walk.track, verdict = advance(walk.track, fix, now, self.cfg.positions, placed=placed)
@@ -556,9 +572,12 @@ class Controller:
         if not verdict.accepted:
             self.stats["walk_positions_refused"] += 1
             return 0
-        heading = fix.heading_deg if verdict.use_corridor else None
-        speed = fix.speed_mps if verdict.use_corridor else None
-        lamps = lamps_for_walker(self._index, fix.lat, fix.lon, heading, speed) if len(self._index) else ()
+        if lamps is None or not verdict.use_corridor:
+            heading = fix.heading_deg if verdict.use_corridor else None
+            speed = fix.speed_mps if verdict.use_corridor else None
+            lamps = (
+                lamps_for_walker(self._index, fix.lat, fix.lon, heading, speed) if len(self._index) else ()
+            )
         return await self._brighten(walk_id, lamps)
 
     async def _on_lamp_note(self, note: dict[str, Any]) -> None:

@@ -9,10 +9,12 @@ in the same statement), and the notification names only the positions stored.
 Payload (``store/alertstore.py`` has the channels)::
 
     {"op": "positions", "positions": [[walk_id, ts_ms, lat, lon, accuracy_m, heading_deg,
-                                       speed_mps, district], ...]}
+                                       speed_mps, district, [lamp ids]], ...]}
 
 in the order the positions were queued; ``ts_ms`` is the row's ``ts`` (whole milliseconds), so
-the controller's verdict finds its row by walk id and timestamp.
+the controller's verdict finds its row by walk id and timestamp; the lamp ids are the API's
+``geo.lamps_for_walker`` answer for the position (what the resident was told), which the
+controller uses when it trusts the heading instead of computing them again.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class QueuedPosition:
     heading_deg: float | None
     speed_mps: float | None
     district: str | None
+    lamps: tuple[str, ...] | None = None  # None: not computed (the controller computes them)
 
     def note(self) -> bytes:
         """The position as the controller reads it (one entry of the ``positions`` list)."""
@@ -73,6 +76,7 @@ class QueuedPosition:
                 self.heading_deg,
                 self.speed_mps,
                 self.district,
+                self.lamps,
             ]
         )
 

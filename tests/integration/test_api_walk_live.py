@@ -73,7 +73,7 @@ def test_a_walker_streams_positions_and_gets_lamps_stored_and_notified(base: str
     assert [n["op"] for n in notes] == ["positions", "positions"]
     entry = notes[0]["positions"][0]
     assert entry[0] == walk_id and entry[5] == 90.0 and entry[6] == 1.4
-    assert entry[7] == "11020"
+    assert entry[7] == "11020" and entry[8] == first["lamps"]  # what the walker was told
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
             "SELECT lon, heading_deg, ts FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)

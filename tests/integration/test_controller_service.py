@@ -667,3 +667,31 @@ async def test_a_batch_of_positions_is_handled_in_order_and_a_refused_one_gets_i
     rows = verdicts()
     assert [(r[0], r[1]) for r in rows] == [(walk_x, True), (walk_y, True), (walk_x, False)]
     assert "impossible jump" in rows[2][2]
+
+
+async def test_the_controller_brightens_the_lamps_the_api_named_unless_it_drops_the_corridor(
+    world: World,
+) -> None:
+    """The API sends the lamps it answered with; the controller uses them for a position it trusts
+    (the same rule), and computes the near lamps itself for a down-weighted one."""
+    lamp, named = world.lamps[0], world.lamps[9]  # `named` is 180 m away: only the API names it
+    now = datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
+    trusted, vague = f"walk-t{world.prefix}", f"walk-v{world.prefix}"
+    with psycopg.connect(world.db_url, autocommit=True) as conn:
+        create_resident(conn, f"res-{world.prefix}", f"hash-{world.prefix}")
+        for walk_id in (trusted, vague):
+            start_walk(conn, walk_id, f"res-{world.prefix}", started_at=now, district_code=DISTRICT)
+    batch = [
+        QueuedPosition(trusted, now, lamp.lat, lamp.lon, 5.0, 0.0, 1.4, DISTRICT, (named.device_id,)),
+        # Accuracy 70 m: near lamps only, whatever the API named.
+        QueuedPosition(vague, now, lamp.lat, lamp.lon, 70.0, 0.0, 1.4, DISTRICT, (named.device_id,)),
+    ]
+    with LampFleet(world.params, world.lamps) as fleet:
+        async with running(world.cfg()) as ctl:
+            async with await psycopg.AsyncConnection.connect(world.db_url, autocommit=True) as aconn:
+                assert await add_positions_and_notify(aconn, batch, WALK_CHANNEL) == [True, True]
+            await until(lambda: trusted in fleet.sources(named.device_id), 5, "the named lamp")
+            await until(lambda: vague in fleet.sources(lamp.device_id), 5, "the near lamp")
+            await until(lambda: ctl.snapshot()["pending_commands"] == 0, 5, "acks")
+    assert trusted not in fleet.sources(lamp.device_id)
+    assert vague not in fleet.sources(named.device_id)

@@ -97,6 +97,7 @@ async def test_positions_within_the_batching_window_are_one_statement_and_reach_
         90.0,
         1.4,
         "11140",
+        None,
     ]
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
