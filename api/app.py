@@ -38,7 +38,9 @@ from api.ratelimit import RateLimiter
 from api.schemas import describe_errors
 from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
+from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
+from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
 from store.schema import apply_migrations
@@ -132,9 +134,17 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             name="api-live",
         )
         await state.apool.open(wait=True, timeout=30.0)
+        state.positions = PositionBatcher(
+            state.apool,
+            WALK_CHANNEL,
+            gather_s=cfg.walk_batch_gather_s,
+            max_batch=cfg.walk_batch_max,
+            max_queue=cfg.walk_batch_queue,
+        )
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(state.hub.run(), name="stream-hub")
             refresh_task = tg.create_task(_refresh_lamps(state), name="lamp-refresh")
+            positions_task = tg.create_task(state.positions.run(), name="walk-positions")
             try:
                 await asyncio.wait_for(state.hub.ready.wait(), timeout=15.0)
                 runtime.settle("api")
@@ -142,6 +152,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             finally:
                 hub_task.cancel()
                 refresh_task.cancel()
+                positions_task.cancel()
                 await state.apool.close()
                 await run_in_threadpool(state.pool.close)
 
@@ -239,6 +250,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(PositionsBusy)
+    async def positions_busy(request: Request, exc: PositionsBusy) -> JSONResponse:
+        return JSONResponse({"detail": f"busy, retry: {exc}"}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(psycopg.OperationalError)
     async def database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:

@@ -36,6 +36,13 @@ class ApiConfig:
     pool_min: int = 2
     pool_max: int = 10
     live_pool_max: int = 10  # async connections of the walkers' live sockets (per API process)
+    # Walk positions gather this long after the first into one statement and one NOTIFY
+    # (api/walkbatch.py): at 2,000 positions/s on 2 API processes, batches of ~10 instead of a
+    # transaction each; it delays the answer, not the lamps (the NOTIFY and the answer both wait
+    # for the commit).
+    walk_batch_gather_s: float = 0.010
+    walk_batch_max: int = 200  # positions per statement (4 notifications of ~50)
+    walk_batch_queue: int = 5000  # positions waiting per process; beyond it 503 + Retry-After
     # Issue 6: "positions at most 2 per second per walk, SOS at most 3 per minute per resident".
     walk_positions_per_s: float = 2.0
     sos_per_minute: int = 3

@@ -6,8 +6,6 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-from psycopg import AsyncConnection, pq
 from psycopg.rows import dict_row
 
 from store.types import Conn
@@ -25,42 +23,6 @@ def shared_token_secret(conn: Conn) -> bytes:
     row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (_SECRET_KEY,)).fetchone()
     assert row is not None
     return bytes.fromhex(str(row[0]))
-
-
-# One position row and its wake-up in one statement, only while the walk is active: a walk ended
-# (by ``POST .../end`` or the live socket) between the caller's check and this write gets neither.
-_POSITION_SQL = (
-    "WITH w AS (SELECT 1 FROM walks WHERE walk_id = %s AND status = 'active'), "
-    "pos AS (INSERT INTO walk_positions (walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s, "
-    "accepted, reason) SELECT %s, %s::timestamptz, %s::float8, %s::float8, %s::real, %s::real, %s::real, "
-    "%s::boolean, %s::text FROM w) "
-    "SELECT pg_notify(%s, %s) FROM w"
-)
-
-
-def position_statement(
-    walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
-) -> tuple[str, tuple[Any, ...]]:
-    """The statement and parameters of `add_position_and_notify_async`."""
-    return _POSITION_SQL, (walk_id, walk_id, *position, channel, orjson.dumps(note).decode())
-
-
-async def add_position_and_notify_async(
-    conn: AsyncConnection[Any], walk_id: str, position: Sequence[Any], channel: str, note: dict[str, Any]
-) -> bool:
-    """One walk position row and its wake-up, in one statement (one round trip, one transaction);
-    False (nothing written, nothing notified) when the walk is not active. For the HTTP endpoint
-    and the walkers' socket alike, on the event loop's pool.
-
-    The same rows as ``store.repo.add_walk_positions`` + ``store.alertstore.notify`` inside
-    ``conn.transaction()``, which cost six round trips (BEGIN, SAVEPOINT, INSERT, RELEASE, NOTIFY,
-    COMMIT); a data-modifying CTE always runs, and on an autocommit connection the statement is
-    its own transaction, so the NOTIFY is still delivered only once the row is committed.
-    """
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise RuntimeError("add_position_and_notify commits on its own; call it outside a transaction")
-    cur = await conn.execute(*position_statement(walk_id, position, channel, note))
-    return await cur.fetchone() is not None
 
 
 def last_event_id(conn: Conn) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Annotated, Any
@@ -30,7 +29,6 @@ from alerts import (
     route,
 )
 from api.places import place_for
-from api.queries import add_position_and_notify_async
 from api.ratelimit import retry_after_header
 from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
@@ -47,7 +45,6 @@ from store.alertstore import (
 )
 from store.bursts import mark_sos_source
 from store.repo import (
-    WalkPosition,
     active_walks_of,
     add_walk_positions,
     attach_walk_to_alert,
@@ -60,6 +57,7 @@ from store.repo import (
     start_walk,
 )
 from store.types import Conn
+from store.walkpositions import QueuedPosition
 
 router = APIRouter(tags=["residents"])
 
@@ -67,7 +65,10 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 def _now() -> datetime:
-    return datetime.now(UTC)
+    """Now, in whole milliseconds: a position's row ``ts`` and its wake-up's ``ts_ms`` are the
+    same instant, so the controller's verdict finds the row by walk id and timestamp."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond - now.microsecond % 1000)
 
 
 def _district_for_walk(state: AppState, body: WalkPositionIn) -> str | None:
@@ -86,10 +87,9 @@ def _district_for_walk(state: AppState, body: WalkPositionIn) -> str | None:
     return loc.district_code
 
 
-def walk_lamps(state: AppState, body: WalkPositionIn) -> list[str]:
-    return list(
-        lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
-    )
+def walk_lamps(state: AppState, body: WalkPositionIn) -> tuple[str, ...]:
+    """The lamps of a walker's position: within 30 m and in the corridor ahead (`geo`)."""
+    return lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
 
 
 def _walk_note(
@@ -175,7 +175,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
     return {
         "walk_id": walk_id,
         "district": district,
-        "lamps": walk_lamps(state, body),
+        "lamps": list(walk_lamps(state, body)),
         "ended": [w["walk_id"] for w in superseded],
     }
 
@@ -192,16 +192,7 @@ class PositionRateLimited(HTTPException):
         self.wait_s = wait_s
 
 
-@dataclass(frozen=True, slots=True)
-class AdmittedPosition:
-    """A validated position of an active walk, ready to be stored: its row and its wake-up."""
-
-    district: str | None
-    row: WalkPosition
-    note: dict[str, Any]
-
-
-def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> AdmittedPosition:
+def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> QueuedPosition:
     """The checks after the body's validation, for the HTTP endpoint and the live socket alike:
     the rate limit (`PositionRateLimited`), then the service area (422). The caller has checked
     that the walk is the resident's and active."""
@@ -210,19 +201,26 @@ def admit_position(state: AppState, walk_id: str, body: WalkPositionIn) -> Admit
         state.metrics.rate_limited.labels("walk_position").inc()
         raise PositionRateLimited(walk_id, state.config.walk_positions_per_s, wait)
     district = _district_for_walk(state, body)
-    now = _now()
-    row: WalkPosition = (
-        now,
+    # The lamps go with the position to the controller, which uses them when it trusts the heading
+    # (the same rule over the same devices) instead of computing them again.
+    return QueuedPosition(
+        walk_id,
+        _now(),
         body.lat,
         body.lon,
         body.accuracy_m,
         body.heading_deg,
         body.speed_mps,
-        True,
-        None,
+        district,
+        walk_lamps(state, body),
     )
-    note = _walk_note(walk_id, "position", body, district, now)
-    return AdmittedPosition(district, row, note)
+
+
+async def store_position(state: AppState, position: QueuedPosition) -> bool:
+    """Store an admitted position and wake the controller (in the process's next batch,
+    `api.walkbatch`); False when its walk is no longer active."""
+    assert state.positions is not None
+    return await state.positions.add(position)
 
 
 def walk_has_ended(walk_id: str) -> HTTPException:
@@ -235,20 +233,19 @@ async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, st
     """Add a position (at most 2 per second per walk); answers with the lamps being brightened.
 
     On the event loop with the async pool, like the walkers' socket (``/v1/walks/{id}/live``):
-    the resident and the walk in one query, the row and its wake-up in one statement, no thread
-    hop (as a plain ``def`` with a pooled connection it cost ~1.5 ms of CPU per position)."""
+    the resident and the walk in one query, the row and its wake-up in the process's next batch
+    (`api.walkbatch`), no thread hop (as a plain ``def`` with a pooled connection it cost ~1.5 ms
+    of CPU per position)."""
     try:
         await check_live_walk(state, bearer_token(request), walk_id)
     except WalkRefused as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, exc.reason, headers) from None
     pos = admit_position(state, walk_id, body)
-    assert state.apool is not None
-    async with state.apool.connection() as conn:
-        if not await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note):
-            raise walk_has_ended(walk_id)  # ended since the check above
+    if not await store_position(state, pos):
+        raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": pos.district, "lamps": walk_lamps(state, body)}
+    return {"walk_id": walk_id, "district": pos.district, "lamps": list(pos.lamps or ())}
 
 
 class WalkRefused(Exception):

@@ -24,6 +24,7 @@ from api.metrics import ApiMetrics
 from api.places import LampDirectory
 from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
+from api.walkbatch import PositionBatcher
 from geo import Gazetteer
 from store.accounts import session_account
 from store.repo import resident_by_token_hash
@@ -53,6 +54,8 @@ class AppState:
     # The walkers' live sockets write from the event loop (no thread hop per position); opened in
     # the lifespan, on the server's loop.
     apool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+    # Walk positions, batched into one statement and one NOTIFY (opened in the lifespan with apool).
+    positions: PositionBatcher | None = None
 
 
 async def get_state(request: Request) -> AppState:

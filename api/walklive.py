@@ -26,18 +26,17 @@ from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.queries import add_position_and_notify_async
 from api.residents import (
     PositionRateLimited,
     WalkRefused,
     admit_position,
     check_live_walk,
     finish_walk,
-    walk_lamps,
+    store_position,
 )
 from api.schemas import WalkPositionIn, describe_errors
 from api.state import AppState
-from store.alertstore import WALK_CHANNEL
+from api.walkbatch import PositionsBusy
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["residents"])
@@ -136,13 +135,10 @@ async def _one(
             return {"seq": seq, "walk_id": walk_id, "status": "ended", "already_ended": not ended}, True
         body = WalkPositionIn.model_validate(data)
         pos = admit_position(state, walk_id, body)
-        assert state.apool is not None
-        async with state.apool.connection() as conn:
-            stored = await add_position_and_notify_async(conn, walk_id, pos.row, WALK_CHANNEL, pos.note)
-        if not stored:
+        if not await store_position(state, pos):
             return {"seq": seq, "error": f"walk {walk_id!r} has ended", "status": 409}, True
         state.metrics.walk_positions.inc()
-        return {"seq": seq, "lamps": walk_lamps(state, body)}, False
+        return {"seq": seq, "lamps": pos.lamps or ()}, False
     except ValidationError as exc:
         detail, _ = describe_errors(exc.errors())
         return {"seq": seq, "error": detail, "status": 422}, False
@@ -152,7 +148,7 @@ async def _one(
         return {"seq": seq, "error": exc.detail, "status": exc.status_code}, False
     except ValueError as exc:  # a coordinate the gazetteer refuses: 422 over HTTP too
         return {"seq": seq, "error": str(exc), "status": 422}, False
-    except (psycopg.OperationalError, PoolTimeout):
+    except (psycopg.OperationalError, PoolTimeout, PositionsBusy):
         return {"seq": seq, "error": "database unavailable, retry", "status": 503, "retry_after": 1.0}, False
     except Exception:  # never a crash of the connection over one message
         log.exception("walk live: message failed")

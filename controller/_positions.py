@@ -13,7 +13,7 @@ import functools
 import math
 from dataclasses import dataclass, replace
 
-from geo import Gazetteer, distance_m
+from geo import Gazetteer, point_distance_m
 
 # Seoul lies at 37.4-37.7 N, 126.7-127.2 E; the box is South Korea (same as broker payloads), a
 # cheap first check before the gazetteer's answer on the service area.
@@ -83,26 +83,34 @@ def _implied_speed_mps(a: Fix, b: Fix) -> float:
     """Speed between two fixes, after giving each its reported accuracy as slack."""
     dt_s = (b.ts_ms - a.ts_ms) / 1000.0
     slack_m = (a.accuracy_m or 0.0) + (b.accuracy_m or 0.0)
-    moved_m = max(0.0, float(distance_m(a.lat, a.lon, b.lat, b.lon)) - slack_m)
+    moved_m = max(0.0, point_distance_m(a.lat, a.lon, b.lat, b.lon) - slack_m)
     if dt_s <= 0.0:
         return math.inf if moved_m > 0.0 else 0.0
     return moved_m / dt_s
 
 
 def check_fix(
-    fix: Fix, now_ms: int, policy: PositionPolicy = PositionPolicy(), area: Gazetteer | None = None
+    fix: Fix,
+    now_ms: int,
+    policy: PositionPolicy = PositionPolicy(),
+    area: Gazetteer | None = None,
+    *,
+    placed: bool = False,
 ) -> Verdict:
     """The checks that need no history: finite, in the service area, accurate enough, not stale or future.
 
     The service area is the gazetteer's (``area``, the vendored Seoul one by default): a point
     inside a district or snapped to one (``Location.inside``), the same rule as the API's.
+    ``placed``: the API has already placed the fix in a district by that rule (a position it
+    stored names its district), so the gazetteer is not asked again.
     """
     if not (_finite(fix.lat) and _finite(fix.lon)):
         return Verdict(False, reason="position is not a finite number")
     if not (LAT_RANGE[0] <= fix.lat <= LAT_RANGE[1] and LON_RANGE[0] <= fix.lon <= LON_RANGE[1]):
         return Verdict(False, reason="position outside the service country")
     gazetteer = area or service_area()
-    if gazetteer.quick_district(fix.lat, fix.lon) is None:  # near a border or outside: the full answer
+    # Near a border or outside: the full answer.
+    if not placed and gazetteer.quick_district(fix.lat, fix.lon) is None:
         loc = gazetteer.locate(fix.lat, fix.lon)
         if not loc.inside:
             return Verdict(
@@ -142,9 +150,12 @@ def advance(
     now_ms: int,
     policy: PositionPolicy = PositionPolicy(),
     area: Gazetteer | None = None,
+    *,
+    placed: bool = False,
 ) -> tuple[Track, Verdict]:
-    """Check `fix` against itself and the walk's history; returns the new track and the verdict."""
-    verdict = check_fix(fix, now_ms, policy, area)
+    """Check `fix` against itself and the walk's history; returns the new track and the verdict
+    (``placed``: see `check_fix`)."""
+    verdict = check_fix(fix, now_ms, policy, area, placed=placed)
     if not verdict.accepted:
         return track, verdict
     anchor = track.anchor

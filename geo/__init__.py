@@ -3,7 +3,7 @@
 No I/O besides reading the vendored data files in the loaders; no clocks; nothing mutable.
 """
 
-from geo._coords import check_latlon, distance_m
+from geo._coords import check_latlon, distance_m, point_distance_m
 from geo._gazetteer import BORDER_DISTANCE_M, SNAP_DISTANCE_M, Area, Gazetteer, Location, load_areas
 from geo._lamps import (
     WALK_RADIUS_M,
@@ -36,6 +36,7 @@ __all__ = [
     "lamps_for_walker",
     "load_areas",
     "load_safety_zones",
+    "point_distance_m",
     "reach_for_speed",
     "to_latlon",
     "to_metric",

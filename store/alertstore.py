@@ -17,6 +17,10 @@ Channels and their JSON payloads (all small; PostgreSQL caps a payload at 8000 b
     sl_walk    {"walk_id", "op": "start"|"position"|"end", "lat", "lon", "accuracy_m",
                 "heading_deg", "speed_mps", "ts_ms", "district"}
                a resident's walk; the position is also a row in walk_positions
+               {"op": "positions", "positions": [[walk_id, ts_ms, lat, lon, accuracy_m,
+                heading_deg, speed_mps, district, lamp_ids], ...]}
+               a batch of walk positions, their rows written in the same statement
+               (store/walkpositions.py)
     sl_lamp    {"device_id", "district", "level", "ttl_s", "source", "action"}
                an operator's manual override for the controller to send (set_level / clear)
 """

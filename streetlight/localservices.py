@@ -322,6 +322,8 @@ class PgService:
     pg_bin: Path | None = None
     timescale: bool = False
     """Started with TimescaleDB preloaded (and worker slots for its jobs)."""
+    durable: bool = False
+    """Started with fsync and synchronous commit on, as deployed (benchmarks), not the test settings."""
     _server: object = None
 
     def database_url(self, dbname: str) -> str:
@@ -348,7 +350,7 @@ class PgService:
         if self.kind != "pg_ctl":
             raise RuntimeError("only a pg_ctl cluster started by this process can be restarted")
         assert self.datadir is not None
-        opts = _pg_options(self.port or 5432, self.datadir, timescale=self.timescale)
+        opts = _pg_options(self.port or 5432, self.datadir, timescale=self.timescale, durable=self.durable)
         if self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", opts) != 0:
             raise RuntimeError(f"pg_ctl start failed; see {self.datadir}/server.log")
 
@@ -362,11 +364,12 @@ TIMESCALE_WORKER_OPTIONS = (
 )
 
 
-def _pg_options(port: int, datadir: Path, *, timescale: bool = False) -> str:
+def _pg_options(port: int, datadir: Path, *, timescale: bool = False, durable: bool = False) -> str:
     opts = (
-        f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-        "-c shared_buffers=256MB -c synchronous_commit=off -c fsync=off -c full_page_writes=off"
+        f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB"
     )
+    if not durable:  # a throwaway cluster for tests: nothing to keep across a crash of the machine
+        opts += " -c synchronous_commit=off -c fsync=off -c full_page_writes=off"
     return f"{opts} {TIMESCALE_WORKER_OPTIONS}" if timescale else opts
 
 
@@ -401,11 +404,15 @@ def find_pg_bin() -> Path | None:
     return None
 
 
-def start_pg_cluster(workdir: Path, *, port: int | None = None, timescale: bool = False) -> PgService:
+def start_pg_cluster(
+    workdir: Path, *, port: int | None = None, timescale: bool = False, durable: bool = False
+) -> PgService:
     """initdb + pg_ctl start a throwaway cluster on a free port (as 'postgres' when we are root).
 
     ``timescale``: preload TimescaleDB and give its jobs worker slots (False: the state of a
-    server right after the package is installed and before postgresql.conf is edited)."""
+    server right after the package is installed and before postgresql.conf is edited).
+    ``durable``: fsync, synchronous commit and full page writes on, as a deployed server runs
+    (False: the tests' settings, which skip every flush to disk)."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
         raise FileNotFoundError("initdb/pg_ctl are not installed")
@@ -437,7 +444,14 @@ def start_pg_cluster(workdir: Path, *, port: int | None = None, timescale: bool 
     if out.returncode != 0:
         raise RuntimeError(f"initdb failed: {out.stderr.strip()}")
     svc = PgService(
-        "pg_ctl", f"postgresql://postgres@127.0.0.1:{port}/postgres", datadir, port, run_as, pg_bin, timescale
+        "pg_ctl",
+        f"postgresql://postgres@127.0.0.1:{port}/postgres",
+        datadir,
+        port,
+        run_as,
+        pg_bin,
+        timescale,
+        durable,
     )
     svc.start_again()
     return svc
@@ -479,10 +493,13 @@ def configured_pg(url: str) -> PgService | None:
     return PgService("configured", url)
 
 
-def provide_pg(database_url: str | None, workdir: Path, *, local_kind: str = "auto") -> PgService:
+def provide_pg(
+    database_url: str | None, workdir: Path, *, local_kind: str = "auto", durable: bool = False
+) -> PgService:
     """The configured database when reachable, else a pg_ctl cluster, else the embedded one.
 
-    ``local_kind``: ``auto``, ``pg_ctl`` or ``embedded`` (what a machine with only Python gets)."""
+    ``local_kind``: ``auto``, ``pg_ctl`` or ``embedded`` (what a machine with only Python gets).
+    ``durable``: a pg_ctl cluster flushes its commits to disk as deployed (benchmarks)."""
     if local_kind == "embedded" and not database_url:
         return start_embedded_pg(workdir / "pgserver")
     if database_url:
@@ -491,7 +508,7 @@ def provide_pg(database_url: str | None, workdir: Path, *, local_kind: str = "au
             return svc
         log.warning("DATABASE_URL %s is not reachable; starting a private PostgreSQL", database_url)
     try:
-        return start_pg_cluster(workdir / "pg")
+        return start_pg_cluster(workdir / "pg", durable=durable)
     except FileNotFoundError:
         return start_embedded_pg(workdir / "pgserver")
 

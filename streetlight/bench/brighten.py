@@ -77,7 +77,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ws",
         help="positions over the walk's WebSocket (/v1/walks/{id}/live, default) or as HTTP POSTs",
     )
+    parser.add_argument(
+        "--fast-db",
+        action="store_true",
+        help="the private PostgreSQL with fsync and synchronous commit off (the tests' settings, "
+        "not as deployed); default: durable",
+    )
     parser.add_argument("--seed", type=int, default=7)
+
+
+# The machine's speed figure: this loop in a fresh interpreter (best of three), so results from
+# machines of different speed can be read side by side (issue 18: 1.49 s on a slow one).
+SPEED_LOOP = (
+    "import time\nt = time.perf_counter()\nx = 0\n"
+    "for i in range(10_000_000):\n    x += i\nprint(time.perf_counter() - t)"
+)
+
+
+def python_loop_s() -> float:
+    """Seconds a fresh CPython takes for a 10-million-iteration ``x += i`` loop (best of three)."""
+    runs = [subprocess.run([PY, "-c", SPEED_LOOP], capture_output=True, text=True, check=True) for _ in "abc"]
+    return round(min(float(run.stdout) for run in runs), 3)
+
+
+def commit_ms(db_url: str, count: int = 200) -> float:
+    """Median milliseconds of one small committed transaction on the bench's database: how fast
+    this machine's PostgreSQL makes a commit durable (its disk's flush, with fsync on)."""
+    times: list[float] = []
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        # A logged table: a temporary one writes no WAL, and its commit waits for no flush.
+        conn.execute("CREATE TABLE bench_speed_probe (n int)")
+        for n in range(count):
+            t = time.perf_counter()
+            conn.execute("INSERT INTO bench_speed_probe VALUES (%s)", (n,))
+            times.append(time.perf_counter() - t)
+        conn.execute("DROP TABLE bench_speed_probe")
+    times.sort()
+    return round(times[len(times) // 2] * 1000, 3)
+
+
+def durability(db_url: str) -> dict[str, str]:
+    """The server's ``fsync`` and ``synchronous_commit`` (on and on: durable, as deployed)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit')"
+        ).fetchall()
+    return {str(name): str(value) for name, value in rows}
 
 
 def say(text: str) -> None:
@@ -222,8 +267,12 @@ def services(
     controller: bool = True,
     ingest_metrics_port: int | None = None,
     extra_env: dict[str, str] | None = None,
+    durable: bool = False,
 ) -> Iterator[Services]:
     """PostgreSQL, Mosquitto, the API and (optionally) the controller and ingest, each a process.
+
+    ``durable``: a private PostgreSQL flushes every commit to disk, as deployed (fsync and
+    synchronous commit on); otherwise it runs with the tests' settings.
 
     ``prepare(database_url)`` runs after the migrations and before the services start (lamps)."""
     from store import migrate
@@ -239,7 +288,7 @@ def services(
         mqtt_svc = start_mosquitto(tmp / "mosquitto", extra_config=BROKER_CONFIG)
     except FileNotFoundError:
         mqtt_svc = provide_mqtt(None, tmp)
-    pg = provide_pg(settings.database_url, tmp)
+    pg = provide_pg(settings.database_url, tmp, durable=durable)
     dbname = f"bench_{uuid.uuid4().hex[:8]}"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -559,6 +608,8 @@ def _phase(
         gc.disable()
         meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
         meter.start()
+        # The simulated lamps live in this process (their paho thread): its own CPU, not its tree.
+        own_t0, own_c0 = time.monotonic(), time.process_time()
         for proc, _ in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -569,6 +620,7 @@ def _phase(
             if line != "done":
                 raise RuntimeError(f"walker client failed ({proc.wait()})")
         cores = meter.stop()
+        cores["lamps"] = round((time.process_time() - own_c0) / max(1e-9, time.monotonic() - own_t0), 2)
         time.sleep(1.0)  # the last commands in flight
     finally:
         gc.enable()
@@ -709,8 +761,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-brighten-") as tmp_name:
         tmp = Path(tmp_name)
         prepare = functools.partial(seed_lamps, placement=placement)
-        with services(tmp, api_workers=args.api_workers, prepare=prepare) as svc:
+        with services(tmp, api_workers=args.api_workers, prepare=prepare, durable=not args.fast_db) as svc:
             wait_leases(svc.db_url, districts, svc.procs["controller"])
+            machine = {
+                "python_loop_10m_s": python_loop_s(),
+                "commit_ms_p50": commit_ms(svc.db_url),
+                "postgres": durability(svc.db_url),
+            }
+            say(f"machine: {json.dumps(machine)}")
             specs = [LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg) for lp in placement.lamps]
             with LampFleet(parse_mqtt_url(svc.mqtt_url), specs) as fleet:
                 _await_lamps(svc, len(specs))
@@ -722,6 +780,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"load: {json.dumps({k: load[k] for k in ('measured', 'p50_ms', 'p99_ms')})}")
             kinds = svc.kinds
     p99, idle99 = load["p99_ms"], idle["p99_ms"]
+    # What each process costs per 1,000 positions a second: comparable across runs and machines.
+    per_1000 = 1000.0 / max(1.0, load["updates_per_s"])
+    cores_per_1000 = {name: round(c * per_1000, 3) for name, c in load["cpu_cores"].items()}
     kept_up = load["updates_per_s"] >= 0.95 * args.walkers and (load["http_p99_ms"] or 0) <= 1000
     clients = max(1, args.clients or math.ceil(args.walkers / 1000))
     return {
@@ -757,6 +818,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "broker": kinds["broker"],
         },
         "cpu_cores_during_load": load["cpu_cores"],
+        "cpu_cores_per_1000_positions_per_s": cores_per_1000,
+        # The machine it ran on: a fixed Python loop (seconds) and a durable commit (ms), to read
+        # results from different machines side by side.
+        "machine": machine,
         "over_50ms_by_second": load["over_50ms_by_second"],
         "commands_peak_per_s": load["commands_peak_per_s"],
         "slowest_1pct": load["slowest_1pct"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -68,15 +69,19 @@ def test_a_walker_streams_positions_and_gets_lamps_stored_and_notified(base: str
             second = ask(ws, pos(lon=JUNG[1] + 0.00005, heading_deg=90.0))
             assert second["seq"] == 2 and "jl1" in second["lamps"]
         notes = [json.loads(n.payload) for n in listener.notifies(timeout=5.0, stop_after=2)]
-    assert [n["op"] for n in notes] == ["position", "position"]
-    assert notes[0]["walk_id"] == walk_id and notes[0]["heading_deg"] == 90.0
-    assert notes[0]["district"] == "11020"
+    # Each position in its batch's wake-up: [walk_id, ts_ms, lat, lon, accuracy, heading, speed, district]
+    assert [n["op"] for n in notes] == ["positions", "positions"]
+    entry = notes[0]["positions"][0]
+    assert entry[0] == walk_id and entry[5] == 90.0 and entry[6] == 1.4
+    assert entry[7] == "11020" and entry[8] == first["lamps"]  # what the walker was told
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(
-            "SELECT lon, heading_deg FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)
+            "SELECT lon, heading_deg, ts FROM walk_positions WHERE walk_id = %s ORDER BY id", (walk_id,)
         ).fetchall()
     assert len(rows) == 3  # the start (HTTP) and two over the socket
     assert rows[1][1] == 90.0 and rows[2][0] == pytest.approx(JUNG[1] + 0.00005)
+    # The wake-up names its row's exact instant: the controller's verdict finds the row by it.
+    assert rows[1][2] == datetime.fromtimestamp(entry[1] / 1000, UTC)
 
 
 def test_token_as_first_message_and_op_end_ends_the_walk(base: str, db_url: str) -> None:

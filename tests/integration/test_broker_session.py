@@ -386,3 +386,24 @@ def test_a_publish_handler_gets_every_message_in_order_and_acked_ones_are_not_se
         pub.loop_stop()
         sub.disconnect()
         sub.loop_stop()
+
+
+async def test_a_session_may_keep_more_qos1_messages_in_flight_than_pahos_default(
+    mqtt_service: MqttService, unique_id: str
+) -> None:
+    # The controller's commands: with paho's window of 20, a busy loop reading PUBACKs late held
+    # the rest back (bench brighten at 2,000 walkers: up to 0.9 s between controller and lamp).
+    params = params_of(mqtt_service)
+    topic = device_topic("11230", f"L-{unique_id}", "cmd")
+    async with MqttSession(
+        params, client_id=f"sess-{unique_id}", subscriptions=[(topic, 1)], max_inflight=1000
+    ) as session:
+        await session.wait_connected(10)
+        paho = session._client._client  # type: ignore[union-attr]
+        assert paho.max_inflight_messages == 1000
+        for i in range(300):
+            session.publish_nowait(topic, str(i).encode())
+        # All 300 went out at once, none waiting in paho for a PUBACK to make room.
+        assert paho._inflight_messages == 300
+        got = [(await next_message(session)).payload for _ in range(300)]
+    assert got == [str(i).encode() for i in range(300)]

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -29,7 +29,8 @@ from controller import Controller, ControllerConfig, HoldPolicy
 from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
 from store.alertstore import WALK_CHANNEL, change_alert, load_alert, notify, save_alert
-from store.repo import start_walk
+from store.repo import create_resident, start_walk
+from store.walkpositions import QueuedPosition, add_positions_and_notify
 from streetlight.bench.controller import LampFleet, LampSpec
 from streetlight.localservices import MqttService, start_mosquitto
 from tests.conftest import skip_unless
@@ -623,3 +624,74 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
         centre.disconnect()
         centre.loop_stop()
         broker.stop()
+
+
+async def test_a_batch_of_positions_is_handled_in_order_and_a_refused_one_gets_its_reason_on_its_row(
+    world: World,
+) -> None:
+    """Positions as the API writes them (one statement, one NOTIFY ``positions``): two walks in one
+    batch; walk x's jump is refused only because its first position came first, and the refusal
+    finds its own row (the row's ts and the notification's ts_ms are the same millisecond)."""
+    lat, lon = world.lamps[0].lat, world.lamps[0].lon
+    far = world.lamps[8]
+    now = datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
+    walk_x, walk_y = f"walk-x{world.prefix}", f"walk-y{world.prefix}"
+    with psycopg.connect(world.db_url, autocommit=True) as conn:
+        create_resident(conn, f"res-{world.prefix}", f"hash-{world.prefix}")
+        for walk_id in (walk_x, walk_y):
+            start_walk(conn, walk_id, f"res-{world.prefix}", started_at=now, district_code=DISTRICT)
+    batch = [
+        QueuedPosition(walk_x, now, lat, lon, 5.0, 0.0, 1.4, DISTRICT),
+        QueuedPosition(walk_y, now, far.lat, far.lon, 5.0, 0.0, 1.4, DISTRICT),
+        # 160 m from walk x's first position 1 ms later: an impossible jump.
+        QueuedPosition(walk_x, now + timedelta(milliseconds=1), far.lat, far.lon, 5.0, 0.0, 1.4, DISTRICT),
+    ]
+    with LampFleet(world.params, world.lamps) as fleet:
+        async with running(world.cfg()) as ctl:
+            async with await psycopg.AsyncConnection.connect(world.db_url, autocommit=True) as aconn:
+                assert await add_positions_and_notify(aconn, batch, WALK_CHANNEL) == [True, True, True]
+            await until(lambda: walk_y in fleet.sources(far.device_id), 5, "walk y's lamps")
+            await until(lambda: walk_x in fleet.sources(world.lamps[0].device_id), 5, "walk x's lamps")
+            await until(lambda: ctl.snapshot()["stats"].get("walk_positions_refused") == 1, 5, "refusal")
+            assert walk_x not in fleet.sources(far.device_id)
+
+            def verdicts() -> list[tuple[Any, ...]]:
+                with psycopg.connect(world.db_url) as conn:
+                    return conn.execute(
+                        "SELECT walk_id, accepted, reason FROM walk_positions WHERE walk_id = ANY(%s) "
+                        "ORDER BY id",
+                        ([walk_x, walk_y],),
+                    ).fetchall()
+
+            await until(lambda: not verdicts()[2][1], 5, "the refusal written on its row")
+    rows = verdicts()
+    assert [(r[0], r[1]) for r in rows] == [(walk_x, True), (walk_y, True), (walk_x, False)]
+    assert "impossible jump" in rows[2][2]
+
+
+async def test_the_controller_brightens_the_lamps_the_api_named_unless_it_drops_the_corridor(
+    world: World,
+) -> None:
+    """The API sends the lamps it answered with; the controller uses them for a position it trusts
+    (the same rule), and computes the near lamps itself for a down-weighted one."""
+    lamp, named = world.lamps[0], world.lamps[9]  # `named` is 180 m away: only the API names it
+    now = datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
+    trusted, vague = f"walk-t{world.prefix}", f"walk-v{world.prefix}"
+    with psycopg.connect(world.db_url, autocommit=True) as conn:
+        create_resident(conn, f"res-{world.prefix}", f"hash-{world.prefix}")
+        for walk_id in (trusted, vague):
+            start_walk(conn, walk_id, f"res-{world.prefix}", started_at=now, district_code=DISTRICT)
+    batch = [
+        QueuedPosition(trusted, now, lamp.lat, lamp.lon, 5.0, 0.0, 1.4, DISTRICT, (named.device_id,)),
+        # Accuracy 70 m: near lamps only, whatever the API named.
+        QueuedPosition(vague, now, lamp.lat, lamp.lon, 70.0, 0.0, 1.4, DISTRICT, (named.device_id,)),
+    ]
+    with LampFleet(world.params, world.lamps) as fleet:
+        async with running(world.cfg()) as ctl:
+            async with await psycopg.AsyncConnection.connect(world.db_url, autocommit=True) as aconn:
+                assert await add_positions_and_notify(aconn, batch, WALK_CHANNEL) == [True, True]
+            await until(lambda: trusted in fleet.sources(named.device_id), 5, "the named lamp")
+            await until(lambda: vague in fleet.sources(lamp.device_id), 5, "the near lamp")
+            await until(lambda: ctl.snapshot()["pending_commands"] == 0, 5, "acks")
+    assert trusted not in fleet.sources(lamp.device_id)
+    assert vague not in fleet.sources(named.device_id)

@@ -47,6 +47,15 @@ def test_a_good_fix_is_accepted_for_the_corridor_too() -> None:
     assert verdict.accepted and verdict.use_corridor and verdict.reason is None
 
 
+def test_a_fix_the_api_placed_is_not_located_again_but_still_checked_for_the_rest() -> None:
+    busan = Fix(35.1796, 129.0756, NOW, 5.0)  # outside Seoul: the gazetteer refuses it
+    assert "service area" in (check_fix(busan, NOW).reason or "")
+    # Placed by the API (it stored the position with its district): the gazetteer is not asked.
+    assert check_fix(busan, NOW, placed=True).accepted
+    assert not check_fix(Fix(math.nan, LON, NOW), NOW, placed=True).accepted
+    assert not check_fix(fix(accuracy_m=150.0), NOW, placed=True).accepted
+
+
 def test_nan_positions_are_refused_with_a_reason() -> None:
     verdict = check_fix(Fix(math.nan, LON, NOW), NOW)
     assert not verdict.accepted and verdict.reason == "position is not a finite number"

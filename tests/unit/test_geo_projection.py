@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geo import distance_m, to_latlon, to_metric
+from geo import distance_m, point_distance_m, to_latlon, to_metric
 
 # Seoul's extent with a margin (the districts span 37.426-37.699 N, 126.766-127.186 E).
 SEOUL_LAT = (37.38, 37.74)
@@ -93,3 +93,15 @@ def test_the_one_point_projection_equals_the_array_one(lat: float, lon: float) -
     x, y = to_metric(lat, lon)
     px, py = to_metric_point(lat, lon)
     assert abs(px - float(x)) < 1e-6 and abs(py - float(y)) < 1e-6
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lat=st.floats(min_value=33.0, max_value=38.6),
+    lon=st.floats(min_value=124.5, max_value=131.9),
+    dlat=st.floats(min_value=-0.5, max_value=0.5),
+    dlon=st.floats(min_value=-0.5, max_value=0.5),
+)
+def test_the_one_pair_distance_equals_the_array_one(lat: float, lon: float, dlat: float, dlon: float) -> None:
+    one = point_distance_m(lat, lon, lat + dlat, lon + dlon)
+    assert one == pytest.approx(float(distance_m(lat, lon, lat + dlat, lon + dlon)), rel=1e-12, abs=1e-9)
