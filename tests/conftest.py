@@ -118,7 +118,7 @@ def pg_timescale_service() -> Iterator[PgService]:
     skip_unless(find_pg_bin() is not None, "initdb/pg_ctl (PostgreSQL server binaries) for TimescaleDB")
     skip_unless(
         timescale_installed(),
-        "TimescaleDB is not installed in the local PostgreSQL (../shared/timescaledb/install.sh)",
+        "TimescaleDB is not installed in the local PostgreSQL (docs/operations.md, TimescaleDB)",
     )
     workdir = Path(tempfile.mkdtemp(prefix="sl-test-pg-ts-"))
     workdir.chmod(0o755)
