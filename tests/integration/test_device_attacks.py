@@ -5,13 +5,11 @@ against a real broker and PostgreSQL and the real ingest worker and controller."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from alerts import (
     resolve,
 )
 from broker import ConnectionParams, parse_mqtt_url
-from controller import Controller, ControllerConfig
+from controller import ControllerConfig
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from store import migrate, upsert_device
 from store.alertstore import active_alerts, load_alert, save_alert
@@ -37,6 +35,7 @@ from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
 from tests.helpers import running as running_worker
 from tests.helpers import wait_for
+from tests.integration.test_controller_service import running, until
 
 DISTRICT = "11140"  # Jung-gu
 BASE_LAT, BASE_LON = 37.5650, 126.9800
@@ -70,27 +69,6 @@ def mosquitto_pub(
 
 
 # ------------------------------------------------------------------ faked blink confirmations
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: ControllerConfig) -> AsyncIterator[Controller]:
-    controller = Controller(cfg)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.ready.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _sos(conn: psycopg.Connection[Any], alert_id: str, lat: float, lon: float) -> None:
