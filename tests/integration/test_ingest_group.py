@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from ingest import ConsumerLease, IngestWorker, RawMessage, SeqTracker, WorkerCo
 from store import lease_owners, migrate
 from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
+from tests.integration.test_scale_out import _wait
 
 
 @pytest.fixture(params=["rabbitmq", "mosquitto"])
@@ -43,15 +44,6 @@ def plain_broker(request: pytest.FixtureRequest) -> Iterator[MqttService]:
         yield svc
     finally:
         svc.stop()
-
-
-def _wait(what: str, cond: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
 def _metric(port: int, name: str) -> float:
