@@ -106,6 +106,8 @@ COMMANDS_IN_FLIGHT = 1000
 # Alerts whose latest change is not yet at (some of) its centres; beyond this the oldest is
 # forgotten and counted (its next change publishes it again; the console has it from the database).
 MAX_UNPUBLISHED = 10_000
+# How long the database listener waits for the broker at start before reading the alerts.
+FIRST_CONNECT_WAIT_S = 5.0
 
 
 def now_ms() -> int:
@@ -450,6 +452,13 @@ class Controller:
     # ------------------------------------------------------------------ PostgreSQL wake-ups
 
     async def _listen_loop(self) -> None:
+        mqtt = self._mqtt
+        if mqtt is not None:
+            # Commands for alerts read at start go out on a connection, not into a first attempt
+            # that the tracker would count as a silent lamp; a broker still away after this
+            # wait is covered by the retry and the alerts' re-publication.
+            with contextlib.suppress(ConnectionLost):
+                await mqtt.wait_connected(FIRST_CONNECT_WAIT_S)
         attempt = 0
         while True:
             try:
