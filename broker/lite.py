@@ -1190,7 +1190,7 @@ class LiteBroker:
             if (
                 conn.write_paused or conn.out_bytes > self.high_water
             ) and conn.backlog_bytes() > self.drop_qos0_above:
-                self._drop(session, "client not reading, QoS 0")
+                self._drop(session, "qos0_not_read")
                 return
             conn.send(msg.q0())
             return
@@ -1203,7 +1203,7 @@ class LiteBroker:
             return
         size = len(msg.topic_b) + len(msg.payload)
         if len(session.queue) >= self.max_queued or session.queued_bytes + size > self.max_queued_bytes:
-            self._drop(session, "session queue full")
+            self._drop(session, "queue_full")
             return
         session.queue.append((msg, qos))
         session.queued_bytes += size
