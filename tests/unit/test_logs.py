@@ -9,6 +9,7 @@ import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -245,3 +246,31 @@ def test_no_credential_reaches_a_line(fmt: str, capsys: pytest.CaptureFixture[st
 def test_the_redaction_leaves_ordinary_events_alone() -> None:
     event = {"event": "lamp_brightened", "device": "lamp-1", "level_pct": 80, "topic": "sl/v1/d/lamp-1/cmd"}
     assert logs.redact(None, "info", dict(event)) == event
+
+
+# The packages whose log calls are structured events; a package joins once converted.
+CONVERTED = ("broker", "firmware_sim", "geo", "alerts", "runtime")
+
+
+def test_the_converted_packages_log_events_not_sentences() -> None:
+    from devkit.logcalls import prose_calls
+    from tests.conftest import ROOT
+
+    left = [str(call) for call in prose_calls(ROOT / package for package in CONVERTED)]
+    assert left == [], "log events are snake_case names with keys (runtime/logs.py):\n" + "\n".join(left)
+
+
+def test_the_prose_finder_notices_a_sentence_and_a_stdlib_module_logger(tmp_path: Path) -> None:
+    from devkit.logcalls import prose_calls
+
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import logging\n"
+        "log = logging.getLogger(__name__)\n"
+        "log.info('command_sent', cmd_id=1)\n"
+        "log.warning('command not published cmd_id=%s: %s', 1, 'x')\n"
+        "log.info('step', extra={'a': 1})\n"
+    )
+    found = prose_calls([module])
+    assert [(c.line, c.method) for c in found] == [(2, "getLogger"), (4, "warning"), (5, "info")]
+    assert found[1].suggestion() == "command_not_published_cmd_id" and found[1].args == ("1", "'x'")
