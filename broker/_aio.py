@@ -9,7 +9,6 @@ holds the rest (backpressure) instead of memory growing without bound.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -22,8 +21,9 @@ from paho.mqtt import client as mqtt_client
 from broker._connection import BACKOFF_BASE_S, BACKOFF_CAP_S, ConnectionParams, backoff_delay_s
 from broker._errors import ConnectionLost
 from broker._will import Will
+from runtime.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class InboundMessage(NamedTuple):
@@ -171,12 +171,12 @@ class MqttSession:
                     self.connections += 1
                     attempt = 0
                     self._connected.set()
-                    log.info("mqtt connected client_id=%s connections=%d", self.client_id, self.connections)
+                    log.info("mqtt_connected", client_id=self.client_id, connections=self.connections)
                     async for msg in client.messages:
                         payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
                         await self._queue.put(InboundMessage(msg.topic.value, payload, msg.qos, msg.retain))
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt connection lost client_id=%s attempt=%d: %s", self.client_id, attempt, exc)
+                log.warning("mqtt_connection_lost", client_id=self.client_id, attempt=attempt, error=str(exc))
             finally:
                 self._connected.clear()
                 self._client = None

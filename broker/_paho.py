@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 import ssl
 import struct
@@ -16,8 +15,9 @@ from broker._connection import BACKOFF_BASE_S, BACKOFF_CAP_S, ConnectionParams
 from broker._payloads import Birth, encode, online_state
 from broker._topics import device_topic
 from broker._will import Will, device_will
+from runtime.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _PUBACK = struct.Struct("!BBH")
 
@@ -306,7 +306,7 @@ class DeviceLink:
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("device connect refused device_id=%s reason=%s", self.device_id, reason)
+            log.warning("device_connect_refused", device=self.device_id, reason=str(reason))
             return
         client.subscribe(self.cmd_topic, qos=1)
         topic = device_topic(self.district_code, self.device_id, "birth")

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -30,8 +31,9 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from broker._errors import BrokerError
+from runtime import logs
 
-log = logging.getLogger("broker.embedded")  # also when run as __main__
+log = logs.get_logger("broker.embedded")  # also when run as __main__
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1883
 Impl = Literal["lite", "amqtt"]
@@ -107,7 +109,7 @@ class EmbeddedBroker:
         except AmqttBrokerError as exc:
             raise BrokerError(f"embedded broker on {self.host}:{self.port} did not start: {exc}") from exc
         self._broker = broker
-        log.info("embedded MQTT broker (amqtt) listening on mqtt://%s:%d", self.host, self.port)
+        log.info("broker_listening", impl="amqtt", url=f"mqtt://{self.host}:{self.port}")
 
     async def stop(self) -> None:
         """Stop listening and drop every session (lite: retained messages saved to ``data_dir``)."""
@@ -144,7 +146,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     async with EmbeddedBroker(host, port, impl=impl, data_dir=data_dir, lite_options=lite_options):
         await stop.wait()
-    log.info("embedded MQTT broker stopped")
+    log.info("broker_stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = ("max_packet_size", "message_size_limit", "max_queued", "max_connections")
     lite_options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure("INFO", os.environ.get(logs.FORMAT_ENV))  # a child of `streetlight up` too
     try:
         asyncio.run(
             serve(args.host, args.port, impl=args.impl, data_dir=args.data_dir, lite_options=lite_options)

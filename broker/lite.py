@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import resource
 import socket
@@ -79,13 +78,14 @@ import uuid
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 from broker._errors import BrokerError
+from runtime.logs import get_logger
 
 __all__ = ["LiteBroker"]
 
-log = logging.getLogger("broker.lite")
+log = get_logger("broker.lite")
 
 VERSION: Final = "streetlight-lite 1.0"
 
@@ -138,14 +138,15 @@ class _Tally:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._counts: dict[tuple[str, str], tuple[int, str]] = {}
+        self._counts: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
         self._logged_at: dict[tuple[str, str], float] = {}
         self._window_start = 0.0
         self._lines = 0
 
-    def add(self, event: str, client_id: str, detail: str = "", n: int = 1) -> None:
+    def add(self, event: str, client_id: str, n: int = 1, **detail: Any) -> None:
+        """Count ``n`` occurrences of ``event`` for ``client_id``; the line shows the last ``detail``."""
         key = (event, client_id or "?")
-        count, _ = self._counts.get(key, (0, ""))
+        count, _ = self._counts.get(key, (0, detail))
         self._counts[key] = (count + n, detail)
 
     def report(self, now: float, *, final: bool = False) -> None:
@@ -164,14 +165,12 @@ class _Tally:
             event, client_id = key
             if self._lines < _LINES_PER_INTERVAL:
                 self._lines += 1
-                log.warning("%s client_id=%s count=%d %s", event, client_id, count, detail)
+                log.warning(event, client_id=client_id, count=count, **detail)
             else:
                 clients, total = overflow.get(event, (0, 0))
                 overflow[event] = (clients + 1, total + count)
         for event, (clients, total) in overflow.items():
-            log.warning(
-                "%s client_id=* clients=%d count=%d (more clients than log lines)", event, clients, total
-            )
+            log.warning(event, client_id="*", clients=clients, count=total)  # more clients than lines
         if len(self._logged_at) > 10_000:  # forget clients quiet for a whole interval
             self._logged_at = {k: t for k, t in self._logged_at.items() if now - t < self.interval_s}
 
@@ -404,15 +403,13 @@ class _Conn(asyncio.Protocol):
         try:
             self._parse(data)
         except _PacketTooLarge as exc:
-            self.b._tally.add(
-                "packet too large, connection closed", self.client_id, f"bytes={exc.size} limit={exc.limit}"
-            )
+            self.b._tally.add("packet_too_large", self.client_id, bytes=exc.size, limit=exc.limit)
             self.abort()
         except (_ProtocolError, ValueError, IndexError, struct.error) as exc:
-            log.debug("closing %r: %s", self.client_id or "?", exc)
+            log.debug("connection_closed_protocol_error", client_id=self.client_id or "?", error=str(exc))
             self.abort()
         except Exception:
-            log.exception("closing %r after an internal error", self.client_id or "?")
+            log.exception("connection_closed_internal_error", client_id=self.client_id or "?")
             self.abort()
 
     def eof_received(self) -> bool | None:
@@ -607,11 +604,11 @@ class LiteBroker:
             loop.add_reader(sock.fileno(), self._accept, sock)
         self._task = asyncio.create_task(self._housekeeping(), name="lite-broker-housekeeping")
         log.info(
-            "embedded MQTT broker (lite) listening on mqtt://%s:%d max_connections=%d max_packet_size=%d",
-            self.host,
-            self.port,
-            self.max_connections,
-            self.max_packet_size,
+            "broker_listening",
+            impl="lite",
+            url=f"mqtt://{self.host}:{self.port}",
+            max_connections=self.max_connections,
+            max_packet_size=self.max_packet_size,
         )
 
     async def _listen(self, loop: asyncio.AbstractEventLoop) -> list[socket.socket]:
@@ -686,7 +683,7 @@ class LiteBroker:
                         continue
                     self._pause_accepting(exc)
                 else:
-                    self._tally.add("accept failed", "?", f"error={exc.strerror!r}")
+                    self._tally.add("accept_failed", "?", error=exc.strerror)
                 return
             if len(self._conns) + len(self._accepting) >= limit:
                 client.close()
@@ -702,11 +699,11 @@ class LiteBroker:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: _Conn(self), client)
         except OSError as exc:
             client.close()
-            self._tally.add("accept failed", "?", f"error={exc.strerror!r}")
+            self._tally.add("accept_failed", "?", error=exc.strerror)
 
     def _refuse(self, reason: str, n: int = 1) -> None:
         self.refused_connections += n
-        self._tally.add("connections refused", "?", f"reason={reason} limit={self.max_connections}", n)
+        self._tally.add("connections_refused", "?", n, reason=reason, limit=self.max_connections)
 
     def _refuse_without_fd(self, sock: socket.socket, exc: OSError) -> bool:
         """Out of descriptors: free the spare one, accept a client on it and close it, take it back.
@@ -734,7 +731,7 @@ class LiteBroker:
         """No spare descriptor left either: stop accepting for a second, as asyncio's own server does."""
         if self._accept_paused:
             return
-        self._tally.add("accepting paused", "?", f"error={exc.strerror!r} connections={len(self._conns)}")
+        self._tally.add("accepting_paused", "?", error=exc.strerror, connections=len(self._conns))
         loop = asyncio.get_running_loop()
         for sock in self._listeners:
             loop.remove_reader(sock.fileno())
@@ -783,7 +780,7 @@ class LiteBroker:
                     if now - conn.opened > 10.0:
                         conn.abort()
                 elif conn.keepalive and now - conn.last_rx > 1.5 * conn.keepalive:
-                    log.debug("keepalive expired for %r", conn.client_id)
+                    log.debug("keepalive_expired", client_id=conn.client_id)
                     conn.abort()
             self._tally.report(now)
             if self._retained_dirty and self.data_dir is not None and now - last_save >= self.save_interval_s:
@@ -793,7 +790,7 @@ class LiteBroker:
                 try:
                     await asyncio.to_thread(self._write_retained, snapshot)
                 except OSError as exc:
-                    log.warning("could not save retained messages: %s", exc)
+                    log.warning("retained_save_failed", error=str(exc))
 
     # -- retained persistence --------------------------------------------------------------------
 
@@ -822,7 +819,7 @@ class LiteBroker:
             self._write_retained(self._retained_snapshot())
             self._retained_dirty = False
         except OSError as exc:
-            log.warning("could not save retained messages: %s", exc)
+            log.warning("retained_save_failed", error=str(exc))
 
     def _load_retained(self) -> None:
         if self.data_dir is None:
@@ -849,10 +846,10 @@ class LiteBroker:
                 at += tl + pl
                 loaded[topic] = (payload, qos)
         except (ValueError, struct.error) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
+            log.warning("retained_file_unreadable", path=str(path), error=str(exc))
             return
         self._retained.update(loaded)
-        log.info("loaded %d retained messages from %s", len(loaded), path)
+        log.info("retained_loaded", count=len(loaded), path=str(path))
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -1118,9 +1115,11 @@ class LiteBroker:
             # forever), not routed, not retained; counted and logged with the client id.
             self.refused_messages += 1
             self._tally.add(
-                "message over message_size_limit dropped",
+                "message_over_size_limit",
                 conn.client_id,
-                f"topic={topic!r} bytes={len(payload)} limit={self.message_size_limit}",
+                topic=topic,
+                bytes=len(payload),
+                limit=self.message_size_limit,
             )
         elif topic.startswith("$SYS/"):
             pass  # the broker's own topics
@@ -1191,7 +1190,7 @@ class LiteBroker:
             if (
                 conn.write_paused or conn.out_bytes > self.high_water
             ) and conn.backlog_bytes() > self.drop_qos0_above:
-                self._drop(session, "client not reading, QoS 0")
+                self._drop(session, "qos0_not_read")
                 return
             conn.send(msg.q0())
             return
@@ -1204,7 +1203,7 @@ class LiteBroker:
             return
         size = len(msg.topic_b) + len(msg.payload)
         if len(session.queue) >= self.max_queued or session.queued_bytes + size > self.max_queued_bytes:
-            self._drop(session, "session queue full")
+            self._drop(session, "queue_full")
             return
         session.queue.append((msg, qos))
         session.queued_bytes += size
@@ -1213,10 +1212,12 @@ class LiteBroker:
         session.dropped += 1
         self.dropped += 1
         self._tally.add(
-            "messages dropped",
+            "messages_dropped",
             session.client_id,
-            f"reason={reason!r} queued={len(session.queue)} inflight={len(session.inflight)} "
-            f"session_dropped={session.dropped}",
+            reason=reason,
+            queued=len(session.queue),
+            inflight=len(session.inflight),
+            session_dropped=session.dropped,
         )
 
     def _on_puback(self, session: _Session, pid: int) -> None:

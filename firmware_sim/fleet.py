@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import logging
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from broker import backoff_delay_s
+from runtime.logs import get_logger
 
 from . import mqtt
 from .firmware import BlinkerFirmware, DeviceIdentity, LampFirmware, Message, _Firmware
@@ -38,7 +38,7 @@ __all__ = [
     "load_credentials",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Models named in birth messages; synthetic, like the positions.
 LAMP_MODEL = "SL-LED40-SIM"

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import random
 import time
 import uuid
@@ -51,6 +50,7 @@ import yaml
 
 from broker import parse_mqtt_url
 from geo import Gazetteer
+from runtime.logs import get_logger
 
 from . import physics
 from .app import AppApiError, SafetyApp
@@ -74,7 +74,7 @@ __all__ = [
     "tonight_sky_ms",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 ACTIONS = (
     "walkers",
@@ -264,7 +264,7 @@ class Simulation:
     def _note(self, action: str, **detail: Any) -> None:
         outcome = _Outcome(round(time.monotonic() - self._started, 2), action, detail)
         self.log.append(outcome)
-        log.info("scenario step", extra={"action": action, **detail})
+        log.info("scenario_step", action=action, **detail)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -369,7 +369,7 @@ class Simulation:
 
     def _api_failed(self, exc: AppApiError) -> None:
         if self.api_problem is None:
-            log.warning("Safety-app API unavailable, residents walk without it: %s", exc)
+            log.warning("app_api_unavailable", error=str(exc))  # residents walk without it
         self.api_problem = str(exc)
 
     async def _walk(self, walker: Walker, walk_s: float, use_api: bool) -> None:

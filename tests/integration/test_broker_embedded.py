@@ -152,7 +152,8 @@ def test_streetlight_broker_runs_in_the_foreground_and_stops_cleanly_on_sigterm(
         status = terminate(proc)
         _, err = proc.communicate()
     assert status == 0
-    assert err.decode().count("listening on mqtt://127.0.0.1:") == 1
+    listening = [line for line in err.decode().splitlines() if "broker_listening" in line]
+    assert len(listening) == 1 and "mqtt://127.0.0.1:" in listening[0], err
 
 
 def test_streetlight_broker_prints_a_development_mosquitto_config(tmp_path: Path) -> None:

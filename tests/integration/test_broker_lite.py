@@ -495,6 +495,11 @@ def wait_until(cond: Callable[[], bool], timeout_s: float = 10) -> None:
         time.sleep(0.05)
 
 
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, Any]]:
+    """The fields of the structured events ``name`` captured (``runtime.logs``: a record's msg)."""
+    return [dict(r.msg) for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == name]
+
+
 def test_past_its_queue_a_stuck_subscriber_loses_the_newest_qos1_messages_counted_and_logged_once(
     unique_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -515,7 +520,7 @@ def test_past_its_queue_a_stuck_subscriber_loses_the_newest_qos1_messages_counte
         pub.disconnect()
         pub.loop_stop()
         assert b.broker.dropped == 500 - 10 - 100
-        wait_until(lambda: any("messages dropped" in r.getMessage() for r in caplog.records))
+        wait_until(lambda: bool(events(caplog, "messages_dropped")))
         # The subscriber wakes up: it gets the ten in flight and the hundred queued, the oldest ones,
         # as from Mosquitto (max_queued_messages drops what arrives at a full queue).
         got: list[int] = []
@@ -527,9 +532,10 @@ def test_past_its_queue_a_stuck_subscriber_loses_the_newest_qos1_messages_counte
             s.sendall(b"\x40\x02" + body[2 + len(topic) : 2 + len(topic) + 2])
         assert got == list(range(110))
         s.close()
-    lines = [r.getMessage() for r in caplog.records if "messages dropped" in r.getMessage()]
-    assert 1 <= len(lines) <= 2 and all(f"client_id={cid}" in m for m in lines), lines  # the rest at stop
-    assert sum(int(m.split("count=")[1].split()[0]) for m in lines) == 390, lines
+    lines = events(caplog, "messages_dropped")
+    assert 1 <= len(lines) <= 2 and all(e["client_id"] == cid for e in lines), lines  # the rest at stop
+    assert sum(e["count"] for e in lines) == 390, lines
+    assert all(e["reason"] and e["session_dropped"] > 0 for e in lines), lines
 
 
 def test_qos0_for_a_subscriber_that_does_not_read_is_dropped_past_a_bounded_backlog(unique_id: str) -> None:
@@ -565,16 +571,21 @@ def test_oversized_packets_and_payloads_are_refused_with_a_warning_naming_the_cl
         assert read_packet(s) == (-1, b"")
         s.close()
         assert b.broker.refused_messages == 3
+        kinds = ("message_over_size_limit", "packet_too_large")
         wait_until(
-            lambda: len([r for r in caplog.records if f"client_id=fat-{unique_id}" in r.getMessage()]) == 2
+            lambda: (
+                len([e for k in kinds for e in events(caplog, k) if e["client_id"] == f"fat-{unique_id}"])
+                == 2
+            )
         )
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    over_limit = [m for m in messages if "message_size_limit" in m]
-    too_large = [m for m in messages if "packet too large" in m]
-    assert 1 <= len(over_limit) <= 2 and all("limit=16384" in m for m in over_limit), over_limit
-    assert sum(int(m.split("count=")[1].split()[0]) for m in over_limit) == 3
+    over_limit = events(caplog, "message_over_size_limit")
+    too_large = events(caplog, "packet_too_large")
+    assert 1 <= len(over_limit) <= 2 and all(e["limit"] == 16384 for e in over_limit), over_limit
+    assert sum(e["count"] for e in over_limit) == 3 and over_limit[0]["bytes"] == 16_385
     assert (
-        len(too_large) == 1 and "limit=17408" in too_large[0] and f"client_id=fat-{unique_id}" in too_large[0]
+        len(too_large) == 1
+        and too_large[0]["limit"] == 17408
+        and too_large[0]["client_id"] == f"fat-{unique_id}"
     )
 
 
@@ -589,19 +600,20 @@ def test_many_clients_misbehaving_at_once_cost_at_most_twenty_named_lines_and_a_
             assert read_packet(s) == (-1, b"")
             s.close()
         time.sleep(1.2)  # two housekeeping rounds
-    lines = [r.getMessage() for r in caplog.records if "packet too large" in r.getMessage()]
-    named = [m for m in lines if f"-{unique_id}" in m]
-    summed = [m for m in lines if "client_id=*" in m]
+    lines = events(caplog, "packet_too_large")
+    named = [e for e in lines if e["client_id"].endswith(f"-{unique_id}")]
+    summed = [e for e in lines if e["client_id"] == "*"]
     assert len(named) == 20, lines
-    assert sum(int(m.split("clients=")[1].split()[0]) for m in summed) == 40, lines
+    assert sum(e["clients"] for e in summed) == 40, lines
 
 
 # The broker in a process of its own with few file descriptors, logging to stderr.
 FD_LIMIT = 64
 LOW_FD_BROKER = """
-import asyncio, json, logging, sys
+import asyncio, json, sys
 from broker.lite import LiteBroker
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+from runtime import logs
+logs.configure("INFO", "json")
 async def main() -> None:
     broker = LiteBroker("127.0.0.1", int(sys.argv[1]), **json.loads(sys.argv[2]))
     await broker.start()
@@ -667,11 +679,13 @@ def test_clients_beyond_the_descriptor_limit_are_closed_at_once_with_one_warning
             proc.stdout.close()
     log_text = stderr_path.read_text()
     assert "Traceback" not in log_text
-    refusals = [line for line in log_text.splitlines() if "connections refused" in line]
+    lines = [json.loads(line) for line in log_text.splitlines()]  # one JSON object per line
+    refusals = [e for e in lines if e["event"] == "connections_refused"]
     assert 1 <= len(refusals) <= 2, log_text[-3000:]
-    assert refusals[0].startswith("WARNING") and "count=" in refusals[0]
+    assert refusals[0]["level"] == "warning" and refusals[0]["logger"] == "broker.lite", refusals
+    assert refusals[0]["reason"] in ("max_connections", "EMFILE"), refusals
     # Refusals after the burst's line wait for the next interval (10 s), past this test's end.
-    assert 0 < sum(int(line.split("count=")[1].split()[0]) for line in refusals) <= answers.count(-1)
+    assert 0 < sum(e["count"] for e in refusals) <= answers.count(-1)
 
 
 def test_the_embedded_broker_command_takes_other_packet_limits(unique_id: str) -> None:

@@ -35,8 +35,9 @@ IO_LIBRARIES = {
 ALLOWED_PROJECT_IMPORTS = {
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
-    "broker": {"broker", "streetlight"},
-    "store": {"store", "alerts", "streetlight"},  # alertstore maps the alerts core to rows
+    "broker": {"broker", "runtime", "streetlight"},
+    "store": {"store", "alerts", "runtime", "streetlight"},  # alertstore maps the alerts core to rows
+    "runtime": {"runtime"},  # the floor below the services (logging set-up, status server)
 }
 PROJECT_PACKAGES = {
     "geo",
@@ -47,6 +48,7 @@ PROJECT_PACKAGES = {
     "firmware_sim",
     "store",
     "api",
+    "runtime",
     "streetlight",
 }
 
