@@ -11,14 +11,13 @@ On the TimescaleDB path the continuous aggregates' policies do that work.
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from runtime.logs import get_logger
 from store.schema import (
     DEFAULT_RETENTION,
     drop_expired_partitions,
@@ -28,7 +27,7 @@ from store.schema import (
 )
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ROLLUP_LOCK_KEY = 0x534C524F  # "SLRO"
 RETENTION_LOCK_KEY = 0x534C5254  # "SLRT"
@@ -167,7 +166,7 @@ def refresh_rollups(
     if timescale_enabled(conn):
         forced = _refresh_timescale(conn, start, end or now, now)
         if forced:
-            log.info("rollups: %d marked hours refreshed again", forced)
+            log.info("rollups_refreshed", path="timescaledb", late_hours=forced)
         return None
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,))
@@ -198,12 +197,13 @@ def refresh_rollups(
             (min(now, end).isoformat(),),
         )
     log.info(
-        "rollups refreshed from %s to %s and %d late hours: %d lamp-hours, %d district-hours",
-        start.isoformat(),
-        end.isoformat(),
-        len(late),
-        lamp_hours,
-        district_hours,
+        "rollups_refreshed",
+        path="plain",
+        start=start.isoformat(),
+        end=end.isoformat(),
+        late_hours=len(late),
+        lamp_hours=lamp_hours,
+        district_hours=district_hours,
     )
     return RollupRun(start, end, lamp_hours, district_hours, len(late))
 
@@ -299,7 +299,8 @@ def run_retention(
             cutoff=now - policy.commands,
         )
         conn.execute("INSERT INTO retention_runs (ran_at, details) VALUES (%s, %s)", (now, Jsonb(done)))
-    log.info("retention run: %s", json.dumps(done, default=str))
+    counts = {key: value for key, value in done.items() if key != "now"}
+    log.info("retention_applied", ran_at=done["now"], **counts)
     return done
 
 
@@ -344,8 +345,8 @@ def run_maintenance(conn: Conn, *, now: datetime | None = None) -> dict[str, obj
             try:
                 _record_job(conn, MAINTENANCE_JOB, "failure", f"{type(exc).__name__}: {exc}")
             except psycopg.Error:
-                log.warning("could not record the maintenance job's failure", exc_info=True)
-        log.error("maintenance job failed: %s: %s", type(exc).__name__, exc)
+                log.warning("job_failure_not_recorded", job=MAINTENANCE_JOB, exc_info=True)
+        log.error("job_failed", job=MAINTENANCE_JOB, error=f"{type(exc).__name__}: {exc}")
         raise
     _record_job(conn, MAINTENANCE_JOB, "success")
     return {"partitions_created": created, "rollups": rollups, "retention": retention}

@@ -19,7 +19,6 @@ once serialise: one applies, the other then finds nothing left to do.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,10 +27,11 @@ from datetime import UTC, date, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from runtime.logs import get_logger
 from store.errors import MigrationError
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Arbitrary but fixed key ("SLMG" in ASCII) for the migration advisory lock; any process that
 # migrates this database uses the same one.
@@ -707,7 +707,7 @@ def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None
             )
         return recorded == "on", _meta(conn, "timescaledb_version")
     if wanted is False:
-        log.info("storage path: native partitioning (TimescaleDB not wanted)")
+        log.info("storage_path_chosen", path="plain", reason="timescaledb_not_wanted")
         _set_meta(conn, "timescaledb", "off")
         return False, None
     row = conn.execute(
@@ -716,7 +716,7 @@ def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None
     if row is None:
         if wanted:
             raise MigrationError(0, "TimescaleDB was asked for but is not installed on this server")
-        log.info("storage path: native partitioning (TimescaleDB is not available on this server)")
+        log.info("storage_path_chosen", path="plain", reason="timescaledb_not_installed")
         _set_meta(conn, "timescaledb", "off")
         return False, None
     if not timescale_preloaded(conn):
@@ -728,10 +728,11 @@ def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None
                 f"TimescaleDB {row[0]} is installed but not in shared_preload_libraries: {PRELOAD_HINT}",
             )
         log.warning(
-            "storage path: native partitioning (TimescaleDB %s is installed but not in "
-            "shared_preload_libraries; to use it, %s before the first migration)",
-            row[0],
-            PRELOAD_HINT,
+            "storage_path_chosen",
+            path="plain",
+            reason="timescaledb_not_preloaded",
+            timescaledb_version=row[0],
+            hint=f"to use TimescaleDB, {PRELOAD_HINT} before the first migration",
         )
         _set_meta(conn, "timescaledb", "off")
         return False, None
@@ -746,12 +747,12 @@ def _detect_timescale(conn: Conn, wanted: bool | None) -> tuple[bool, str | None
             ) from exc
         if wanted:
             raise MigrationError(0, f"CREATE EXTENSION timescaledb failed: {exc}") from exc
-        log.warning("storage path: native partitioning (TimescaleDB available but failed to load: %s)", exc)
+        log.warning("storage_path_chosen", path="plain", reason="timescaledb_failed_to_load", error=str(exc))
         _set_meta(conn, "timescaledb", "off")
         return False, None
     version_row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
     version = None if version_row is None else str(version_row[0])
-    log.info("storage path: TimescaleDB %s (hypertables, compression, continuous aggregates)", version)
+    log.info("storage_path_chosen", path="timescaledb", timescaledb_version=version)
     _set_meta(conn, "timescaledb", "on")
     _set_meta(conn, "timescaledb_version", version or "")
     return True, version
@@ -781,7 +782,7 @@ def apply_migrations(conn: Conn, *, timescale: bool | None = None) -> MigrationR
                     )
             except psycopg.Error as exc:
                 raise MigrationError(m.version, str(exc)) from exc
-            log.info("applied migration %d: %s", m.version, m.name)
+            log.info("migration_applied", version=m.version, name=m.name)
             applied.append(f"{m.version}: {m.name}")
     finally:
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
@@ -886,7 +887,7 @@ def ensure_partitions(
                 _create_partition(conn, table, day)
             created.append(name)
     if created:
-        log.info("created partitions: %s", ", ".join(created))
+        log.info("partitions_created", count=len(created), partitions=created)
     return created
 
 
@@ -921,7 +922,7 @@ def drop_expired_partitions(
                 sql.SQL("DELETE FROM {} WHERE ts < %s").format(sql.Identifier(f"{table}_default")), (cutoff,)
             )
             if cur.rowcount:
-                log.info("deleted %d expired rows from %s_default", cur.rowcount, table)
+                log.info("expired_rows_deleted", table=f"{table}_default", count=cur.rowcount)
     if dropped:
-        log.info("dropped expired partitions: %s", ", ".join(dropped))
+        log.info("partitions_dropped", count=len(dropped), partitions=dropped)
     return dropped

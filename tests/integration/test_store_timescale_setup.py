@@ -54,7 +54,13 @@ def test_installed_but_not_preloaded_migrates_onto_the_plain_path_and_says_why(
     with caplog.at_level(logging.WARNING, logger="store.schema"):
         report = migrate(url)
     assert report.timescale is False
-    assert any("shared_preload_libraries" in r.getMessage() for r in caplog.records)
+    (record,) = [
+        r for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == "storage_path_chosen"
+    ]
+    why = dict(record.msg)
+    assert (why["path"], why["reason"], record.levelname) == ("plain", "timescaledb_not_preloaded", "WARNING")
+    assert "shared_preload_libraries" in why["hint"] and why["timescaledb_version"]
+    assert "shared_preload_libraries" in caplog.text
     with psycopg.connect(url, autocommit=True) as c:
         now_ms = int(datetime.now(UTC).timestamp() * 1000)
         row = (now_ms, "lamp-1", 1, 1, 80, 30.0, 220.0, 0.1, 20.0, 2.0, [], None, None, None, None)
