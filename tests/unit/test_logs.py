@@ -16,17 +16,29 @@ import pytest
 
 from runtime import logs
 
+# Loggers these tests write to that a server started earlier in the run may have configured
+# (uvicorn applies its own dictConfig: handlers, a level, no propagation).
+_THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "psycopg.pool")
+
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    others = [logging.getLogger(name) for name in _THIRD_PARTY]
+    saved = [(o.handlers[:], o.level, o.propagate, o.disabled) for o in others]
+    for other in others:  # as in a fresh process
+        other.handlers[:], other.propagate, other.disabled = [], True, False
+        other.setLevel(logging.NOTSET)
     logs.clear_context()
     try:
         yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        for other, (h, lvl, propagate, disabled) in zip(others, saved, strict=True):
+            other.handlers[:], other.propagate, other.disabled = h, propagate, disabled
+            other.setLevel(lvl)
         logs.clear_context()
 
 
@@ -248,8 +260,8 @@ def test_the_redaction_leaves_ordinary_events_alone() -> None:
     assert logs.redact(None, "info", dict(event)) == event
 
 
-# The packages whose log calls are structured events; a package joins once converted.
-CONVERTED = ("broker", "firmware_sim", "geo", "alerts", "runtime")
+# The packages (or modules) whose log calls are structured events; one joins once converted.
+CONVERTED = ("broker", "firmware_sim", "geo", "alerts", "runtime", "store/schema.py", "store/jobs.py")
 
 
 def test_the_converted_packages_log_events_not_sentences() -> None:
