@@ -46,6 +46,7 @@ from alerts import (
     escalations_done,
     record_escalation,
     render_cap,
+    responsible_centre,
 )
 from broker import (
     DEVICE_BURST,
@@ -71,7 +72,15 @@ from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
 from controller._leases import MEMBER_PREFIX, member_key, plan_leases
 from controller._positions import Fix, PositionPolicy, Track, advance, service_area
-from geo import LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
+from geo import (
+    BEACON_SENSOR_KIND,
+    LampIndex,
+    SafetyZones,
+    beacon_is_fresh,
+    lamps_for_beacon,
+    lamps_for_walker,
+    load_safety_zones,
+)
 from store.alertstore import (
     ALERT_CHANNEL,
     LAMP_CHANNEL,
@@ -87,10 +96,6 @@ log = logging.getLogger("controller")
 
 # issue #5: "another takes over its districts within 10 s"; renewed every third of it.
 LEASE_TTL_S = 6.0
-# A beacon sighting brightens the lamps this close to the blinker (issue #5: "within 30 m").
-BEACON_RADIUS_M = 30.0
-# A beacon event older than this describes a resident who has moved on.
-BEACON_MAX_AGE_S = 30.0
 # Bound of the database write queue; when full, rows are dropped and counted (commands still go).
 WRITE_QUEUE_SIZE = 50_000
 # The command-row writer waits this long after a first row so the rows behind it share a transaction.
@@ -113,14 +118,6 @@ FIRST_CONNECT_WAIT_S = 5.0
 def now_ms() -> int:
     """Wall-clock epoch milliseconds (the protocol's time)."""
     return time.time_ns() // 1_000_000
-
-
-def responsible_centre(centres: Sequence[str]) -> str:
-    """The district whose controller acts on an alert: its own district, else the city centre."""
-    for code in centres:
-        if code != CITY_CENTRE:
-            return code
-    return CITY_CENTRE
 
 
 def blink_source(alert_id: str) -> str:
@@ -435,17 +432,15 @@ class Controller:
         if device is None:
             self.stats["beacon_unknown_device"] += 1
             return
-        if device.kind != "blinker":
+        if device.kind != BEACON_SENSOR_KIND:
             # Only a blinker senses the app's beacon; a lamp's sighting would command its neighbours.
             self.stats["beacon_not_blinker"] += 1
             log.warning("beacon refused: not a blinker device=%s kind=%s", blinker_id, device.kind)
             return
-        if now - ts_ms > BEACON_MAX_AGE_S * 1000:
+        if not beacon_is_fresh(ts_ms, now):
             self.reasons["beacon stale"] += 1
             return
-        lamps = list(self._within(device.lat, device.lon, BEACON_RADIUS_M))
-        if device.paired and device.paired in self._devices and device.paired not in lamps:
-            lamps.insert(0, device.paired)
+        lamps = lamps_for_beacon(self._index, device.lat, device.lon, device.paired)
         self.stats["beacon_sightings"] += 1
         await self._brighten(f"bcn-{token_hash[:32]}", lamps)
 
