@@ -607,7 +607,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
             async with running(cfg) as controller:
                 _sos(conn, alert_id, BASE_LAT, BASE_LON)
                 await until(lambda: "open" in statuses(alert_id), 5, "the open SOS at the centre")
-                session = controller._mqtt
+                session = controller.mqtt
                 assert session is not None
                 broker.stop()  # graceful: the centre's persistent session is saved
                 await until(lambda: not session.connected, 5, "the controller to see the broker gone")
