@@ -12,7 +12,8 @@ Decisions (details in each module's docstring):
   only for device alerts (the device cleared itself), never for an SOS.
 - Routing (`_routing`): the point's district, plus neighbouring districts near a border;
   outside the service area the city-level centre "11000" (Seoul's own administrative code),
-  so every centre maps to `cc/v1/{d}/alerts` with a 5-digit `{d}`.
+  so every centre maps to `cc/v1/{d}/alerts` with a 5-digit `{d}`; the first district of the
+  centres (else the city centre) is the one whose controller acts (`responsible_centre`).
 - Ids are chosen by the caller (`new_alert_id`), so the core needs no randomness.
 
 Exceptions::
@@ -107,7 +108,7 @@ from alerts._model import (
     place_in_words,
 )
 from alerts._recovery import OUTAGE_RESTORED_FRACTION, outage_restored, resolve_recovered
-from alerts._routing import CITY_CENTRE, alerts_topic, is_centre_code, route
+from alerts._routing import CITY_CENTRE, alerts_topic, is_centre_code, responsible_centre, route
 from alerts._serial import SCHEMA_VERSION, alert_from_dict, alert_to_dict, place_from_dict, place_to_dict
 from alerts._storage import STORAGE_PLACE, STORAGE_SOURCE, storage_alert_update
 from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
@@ -199,6 +200,7 @@ __all__ = [
     "render_cap",
     "resolve",
     "resolve_recovered",
+    "responsible_centre",
     "route",
     "sky_at",
     "storage_alert_update",

@@ -4,11 +4,15 @@ A control centre is named by a 5-digit code so that every centre, including the 
 one, maps onto the contract topic `cc/v1/{d}/alerts` (DESIGN.md section 3). The city-level
 centre uses "11000", the administrative code of Seoul itself (the 25 districts are
 11110-11740 in the same scheme), so it never collides with a district.
+
+Of an alert's centres one district controller acts on it (`responsible_centre`): the alert's own
+district, or the city-level centre's controller for an alert outside every district.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from alerts._errors import InvalidAlertData
 from alerts._model import Place
@@ -46,6 +50,15 @@ def route(place: Place) -> tuple[str, ...]:
     if _is_district(place.district_code):
         centres.append(place.district_code)
     return tuple(centres)
+
+
+def responsible_centre(centres: Sequence[str]) -> str:
+    """The centre whose district controller acts on an alert routed to `centres` (blinks, escalates,
+    publishes): the first district among them, else the city-level centre."""
+    for code in centres:
+        if code != CITY_CENTRE:
+            return code
+    return CITY_CENTRE
 
 
 def alerts_topic(centre: str) -> str:

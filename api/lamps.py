@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import shapely
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
@@ -18,7 +19,7 @@ from api.schemas import OverrideIn
 from api.security import Operator
 from api.state import POSITION_ROLES, CurrentOperator, Db, State, require_role, visible_districts
 from geo import Gazetteer
-from store.alertstore import LAMP_CHANNEL, notify
+from store.notes import LampNote, notify
 from store.repo import get_device, lamp_hours, list_devices_with_state, log_access
 from store.types import Conn
 
@@ -232,29 +233,35 @@ def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]
 
 
 def _override(
-    conn: Conn, op: Operator, device_id: str, action: str, level: int | None, ttl_s: int
+    conn: Conn,
+    op: Operator,
+    device_id: str,
+    action: Literal["set_level", "clear"],
+    level: int | None,
+    ttl_s: int,
 ) -> dict[str, Any]:
     require_role(op, "maintenance", "admin", "city")
     row = _visible_lamp(conn, op, device_id)
-    note = {
-        "device_id": device_id,
-        "district": row["district_code"],
-        "level": level,
-        "ttl_s": ttl_s,
-        "source": op.actor,
-        "action": action,
-    }
+    note = LampNote(
+        device_id=device_id,
+        district=row["district_code"],
+        level=level,
+        ttl_s=ttl_s,
+        source=op.actor,
+        action=action,
+    )
+    details = msgspec.structs.asdict(note)
     with conn.transaction():
-        notify(conn, LAMP_CHANNEL, note)
+        notify(conn, note)
         log_access(
             conn,
             actor=op.actor,
             action=f"lamp.{action}",
             subject_kind="lamp",
             subject_id=device_id,
-            details=note,
+            details=details,
         )
-    return {"accepted": True, **note}
+    return {"accepted": True, **details}
 
 
 @router.post("/v1/lamps/{device_id}/override", status_code=202, summary="Manual override (maintenance)")

@@ -34,16 +34,9 @@ from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
-from store.alertstore import (
-    WALK_CHANNEL,
-    AlertNotFound,
-    active_alerts,
-    change_alert,
-    load_alert,
-    notify,
-    save_alert,
-)
+from store.alertstore import AlertNotFound, active_alerts, change_alert, load_alert, save_alert
 from store.bursts import mark_sos_source
+from store.notes import WalkEnded, WalkStarted, notify
 from store.repo import (
     active_walks_of,
     add_walk_positions,
@@ -92,20 +85,24 @@ def walk_lamps(state: AppState, body: WalkPositionIn) -> tuple[str, ...]:
     return lamps_for_walker(state.lamps.snapshot.index, body.lat, body.lon, body.heading_deg, body.speed_mps)
 
 
-def _walk_note(
-    walk_id: str, op: str, body: WalkPositionIn | None, district: str | None, now: datetime
-) -> dict[str, Any]:
-    return {
-        "walk_id": walk_id,
-        "op": op,
-        "lat": body.lat if body else None,
-        "lon": body.lon if body else None,
-        "accuracy_m": body.accuracy_m if body else None,
-        "heading_deg": body.heading_deg if body else None,
-        "speed_mps": body.speed_mps if body else None,
-        "ts_ms": int(now.timestamp() * 1000),
-        "district": district,
-    }
+def _walk_started(
+    walk_id: str, body: WalkPositionIn, district: str | None, now: datetime, lamps: tuple[str, ...]
+) -> WalkStarted:
+    return WalkStarted(
+        walk_id=walk_id,
+        district=district,
+        lat=body.lat,
+        lon=body.lon,
+        accuracy_m=body.accuracy_m,
+        heading_deg=body.heading_deg,
+        speed_mps=body.speed_mps,
+        ts_ms=int(now.timestamp() * 1000),
+        lamps=lamps,
+    )
+
+
+def _walk_ended(walk_id: str, district: str | None, now: datetime) -> WalkEnded:
+    return WalkEnded(walk_id=walk_id, district=district, ts_ms=int(now.timestamp() * 1000))
 
 
 def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
@@ -156,6 +153,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
         )
     now = _now()
     walk_id = new_id("walk")
+    lamps = walk_lamps(state, body)  # the answer's, and the controller's (it trusts the note)
     with conn.transaction():
         # One resident's advisory lock: two starts racing cannot both keep their walk.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("walk:" + resident,))
@@ -163,19 +161,19 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
         superseded = active[: max(0, len(active) - state.config.walks_per_resident + 1)]
         for old in superseded:
             end_walk(conn, old["walk_id"], ended_at=now)
-            notify(conn, WALK_CHANNEL, _walk_note(old["walk_id"], "end", None, old["district_code"], now))
+            notify(conn, _walk_ended(old["walk_id"], old["district_code"], now))
         start_walk(conn, walk_id, resident, started_at=now, district_code=district)
         add_walk_positions(
             conn,
             walk_id,
             [(now, body.lat, body.lon, body.accuracy_m, body.heading_deg, body.speed_mps, True, None)],
         )
-        notify(conn, WALK_CHANNEL, _walk_note(walk_id, "start", body, district, now))
+        notify(conn, _walk_started(walk_id, body, district, now, lamps))
     state.metrics.walk_positions.inc()
     return {
         "walk_id": walk_id,
         "district": district,
-        "lamps": list(walk_lamps(state, body)),
+        "lamps": list(lamps),
         "ended": [w["walk_id"] for w in superseded],
     }
 
@@ -287,7 +285,7 @@ def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:
     with conn.transaction():
         ended = end_walk(conn, walk_id, ended_at=now)
         if ended:
-            notify(conn, WALK_CHANNEL, _walk_note(walk_id, "end", None, district, now))
+            notify(conn, _walk_ended(walk_id, district, now))
     return ended
 
 

@@ -1,12 +1,12 @@
 """How controllers split districts between them (pure).
 
 A district has one active controller: the holder of its lease in ``controller_leases`` (renewed
-every third of its time to live; another controller takes it once it expires). Each controller
-also keeps a membership row (``member/<owner>``) alive, so every controller knows how many are
-running and takes only its fair share, ``ceil(candidates / members)``, of the free districts;
-one that holds more than its share gives the excess back so a newcomer gets work at once. A
-district left free for a whole lease time (nobody else wants it) is taken regardless of shares,
-so no district stays without a controller.
+every third of its time to live; another controller takes it once it expires; ``store.leases``
+has the SQL). Each controller also keeps a membership row (``member/<owner>``) alive, so every
+controller knows how many are running and takes only its fair share, ``ceil(candidates /
+members)``, of the free districts; one that holds more than its share gives the excess back so a
+newcomer gets work at once. A district left free for a whole lease time (nobody else wants it) is
+taken regardless of shares, so no district stays without a controller.
 """
 
 from __future__ import annotations
@@ -14,13 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-
-MEMBER_PREFIX = "member/"
-
-
-def member_key(owner: str) -> str:
-    """The membership row of a controller (same table as leases, never a district code)."""
-    return f"{MEMBER_PREFIX}{owner}"
 
 
 @dataclass(frozen=True, slots=True)

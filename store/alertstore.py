@@ -1,33 +1,15 @@
-"""Alerts kept in PostgreSQL, and the wake-up channels between services.
+"""Alerts kept in PostgreSQL.
 
 This is the one place where an `alerts.Alert` (the pure core's value) becomes rows and back,
 so the API (SOS from residents, operators' actions), the controller (routing, blinking,
 escalation) and ingest (maintenance alerts) all write alerts the same way.
 
-Contract between services (DESIGN.md §2, "the API hands requests to the controller over the
-database"): the durable record is always a row; a `NOTIFY` on one of the channels below is
-only a wake-up sent in the same transaction (PostgreSQL delivers it at commit, never for a
-rolled-back change). A service that was down re-reads the rows when it starts, so a lost
-notification delays work but never loses it.
-
-Channels and their JSON payloads (all small; PostgreSQL caps a payload at 8000 bytes):
-
-    sl_alert   {"alert_id", "kind", "state", "districts": [...], "action"}
-               every change of an alert (created, acknowledged, escalated, resolved, ...)
-    sl_walk    {"walk_id", "op": "start"|"position"|"end", "lat", "lon", "accuracy_m",
-                "heading_deg", "speed_mps", "ts_ms", "district"}
-               a resident's walk; the position is also a row in walk_positions
-               {"op": "positions", "positions": [[walk_id, ts_ms, lat, lon, accuracy_m,
-                heading_deg, speed_mps, district, lamp_ids], ...]}
-               a batch of walk positions, their rows written in the same statement
-               (store/walkpositions.py)
-    sl_lamp    {"device_id", "district", "level", "ttl_s", "source", "action"}
-               an operator's manual override for the controller to send (set_level / clear)
+Every save notifies ``sl_alert`` (a `store.notes.AlertNote`, delivered at commit) for the
+console and the controller; `store.notes` has the channels and their payloads.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,22 +19,25 @@ from psycopg.rows import dict_row
 
 from alerts import Alert, AlertState, alert_from_dict, alert_to_dict
 from store.errors import StoreRejected
+from store.notes import ALERT_CHANNEL, LAMP_CHANNEL, WALK_CHANNEL, AlertNote, notify
 from store.repo import add_alert_positions, append_alert_event, upsert_alert
 
-ALERT_CHANNEL = "sl_alert"
-WALK_CHANNEL = "sl_walk"
-LAMP_CHANNEL = "sl_lamp"
+__all__ = [  # the channels are `store.notes`'; named here too for the modules that import them from here
+    "ALERT_CHANNEL",
+    "LAMP_CHANNEL",
+    "WALK_CHANNEL",
+    "AlertNotFound",
+    "active_alerts",
+    "change_alert",
+    "load_alert",
+    "save_alert",
+]
 
 Conn = Connection[Any]
 
 
 class AlertNotFound(StoreRejected):
     """No alert with that id."""
-
-
-def notify(conn: Conn, channel: str, payload: dict[str, Any]) -> None:
-    """Queue a NOTIFY on `channel`; delivered when the surrounding transaction commits."""
-    conn.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps(payload, separators=(",", ":"))))
 
 
 def _acknowledged_by(alert: Alert) -> str | None:
@@ -115,14 +100,13 @@ def save_alert(
     last_action = alert.timeline[-1].action.value if alert.timeline else "created"
     notify(
         conn,
-        ALERT_CHANNEL,
-        {
-            "alert_id": alert.id,
-            "kind": alert.kind.value,
-            "state": alert.state.value,
-            "districts": data["centres"],
-            "action": last_action,
-        },
+        AlertNote(
+            alert_id=alert.id,
+            kind=alert.kind.value,
+            state=alert.state.value,
+            districts=tuple(data["centres"]),
+            action=last_action,
+        ),
     )
 
 

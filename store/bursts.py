@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from store.alertstore import ALERT_CHANNEL, notify
+from store.notes import AlertNote, notify
 from store.types import Conn
 
 
@@ -48,7 +48,7 @@ def mark_sos_source(
             "UPDATE alerts SET burst_group = %s, suspected_burst = true WHERE alert_id = %s",
             (group, first[0]),
         )
-        notify(conn, ALERT_CHANNEL, {"alert_id": str(first[0])})
+        notify(conn, AlertNote(alert_id=str(first[0])))
         flagged = 2
     conn.execute(
         "UPDATE alerts SET source_key = %s, burst_group = %s, suspected_burst = true WHERE alert_id = %s",

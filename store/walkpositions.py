@@ -6,15 +6,11 @@ flush of the WAL for the whole batch), and one ``NOTIFY sl_walk`` per ~7 kB of p
 of one per position. A position is stored only while its walk is active (the walk's row is read
 in the same statement), and the notification names only the positions stored.
 
-Payload (``store/alertstore.py`` has the channels)::
-
-    {"op": "positions", "positions": [[walk_id, ts_ms, lat, lon, accuracy_m, heading_deg,
-                                       speed_mps, district, [lamp ids]], ...]}
-
-in the order the positions were queued; ``ts_ms`` is the row's ``ts`` (whole milliseconds), so
-the controller's verdict finds its row by walk id and timestamp; the lamp ids are the API's
-``geo.lamps_for_walker`` answer for the position (what the resident was told), which the
-controller uses when it trusts the heading instead of computing them again.
+The notification is a `store.notes.WalkPositions` (``{"op": "positions", "positions": [...]}``)
+whose entries are the positions in the order they were queued; ``ts_ms`` is the row's ``ts``
+(whole milliseconds), so the controller's verdict finds its row by walk id and timestamp; the
+lamp ids are the API's ``geo.lamps_for_walker`` answer for the position (what the resident was
+told), which the controller uses when it trusts the heading instead of computing them again.
 """
 
 from __future__ import annotations
@@ -26,6 +22,8 @@ from typing import Any
 
 import orjson
 from psycopg import AsyncConnection, pq
+
+from store.notes import POSITIONS_HEAD, POSITIONS_TAIL, PositionNote, encode_position
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; a batch is split into notifications
 # of at most this many bytes of positions (~50 positions each).
@@ -43,8 +41,8 @@ _BATCH_SQL = (
     "ok AS MATERIALIZED (SELECT v.* FROM v JOIN walks w ON w.walk_id = v.walk_id AND w.status = 'active'), "
     "ins AS (INSERT INTO walk_positions (walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s) "
     "SELECT walk_id, ts, lat, lon, accuracy_m, heading_deg, speed_m_s FROM ok ORDER BY n), "
-    'woke AS (SELECT pg_notify(%s, \'{"op":"positions","positions":[\' '
-    "|| string_agg(note, ',' ORDER BY n) || ']}') FROM ok GROUP BY part) "
+    "woke AS (SELECT pg_notify(%s, %s::text || string_agg(note, ',' ORDER BY n) || %s::text) "
+    "FROM ok GROUP BY part) "
     "SELECT array(SELECT n FROM ok ORDER BY n), (SELECT count(*) FROM woke)"
 )
 
@@ -66,8 +64,8 @@ class QueuedPosition:
     def note(self) -> bytes:
         """The position as the controller reads it (one entry of the ``positions`` list)."""
         ts_ms = int(self.ts.timestamp() * 1000 + 0.5)
-        return orjson.dumps(
-            [
+        return encode_position(
+            PositionNote(
                 self.walk_id,
                 ts_ms,
                 self.lat,
@@ -77,7 +75,7 @@ class QueuedPosition:
                 self.speed_mps,
                 self.district,
                 self.lamps,
-            ]
+            )
         )
 
 
@@ -92,7 +90,7 @@ def batch_statement(positions: Sequence[QueuedPosition], channel: str) -> tuple[
         size += len(note) + 1
         entry = orjson.Fragment(note)
         rows.append((p.walk_id, p.ts, p.lat, p.lon, p.accuracy_m, p.heading_deg, p.speed_mps, entry, part))
-    return _BATCH_SQL, (orjson.dumps(rows).decode(), channel)
+    return _BATCH_SQL, (orjson.dumps(rows).decode(), channel, POSITIONS_HEAD, POSITIONS_TAIL)
 
 
 async def add_positions_and_notify(

@@ -293,7 +293,8 @@ async def _measure(args: argparse.Namespace, params: ConnectionParams, db_url: s
     from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
     from controller import Controller, ControllerConfig
     from store import migrate, upsert_device
-    from store.alertstore import WALK_CHANNEL, change_alert, notify, save_alert
+    from store.alertstore import change_alert, save_alert
+    from store.notes import WalkMoved, notify
     from store.repo import add_walk_positions, start_walk
 
     migrate(db_url)
@@ -392,18 +393,18 @@ async def _measure(args: argparse.Namespace, params: ConnectionParams, db_url: s
                     walker.lat += math.cos(rad) * speed / 111_000
                     walker.lon += math.sin(rad) * speed / 88_200
                     ts = datetime.now(UTC)
-                    note = {
-                        "walk_id": walker.walk_id, "op": "position", "lat": walker.lat, "lon": walker.lon,
-                        "accuracy_m": 5.0, "heading_deg": walker.heading_deg, "speed_mps": speed,
-                        "ts_ms": int(ts.timestamp() * 1000), "district": "11140",
-                    }  # fmt: skip
+                    note = WalkMoved(
+                        walk_id=walker.walk_id, district="11140", lat=walker.lat, lon=walker.lon,
+                        accuracy_m=5.0, heading_deg=walker.heading_deg, speed_mps=speed,
+                        ts_ms=int(ts.timestamp() * 1000),
+                    )  # fmt: skip
                     row = (ts, walker.lat, walker.lon, 5.0, walker.heading_deg, speed, True, None)
 
-                    def send(note: dict[str, Any] = note, row: Any = row) -> float:
+                    def send(note: WalkMoved = note, row: Any = row) -> float:
                         t0 = time.perf_counter()
                         with conn.transaction():
-                            add_walk_positions(conn, note["walk_id"], [row])
-                            notify(conn, WALK_CHANNEL, note)
+                            add_walk_positions(conn, note.walk_id, [row])
+                            notify(conn, note)
                         return t0
 
                     marks.append((walker.walk_id, await asyncio.to_thread(send), 0.0))

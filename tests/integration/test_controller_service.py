@@ -28,7 +28,8 @@ from broker import ConnectionParams, paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig, HoldPolicy
 from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
-from store.alertstore import WALK_CHANNEL, change_alert, load_alert, notify, save_alert
+from store.alertstore import change_alert, load_alert, save_alert
+from store.notes import WALK_CHANNEL, WalkMoved, notify
 from store.repo import create_resident, start_walk
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 from streetlight.bench.controller import LampFleet, LampSpec
@@ -160,19 +161,19 @@ def _sos(conn: Conn, alert_id: str, lat: float, lon: float, neighbours: tuple[st
 def _walk_note(
     conn: Conn, walk_id: str, op: str, lat: float, lon: float, heading: float, speed: float
 ) -> None:
-    note = {
-        "walk_id": walk_id,
-        "op": op,
-        "lat": lat,
-        "lon": lon,
-        "accuracy_m": 5.0,
-        "heading_deg": heading,
-        "speed_mps": speed,
-        "ts_ms": time.time_ns() // 1_000_000,
-        "district": DISTRICT,
-    }
+    assert op == "position"
+    note = WalkMoved(
+        walk_id=walk_id,
+        lat=lat,
+        lon=lon,
+        accuracy_m=5.0,
+        heading_deg=heading,
+        speed_mps=speed,
+        ts_ms=time.time_ns() // 1_000_000,
+        district=DISTRICT,
+    )
     with conn.transaction():
-        notify(conn, WALK_CHANNEL, note)
+        notify(conn, note)
 
 
 async def test_a_walk_brightens_the_lamps_around_and_ahead_which_ack_and_two_walkers_share_them(
@@ -500,11 +501,8 @@ async def test_bad_messages_and_notifications_are_counted_and_the_controller_goe
                 pub.publish(topic, payload, qos=1).wait_for_publish(5)
             with conn.transaction():
                 conn.execute("SELECT pg_notify('sl_walk', 'not json')")
-                notify(
-                    conn,
-                    WALK_CHANNEL,
-                    {"walk_id": "w-x", "op": "position", "lat": "x", "lon": 127.0, "district": DISTRICT},
-                )
+                bad_lat = {"walk_id": "w-x", "op": "position", "lat": "x", "lon": 127.0, "district": DISTRICT}
+                conn.execute("SELECT pg_notify(%s, %s)", (WALK_CHANNEL, json.dumps(bad_lat)))
             await until(
                 lambda: ctl.snapshot()["stats"].get("notify_handler_errors", 0) >= 2, 5, "notify errors"
             )
@@ -609,7 +607,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
             async with running(cfg) as controller:
                 _sos(conn, alert_id, BASE_LAT, BASE_LON)
                 await until(lambda: "open" in statuses(alert_id), 5, "the open SOS at the centre")
-                session = controller._mqtt
+                session = controller.mqtt
                 assert session is not None
                 broker.stop()  # graceful: the centre's persistent session is saved
                 await until(lambda: not session.connected, 5, "the controller to see the broker gone")

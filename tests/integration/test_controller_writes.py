@@ -10,8 +10,9 @@ import psycopg
 import pytest
 
 from controller._commands import LampCommand
-from controller._service import _flush_writes
+from controller._writes import command_record
 from store import migrate
+from store.commands import AckRow, CommandWrite, UnansweredRows, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +72,19 @@ def _one_by_one(conn: Conn, events: list[tuple[str, Any]]) -> None:
                 conn.execute(_ONE_BY_ONE["unanswered"], (cmd_id,))
 
 
+def _typed(events: list[tuple[str, Any]]) -> list[CommandWrite]:
+    """The events as the controller queues them."""
+    out: list[CommandWrite] = []
+    for kind, data in events:
+        if kind == "cmd":
+            out.append(command_record(data))
+        elif kind == "ack":
+            out.append(AckRow(*data))
+        else:
+            out.append(UnansweredRows(tuple(data)))
+    return out
+
+
 def _table(conn: Conn) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT cmd_id, device_id, action, level, priority, source, ttl_s, status, attempts, "
@@ -88,5 +102,5 @@ def test_batched_command_rows_end_as_the_rows_applied_one_by_one(conn: Conn) -> 
         conn.execute("TRUNCATE commands")
         cut = sorted(rng.sample(range(1, len(events)), k=min(len(events) - 1, rng.randint(0, 3))))
         for a, b in zip([0, *cut], [*cut, len(events)], strict=True):
-            _flush_writes(conn, events[a:b])  # batches as the writer gathers them
+            write_batch(conn, _typed(events[a:b]))  # batches as the writer gathers them
         assert _table(conn) == expected, events

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alerts import CITY_CENTRE, InvalidAlertData, NearestLamp, Place, alerts_topic, route
+from alerts import CITY_CENTRE, InvalidAlertData, NearestLamp, Place, alerts_topic, responsible_centre, route
 
 TOPIC = re.compile(r"^cc/v1/[0-9]{5}/alerts$")
 DISTRICT_CODES = [f"11{n:03d}" for n in range(110, 750, 10)]
@@ -78,3 +78,21 @@ def test_the_city_centre_has_a_topic_like_any_district() -> None:
 def test_a_topic_is_refused_for_anything_but_a_five_digit_code(bad: str) -> None:
     with pytest.raises(InvalidAlertData):
         alerts_topic(bad)
+
+
+def test_the_alerts_own_district_is_responsible_and_the_city_only_when_alone() -> None:
+    assert responsible_centre(["11140", "11110"]) == "11140"
+    assert responsible_centre(["11000", "11140"]) == "11140"
+    assert responsible_centre(["11000"]) == "11000"
+    assert responsible_centre([]) == CITY_CENTRE  # a wake-up that names no centre
+
+
+@given(places)
+def test_exactly_one_of_an_alerts_centres_is_responsible_and_it_is_its_own_district_if_any(
+    place: Place,
+) -> None:
+    centres = route(place)
+    responsible = responsible_centre(centres)
+    assert responsible in centres
+    districts = [c for c in centres if c != CITY_CENTRE]
+    assert responsible == (districts[0] if districts else CITY_CENTRE)

@@ -24,7 +24,6 @@ from controller import (
     advance,
     blink_targets,
     check_fix,
-    responsible_centre,
 )
 from controller._blink import confirm, fail, move_to, refresh_due
 from controller._commands import Answered, CommandIds, WrongDevice
@@ -287,13 +286,7 @@ def test_the_wire_payload_is_a_valid_v1_command() -> None:
     )
 
 
-# ------------------------------------------------------------------ routing and leases
-
-
-def test_the_alerts_own_district_is_responsible_and_the_city_only_when_alone() -> None:
-    assert responsible_centre(["11140", "11110"]) == "11140"
-    assert responsible_centre(["11000", "11140"]) == "11140"
-    assert responsible_centre(["11000"]) == "11000"
+# ------------------------------------------------------------------ leases
 
 
 def test_a_newcomer_gets_a_fair_share_and_the_old_controller_gives_up_the_rest() -> None:

@@ -1,27 +1,20 @@
-"""The controller's database adapter: one connection, used from one worker thread, reconnecting.
+"""What the controller reads back from the tables: its lamps, and the walks of districts it takes.
 
-The store's repositories are synchronous (psycopg ``Connection``); the controller is asyncio. All
-calls go through one single-thread executor, so the connection is never shared between threads
-and calls keep their order (a command's row is written before its ack is recorded).
+The controller keeps its lamps in memory (a ``geo.LampIndex`` built from `load_devices`, reloaded
+periodically) and, when it takes a district over or its database listener reconnects, re-reads
+the walks still active there with their latest accepted position (`active_walks`): anything
+notified while nobody listened is in these rows.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
 
-import psycopg
 from psycopg.rows import dict_row
 
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Conn = psycopg.Connection[Any]
+from store.types import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,45 +42,6 @@ class WalkRow:
     accuracy_m: float | None
     heading_deg: float | None
     speed_mps: float | None
-
-
-class Db:
-    """``await db.call(fn, *args)`` runs ``fn(conn, *args)`` on the controller's connection."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._conn: Conn | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controller-db")
-
-    def _connection(self) -> Conn:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-        return self._conn
-
-    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        try:
-            return fn(self._connection(), *args)
-        except psycopg.OperationalError:
-            # The connection may be dead; the next call opens a new one.
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-            raise
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in the database thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._run, fn, args)
-
-    def close(self) -> None:
-        """Close the connection and stop the thread."""
-
-        def _close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
-        self._pool.submit(_close)
-        self._pool.shutdown(wait=True)
 
 
 def load_devices(conn: Conn) -> list[LampRow]:
@@ -140,11 +94,3 @@ def active_walks(conn: Conn, districts: Sequence[str], fresh_s: float) -> list[W
         )
         for r in rows
     ]
-
-
-def mark_commands_unanswered(conn: Conn, cmd_ids: Sequence[str]) -> int:
-    """Mark this controller's given-up commands unanswered (only those still ``sent``)."""
-    return conn.execute(
-        "UPDATE commands SET status = 'unanswered' WHERE cmd_id = ANY(%s) AND status = 'sent'",
-        (list(cmd_ids),),
-    ).rowcount
