@@ -92,6 +92,7 @@ from alerts._lifecycle import (
     transition,
 )
 from alerts._model import (
+    ACTIVE_STATES,
     DEFAULT_SEVERITY,
     DEVICE_KINDS,
     Alert,
@@ -113,6 +114,7 @@ from alerts._storage import STORAGE_PLACE, STORAGE_SOURCE, storage_alert_update
 from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
 
 __all__ = [
+    "ACTIVE_STATES",
     "CAP_NAMESPACE",
     "CITY_CENTRE",
     "DARK_EXPLAINED_BY",
