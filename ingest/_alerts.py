@@ -35,6 +35,7 @@ from alerts import (
     DAYNIGHT_COUNTS,
     DEFAULT_DAYNIGHT,
     DEFAULT_MASS_OUTAGE,
+    FAULT_FLOOD_CODE,
     MAX_OPEN_FAULTS_PER_DEVICE,
     OFFLINE_COUNTS,
     OUTAGE_RESTORED_FRACTION,
@@ -54,7 +55,7 @@ from alerts import (
     storage_alert_update,
 )
 from alerts import (
-    Locator as Locator,  # ingest/_service.py's gazetteer_locator returns one
+    Locator as Locator,  # re-exported: ingest/_service.py imports it from here
 )
 from geo.solar import sun_elevation_deg
 from ingest._process import Processed
@@ -99,7 +100,7 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
     active = {d: active_alerts(conn, kinds=_DEVICE_KINDS, source_id=d) for d in reporting}
     changes = plan_fault_alerts(reports, active, devices, now=now, new_alert_id=new_alert_id)
     for change in changes:
-        if change.reason == "fault_code_flood":
+        if change.reason == FAULT_FLOOD_CODE:
             log.warning(
                 "fault_code_flood device=%s open_limit=%d folded_total=%d new_alert=%s",
                 change.alert.source_id,
