@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 from alerts._dedup import (
     DEFAULT_MASS_OUTAGE,
@@ -49,13 +50,15 @@ SEOUL_CITY_HALL = (37.5665, 126.9780)
 # Event types that raise an alert, and its kind. A device over its message rate (``flood``), or a
 # birth contradicting its registration (``registration``), may be in the hands of someone else: a
 # tamper alert, so it is looked at as one (ingest names these two).
-EVENT_ALERT_KIND: Mapping[str, AlertKind] = {
-    "fault": AlertKind.LAMP_FAULT,
-    "power_loss": AlertKind.LAMP_FAULT,
-    "tamper": AlertKind.TAMPER,
-    "flood": AlertKind.TAMPER,
-    "registration": AlertKind.TAMPER,
-}
+EVENT_ALERT_KIND: Mapping[str, AlertKind] = MappingProxyType(
+    {
+        "fault": AlertKind.LAMP_FAULT,
+        "power_loss": AlertKind.LAMP_FAULT,
+        "tamper": AlertKind.TAMPER,
+        "flood": AlertKind.TAMPER,
+        "registration": AlertKind.TAMPER,
+    }
+)
 FAULT_CLEARED = "fault_cleared"
 # Event types whose code the device chooses: capped per device (``merge_device_fault``).
 DEVICE_REPORTED = frozenset({"fault", "power_loss", "tamper"})
