@@ -27,12 +27,16 @@ Rules (issue #4, "lamp on by day and dark at night"):
   burning, and a day reading nothing about darkness at night, so those alerts wait.
 - When at least half of a pass's judged lamps (20 or more) show one condition, the sky or the
   clock is wrong, not the lamps (`fleet_wide`): no new alerts for it in that pass.
+
+A pass (ingest reads, these plan, ingest writes): `judge_lamps` judges every lamp's latest reading
+(`LampSnapshot`) and keeps the lamps whose alert would change by what was read; `daynight_change`
+decides again on the device's alerts as stored under its lock.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -40,6 +44,7 @@ from enum import StrEnum
 from alerts._dedup import merge_fault
 from alerts._errors import InvalidAlertData
 from alerts._lifecycle import resolve
+from alerts._maintenance import AlertChange, device_place
 from alerts._model import Alert, AlertKind, EventAction, Place, require_aware
 
 
@@ -234,3 +239,148 @@ def apply_observation(
         f"device:{device_id}",
         note=f"{observation.condition.value} not seen since the last report",
     )
+
+
+# -- a pass over the fleet
+
+DAYNIGHT_COUNTS = ("daynight_new", "daynight_repeated", "daynight_resolved")
+
+SunElevation = Callable[[float, float, datetime], float]
+"""(lat, lon, when) -> the sun's elevation in degrees (``geo.solar.sun_elevation_deg``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LampSnapshot:
+    """A lamp's latest reading with its position: what the day/night pass judges."""
+
+    device_id: str
+    lat: float
+    lon: float
+    at: datetime  # the reading's time (last_seen)
+    level: int | None
+    power_w: float | None = None
+    online: bool = True
+    faults: frozenset[str] = frozenset()
+    override: bool = False  # a walk / SOS / operator override in force at the reading
+    district_code: str = ""
+    dong_code: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", require_aware(self.at, "LampSnapshot.at"))
+
+
+@dataclass(frozen=True, slots=True)
+class DayNightCandidate:
+    """A lamp whose day/night alert changes by its observation (decide again under its lock)."""
+
+    device_id: str
+    observation: Observation
+    place: Place
+
+
+@dataclass(frozen=True, slots=True)
+class DayNightPass:
+    """What one pass judged: how many lamps, the conditions blamed on the sky, the candidates."""
+
+    judged: int
+    suspect: frozenset[LampCondition]
+    candidates: tuple[DayNightCandidate, ...]
+
+
+_CONDITIONS = frozenset(c.value for c in LampCondition)
+
+
+def is_daynight_alert(alert: Alert) -> bool:
+    """A ``lamp_fault`` alert whose fault code is a day/night condition."""
+    return alert.kind is AlertKind.LAMP_FAULT and alert.fault_code in _CONDITIONS
+
+
+def judge_lamps(
+    lamps: Iterable[LampSnapshot],
+    lamp_faults: Iterable[Alert],
+    now: datetime,
+    *,
+    sun: SunElevation,
+    policy: DayNightPolicy = DEFAULT_DAYNIGHT,
+) -> DayNightPass:
+    """Judge each lamp's reading against the sky and keep the lamps whose alert would change.
+
+    ``lamp_faults`` are the active ``lamp_fault`` alerts: the day/night ones are the lamps' current
+    alerts, a ``lamp_failure``/``power_loss`` one explains a dark lamp. The sun's elevation is
+    computed once per position (to 0.01 deg, about 1 km) and minute of reading, not per lamp.
+    """
+    at = require_aware(now, "now")
+    known: dict[str, list[Alert]] = {}
+    explained: dict[str, set[str]] = {}  # a dark lamp whose failure is alerted already
+    for alert in lamp_faults:
+        if alert.kind is not AlertKind.LAMP_FAULT or not alert.is_active:
+            continue
+        if alert.fault_code in _CONDITIONS:
+            known.setdefault(alert.source_id, []).append(alert)
+        elif alert.fault_code in DARK_EXPLAINED_BY:
+            explained.setdefault(alert.source_id, set()).add(alert.fault_code)
+    elevations: dict[tuple[float, float, int], float] = {}
+    seen_all: list[tuple[LampSnapshot, Observation]] = []
+    for lamp in lamps:
+        key = (round(lamp.lat, 2), round(lamp.lon, 2), int(lamp.at.timestamp() // 60))
+        elevation = elevations.get(key)
+        if elevation is None:
+            elevation = elevations[key] = sun(lamp.lat, lamp.lon, lamp.at)
+        reading = LampReading(
+            lamp.device_id,
+            lamp.at,
+            lamp.level,
+            lamp.power_w,
+            online=lamp.online,
+            faults=lamp.faults | explained.get(lamp.device_id, set()),
+            override=lamp.override,
+        )
+        seen = observe(reading, elevation, at, policy)
+        if seen is not None:
+            seen_all.append((lamp, seen))
+    suspect = fleet_wide((o for _lamp, o in seen_all), policy)
+    candidates: list[DayNightCandidate] = []
+    for lamp, seen in seen_all:
+        alerts = known.get(lamp.device_id, [])
+        has_alert = any(a.fault_code == seen.condition.value for a in alerts)
+        if seen.present and seen.condition in suspect and not has_alert:
+            continue
+        place = device_place(lamp.lat, lamp.lon, lamp.district_code, lamp.dong_code)
+        probe = apply_observation(
+            alerts, seen, device_id=lamp.device_id, place=place, now=at, new_alert_id="probe", policy=policy
+        )
+        if probe is not None:
+            candidates.append(DayNightCandidate(lamp.device_id, seen, place))
+    return DayNightPass(len(seen_all), suspect, tuple(candidates))
+
+
+def daynight_change(
+    device_alerts: Iterable[Alert],
+    candidate: DayNightCandidate,
+    *,
+    now: datetime,
+    new_alert_id: str,
+    policy: DayNightPolicy = DEFAULT_DAYNIGHT,
+) -> AlertChange | None:
+    """The candidate's change on the device's active alerts as stored now, or None; reasons are
+    the keys of ``DAYNIGHT_COUNTS``."""
+    active = [a for a in device_alerts if is_daynight_alert(a)]
+    changed = apply_observation(
+        active,
+        candidate.observation,
+        device_id=candidate.device_id,
+        place=candidate.place,
+        now=now,
+        new_alert_id=new_alert_id,
+        policy=policy,
+    )
+    if changed is None:
+        return None
+    previous = next((a for a in active if a.id == changed.id), None)
+    if previous is None:
+        reason = "daynight_new"
+    elif changed.is_active:
+        reason = "daynight_repeated"
+    else:
+        reason = "daynight_resolved"
+    return AlertChange(changed, previous, reason)

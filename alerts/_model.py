@@ -66,6 +66,11 @@ class AlertState(StrEnum):
         return self in (AlertState.RESOLVED, AlertState.CANCELLED)
 
 
+ACTIVE_STATES: tuple[AlertState, ...] = (AlertState.OPEN, AlertState.ACKNOWLEDGED, AlertState.DISPATCHED)
+"""What "active alert" means everywhere (``Alert.is_active``, the store's ``status = ANY(...)``
+queries, the console's lists): every state but the terminal ones, in lifecycle order."""
+
+
 class EventAction(StrEnum):
     """What an event in the timeline records."""
 
@@ -188,8 +193,8 @@ class Alert:
 
     @property
     def is_active(self) -> bool:
-        """True until the alert is resolved or cancelled."""
-        return not self.state.is_terminal
+        """True until the alert is resolved or cancelled (its state is in `ACTIVE_STATES`)."""
+        return self.state in ACTIVE_STATES
 
     @property
     def last_position(self) -> tuple[float, float]:

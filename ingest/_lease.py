@@ -12,14 +12,11 @@ acknowledged yet is written again and dropped by the time series' dedup key.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Final
 
-import psycopg
-
-from store import acquire_lease, release_lease
-from store.types import Conn
+from store.errors import StoreUnavailable
+from store.leases import LeaseConnection
 
 log = logging.getLogger(__name__)
 
@@ -41,33 +38,25 @@ class ConsumerLease:
         self.key = lease_key(group)
         self.owner = owner
         self.ttl_s = ttl_s
-        self._conn: Conn | None = None
+        self._link = LeaseConnection(database_url)
 
     def try_hold(self) -> bool | None:
         """Take or renew the lease: True held, False another owner holds it, None database unreachable."""
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
-            return acquire_lease(self._conn, self.key, self.owner, ttl_s=self.ttl_s)
-        except psycopg.Error as exc:
+            return self._link.acquire(self.key, self.owner, self.ttl_s)
+        except StoreUnavailable as exc:
             log.warning("ingest_lease_unconfirmed key=%s owner=%s error=%s", self.key, self.owner, exc)
-            self.close()
             return None
 
     def release(self) -> None:
         """Give the lease up (clean stop) so a standby takes over at once."""
         try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
-            release_lease(self._conn, self.key, self.owner)
-        except psycopg.Error as exc:
+            self._link.release(self.key, self.owner)
+        except StoreUnavailable as exc:
             log.warning("ingest_lease_not_released key=%s owner=%s error=%s", self.key, self.owner, exc)
         finally:
             self.close()
 
     def close(self) -> None:
         """Close the lease's connection (the lease itself runs out on its own)."""
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        self._link.close()

@@ -14,10 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import psycopg
-
 from broker import INGEST_GROUP
-from store.registry import ProvisionedDevice, provisioned_devices, retired_shared_secret, shared_secret
+from store.errors import StoreUnavailable
+from store.registry import (
+    ProvisionedDevice,
+    provisioned_devices_at,
+    retired_shared_secret_at,
+    shared_secret_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +44,10 @@ def share_group(database_url: str) -> str:
 
     A device may SUBSCRIBE to any ``$share/...`` filter (Mosquitto's acl_file never refuses one);
     in a group whose name it knows it would take its turn of the messages and the read ACL would
-    drop them. It cannot join a group whose name it cannot learn.
+    drop them. It cannot join a group whose name it cannot learn. Raises StoreUnavailable when the
+    database cannot be read.
     """
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
-        return f"{INGEST_GROUP}-{shared_secret(conn, SHARE_GROUP_KEY)}"
+    return f"{INGEST_GROUP}-{shared_secret_at(database_url, SHARE_GROUP_KEY)}"
 
 
 def retired_share_group(database_url: str) -> str | None:
@@ -52,8 +56,7 @@ def retired_share_group(database_url: str) -> str | None:
     A restarted worker's persistent session still holds its subscriptions in that group: the worker
     unsubscribes them, so the devices that learnt the old name share nothing with it.
     """
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
-        old = retired_shared_secret(conn, SHARE_GROUP_KEY)
+    old = retired_shared_secret_at(database_url, SHARE_GROUP_KEY)
     return None if old is None else f"{INGEST_GROUP}-{old}"
 
 
@@ -91,9 +94,9 @@ class DatabaseRegistry:
         self._failing = False
 
     def load(self) -> int:
-        """Read the table now; returns how many devices were ever provisioned."""
-        with psycopg.connect(self.database_url, autocommit=True, connect_timeout=2) as conn:
-            devices = provisioned_devices(conn)
+        """Read the table now; returns how many devices were ever provisioned (StoreUnavailable
+        when the database cannot be read)."""
+        devices = provisioned_devices_at(self.database_url)
         with self._lock:
             self._devices = devices
             self._loaded_at = self._clock()
@@ -108,7 +111,7 @@ class DatabaseRegistry:
         """
         if self._clock() - self._loaded_at >= self.refresh_s:
             was = bool(self._devices)
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(StoreUnavailable):
                 self.load()
             self._loaded_at = self._clock()
             if bool(self._devices) != was:
@@ -125,7 +128,7 @@ class DatabaseRegistry:
             try:
                 self.load()
                 self._failing = False
-            except psycopg.Error as exc:
+            except StoreUnavailable as exc:
                 # The database is down (ingest spools meanwhile): keep the table, and wait a full
                 # interval, misses or not, so this thread does not stall on connects.
                 self._loaded_at = self._clock()

@@ -22,7 +22,6 @@ dropping what it has not committed: the next holder gets it again) when another 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import psycopg
 
 from broker import (
     DEVICE_BURST,
@@ -58,6 +56,7 @@ from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from store import StoreUnavailable
 from store.types import Conn
+from store.writer import close_quietly, connect
 
 log = logging.getLogger(__name__)
 
@@ -493,10 +492,7 @@ class IngestWorker:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self.config.database_url, autocommit=True, connect_timeout=5)
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            self._conn = connect(self.config.database_url, connect_timeout_s=5)
         return self._conn
 
     def _db_down(self, exc: Exception) -> None:
@@ -511,10 +507,8 @@ class IngestWorker:
         m.db_up = False
         m.db_failures += 1
         self._db_failures += 1
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
         self._db_retry_at = time.monotonic() + backoff_delay_s(self._db_failures, base_s=0.5, cap_s=5.0) + 0.2
 
     def _to_spool(self, items: list[Item], messages: list[RawMessage]) -> None:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-
 from ingest._process import DeadLetter, Processed, RawMessage, SenderCheck
 from ingest._registration import judge_birth
 from store import (
@@ -30,7 +28,7 @@ from store import (
 )
 from store.repo import device_registrations, existing_event_keys, register_device, update_device_from_birth
 from store.types import Conn
-from store.writer import Kind
+from store.writer import Kind, batch_transaction, savepoint
 
 log = logging.getLogger(__name__)
 
@@ -80,51 +78,44 @@ def write_batch(
     on_faults: FaultHook | None = None,
 ) -> WriteResult:
     """Commit a processed batch; raises StoreUnavailable when the database is away (nothing written)."""
-    try:
-        with conn.transaction():
-            if batch.fault_events:
-                _drop_redelivered_faults(conn, batch)
-            inserted_t, bad_t = _write_isolating(conn, "telemetry", batch.telemetry, batch.telemetry_src)
-            inserted_e, bad_e = _write_isolating(conn, "events", batch.events, batch.events_src)
-            refused = [
-                DeadLetter(
-                    messages[i].topic, messages[i].payload, "store: a value the database refuses", "store"
+    with batch_transaction(conn, rows=batch.rows):
+        if batch.fault_events:
+            _drop_redelivered_faults(conn, batch)
+        inserted_t, bad_t = _write_isolating(conn, "telemetry", batch.telemetry, batch.telemetry_src)
+        inserted_e, bad_e = _write_isolating(conn, "events", batch.events, batch.events_src)
+        refused = [
+            DeadLetter(messages[i].topic, messages[i].payload, "store: a value the database refuses", "store")
+            for i in (*bad_t, *bad_e)
+        ]
+        batch.dead.extend(refused)
+        if batch.births:
+            _apply_births(conn, batch, now)
+        stale = 0
+        for device_id, state in batch.states:
+            if not set_connectivity(
+                conn, device_id, online=state.state == "online", bdseq=state.bdseq, at=_ms(state.ts, now)
+            ):
+                stale += 1
+                log.info(
+                    "stale_state device_id=%s state=%s bdseq=%d: older than the current connection",
+                    device_id,
+                    state.state,
+                    state.bdseq,
                 )
-                for i in (*bad_t, *bad_e)
-            ]
-            batch.dead.extend(refused)
-            if batch.births:
-                _apply_births(conn, batch, now)
-            stale = 0
-            for device_id, state in batch.states:
-                if not set_connectivity(
-                    conn, device_id, online=state.state == "online", bdseq=state.bdseq, at=_ms(state.ts, now)
-                ):
-                    stale += 1
-                    log.info(
-                        "stale_state device_id=%s state=%s bdseq=%d: older than the current connection",
-                        device_id,
-                        state.state,
-                        state.bdseq,
-                    )
-            # Before the state merge: the hook compares reported faults with the stored ones.
-            if on_faults is not None and (batch.fault_events or _has_faults(batch)):
-                try:
-                    with conn.transaction():
-                        on_faults(conn, batch, now)
-                except (psycopg.OperationalError, psycopg.InterfaceError):
-                    raise
-                except Exception:
-                    # Alerts are derived data: a bug there must not cost the telemetry its commit.
-                    log.exception("fault alerts for a batch failed; rows are stored")
-            if batch.devices:
-                update_device_states(conn, [_state_update(d) for d in batch.devices.values()])
-            if batch.dead:
-                insert_dead_letters(conn, [(now, d.topic, d.payload, d.reason, None) for d in batch.dead])
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailable(f"database unreachable: {exc}", rows=batch.rows) from exc
-    except StoreUnavailable:
-        raise
+        # Before the state merge: the hook compares reported faults with the stored ones.
+        if on_faults is not None and (batch.fault_events or _has_faults(batch)):
+            try:
+                with savepoint(conn, rows=batch.rows):
+                    on_faults(conn, batch, now)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                # Alerts are derived data: a bug there must not cost the telemetry its commit.
+                log.exception("fault alerts for a batch failed; rows are stored")
+        if batch.devices:
+            update_device_states(conn, [_state_update(d) for d in batch.devices.values()])
+        if batch.dead:
+            insert_dead_letters(conn, [(now, d.topic, d.payload, d.reason, None) for d in batch.dead])
     offered = batch.rows - len(refused)
     return WriteResult(inserted_t + inserted_e, offered, len(refused), stale)
 

@@ -17,7 +17,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import dict_row
 
-from alerts import Alert, AlertState, alert_from_dict, alert_to_dict
+from alerts import ACTIVE_STATES, Alert, AlertState, alert_from_dict, alert_to_dict
 from store.errors import StoreRejected
 from store.notes import ALERT_CHANNEL, LAMP_CHANNEL, WALK_CHANNEL, AlertNote, notify
 from store.repo import add_alert_positions, append_alert_event, upsert_alert
@@ -143,9 +143,9 @@ def active_alerts(
     kinds: Iterable[str] | None = None,
     source_id: str | None = None,
 ) -> list[Alert]:
-    """Open, acknowledged and dispatched alerts, oldest first, optionally filtered."""
-    where = ["status IN ('open', 'acknowledged', 'dispatched')"]
-    params: list[object] = []
+    """Active alerts (`alerts.ACTIVE_STATES`), oldest first, optionally filtered."""
+    where = ["status = ANY(%s)"]
+    params: list[object] = [[state.value for state in ACTIVE_STATES]]
     if districts is not None:
         where.append("district_codes && %s")
         params.append(list(districts))

@@ -1,12 +1,13 @@
 """The provisioned-device registry in the ``devices`` table, and secrets shared by service instances.
 
 ``streetlight provision`` mirrors its file registry here (``mark_provisioned``, ``mark_revoked``);
-ingest reads it back (``provisioned_devices``) to refuse messages from ids nobody provisioned,
-so a deployed ingest needs no registry file. A row written by a birth alone has no
-``credentials_hash``: it was never provisioned. ``credentials_hash`` holds a fingerprint of the
-broker's password hash (never the secret, never the hash itself), so a rotation shows as a change;
-a rotation or a revocation also clears the device's stored ``bdseq`` (``device_state``), so what
-the old credentials said about the connection cannot outlive them.
+ingest reads it back (``provisioned_devices``; ``provisioned_devices_at`` on a connection of its
+own) to refuse messages from ids nobody provisioned, so a deployed ingest needs no registry file.
+A row written by a birth alone has no ``credentials_hash``: it was never provisioned.
+``credentials_hash`` holds a fingerprint of the broker's password hash (never the secret, never
+the hash itself), so a rotation shows as a change; a rotation or a revocation also clears the
+device's stored ``bdseq`` (``device_state``), so what the old credentials said about the
+connection cannot outlive them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import psycopg
+
+from store.errors import StoreUnavailable
 from store.types import Conn
 
 
@@ -154,3 +158,34 @@ def retired_shared_secret(conn: Conn, key: str) -> str | None:
     """The secret ``rotate_shared_secret`` replaced last under ``key``, or None."""
     row = conn.execute("SELECT value FROM store_meta WHERE key = %s", (f"{key}:retired",)).fetchone()
     return None if row is None else str(row[0])
+
+
+# -- on a connection of their own (ingest's registry and share group): StoreUnavailable when the
+# database cannot be read
+
+
+def provisioned_devices_at(database_url: str, *, connect_timeout_s: int = 2) -> dict[str, ProvisionedDevice]:
+    """``provisioned_devices`` read on a short-lived connection of its own."""
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
+            return provisioned_devices(conn)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def shared_secret_at(database_url: str, key: str, *, connect_timeout_s: int = 10) -> str:
+    """``shared_secret`` read (or created) on a short-lived connection of its own."""
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
+            return shared_secret(conn, key)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def retired_shared_secret_at(database_url: str, key: str, *, connect_timeout_s: int = 10) -> str | None:
+    """``retired_shared_secret`` read on a short-lived connection of its own."""
+    try:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
+            return retired_shared_secret(conn, key)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc

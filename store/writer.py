@@ -6,7 +6,9 @@ once and the caller learns how many rows were really new (for duplicate counting
 travel as epoch milliseconds (``ts_ms``, as on the wire) and become ``timestamptz`` in SQL, which
 saves a ``datetime`` per row in Python.
 
-:class:`BatchWriter` adds a bounded buffer and a writer thread that flushes by size or age.
+:class:`BatchWriter` adds a bounded buffer and a writer thread that flushes by size or age. A
+caller that writes batches of its own in one transaction each (ingest's worker) uses ``connect``,
+``batch_transaction`` and ``savepoint``: a lost connection is ``StoreUnavailable`` (spool, retry).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -246,6 +248,48 @@ def write_telemetry(conn: Conn, rows: Iterable[TelemetryRow]) -> int:
 def write_events(conn: Conn, rows: Iterable[EventRow]) -> int:
     """Store event rows (see ``EVENT_FIELDS``) once each; returns how many were new."""
     return write_rows(conn, "events", rows)
+
+
+# -- a connection and transactions for a caller writing batches of its own (ingest's worker)
+
+_LOST = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def connect(database_url: str, *, connect_timeout_s: int = 5) -> Conn:
+    """An autocommit connection; ``StoreUnavailable`` when the database cannot be reached."""
+    try:
+        return psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s)
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+
+
+def close_quietly(conn: Conn | None) -> None:
+    """Close a connection that may be broken already, ignoring what the close raises."""
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+
+
+@contextlib.contextmanager
+def batch_transaction(conn: Conn, *, rows: int = 0) -> Iterator[None]:
+    """One transaction for a batch: all of it commits or none; a connection lost inside it (or at
+    commit) raises ``StoreUnavailable`` carrying ``rows``, the batch's rows left for the caller."""
+    try:
+        with conn.transaction():
+            yield
+    except _LOST as exc:
+        raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
+
+
+@contextlib.contextmanager
+def savepoint(conn: Conn, *, rows: int = 0) -> Iterator[None]:
+    """A nested transaction inside a batch's: what fails in it is rolled back alone, the batch goes
+    on; a lost connection raises ``StoreUnavailable`` (``rows`` as in ``batch_transaction``)."""
+    try:
+        with conn.transaction():
+            yield
+    except _LOST as exc:
+        raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
 
 
 # --------------------------------------------------------------------------- batch writer

@@ -223,6 +223,7 @@ def _run_worker(
         serve_metrics,
         share_group,
     )
+    from store import StoreError
 
     # A child of the supervisor (--index) is one of several workers, each with its own account.
     workers = args.workers if args.index is not None and args.workers else 1
@@ -234,7 +235,7 @@ def _run_worker(
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
-    except psycopg.Error as exc:
+    except (psycopg.Error, StoreError) as exc:
         print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
         return 1
     # With an account the broker makes the client id the username (use_username_as_clientid).

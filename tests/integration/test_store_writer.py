@@ -260,3 +260,41 @@ def test_the_direct_copy_stores_what_the_staging_path_stores_and_falls_back_on_d
     odd = (rows[0][0], "blink-e", 3, 1, *([None] * 6), [], -71.6, 3.5, True, 4)
     assert write_rows(conn, "telemetry", [odd], direct=True) == 1
     assert conn.execute("SELECT rssi_dbm FROM telemetry WHERE device_id = 'blink-e'").fetchone() == (-72,)
+
+
+def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: Conn) -> None:
+    from store.writer import batch_transaction, savepoint
+
+    conn.execute("CREATE TEMP TABLE t (v int)")
+    with batch_transaction(conn, rows=2):
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(psycopg.errors.DivisionByZero), savepoint(conn, rows=2):
+            conn.execute("INSERT INTO t VALUES (2)")
+            conn.execute("SELECT 1 / 0")
+    assert conn.execute("SELECT array_agg(v) FROM t").fetchone() == ([1],)
+
+
+def test_a_connection_lost_in_a_batch_transaction_is_store_unavailable_with_the_batchs_rows(
+    store_url: str,
+) -> None:
+    from store.writer import batch_transaction, close_quietly, connect, savepoint
+
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        connect(f"postgresql://streetlight@127.0.0.1:{free_port()}/streetlight", connect_timeout_s=2)
+    for nested in (False, True):
+        conn = connect(store_url)
+        pid = conn.info.backend_pid
+        with (
+            psycopg.connect(store_url, autocommit=True) as admin,
+            pytest.raises(StoreUnavailable) as caught,
+            batch_transaction(conn, rows=7),
+        ):
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))  # waits until it is gone
+            if nested:
+                with savepoint(conn, rows=7):
+                    conn.execute("SELECT 1")
+            else:
+                conn.execute("SELECT 1")
+        assert caught.value.rows == 7
+        close_quietly(conn)
+        close_quietly(conn)  # twice, on a broken connection: never raises

@@ -13,17 +13,22 @@ from alerts import (
     Alert,
     AlertKind,
     AlertState,
+    DayNightCandidate,
     DayNightPolicy,
     InvalidAlertData,
     LampCondition,
     LampReading,
+    LampSnapshot,
     MassOutagePolicy,
     Observation,
     OutageCluster,
     Place,
     Sky,
+    SunElevation,
     apply_observation,
+    daynight_change,
     fleet_wide,
+    judge_lamps,
     merge_fault,
     merge_mass_outage,
     observe,
@@ -263,3 +268,116 @@ def test_most_of_the_fleet_out_of_step_is_the_sky_not_the_lamps() -> None:
     assert fleet_wide(burning + fine + dark) == {LampCondition.DAY_BURNING}
     assert fleet_wide(burning[:9] + fine + dark) == frozenset()  # 9 of 19: below 20 judged
     assert fleet_wide(burning[:3] + fine * 2 + dark) == frozenset()  # 3 of 23: a few bad lamps
+
+
+# -- a pass over the fleet
+
+
+def lamp(
+    device_id: str, level: int, *, at: datetime = NOW - timedelta(seconds=30), **kw: object
+) -> LampSnapshot:
+    return LampSnapshot(device_id, SEOUL[0], SEOUL[1], at, level, **kw)  # type: ignore[arg-type]
+
+
+def sky(elevation: float, calls: list[tuple[float, float, datetime]] | None = None) -> SunElevation:
+    def sun(lat: float, lon: float, at: datetime) -> float:
+        if calls is not None:
+            calls.append((lat, lon, at))
+        return elevation
+
+    return sun
+
+
+def _saved(candidates: tuple[DayNightCandidate, ...], stored: list[Alert], now: datetime) -> list[Alert]:
+    """Decide every candidate on what is stored and save it, as ingest does."""
+    store = {a.id: a for a in stored}
+    for i, candidate in enumerate(candidates):
+        change = daynight_change(list(store.values()), candidate, now=now, new_alert_id=f"dn{i}")
+        if change is not None:
+            assert store.get(change.alert.id) == change.previous
+            store[change.alert.id] = change.alert
+    return [a for a in store.values() if a.is_active]
+
+
+def test_a_pass_keeps_the_lamps_whose_alert_changes_and_asks_the_sun_once_per_place_and_minute() -> None:
+    calls: list[tuple[float, float, datetime]] = []
+    lamps = [
+        lamp("burning", 100),
+        lamp("dark", 0),
+        lamp("walk", 100, override=True),
+        lamp("off", 100, online=False),
+    ]
+    judged = judge_lamps(lamps, [], NOW, sun=sky(DAY, calls))
+    assert len(calls) == 1 and judged.judged == 2 and judged.suspect == frozenset()
+    assert [(c.device_id, c.observation.present) for c in judged.candidates] == [("burning", True)]
+    assert judged.candidates[0].place.district_code == "" and judged.candidates[0].place.lat == SEOUL[0]
+    (alert,) = _saved(judged.candidates, [], NOW)
+    assert alert.fault_code == "day_burning" and alert.source_id == "burning"
+    # the same reading judged again by the next pass changes nothing
+    assert judge_lamps(lamps, [alert], NOW + timedelta(minutes=1), sun=sky(DAY)).candidates == ()
+
+
+def test_a_dark_lamp_at_night_is_not_a_candidate_when_its_failure_is_alerted_already() -> None:
+    failure, _ = merge_fault(
+        [], kind=AlertKind.LAMP_FAULT, device_id="L1", fault_code="lamp_failure", place=PLACE, now=NOW,
+        new_alert_id="f1",
+    )  # fmt: skip
+    assert judge_lamps([lamp("L1", 0)], [failure], NOW, sun=sky(NIGHT)).candidates == ()
+    assert len(judge_lamps([lamp("L1", 0)], [], NOW, sun=sky(NIGHT)).candidates) == 1
+
+
+def test_a_condition_in_most_of_the_fleet_opens_no_alert_but_still_counts_into_an_open_one() -> None:
+    earlier = NOW - timedelta(minutes=10)
+    (open_one,) = _saved(
+        judge_lamps([lamp("L00", 100, at=earlier)], [], earlier, sun=sky(DAY)).candidates, [], earlier
+    )
+    lamps = [lamp(f"L{i:02d}", 100) for i in range(25)]
+    judged = judge_lamps(lamps, [open_one], NOW, sun=sky(DAY))
+    assert judged.suspect == {LampCondition.DAY_BURNING} and judged.judged == 25
+    assert [c.device_id for c in judged.candidates] == ["L00"]
+    (counted,) = _saved(judged.candidates, [open_one], NOW)
+    assert counted.id == open_one.id and counted.count == 2
+
+
+def test_the_decision_under_the_lock_names_what_it_did() -> None:
+    candidate = DayNightCandidate("L1", _seen(True, NOW), PLACE)
+    new = daynight_change([], candidate, now=NOW, new_alert_id="a1")
+    assert new is not None and new.previous is None and new.reason == "daynight_new"
+    assert daynight_change([new.alert], candidate, now=NOW, new_alert_id="x") is None  # counted already
+    later = NOW + timedelta(minutes=1)
+    again = daynight_change(
+        [new.alert], DayNightCandidate("L1", _seen(True, later), PLACE), now=later, new_alert_id="x"
+    )
+    assert again is not None and again.reason == "daynight_repeated" and again.previous == new.alert
+    gone_at = later + timedelta(seconds=DEFAULT_DAYNIGHT.clear_after_s)
+    gone = DayNightCandidate("L1", _seen(False, gone_at), PLACE)
+    resolved = daynight_change([again.alert], gone, now=gone_at, new_alert_id="x")
+    assert resolved is not None and resolved.reason == "daynight_resolved"
+    # another lamp_fault of the device is not a day/night alert
+    other, _ = merge_fault(
+        [], kind=AlertKind.LAMP_FAULT, device_id="L1", fault_code="day_burning_x", place=PLACE, now=NOW,
+        new_alert_id="o1",
+    )  # fmt: skip
+    assert daynight_change([other], gone, now=gone_at, new_alert_id="x") is None
+
+
+_LAMP = st.tuples(st.integers(0, 100), st.integers(0, 400), st.booleans(), st.booleans())
+
+
+@given(st.lists(_LAMP, max_size=30), st.sampled_from([DAY, NIGHT, DUSK]), st.integers(0, 1200))
+def test_any_pass_saved_then_run_again_on_the_same_readings_changes_nothing(
+    readings: list[tuple[int, int, bool, bool]], elevation: float, age_s: int
+) -> None:
+    earlier = NOW - timedelta(seconds=age_s)
+    before = [lamp(f"L{i:02d}", level, at=earlier) for i, (level, _a, _o, _v) in enumerate(readings)]
+    stored = _saved(judge_lamps(before, [], earlier, sun=sky(elevation)).candidates, [], earlier)
+    lamps = [
+        lamp(f"L{i:02d}", level, at=NOW - timedelta(seconds=a), online=online, override=override)
+        for i, (level, a, online, override) in enumerate(readings)
+    ]
+    judged = judge_lamps(lamps, stored, NOW, sun=sky(elevation))
+    assert judged.judged <= len(lamps)
+    after = _saved(judged.candidates, stored, NOW)
+    per_device = [(a.source_id, a.fault_code) for a in after]
+    assert len(per_device) == len(set(per_device))
+    assert judge_lamps(lamps, after, NOW, sun=sky(elevation)).candidates == ()

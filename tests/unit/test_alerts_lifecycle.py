@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from alerts import (
+    ACTIVE_STATES,
     Action,
     Alert,
     AlertError,
@@ -138,6 +139,17 @@ def test_a_device_alert_may_resolve_straight_from_open_when_the_device_clears_it
 def test_an_open_sos_cannot_be_resolved_without_a_person_seeing_it() -> None:
     with pytest.raises(InvalidTransition, match=r"sos-1.*'open'.*'resolved'"):
         resolve(sos(), T0, "op-1")
+
+
+@pytest.mark.parametrize("state", list(AlertState), ids=[s.value for s in AlertState])
+def test_an_alert_is_active_exactly_when_its_state_is_one_of_the_active_states(state: AlertState) -> None:
+    alert = in_state(state)
+    assert alert.is_active is (state in ACTIVE_STATES) is (not state.is_terminal)
+    assert alert.is_active is bool(allowed_actions(alert))
+
+
+def test_the_active_states_are_the_non_terminal_ones_in_lifecycle_order() -> None:
+    assert ACTIVE_STATES == (AlertState.OPEN, AlertState.ACKNOWLEDGED, AlertState.DISPATCHED)
 
 
 def test_dispatching_an_open_alert_records_an_implicit_acknowledgement_first() -> None:

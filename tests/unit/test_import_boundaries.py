@@ -93,3 +93,13 @@ def test_the_boundary_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("import os\nfrom paho.mqtt import client\nimport psycopg.rows\n")
     assert _imports(bad) & IO_LIBRARIES == {"paho", "psycopg"}
+
+
+def test_ingest_reaches_the_database_only_through_store() -> None:
+    # ingest/_service.py still opens the periodic jobs' connection (its wiring moves to the shell).
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _modules("ingest")
+        if "psycopg" in _imports(p) and p.name != "_service.py"
+    ]
+    assert offenders == [], f"SQL and psycopg belong in store/: {offenders}"

@@ -145,9 +145,8 @@ def test_a_url_with_a_password_on_the_command_line_is_warned_about(
 def test_ingests_database_registry_keeps_its_table_and_waits_a_full_interval_while_the_database_is_down() -> (
     None
 ):
-    import psycopg
-
     from ingest import DatabaseRegistry
+    from store.errors import StoreUnavailable
 
     now = [0.0]
     registry = DatabaseRegistry(
@@ -157,7 +156,7 @@ def test_ingests_database_registry_keeps_its_table_and_waits_a_full_interval_whi
 
     def down() -> int:
         attempts.append(now[0])
-        raise psycopg.OperationalError("connection refused")
+        raise StoreUnavailable("connection refused")
 
     registry.load = down  # type: ignore[method-assign]
     assert registry.lookup("lamp-a") is None  # first lookup: tries, fails, no exception
@@ -167,6 +166,22 @@ def test_ingests_database_registry_keeps_its_table_and_waits_a_full_interval_whi
     now[0] = 30.5
     registry.lookup("lamp-ghost")
     assert attempts == [0.0, 30.5]
+
+
+def test_an_unreachable_database_is_store_unavailable_to_ingests_registry_share_group_and_lease() -> None:
+    from ingest import ConsumerLease, DatabaseRegistry, share_group
+    from store.errors import StoreUnavailable
+    from store.registry import provisioned_devices_at
+
+    nowhere = "postgresql://streetlight@127.0.0.1:1/streetlight"  # nothing listens on port 1
+    with pytest.raises(StoreUnavailable):
+        provisioned_devices_at(nowhere)
+    with pytest.raises(StoreUnavailable):
+        share_group(nowhere)
+    assert DatabaseRegistry(nowhere).lookup("lamp-a") is None
+    lease = ConsumerLease(nowhere, "g", "me", ttl_s=3.0)
+    assert lease.try_hold() is None
+    lease.release()  # logged, never raised
 
 
 def test_the_auto_registry_check_turns_on_by_itself_once_provisioning_reached_the_database() -> None:

@@ -1,0 +1,343 @@
+"""Maintenance planning (alerts._maintenance): fault reports, dark devices, the offline pass."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerts import (
+    FAULT_FLOOD_CODE,
+    MAX_OPEN_FAULTS_PER_DEVICE,
+    OFFLINE_COUNTS,
+    SEOUL_CITY_HALL,
+    Alert,
+    AlertChange,
+    AlertKind,
+    AlertState,
+    DarkDevice,
+    DeviceLiveness,
+    DeviceRecord,
+    FaultReport,
+    InvalidAlertData,
+    MassOutagePolicy,
+    OfflineReport,
+    count_changes,
+    dark_devices,
+    device_place,
+    fault_reports,
+    merge_fault,
+    plan_fault_alerts,
+    plan_offline_alerts,
+)
+
+NOW = datetime(2026, 11, 25, 13, 0, 0, tzinfo=UTC)
+DONG, OTHER_DONG = "1114052000", "1114053000"
+RECORD = DeviceRecord("L1", district_code="11140", dong_code=DONG, lat=37.5663, lon=126.9779)
+
+
+def ids(prefix: str = "a") -> Callable[[], str]:
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter)}"
+
+
+def replay(stored: Iterable[Alert], changes: Iterable[AlertChange]) -> dict[str, Alert]:
+    """Apply changes to a store, checking each one names what the store holds as its previous."""
+    store = {a.id: a for a in stored}
+    for change in changes:
+        assert store.get(change.alert.id) == change.previous, change
+        store[change.alert.id] = change.alert
+    return store
+
+
+def active(store: dict[str, Alert]) -> list[Alert]:
+    return [a for a in store.values() if a.is_active]
+
+
+# -- faults
+
+
+def test_fault_events_then_telemetry_faults_not_stored_yet_become_reports_in_order() -> None:
+    events = [
+        ("L1", "fault", "lamp_failure"),
+        ("L1", "fault_cleared", "lamp_failure"),
+        ("L2", "flood", "message_flood"),
+        ("L3", "registration", "registration_mismatch"),
+        ("L1", "tamper", "door_open"),
+        ("L1", "power_loss", "power_loss"),
+    ]
+    telemetry = {"L1": ("overheat", "lamp_failure"), "L4": ("driver",)}
+    reports = fault_reports(events, telemetry, {"L1": frozenset({"lamp_failure"})})
+    lamp, tamper = AlertKind.LAMP_FAULT, AlertKind.TAMPER
+    assert reports == [
+        FaultReport("L1", lamp, "lamp_failure", capped=True),
+        FaultReport("L1", lamp, "lamp_failure", cleared=True),
+        FaultReport("L2", tamper, "message_flood"),
+        FaultReport("L3", tamper, "registration_mismatch"),
+        FaultReport("L1", tamper, "door_open", capped=True),
+        FaultReport("L1", lamp, "power_loss", capped=True),
+        FaultReport("L1", lamp, "overheat", capped=True),
+        FaultReport("L4", lamp, "driver", capped=True),
+    ]
+
+
+def test_an_event_type_that_raises_no_alert_is_refused() -> None:
+    with pytest.raises(InvalidAlertData, match="'reboot'"):
+        fault_reports([("L1", "reboot", "x")], {}, {})
+
+
+def test_a_fault_and_its_clear_in_one_batch_open_then_resolve_one_alert() -> None:
+    reports = [
+        FaultReport("L1", AlertKind.LAMP_FAULT, "lamp_failure", capped=True),
+        FaultReport("L1", AlertKind.LAMP_FAULT, "lamp_failure", cleared=True),
+    ]
+    changes = plan_fault_alerts(reports, {}, {"L1": RECORD}, now=NOW, new_alert_id=ids())
+    assert [(c.alert.id, c.alert.state, c.previous is None) for c in changes] == [
+        ("a1", AlertState.OPEN, True),
+        ("a1", AlertState.RESOLVED, False),
+    ]
+    assert changes[1].previous == changes[0].alert
+    assert changes[0].alert.place == device_place(RECORD.lat, RECORD.lon, "11140", DONG)
+
+
+def test_a_repeated_fault_counts_into_the_stored_alert() -> None:
+    stored, _ = merge_fault(
+        [],
+        kind=AlertKind.LAMP_FAULT,
+        device_id="L1",
+        fault_code="lamp_failure",
+        place=device_place(None, None),
+        now=NOW - timedelta(hours=1),
+        new_alert_id="old",
+    )
+    reports = [FaultReport("L1", AlertKind.LAMP_FAULT, "lamp_failure", capped=True)]
+    (change,) = plan_fault_alerts(reports, {"L1": [stored]}, {}, now=NOW, new_alert_id=ids())
+    assert change.previous == stored and change.alert.id == "old" and change.alert.count == 2
+
+
+def test_ingests_own_findings_are_not_capped_and_a_device_without_a_row_is_placed_at_city_hall() -> None:
+    reports = [FaultReport("ghost", AlertKind.TAMPER, "message_flood")] * 2
+    changes = plan_fault_alerts(reports, {}, {}, now=NOW, new_alert_id=ids())
+    assert [c.alert.count for c in changes] == [1, 2] and changes[1].previous == changes[0].alert
+    place = changes[-1].alert.place
+    assert (place.lat, place.lon, place.district_code) == (*SEOUL_CITY_HALL, "")
+
+
+def test_codes_beyond_the_cap_fold_into_one_flood_alert_named_by_its_reason() -> None:
+    codes = [f"code{i}" for i in range(MAX_OPEN_FAULTS_PER_DEVICE + 3)]
+    reports = [FaultReport("L1", AlertKind.LAMP_FAULT, c, capped=True) for c in codes]
+    changes = plan_fault_alerts(reports, {}, {"L1": RECORD}, now=NOW, new_alert_id=ids())
+    flood = [c for c in changes if c.reason == FAULT_FLOOD_CODE]
+    assert len(changes) == MAX_OPEN_FAULTS_PER_DEVICE + 1 and len(flood) == 1
+    assert flood[0].alert.kind is AlertKind.TAMPER and flood[0].alert.count == 3
+    assert flood[0].previous is None
+
+
+def test_a_device_without_a_position_is_placed_at_city_hall_in_its_district() -> None:
+    place = device_place(None, 127.0, "11140", DONG)
+    assert (place.lat, place.lon, place.district_code, place.dong_code) == (*SEOUL_CITY_HALL, "11140", "")
+
+
+_REPORT = st.builds(
+    FaultReport,
+    device_id=st.sampled_from(["L1", "L2"]),
+    kind=st.sampled_from([AlertKind.LAMP_FAULT, AlertKind.TAMPER]),
+    code=st.sampled_from([f"c{i}" for i in range(12)]),
+    cleared=st.booleans(),
+    capped=st.booleans(),
+).map(lambda r: FaultReport(r.device_id, AlertKind.LAMP_FAULT, r.code, cleared=True) if r.cleared else r)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_REPORT, max_size=12), st.lists(_REPORT, max_size=30))
+def test_any_batch_of_reports_keeps_one_alert_per_code_the_cap_and_counts_every_report(
+    earlier: list[FaultReport], batch: list[FaultReport]
+) -> None:
+    first = replay([], plan_fault_alerts(earlier, {}, {}, now=NOW, new_alert_id=ids("e")))
+    stored = active(first)
+    by_device = {d: [a for a in stored if a.source_id == d] for d in ("L1", "L2")}
+    later = NOW + timedelta(minutes=5)
+    changes = plan_fault_alerts(batch, by_device, {}, now=later, new_alert_id=ids("b"))
+    store = replay(stored, changes)  # every change names the stored version it replaces
+    live = active(store)
+    keys = [(a.source_id, a.kind, a.fault_code) for a in live]
+    assert len(keys) == len(set(keys))
+    for device in ("L1", "L2"):
+        open_faults = [a for a in live if a.source_id == device and a.kind is AlertKind.LAMP_FAULT]
+        assert len(open_faults) <= MAX_OPEN_FAULTS_PER_DEVICE
+    raised = sum(1 for r in batch if not r.cleared)
+    assert sum(a.count for a in store.values()) - sum(a.count for a in stored) == raised
+    last: dict[tuple[str, AlertKind, str], FaultReport] = {}
+    for r in batch:
+        last[(r.device_id, r.kind, r.code)] = r
+    for (device, kind, code), r in last.items():
+        if r.cleared:
+            assert (device, kind, code) not in keys
+        else:
+            flooded = (device, AlertKind.TAMPER, FAULT_FLOOD_CODE) in keys
+            assert (device, kind, code) in keys or (r.capped and flooded)
+
+
+# -- dark devices
+
+
+def liveness(
+    device_id: str, *, online: bool, changed_s: float | None = None, seen_s: float | None = None, **kw: object
+) -> DeviceLiveness:
+    changed = None if changed_s is None else NOW - timedelta(seconds=changed_s)
+    seen = None if seen_s is None else NOW - timedelta(seconds=seen_s)
+    defaults: dict[str, object] = {"district_code": "11140", "dong_code": DONG, "lat": 37.56, "lon": 126.97}
+    return DeviceLiveness(device_id, online, changed, seen, **{**defaults, **kw})  # type: ignore[arg-type]
+
+
+def test_offline_devices_are_dark_since_their_state_changed_and_silent_ones_after_the_silence() -> None:
+    rows = [
+        liveness("will", online=False, changed_s=30, seen_s=40),
+        liveness("never", online=False, changed_s=None, seen_s=None),
+        liveness("silent", online=True, changed_s=900, seen_s=400),
+        liveness("reconnected", online=True, changed_s=100, seen_s=400),
+        liveness("heard", online=True, changed_s=900, seen_s=10),
+    ]
+    dark = dark_devices(rows, NOW, silent_after_s=180)
+    assert [(d.report.device_id, d.report.at) for d in dark] == [
+        ("will", NOW - timedelta(seconds=30)),
+        ("silent", NOW - timedelta(seconds=400 - 180)),
+    ]
+    assert all(d.report.dong_code == DONG for d in dark)
+
+
+def test_a_device_without_a_dong_is_located_by_its_position_else_grouped_by_district() -> None:
+    rows = [
+        liveness("placed", online=False, changed_s=5, dong_code=""),
+        liveness("nowhere", online=False, changed_s=5, dong_code="", lat=None, lon=None),
+    ]
+    calls: list[tuple[float, float]] = []
+
+    def locate(lat: float, lon: float) -> tuple[str, str]:
+        calls.append((lat, lon))
+        return "11230", "1123051000"
+
+    placed, nowhere = dark_devices(rows, NOW, silent_after_s=180, locate=locate)
+    assert calls == [(37.56, 126.97)]
+    assert placed.report.dong_code == "1123051000" and placed.device.district_code == "11230"
+    assert nowhere.report.dong_code == "district:11140"
+    assert dark_devices(rows[:1], NOW, silent_after_s=180)[0].report.dong_code == "district:11140"
+
+
+_SECONDS = st.one_of(st.none(), st.integers(0, 3600))
+
+
+@given(st.lists(st.tuples(st.booleans(), _SECONDS, _SECONDS), max_size=20), st.integers(1, 900))
+def test_a_device_is_dark_exactly_when_offline_by_its_will_or_silent_longer_than_the_limit(
+    rows: list[tuple[bool, int | None, int | None]], silent_after_s: int
+) -> None:
+    devices = [liveness(f"d{i}", online=o, changed_s=c, seen_s=s) for i, (o, c, s) in enumerate(rows)]
+    dark = {
+        d.report.device_id: d.report.at for d in dark_devices(devices, NOW, silent_after_s=silent_after_s)
+    }
+    for row in devices:
+        if not row.online:
+            expected = row.state_changed_at
+        elif row.last_seen is None:
+            expected = None
+        else:
+            heard = max(row.last_seen, row.state_changed_at or row.last_seen)
+            silent = (NOW - heard).total_seconds() > silent_after_s
+            expected = heard + timedelta(seconds=silent_after_s) if silent else None
+        assert dark.get(row.device_id) == expected
+        if expected is not None and row.online:
+            assert expected < NOW
+
+
+def test_a_naive_time_in_a_row_is_refused() -> None:
+    with pytest.raises(InvalidAlertData):
+        DeviceLiveness("x", False, datetime(2026, 1, 1), None)
+
+
+# -- the offline pass
+
+
+def dark(device_id: str, seconds_ago: float, *, dong: str = DONG, online: bool = False) -> DarkDevice:
+    at = NOW - timedelta(seconds=seconds_ago)
+    row = DeviceLiveness(
+        device_id, online, at, at, district_code="11140", dong_code=dong, lat=37.56, lon=126.97
+    )
+    return DarkDevice(OfflineReport(device_id, dong, at), row)
+
+
+def test_lamps_of_one_dong_going_dark_together_are_one_outage_and_a_lone_one_waits_its_grace() -> None:
+    cluster = [dark(f"M{i:02d}", 30) for i in range(12)]
+    lone_old, lone_new = dark("X", 200, dong=OTHER_DONG), dark("Y", 10, dong=OTHER_DONG, online=True)
+    changes = plan_offline_alerts(
+        [*cluster, lone_old, lone_new], [], {DONG: 40, OTHER_DONG: 40}, now=NOW, new_alert_id=ids()
+    )
+    counts = count_changes(changes, OFFLINE_COUNTS)
+    assert counts == {**dict.fromkeys(OFFLINE_COUNTS, 0), "mass_outage_new": 1, "device_offline_new": 1}
+    outage, single = (c.alert for c in changes)
+    assert outage.kind is AlertKind.MASS_OUTAGE and len(outage.device_ids) == 12
+    assert outage.place.dong_code == DONG
+    assert single.source_id == "X" and single.fault_code == "offline"
+
+
+def test_an_outage_supersedes_the_single_alerts_it_covers_and_resolves_when_most_lamps_are_back() -> None:
+    singles = plan_offline_alerts([dark("M00", 300)], [], {}, now=NOW, new_alert_id=ids("s"))
+    (single,) = (c.alert for c in singles)
+    cluster = [dark(f"M{i:02d}", 60) for i in range(1, 12)] + [dark("M00", 300)]
+    later = NOW  # the single is 300 s old, the others 60 s: M00 is outside the 120 s window
+    changes = plan_offline_alerts(cluster, [single], {}, now=later, new_alert_id=ids("o"))
+    assert [c.reason for c in changes] == ["mass_outage_new"]
+    cluster = [dark(f"M{i:02d}", 60) for i in range(12)]
+    changes = plan_offline_alerts(cluster, [single], {}, now=later, new_alert_id=ids("o"))
+    assert [c.reason for c in changes] == ["mass_outage_new", "superseded"]
+    outage = changes[0].alert
+    assert changes[1].alert.state is AlertState.CANCELLED and changes[1].previous == single
+    # 10 of 12 back: resolved; the 2 still dark, past their grace, get an alert each.
+    back_at = later + timedelta(seconds=120)
+    back = plan_offline_alerts(cluster[:2], [outage], {}, now=back_at, new_alert_id=ids("r"))
+    assert [c.reason for c in back] == ["mass_outage_resolved", "device_offline_new", "device_offline_new"]
+
+
+@st.composite
+def _fleets(draw: st.DrawFn) -> list[DarkDevice]:
+    out = []
+    for i in range(draw(st.integers(0, 16))):
+        if draw(st.booleans()):
+            dong = DONG if i % 3 else OTHER_DONG  # a device stays in its neighbourhood
+            out.append(dark(f"D{i:02d}", draw(st.integers(0, 400)), dong=dong, online=draw(st.booleans())))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(_fleets(), _fleets(), st.integers(1, 600))
+def test_any_two_passes_account_for_every_dark_device_once_and_a_third_changes_nothing(
+    first: list[DarkDevice], second: list[DarkDevice], gap_s: int
+) -> None:
+    policy = MassOutagePolicy(min_lamps=5)
+    per_dong = {DONG: 10, OTHER_DONG: 30}
+    store = replay(
+        [], plan_offline_alerts(first, [], per_dong, now=NOW, new_alert_id=ids("p"), policy=policy)
+    )
+    later = NOW + timedelta(seconds=gap_s)
+    second = [
+        DarkDevice(OfflineReport(d.report.device_id, d.report.dong_code, min(d.report.at, later)), d.device)
+        for d in second
+    ]
+    changes = plan_offline_alerts(
+        second, active(store), per_dong, now=later, new_alert_id=ids("q"), policy=policy
+    )
+    store = replay(store.values(), changes)
+    live = active(store)
+    singles = [a.source_id for a in live if a.kind is AlertKind.DEVICE_OFFLINE]
+    in_outages = {d for a in live if a.kind is AlertKind.MASS_OUTAGE for d in a.device_ids}
+    assert len(singles) == len(set(singles)) and not set(singles) & in_outages
+    dark_now = {d.report.device_id for d in second}
+    assert set(singles) <= dark_now  # a device back is never left with an alert
+    for d in second:
+        if (later - d.report.at).total_seconds() >= 120 or d.report.device_id in in_outages:
+            assert d.report.device_id in set(singles) | in_outages
+    again = plan_offline_alerts(second, live, per_dong, now=later, new_alert_id=ids("r"), policy=policy)
+    assert again == []
