@@ -92,6 +92,7 @@ from alerts._lifecycle import (
     transition,
 )
 from alerts._model import (
+    ACTIVE_STATES,
     DEFAULT_SEVERITY,
     DEVICE_KINDS,
     Alert,
@@ -103,6 +104,7 @@ from alerts._model import (
     Place,
     Position,
     Severity,
+    is_active_state,
     new_alert,
     place_in_words,
 )
@@ -113,6 +115,7 @@ from alerts._storage import STORAGE_PLACE, STORAGE_SOURCE, storage_alert_update
 from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
 
 __all__ = [
+    "ACTIVE_STATES",
     "CAP_NAMESPACE",
     "CITY_CENTRE",
     "DARK_EXPLAINED_BY",
@@ -181,6 +184,7 @@ __all__ = [
     "fleet_wide",
     "fold_sos_press",
     "incident_timeline",
+    "is_active_state",
     "is_centre_code",
     "lamp_output",
     "merge_device_fault",

@@ -19,15 +19,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-
 from alerts import alert_from_dict, allowed_actions
 from alerts._errors import AlertError
 from api.metrics import ApiMetrics
-from api.queries import STREAM_SELECT
-from store.accounts import OPERATOR_CHANNEL
-from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL
+from store.alerts import stream_alert_async
+from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL, listening
+from store.operators import OPERATOR_CHANNEL
+from store.types import AsyncConn
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +138,7 @@ class StreamHub:
             sub.queue.put_nowait({"type": "overflow"})
         self._subs.clear()
 
-    async def _dispatch(self, reader: AsyncConnection[Any], channel: str, payload: str) -> None:
+    async def _dispatch(self, reader: AsyncConn, channel: str, payload: str) -> None:
         if channel == OPERATOR_CHANNEL:  # payload: a username whose account or sessions changed
             for sub in list(self._subs):
                 if sub.username == payload:
@@ -158,9 +156,7 @@ class StreamHub:
         alert_id = note.get("alert_id")
         if not isinstance(alert_id, str):
             return
-        async with reader.cursor(row_factory=dict_row) as cur:
-            await cur.execute(STREAM_SELECT + " WHERE a.alert_id = %s", (alert_id,))
-            row = await cur.fetchone()
+        row = await stream_alert_async(reader, alert_id)
         if row is not None:
             self._broadcast(alert_message(row), list(row["district_codes"]), str(row["kind"]))
 
@@ -170,12 +166,9 @@ class StreamHub:
         while True:
             try:
                 async with (
-                    await AsyncConnection.connect(self._url, autocommit=True) as listen,
-                    await AsyncConnection.connect(self._url, autocommit=True) as reader,
+                    listening(self._url, (ALERT_CHANNEL, LAMP_CHANNEL, OPERATOR_CHANNEL)) as listen,
+                    listening(self._url) as reader,
                 ):
-                    await listen.execute(f"LISTEN {ALERT_CHANNEL}")
-                    await listen.execute(f"LISTEN {LAMP_CHANNEL}")
-                    await listen.execute(f"LISTEN {OPERATOR_CHANNEL}")
                     self.ready.set()
                     attempt = 0
                     async for notification in listen.notifies():

@@ -13,14 +13,15 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from shapely.geometry import mapping
 
-from api.queries import active_overrides, active_walkers
 from api.schemas import OverrideIn
 from api.security import Operator
 from api.state import POSITION_ROLES, CurrentOperator, Db, State, require_role, visible_districts
 from geo import Gazetteer
 from store.alertstore import LAMP_CHANNEL, notify
-from store.repo import get_device, lamp_hours, list_devices_with_state, log_access
+from store.devices import active_overrides, get_device, lamp_hours, list_devices_with_state
+from store.operators import log_access
 from store.types import Conn
+from store.walks import active_walkers
 
 router = APIRouter(tags=["lamps"])
 

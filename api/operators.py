@@ -31,7 +31,6 @@ from alerts import (
 from api.accounts import create_operator
 from api.hub import alert_summary
 from api.loginguard import Refusal, Throttle
-from api.queries import audit_entries, last_event_id, list_operators
 from api.ratelimit import retry_after_header
 from api.schemas import DispatchIn, LoginIn, NoteIn, OperatorIn, ResolveIn
 from api.security import Operator, SessionClaims, new_session_id, sign_token, verify_password
@@ -47,23 +46,20 @@ from api.state import (
     visible_districts,
     visible_kinds,
 )
-from store.accounts import (
+from store.alerts import alert_events, alert_track, get_alert, last_event_id, list_alerts
+from store.alertstore import AlertNotFound, change_alert
+from store.operators import (
     account_changed,
+    audit_entries,
     create_session,
+    get_operator,
     is_login_place,
+    list_operators,
+    log_access,
+    log_accesses,
     remember_login_place,
     revoke_session,
     set_operator_disabled,
-)
-from store.alertstore import AlertNotFound, change_alert
-from store.repo import (
-    alert_events,
-    alert_track,
-    get_alert,
-    get_operator,
-    list_alerts,
-    log_access,
-    log_accesses,
 )
 from store.types import Conn
 

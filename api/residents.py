@@ -34,6 +34,7 @@ from api.schemas import SosIn, WalkPositionIn
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
+from store.alerts import claim_idempotency_key, idempotency_alert, lock_sos_of
 from store.alertstore import (
     WALK_CHANNEL,
     AlertNotFound,
@@ -44,20 +45,20 @@ from store.alertstore import (
     save_alert,
 )
 from store.bursts import mark_sos_source
-from store.repo import (
+from store.types import Conn
+from store.walkpositions import QueuedPosition
+from store.walks import (
     active_walks_of,
     add_walk_positions,
     attach_walk_to_alert,
-    claim_idempotency_key,
     create_resident,
     delete_resident,
     end_walk,
     get_walk,
-    idempotency_alert,
+    lock_walks_of,
+    read_live_walk,
     start_walk,
 )
-from store.types import Conn
-from store.walkpositions import QueuedPosition
 
 router = APIRouter(tags=["residents"])
 
@@ -158,7 +159,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
     walk_id = new_id("walk")
     with conn.transaction():
         # One resident's advisory lock: two starts racing cannot both keep their walk.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("walk:" + resident,))
+        lock_walks_of(conn, resident)
         active = active_walks_of(conn, resident)
         superseded = active[: max(0, len(active) - state.config.walks_per_resident + 1)]
         for old in superseded:
@@ -261,24 +262,16 @@ async def check_live_walk(state: AppState, token: str, walk_id: str) -> str | No
     (one query on the event loop's pool); `WalkRefused` with 401, 404, 403 or 409 otherwise."""
     assert state.apool is not None
     async with state.apool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT r.resident_id, w.resident_id, w.status, w.district_code FROM (SELECT 1) one "
-            "LEFT JOIN residents r ON r.token_hash = %s AND r.deleted_at IS NULL "
-            "LEFT JOIN walks w ON w.walk_id = %s",
-            (hash_resident_token(token), walk_id),
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    resident, owner, status, district = row
-    if resident is None:
+        found = await read_live_walk(conn, hash_resident_token(token), walk_id)
+    if found.resident_id is None:
         raise WalkRefused(401, "unknown or revoked resident token")
-    if owner is None:
+    if found.owner_id is None:
         raise WalkRefused(404, f"unknown walk {walk_id!r}")
-    if owner != resident:
+    if found.owner_id != found.resident_id:
         raise WalkRefused(403, f"walk {walk_id!r} belongs to another resident")
-    if status != "active":
+    if found.status != "active":
         raise WalkRefused(409, f"walk {walk_id!r} has ended")
-    return None if district is None else str(district)
+    return None if found.district_code is None else str(found.district_code)
 
 
 def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:
@@ -320,7 +313,7 @@ def _accept_sos(
     )
     with conn.transaction():
         # One SOS at a time per resident, across API instances: two presses racing must merge.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        lock_sos_of(conn, resident)
         if body.walk_id is not None:
             walk = get_walk(conn, body.walk_id)
             if walk is None or walk["resident_id"] != resident:
@@ -377,7 +370,7 @@ def _sos_over_limit(
     )
     position = Position(lat=body.lat, lon=body.lon, at=now, accuracy_m=body.accuracy_m)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        lock_sos_of(conn, resident)
         active = active_alerts(conn, source_id=resident, kinds=["sos"])
         target, created = merge_sos(
             active, resident_id=resident, position=position, place=place, now=now, new_alert_id="-"

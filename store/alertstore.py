@@ -28,22 +28,23 @@ Channels and their JSON payloads (all small; PostgreSQL caps a payload at 8000 b
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from psycopg import Connection
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from alerts import Alert, AlertState, alert_from_dict, alert_to_dict
+from store.alerts import active_clause, add_alert_positions, append_alert_event, upsert_alert
 from store.errors import StoreRejected
-from store.repo import add_alert_positions, append_alert_event, upsert_alert
+from store.filters import Where
+from store.types import AsyncConn, Conn
 
 ALERT_CHANNEL = "sl_alert"
 WALK_CHANNEL = "sl_walk"
 LAMP_CHANNEL = "sl_lamp"
-
-Conn = Connection[Any]
 
 
 class AlertNotFound(StoreRejected):
@@ -159,20 +160,27 @@ def active_alerts(
     kinds: Iterable[str] | None = None,
     source_id: str | None = None,
 ) -> list[Alert]:
-    """Open, acknowledged and dispatched alerts, oldest first, optionally filtered."""
-    where = ["status IN ('open', 'acknowledged', 'dispatched')"]
-    params: list[object] = []
-    if districts is not None:
-        where.append("district_codes && %s")
-        params.append(list(districts))
-    if kinds is not None:
-        where.append("kind = ANY(%s)")
-        params.append(list(kinds))
-    if source_id is not None:
-        where.append("data->>'source_id' = %s")
-        params.append(source_id)
+    """Active alerts (`alerts.ACTIVE_STATES`), oldest first, optionally filtered."""
+    active, states = active_clause()
+    where = (
+        Where()
+        .add(active, states)
+        .overlaps("district_codes", districts)
+        .any_of("kind", kinds)
+        .equals("data->>'source_id'", source_id)
+    )
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT data FROM alerts WHERE " + " AND ".join(where) + " ORDER BY created_at", params
+            "SELECT data FROM alerts" + where.sql + " ORDER BY created_at", where.params
         ).fetchall()
     return [_from_row(r) for r in rows]
+
+
+@asynccontextmanager
+async def listening(database_url: str, channels: Sequence[str] = ()) -> AsyncIterator[AsyncConn]:
+    """An autocommit async connection that LISTENs on `channels` (none: a plain connection),
+    closed on leaving; read its wake-ups with ``async for note in conn.notifies()``."""
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for channel in channels:
+            await conn.execute(f"LISTEN {channel}")
+        yield conn
