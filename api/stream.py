@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +30,7 @@ from api.state import AppState, operator_from_token, visible_districts, visible_
 from store.alerts import last_event_id, stream_catch_up
 from store.errors import DatabaseUnavailable
 from store.operators import log_access
+from store.types import Row
 
 router = APIRouter(tags=["stream"])
 
@@ -57,7 +57,7 @@ def _operator(state: AppState, token: str) -> Operator:
         return operator_from_token(state, conn, token)
 
 
-def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict[str, Any]]]:
+def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[Row]]:
     with state.pool.connection() as conn:
         rows = stream_catch_up(
             conn, after_event_id=after, district_codes=visible_districts(op), kinds=visible_kinds(op)
