@@ -8,7 +8,7 @@ Contract between services (DESIGN.md §2, "the API hands requests to the control
 database"): the durable record is always a row; a `NOTIFY` on one of the channels below is
 only a wake-up sent in the same transaction (PostgreSQL delivers it at commit, never for a
 rolled-back change). A service that was down re-reads the rows when it starts, so a lost
-notification delays work but never loses it.
+notification delays work but never loses it. `listening` opens a connection that LISTENs.
 
 Channels and their JSON payloads (all small; PostgreSQL caps a payload at 8000 bytes):
 
