@@ -204,14 +204,9 @@ FROM alerts a
 """
 
 
-def stream_alert(conn: Conn, alert_id: str) -> Row | None:
-    """One alert as the stream sends it, with its newest event id."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(_STREAM_SELECT + " WHERE a.alert_id = %s", (alert_id,)).fetchone()
-
-
 async def stream_alert_async(conn: AsyncConn, alert_id: str) -> Row | None:
-    """`stream_alert` on an async connection (the stream hub's reader)."""
+    """One alert as the stream sends it, with its newest event id (on the stream hub's async
+    reader)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_STREAM_SELECT + " WHERE a.alert_id = %s", (alert_id,))
         return await cur.fetchone()
