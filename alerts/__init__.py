@@ -134,6 +134,7 @@ from alerts._model import (
     Place,
     Position,
     Severity,
+    is_active_state,
     new_alert,
     place_in_words,
 )
@@ -234,6 +235,7 @@ __all__ = [
     "fleet_wide",
     "fold_sos_press",
     "incident_timeline",
+    "is_active_state",
     "is_centre_code",
     "is_daynight_alert",
     "judge_lamps",

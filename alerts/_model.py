@@ -63,12 +63,23 @@ class AlertState(StrEnum):
     @property
     def is_terminal(self) -> bool:
         """True for states no action leads out of."""
-        return self in (AlertState.RESOLVED, AlertState.CANCELLED)
+        return self not in ACTIVE_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """True for the states an alert is in until it is resolved or cancelled (`ACTIVE_STATES`)."""
+        return self in ACTIVE_STATES
 
 
+# The one definition of an "active" alert: open, acknowledged or dispatched (not yet resolved or
+# cancelled). The store selects active rows with it (`store.alerts.active_clause`), the services
+# and the console's lists follow it through `AlertState.is_active` / `Alert.is_active`.
 ACTIVE_STATES: tuple[AlertState, ...] = (AlertState.OPEN, AlertState.ACKNOWLEDGED, AlertState.DISPATCHED)
-"""What "active alert" means everywhere (``Alert.is_active``, the store's ``status = ANY(...)``
-queries, the console's lists): every state but the terminal ones, in lifecycle order."""
+
+
+def is_active_state(state: str) -> bool:
+    """True when a stored status (``"open"``, ``"resolved"``, ...) names an active state."""
+    return state in ACTIVE_STATES
 
 
 class EventAction(StrEnum):
@@ -193,8 +204,8 @@ class Alert:
 
     @property
     def is_active(self) -> bool:
-        """True until the alert is resolved or cancelled (its state is in `ACTIVE_STATES`)."""
-        return self.state in ACTIVE_STATES
+        """True until the alert is resolved or cancelled (`ACTIVE_STATES`)."""
+        return self.state.is_active
 
     @property
     def last_position(self) -> tuple[float, float]:

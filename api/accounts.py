@@ -8,8 +8,7 @@ from argon2 import PasswordHasher
 
 from api.security import ROLES, password_hasher
 from geo import Gazetteer
-from store.accounts import revoke_sessions
-from store.repo import get_operator, upsert_operator
+from store.operators import get_operator, revoke_sessions, upsert_operator
 from store.types import Conn
 
 DEMO_PASSWORD = "streetlight"  # demo only: printed by `streetlight up`; never for a real deployment

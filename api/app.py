@@ -33,7 +33,6 @@ from api.hub import StreamHub
 from api.loginguard import LoginGuard
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.places import LampDirectory
-from api.queries import shared_token_secret
 from api.ratelimit import RateLimiter
 from api.schemas import describe_errors
 from api.security import dummy_password_hash, password_hasher
@@ -43,6 +42,7 @@ from geo import Gazetteer
 from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
+from store.operators import shared_token_secret
 from store.schema import apply_migrations
 from store.types import Conn
 from streetlight import runtime

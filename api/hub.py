@@ -19,15 +19,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-
 from alerts import alert_from_dict, allowed_actions
 from alerts._errors import AlertError
 from api.metrics import ApiMetrics
-from api.queries import STREAM_SELECT
-from store.accounts import OPERATOR_CHANNEL
-from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL
+from api.schemas import AlertSummary
+from store.alerts import stream_alert_async
+from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL, listening
+from store.operators import OPERATOR_CHANNEL
+from store.types import AsyncConn, Row
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def alert_summary(row: dict[str, Any]) -> dict[str, Any]:
+def alert_summary(row: Row) -> AlertSummary:
     """An alert as lists and the stream show it: state, place in words, last event; no track
     (the track is read through the alert's detail, which is audited)."""
     data = dict(row["data"])
@@ -45,35 +44,35 @@ def alert_summary(row: dict[str, Any]) -> dict[str, Any]:
     except AlertError:
         actions = []
     timeline = data.get("timeline") or []
-    return {
-        "id": row["alert_id"],
-        "kind": row["kind"],
-        "state": row["status"],
-        "severity": data.get("severity"),
-        "created_at": data.get("created_at"),
-        "updated_at": _iso(row.get("updated_at")),
-        "districts": list(row["district_codes"]),
-        "place": data.get("place"),
-        "place_text_ko": data.get("place_text_ko"),
-        "place_text_en": data.get("place_text_en"),
-        "count": data.get("count", 1),
-        "device_ids": data.get("device_ids", []),
-        "last_event": timeline[-1] if timeline else None,
-        "allowed_actions": actions,
-        "event_id": int(row.get("event_id") or 0),
+    return AlertSummary(
+        id=row["alert_id"],
+        kind=row["kind"],
+        state=row["status"],
+        severity=data.get("severity"),
+        created_at=data.get("created_at"),
+        updated_at=_iso(row.get("updated_at")),
+        districts=list(row["district_codes"]),
+        place=data.get("place"),
+        place_text_ko=data.get("place_text_ko"),
+        place_text_en=data.get("place_text_en"),
+        count=data.get("count", 1),
+        device_ids=data.get("device_ids", []),
+        last_event=timeline[-1] if timeline else None,
+        allowed_actions=actions,
+        event_id=int(row.get("event_id") or 0),
         # SOS alerts of 2+ residents from one source (address) within a window: grouped, all flagged.
-        "suspected_burst": bool(row.get("suspected_burst")),
-        "burst_group": row.get("burst_group"),
-    }
+        suspected_burst=bool(row.get("suspected_burst")),
+        burst_group=row.get("burst_group"),
+    )
 
 
-def alert_message(row: dict[str, Any], *, replay: bool = False) -> dict[str, Any]:
-    """The stream message for one alert."""
+def alert_message(row: Row, *, replay: bool = False) -> dict[str, Any]:
+    """The stream message for one alert (`AlertSummary` under ``alert``)."""
     return {
         "type": "alert",
         "event_id": int(row.get("event_id") or 0),
         "replay": replay,
-        "alert": alert_summary(row),
+        "alert": alert_summary(row).model_dump(),
     }
 
 
@@ -140,7 +139,7 @@ class StreamHub:
             sub.queue.put_nowait({"type": "overflow"})
         self._subs.clear()
 
-    async def _dispatch(self, reader: AsyncConnection[Any], channel: str, payload: str) -> None:
+    async def _dispatch(self, reader: AsyncConn, channel: str, payload: str) -> None:
         if channel == OPERATOR_CHANNEL:  # payload: a username whose account or sessions changed
             for sub in list(self._subs):
                 if sub.username == payload:
@@ -158,11 +157,15 @@ class StreamHub:
         alert_id = note.get("alert_id")
         if not isinstance(alert_id, str):
             return
-        async with reader.cursor(row_factory=dict_row) as cur:
-            await cur.execute(STREAM_SELECT + " WHERE a.alert_id = %s", (alert_id,))
-            row = await cur.fetchone()
-        if row is not None:
-            self._broadcast(alert_message(row), list(row["district_codes"]), str(row["kind"]))
+        row = await stream_alert_async(reader, alert_id)
+        if row is None:
+            return
+        try:
+            message = alert_message(row)
+        except ValueError as exc:  # a row the summary cannot read: skip it, keep the stream
+            log.warning("stream: unreadable alert alert_id=%s error=%s", alert_id, exc)
+            return
+        self._broadcast(message, list(row["district_codes"]), str(row["kind"]))
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with capped, jittered backoff."""
@@ -170,12 +173,9 @@ class StreamHub:
         while True:
             try:
                 async with (
-                    await AsyncConnection.connect(self._url, autocommit=True) as listen,
-                    await AsyncConnection.connect(self._url, autocommit=True) as reader,
+                    listening(self._url, (ALERT_CHANNEL, LAMP_CHANNEL, OPERATOR_CHANNEL)) as listen,
+                    listening(self._url) as reader,
                 ):
-                    await listen.execute(f"LISTEN {ALERT_CHANNEL}")
-                    await listen.execute(f"LISTEN {LAMP_CHANNEL}")
-                    await listen.execute(f"LISTEN {OPERATOR_CHANNEL}")
                     self.ready.set()
                     attempt = 0
                     async for notification in listen.notifies():

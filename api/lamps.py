@@ -14,14 +14,29 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from shapely.geometry import mapping
 
-from api.queries import active_overrides, active_walkers
-from api.schemas import OverrideIn
+from api.schemas import (
+    AreasOut,
+    LampDetailOut,
+    LampDetailPropertiesOut,
+    LampFeatureOut,
+    LampHourOut,
+    LampOverrideOut,
+    LampPropertiesOut,
+    LampsOut,
+    OverrideIn,
+    OverrideOut,
+    PointOut,
+    WalkerOut,
+    WalkersOut,
+)
 from api.security import Operator
 from api.state import POSITION_ROLES, CurrentOperator, Db, State, require_role, visible_districts
 from geo import Gazetteer
+from store.devices import active_overrides, get_device, lamp_hours, list_devices_with_state
 from store.notes import LampNote, notify
-from store.repo import get_device, lamp_hours, list_devices_with_state, log_access
-from store.types import Conn
+from store.operators import log_access
+from store.types import Conn, Row
+from store.walks import active_walkers
 
 router = APIRouter(tags=["lamps"])
 
@@ -60,7 +75,11 @@ def _areas_geojson(gaz: Gazetteer, level: str, district: str | None) -> dict[str
     }
 
 
-@router.get("/v1/districts", summary="District or neighbourhood polygons (GeoJSON)")
+@router.get(
+    "/v1/districts",
+    summary="District or neighbourhood polygons (GeoJSON)",
+    responses={200: {"model": AreasOut, "description": "cached for an hour (``Cache-Control``)"}},
+)
 def districts(
     state: State,
     level: Annotated[str, Query(pattern="^(district|dong)$")] = "district",
@@ -72,7 +91,7 @@ def districts(
     )
 
 
-def _lamp_state(row: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
+def _lamp_state(row: Row, overrides: list[Row]) -> str:
     if not row["online"]:
         return "offline"
     if row["faults"]:
@@ -94,14 +113,14 @@ _RESIDENT_PRIORITIES = frozenset({"walk", "sos"})
 _OVERRIDE_FIELDS = ("cmd_id", "action", "level", "priority", "expires_at", "status")
 
 
-def _visible_overrides(op: Operator, overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _visible_overrides(op: Operator, overrides: list[Row]) -> list[Row]:
     if op.role in POSITION_ROLES:
         return overrides
     return [o for o in overrides if o["priority"] not in _RESIDENT_PRIORITIES]
 
 
 def _audit_resident_overrides(
-    conn: Conn, op: Operator, subject: str, overrides: dict[str, list[dict[str, Any]]]
+    conn: Conn, op: Operator, subject: str, overrides: dict[str, list[Row]]
 ) -> None:
     """One audit row for an answer showing walk or SOS overrides: lamps brightened for a resident
     place that resident, like the walkers' dots (`read_walkers`)."""
@@ -123,7 +142,8 @@ def _audit_resident_overrides(
         )
 
 
-def _lamp_props(row: dict[str, Any], op: Operator, all_overrides: list[dict[str, Any]]) -> dict[str, Any]:
+def _lamp_props(row: Row, op: Operator, all_overrides: list[Row]) -> dict[str, Any]:
+    """The fields of `LampPropertiesOut` (a detail adds its own)."""
     overrides = _visible_overrides(op, all_overrides)
     return {
         "device_id": row["device_id"],
@@ -136,7 +156,7 @@ def _lamp_props(row: dict[str, Any], op: Operator, all_overrides: list[dict[str,
         "level": row["level"],
         "faults": list(row["faults"] or []),
         "last_seen": _iso(row["last_seen"]),
-        "overrides": [{k: _iso(o.get(k)) for k in _OVERRIDE_FIELDS} for o in overrides],
+        "overrides": [LampOverrideOut(**{k: _iso(o.get(k)) for k in _OVERRIDE_FIELDS}) for o in overrides],
     }
 
 
@@ -152,25 +172,21 @@ def _scope(op: Operator, district: str | None) -> list[str] | None:
 @router.get("/v1/lamps", summary="Lamps with live state (GeoJSON)")
 def lamps(
     op: CurrentOperator, conn: Db, district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None
-) -> dict[str, Any]:
+) -> LampsOut:
     """Every lamp the operator may see: position, online, level, active overrides, faults."""
     rows = list_devices_with_state(conn, district_codes=_scope(op, district))
     overrides = active_overrides(conn, [r["device_id"] for r in rows])
     _audit_resident_overrides(conn, op, ",".join(_scope(op, district) or ["all"]), overrides)
-    return {
-        "type": "FeatureCollection",
-        "features": [
-            {
-                "type": "Feature",
-                "id": r["device_id"],
-                "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]}
-                if r["lat"] is not None
-                else None,
-                "properties": _lamp_props(r, op, overrides.get(r["device_id"], [])),
-            }
+    return LampsOut(
+        features=[
+            LampFeatureOut(
+                id=r["device_id"],
+                geometry=PointOut(coordinates=[r["lon"], r["lat"]]) if r["lat"] is not None else None,
+                properties=LampPropertiesOut(**_lamp_props(r, op, overrides.get(r["device_id"], []))),
+            )
             for r in rows
         ],
-    }
+    )
 
 
 @router.get("/v1/lamps.ngsi-ld", summary="Lamps as FIWARE Streetlight entities (NGSI-LD)")
@@ -206,7 +222,7 @@ def lamps_ngsi_ld(
     return JSONResponse(entities, media_type="application/ld+json")
 
 
-def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> dict[str, Any]:
+def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> Row:
     row = get_device(conn, device_id)
     mine = visible_districts(op)
     if row is None or (mine is not None and row["district_code"] not in mine):
@@ -215,21 +231,18 @@ def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> dict[str, Any]:
 
 
 @router.get("/v1/lamps/{device_id}", summary="One lamp with its last 24 h")
-def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> LampDetailOut:
     """The lamp's live state and hourly level, power and uptime for the last 24 h (rollups)."""
     row = _visible_lamp(conn, op, device_id)
     overrides = active_overrides(conn, [device_id]).get(device_id, [])
     _audit_resident_overrides(conn, op, device_id, {device_id: overrides})
     hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
-    return {
-        "lamp": {
-            **_lamp_props(row, op, overrides),
-            "lat": row["lat"],
-            "lon": row["lon"],
-            "model": row["model"],
-        },
-        "hours": [{k: _iso(v) for k, v in h.items()} for h in hours],
-    }
+    return LampDetailOut(
+        lamp=LampDetailPropertiesOut(
+            **_lamp_props(row, op, overrides), lat=row["lat"], lon=row["lon"], model=row["model"]
+        ),
+        hours=[LampHourOut(**{k: _iso(v) for k, v in h.items()}) for h in hours],
+    )
 
 
 def _override(
@@ -239,7 +252,7 @@ def _override(
     action: Literal["set_level", "clear"],
     level: int | None,
     ttl_s: int,
-) -> dict[str, Any]:
+) -> OverrideOut:
     require_role(op, "maintenance", "admin", "city")
     row = _visible_lamp(conn, op, device_id)
     note = LampNote(
@@ -261,23 +274,23 @@ def _override(
             subject_id=device_id,
             details=details,
         )
-    return {"accepted": True, **details}
+    return OverrideOut(accepted=True, **details)
 
 
 @router.post("/v1/lamps/{device_id}/override", status_code=202, summary="Manual override (maintenance)")
-def lamp_override(device_id: str, body: OverrideIn, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def lamp_override(device_id: str, body: OverrideIn, op: CurrentOperator, conn: Db) -> OverrideOut:
     """Set a lamp's level for a while; the controller sends the command and the lamp falls back by itself."""
     return _override(conn, op, device_id, "set_level", body.level, body.duration_s)
 
 
 @router.delete("/v1/lamps/{device_id}/override", status_code=202, summary="Clear a manual override")
-def lamp_override_clear(device_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def lamp_override_clear(device_id: str, op: CurrentOperator, conn: Db) -> OverrideOut:
     """End the operator's override now."""
     return _override(conn, op, device_id, "clear", None, 0)
 
 
 @router.get("/v1/walkers", summary="Walks in progress as anonymous dots")
-def walkers(op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def walkers(op: CurrentOperator, conn: Db) -> WalkersOut:
     """The latest position of each walk in progress (no ids; rounded to ~10 m). Residents'
     positions: refused to maintenance (lamps need no walkers), and every read is audited."""
     require_role(op, *POSITION_ROLES)
@@ -290,14 +303,11 @@ def walkers(op: CurrentOperator, conn: Db) -> dict[str, Any]:
         subject_id=",".join(visible_districts(op) or ["all"]),
         details={"walkers": len(rows)},
     )
-    return {
-        "walkers": [
-            {
-                "lat": round(r["lat"], 4),
-                "lon": round(r["lon"], 4),
-                "district": r["district_code"],
-                "ts": _iso(r["ts"]),
-            }
+    return WalkersOut(
+        walkers=[
+            WalkerOut(
+                lat=round(r["lat"], 4), lon=round(r["lon"], 4), district=r["district_code"], ts=_iso(r["ts"])
+            )
             for r in rows
         ]
-    }
+    )

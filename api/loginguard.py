@@ -9,7 +9,7 @@ per username, each over `window_s`:
   their right password (a wrong one there is refused as before);
 - addresses are counted by `api.state.address_key` (an IPv6 address by its /64);
 - a username over its failures is refused from every address the operator has never logged in
-  from successfully; from a place they used before (`store.accounts.is_login_place`) the password is
+  from successfully; from a place they used before (`store.operators.is_login_place`) the password is
   still checked, so an attacker elsewhere who exhausts the username's budget cannot lock the
   on-duty operator out of their own control centre;
 - an address failing on `spray_usernames` different usernames within the window is a suspected

@@ -31,9 +31,27 @@ from alerts import (
 from api.accounts import create_operator
 from api.hub import alert_summary
 from api.loginguard import Refusal, Throttle
-from api.queries import audit_entries, last_event_id, list_operators
 from api.ratelimit import retry_after_header
-from api.schemas import DispatchIn, LoginIn, NoteIn, OperatorIn, ResolveIn
+from api.schemas import (
+    AlertActionOut,
+    AlertDetailOut,
+    AlertEventOut,
+    AlertListOut,
+    AuditEntryOut,
+    AuditOut,
+    DispatchIn,
+    LoginIn,
+    LoginOut,
+    MeOut,
+    NoteIn,
+    OperatorAccountOut,
+    OperatorDisabledOut,
+    OperatorIn,
+    OperatorSavedOut,
+    OperatorsOut,
+    ResolveIn,
+    TrackPointOut,
+)
 from api.security import Operator, SessionClaims, new_session_id, sign_token, verify_password
 from api.state import (
     AppState,
@@ -47,25 +65,22 @@ from api.state import (
     visible_districts,
     visible_kinds,
 )
-from store.accounts import (
+from store.alerts import alert_events, alert_track, get_alert, last_event_id, list_alerts
+from store.alertstore import AlertNotFound, change_alert
+from store.operators import (
     account_changed,
+    audit_entries,
     create_session,
+    get_operator,
     is_login_place,
+    list_operators,
+    log_access,
+    log_accesses,
     remember_login_place,
     revoke_session,
     set_operator_disabled,
 )
-from store.alertstore import AlertNotFound, change_alert
-from store.repo import (
-    alert_events,
-    alert_track,
-    get_alert,
-    get_operator,
-    list_alerts,
-    log_access,
-    log_accesses,
-)
-from store.types import Conn
+from store.types import Conn, Row
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operators"])
@@ -118,7 +133,7 @@ def _refuse(state: AppState, conn: Conn, refusal: Refusal, username: str, addres
 
 
 @router.post("/v1/auth/login", summary="Operator login")
-def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, Any]:
+def login(body: LoginIn, request: Request, state: State, conn: Db) -> LoginOut:
     """A session token for a valid username and password (argon2id), with its expiry and role.
 
     Failed logins are audited and limited per address and per username (429 with Retry-After);
@@ -158,13 +173,13 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> dict[str, 
             subject_id=op.username,
             details={"address": address},
         )
-    return {
-        "token": sign_token(state.token_secret, claims),
-        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
-        "role": op.role,
-        "district": op.district,
-        "username": op.username,
-    }
+    return LoginOut(
+        token=sign_token(state.token_secret, claims),
+        expires_at=datetime.fromtimestamp(expires, UTC).isoformat(),
+        role=op.role,
+        district=op.district,
+        username=op.username,
+    )
 
 
 @router.post("/v1/auth/logout", status_code=204, summary="Operator logout")
@@ -177,18 +192,18 @@ def logout(op: CurrentOperator, conn: Db) -> Response:
 
 
 @router.get("/v1/me", summary="Who am I")
-def me(op: CurrentOperator, state: State) -> dict[str, Any]:
+def me(op: CurrentOperator, state: State) -> MeOut:
     """The logged-in operator and the districts they see (null: all)."""
     districts = visible_districts(op)
     names = {d.code: (d.name, d.name_eng) for d in state.gazetteer.districts}
-    return {
-        "username": op.username,
-        "role": op.role,
-        "district": op.district,
-        "districts": districts,
-        "district_names": {c: names.get(c, ("", "")) for c in (districts or [])},
-        "expires_at": datetime.fromtimestamp(op.expires_at, UTC).isoformat(),
-    }
+    return MeOut(
+        username=op.username,
+        role=op.role,
+        district=op.district,
+        districts=districts,
+        district_names={c: names.get(c, ("", "")) for c in (districts or [])},
+        expires_at=datetime.fromtimestamp(op.expires_at, UTC).isoformat(),
+    )
 
 
 @router.get("/v1/alerts", summary="List alerts")
@@ -201,7 +216,7 @@ def alerts_list(
     kind: Annotated[list[str] | None, Query(description="sos, lamp_fault, ...; repeat for several")] = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
+) -> AlertListOut:
     """Alerts the operator may see, newest first."""
     for s in status or []:
         if s not in _STATES:
@@ -215,10 +230,10 @@ def alerts_list(
         conn, district_codes=visible_districts(op), statuses=status, kinds=kinds, since=since, limit=limit
     )
     audit_resident_places(conn, op, "read_alert_list", rows)
-    return {"alerts": [alert_summary(r) for r in rows], "event_id": last_event_id(conn)}
+    return AlertListOut(alerts=[alert_summary(r) for r in rows], event_id=last_event_id(conn))
 
 
-def audit_resident_places(conn: Conn, op: Operator, action: str, rows: list[dict[str, Any]]) -> None:
+def audit_resident_places(conn: Conn, op: Operator, action: str, rows: list[Row]) -> None:
     """One audit row per resident whose SOS position (the alert's place) this answer carries."""
     by_resident: dict[str, list[str]] = {}
     for r in rows:
@@ -229,19 +244,19 @@ def audit_resident_places(conn: Conn, op: Operator, action: str, rows: list[dict
         log_accesses(conn, actor=op.actor, action=action, entries=entries)
 
 
-def _visible_alert(conn: Conn, op: Operator, alert_id: str) -> dict[str, Any]:
+def _visible_alert(conn: Conn, op: Operator, alert_id: str) -> Row:
     row = get_alert(conn, alert_id)
     if row is None or not may_see(op, list(row["district_codes"]), str(row["kind"])):
         raise HTTPException(404, f"alert {alert_id!r} not found in your districts")
     return row
 
 
-def _iso_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _iso_rows(rows: list[Row]) -> list[Row]:
     return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()} for r in rows]
 
 
 @router.get("/v1/alerts/{alert_id}", summary="Alert detail with track and timeline")
-def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> AlertDetailOut:
     """The whole alert: place in words, track, audit trail; reading an SOS track is logged."""
     row = _visible_alert(conn, op, alert_id)
     alert = alert_from_dict(row["data"])
@@ -256,20 +271,20 @@ def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> dict[str, Any]
             details={"alert_id": alert_id, "points": len(track)},
         )
     events = alert_events(conn, alert_id)
-    return {
-        "alert": alert_to_dict(alert),
-        "state": alert.state.value,
-        "allowed_actions": [a.value for a in allowed_actions(alert)],
-        "acknowledged_by": row["acknowledged_by"],
-        "track": _iso_rows(track),
-        "events": _iso_rows(events),
-        "event_id": max((int(e["id"]) for e in events), default=0),
-    }
+    return AlertDetailOut(
+        alert=alert_to_dict(alert),
+        state=alert.state.value,
+        allowed_actions=[a.value for a in allowed_actions(alert)],
+        acknowledged_by=row["acknowledged_by"],
+        track=[TrackPointOut(**p) for p in _iso_rows(track)],
+        events=[AlertEventOut(**e) for e in _iso_rows(events)],
+        event_id=max((int(e["id"]) for e in events), default=0),
+    )
 
 
 def _act(
     conn: Conn, op: Operator, alert_id: str, action: str, change: Callable[[Alert], Alert]
-) -> dict[str, Any]:
+) -> AlertActionOut:
     row = _visible_alert(conn, op, alert_id)
     try:
         with conn.transaction():
@@ -286,17 +301,15 @@ def _act(
         raise HTTPException(404, f"alert {alert_id!r} not found in your districts") from exc
     except InvalidTransition as exc:
         raise HTTPException(409, f"alert {alert_id!r} is {exc.from_state}: cannot {exc.action}") from exc
-    return {
-        "alert_id": alert_id,
-        "state": after.state.value,
-        "allowed_actions": [a.value for a in allowed_actions(after)],
-    }
+    return AlertActionOut(
+        alert_id=alert_id, state=after.state.value, allowed_actions=[a.value for a in allowed_actions(after)]
+    )
 
 
 @router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
 def alert_acknowledge(
     alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None
-) -> dict[str, Any]:
+) -> AlertActionOut:
     """I have seen it: escalation stops."""
     note = body.note if body else ""
     return _act(conn, op, alert_id, "acknowledge", lambda a: acknowledge(a, _now(), op.actor, note))
@@ -305,7 +318,7 @@ def alert_acknowledge(
 @router.post("/v1/alerts/{alert_id}/dispatch", summary="Dispatch help")
 def alert_dispatch(
     alert_id: str, op: CurrentOperator, conn: Db, body: DispatchIn | None = None
-) -> dict[str, Any]:
+) -> AlertActionOut:
     """Help is on its way (unit, note); acknowledges too when still open."""
     b = body or DispatchIn()
     return _act(conn, op, alert_id, "dispatch", lambda a: dispatch(a, _now(), op.actor, b.note, b.unit))
@@ -314,14 +327,14 @@ def alert_dispatch(
 @router.post("/v1/alerts/{alert_id}/resolve", summary="Resolve an alert")
 def alert_resolve(
     alert_id: str, op: CurrentOperator, conn: Db, body: ResolveIn | None = None
-) -> dict[str, Any]:
+) -> AlertActionOut:
     """The incident is over (outcome in words)."""
     b = body or ResolveIn()
     return _act(conn, op, alert_id, "resolve", lambda a: resolve(a, _now(), op.actor, b.note, b.outcome))
 
 
 @router.post("/v1/alerts/{alert_id}/cancel", summary="Cancel as a false alarm")
-def alert_cancel(alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None) -> dict[str, Any]:
+def alert_cancel(alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None) -> AlertActionOut:
     """Not an emergency after all."""
     note = body.note if body else ""
     return _act(
@@ -357,21 +370,22 @@ def audit(
     conn: Db,
     subject_id: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-) -> dict[str, Any]:
+) -> AuditOut:
     """Who read or changed which resident's data, newest first."""
     require_role(op, "admin")
-    return {"entries": _iso_rows(audit_entries(conn, subject_id=subject_id, limit=limit))}
+    entries = _iso_rows(audit_entries(conn, subject_id=subject_id, limit=limit))
+    return AuditOut(entries=[AuditEntryOut(**e) for e in entries])
 
 
 @router.get("/v1/operators", summary="Operator accounts (admin)")
-def operators_list(op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def operators_list(op: CurrentOperator, conn: Db) -> OperatorsOut:
     """Every account, without password hashes."""
     require_role(op, "admin")
-    return {"operators": _iso_rows(list_operators(conn))}
+    return OperatorsOut(operators=[OperatorAccountOut(**o) for o in _iso_rows(list_operators(conn))])
 
 
 @router.post("/v1/operators", status_code=201, summary="Create or update an operator (admin)")
-def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: Db) -> dict[str, Any]:
+def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: Db) -> OperatorSavedOut:
     """Create an account; a district operator needs a district."""
     require_role(op, "admin")
     if body.role == "district" and body.district is None:
@@ -398,22 +412,22 @@ def operators_create(body: OperatorIn, op: CurrentOperator, state: State, conn: 
             subject_id=body.username,
             details={"role": body.role, "district": body.district, "sessions_ended": ended},
         )
-    return {"username": body.username, "role": body.role, "district": body.district}
+    return OperatorSavedOut(username=body.username, role=body.role, district=body.district)
 
 
 @router.post("/v1/operators/{username}/disable", summary="Disable an operator (admin)")
-def operators_disable(username: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def operators_disable(username: str, op: CurrentOperator, conn: Db) -> OperatorDisabledOut:
     """The account can no longer log in and its sessions end at once (tokens and live streams)."""
     return _set_disabled(conn, op, username, True)
 
 
 @router.post("/v1/operators/{username}/enable", summary="Enable an operator again (admin)")
-def operators_enable(username: str, op: CurrentOperator, conn: Db) -> dict[str, Any]:
+def operators_enable(username: str, op: CurrentOperator, conn: Db) -> OperatorDisabledOut:
     """The account may log in again (its old sessions stay ended)."""
     return _set_disabled(conn, op, username, False)
 
 
-def _set_disabled(conn: Conn, op: Operator, username: str, disabled: bool) -> dict[str, Any]:
+def _set_disabled(conn: Conn, op: Operator, username: str, disabled: bool) -> OperatorDisabledOut:
     require_role(op, "admin")
     with conn.transaction():
         if not set_operator_disabled(conn, username, disabled):
@@ -426,4 +440,4 @@ def _set_disabled(conn: Conn, op: Operator, username: str, disabled: bool) -> di
             subject_kind="operator",
             subject_id=username,
         )
-    return {"username": username, "disabled": disabled}
+    return OperatorDisabledOut(username=username, disabled=disabled)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from alerts import NearestLamp, Place
 from geo import Gazetteer, LampIndex, Location
-from store.repo import list_devices_with_state
+from store.devices import list_devices_with_state
 from store.types import Conn
 
 # An SOS names lamps a responder can find from the pole numbers; farther than this, a lamp

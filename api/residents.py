@@ -30,27 +30,38 @@ from alerts import (
 )
 from api.places import place_for
 from api.ratelimit import retry_after_header
-from api.schemas import SosIn, WalkPositionIn
+from api.schemas import (
+    RegisteredOut,
+    SosCancelledOut,
+    SosIn,
+    SosOut,
+    SosStatusOut,
+    WalkEndedOut,
+    WalkPositionIn,
+    WalkPositionOut,
+    WalkStartedOut,
+)
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
+from store.alerts import claim_idempotency_key, idempotency_alert, lock_sos_of
 from store.alertstore import AlertNotFound, active_alerts, change_alert, load_alert, save_alert
 from store.bursts import mark_sos_source
 from store.notes import WalkEnded, WalkStarted, notify
-from store.repo import (
+from store.types import Conn, Row
+from store.walkpositions import QueuedPosition
+from store.walks import (
     active_walks_of,
     add_walk_positions,
     attach_walk_to_alert,
-    claim_idempotency_key,
     create_resident,
     delete_resident,
     end_walk,
     get_walk,
-    idempotency_alert,
+    lock_walks_of,
+    read_live_walk,
     start_walk,
 )
-from store.types import Conn
-from store.walkpositions import QueuedPosition
 
 router = APIRouter(tags=["residents"])
 
@@ -105,7 +116,7 @@ def _walk_ended(walk_id: str, district: str | None, now: datetime) -> WalkEnded:
     return WalkEnded(walk_id=walk_id, district=district, ts_ms=int(now.timestamp() * 1000))
 
 
-def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
+def _own_walk(conn: Conn, walk_id: str, resident: str) -> Row:
     walk = get_walk(conn, walk_id)
     if walk is None:
         raise HTTPException(404, f"unknown walk {walk_id!r}")
@@ -115,7 +126,7 @@ def _own_walk(conn: Conn, walk_id: str, resident: str) -> dict[str, Any]:
 
 
 @router.post("/v1/residents", status_code=201, summary="Register an app install")
-def register(request: Request, state: State, conn: Db) -> dict[str, str]:
+def register(request: Request, state: State, conn: Db) -> RegisteredOut:
     """A pseudonymous resident id and its install token; the token is shown only this once.
     At most ``registrations_per_hour`` per client address (429 with Retry-After)."""
     client = address_key(client_address(request))
@@ -127,7 +138,7 @@ def register(request: Request, state: State, conn: Db) -> dict[str, str]:
         )
     resident_id, token = new_id("res"), new_resident_token()
     create_resident(conn, resident_id, hash_resident_token(token))
-    return {"resident_id": resident_id, "token": token}
+    return RegisteredOut(resident_id=resident_id, token=token)
 
 
 @router.delete("/v1/residents/me", status_code=204, summary="Delete my account and data")
@@ -138,7 +149,7 @@ def delete_me(resident: Resident, conn: Db) -> Response:
 
 
 @router.post("/v1/walks", status_code=201, summary="Start a safe walk")
-def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db) -> dict[str, Any]:
+def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db) -> WalkStartedOut:
     """Start a walk at a position; answers with the lamps being brightened. A resident has at most
     ``walks_per_resident`` walks in progress (one by default): a new walk ends the oldest, so an
     app restarted mid-walk is never locked out (``ended`` lists them)."""
@@ -156,7 +167,7 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
     lamps = walk_lamps(state, body)  # the answer's, and the controller's (it trusts the note)
     with conn.transaction():
         # One resident's advisory lock: two starts racing cannot both keep their walk.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("walk:" + resident,))
+        lock_walks_of(conn, resident)
         active = active_walks_of(conn, resident)
         superseded = active[: max(0, len(active) - state.config.walks_per_resident + 1)]
         for old in superseded:
@@ -170,12 +181,12 @@ def walk_start(body: WalkPositionIn, resident: Resident, state: State, conn: Db)
         )
         notify(conn, _walk_started(walk_id, body, district, now, lamps))
     state.metrics.walk_positions.inc()
-    return {
-        "walk_id": walk_id,
-        "district": district,
-        "lamps": list(lamps),
-        "ended": [w["walk_id"] for w in superseded],
-    }
+    return WalkStartedOut(
+        walk_id=walk_id,
+        district=district,
+        lamps=list(lamps),
+        ended=[w["walk_id"] for w in superseded],
+    )
 
 
 class PositionRateLimited(HTTPException):
@@ -227,7 +238,9 @@ def walk_has_ended(walk_id: str) -> HTTPException:
 
 
 @router.post("/v1/walks/{walk_id}/positions", summary="Report a position during a walk")
-async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, state: State) -> dict[str, Any]:
+async def walk_position(
+    walk_id: str, body: WalkPositionIn, request: Request, state: State
+) -> WalkPositionOut:
     """Add a position (at most 2 per second per walk); answers with the lamps being brightened.
 
     On the event loop with the async pool, like the walkers' socket (``/v1/walks/{id}/live``):
@@ -243,7 +256,7 @@ async def walk_position(walk_id: str, body: WalkPositionIn, request: Request, st
     if not await store_position(state, pos):
         raise walk_has_ended(walk_id)  # ended since the check above
     state.metrics.walk_positions.inc()
-    return {"walk_id": walk_id, "district": pos.district, "lamps": list(pos.lamps or ())}
+    return WalkPositionOut(walk_id=walk_id, district=pos.district, lamps=list(pos.lamps or ()))
 
 
 class WalkRefused(Exception):
@@ -259,24 +272,16 @@ async def check_live_walk(state: AppState, token: str, walk_id: str) -> str | No
     (one query on the event loop's pool); `WalkRefused` with 401, 404, 403 or 409 otherwise."""
     assert state.apool is not None
     async with state.apool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT r.resident_id, w.resident_id, w.status, w.district_code FROM (SELECT 1) one "
-            "LEFT JOIN residents r ON r.token_hash = %s AND r.deleted_at IS NULL "
-            "LEFT JOIN walks w ON w.walk_id = %s",
-            (hash_resident_token(token), walk_id),
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    resident, owner, status, district = row
-    if resident is None:
+        found = await read_live_walk(conn, hash_resident_token(token), walk_id)
+    if found.resident_id is None:
         raise WalkRefused(401, "unknown or revoked resident token")
-    if owner is None:
+    if found.owner_id is None:
         raise WalkRefused(404, f"unknown walk {walk_id!r}")
-    if owner != resident:
+    if found.owner_id != found.resident_id:
         raise WalkRefused(403, f"walk {walk_id!r} belongs to another resident")
-    if status != "active":
+    if found.status != "active":
         raise WalkRefused(409, f"walk {walk_id!r} has ended")
-    return None if district is None else str(district)
+    return None if found.district_code is None else str(found.district_code)
 
 
 def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:
@@ -290,15 +295,19 @@ def finish_walk(conn: Conn, walk_id: str, district: str | None) -> bool:
 
 
 @router.post("/v1/walks/{walk_id}/end", summary="End a walk")
-def walk_end(walk_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+def walk_end(walk_id: str, resident: Resident, conn: Db) -> WalkEndedOut:
     """End a walk; its lamps fall back when their hold time runs out."""
     walk = _own_walk(conn, walk_id, resident)
     ended = finish_walk(conn, walk_id, walk["district_code"])
-    return {"walk_id": walk_id, "status": "ended", "already_ended": not ended}
+    return WalkEndedOut(walk_id=walk_id, status="ended", already_ended=not ended)
 
 
-def _sos_answer(alert: Alert) -> dict[str, Any]:
-    return {"alert_id": alert.id, "district": route(alert.place)[0], "status": alert.state.value}
+def _sos_answer(alert: Alert, detail: str | None = None) -> dict[str, Any]:
+    """The JSON of `SosOut` (``detail`` only when there is one)."""
+    answer = SosOut(
+        alert_id=alert.id, district=route(alert.place)[0], status=alert.state.value, detail=detail
+    )
+    return answer.model_dump(exclude_none=True)
 
 
 def sos_source_key(state: AppState, address: str) -> str:
@@ -318,7 +327,7 @@ def _accept_sos(
     )
     with conn.transaction():
         # One SOS at a time per resident, across API instances: two presses racing must merge.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        lock_sos_of(conn, resident)
         if body.walk_id is not None:
             walk = get_walk(conn, body.walk_id)
             if walk is None or walk["resident_id"] != resident:
@@ -375,7 +384,7 @@ def _sos_over_limit(
     )
     position = Position(lat=body.lat, lon=body.lon, at=now, accuracy_m=body.accuracy_m)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", ("sos:" + resident,))
+        lock_sos_of(conn, resident)
         active = active_alerts(conn, source_id=resident, kinds=["sos"])
         target, created = merge_sos(
             active, resident_id=resident, position=position, place=place, now=now, new_alert_id="-"
@@ -390,7 +399,15 @@ def _sos_over_limit(
     return _OverLimit.FOLDED, folded
 
 
-@router.post("/v1/sos", status_code=202, summary="Raise an SOS")
+@router.post(
+    "/v1/sos",
+    status_code=202,
+    summary="Raise an SOS",
+    responses={
+        202: {"model": SosOut, "description": "accepted (``Idempotent-Replayed: true`` for a retry)"},
+        429: {"model": SosOut, "description": "over the limit: added to the open SOS (``detail``)"},
+    },
+)
 def sos(
     body: SosIn,
     request: Request,
@@ -414,9 +431,9 @@ def sos(
         if outcome is _OverLimit.FOLDED and over is not None:
             state.metrics.sos.labels("rate_limited").inc()
             state.metrics.rate_limited.labels("sos").inc()
-            answer = _sos_answer(over)
-            answer["detail"] = (
-                f"at most {state.config.sos_per_minute} SOS per minute; this one was added to alert {over.id}"
+            limit = state.config.sos_per_minute
+            answer = _sos_answer(
+                over, f"at most {limit} SOS per minute; this one was added to alert {over.id}"
             )
             return JSONResponse(answer, status_code=429, headers={"Retry-After": retry_after_header(wait)})
     key = idempotency_key or new_id("auto")
@@ -439,29 +456,29 @@ def _own_alert(conn: Conn, alert_id: str, resident: str) -> Alert:
 
 
 @router.get("/v1/sos/{alert_id}", summary="My SOS's status")
-def sos_status(alert_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+def sos_status(alert_id: str, resident: Resident, conn: Db) -> SosStatusOut:
     """What the resident needs to know: acknowledged? help dispatched? (no operator names)."""
     alert = _own_alert(conn, alert_id, resident)
     unit = None
     for event in alert.timeline:
         if event.action.value == "dispatched":
             unit = dict(event.details).get("unit") or None
-    return {
-        "alert_id": alert.id,
-        "status": alert.state.value,
-        "district": alert.place.district_code or None,
-        "acknowledged": alert.acknowledged_at is not None,
-        "dispatched": any(e.action.value == "dispatched" for e in alert.timeline),
-        "unit": unit,
-        "resolved": alert.state is AlertState.RESOLVED,
-        "cancelled": alert.state is AlertState.CANCELLED,
-        "created_at": alert.created_at.isoformat(),
-        "updated_at": (alert.timeline[-1].at if alert.timeline else alert.created_at).isoformat(),
-    }
+    return SosStatusOut(
+        alert_id=alert.id,
+        status=alert.state.value,
+        district=alert.place.district_code or None,
+        acknowledged=alert.acknowledged_at is not None,
+        dispatched=any(e.action.value == "dispatched" for e in alert.timeline),
+        unit=unit,
+        resolved=alert.state is AlertState.RESOLVED,
+        cancelled=alert.state is AlertState.CANCELLED,
+        created_at=alert.created_at.isoformat(),
+        updated_at=(alert.timeline[-1].at if alert.timeline else alert.created_at).isoformat(),
+    )
 
 
 @router.post("/v1/sos/{alert_id}/cancel", summary="Cancel my SOS")
-def sos_cancel(alert_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
+def sos_cancel(alert_id: str, resident: Resident, conn: Db) -> SosCancelledOut:
     """The resident is safe: cancel the alert (operators see why)."""
     _own_alert(conn, alert_id, resident)
     try:
@@ -474,4 +491,4 @@ def sos_cancel(alert_id: str, resident: Resident, conn: Db) -> dict[str, Any]:
         raise HTTPException(404, f"unknown alert {alert_id!r} for this resident") from exc
     except InvalidTransition as exc:
         raise HTTPException(409, f"alert {alert_id!r} is {exc.from_state}; it cannot be cancelled") from exc
-    return {"alert_id": after.id, "status": after.state.value}
+    return SosCancelledOut(alert_id=after.id, status=after.state.value)

@@ -1,10 +1,17 @@
-"""Request bodies, validated once at the boundary (STYLE.md 4): NaN, infinities and out-of-range
-values are refused with a message naming the field."""
+"""The API's wire contract: request bodies (``...In``), validated once at the boundary (STYLE.md 4):
+NaN, infinities and out-of-range values are refused with a message naming the field; and the
+answers (``...Out``), which the endpoints return and the OpenAPI schema documents.
+
+An answer's fields are in the order the clients read them; times are ISO 8601 strings as the
+endpoints write them (``datetime.isoformat()``, ``+00:00``), so the JSON stays what the console
+(api/static) and the apps have always read. Free-form parts (an alert's own dict, its place,
+audit details) stay dicts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +33,13 @@ Text = Annotated[str, Field(max_length=1000)]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+IsoTime = Annotated[str, Field(description="ISO 8601 time", json_schema_extra={"format": "date-time"})]
 
 
 class WalkPositionIn(_Body):
@@ -92,6 +106,352 @@ class OperatorIn(_Body):
     role: Annotated[str, Field(pattern=r"^(district|city|maintenance|admin)$")]
     district: Annotated[str, Field(pattern=r"^[0-9]{5}$")] | None = None
     display_name: Annotated[str, Field(max_length=100)] | None = None
+
+
+# --------------------------------------------------------------------------- residents' answers
+
+
+class RegisteredOut(_Out):
+    """A new resident: the pseudonymous id and the install token, shown only this once."""
+
+    resident_id: str
+    token: str
+
+
+class WalkStartedOut(_Out):
+    """A walk started: the lamps brightened ahead, and the resident's walks it ended."""
+
+    walk_id: str
+    district: str | None
+    lamps: list[str]
+    ended: list[str]
+
+
+class WalkPositionOut(_Out):
+    """A position stored: the lamps brightened ahead."""
+
+    walk_id: str
+    district: str | None
+    lamps: list[str]
+
+
+class WalkEndedOut(_Out):
+    """A walk ended (``already_ended``: it had ended before)."""
+
+    walk_id: str
+    status: str
+    already_ended: bool
+
+
+class SosOut(_Out):
+    """An SOS accepted (202), or folded into the resident's open one over the limit (429, with
+    ``detail``)."""
+
+    alert_id: str
+    district: str
+    status: str
+    detail: str | None = Field(default=None, description="only over the limit (429)")
+
+
+class SosStatusOut(_Out):
+    """What the resident needs to know of their SOS (no operator names)."""
+
+    alert_id: str
+    status: str
+    district: str | None
+    acknowledged: bool
+    dispatched: bool
+    unit: str | None
+    resolved: bool
+    cancelled: bool
+    created_at: IsoTime
+    updated_at: IsoTime
+
+
+class SosCancelledOut(_Out):
+    """The resident's SOS after their cancel."""
+
+    alert_id: str
+    status: str
+
+
+# --------------------------------------------------------------------------- operators' answers
+
+
+class LoginOut(_Out):
+    """A session token with its expiry and the account's role."""
+
+    token: str
+    expires_at: IsoTime
+    role: str
+    district: str | None
+    username: str
+
+
+class MeOut(_Out):
+    """The logged-in operator and the districts they see (null: all)."""
+
+    username: str
+    role: str
+    district: str | None
+    districts: list[str] | None
+    district_names: dict[str, tuple[str, str]] = Field(description="code -> (Korean, English) name")
+    expires_at: IsoTime
+
+
+class AlertSummary(_Out):
+    """An alert as the lists and the live stream show it (no track: that is read, audited, in the
+    alert's detail)."""
+
+    id: str
+    kind: str
+    state: str
+    severity: str | None
+    created_at: IsoTime | None
+    updated_at: IsoTime | None
+    districts: list[str]
+    place: dict[str, Any] | None
+    place_text_ko: str | None
+    place_text_en: str | None
+    count: int
+    device_ids: list[str]
+    last_event: dict[str, Any] | None
+    allowed_actions: list[str]
+    event_id: int
+    suspected_burst: bool = Field(description="one of 2+ residents' SOS from one source within minutes")
+    burst_group: str | None
+
+
+class AlertListOut(_Out):
+    """Alerts newest first, and the newest event id (a stream's ``last_event_id``)."""
+
+    alerts: list[AlertSummary]
+    event_id: int
+
+
+class TrackPointOut(_Out):
+    """A point of an SOS track."""
+
+    ts: IsoTime
+    lat: float
+    lon: float
+    accuracy_m: float | None
+    coarsened: bool
+
+
+class AlertEventOut(_Out):
+    """An entry of an alert's audit trail."""
+
+    id: int
+    alert_id: str
+    ts: IsoTime
+    actor: str
+    action: str
+    note: str | None
+    details: dict[str, Any]
+
+
+class AlertDetailOut(_Out):
+    """The whole alert: its dict (place, timeline, ...), track and audit trail."""
+
+    alert: dict[str, Any]
+    state: str
+    allowed_actions: list[str]
+    acknowledged_by: str | None
+    track: list[TrackPointOut]
+    events: list[AlertEventOut]
+    event_id: int
+
+
+class AlertActionOut(_Out):
+    """An alert after an operator's action."""
+
+    alert_id: str
+    state: str
+    allowed_actions: list[str]
+
+
+class AuditEntryOut(_Out):
+    """Who read or changed which resident's (or account's, lamp's) data."""
+
+    id: int
+    ts: IsoTime
+    actor: str
+    action: str
+    subject_kind: str
+    subject_id: str
+    details: dict[str, Any]
+
+
+class AuditOut(_Out):
+    """The privacy audit log, newest first."""
+
+    entries: list[AuditEntryOut]
+
+
+class OperatorAccountOut(_Out):
+    """An operator account (never its password hash)."""
+
+    username: str
+    role: str
+    district_code: str | None
+    display_name: str | None
+    disabled: bool
+    created_at: IsoTime
+
+
+class OperatorsOut(_Out):
+    """Every operator account."""
+
+    operators: list[OperatorAccountOut]
+
+
+class OperatorSavedOut(_Out):
+    """An account created or updated."""
+
+    username: str
+    role: str
+    district: str | None
+
+
+class OperatorDisabledOut(_Out):
+    """An account disabled or enabled again."""
+
+    username: str
+    disabled: bool
+
+
+# --------------------------------------------------------------------------- lamps' answers
+
+
+class AreaPropertiesOut(_Out):
+    """A district's or neighbourhood's code and names (Korean, English)."""
+
+    code: str
+    name: str
+    name_eng: str
+    district_code: str
+
+
+class AreaFeatureOut(_Out):
+    """A district or neighbourhood as a GeoJSON feature (its polygon simplified to ~20 m)."""
+
+    type: Literal["Feature"] = "Feature"
+    id: str
+    properties: AreaPropertiesOut
+    geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, longitude first")
+
+
+class AreasOut(_Out):
+    """Districts or one district's neighbourhoods, as a GeoJSON feature collection."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[AreaFeatureOut]
+
+
+class LampOverrideOut(_Out):
+    """A command in force on a lamp (never whose walk or SOS it serves)."""
+
+    cmd_id: str
+    action: str
+    level: int | None
+    priority: str
+    expires_at: IsoTime | None
+    status: str
+
+
+class LampPropertiesOut(_Out):
+    """A lamp's live state (``state``: offline, fault, blinking, brightened or online)."""
+
+    device_id: str
+    kind: str
+    lamp_number: str | None
+    district: str
+    dong: str | None
+    state: str
+    online: bool
+    level: int | None
+    faults: list[str]
+    last_seen: IsoTime | None
+    overrides: list[LampOverrideOut]
+
+
+class PointOut(_Out):
+    """A GeoJSON point (longitude, latitude)."""
+
+    type: Literal["Point"] = "Point"
+    coordinates: list[float]
+
+
+class LampFeatureOut(_Out):
+    """A lamp as a GeoJSON feature (no geometry for a lamp without a position)."""
+
+    type: Literal["Feature"] = "Feature"
+    id: str
+    geometry: PointOut | None
+    properties: LampPropertiesOut
+
+
+class LampsOut(_Out):
+    """The lamps an operator may see, as a GeoJSON feature collection."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[LampFeatureOut]
+
+
+class LampDetailPropertiesOut(LampPropertiesOut):
+    """A lamp's live state with its position and model."""
+
+    lat: float | None
+    lon: float | None
+    model: str | None
+
+
+class LampHourOut(_Out):
+    """One hour of a lamp's figures (from the hourly aggregate)."""
+
+    bucket: IsoTime
+    samples: int
+    level_min: int | None
+    level_avg: float | None
+    level_max: int | None
+    power_avg_w: float | None
+    energy_wh: float
+    uptime_s: int
+
+
+class LampDetailOut(_Out):
+    """One lamp and its last 24 hours."""
+
+    lamp: LampDetailPropertiesOut
+    hours: list[LampHourOut]
+
+
+class OverrideOut(_Out):
+    """An override handed to the controller (``level`` null when clearing)."""
+
+    accepted: bool
+    device_id: str
+    district: str
+    level: int | None
+    ttl_s: int
+    source: str
+    action: str
+
+
+class WalkerOut(_Out):
+    """A walk in progress as an anonymous dot, rounded to ~10 m."""
+
+    lat: float
+    lon: float
+    district: str | None
+    ts: IsoTime
+
+
+class WalkersOut(_Out):
+    """The latest position of each walk in progress."""
+
+    walkers: list[WalkerOut]
 
 
 def describe_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

@@ -5,7 +5,7 @@
 - An operator's password is hashed with argon2id (cost from the settings; tests lower it).
 - An operator's session token is `v2.<payload>.<HMAC-SHA256>` carrying a random session id,
   the username and the expiry. The signature refuses a forged or altered token without a database
-  round trip; the session and the account are then read as they are now (`store.accounts`), so
+  round trip; the session and the account are then read as they are now (`store.operators`), so
   logout, a disabled account, a new role or district count from the next request. The signing
   secret comes from the settings or is shared through the database (`store_meta`).
 - Login verifies a password hash for an unknown username too (`dummy_password_hash`), so the

@@ -8,12 +8,10 @@ import ipaddress
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from argon2 import PasswordHasher
 from fastapi import Depends, HTTPException, Request
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from alerts import AlertKind
@@ -26,9 +24,9 @@ from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
 from api.walkbatch import PositionBatcher
 from geo import Gazetteer
-from store.accounts import session_account
-from store.repo import resident_by_token_hash
-from store.types import Conn
+from store.operators import session_account
+from store.types import AsyncPool, Conn, Pool
+from store.walks import resident_by_token_hash
 
 
 @dataclass
@@ -36,7 +34,7 @@ class AppState:
     """The running application's resources."""
 
     config: ApiConfig
-    pool: ConnectionPool[Conn]
+    pool: Pool
     gazetteer: Gazetteer
     lamps: LampDirectory
     hasher: PasswordHasher
@@ -53,7 +51,7 @@ class AppState:
     db_slots: asyncio.Semaphore  # request connections in use (the pool's max size)
     # The walkers' live sockets write from the event loop (no thread hop per position); opened in
     # the lifespan, on the server's loop.
-    apool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+    apool: AsyncPool | None = None
     # Walk positions, batched into one statement and one NOTIFY (opened in the lifespan with apool).
     positions: PositionBatcher | None = None
 

@@ -8,7 +8,7 @@ may see and every alert changed since its ``last_event_id`` (query parameter), m
 then changes as they happen.
 
 The session is checked again whenever the operator's account or sessions change (the hub hears
-`store.accounts.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
+`store.operators.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
 a changed role or district with 4001 (the console reconnects and gets its new view); the
 token's expiry closes it with 1008 too.
 """
@@ -19,18 +19,18 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
 
-import psycopg
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from api.hub import Subscriber, alert_message
 from api.operators import audit_resident_places
-from api.queries import last_event_id, stream_catch_up
 from api.security import InvalidToken, Operator
 from api.state import AppState, operator_from_token, visible_districts, visible_kinds
-from store.repo import log_access
+from store.alerts import last_event_id, stream_catch_up
+from store.errors import DatabaseUnavailable
+from store.operators import log_access
+from store.types import Row
 
 router = APIRouter(tags=["stream"])
 
@@ -57,7 +57,7 @@ def _operator(state: AppState, token: str) -> Operator:
         return operator_from_token(state, conn, token)
 
 
-def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[dict[str, Any]]]:
+def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[Row]]:
     with state.pool.connection() as conn:
         rows = stream_catch_up(
             conn, after_event_id=after, district_codes=visible_districts(op), kinds=visible_kinds(op)
@@ -133,7 +133,7 @@ async def stream(ws: WebSocket) -> None:
     except InvalidToken as exc:
         await ws.close(code=_POLICY_VIOLATION, reason=str(exc) if token else "missing operator token")
         return
-    except psycopg.OperationalError:
+    except DatabaseUnavailable:
         await ws.close(code=_TRY_AGAIN_LATER, reason="database unavailable, retry")
         return
     try:

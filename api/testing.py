@@ -15,7 +15,7 @@ from api.accounts import create_operator
 from api.app import create_app
 from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig, proxy_options
 from api.security import password_hasher
-from store.repo import upsert_device
+from store.devices import upsert_device
 from store.schema import apply_migrations
 from streetlight.localservices import free_port
 

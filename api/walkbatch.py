@@ -20,11 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
-
+from store.types import AsyncPool
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 
 log = logging.getLogger(__name__)
@@ -45,7 +42,7 @@ class PositionBatcher:
 
     def __init__(
         self,
-        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        pool: AsyncPool,
         channel: str,
         *,
         gather_s: float,

@@ -20,9 +20,7 @@ import logging
 from typing import Any
 
 import orjson
-import psycopg
 from fastapi import APIRouter, HTTPException, WebSocket
-from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -37,6 +35,7 @@ from api.residents import (
 from api.schemas import WalkPositionIn, describe_errors
 from api.state import AppState
 from api.walkbatch import PositionsBusy
+from store.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["residents"])
@@ -104,7 +103,7 @@ async def walk_live(ws: WebSocket, walk_id: str) -> None:
             await _send(ws, {"error": exc.reason, "status": exc.status})
             await ws.close(_POLICY_VIOLATION, exc.reason[:120])
         return
-    except psycopg.OperationalError:
+    except DatabaseUnavailable:
         await ws.close(_TRY_AGAIN_LATER, "database unavailable, retry")
         return
     await _send(ws, {"walk_id": walk_id, "district": district, "status": "live"})
@@ -148,7 +147,7 @@ async def _one(
         return {"seq": seq, "error": exc.detail, "status": exc.status_code}, False
     except ValueError as exc:  # a coordinate the gazetteer refuses: 422 over HTTP too
         return {"seq": seq, "error": str(exc), "status": 422}, False
-    except (psycopg.OperationalError, PoolTimeout, PositionsBusy):
+    except (DatabaseUnavailable, PositionsBusy):  # a pool timeout is one too
         return {"seq": seq, "error": "database unavailable, retry", "status": 503, "retry_after": 1.0}, False
     except Exception:  # never a crash of the connection over one message
         log.exception("walk live: message failed")

@@ -1,26 +1,54 @@
 """PostgreSQL/TimescaleDB storage: schema and migrations, the COPY batch writer, repositories, jobs.
 
-Public names::
+Public names by module (the most used also importable from ``store``)::
 
     schema      apply_migrations, migrate, MigrationReport, timescale_enabled, schema_version,
                 ensure_partitions, drop_expired_partitions
     writer      write_telemetry, write_events, write_rows, BatchWriter, Batch,
                 TELEMETRY_FIELDS, EVENT_FIELDS
-    repo        upsert_device, set_connectivity, update_device_states, StateUpdate, get_device,
-                list_devices_with_state, silent_devices, insert_dead_letters, list_dead_letters,
-                insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
-                command_status_counts,
-                get_command, create_resident, resident_by_token_hash, delete_resident, start_walk,
-                end_walk, get_walk, add_walk_positions, walk_positions, attach_walk_to_alert,
-                upsert_alert, append_alert_event, get_alert, list_alerts, alert_events,
-                add_alert_positions, alert_track, claim_idempotency_key, upsert_operator,
-                get_operator, log_access, acquire_lease, release_lease, lease_owners,
-                lamp_hours, district_hours
+    devices     upsert_device, set_connectivity, start_connection, update_device_states, StateUpdate,
+                get_device, list_devices_with_state, silent_devices, active_overrides,
+                insert_dead_letters, list_dead_letters, lamp_hours, district_hours
+    walks       create_resident, resident_by_token_hash, delete_resident, start_walk, end_walk,
+                get_walk, add_walk_positions, walk_positions, attach_walk_to_alert, active_walkers
+    alerts      upsert_alert, append_alert_event, get_alert, list_alerts, alert_events,
+                add_alert_positions, alert_track, claim_idempotency_key, active_clause,
+                stream_catch_up, last_event_id
+    alertstore  save_alert, load_alert, change_alert, active_alerts (alerts.Alert <-> rows),
+                notify and the wake-up channels
+    operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries
+    repo        insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
+                command_status_counts, get_command, acquire_lease, release_lease, lease_owners
+    filters     Where (the one dynamic WHERE builder)
     jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance, raw_retained_from,
                 storage_job_problems, storage_jobs_report, JobProblem
     errors      StoreError, StoreUnavailable, StoreRejected, BufferFull, MigrationError
 """
 
+from store.alerts import (
+    add_alert_positions,
+    alert_events,
+    alert_track,
+    append_alert_event,
+    claim_idempotency_key,
+    get_alert,
+    list_alerts,
+    upsert_alert,
+)
+from store.devices import (
+    StateUpdate,
+    district_hours,
+    get_device,
+    insert_dead_letters,
+    lamp_hours,
+    list_dead_letters,
+    list_devices_with_state,
+    set_connectivity,
+    silent_devices,
+    start_connection,
+    update_device_states,
+    upsert_device,
+)
 from store.errors import BufferFull, MigrationError, StoreError, StoreRejected, StoreUnavailable
 from store.jobs import (
     JobProblem,
@@ -33,49 +61,18 @@ from store.jobs import (
     storage_job_problems,
     storage_jobs_report,
 )
+from store.operators import get_operator, log_access, upsert_operator
 from store.repo import (
     CommandRecord,
-    StateUpdate,
     acquire_lease,
-    add_alert_positions,
-    add_walk_positions,
-    alert_events,
-    alert_track,
-    append_alert_event,
-    attach_walk_to_alert,
-    claim_idempotency_key,
     command_status_counts,
-    create_resident,
-    delete_resident,
-    district_hours,
-    end_walk,
-    get_alert,
     get_command,
-    get_device,
-    get_operator,
-    get_walk,
     insert_commands,
-    insert_dead_letters,
-    lamp_hours,
     lease_owners,
-    list_alerts,
-    list_dead_letters,
-    list_devices_with_state,
-    log_access,
     mark_unanswered,
     record_ack,
     record_acks,
     release_lease,
-    resident_by_token_hash,
-    set_connectivity,
-    silent_devices,
-    start_connection,
-    start_walk,
-    update_device_states,
-    upsert_alert,
-    upsert_device,
-    upsert_operator,
-    walk_positions,
 )
 from store.schema import (
     MigrationReport,
@@ -87,6 +84,17 @@ from store.schema import (
     timescale_enabled,
 )
 from store.types import Conn
+from store.walks import (
+    add_walk_positions,
+    attach_walk_to_alert,
+    create_resident,
+    delete_resident,
+    end_walk,
+    get_walk,
+    resident_by_token_hash,
+    start_walk,
+    walk_positions,
+)
 from store.writer import (
     EVENT_FIELDS,
     TELEMETRY_FIELDS,

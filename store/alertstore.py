@@ -5,22 +5,26 @@ so the API (SOS from residents, operators' actions), the controller (routing, bl
 escalation) and ingest (maintenance alerts) all write alerts the same way.
 
 Every save notifies ``sl_alert`` (a `store.notes.AlertNote`, delivered at commit) for the
-console and the controller; `store.notes` has the channels and their payloads.
+console and the controller; `store.notes` has the channels and their payloads. `listening` opens a
+connection that LISTENs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
-from psycopg import Connection
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from alerts import ACTIVE_STATES, Alert, AlertState, alert_from_dict, alert_to_dict
+from alerts import Alert, AlertState, alert_from_dict, alert_to_dict
+from store.alerts import active_clause, add_alert_positions, append_alert_event, upsert_alert
 from store.errors import StoreRejected
+from store.filters import Where
 from store.notes import ALERT_CHANNEL, LAMP_CHANNEL, WALK_CHANNEL, AlertNote, notify
-from store.repo import add_alert_positions, append_alert_event, upsert_alert
+from store.types import AsyncConn, Conn
 
 __all__ = [  # the channels are `store.notes`'; named here too for the modules that import them from here
     "ALERT_CHANNEL",
@@ -32,8 +36,6 @@ __all__ = [  # the channels are `store.notes`'; named here too for the modules t
     "load_alert",
     "save_alert",
 ]
-
-Conn = Connection[Any]
 
 
 class AlertNotFound(StoreRejected):
@@ -144,19 +146,26 @@ def active_alerts(
     source_id: str | None = None,
 ) -> list[Alert]:
     """Active alerts (`alerts.ACTIVE_STATES`), oldest first, optionally filtered."""
-    where = ["status = ANY(%s)"]
-    params: list[object] = [[state.value for state in ACTIVE_STATES]]
-    if districts is not None:
-        where.append("district_codes && %s")
-        params.append(list(districts))
-    if kinds is not None:
-        where.append("kind = ANY(%s)")
-        params.append(list(kinds))
-    if source_id is not None:
-        where.append("data->>'source_id' = %s")
-        params.append(source_id)
+    active, states = active_clause()
+    where = (
+        Where()
+        .add(active, states)
+        .overlaps("district_codes", districts)
+        .any_of("kind", kinds)
+        .equals("data->>'source_id'", source_id)
+    )
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT data FROM alerts WHERE " + " AND ".join(where) + " ORDER BY created_at", params
+            "SELECT data FROM alerts" + where.sql + " ORDER BY created_at", where.params
         ).fetchall()
     return [_from_row(r) for r in rows]
+
+
+@asynccontextmanager
+async def listening(database_url: str, channels: Sequence[str] = ()) -> AsyncIterator[AsyncConn]:
+    """An autocommit async connection that LISTENs on `channels` (none: a plain connection),
+    closed on leaving; read its wake-ups with ``async for note in conn.notifies()``."""
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        for channel in channels:
+            await conn.execute(f"LISTEN {channel}")
+        yield conn

@@ -4,9 +4,23 @@ StoreError                 anything the store raises on purpose
 ├── StoreUnavailable       the database cannot be reached or dropped the connection: spool and retry
 ├── BufferFull             the batch writer's bounded buffer is full: back-pressure or spool
 └── MigrationError         the schema could not be brought up to date
+
+The database driver's own errors that reach the store's callers keep their classes; they are
+named here so that no module outside ``store/`` imports the driver:
+
+DatabaseError              any error of the driver (psycopg.Error)
+├── DatabaseUnavailable    no connection, a connection lost, or none free in the pool in time
+└── ValueRefused           the database (or the driver's encoder) refused a value: a NUL byte,
+                           an untranslatable character, a number out of range
 """
 
 from __future__ import annotations
+
+import psycopg
+
+DatabaseError = psycopg.Error
+DatabaseUnavailable = psycopg.OperationalError  # psycopg_pool.PoolTimeout is one too
+ValueRefused = psycopg.DataError
 
 
 class StoreError(Exception):

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from alerts import AlertKind, Place, Position, new_alert
-from api.queries import stream_catch_up
 from store import migrate
+from store.alerts import stream_catch_up
 from store.alertstore import save_alert
 
 pytestmark = [pytest.mark.integration]

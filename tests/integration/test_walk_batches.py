@@ -21,8 +21,8 @@ from api.testing import JUNG, fast_config, seed, serve
 from api.walkbatch import PositionBatcher, PositionsBusy
 from store import migrate
 from store.alertstore import WALK_CHANNEL
-from store.repo import create_resident, end_walk, start_walk
 from store.walkpositions import NOTIFY_BYTES, QueuedPosition
+from store.walks import create_resident, end_walk, start_walk
 
 pytestmark = pytest.mark.integration
 

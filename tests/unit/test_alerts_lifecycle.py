@@ -34,6 +34,7 @@ from alerts import (
     cancel,
     dispatch,
     incident_timeline,
+    is_active_state,
     merged_timeline,
     new_alert,
     place_in_words,
@@ -339,3 +340,12 @@ def test_the_errors_form_one_tree_and_carry_their_facts() -> None:
     assert (caught.value.alert_id, caught.value.action) == ("sos-1", "acknowledge")
     assert (caught.value.from_state, caught.value.to_state) == ("resolved", "acknowledged")
     assert str(caught.value) == "alert sos-1: cannot acknowledge from state 'resolved' to 'acknowledged'"
+
+
+def test_one_list_says_which_states_are_active_and_the_others_are_terminal() -> None:
+    assert {s.value for s in ACTIVE_STATES} == {"open", "acknowledged", "dispatched"}
+    for state in AlertState:
+        active = state in ACTIVE_STATES
+        assert state.is_active is active and state.is_terminal is not active
+        assert is_active_state(state.value) is active
+    assert not is_active_state("closed")

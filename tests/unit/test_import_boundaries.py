@@ -95,11 +95,55 @@ def test_the_boundary_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     assert _imports(bad) & IO_LIBRARIES == {"paho", "psycopg"}
 
 
-def test_ingest_reaches_the_database_only_through_store() -> None:
-    # ingest/_service.py still opens the periodic jobs' connection (its wiring moves to the shell).
-    offenders = [
-        str(p.relative_to(ROOT))
-        for p in _modules("ingest")
-        if "psycopg" in _imports(p) and p.name != "_service.py"
-    ]
-    assert offenders == [], f"SQL and psycopg belong in store/: {offenders}"
+# --------------------------------------------------------------------------- the database driver
+
+DATABASE_DRIVER = {"psycopg", "psycopg_pool"}
+# Where the driver may be imported for good: the store, and what is not the product (throwaway
+# databases for tests and benchmarks, fault scenarios).
+DRIVER_HOMES = ("store/", "devkit/")
+# Exceptions until their SQL moves into store/ or they move into devkit/: remove an entry once
+# nothing under it imports the driver (test_every_driver_exception_is_still_needed says which).
+DRIVER_EXCEPTIONS = (
+    "api/app.py",  # creates the pools until the shell's bootstrap does
+    "api/testing.py",  # test helpers, moving to devkit/
+    "streetlight/localservices.py",  # throwaway brokers and databases, moving to devkit/
+    "streetlight/bench/",  # benchmarks, moving to devkit/bench/
+    "streetlight/faults/",  # fault scenarios, moving to devkit/faults/
+    "streetlight/commands/api.py",  # CLI: migrates before serving
+    "streetlight/commands/ingest.py",  # CLI: migrates before ingesting
+    "streetlight/commands/migrate.py",  # CLI: streetlight migrate
+    "streetlight/commands/provision.py",  # CLI: provisioning writes the registry
+    "streetlight/commands/up.py",  # CLI: the demo's database
+    "ingest/_service.py",  # the periodic jobs' connection, until the shell's bootstrap opens it
+)
+
+
+def _python_files() -> list[Path]:
+    """Every module of the project's packages (not the tests)."""
+    packages = sorted(p.parent for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests")
+    return [f for package in packages for f in sorted(package.rglob("*.py"))]
+
+
+def _driver_users() -> list[str]:
+    return [f.relative_to(ROOT).as_posix() for f in _python_files() if _imports(f) & DATABASE_DRIVER]
+
+
+def test_only_the_store_imports_the_database_driver() -> None:
+    allowed = DRIVER_HOMES + DRIVER_EXCEPTIONS
+    offenders = [path for path in _driver_users() if not path.startswith(allowed)]
+    assert offenders == [], (
+        f"psycopg is imported outside store/: {offenders}; put the SQL in a store/ module "
+        "(by aggregate: devices, walks, alerts, operators, ...) and call that"
+    )
+
+
+def test_every_driver_exception_is_still_needed() -> None:
+    users = _driver_users()
+    stale = [entry for entry in DRIVER_EXCEPTIONS if not any(path.startswith(entry) for path in users)]
+    assert stale == [], f"nothing under {stale} imports psycopg any more: remove them from DRIVER_EXCEPTIONS"
+
+
+def test_the_driver_check_sees_a_lazy_import_inside_a_function(tmp_path: Path) -> None:
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    from psycopg_pool import ConnectionPool\n    return ConnectionPool\n")
+    assert _imports(lazy) & DATABASE_DRIVER == {"psycopg_pool"}

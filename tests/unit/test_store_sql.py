@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
+from alerts import ACTIVE_STATES
+from store.alerts import active_clause
+from store.filters import Where
 from store.schema import (
     DEDUP_INDEX_SQL,
     MIGRATIONS,
@@ -108,3 +111,28 @@ def test_the_writer_layouts_match_their_field_lists_and_skip_duplicates() -> Non
     for kind in ("telemetry", "events"):
         assert LAYOUTS[kind].insert_sql.endswith("ON CONFLICT DO NOTHING")
         assert "ON COMMIT DELETE ROWS" in LAYOUTS[kind].stage_ddl
+
+
+def test_the_where_builder_adds_only_the_filters_given_with_their_values_as_parameters() -> None:
+    assert Where().equals("kind", None).any_of("status", None).sql == ""
+    since = datetime(2024, 5, 1, tzinfo=UTC)
+    where = (
+        Where()
+        .add("(a = ANY(%s) OR b > %s)", ["x"], 7)
+        .overlaps("district_codes", ("11020",))
+        .any_of("kind", [])
+        .equals("data->>'source_id'", "res-1")
+        .at_least("created_at", since)
+    )
+    assert where.sql == (
+        " WHERE (a = ANY(%s) OR b > %s) AND district_codes && %s AND kind = ANY(%s)"
+        " AND data->>'source_id' = %s AND created_at >= %s"
+    )
+    assert where.params == [["x"], 7, ["11020"], [], "res-1", since]
+    assert where.sql.count("%s") == len(where.params)
+
+
+def test_the_store_spells_an_active_alert_from_the_cores_one_list() -> None:
+    clause, states = active_clause("a.status")
+    assert clause == "a.status = ANY(%s)"
+    assert states == [s.value for s in ACTIVE_STATES]

@@ -1,4 +1,5 @@
-"""Operators' sessions and login places: the SQL behind the API's login, logout and token checks.
+"""Operators: their accounts, sessions and login places, the token signing secret, and the
+privacy audit log of what they (and the services) read or changed of residents' data.
 
 A session row is what makes an operator's token valid: a token names its session, and each request
 reads the session with the account as it is now (`session_account`: one indexed join), so logout,
@@ -9,18 +10,76 @@ the live streams of that operator end at once.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
-from store.types import Conn
+from store.filters import Where
+from store.registry import shared_secret
+from store.types import Conn, Row
 
 OPERATOR_CHANNEL = "sl_operator"
+_TOKEN_SECRET_KEY = "api_token_secret"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _announce(conn: Conn, username: str) -> None:
     conn.execute("SELECT pg_notify(%s, %s)", (OPERATOR_CHANNEL, username))
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+def upsert_operator(
+    conn: Conn,
+    username: str,
+    *,
+    password_hash: str,
+    role: str,
+    district_code: str | None = None,
+    display_name: str | None = None,
+) -> None:
+    """Create or update an operator account."""
+    conn.execute(
+        """
+        INSERT INTO operators (username, password_hash, role, district_code, display_name)
+        VALUES (%s, %s, %s, %s, %s)
+        ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = EXCLUDED.role,
+            district_code = EXCLUDED.district_code, display_name = EXCLUDED.display_name
+        """,
+        (username, password_hash, role, district_code, display_name),
+    )
+
+
+def get_operator(conn: Conn, username: str) -> Row | None:
+    """An enabled operator account, or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT * FROM operators WHERE username = %s AND NOT disabled", (username,)
+        ).fetchone()
+
+
+def list_operators(conn: Conn) -> list[Row]:
+    """Operator accounts without their password hashes."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT username, role, district_code, display_name, disabled, created_at FROM operators "
+            "ORDER BY username"
+        ).fetchall()
+
+
+def shared_token_secret(conn: Conn) -> bytes:
+    """The operators' token signing secret kept in the database, created by the first instance."""
+    return bytes.fromhex(shared_secret(conn, _TOKEN_SECRET_KEY, 32))
+
+
+# --------------------------------------------------------------------------- sessions, login places
 
 
 def create_session(conn: Conn, session_id: str, username: str, *, expires_at: datetime) -> None:
@@ -102,3 +161,49 @@ def remember_login_place(conn: Conn, username: str, address: str) -> None:
         "ON CONFLICT (username, address) DO UPDATE SET last_at = now()",
         (username, address),
     )
+
+
+# --------------------------------------------------------------------------- privacy audit log
+
+
+def log_access(
+    conn: Conn,
+    *,
+    actor: str,
+    action: str,
+    subject_kind: str,
+    subject_id: str,
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Record that ``actor`` read or changed a resident's data (privacy audit log)."""
+    conn.execute(
+        "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (at or _now(), actor, action, subject_kind, subject_id, Jsonb(details or {})),
+    )
+
+
+def log_accesses(
+    conn: Conn, *, actor: str, action: str, entries: Sequence[tuple[str, str, dict[str, Any]]]
+) -> None:
+    """`log_access` for many subjects at once: (subject_kind, subject_id, details) each."""
+    now = _now()
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(now, actor, action, kind, sid, Jsonb(details)) for kind, sid, details in entries],
+        )
+
+
+def audit_entries(conn: Conn, *, subject_id: str | None = None, limit: int = 200) -> list[Row]:
+    """The privacy audit log, newest first."""
+    where = Where().equals("subject_id", subject_id or None)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT id, ts, actor, action, subject_kind, subject_id, details FROM audit_log"
+            + where.sql
+            + " ORDER BY id DESC LIMIT %s",
+            [*where.params, limit],
+        ).fetchall()
