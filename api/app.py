@@ -40,12 +40,12 @@ from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
 from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
+from runtime import tuning
 from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
 from store.schema import apply_migrations
 from store.types import Conn
-from streetlight import runtime
 from streetlight.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             positions_task = tg.create_task(state.positions.run(), name="walk-positions")
             try:
                 await asyncio.wait_for(state.hub.ready.wait(), timeout=15.0)
-                runtime.settle("api")
+                tuning.settle("api")
                 yield
             finally:
                 hub_task.cancel()

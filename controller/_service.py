@@ -72,6 +72,7 @@ from controller._holds import HoldBook, HoldPolicy
 from controller._leases import MEMBER_PREFIX, member_key, plan_leases
 from controller._positions import Fix, PositionPolicy, Track, advance, service_area
 from geo import LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
+from runtime import tuning
 from store.alertstore import (
     ALERT_CHANNEL,
     LAMP_CHANNEL,
@@ -81,7 +82,6 @@ from store.alertstore import (
     load_alert,
 )
 from store.repo import CommandRecord, acquire_lease, insert_commands, record_acks, release_lease
-from streetlight import runtime
 
 log = logging.getLogger("controller")
 
@@ -239,7 +239,7 @@ class Controller:
 
     def _mark_ready(self) -> None:
         if self._listening and self._leased_once and not self.ready.is_set():
-            runtime.settle("controller")
+            tuning.settle("controller")
             self.ready.set()
 
     # ------------------------------------------------------------------ devices
