@@ -1,6 +1,6 @@
 """Wiring of the ingest service: subscription mode, sender checks, the periodic jobs' leader.
 
-``streetlight ingest`` (streetlight/commands/ingest.py) calls these with values from Settings.
+``streetlight ingest`` (streetlight/cli/ingest.py) calls these with values from Settings.
 """
 
 from __future__ import annotations

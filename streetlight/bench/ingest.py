@@ -198,7 +198,7 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
         STREETLIGHT_LOG_LEVEL="WARNING",
     )
     cmd = _py(
-        "streetlight.commands.ingest",
+        "streetlight.cli.ingest",
         "--workers",
         str(args.workers),
         "--subscription",

@@ -185,7 +185,7 @@ class Processes:
     ) -> Child:
         """One ``streetlight ingest`` worker on a plain subscription with a persistent session."""
         argv = [
-            sys.executable, "-m", "streetlight.commands.ingest", "--index", "0",
+            sys.executable, "-m", "streetlight.cli.ingest", "--index", "0",
             "--subscription", "plain", "--no-jobs", "--client-id", client_id,
             "--max-delay-ms", str(max_delay_ms), "--metrics-port", str(metrics_port),
             "--mqtt-url", mqtt_url, "--database-url", database_url,

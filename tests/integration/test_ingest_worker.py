@@ -290,7 +290,7 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(
     cmd = [
         sys.executable,
         "-m",
-        "streetlight.commands.ingest",
+        "streetlight.cli.ingest",
         "--index",
         "0",
         "--subscription",
@@ -460,7 +460,7 @@ def test_two_ingest_instances_with_one_client_id_never_share_a_spool_the_second_
 
     def cmd(client_id: str) -> list[str]:
         return [
-            *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "plain"),
+            *(sys.executable, "-m", "streetlight.cli.ingest", "--subscription", "plain"),
             *("--no-jobs", "--client-id", client_id),
         ]
 

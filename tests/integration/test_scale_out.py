@@ -63,7 +63,7 @@ def _worker_pid(client_id: str, index: int) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ours = b"streetlight.commands.ingest" in argv and client_id.encode() in argv
+        ours = b"streetlight.cli.ingest" in argv and client_id.encode() in argv
         if ours and argv[argv.index(b"--index") + 1] == str(index).encode():
             return int(entry.name)
     return None

@@ -272,7 +272,7 @@ class Ingest:
 def ingest_process(env: dict[str, str], log: Path, *args: str) -> Iterator[Ingest]:
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streetlight.commands.ingest", "--no-jobs", "--max-delay-ms", "50", *args],
+            [sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--max-delay-ms", "50", *args],
             env=env,
             cwd=ROOT,
             stdout=fh,

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from store import MigrationError, migrate, write_telemetry
-from streetlight.commands import migrate as migrate_command
+from streetlight.cli import migrate as migrate_command
 from streetlight.localservices import PgService, find_pg_bin, start_pg_cluster, timescale_installed
 from tests.conftest import skip_unless
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streetlight.commands.bench import BENCHES
+from streetlight.cli.bench import BENCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """``streetlight``: one command with a sub-command per service and tool.
 
-Each sub-command lives in ``streetlight/commands/<name>.py`` and exposes ``HELP``,
+Each sub-command lives in ``streetlight/cli/<name>.py`` and exposes ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. A sub-command whose module is not built yet
 says so instead of pretending.
 """
@@ -12,7 +12,7 @@ import importlib
 import sys
 from types import ModuleType
 
-# name -> module under streetlight.commands; the order is the order of --help.
+# name -> module under streetlight.cli; the order is the order of --help.
 COMMANDS: dict[str, str] = {
     "up": "up",
     "locate": "locate",
@@ -40,7 +40,7 @@ def load_optional(package: str, module: str) -> ModuleType | None:
 
 def load_command(module: str) -> ModuleType | None:
     """The module of a sub-command, or None when it is not built."""
-    return load_optional("streetlight.commands", module)
+    return load_optional("streetlight.cli", module)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rc = run(args)
     return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

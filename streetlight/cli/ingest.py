@@ -334,7 +334,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
             [
                 sys.executable,
                 "-m",
-                "streetlight.commands.ingest",
+                "streetlight.cli.ingest",
                 "--index",
                 str(i),
                 "--subscription",
@@ -411,7 +411,7 @@ def _child_args(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streetlight.commands.ingest``: the same command without the whole CLI."""
+    """``python -m streetlight.cli.ingest``: the same command without the whole CLI."""
     parser = argparse.ArgumentParser(prog="streetlight ingest", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))
