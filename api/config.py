@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from streetlight.settings import Settings
 
 # A WebSocket message (a walker's position, a console's ping) is under 1 KiB; uvicorn's default
-# would read 16 MiB. Passed to the server (`streetlight api`, `api.testing.serve`), not the app.
+# would read 16 MiB. Passed to the server (`streetlight api`, `devkit.apiclient.serve`), not the app.
 WS_MAX_MESSAGE_BYTES = 65536
 
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the embedded broker until SIGTERM/SIGINT, or print the mosquitto configuration."""
     if args.mosquitto_config:
-        from streetlight.localservices import mosquitto_config
+        from broker.local import mosquitto_config
 
         workdir = args.data_dir or Path(tempfile.gettempdir()) / "streetlight-mosquitto"
         sys.stdout.write(mosquitto_config(args.port, workdir))

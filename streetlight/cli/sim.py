@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from broker.local import provide_mqtt
 from firmware_sim import scenarios
 from firmware_sim.fleet import KEEPALIVE_S
 from firmware_sim.placement import DEFAULT_SEED, export_geojson, place_lamps
-from streetlight.localservices import provide_mqtt
 from streetlight.settings import Settings
 
 HELP = "simulate lamps, blinkers and residents over MQTT (scenarios, GeoJSON export of the placement)"

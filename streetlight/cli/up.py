@@ -10,15 +10,10 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from broker.local import MqttService, provide_mqtt
+from runtime.procs import free_port, reserve_port
+from store.embedded import PgService, configured_pg, start_embedded_pg
 from streetlight.cli import COMMANDS, load_command
-from streetlight.localservices import (
-    MqttService,
-    PgService,
-    free_port,
-    provide_mqtt,
-    reserve_port,
-    start_embedded_pg,
-)
 from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
 
@@ -66,8 +61,6 @@ def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
     try:
         if settings.database_url:
-            from streetlight.localservices import configured_pg
-
             pg = configured_pg(settings.database_url)
             if pg is None:
                 raise SystemExit(f"streetlight up: DATABASE_URL {settings.database_url} is not reachable")

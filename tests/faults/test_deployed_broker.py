@@ -26,7 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.security import DeviceSpec, MosquittoOptions, Registry, write_mosquitto
-from streetlight.localservices import free_port, tcp_reachable, terminate
+from devkit.localservices import free_port, tcp_reachable, terminate
 from tests.conftest import skip_unless
 
 pytestmark = pytest.mark.integration

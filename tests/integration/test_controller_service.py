@@ -26,13 +26,13 @@ import pytest
 from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
 from broker import ConnectionParams, paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig, HoldPolicy
+from devkit.bench.controller import LampFleet, LampSpec
+from devkit.localservices import MqttService, start_mosquitto
 from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
 from store.alertstore import WALK_CHANNEL, change_alert, load_alert, notify, save_alert
 from store.repo import create_resident, start_walk
 from store.walkpositions import QueuedPosition, add_positions_and_notify
-from streetlight.bench.controller import LampFleet, LampSpec
-from streetlight.localservices import MqttService, start_mosquitto
 from tests.conftest import skip_unless
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,9 +24,9 @@ import psycopg
 import pytest
 
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService, free_port, start_mosquitto, terminate
 from ingest import ConsumerLease, IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, write_batch
 from store import lease_owners, migrate
-from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
 from tests.integration.test_scale_out import _wait
 
@@ -57,7 +57,7 @@ def _metric(port: int, name: str) -> float:
 
 def _fastpub(broker: MqttService, count: int, prefix: str, rate: float) -> list[str]:
     return [
-        *(sys.executable, "-m", "streetlight.bench.fastpub", "--port", str(broker.port)),
+        *(sys.executable, "-m", "devkit.bench.fastpub", "--port", str(broker.port)),
         *("--count", str(count), "--lamps", "100", "--qos", "1", "--prefix", prefix, "--rate", str(rate)),
     ]
 

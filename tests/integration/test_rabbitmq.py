@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService, start_embedded_broker
 from ingest import shared_subscriptions_ignored
-from streetlight.localservices import MqttService, start_embedded_broker
 from tests.conftest import ROOT
 
 

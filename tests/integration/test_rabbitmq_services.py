@@ -18,13 +18,13 @@ import httpx
 import psycopg
 import pytest
 
-from api.testing import fast_config, login, seed, serve
 from broker import paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig
+from devkit.apiclient import fast_config, login, seed, serve
+from devkit.localservices import MqttService
 from firmware_sim.fleet import DeviceLink, Endpoint, Fleet
 from firmware_sim.placement import Placement, place_lamps
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
-from streetlight.localservices import MqttService
 
 pytestmark = pytest.mark.integration
 

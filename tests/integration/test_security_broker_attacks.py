@@ -28,11 +28,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devkit.localservices import MqttService, free_port, terminate
 from firmware_sim import DeviceIdentity, LampFirmware
 from firmware_sim.fleet import LAMP_MODEL, Endpoint, Fleet
 from store import migrate
 from streetlight.cli import main as cli_main
-from streetlight.localservices import MqttService, free_port, terminate
 from tests.conftest import skip_unless
 from tests.helpers import count, wait_for
 from tests.integration.test_security_mosquitto import MOSQUITTO, RUN_AS, _start

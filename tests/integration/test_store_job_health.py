@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import store.jobs
-from api.testing import client, fast_config, seed
+from devkit.apiclient import client, fast_config, seed
 from ingest._metrics import IngestMetrics
 from ingest._service import JobsLeader
 from store import run_maintenance

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from streetlight.localservices import free_port
+from devkit.localservices import free_port
 
 RTO_MIN_MS = 200.0  # Linux TCP_RTO_MIN
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import psycopg
 
-from streetlight.bench.fastpub import connect_packet, publish_packet, telemetry_payload
-from streetlight.localservices import free_port, tcp_reachable
+from devkit.bench.fastpub import connect_packet, publish_packet, telemetry_payload
+from devkit.localservices import free_port, tcp_reachable
 
 ROOT = Path(__file__).resolve().parents[2]
 

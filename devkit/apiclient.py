@@ -15,9 +15,9 @@ from api.accounts import create_operator
 from api.app import create_app
 from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig, proxy_options
 from api.security import password_hasher
+from devkit.localservices import free_port
 from store.repo import upsert_device
 from store.schema import apply_migrations
-from streetlight.localservices import free_port
 
 # argon2id at its floor: tests check behaviour, not the cost (2 busy cores).
 FAST_KDF = {"kdf_time_cost": 1, "kdf_memory_kib": 8}

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from streetlight.bench import brighten
+from devkit.bench import brighten
 
 pytestmark = [
     pytest.mark.integration,

@@ -26,8 +26,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from broker import paho_client, parse_mqtt_url
-from store import migrate
-from streetlight.faults.harness import (
+from devkit.faults.harness import (
     Processes,
     SeqPublisher,
     check_stream,
@@ -38,15 +37,16 @@ from streetlight.faults.harness import (
     wait_api,
     wait_until,
 )
-from streetlight.faults.impair import ImpairedProxy, Impairment
-from streetlight.localservices import (
+from devkit.faults.impair import ImpairedProxy, Impairment
+from devkit.localservices import (
     MqttService,
-    PgService,
+    PgCluster,
     free_port,
     start_embedded_broker,
     start_mosquitto,
     start_pg_cluster,
 )
+from store import migrate
 
 Figures = dict[str, Any]
 
@@ -70,7 +70,7 @@ def private_broker(workdir: Path, extra: str = "") -> Iterator[MqttService]:
 
 
 @contextlib.contextmanager
-def private_cluster(workdir: Path) -> Iterator[tuple[PgService, str]]:
+def private_cluster(workdir: Path) -> Iterator[tuple[PgCluster, str]]:
     """A throwaway PostgreSQL cluster and a migrated database on it; stopped at the end."""
     pg = start_pg_cluster(workdir / "pg")
     try:
@@ -415,7 +415,7 @@ def impaired_link(
     loss: float = 0.05,
 ) -> Figures:
     """Scenario 4: ingest and publisher reach the broker through an impairing proxy; cuts too."""
-    from streetlight.bench.controller import LampFleet, LampSpec
+    from devkit.bench.controller import LampFleet, LampSpec
 
     prefix = _prefix("nl")
     mport = free_port()

@@ -24,9 +24,9 @@ from typing import Any
 
 import psycopg
 
+from devkit.faults import catalogue
+from devkit.localservices import start_pg_cluster
 from store import migrate
-from streetlight.faults import scenarios
-from streetlight.localservices import start_pg_cluster
 
 HELP = "fault-injection soak: full-size broker/ingest/PostgreSQL kills, impaired link, SOS kills (figures)"
 
@@ -79,23 +79,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return max(1, int(x * scale))
 
     runs: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "broker_kills": lambda w: scenarios.broker_kills(
+        "broker_kills": lambda w: catalogue.broker_kills(
             w, fresh_db(), count=n(100_000), lamps=500, kills=5, rate=1000
         ),
-        "ingest_kills": lambda w: scenarios.ingest_kills(
+        "ingest_kills": lambda w: catalogue.ingest_kills(
             w, fresh_db(), count=n(100_000), lamps=500, kills=10, rate=1000
         ),
-        "db_outage": lambda w: scenarios.db_outage(
+        "db_outage": lambda w: catalogue.db_outage(
             w, rate=1000, before_s=10, outage_s=60 * scale, after_s=20
         ),
-        "impaired_link": lambda w: scenarios.impaired_link(
+        "impaired_link": lambda w: catalogue.impaired_link(
             w, fresh_db(), count=n(20_000), lamps=500, rate=500, cuts=5
         ),
-        "sos_with_kills": lambda w: scenarios.sos_with_kills(
+        "sos_with_kills": lambda w: catalogue.sos_with_kills(
             w, fresh_db(), sos=n(1000), escalate_after_s=10.0
         ),
-        "lamp_offline": lambda w: scenarios.lamp_offline(w, fresh_db(), keepalive_s=10),
-        "burst": lambda w: scenarios.burst(
+        "lamp_offline": lambda w: catalogue.lamp_offline(w, fresh_db(), keepalive_s=10),
+        "burst": lambda w: catalogue.burst(
             w, fresh_db(), lamps=500, rate=1000, sustained_s=10, burst_s=5, factor=10
         ),
     }

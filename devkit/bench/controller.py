@@ -252,7 +252,7 @@ def _grid(prefix: str, side: int) -> list[LampSpec]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start (or use) a broker and database, a controller, simulated lamps; measure; report."""
-    from streetlight.localservices import provide_mqtt, provide_pg, start_mosquitto
+    from devkit.localservices import provide_mqtt, provide_pg, start_mosquitto
     from streetlight.settings import Settings
 
     settings = Settings.from_env()

@@ -3,7 +3,7 @@
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private),
 ``streetlight api`` (``--api-workers``), ``streetlight controller --districts all`` (it publishes
 each SOS to the centres and blinks lamps, so it loads the database too), ``streetlight ingest``
-(1 worker) and, in the loaded phase, ``python -m streetlight.bench.fastpub --rate R`` publishing
+(1 worker) and, in the loaded phase, ``python -m devkit.bench.fastpub --rate R`` publishing
 lamp telemetry into ingest. This process is the client: residents raising SOS
 (``POST /v1/sos``, each SOS from its own resident so none merges, one every ``--interval`` s) and
 one operator console (``city`` role) on ``/v1/stream`` (WebSocket, after ``POST /v1/auth/login``).
@@ -38,13 +38,13 @@ import orjson
 import psycopg
 import websockets
 
-from streetlight.bench.brighten import PY, CpuMeter, LeanHttp, percentile_ms, say, services
+from devkit.bench.brighten import PY, CpuMeter, LeanHttp, percentile_ms, say, services
 
 HELP = "SOS through the API -> operator WebSocket (p50/p99, lost) with telemetry at --background-msgs-s"
 
 OPERATOR = "bench-city"
 PASSWORD = "bench-sos-password"
-# Inside Jung-gu (11140), away from district borders (api/testing.py's JUNG).
+# Inside Jung-gu (11140), away from district borders (devkit/apiclient.py's JUNG).
 _AT = (37.5610, 126.9940)
 
 
@@ -196,7 +196,7 @@ async def _measure(args: argparse.Namespace, svc: Any, metrics_port: int, tmp: P
             if rate > 0:
                 expected_s = args.sos * args.interval * 3 + 30
                 port = int(svc.mqtt_url.rsplit(":", 1)[1])
-                argv = [PY, "-m", "streetlight.bench.fastpub", "--port", str(port), "--rate", str(rate)]
+                argv = [PY, "-m", "devkit.bench.fastpub", "--port", str(port), "--rate", str(rate)]
                 argv += ["--count", str(int(rate * expected_s)), "--lamps", "500", "--district", "11230"]
                 argv += ["--prefix", "bg"]
                 pub = await asyncio.to_thread(subprocess.Popen, argv, stdout=subprocess.DEVNULL)
@@ -240,7 +240,7 @@ async def _measure(args: argparse.Namespace, svc: Any, metrics_port: int, tmp: P
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start everything, measure SOS alone, then with the background telemetry; stop everything."""
-    from streetlight.localservices import free_port
+    from devkit.localservices import free_port
 
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     metrics_port = free_port()
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "api": f"streetlight api --workers {args.api_workers}",
             "controller": "streetlight controller --districts all",
             "ingest": "streetlight ingest (1 worker)",
-            "background": "python -m streetlight.bench.fastpub --rate R",
+            "background": "python -m devkit.bench.fastpub --rate R",
             "client": "this process (SOS over HTTP + one operator WebSocket)",
             "postgres": kinds["database"],
             "broker": kinds["broker"],

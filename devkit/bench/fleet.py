@@ -204,7 +204,7 @@ def _fastpub_rate(port: int) -> float:
         [
             sys.executable,
             "-m",
-            "streetlight.bench.fastpub",
+            "devkit.bench.fastpub",
             "--port",
             str(port),
             "--count",
@@ -221,8 +221,8 @@ def _fastpub_rate(port: int) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark; returns the figures (printed as the last line by ``streetlight bench``)."""
+    from devkit.localservices import start_mosquitto
     from firmware_sim.placement import place_lamps
-    from streetlight.localservices import start_mosquitto
 
     n = args.lamps
     brokers = args.brokers or max(1, math.ceil(n / PER_PROCESS_CONNECTIONS))
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 workers.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "streetlight.bench.fleet", "--worker", json.dumps(cfg)],
+                        [sys.executable, "-m", "devkit.bench.fleet", "--worker", json.dumps(cfg)],
                         stdin=subprocess.PIPE,
                         stdout=subprocess.PIPE,
                         text=True,
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m streetlight.bench.fleet --worker CONFIG``: one simulator process of the benchmark."""
+    """``python -m devkit.bench.fleet --worker CONFIG``: one simulator process of the benchmark."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--worker":
         asyncio.run(_worker(json.loads(argv[1])))

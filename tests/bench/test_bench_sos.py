@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from streetlight.bench import sos
+from devkit.bench import sos
 
 pytestmark = [
     pytest.mark.integration,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from streetlight.bench import geo
+from devkit.bench import geo
 
 
 def test_bench_geo_reports_both_forms_and_no_disagreement() -> None:

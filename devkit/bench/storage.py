@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from streetlight.localservices import PgService, start_pg_cluster, timescale_installed
+from devkit.localservices import PgService, start_pg_cluster, timescale_installed
 
 HELP = "a simulated day on both storage paths: bytes per row, compression, refresh, 24 h chart query"
 DISTRICTS = ("11110", "11140", "11170", "11200", "11215", "11230")

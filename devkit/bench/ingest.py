@@ -6,8 +6,8 @@ RabbitMQ node (``--prefetch``: its ``mqtt.prefetch``; ingest on a plain subscrip
 and DATABASE_URL's server (a throwaway database on it) or a throwaway cluster, plus a throwaway
 cluster with TimescaleDB preloaded:
 
-1. baselines, each receiving N messages from ``streetlight.bench.fastpub`` (a raw-socket
-   publisher in its own process): ``streetlight.bench.baseline`` (bare paho + orjson, first to
+1. baselines, each receiving N messages from ``devkit.bench.fastpub`` (a raw-socket
+   publisher in its own process): ``devkit.bench.baseline`` (bare paho + orjson, first to
    last receive) and Mosquitto's own C subscriber ``mosquitto_sub -C N`` with its output
    discarded (the publisher's first send to its exit: the fastest receiver this broker allows);
 2. ingest: ``streetlight ingest`` (its own processes) receives the same N messages and commits
@@ -38,9 +38,10 @@ from typing import Any
 
 import psycopg
 
-from streetlight.localservices import (
+from devkit.localservices import (
     RABBITMQ_MQTT_PREFETCH,
     TIMESCALE_WORKER_OPTIONS,
+    PgCluster,
     PgService,
     free_port,
     start_mosquitto,
@@ -96,7 +97,7 @@ def _py(*args: str) -> list[str]:
 
 def _publish(port: int, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
     cmd = _py(
-        "streetlight.bench.fastpub",
+        "devkit.bench.fastpub",
         "--port",
         str(port),
         "--count",
@@ -116,7 +117,7 @@ def _publish(port: int, args: argparse.Namespace, prefix: str) -> dict[str, Any]
 
 def _baseline(port: int, args: argparse.Namespace) -> dict[str, Any]:
     cmd = _py(
-        "streetlight.bench.baseline",
+        "devkit.bench.baseline",
         "--port",
         str(port),
         "--count",
@@ -262,7 +263,7 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
 
 def _naive(db_url: str, sample: int) -> float:
     from broker import decode_telemetry
-    from streetlight.bench.fastpub import telemetry_payload
+    from devkit.bench.fastpub import telemetry_payload
 
     now_ms = int(time.time() * 1000)
     payloads = [telemetry_payload(i, now_ms + i, 80) for i in range(sample)]
@@ -293,7 +294,7 @@ def _naive(db_url: str, sample: int) -> float:
         return sample / (time.perf_counter() - t0)
 
 
-def _durable(pg: PgService) -> None:
+def _durable(pg: PgCluster) -> None:
     """Restart a throwaway cluster with production durability (fsync, synchronous commit).
 
     ``start_pg_cluster`` turns fsync off for test speed; a commit per message is only honestly
@@ -335,7 +336,7 @@ def _ratio(rate: float, baseline: float | None) -> float | None:
     return round(rate / baseline, 3) if baseline else None
 
 
-def _timescale_server(workdir: Path, admin_url: str | None) -> tuple[PgService | None, str | None, str]:
+def _timescale_server(workdir: Path, admin_url: str | None) -> tuple[PgCluster | None, str | None, str]:
     """(a cluster we started, the admin URL to use, why not) for the TimescaleDB run."""
     from store.schema import timescale_preloaded
 
@@ -360,8 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         broker = start_rabbitmq(workdir / "rabbitmq", prefetch=args.prefetch)
     else:
         broker = start_mosquitto(workdir / "mosquitto")
-    pg: PgService | None = None
-    pg_ts: PgService | None = None
+    pg: PgCluster | None = None
+    pg_ts: PgCluster | None = None
     admin_url = os.environ.get("DATABASE_URL")
     ts_admin_url: str | None = None
     dbname = f"slbench_{uuid.uuid4().hex[:8]}"

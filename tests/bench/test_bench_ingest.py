@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from streetlight.bench import ingest
-from streetlight.localservices import timescale_installed
+from devkit.bench import ingest
+from devkit.localservices import timescale_installed
 from tests.conftest import skip_unless
 
 pytestmark = [

@@ -2,7 +2,7 @@
 
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private,
 ``set_tcp_nodelay true``), ``streetlight api`` (``--api-workers``), ``streetlight controller``
-(``--districts all``), the walkers' HTTP client(s) (``python -m streetlight.bench.brighten
+(``--districts all``), the walkers' HTTP client(s) (``python -m devkit.bench.brighten
 client``, one asyncio loop each with an httpx connection pool) and this process, which hosts the
 simulated lamps (``LampFleet``: one paho client subscribed to every lamp's ``cmd`` topic, acking
 like the firmware and recording each command's arrival).
@@ -275,8 +275,8 @@ def services(
     synchronous commit on); otherwise it runs with the tests' settings.
 
     ``prepare(database_url)`` runs after the migrations and before the services start (lamps)."""
+    from devkit.localservices import free_port, provide_mqtt, provide_pg, start_mosquitto, terminate
     from store import migrate
-    from streetlight.localservices import free_port, provide_mqtt, provide_pg, start_mosquitto, terminate
     from streetlight.settings import Settings
 
     settings = Settings.from_env()
@@ -555,8 +555,8 @@ async def _client(args: argparse.Namespace) -> None:
 
 
 def client_main(argv: list[str] | None = None) -> int:
-    """``python -m streetlight.bench.brighten client ...``: one process of walkers."""
-    p = argparse.ArgumentParser(prog="streetlight.bench.brighten client")
+    """``python -m devkit.bench.brighten client ...``: one process of walkers."""
+    p = argparse.ArgumentParser(prog="devkit.bench.brighten client")
     p.add_argument("--base", required=True)
     p.add_argument("--walkers", type=int, required=True)
     p.add_argument("--first", type=int, default=0)
@@ -588,7 +588,7 @@ def _phase(
     first = 0 if name == "idle" else 1
     for i, n in enumerate(per):
         out = tmp / f"{name}-{i}.json"
-        argv = [PY, "-m", "streetlight.bench.brighten", "client", "--base", svc.api_base]
+        argv = [PY, "-m", "devkit.bench.brighten", "client", "--base", svc.api_base]
         argv += ["--walkers", str(n), "--first", str(first), "--duration", str(duration)]
         argv += ["--lamps", str(args.lamps), "--seed", str(args.seed), "--out", str(out)]
         argv += ["--connections", str(max(1, min(200, n // 5))), "--transport", args.transport]
@@ -752,7 +752,7 @@ def seed_lamps(db_url: str, placement: Any) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start everything, measure one walker alone, then ``--walkers``; stop everything."""
     from broker import parse_mqtt_url
-    from streetlight.bench.controller import LampFleet, LampSpec
+    from devkit.bench.controller import LampFleet, LampSpec
 
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     load_before = [round(x, 2) for x in os.getloadavg()]  # how quiet the machine was (1, 5, 15 min)

@@ -1,6 +1,6 @@
 """The baseline of the ingest benchmark: a bare paho subscriber that only receives and decodes.
 
-Run as its own process: ``python -m streetlight.bench.baseline --port P --count N --qos Q``. It
+Run as its own process: ``python -m devkit.bench.baseline --port P --count N --qos Q``. It
 prints ``ready`` once subscribed, then one JSON line: messages received and the receive rate,
 measured from the first to the last message.
 """

@@ -27,7 +27,7 @@ import psycopg
 
 HELP = "API throughput and SOS accept latency (p50/p95/p99) vs a trivial endpoint on the same server"
 
-# Inside Jung-gu, away from borders (see api/testing.py).
+# Inside Jung-gu, away from borders (see devkit/apiclient.py).
 _AT = (37.5610, 126.9940)
 
 
@@ -110,7 +110,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a database and the API, run the three phases, stop everything."""
-    from streetlight.localservices import free_port, provide_pg, terminate
+    from devkit.localservices import free_port, provide_pg, terminate
     from streetlight.settings import Settings
 
     settings = Settings.from_env()

@@ -2,7 +2,7 @@
 
 It is deliberately not the Python MQTT stack being measured: packets are built once, then written
 in large chunks, so publishing costs almost no CPU and the subscriber side is what is measured.
-Run as a separate process: ``python -m streetlight.bench.fastpub --port P --count N ...``; it
+Run as a separate process: ``python -m devkit.bench.fastpub --port P --count N ...``; it
 prints one JSON line with what it sent.
 """
 
