@@ -17,9 +17,6 @@ import itertools
 import json
 import logging
 import math
-import os
-import random
-import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
@@ -71,7 +68,7 @@ from controller._guards import GUARDS, guard_zone, guards_notified
 from controller._holds import HoldBook, HoldPolicy
 from controller._leases import MEMBER_PREFIX, member_key, plan_leases
 from controller._positions import Fix, PositionPolicy, Track, advance, service_area
-from geo import LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
+from geo import Gazetteer, LampIndex, SafetyZones, lamps_for_walker, load_safety_zones
 from runtime import tuning
 from store.alertstore import (
     ALERT_CHANNEL,
@@ -130,14 +127,12 @@ def blink_source(alert_id: str) -> str:
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Everything a controller needs; built by ``streetlight controller`` from Settings."""
+    """Everything a controller needs; built from the settings by ``streetlight.bootstrap``."""
 
     mqtt: ConnectionParams
     database_url: str
     districts: tuple[str, ...]  # candidate districts (a lease is taken for each)
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
-    )
+    owner: str  # this controller's name in the leases, unique among the running controllers
     lease_ttl_s: float = LEASE_TTL_S
     tick_s: float = 0.2
     lamps_refresh_s: float = 30.0
@@ -149,6 +144,7 @@ class ControllerConfig:
     police_webhook_url: str | None = None
     guard_webhook_url: str | None = None
     safety_zones: SafetyZones | None = None  # None: the vendored seed file
+    gazetteer: Gazetteer | None = None  # the service area of the position checks; None: the vendored one
     # Per-device bound on acks and events taken from MQTT (as ingest's); 0 turns it off.
     device_rate_per_s: float = DEVICE_RATE_PER_S
     device_burst: float = DEVICE_BURST
@@ -206,7 +202,8 @@ class Controller:
     async def run(self) -> None:
         """Run until cancelled; on a clean stop the leases are given up for another to take."""
         try:
-            await asyncio.to_thread(service_area)  # the gazetteer of the position checks, loaded once
+            if self.cfg.gazetteer is None:  # the vendored gazetteer of the position checks, loaded once
+                await asyncio.to_thread(service_area)
             attempt = 0
             while True:
                 try:
@@ -580,7 +577,9 @@ class Controller:
         (the same rule with the heading), used when the verdict keeps the corridor."""
         walk = self._walks.setdefault(walk_id, _Walk(district))
         now = now_ms()
-        walk.track, verdict = advance(walk.track, fix, now, self.cfg.positions, placed=placed)
+        walk.track, verdict = advance(
+            walk.track, fix, now, self.cfg.positions, self.cfg.gazetteer, placed=placed
+        )
         walk.last_ms = now
         self.stats["walk_positions"] += 1
         if verdict.reason:

@@ -310,6 +310,7 @@ async def _measure(args: argparse.Namespace, params: ConnectionParams, db_url: s
         mqtt=params,
         database_url=db_url,
         districts=("11140",),
+        owner="bench-controller",
         escalation=EscalationPolicy(renotify_after_s=600.0, police_after_s=900.0),
     )
     controller = Controller(cfg)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import logging
-import os
 import sys
 from pathlib import Path
 
+from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "serve the Safety-app and operators' API and the console (migrates the database first)"
@@ -19,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="listen address (default: STREETLIGHT_API_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default: STREETLIGHT_API_PORT or 8080)")
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the listening socket (default 1)"
+    )
     parser.add_argument(
         "--demo-operators",
         action="store_true",
@@ -79,16 +80,14 @@ def _new_operator(args: argparse.Namespace, settings: Settings) -> tuple[str, st
 def run(args: argparse.Namespace) -> int:
     """Migrate, optionally create accounts, then serve until stopped."""
     import psycopg
-    import uvicorn
 
     from api.accounts import create_operator, ensure_demo_operators
-    from api.config import WS_MAX_MESSAGE_BYTES, proxy_options
     from api.security import password_hasher
     from store.schema import apply_migrations
 
     settings = Settings.from_env()
     warn_secrets_in_flags("api", {"--database-url": args.database_url})
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    bootstrap.start_process(settings)
     url = args.database_url or settings.database_url
     if not url:
         print("streetlight api: no database: pass --database-url or set DATABASE_URL")
@@ -122,24 +121,17 @@ def run(args: argparse.Namespace) -> int:
     except psycopg.OperationalError as exc:
         print(f"streetlight api: cannot reach the database: {exc}")
         return 1
+    server = bootstrap.ApiServer(
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        trusted_proxies=settings.api_trusted_proxies,
+    )
     try:
-        proxies = proxy_options(settings.api_trusted_proxies)
+        server.uvicorn_options()
     except ValueError as exc:
         print(f"streetlight api: {exc}")
         return 2
-    host = args.host or settings.api_host
-    port = args.port or settings.api_port
-    # The app reads its settings when it starts, in this process or in each worker process.
-    os.environ["DATABASE_URL"] = url
-    uvicorn.run(
-        "api.app:app",
-        host=host,
-        port=port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=WS_MAX_MESSAGE_BYTES,
-        **proxies,  # type: ignore[arg-type]
-    )
+    bootstrap.serve_api(bootstrap.api_config(settings, url), server, settings)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -44,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     from broker import BrokerError
     from broker.embedded import serve
+    from streetlight import bootstrap
+    from streetlight.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    bootstrap.start_process(Settings.from_env())
     try:
         asyncio.run(serve(args.host, args.port, data_dir=args.data_dir))
     except BrokerError as exc:

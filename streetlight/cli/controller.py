@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import dataclasses
-import logging
-import signal
 from pathlib import Path
 
+from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "run the controller (walk brightening, SOS to control centres, blinking, escalation) for districts"
@@ -49,37 +45,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="127.0.0.1")
 
 
-def district_codes(spec: str) -> tuple[str, ...]:
-    """The candidate districts: the codes given, or every district of the gazetteer and the city centre."""
-    from alerts import CITY_CENTRE, is_centre_code
-
-    if spec.strip().lower() in ("", "all"):
-        from geo import Gazetteer
-
-        return (*sorted(area.code for area in Gazetteer.load().districts), CITY_CENTRE)
-    codes = tuple(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
-    bad = [c for c in codes if not is_centre_code(c)]
-    if bad:
-        raise ValueError(f"district codes must be 5 digits, got {', '.join(bad)}")
-    return codes
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the controller until SIGINT/SIGTERM; leases are released on the way out."""
-    from alerts import EscalationPolicy
     from broker import MqttUrlError
-    from controller import Controller, ControllerConfig, HoldPolicy
 
     settings = Settings.from_env()
     warn_secrets_in_flags("controller", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    bootstrap.start_process(settings)
     mqtt_url = args.mqtt_url or settings.mqtt_url
     db_url = args.database_url or settings.database_url
     if not mqtt_url or not db_url:
         print("streetlight controller: needs MQTT_URL and DATABASE_URL (or --mqtt-url/--database-url)")
         return 2
+    gazetteer = bootstrap.load_gazetteer()
     try:
-        districts = district_codes(args.districts)
+        districts = bootstrap.district_codes(args.districts, gazetteer)
     except ValueError as exc:
         print(f"streetlight controller: {exc}")
         return 2
@@ -88,38 +68,17 @@ def run(args: argparse.Namespace) -> int:
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight controller: {exc}")
         return 2
-    cfg = ControllerConfig(
+    config = bootstrap.controller_config(
+        settings,
         mqtt=params,
         database_url=db_url,
         districts=districts,
+        gazetteer=gazetteer,
+        owner=args.owner,
         lease_ttl_s=args.lease_ttl_s,
-        holds=HoldPolicy(hold_s=args.hold_s),
-        escalation=EscalationPolicy(
-            renotify_after_s=settings.escalate_after_s, police_after_s=settings.police_after_s
-        ),
-        police_webhook_url=settings.police_webhook_url,
-        guard_webhook_url=settings.guard_webhook_url,
+        hold_s=args.hold_s,
         device_rate_per_s=args.device_rate,
         device_burst=args.device_burst,
     )
-    if args.owner:
-        cfg = dataclasses.replace(cfg, owner=args.owner)
-
-    async def main() -> None:
-        controller = Controller(cfg)
-        if getattr(args, "metrics_port", None):
-            from controller._metrics import serve_metrics
-
-            serve_metrics(controller, cfg.owner, args.metrics_host, args.metrics_port)
-        task = asyncio.create_task(controller.run(), name="controller")
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        logging.getLogger("controller").info(
-            "controller started owner=%s candidates=%d", cfg.owner, len(cfg.districts)
-        )
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    bootstrap.run_controller(config, metrics_host=args.metrics_host, metrics_port=args.metrics_port)
     return 0

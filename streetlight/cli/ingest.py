@@ -11,13 +11,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 if TYPE_CHECKING:
     from broker import ConnectionParams
-    from ingest import SenderCheckFn
-
-CheckResult = tuple[str | None, str | None, str]
 
 HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
 log = logging.getLogger("streetlight.ingest")
@@ -102,20 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
 
 
-def _worker_params(
-    args: argparse.Namespace, settings: Settings, mqtt_url: str, index: int, workers: int
-) -> ConnectionParams:
-    """Worker ``index``'s login: with several workers each has its own account, ``USER@index``
-    (``USER-index`` when USER is already an instance account), because the broker binds a client
-    id to its username and two workers on one account would take each other's connection."""
-    from broker import parse_mqtt_url
-
-    user = parse_mqtt_url(mqtt_url).username
-    if user is not None and workers > 1:
-        user = f"{user}{'-' if '@' in user else '@'}{index}"
-    return settings.mqtt_params(mqtt_url, username=user, password_file=args.mqtt_password_file)
-
-
 def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
     from ingest import probe_shared_subscriptions
 
@@ -162,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.index is None:  # the supervisor warns once, not every worker
         warn_secrets_in_flags("ingest", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    bootstrap.start_process(settings)
     mqtt_url = args.mqtt_url or settings.mqtt_url
     database_url = args.database_url or settings.database_url
     if not mqtt_url or not database_url:
@@ -183,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     workers = args.workers or settings.ingest_workers
     try:
-        shared = _decide_shared(args, _worker_params(args, settings, mqtt_url, 0, workers))
+        params = bootstrap.ingest_params(settings, mqtt_url, 0, workers, args.mqtt_password_file)
+        shared = _decide_shared(args, params)
     except SharedSubscriptionsIgnored as exc:
         log.error("ingest_refused reason=shared_subscriptions_ignored detail=%s", exc)
         print(f"streetlight ingest: {exc}", file=sys.stderr)
@@ -199,6 +184,27 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(args, workers)
 
 
+def _options(args: argparse.Namespace, index: int, *, shared: bool) -> bootstrap.IngestOptions:
+    return bootstrap.IngestOptions(
+        index=index,
+        shared=shared,
+        client_id_prefix=args.client_id,
+        group=args.group,
+        lease_ttl_s=args.lease_ttl_s,
+        qos=args.qos,
+        max_rows=args.max_rows,
+        max_delay_s=args.max_delay_ms / 1000,
+        spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
+        device_rate_per_s=args.device_rate,
+        device_burst=args.device_burst,
+        registry_file=args.registry,
+        registry_check=args.registry_check,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        jobs=not args.no_jobs,
+    )
+
+
 def _run_worker(
     args: argparse.Namespace,
     settings: Settings,
@@ -210,118 +216,27 @@ def _run_worker(
 ) -> int:
     import psycopg
 
-    from broker import INGEST_GROUP, MqttUrlError, ingest_filters
-    from ingest import (
-        ConsumerLease,
-        IngestWorker,
-        JobsLeader,
-        SpoolLocked,
-        WorkerConfig,
-        gazetteer_locator,
-        raise_fault_alerts,
-        retired_share_group,
-        serve_metrics,
-        share_group,
-    )
+    from broker import MqttUrlError
 
     # A child of the supervisor (--index) is one of several workers, each with its own account.
     workers = args.workers if args.index is not None and args.workers else 1
+    options = _options(args, index, shared=shared)
     try:
-        params = _worker_params(args, settings, mqtt_url, index, workers)
-        group = share_group(database_url) if shared else None
-        retired = retired_share_group(database_url) if shared else None
-        check = _sender_check(args, database_url)
+        params = bootstrap.ingest_params(settings, mqtt_url, index, workers, args.mqtt_password_file)
+        config = bootstrap.ingest_worker_config(settings, params, database_url, options)
+        check = bootstrap.ingest_sender_check(database_url, options)
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
         print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
         return 1
-    # With an account the broker makes the client id the username (use_username_as_clientid).
-    client_id = params.username or f"{args.client_id}-{index}"
-    # A group on a plain subscription: one session for the group, one consumer at a time.
-    grouped = not shared and bool(args.group)
-    config = WorkerConfig(
-        mqtt=params,
-        database_url=database_url,
-        # One spool per instance, named like its MQTT session: both hold what this instance owes.
-        spool_path=settings.data_dir / "spool" / f"{client_id}.spool",
-        index=index,
-        shared=shared,
-        client_id=args.group if grouped else client_id,
-        share_group=group or INGEST_GROUP,
-        retired_filters=ingest_filters(group=retired) if retired else [],
-        qos=args.qos,
-        max_rows=args.max_rows,
-        max_delay_s=args.max_delay_ms / 1000,
-        spool_max_bytes=int(args.spool_max_mb * 1024 * 1024),
-    )
-    if args.device_rate is not None:
-        config.device_rate_per_s = args.device_rate
-    if args.device_burst is not None:
-        config.device_burst = args.device_burst
     try:
-        lease = ConsumerLease(database_url, args.group, client_id, args.lease_ttl_s) if grouped else None
-        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
-    except SpoolLocked as exc:
-        log.error("ingest worker %d: %s", index, exc)
+        bootstrap.run_ingest_worker(settings, config, options, check)
+    except bootstrap.IngestRefused as exc:
+        log.error("%s", exc)
         return 2
-    server = (
-        serve_metrics(worker.metrics, args.metrics_host, args.metrics_port + index)
-        if args.metrics_port
-        else None
-    )
-    leader = None
-    if not args.no_jobs:
-        interval_s = settings.telemetry_interval_s * settings.silent_after_intervals
-        leader = JobsLeader(
-            database_url, silent_after_s=interval_s, locate=gazetteer_locator(), metrics=worker.metrics
-        ).start()
-
-    def _on_signal(_signum: int, _frame: object) -> None:
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    log.info("ingest worker %d: spool %s", index, config.spool_path)
-    try:
-        worker.run()
-    finally:
-        if leader is not None:
-            leader.stop()
-        if server is not None:
-            server.shutdown()
-    log.info("ingest worker %d stopped: %s", index, worker.metrics.snapshot())
     return 0
-
-
-def _sender_check(args: argparse.Namespace, database_url: str) -> SenderCheckFn | None:
-    """The registry check: the file given, else the provisioned devices in the database."""
-    from ingest import DatabaseRegistry, file_registry_lookup, sender_checker
-
-    if args.registry_check == "off":
-        log.warning("registry_check state=off: messages from ids nobody provisioned are stored")
-        return None
-    if args.registry is not None:
-        return sender_checker(file_registry_lookup(args.registry))
-    registry = DatabaseRegistry(database_url)
-    provisioned = registry.load()
-    check = sender_checker(registry.lookup)
-    if args.registry_check == "on":
-        log.info("registry_check state=on source=database devices=%d", provisioned)
-        return check
-    if provisioned == 0:
-        log.warning(
-            "registry_check state=off reason=no_provisioned_devices "
-            "hint='streetlight provision --database-url' turns it on (re-read every 30 s)"
-        )
-    else:
-        log.info("registry_check state=on source=database devices=%d", provisioned)
-
-    def check_once_provisioned(device_id: str, district: str, payload: bytes) -> CheckResult:
-        return check(device_id, district, payload) if registry.active() else (None, None, "")
-
-    return check_once_provisioned
 
 
 def _supervise(args: argparse.Namespace, workers: int) -> int:

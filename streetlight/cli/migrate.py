@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
+from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "apply the database migrations (creates or updates the schema; safe to run twice)"
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     warn_secrets_in_flags("migrate", {"--database-url": args.database_url})
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    bootstrap.start_process(settings)
     url = args.database_url or settings.database_url
     if not url:
         print("streetlight migrate: no database: pass --database-url or set DATABASE_URL")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from broker.local import MqttService, provide_mqtt
 from runtime.procs import free_port, reserve_port
 from store.embedded import PgService, configured_pg, start_embedded_pg
+from streetlight import bootstrap
 from streetlight.cli import COMMANDS, load_command
 from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
@@ -107,10 +108,10 @@ def _prepare_database(database_url: str, *, with_operators: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the broker, the database and every service that exists; supervise until Ctrl-C."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    bootstrap.start_process(settings)
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the story's requests, one line each
-    settings = Settings.from_env()
     reserve_port(settings.api_port)  # the API binds it later: no other service may get it
     mqtt, pg = _provide(settings)
     try:

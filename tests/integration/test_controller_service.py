@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ class World:
             mqtt=self.params,
             database_url=self.db_url,
             districts=(DISTRICT,),
+            owner=f"test-{uuid.uuid4().hex[:8]}",
             lease_ttl_s=1.5,
             tick_s=0.05,
             retry_after_s=0.5,
@@ -598,6 +600,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
         mqtt=params,
         database_url=db_url,
         districts=(DISTRICT,),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=1.5,
         tick_s=0.05,
         escalation=EscalationPolicy(renotify_after_s=300.0, police_after_s=600.0),  # not the way back
