@@ -181,7 +181,11 @@ def test_every_websocket_route_of_the_api_is_upgraded_by_the_shipped_nginx_confi
             out += routes(list(inner.routes)) if inner is not None else [r]
         return out
 
-    paths = [r.path for r in routes(list(create_app(ApiConfig("postgresql://unused")).routes)) if isinstance(r, WebSocketRoute)]
+    paths = [
+        r.path
+        for r in routes(list(create_app(ApiConfig("postgresql://unused")).routes))
+        if isinstance(r, WebSocketRoute)
+    ]
     assert paths, "the API has WebSocket routes"
     for path in paths:
         concrete = re.sub(r"\{[^}]+\}", "w-123", path)
