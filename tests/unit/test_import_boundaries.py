@@ -1,4 +1,6 @@
-"""The pure cores import nothing that does I/O, and the services stay inside their lanes (DESIGN.md §2)."""
+"""The pure cores import nothing that does I/O, and the services stay inside their lanes (DESIGN.md §2):
+no service imports the application shell (``streetlight/``) or the development kit (``devkit/``), and
+no service imports another service; they meet in ``streetlight/bootstrap.py``."""
 
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ IO_LIBRARIES = {
 }
 # What each layer may import from the project itself.
 ALLOWED_PROJECT_IMPORTS = {
+    "runtime": {"runtime"},
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
-    "broker": {"broker", "streetlight"},
-    "store": {"store", "alerts", "streetlight"},  # alertstore maps the alerts core to rows
+    "broker": {"broker", "runtime"},
+    "store": {"store", "alerts"},  # alertstore maps the alerts core to rows
 }
 PROJECT_PACKAGES = {
     "geo",
@@ -47,8 +50,25 @@ PROJECT_PACKAGES = {
     "firmware_sim",
     "store",
     "api",
+    "runtime",
     "streetlight",
+    "devkit",
 }
+# Everything below the application shell: the services, their cores, the store and the floor.
+SERVICE_PACKAGES = (
+    "ingest",
+    "controller",
+    "api",
+    "store",
+    "broker",
+    "geo",
+    "alerts",
+    "firmware_sim",
+    "runtime",
+)
+ABOVE_THE_SERVICES = {"streetlight", "devkit"}
+# The three services run as their own processes and meet only through the broker and the database.
+SERVICES = {"ingest", "controller", "api"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -87,7 +107,34 @@ def test_layers_import_only_the_project_packages_they_may(layer: str) -> None:
     assert offenders == {}, f"{layer}/ reaches into layers it must not know: {offenders}"
 
 
+@pytest.mark.parametrize("package", SERVICE_PACKAGES)
+def test_no_service_imports_the_application_shell_or_the_devkit(package: str) -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & ABOVE_THE_SERVICES)
+        for p in _modules(package)
+        if _imports(p) & ABOVE_THE_SERVICES
+    }
+    assert offenders == {}, (
+        f"{package}/ imports the shell or the devkit (wire it in streetlight/bootstrap.py): {offenders}"
+    )
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_no_service_imports_another_service(service: str) -> None:
+    others = SERVICES - {service}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & others)
+        for p in _modules(service)
+        if _imports(p) & others
+    }
+    assert offenders == {}, f"{service}/ imports another service: {offenders}"
+
+
 def test_the_boundary_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom paho.mqtt import client\nimport psycopg.rows\n")
+    bad.write_text(
+        "import os\nfrom paho.mqtt import client\nimport psycopg.rows\n"
+        "def f():\n    from streetlight import bootstrap\n    import devkit.localservices\n"
+    )
     assert _imports(bad) & IO_LIBRARIES == {"paho", "psycopg"}
+    assert _imports(bad) & ABOVE_THE_SERVICES == {"streetlight", "devkit"}  # also inside a function
