@@ -5,6 +5,8 @@ no service imports another service; they meet in ``streetlight/bootstrap.py``.""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,12 @@ def test_the_boundary_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     )
     assert _imports(bad) & IO_LIBRARIES == {"paho", "psycopg"}
     assert _imports(bad) & ABOVE_THE_SERVICES == {"streetlight", "devkit"}  # also inside a function
+
+
+def test_the_cli_imports_the_devkit_only_when_a_benchmark_runs() -> None:
+    code = (
+        "import sys; from streetlight.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'devkit'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
