@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from broker._errors import BrokerError
+from runtime import logs
 
 log = logging.getLogger("broker.embedded")  # also when run as __main__
 DEFAULT_HOST = "127.0.0.1"
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = ("max_packet_size", "message_size_limit", "max_queued", "max_connections")
     lite_options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure("INFO")  # a process of its own (started by broker.local): the one logging set-up
     try:
         asyncio.run(
             serve(args.host, args.port, impl=args.impl, data_dir=args.data_dir, lite_options=lite_options)
