@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
         new_operator = (username, password)
     hasher = password_hasher(settings.api_kdf_time_cost, settings.api_kdf_memory_kib)
+    # Loaded once for this process's server (with --workers N each worker loads its own).
+    gazetteer = bootstrap.load_gazetteer() if new_operator is None and args.workers <= 1 else None
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             apply_migrations(conn)
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"operator {username} ({args.role} {args.district or ''}) saved".rstrip())
                 return 0
             if args.demo_operators:
-                for op in ensure_demo_operators(conn, hasher=hasher):
+                for op in ensure_demo_operators(conn, hasher=hasher, gazetteer=gazetteer):
                     where = f"{op.role} {op.district or ''}".strip()
                     print(f"demo login: {op.username} / {op.password} ({where})")
     except psycopg.OperationalError as exc:
@@ -133,5 +135,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"streetlight api: {exc}")
         return 2
-    bootstrap.serve_api(bootstrap.api_config(settings, url), server, settings)
+    bootstrap.serve_api(bootstrap.api_config(settings, url, gazetteer=gazetteer), server, settings)
     return 0
