@@ -1,7 +1,9 @@
-"""The ASGI application: ``api.app:app`` (configured from the environment) or ``create_app(config)``.
+"""The ASGI application: ``create_app(config)``, built by ``streetlight.bootstrap`` (or a test) with
+its `ApiConfig`; nothing is built or read from the environment at import.
 
-Resources are opened in the lifespan and kept in ``app.state.api`` (an `AppState`): the
-database pool, the gazetteer, the lamp index (refreshed in the background), the stream hub.
+Resources are opened in the lifespan and handed to the requests as the lifespan state ``api``
+(an `AppState`, ``request.state.api``): the database pool, the gazetteer, the lamp index
+(refreshed in the background), the stream hub.
 
 Errors: invalid input is a 4xx naming the field or the problem, never a 5xx. Request bodies
 are checked by pydantic (422 with ``detail`` naming each field); the cores' ValueErrors (a
@@ -39,14 +41,13 @@ from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
 from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
+from runtime import tuning
 from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
 from store.operators import shared_token_secret
 from store.schema import apply_migrations
 from store.types import Conn
-from streetlight import runtime
-from streetlight.settings import Settings
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -89,7 +90,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
     state = AppState(
         config=config,
         pool=pool,
-        gazetteer=Gazetteer.load(),
+        gazetteer=config.gazetteer if config.gazetteer is not None else Gazetteer.load(),
         lamps=LampDirectory(),
         hasher=hasher,
         token_secret=secret,
@@ -115,20 +116,18 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
     return state
 
 
-def create_app(config: ApiConfig | None = None) -> FastAPI:
-    """The application; without `config` it reads the settings (DATABASE_URL ...) when it starts."""
+def create_app(config: ApiConfig) -> FastAPI:
+    """The application for `config`; its resources open when the server starts it (lifespan)."""
     metrics = ApiMetrics()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cfg = config or ApiConfig.from_settings(Settings.from_env())
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         logredact.install()  # after the server configured its loggers
-        state = await run_in_threadpool(_open_state, cfg, metrics)
-        app.state.api = state
+        state = await run_in_threadpool(_open_state, config, metrics)
         state.apool = AsyncConnectionPool(
-            cfg.database_url,
+            config.database_url,
             min_size=1,
-            max_size=cfg.live_pool_max,
+            max_size=config.live_pool_max,
             kwargs={"autocommit": True},
             open=False,
             name="api-live",
@@ -137,9 +136,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         state.positions = PositionBatcher(
             state.apool,
             WALK_CHANNEL,
-            gather_s=cfg.walk_batch_gather_s,
-            max_batch=cfg.walk_batch_max,
-            max_queue=cfg.walk_batch_queue,
+            gather_s=config.walk_batch_gather_s,
+            max_batch=config.walk_batch_max,
+            max_queue=config.walk_batch_queue,
         )
         async with asyncio.TaskGroup() as tg:
             hub_task = tg.create_task(state.hub.run(), name="stream-hub")
@@ -147,8 +146,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             positions_task = tg.create_task(state.positions.run(), name="walk-positions")
             try:
                 await asyncio.wait_for(state.hub.ready.wait(), timeout=15.0)
-                runtime.settle("api")
-                yield
+                tuning.settle("api")
+                yield {"api": state}
             finally:
                 hub_task.cancel()
                 refresh_task.cancel()
@@ -162,7 +161,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BoundaryMiddleware, max_body_bytes=(config or ApiConfig("")).max_body_bytes)
+    app.add_middleware(BoundaryMiddleware, max_body_bytes=config.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=lambda: metrics)
     app.include_router(residents.router)
     app.include_router(operators.router)
@@ -198,7 +197,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     @app.get("/readyz", tags=["health"], summary="Readiness", responses={503: {"description": "not ready"}})
     def readyz(request: Request) -> JSONResponse:
         """The database answers and the live stream listens; the storage jobs' health is shown."""
-        state: AppState = request.app.state.api
+        state: AppState = request.state.api
         try:
             with state.pool.connection(timeout=2.0) as conn:
                 conn.execute("SELECT 1")
@@ -229,7 +228,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     def prometheus(request: Request) -> Response:
         """Counters and latency histograms in the Prometheus text format, for the scraper holding
         ``STREETLIGHT_API_METRICS_TOKEN`` (``Authorization: Bearer``); not served without one."""
-        wanted = request.app.state.api.config.metrics_token
+        wanted = request.state.api.config.metrics_token
         if not wanted:
             return JSONResponse({"detail": "metrics are not served: set STREETLIGHT_API_METRICS_TOKEN"}, 404)
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -263,6 +262,3 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     return app
-
-
-app = create_app()

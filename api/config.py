@@ -1,13 +1,16 @@
-"""The API's configuration: what `streetlight.settings.Settings` says, plus limits tests may shrink."""
+"""The API's configuration (`ApiConfig`): built from the settings by `streetlight.bootstrap`, with
+limits tests may shrink (`devkit.apiclient.fast_config`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from streetlight.settings import Settings
+if TYPE_CHECKING:
+    from geo import Gazetteer
 
 # A WebSocket message (a walker's position, a console's ping) is under 1 KiB; uvicorn's default
-# would read 16 MiB. Passed to the server (`streetlight api`, `api.testing.serve`), not the app.
+# would read 16 MiB. Passed to the server (`streetlight api`, `devkit.apiclient.serve`), not the app.
 WS_MAX_MESSAGE_BYTES = 65536
 
 
@@ -70,19 +73,5 @@ class ApiConfig:
     lamp_refresh_s: float = 30.0  # how often the lamp index is rebuilt from the devices table
     nearest_lamps: int = 3  # lamps named in an SOS's place
     stream_queue: int = 1000  # per console; a console that falls this far behind is disconnected
-
-    @classmethod
-    def from_settings(cls, settings: Settings, database_url: str | None = None) -> ApiConfig:
-        """The configuration of a deployed API (database from the argument or DATABASE_URL)."""
-        url = database_url or settings.database_url
-        if not url:
-            raise ValueError("the API needs a database: set DATABASE_URL")
-        return cls(
-            database_url=url,
-            token_secret=settings.api_token_secret,
-            token_ttl_s=settings.api_token_ttl_s,
-            kdf_time_cost=settings.api_kdf_time_cost,
-            kdf_memory_kib=settings.api_kdf_memory_kib,
-            registrations_per_hour=settings.api_registrations_per_hour,
-            metrics_token=settings.api_metrics_token,
-        )
+    # The gazetteer the process loaded once (bootstrap); None: the vendored one, loaded at start.
+    gazetteer: Gazetteer | None = None

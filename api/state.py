@@ -59,7 +59,7 @@ class AppState:
 async def get_state(request: Request) -> AppState:
     """The application's state (set by the lifespan). ``async``: FastAPI runs a plain ``def``
     dependency in its thread pool, a thread hop per request for reading an attribute."""
-    state: AppState = request.app.state.api
+    state: AppState = request.state.api
     return state
 
 

@@ -120,7 +120,7 @@ async def _drain(ws: WebSocket) -> None:
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
     """Live alert and lamp changes of the operator's districts."""
-    state: AppState = ws.app.state.api
+    state: AppState = ws.state.api
     if "token" in ws.query_params:
         await ws.close(
             code=_POLICY_VIOLATION,

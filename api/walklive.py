@@ -87,7 +87,7 @@ async def _first_message_token(ws: WebSocket) -> str:
 @router.websocket("/v1/walks/{walk_id}/live")
 async def walk_live(ws: WebSocket, walk_id: str) -> None:
     """A walk's positions over one connection (see the module docstring)."""
-    state: AppState = ws.app.state.api
+    state: AppState = ws.state.api
     token = _header_token(ws)
     try:
         if token is not None:

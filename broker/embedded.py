@@ -43,7 +43,7 @@ IMPLS: tuple[Impl, ...] = ("lite", "amqtt")
 class _DropProbeNoise(logging.Filter):
     """Drop amqtt's errors about connections that sent nothing.
 
-    ``streetlight.localservices.tcp_reachable`` (and load balancers' health checks) open and close
+    ``runtime.procs.tcp_reachable`` (and load balancers' health checks) open and close
     a TCP connection to see whether the broker is up; amqtt logs each as an ERROR and a WARNING.
     """
 

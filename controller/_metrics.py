@@ -1,4 +1,4 @@
-"""Prometheus text exposition of a controller's counters, served by ``streetlight.statusserver``."""
+"""Prometheus text exposition of a controller's counters, served by ``runtime.status``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from http.server import ThreadingHTTPServer
 from typing import Protocol
 
-from streetlight.statusserver import check, serve_status
+from runtime.status import check, serve_status
 
 
 class Observable(Protocol):

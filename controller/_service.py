@@ -47,10 +47,10 @@ from controller._takeover import Leases
 from controller._walks import Walks
 from controller._writes import WriteQueue
 from controller.config import ControllerConfig
+from runtime import tuning
 from store.dbthread import DbError, DbThread
 from store.listen import listening
 from store.notes import CHANNELS, AlertNote, LampNote, WalkNote, WalkPositions, decode
-from streetlight import runtime
 
 log = logging.getLogger("controller")
 
@@ -106,7 +106,8 @@ class Controller:
     async def run(self) -> None:
         """Run until cancelled; on a clean stop the leases are given up for another to take."""
         try:
-            await asyncio.to_thread(service_area)  # the gazetteer of the position checks, loaded once
+            if self.cfg.gazetteer is None:  # the vendored gazetteer of the position checks, loaded once
+                await asyncio.to_thread(service_area)
             attempt = 0
             while True:
                 try:
@@ -139,7 +140,7 @@ class Controller:
 
     def _mark_ready(self) -> None:
         if self._listening and self._leases.renewed_once and not self.ready.is_set():
-            runtime.settle("controller")
+            tuning.settle("controller")
             self.ready.set()
 
     # ------------------------------------------------------------------ PostgreSQL wake-ups

@@ -114,7 +114,9 @@ class Walks:
         (the same rule with the heading), used when the verdict keeps the corridor."""
         walk = self.walks.setdefault(walk_id, _Walk(district))
         now = now_ms()
-        walk.track, verdict = advance(walk.track, fix, now, self._cfg.positions, placed=placed)
+        walk.track, verdict = advance(
+            walk.track, fix, now, self._cfg.positions, self._cfg.gazetteer, placed=placed
+        )
         walk.last_ms = now
         self._stats["walk_positions"] += 1
         if verdict.reason:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import random
-import socket
 from dataclasses import dataclass, field
 
 from alerts import DEFAULT_ESCALATION, EscalationPolicy
@@ -12,7 +9,7 @@ from broker import DEVICE_BURST, DEVICE_RATE_PER_S, ConnectionParams
 from controller._blink import BlinkPolicy
 from controller._holds import HoldPolicy
 from controller._positions import PositionPolicy
-from geo import SafetyZones
+from geo import Gazetteer, SafetyZones
 
 # issue #5: "another takes over its districts within 10 s"; renewed every third of it.
 LEASE_TTL_S = 6.0
@@ -20,14 +17,12 @@ LEASE_TTL_S = 6.0
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """Everything a controller needs; built by ``streetlight controller`` from Settings."""
+    """Everything a controller needs; built from the settings by ``streetlight.bootstrap``."""
 
     mqtt: ConnectionParams
     database_url: str
     districts: tuple[str, ...]  # candidate districts (a lease is taken for each)
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
-    )
+    owner: str  # this controller's name in the leases, unique among the running controllers
     lease_ttl_s: float = LEASE_TTL_S
     tick_s: float = 0.2
     lamps_refresh_s: float = 30.0
@@ -39,6 +34,7 @@ class ControllerConfig:
     police_webhook_url: str | None = None
     guard_webhook_url: str | None = None
     safety_zones: SafetyZones | None = None  # None: the vendored seed file
+    gazetteer: Gazetteer | None = None  # the service area of the position checks; None: the vendored one
     # Per-device bound on acks and events taken from MQTT (as ingest's); 0 turns it off.
     device_rate_per_s: float = DEVICE_RATE_PER_S
     device_burst: float = DEVICE_BURST

@@ -4,7 +4,8 @@ One worker per process (``streetlight ingest --workers N``); see docs/ingest.md 
 the guarantees, the spool, the metrics and the measured figures.
 """
 
-from ingest._alerts import new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._alerts import Locator, new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._jobs import JOBS_LOCK_KEY, JobsLeader
 from ingest._lease import ConsumerLease, lease_key
 from ingest._metrics import IngestMetrics, serve_metrics
 from ingest._process import (
@@ -19,15 +20,8 @@ from ingest._process import (
     process,
 )
 from ingest._registry import DatabaseRegistry, redact_group, retired_share_group, share_group
-from ingest._service import (
-    JOBS_LOCK_KEY,
-    JobsLeader,
-    file_registry_lookup,
-    gazetteer_locator,
-    probe_shared_subscriptions,
-    sender_checker,
-)
-from ingest._sharecheck import shared_subscriptions_ignored
+from ingest._senders import file_registry_lookup, sender_checker
+from ingest._sharecheck import probe_shared_subscriptions, shared_subscriptions_ignored
 from ingest._spool import Spool, SpoolFull, SpoolLocked
 from ingest._worker import IngestWorker, WorkerConfig
 from ingest._write import WriteResult, write_batch
@@ -42,6 +36,7 @@ __all__ = [
     "IngestMetrics",
     "IngestWorker",
     "JobsLeader",
+    "Locator",
     "Processed",
     "RawMessage",
     "SenderCheckFn",
@@ -53,7 +48,6 @@ __all__ = [
     "WriteResult",
     "ack_seq",
     "file_registry_lookup",
-    "gazetteer_locator",
     "lease_key",
     "new_alert_id",
     "offline_reports",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from streetlight.statusserver import check, serve_status
+from runtime.status import check, serve_status
 
 log = logging.getLogger(__name__)
 

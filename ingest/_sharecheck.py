@@ -1,4 +1,6 @@
-"""Does a broker ignore ``$share``? The check behind ``--subscription shared`` (issue 16).
+"""Does a broker share subscriptions? ``probe_shared_subscriptions`` answers for
+``--subscription auto`` (several workers or one); ``shared_subscriptions_ignored`` is the check
+behind ``--subscription shared`` (issue 16).
 
 A broker without shared subscriptions may accept ``$share/g/topic`` as a literal topic filter
 (RabbitMQ 3.10 does) and then deliver nothing to it: an ingest forced onto it would consume
@@ -82,3 +84,58 @@ def shared_subscriptions_ignored(params: ConnectionParams, timeout_s: float = 3.
         for client in clients.values():
             client.loop_stop()
             client.disconnect()
+
+
+# Probe messages a broker that names itself neither Mosquitto nor EMQX must all deliver through
+# a shared subscription before ingest runs several workers on it.
+_SHARE_PROBE_MESSAGES: Final = 20
+
+
+def probe_shared_subscriptions(params: ConnectionParams, timeout_s: float = 2.0) -> tuple[bool, str]:
+    """Does this broker deliver ``$share/...`` subscriptions? Returns (answer, how we know).
+
+    Mosquitto (>= 1.6) and EMQX say who they are on ``$SYS``; otherwise (e.g. amqtt, which
+    delivered 1 of 100 shared messages, DESIGN.md §5) send probe messages through a shared
+    subscription and require every one of them back.
+    """
+    got: list[bytes] = []
+    version: list[str] = []
+    subscribed = threading.Event()
+    probe_topic = f"streetlight/probe/{uuid.uuid4().hex[:12]}"
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith("$SYS"):
+            version.append(msg.payload.decode("utf-8", "replace"))
+        else:
+            got.append(bytes(msg.payload))
+
+    client = paho_client(params, f"streetlight-probe-{uuid.uuid4().hex[:8]}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    try:
+        client.connect(params.host, params.port, keepalive=10)
+    except OSError as exc:
+        return False, f"broker unreachable ({exc}); assuming no shared subscriptions"
+    client.loop_start()
+    try:
+        client.subscribe([("$SYS/broker/version", 0), ("$SYS/brokers/+/version", 0)])
+        deadline = time.monotonic() + timeout_s / 2
+        while not version and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if version:
+            text = version[0].lower()
+            if "mosquitto" in text or "emqx" in text:
+                return True, f"broker says {version[0]!r}"
+        subscribed.clear()
+        client.subscribe(f"$share/probe/{probe_topic}", qos=1)
+        subscribed.wait(timeout_s / 2)
+        for i in range(_SHARE_PROBE_MESSAGES):
+            client.publish(probe_topic, str(i).encode(), qos=1)
+        deadline = time.monotonic() + timeout_s
+        while len(got) < _SHARE_PROBE_MESSAGES and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ok = len(got) >= _SHARE_PROBE_MESSAGES
+        return ok, f"shared-subscription probe delivered {len(got)} of {_SHARE_PROBE_MESSAGES}"
+    finally:
+        client.loop_stop()
+        client.disconnect()

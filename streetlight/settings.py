@@ -71,6 +71,9 @@ class Settings:
     guard_webhook_url: str | None = None
     """Where the controller POSTs an SOS inside a guard zone during patrol hours (JSON)."""
     log_level: str = "INFO"
+    log_format: str | None = None
+    """``console`` (readable lines), ``json`` (one object a line) or None: console on a terminal,
+    JSON otherwise (``STREETLIGHT_LOG_FORMAT``)."""
     local_broker: str = "auto"
     local_database: str = "auto"
     """Without DATABASE_URL: ``auto`` (pg_ctl if installed, else embedded), ``pg_ctl`` or ``embedded``."""
@@ -132,6 +135,9 @@ class Settings:
             police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
             guard_webhook_url=e.get("STREETLIGHT_GUARD_WEBHOOK_URL") or None,
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
+            log_format=_choice(e, "STREETLIGHT_LOG_FORMAT", ("console", "json"))
+            if e.get("STREETLIGHT_LOG_FORMAT")
+            else None,
             local_broker=_choice(e, "STREETLIGHT_LOCAL_BROKER", ("auto", "mosquitto", "embedded")),
             local_database=_choice(e, "STREETLIGHT_LOCAL_DATABASE", ("auto", "pg_ctl", "embedded")),
             api_token_secret=e.get("STREETLIGHT_API_TOKEN_SECRET") or None,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streetlight.localservices import terminate
+from runtime.procs import terminate
 
 log = logging.getLogger(__name__)
 

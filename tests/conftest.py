@@ -18,8 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from store import migrate
-from streetlight.localservices import (
+from devkit.localservices import (
     MqttService,
     PgService,
     find_pg_bin,
@@ -31,6 +30,7 @@ from streetlight.localservices import (
     start_rabbitmq,
     timescale_installed,
 )
+from store import migrate
 from streetlight.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -49,7 +49,7 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
         # Everything devices say (and the commands, to store them); never a publish. The $share
         # line is for EMQX; Mosquitto's acl_file never checks a SUBSCRIBE and checks a shared
         # delivery against the message's own topic (measured on 2.0.11, docs/security.md). No
-        # $SYS: an ingest with an account does not probe the broker (streetlight/commands/ingest.py).
+        # $SYS: an ingest with an account does not probe the broker (streetlight/cli/ingest.py).
         return (Grant("read", f"{_ALL_DEVICES}/#"), Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"))
     if p.role == "controller":
         return (

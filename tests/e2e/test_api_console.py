@@ -16,7 +16,7 @@ import httpx
 import psycopg
 import pytest
 
-from api.testing import GANGNAM, JUNG, PASSWORD, fast_config, resident, seed, serve
+from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, resident, seed, serve
 from firmware_sim.app import SafetyApp
 from firmware_sim.residents import GpsFix
 from store.jobs import refresh_rollups

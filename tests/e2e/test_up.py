@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from streetlight.localservices import free_port
+from devkit.localservices import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 JUNG_GU = (37.5636, 126.9976)  # Jung-gu, a street near Myeong-dong

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.localservices import find_pg_bin
 from store import migrate
-from streetlight.localservices import find_pg_bin
 from tests.conftest import skip_unless
 
 

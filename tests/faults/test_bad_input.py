@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from api.testing import BUSAN, JUNG, fast_config, seed, serve
 from broker import paho_client, parse_mqtt_url
 from controller import Fix, check_fix
-from streetlight.faults.harness import Processes, metrics, scalar, wait_until, write_figures
-from streetlight.faults.scenarios import _wait_ingest_subscribed, private_broker
-from streetlight.localservices import free_port
+from devkit.apiclient import BUSAN, JUNG, fast_config, seed, serve
+from devkit.faults.catalogue import _wait_ingest_subscribed, private_broker
+from devkit.faults.harness import Processes, metrics, scalar, wait_until, write_figures
+from devkit.localservices import free_port
 
 pytestmark = [pytest.mark.integration]
 

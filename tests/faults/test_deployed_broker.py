@@ -26,7 +26,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.security import DeviceSpec, MosquittoOptions, Registry, write_mosquitto
-from streetlight.localservices import free_port, tcp_reachable, terminate
+from devkit.localservices import free_port, tcp_reachable, terminate
 from tests.conftest import skip_unless
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def _ingest(broker: DeployedBroker, db: str, data_dir: Path, client_id: str) -> 
     # per-device rate bound would take them for floods. A real device queues ~10 messages in a
     # 10-minute outage (one a minute), far below the bound's burst of 100.
     cmd = [
-        *(sys.executable, "-m", "streetlight.commands.ingest", "--no-jobs", "--client-id", client_id),
+        *(sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--client-id", client_id),
         *("--device-rate", "0"),
     ]
     with (data_dir / f"{client_id}.log").open("ab") as log:

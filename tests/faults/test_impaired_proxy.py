@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from streetlight.faults.impair import ImpairedProxy, Impairment
+from devkit.faults.impair import ImpairedProxy, Impairment
 
 
 def _echo_server() -> tuple[socket.socket, int]:

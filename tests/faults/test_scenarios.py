@@ -1,6 +1,6 @@
 """Issue #8 scenarios 1-7 at CI size: real processes SIGKILLed and restarted, figures asserted.
 
-Each test runs one function of ``streetlight.faults.scenarios`` (the same ones ``streetlight
+Each test runs one function of ``devkit.faults.catalogue`` (the same ones ``streetlight
 bench soak`` runs at full size) and keeps its figures in ``.test-output/faults/<name>.json``.
 """
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from streetlight.faults import scenarios
-from streetlight.faults.harness import write_figures
-from streetlight.localservices import PgService
+from devkit.faults import catalogue
+from devkit.faults.harness import write_figures
+from devkit.localservices import PgService
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("needs_mosquitto")]
 
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures
 def test_broker_killed_during_a_qos1_stream_loses_only_what_seq_gaps_reveal(
     tmp_path: Path, migrated: str, figures_dir: Path
 ) -> None:
-    f = scenarios.broker_kills(tmp_path, migrated, count=6000, lamps=500, kills=2, rate=600)
+    f = catalogue.broker_kills(tmp_path, migrated, count=6000, lamps=500, kills=2, rate=600)
     write_figures(figures_dir, "1_broker_kills", f)
     assert f["sent"] == 6000
     assert f["duplicates"] == 0
@@ -32,7 +32,7 @@ def test_broker_killed_during_a_qos1_stream_loses_only_what_seq_gaps_reveal(
 def test_ingest_killed_repeatedly_loses_and_duplicates_nothing(
     tmp_path: Path, migrated: str, figures_dir: Path
 ) -> None:
-    f = scenarios.ingest_kills(tmp_path, migrated, count=8000, lamps=500, kills=4, rate=800)
+    f = catalogue.ingest_kills(tmp_path, migrated, count=8000, lamps=500, kills=4, rate=800)
     write_figures(figures_dir, "2_ingest_kills", f)
     assert f["kills"] == 4
     assert f["sent"] == 8000 and f["acked_by_broker"] == 8000
@@ -45,7 +45,7 @@ def test_ingest_killed_repeatedly_loses_and_duplicates_nothing(
 def test_database_outage_is_spooled_replayed_and_sos_is_refused_retryably(
     tmp_path: Path, figures_dir: Path
 ) -> None:
-    f = scenarios.db_outage(tmp_path, rate=400, before_s=4, outage_s=10, after_s=6)
+    f = catalogue.db_outage(tmp_path, rate=400, before_s=4, outage_s=10, after_s=6)
     write_figures(figures_dir, "3_db_outage", f)
     assert f["lost"] == 0 and f["duplicates"] == 0
     assert f["spooled"] > 0 and f["replayed"] >= f["spooled_at_db_return"]
@@ -61,7 +61,7 @@ def test_database_outage_is_spooled_replayed_and_sos_is_refused_retryably(
 def test_impaired_link_loses_and_duplicates_nothing_and_expired_commands_are_not_applied(
     tmp_path: Path, migrated: str, figures_dir: Path
 ) -> None:
-    f = scenarios.impaired_link(tmp_path, migrated, count=3000, lamps=100, rate=300, cuts=2)
+    f = catalogue.impaired_link(tmp_path, migrated, count=3000, lamps=100, rate=300, cuts=2)
     write_figures(figures_dir, "4_impaired_link", f)
     assert f["proxy_retransmit_like"] > 0
     assert f["sent"] == f["acked_by_broker"] == 3000
@@ -74,7 +74,7 @@ def test_impaired_link_loses_and_duplicates_nothing_and_expired_commands_are_not
 def test_sos_survive_api_controller_and_broker_kills(
     tmp_path: Path, migrated: str, figures_dir: Path
 ) -> None:
-    f = scenarios.sos_with_kills(tmp_path, migrated, sos=80, escalate_after_s=8.0)
+    f = catalogue.sos_with_kills(tmp_path, migrated, sos=80, escalate_after_s=8.0)
     write_figures(figures_dir, "5_sos_kills", f)
     assert [k["what"] for k in f["kills"]] == ["api", "controller", "broker"]
     assert f["lost"] == 0
@@ -103,7 +103,7 @@ def _lamp_offline(
     try:
         url = pg_service.database_url(name)
         migrate(url)
-        return scenarios.lamp_offline(
+        return catalogue.lamp_offline(
             tmp_path_factory.mktemp("lamp"), url, keepalive_s=4, broker_kind=broker_kind
         )
     finally:
@@ -163,7 +163,7 @@ def test_with_a_broker_that_keeps_the_keepalive_rule_a_silent_lamp_is_offline_wi
 def test_burst_of_ten_times_the_rate_keeps_memory_bounded_and_counts_every_drop(
     tmp_path: Path, migrated: str, figures_dir: Path
 ) -> None:
-    f = scenarios.burst(tmp_path, migrated, lamps=500, rate=300, sustained_s=4, burst_s=3, factor=10)
+    f = catalogue.burst(tmp_path, migrated, lamps=500, rate=300, sustained_s=4, burst_s=3, factor=10)
     write_figures(figures_dir, "7_burst", f)
     assert f["lost"] == f["ingest_dropped_counted"] == 0
     assert f["duplicates"] == 0

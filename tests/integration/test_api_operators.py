@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from api.accounts import ensure_demo_operators
 from api.security import password_hasher
-from api.testing import GANGNAM, JUNG, PASSWORD, fast_config, login, resident, seed, serve
+from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, login, resident, seed, serve
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from httpx import Client
 
-from api.testing import BUSAN, GANGNAM, JUNG, client, fast_config, login, resident, seed
+from devkit.apiclient import BUSAN, GANGNAM, JUNG, client, fast_config, login, resident, seed
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from websockets.sync.client import connect
 from api.accounts import create_operator
 from api.app import create_app
 from api.security import password_hasher
-from api.testing import GANGNAM, JUNG, PASSWORD, fast_config, login, resident, seed, serve
+from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, login, resident, seed, serve
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from api.testing import BUSAN, JUNG, fast_config, seed, serve
+from devkit.apiclient import BUSAN, JUNG, fast_config, seed, serve
 
 pytestmark = pytest.mark.integration
 

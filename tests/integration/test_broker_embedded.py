@@ -18,8 +18,8 @@ import pytest
 
 from broker import ConnectionParams, MqttSession, device_topic
 from broker.embedded import EmbeddedBroker, Impl
+from devkit.localservices import MqttService, free_port, start_embedded_broker, tcp_reachable, terminate
 from ingest import probe_shared_subscriptions
-from streetlight.localservices import MqttService, free_port, start_embedded_broker, tcp_reachable, terminate
 from tests.conftest import ROOT
 from tests.integration.test_broker_session import assert_will_is_retained_offline_with_bdseq, params_of
 

@@ -23,8 +23,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.lite import LiteBroker
+from devkit.localservices import start_mosquitto
 from firmware_sim.mqtt import Will, encode_connect, encode_publish, encode_subscribe
-from streetlight.localservices import start_mosquitto
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
 from tests.integration.test_broker_lite import Paho, ThreadBroker, publish, raw_client, read_packet
 

@@ -27,9 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import ConnectionParams
 from broker.lite import LiteBroker
+from devkit.localservices import free_port
 from firmware_sim.mqtt import Will, connect, encode_connect, encode_publish, encode_subscribe
 from ingest import probe_shared_subscriptions
-from streetlight.localservices import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -689,7 +689,7 @@ def test_clients_beyond_the_descriptor_limit_are_closed_at_once_with_one_warning
 
 
 def test_the_embedded_broker_command_takes_other_packet_limits(unique_id: str) -> None:
-    from streetlight.localservices import tcp_reachable, terminate
+    from devkit.localservices import tcp_reachable, terminate
 
     port = free_port()
     argv = [sys.executable, "-m", "broker.embedded", "--port", str(port), "--max-packet-size", "1024"]
@@ -771,14 +771,14 @@ async def _storm_and_hold(port: int, n: int, pid: int) -> dict[str, Any]:
 def _fan_in(port: int, count: int, qos: int, pid: int) -> dict[str, Any]:
     py = sys.executable
     base = subprocess.Popen(
-        [py, "-m", "streetlight.bench.baseline", "--port", str(port), "--count", str(count),
+        [py, "-m", "devkit.bench.baseline", "--port", str(port), "--count", str(count),
          "--qos", str(qos), "--idle-s", "5"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert base.stdout is not None and base.stdout.readline().strip() == "ready"
     cpu0 = _cpu_s(pid)
     pub = subprocess.run(
-        [py, "-m", "streetlight.bench.fastpub", "--port", str(port), "--count", str(count), "--lamps", "500",
+        [py, "-m", "devkit.bench.fastpub", "--port", str(port), "--count", str(count), "--lamps", "500",
          "--qos", str(qos)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -795,7 +795,7 @@ def _fan_in(port: int, count: int, qos: int, pid: int) -> dict[str, Any]:
 def _bench(n: int) -> None:
     import tempfile
 
-    from streetlight.localservices import start_mosquitto, tcp_reachable, terminate
+    from devkit.localservices import start_mosquitto, tcp_reachable, terminate
 
     for kind in ("lite", "mosquitto"):
         port = free_port()

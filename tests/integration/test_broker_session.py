@@ -25,7 +25,7 @@ from broker import (
     device_topic,
     paho_client,
 )
-from streetlight.localservices import MqttService, terminate
+from devkit.localservices import MqttService, terminate
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

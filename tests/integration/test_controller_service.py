@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -26,14 +27,14 @@ import pytest
 from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
 from broker import ConnectionParams, paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig, HoldPolicy
+from devkit.bench.controller import LampFleet, LampSpec
+from devkit.localservices import MqttService, start_mosquitto
 from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
 from store.alertstore import change_alert, load_alert, save_alert
 from store.notes import WALK_CHANNEL, WalkMoved, notify
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 from store.walks import create_resident, start_walk
-from streetlight.bench.controller import LampFleet, LampSpec
-from streetlight.localservices import MqttService, start_mosquitto
 from tests.conftest import skip_unless
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,7 @@ class World:
             mqtt=self.params,
             database_url=self.db_url,
             districts=(DISTRICT,),
+            owner=f"test-{uuid.uuid4().hex[:8]}",
             lease_ttl_s=1.5,
             tick_s=0.05,
             retry_after_s=0.5,
@@ -596,6 +598,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
         mqtt=params,
         database_url=db_url,
         districts=(DISTRICT,),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=1.5,
         tick_s=0.05,
         escalation=EscalationPolicy(renotify_after_s=300.0, police_after_s=600.0),  # not the way back

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,11 @@ from alerts import (
 )
 from broker import ConnectionParams, parse_mqtt_url
 from controller import ControllerConfig
+from devkit.bench.controller import LampFleet, LampSpec
+from devkit.localservices import MqttService
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from store import migrate, upsert_device
 from store.alertstore import active_alerts, load_alert, save_alert
-from streetlight.bench.controller import LampFleet, LampSpec
-from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
 from tests.helpers import running as running_worker
 from tests.helpers import wait_for
@@ -103,6 +104,7 @@ async def test_a_lamp_acking_another_lamps_blink_command_is_refused_and_the_dark
         mqtt=params,
         database_url=db_url,
         districts=(DISTRICT,),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=2.0,
         tick_s=0.05,
         retry_after_s=0.5,
@@ -468,6 +470,7 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
         mqtt=params,
         database_url=db_url,
         districts=(DISTRICT,),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=2.0,
         tick_s=0.05,
         retry_after_s=0.5,
@@ -521,7 +524,12 @@ async def test_a_lamp_reporting_beacon_sightings_commands_no_lamp_and_a_blinkers
             paired_device_id=lamps[0].device_id,
         )  # fmt: skip
     cfg = ControllerConfig(
-        mqtt=params, database_url=db_url, districts=(DISTRICT,), lease_ttl_s=2.0, tick_s=0.05
+        mqtt=params,
+        database_url=db_url,
+        districts=(DISTRICT,),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
+        lease_ttl_s=2.0,
+        tick_s=0.05,
     )
 
     def sighting(seq: int) -> bytes:

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts import AlertKind, AlertState, DayNightPolicy
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService
 from firmware_sim.firmware import DeviceIdentity, Faults, LampFirmware, Message
 from geo.solar import sun_elevation_deg
 from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, raise_fault_alerts
@@ -30,7 +31,6 @@ from ingest._alerts import raise_daynight_alerts, raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
 from store.alertstore import active_alerts, load_alert
-from streetlight.localservices import MqttService
 from tests.helpers import count, running, wait_for
 
 SEOUL = (37.5665, 126.9780)

@@ -2,7 +2,7 @@
 one group take turns on the group's lease, exactly one consumes, and a killed consumer is replaced
 by a standby without losing or duplicating a row.
 
-Real processes (``python -m streetlight.commands.ingest --subscription plain --group G``) on a
+Real processes (``python -m streetlight.cli.ingest --subscription plain --group G``) on a
 private RabbitMQ node (which has no ``$share``) and on a private Mosquitto forced to plain
 subscriptions; SIGKILL for the fault.
 """
@@ -24,9 +24,9 @@ import psycopg
 import pytest
 
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService, free_port, start_mosquitto, terminate
 from ingest import ConsumerLease, IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, write_batch
 from store import lease_owners, migrate
-from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 from tests.conftest import ROOT, _have_mosquitto, skip_unless
 from tests.integration.test_scale_out import _wait
 
@@ -57,7 +57,7 @@ def _metric(port: int, name: str) -> float:
 
 def _fastpub(broker: MqttService, count: int, prefix: str, rate: float) -> list[str]:
     return [
-        *(sys.executable, "-m", "streetlight.bench.fastpub", "--port", str(broker.port)),
+        *(sys.executable, "-m", "devkit.bench.fastpub", "--port", str(broker.port)),
         *("--count", str(count), "--lamps", "100", "--qos", "1", "--prefix", prefix, "--rate", str(rate)),
     ]
 
@@ -87,7 +87,7 @@ def test_two_ingest_instances_of_one_group_store_every_message_once_and_a_standb
 
     def start(name: str) -> subprocess.Popen[bytes]:
         argv = [
-            *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "plain"),
+            *(sys.executable, "-m", "streetlight.cli.ingest", "--subscription", "plain"),
             *("--group", group, "--lease-ttl-s", "3", "--client-id", f"{name}-{unique_id}"),
             *("--metrics-port", str(ports[name]), "--no-jobs", "--no-migrate", "--max-delay-ms", "50"),
         ]

@@ -20,12 +20,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts import AlertKind
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService
 from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, raise_fault_alerts
 from ingest._alerts import raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
 from store.alertstore import active_alerts
-from streetlight.localservices import MqttService
 from tests.conftest import skip_unless
 from tests.helpers import count, running, wait_for
 
@@ -290,7 +290,7 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(
     cmd = [
         sys.executable,
         "-m",
-        "streetlight.commands.ingest",
+        "streetlight.cli.ingest",
         "--index",
         "0",
         "--subscription",
@@ -316,7 +316,7 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(
             [
                 sys.executable,
                 "-m",
-                "streetlight.bench.fastpub",
+                "devkit.bench.fastpub",
                 "--port",
                 str(mqtt_service.port),
                 "--count",
@@ -460,7 +460,7 @@ def test_two_ingest_instances_with_one_client_id_never_share_a_spool_the_second_
 
     def cmd(client_id: str) -> list[str]:
         return [
-            *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "plain"),
+            *(sys.executable, "-m", "streetlight.cli.ingest", "--subscription", "plain"),
             *("--no-jobs", "--client-id", client_id),
         ]
 

@@ -13,8 +13,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import parse_mqtt_url
+from devkit.localservices import MqttService, start_embedded_broker
 from ingest import shared_subscriptions_ignored
-from streetlight.localservices import MqttService, start_embedded_broker
 from tests.conftest import ROOT
 
 
@@ -57,7 +57,7 @@ def test_ingest_forced_onto_shared_subscriptions_on_rabbitmq_exits_saying_the_br
 ) -> None:
     env = {**os.environ, "STREETLIGHT_DATA_DIR": str(tmp_path)}
     argv = [
-        *(sys.executable, "-m", "streetlight.commands.ingest", "--subscription", "shared", "--no-jobs"),
+        *(sys.executable, "-m", "streetlight.cli.ingest", "--subscription", "shared", "--no-jobs"),
         *("--mqtt-url", rabbitmq_service.url, "--database-url", db_url),
     ]
     done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, timeout=120)

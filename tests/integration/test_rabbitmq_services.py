@@ -9,6 +9,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,13 +19,13 @@ import httpx
 import psycopg
 import pytest
 
-from api.testing import fast_config, login, seed, serve
 from broker import paho_client, parse_mqtt_url
 from controller import Controller, ControllerConfig
+from devkit.apiclient import fast_config, login, seed, serve
+from devkit.localservices import MqttService
 from firmware_sim.fleet import DeviceLink, Endpoint, Fleet
 from firmware_sim.placement import Placement, place_lamps
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
-from streetlight.localservices import MqttService
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +158,7 @@ async def test_births_telemetry_a_walk_an_sos_and_a_will_go_through_the_services
         mqtt=params,
         database_url=db_url,
         districts=tuple(sorted({lamp.district_code for lamp in lamps})),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=1.5,
         tick_s=0.05,
         retry_after_s=0.5,

@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devkit.localservices import MqttService, free_port, start_mosquitto, terminate
 from store import lease_owners, migrate
-from streetlight.localservices import MqttService, free_port, start_mosquitto, terminate
 
 ALL_CENTRES = 26  # the 25 districts and the city centre
 
@@ -63,7 +63,7 @@ def _worker_pid(client_id: str, index: int) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        ours = b"streetlight.commands.ingest" in argv and client_id.encode() in argv
+        ours = b"streetlight.cli.ingest" in argv and client_id.encode() in argv
         if ours and argv[argv.index(b"--index") + 1] == str(index).encode():
             return int(entry.name)
     return None
@@ -71,7 +71,7 @@ def _worker_pid(client_id: str, index: int) -> int | None:
 
 def _fastpub(broker: MqttService, count: int, prefix: str, rate: float) -> list[str]:
     return [
-        *(sys.executable, "-m", "streetlight.bench.fastpub", "--port", str(broker.port)),
+        *(sys.executable, "-m", "devkit.bench.fastpub", "--port", str(broker.port)),
         *("--count", str(count), "--lamps", "200", "--qos", "1", "--prefix", prefix, "--rate", str(rate)),
     ]
 

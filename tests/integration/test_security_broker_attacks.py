@@ -28,11 +28,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devkit.localservices import MqttService, free_port, terminate
 from firmware_sim import DeviceIdentity, LampFirmware
 from firmware_sim.fleet import LAMP_MODEL, Endpoint, Fleet
 from store import migrate
 from streetlight.cli import main as cli_main
-from streetlight.localservices import MqttService, free_port, terminate
 from tests.conftest import skip_unless
 from tests.helpers import count, wait_for
 from tests.integration.test_security_mosquitto import MOSQUITTO, RUN_AS, _start
@@ -272,7 +272,7 @@ class Ingest:
 def ingest_process(env: dict[str, str], log: Path, *args: str) -> Iterator[Ingest]:
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streetlight.commands.ingest", "--no-jobs", "--max-delay-ms", "50", *args],
+            [sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--max-delay-ms", "50", *args],
             env=env,
             cwd=ROOT,
             stdout=fh,

@@ -36,8 +36,8 @@ from broker.security import (
     reload_mosquitto,
     write_mosquitto,
 )
+from devkit.localservices import free_port, tcp_reachable, terminate
 from streetlight.cli import main as cli_main
-from streetlight.localservices import free_port, tcp_reachable, terminate
 from tests.conftest import skip_unless
 
 pytestmark = pytest.mark.integration

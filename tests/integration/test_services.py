@@ -8,7 +8,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from streetlight.localservices import MqttService
+from devkit.localservices import MqttService
 
 
 def test_a_message_published_to_the_broker_reaches_a_subscriber(

@@ -12,9 +12,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devkit.localservices import MqttService
 from firmware_sim.fleet import Endpoint, Fleet
 from firmware_sim.placement import place_lamps
-from streetlight.localservices import MqttService
 
 pytestmark = pytest.mark.integration
 

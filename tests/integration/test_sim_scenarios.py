@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from devkit.localservices import MqttService
 from firmware_sim import scenarios
-from streetlight.localservices import MqttService
 
 pytestmark = pytest.mark.integration
 

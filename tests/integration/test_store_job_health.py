@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 import store.jobs
-from api.testing import client, fast_config, seed
+from devkit.apiclient import client, fast_config, seed
+from ingest import JobsLeader
 from ingest._metrics import IngestMetrics
-from ingest._service import JobsLeader
 from store import run_maintenance
 from store.alertstore import active_alerts
 from store.jobs import storage_job_problems

@@ -22,7 +22,7 @@ from store import (
 )
 from store.embedded import start_embedded
 from store.schema import MIGRATIONS, list_partitions, partition_name, timescale_rollup_sql
-from streetlight.commands import migrate as migrate_command
+from streetlight.cli import migrate as migrate_command
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devkit.localservices import PgService, find_pg_bin, start_pg_cluster, timescale_installed
 from store import MigrationError, migrate, write_telemetry
-from streetlight.commands import migrate as migrate_command
-from streetlight.localservices import PgService, find_pg_bin, start_pg_cluster, timescale_installed
+from streetlight.cli import migrate as migrate_command
 from tests.conftest import skip_unless
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from devkit.localservices import free_port
 from store import (
     Batch,
     BatchWriter,
@@ -21,7 +22,6 @@ from store import (
     write_rows,
     write_telemetry,
 )
-from streetlight.localservices import free_port
 
 Conn = psycopg.Connection[Any]
 

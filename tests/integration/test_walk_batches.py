@@ -17,8 +17,8 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from websockets.sync.client import connect
 
-from api.testing import JUNG, fast_config, seed, serve
 from api.walkbatch import PositionBatcher, PositionsBusy
+from devkit.apiclient import JUNG, fast_config, seed, serve
 from store import migrate
 from store.alertstore import WALK_CHANNEL
 from store.walkpositions import NOTIFY_BYTES, QueuedPosition

@@ -19,7 +19,7 @@ from broker import (
     paho_client,
     parse_mqtt_url,
 )
-from streetlight.localservices import free_port
+from devkit.localservices import free_port
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,10 @@ DISTRICT = "11140"
 def controller() -> Iterator[Controller]:
     # Nothing here reaches the database: the thread's connection is opened on a first call only.
     cfg = ControllerConfig(
-        mqtt=ConnectionParams("127.0.0.1"), database_url="postgresql://nowhere/", districts=(DISTRICT,)
+        mqtt=ConnectionParams("127.0.0.1"),
+        database_url="postgresql://nowhere/",
+        districts=(DISTRICT,),
+        owner="test-notes",
     )
     ctl = Controller(cfg)
     yield ctl

@@ -166,6 +166,7 @@ def test_every_websocket_route_of_the_api_is_upgraded_by_the_shipped_nginx_confi
     from starlette.routing import WebSocketRoute
 
     from api.app import create_app
+    from api.config import ApiConfig
 
     conf = (DEPLOY / "nginx" / "streetlight.conf").read_text()
     upgraded: list[tuple[bool, str]] = []  # (is_regex, pattern) of locations that upgrade
@@ -180,7 +181,11 @@ def test_every_websocket_route_of_the_api_is_upgraded_by_the_shipped_nginx_confi
             out += routes(list(inner.routes)) if inner is not None else [r]
         return out
 
-    paths = [r.path for r in routes(list(create_app().routes)) if isinstance(r, WebSocketRoute)]
+    paths = [
+        r.path
+        for r in routes(list(create_app(ApiConfig("postgresql://unused")).routes))
+        if isinstance(r, WebSocketRoute)
+    ]
     assert paths, "the API has WebSocket routes"
     for path in paths:
         concrete = re.sub(r"\{[^}]+\}", "w-123", path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streetlight.commands.bench import BENCHES
+from streetlight.cli.bench import BENCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> Non
 def test_every_benchmark_that_exists_has_its_figures_in_benchmarks_md() -> None:
     doc = (ROOT / "docs" / "benchmarks.md").read_text()
     built = [
-        name for name, module in BENCHES.items() if (ROOT / "streetlight" / "bench" / f"{module}.py").exists()
+        name for name, module in BENCHES.items() if (ROOT / "devkit" / "bench" / f"{module}.py").exists()
     ]
     missing = [name for name in built if f"streetlight bench {name}" not in doc]
     assert built and not missing, f"docs/benchmarks.md has no command for {missing}"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devkit.bench.geo import walker_lamps_by_tree
 from geo import LampIndex, distance_m, grid_direction, reach_for_speed, to_latlon, to_metric
-from streetlight.bench.geo import walker_lamps_by_tree
 
 # A ~550 m square in Jung-gu: small enough that random radii catch many lamps.
 LAT_RANGE = (37.5600, 37.5650)

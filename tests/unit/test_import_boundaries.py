@@ -1,8 +1,12 @@
-"""The pure cores import nothing that does I/O, and the services stay inside their lanes (DESIGN.md §2)."""
+"""The pure cores import nothing that does I/O, and the services stay inside their lanes (DESIGN.md §2):
+no service imports the application shell (``streetlight/``) or the development kit (``devkit/``), and
+no service imports another service; they meet in ``streetlight/bootstrap.py``."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,11 +37,11 @@ IO_LIBRARIES = {
 }
 # What each layer may import from the project itself.
 ALLOWED_PROJECT_IMPORTS = {
+    "runtime": {"runtime"},
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
-    "broker": {"broker", "runtime", "streetlight"},
-    "store": {"store", "alerts", "runtime", "streetlight"},  # alertstore maps the alerts core to rows
-    "runtime": {"runtime"},  # the floor below the services (logging set-up, status server)
+    "broker": {"broker", "runtime"},
+    "store": {"store", "alerts", "runtime"},  # alertstore maps the alerts core to rows
 }
 PROJECT_PACKAGES = {
     "geo",
@@ -50,7 +54,23 @@ PROJECT_PACKAGES = {
     "api",
     "runtime",
     "streetlight",
+    "devkit",
 }
+# Everything below the application shell: the services, their cores, the store and the floor.
+SERVICE_PACKAGES = (
+    "ingest",
+    "controller",
+    "api",
+    "store",
+    "broker",
+    "geo",
+    "alerts",
+    "firmware_sim",
+    "runtime",
+)
+ABOVE_THE_SERVICES = {"streetlight", "devkit"}
+# The three services run as their own processes and meet only through the broker and the database.
+SERVICES = {"ingest", "controller", "api"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -89,10 +109,46 @@ def test_layers_import_only_the_project_packages_they_may(layer: str) -> None:
     assert offenders == {}, f"{layer}/ reaches into layers it must not know: {offenders}"
 
 
+@pytest.mark.parametrize("package", SERVICE_PACKAGES)
+def test_no_service_imports_the_application_shell_or_the_devkit(package: str) -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & ABOVE_THE_SERVICES)
+        for p in _modules(package)
+        if _imports(p) & ABOVE_THE_SERVICES
+    }
+    assert offenders == {}, (
+        f"{package}/ imports the shell or the devkit (wire it in streetlight/bootstrap.py): {offenders}"
+    )
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_no_service_imports_another_service(service: str) -> None:
+    others = SERVICES - {service}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(_imports(p) & others)
+        for p in _modules(service)
+        if _imports(p) & others
+    }
+    assert offenders == {}, f"{service}/ imports another service: {offenders}"
+
+
 def test_the_boundary_check_notices_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("import os\nfrom paho.mqtt import client\nimport psycopg.rows\n")
+    bad.write_text(
+        "import os\nfrom paho.mqtt import client\nimport psycopg.rows\n"
+        "def f():\n    from streetlight import bootstrap\n    import devkit.localservices\n"
+    )
     assert _imports(bad) & IO_LIBRARIES == {"paho", "psycopg"}
+    assert _imports(bad) & ABOVE_THE_SERVICES == {"streetlight", "devkit"}  # also inside a function
+
+
+def test_the_cli_imports_the_devkit_only_when_a_benchmark_runs() -> None:
+    code = (
+        "import sys; from streetlight.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'devkit'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- the database driver
@@ -104,17 +160,13 @@ DRIVER_HOMES = ("store/", "devkit/")
 # Exceptions until their SQL moves into store/ or they move into devkit/: remove an entry once
 # nothing under it imports the driver (test_every_driver_exception_is_still_needed says which).
 DRIVER_EXCEPTIONS = (
-    "api/app.py",  # creates the pools until the shell's bootstrap does
-    "api/testing.py",  # test helpers, moving to devkit/
-    "streetlight/localservices.py",  # throwaway brokers and databases, moving to devkit/
-    "streetlight/bench/",  # benchmarks, moving to devkit/bench/
-    "streetlight/faults/",  # fault scenarios, moving to devkit/faults/
-    "streetlight/commands/api.py",  # CLI: migrates before serving
-    "streetlight/commands/ingest.py",  # CLI: migrates before ingesting
-    "streetlight/commands/migrate.py",  # CLI: streetlight migrate
-    "streetlight/commands/provision.py",  # CLI: provisioning writes the registry
-    "streetlight/commands/up.py",  # CLI: the demo's database
-    "ingest/_service.py",  # the periodic jobs' connection, until the shell's bootstrap opens it
+    "api/app.py",  # creates the pools and maps the driver's errors to answers
+    "ingest/_jobs.py",  # the periodic jobs' connection
+    "streetlight/cli/api.py",  # CLI: migrates before serving
+    "streetlight/cli/ingest.py",  # CLI: names the driver's errors at start
+    "streetlight/cli/migrate.py",  # CLI: streetlight migrate
+    "streetlight/cli/provision.py",  # CLI: provisioning writes the registry
+    "streetlight/cli/up.py",  # CLI: the demo's database
 )
 
 

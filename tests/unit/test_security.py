@@ -40,7 +40,7 @@ from broker.security import (
     write_emqx,
     write_mosquitto,
 )
-from streetlight.commands import provision
+from streetlight.cli import provision
 from tests.conftest import skip_unless
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -60,7 +60,7 @@ def test_an_ingest_with_an_account_shares_its_subscription_without_probing_the_b
     # have to log in as a worker, whose persistent session the broker would then hand it.
     import argparse
 
-    from streetlight.commands.ingest import _decide_shared
+    from streetlight.cli.ingest import _decide_shared
 
     registry = Registry()
     registry.provision([])

@@ -1,0 +1,79 @@
+"""``streetlight migrate``: bring the database schema up to date."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from streetlight import bootstrap
+from streetlight.settings import Settings, warn_secrets_in_flags
+
+HELP = "apply the database migrations (creates or updates the schema; safe to run twice)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``streetlight migrate``."""
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    path = parser.add_mutually_exclusive_group()
+    path.add_argument(
+        "--timescale",
+        action="store_true",
+        help="insist on TimescaleDB: fail, saying why, when it cannot be used (first run only; "
+        "default: STREETLIGHT_STORAGE)",
+    )
+    path.add_argument(
+        "--no-timescale",
+        action="store_true",
+        help="use native partitioning even when TimescaleDB is available (first run only)",
+    )
+    parser.add_argument(
+        "--maintenance",
+        action="store_true",
+        help="then run the maintenance job: partitions ahead, rollups, retention (for a timer)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply the migrations and say what was applied and which storage path is in use."""
+    from store.errors import StoreError
+    from store.schema import migrate
+
+    settings = Settings.from_env()
+    warn_secrets_in_flags("migrate", {"--database-url": args.database_url})
+    bootstrap.start_process(settings)
+    url = args.database_url or settings.database_url
+    if not url:
+        print("streetlight migrate: no database: pass --database-url or set DATABASE_URL")
+        return 2
+    try:
+        wanted = settings.timescale_wanted
+        if getattr(args, "timescale", False):
+            wanted = True
+        elif args.no_timescale:
+            wanted = False
+        report = migrate(url, timescale=wanted)
+    except (StoreError, OSError) as exc:
+        print(f"streetlight migrate: {exc}")
+        return 1
+    except Exception as exc:  # psycopg's connection errors, without importing psycopg here
+        if type(exc).__module__.startswith("psycopg"):
+            print(f"streetlight migrate: cannot reach the database: {exc}")
+            return 1
+        raise
+    for name in report.applied:
+        print(f"applied {name}")
+    if not report.applied:
+        print("schema already up to date")
+    if report.timescale:
+        print(f"storage: TimescaleDB {report.timescale_version or ''}".rstrip())
+    else:
+        print("storage: native partitioning (TimescaleDB not in use)")
+    if getattr(args, "maintenance", False):
+        import psycopg
+
+        from store.jobs import run_maintenance
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            done = run_maintenance(conn)
+        print("maintenance: " + json.dumps(done, default=str, ensure_ascii=False))
+    return 0

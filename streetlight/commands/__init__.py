@@ -1,1 +1,0 @@
-"""One module per ``streetlight`` sub-command; each exposes HELP, add_arguments and run."""
