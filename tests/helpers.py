@@ -50,10 +50,28 @@ def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
     if not timescale_enabled(conn):
         refresh_rollups(conn)
         return
+    _run_timescale_jobs(conn, "policy_refresh_continuous_aggregate", "streetlight_refresh_rollups")
+    refresh_rollups(conn)
+
+
+def run_retention_now(conn: psycopg.Connection[Any]) -> None:
+    """Apply the time-series retention now, the way the deployment does: the maintenance job's
+    ``run_retention`` on the plain path; the database's own retention policies on TimescaleDB."""
+    from store import run_retention, timescale_enabled
+
+    if timescale_enabled(conn):
+        _run_timescale_jobs(conn, "policy_retention")
+    else:
+        run_retention(conn)
+
+
+def _run_timescale_jobs(conn: psycopg.Connection[Any], *procs: str) -> None:
+    """Run TimescaleDB's jobs of these procedures now, in job order."""
     jobs = conn.execute(
-        "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name IN "
-        "('policy_refresh_continuous_aggregate', 'streetlight_refresh_rollups') ORDER BY job_id"
+        "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = ANY(%s) ORDER BY job_id",
+        (list(procs),),
     ).fetchall()
+    assert jobs, f"no TimescaleDB job runs {procs}"
     for (job_id,) in jobs:
         # The background scheduler may be running the same job: wait for it, then run it again.
         deadline = time.monotonic() + 30.0
@@ -62,6 +80,5 @@ def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
                 conn.execute("CALL run_job(%s)", (job_id,))
                 break
             except psycopg.errors.LockNotAvailable:
-                assert time.monotonic() < deadline, "a concurrent refresh did not finish in time"
+                assert time.monotonic() < deadline, f"a concurrent run of job {job_id} did not finish in time"
                 time.sleep(0.2)
-    refresh_rollups(conn)

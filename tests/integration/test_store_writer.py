@@ -38,6 +38,14 @@ def conn(store_url: str) -> Iterator[Conn]:
         yield c
 
 
+def _ms_ago(seconds: float) -> int:
+    """Epoch milliseconds ``seconds`` before now. Every row a test writes is recent, as ingest's
+    are: on TimescaleDB the retention and columnstore policies run in the background from the
+    moment a database is migrated, and drop (or compress) chunks older than their windows while
+    the test runs; a 1970 or fixed-date row could vanish between two statements."""
+    return int((time.time() - seconds) * 1000)
+
+
 def _rows(n: int, *, devices: int = 500, start_ms: int | None = None) -> list[tuple[object, ...]]:
     t0 = start_ms if start_ms is not None else int(time.time() * 1000) - n
     no_faults: list[str] = []
@@ -75,7 +83,8 @@ def test_writing_the_same_batch_twice_stores_each_row_once(conn: Conn) -> None:
     assert write_telemetry(conn, rows) == 2_000
     assert write_telemetry(conn, rows) == 0
     # A batch holding a message twice, plus one already stored, inserts only what is new.
-    assert write_telemetry(conn, [*_rows(1, start_ms=1), *_rows(1, start_ms=1), rows[0]]) == 1
+    again = _rows(1, start_ms=_ms_ago(60))
+    assert write_telemetry(conn, [*again, *again, rows[0]]) == 1
     assert _count(conn) == 2_001
 
 
@@ -87,10 +96,12 @@ def test_the_same_seq_at_another_time_or_connection_is_a_new_row(conn: Conn) -> 
 
 
 def test_binary_and_text_copy_store_the_same_values(conn: Conn) -> None:
-    row = (1_764_000_000_123, "lamp-x", 3, 9, 55, 12.5, 219.5, 0.057, -3.25, 0.5, ["LAMP_FAIL", "x,y"], None,
+    second = datetime.fromtimestamp(int(time.time()) - 60, UTC)
+    t_ms = int(second.timestamp()) * 1000
+    row = (t_ms + 123, "lamp-x", 3, 9, 55, 12.5, 219.5, 0.057, -3.25, 0.5, ["LAMP_FAIL", "x,y"], None,
            None, None, None)  # fmt: skip
     blinker = (
-        1_764_000_000_456,
+        t_ms + 456,
         "blink-x",
         3,
         10,
@@ -120,14 +131,15 @@ def test_binary_and_text_copy_store_the_same_values(conn: Conn) -> None:
         0,
         0,
     )
-    assert ts == datetime(2025, 11, 24, 16, 0, 0, 123000, tzinfo=UTC)
+    assert ts == second.replace(microsecond=123_000)
     assert faults == ["LAMP_FAIL", "x,y"]
 
 
 def test_events_are_stored_once_with_their_payload_as_json(conn: Conn) -> None:
     payload = json.dumps({"type": "beacon", "token": "ab12", "rssi": -60, "note": "한글"})
-    ev = (1_764_000_000_000, "blink-1", 2, 5, "beacon", None, "ab12", -60, payload)
-    fault = (1_764_000_001_000, "lamp-1", 2, 6, "fault", "LAMP_FAIL", None, None, None)
+    t_ms = _ms_ago(60)
+    ev = (t_ms, "blink-1", 2, 5, "beacon", None, "ab12", -60, payload)
+    fault = (t_ms + 1_000, "lamp-1", 2, 6, "fault", "LAMP_FAIL", None, None, None)
     assert write_events(conn, [ev, fault, ev]) == 2
     assert write_events(conn, [ev]) == 0
     row = conn.execute("SELECT payload->>'note', token_hash FROM events WHERE type = 'beacon'").fetchone()
@@ -136,8 +148,9 @@ def test_events_are_stored_once_with_their_payload_as_json(conn: Conn) -> None:
 
 def test_rssi_in_tenths_of_a_db_is_stored_rounded_not_refused(conn: Conn) -> None:
     # The protocol allows -71.4 dBm (a blinker's uplink, a beacon sighting); the columns hold whole dB.
-    blinker = (1_764_000_000_000, "bk-1", 0, 1, *([None] * 7), -71.6, 3.5, False, 0)
-    beacon = (1_764_000_000_000, "bk-1", 0, 2, "beacon", None, "ab12", -60.4, None)
+    t_ms = _ms_ago(60)
+    blinker = (t_ms, "bk-1", 0, 1, *([None] * 7), -71.6, 3.5, False, 0)
+    beacon = (t_ms, "bk-1", 0, 2, "beacon", None, "ab12", -60.4, None)
     assert write_rows(conn, "telemetry", [blinker]) == 1
     assert write_events(conn, [beacon]) == 1
     assert conn.execute("SELECT rssi_dbm FROM telemetry").fetchone() == (-72,)
@@ -229,7 +242,7 @@ def test_a_row_the_database_refuses_is_isolated_and_the_rest_of_its_batch_is_wri
     assert _count(conn) == 99
     assert [b.tags for b in rejected] == [[37]]
     assert written == [99]
-    writer.add(_rows(1, start_ms=5)[0])
+    writer.add(_rows(1, start_ms=_ms_ago(60))[0])
     writer.close()  # never started: close writes what is left, in this thread
     assert writer.pending == 0
     assert _count(conn) == 100
@@ -251,15 +264,37 @@ def test_the_direct_copy_stores_what_the_staging_path_stores_and_falls_back_on_d
         "UNION ALL (SELECT * FROM direct_copy EXCEPT SELECT * FROM telemetry)"
     ).fetchall()
     assert diff == []
-    more = _rows(10, start_ms=1)
+    a_minute_ago = _ms_ago(60)
+    more = _rows(10, start_ms=a_minute_ago)
     assert write_rows(conn, "telemetry", [*more, rows[5]], direct=True) == 10  # one already stored
     assert write_rows(conn, "telemetry", [more[0]], direct=True) == 0
-    assert write_rows(conn, "telemetry", [*_rows(3, start_ms=5), _rows(1, start_ms=5)[0]], direct=True) == 3
+    three = _rows(3, start_ms=a_minute_ago + 4)
+    assert write_rows(conn, "telemetry", [*three, three[0]], direct=True) == 3
     assert _count(conn) == 1_001 + 10 + 3
     # A value the direct types cannot carry (a fractional RSSI) is stored by the staging path.
     odd = (rows[0][0], "blink-e", 3, 1, *([None] * 6), [], -71.6, 3.5, True, 4)
     assert write_rows(conn, "telemetry", [odd], direct=True) == 1
     assert conn.execute("SELECT rssi_dbm FROM telemetry WHERE device_id = 'blink-e'").fetchone() == (-72,)
+
+
+def test_a_row_inside_the_retention_outlives_a_retention_run_and_one_past_it_does_not(conn: Conn) -> None:
+    # Late rows of any age are accepted (docs/ingest.md); retention drops only whole days wholly
+    # past it (TimescaleDB chunks, plain partitions) and default-partition rows past the cutoff,
+    # so a stored row inside the retention never goes, even one an hour from the boundary.
+    from store.schema import DEFAULT_RETENTION
+    from tests.helpers import run_retention_now
+
+    day_s, hour_s = 86_400, 3_600
+    keep_t, keep_e = (DEFAULT_RETENTION[table].total_seconds() for table in ("telemetry", "events"))
+    inside, past, now = (_rows(1, start_ms=_ms_ago(s))[0] for s in (keep_t - hour_s, keep_t + 2 * day_s, 0))
+    assert write_telemetry(conn, [inside, past, now]) == 3
+    fault = ("lamp-1", 2, 6, "fault", "LAMP_FAIL", None, None, None)
+    ev_inside, ev_past = ((_ms_ago(s), *fault) for s in (keep_e - hour_s, keep_e + 2 * day_s))
+    assert write_events(conn, [ev_inside, ev_past]) == 2
+    run_retention_now(conn)
+    as_ms = "SELECT (extract(epoch FROM ts) * 1000)::bigint FROM {} ORDER BY ts"
+    assert [r[0] for r in conn.execute(as_ms.format("telemetry"))] == [inside[0], now[0]]
+    assert [r[0] for r in conn.execute(as_ms.format("events"))] == [ev_inside[0]]
 
 
 def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: Conn) -> None:
