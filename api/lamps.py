@@ -1,9 +1,11 @@
 """Lamps and areas for the console map and city data platforms: GeoJSON with live state, a lamp's
 last 24 h, manual overrides (sent by the controller, woken through `NOTIFY sl_lamp`), and the
-same lamps as FIWARE Smart Data Models `Streetlight` entities (NGSI-LD)."""
+same lamps as FIWARE Smart Data Models `Streetlight` and `StreetlightGroup` entities (NGSI-LD,
+`api.ngsi`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -14,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
 from shapely.geometry import mapping
 
+from api import ngsi
 from api.schemas import (
     AreasOut,
     LampDetailOut,
@@ -30,7 +33,15 @@ from api.schemas import (
     WalkersOut,
 )
 from api.security import Operator
-from api.state import POSITION_ROLES, CurrentOperator, Db, State, require_role, visible_districts
+from api.state import (
+    POSITION_ROLES,
+    AppState,
+    CurrentOperator,
+    Db,
+    State,
+    require_role,
+    visible_districts,
+)
 from geo import Gazetteer
 from store.devices import active_overrides, get_device, lamp_hours, list_devices_with_state
 from store.notes import LampNote, notify
@@ -42,9 +53,6 @@ router = APIRouter(tags=["lamps"])
 
 # About 20 m at Seoul's latitude: invisible at district scale, and the file shrinks tenfold.
 _SIMPLIFY_DEG = 0.0002
-NGSI_LD_CONTEXT = (
-    "https://raw.githubusercontent.com/smart-data-models/dataModel.Streetlighting/master/context.jsonld"
-)
 
 
 @lru_cache(maxsize=4)
@@ -189,37 +197,52 @@ def lamps(
     )
 
 
+_OPTIONS_DOC = (
+    "NGSI-LD `options`: `keyValues` (or `simplified`) for plain attribute values, the form the Smart "
+    "Data Models schemas describe; normalized NGSI-LD (Property/GeoProperty/Relationship) otherwise"
+)
+
+
+def _ngsi_ld(
+    state: AppState,
+    op: Operator,
+    conn: Conn,
+    district: str | None,
+    options: str | None,
+    shape: Callable[..., list[dict[str, Any]]],
+) -> JSONResponse:
+    try:
+        key_values = ngsi.wants_key_values(options)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    rows = list_devices_with_state(conn, district_codes=_scope(op, district))
+    return JSONResponse(shape(state.gazetteer, rows, key_values=key_values), media_type="application/ld+json")
+
+
 @router.get("/v1/lamps.ngsi-ld", summary="Lamps as FIWARE Streetlight entities (NGSI-LD)")
 def lamps_ngsi_ld(
-    op: CurrentOperator, conn: Db, district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None
+    state: State,
+    op: CurrentOperator,
+    conn: Db,
+    district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None,
+    options: Annotated[str | None, Query(description=_OPTIONS_DOC)] = None,
 ) -> JSONResponse:
-    """The lamps as NGSI-LD entities of the Smart Data Models `Streetlight` type."""
-    rows = list_devices_with_state(conn, district_codes=_scope(op, district))
-    entities = []
-    for r in rows:
-        status = (
-            "ok" if r["online"] and not r["faults"] else ("defectiveLamp" if r["faults"] else "columnIssue")
-        )
-        entity: dict[str, Any] = {
-            "id": f"urn:ngsi-ld:Streetlight:{r['device_id']}",
-            "type": "Streetlight",
-            "status": {"type": "Property", "value": status},
-            "powerState": {"type": "Property", "value": "on" if (r["level"] or 0) > 0 else "off"},
-            "illuminanceLevel": {"type": "Property", "value": (r["level"] or 0) / 100.0},
-            "areaServed": {"type": "Property", "value": r["district_code"]},
-            "refStreetlightGroup": {"type": "Property", "value": r["dong_code"]},
-            "name": {"type": "Property", "value": r["lamp_number"] or r["device_id"]},
-            "@context": [NGSI_LD_CONTEXT],
-        }
-        if r["lat"] is not None:
-            entity["location"] = {
-                "type": "GeoProperty",
-                "value": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
-            }
-        if r["last_seen"] is not None:
-            entity["dateLastReported"] = {"type": "Property", "value": r["last_seen"].isoformat()}
-        entities.append(entity)
-    return JSONResponse(entities, media_type="application/ld+json")
+    """The lamps with a position as NGSI-LD entities of the Smart Data Models `Streetlight` type,
+    each with its `refStreetlightGroup` (see ``/v1/streetlight-groups.ngsi-ld``)."""
+    return _ngsi_ld(state, op, conn, district, options, ngsi.streetlights)
+
+
+@router.get("/v1/streetlight-groups.ngsi-ld", summary="Smart-light zones as FIWARE StreetlightGroup entities")
+def streetlight_groups_ngsi_ld(
+    state: State,
+    op: CurrentOperator,
+    conn: Db,
+    district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None,
+    options: Annotated[str | None, Query(description=_OPTIONS_DOC)] = None,
+) -> JSONResponse:
+    """A `StreetlightGroup` per smart-light zone with lamps, and one per district for its other
+    lamps; `refStreetlight` lists the visible lamps of the group."""
+    return _ngsi_ld(state, op, conn, district, options, ngsi.streetlight_groups)
 
 
 def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> Row:
