@@ -219,7 +219,17 @@ def _ngsi_ld(
     return JSONResponse(shape(state.gazetteer, rows, key_values=key_values), media_type="application/ld+json")
 
 
-@router.get("/v1/lamps.ngsi-ld", summary="Lamps as FIWARE Streetlight entities (NGSI-LD)")
+_NGSI_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/ld+json": {}}, "description": "an array of NGSI-LD entities"},
+    400: {"description": "unknown `options`"},
+}
+
+
+@router.get(
+    "/v1/lamps.ngsi-ld",
+    summary="Lamps as FIWARE Streetlight entities (NGSI-LD)",
+    responses=_NGSI_RESPONSES,
+)
 def lamps_ngsi_ld(
     state: State,
     op: CurrentOperator,
