@@ -161,7 +161,11 @@ def create_app(config: ApiConfig) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BoundaryMiddleware, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        BoundaryMiddleware,
+        max_body_bytes=config.max_body_bytes,
+        tile_origin=config.map_tiles.origin if config.map_tiles else None,
+    )
     app.add_middleware(MetricsMiddleware, metrics=lambda: metrics)
     app.include_router(residents.router)
     app.include_router(operators.router)

@@ -3,8 +3,10 @@ limits tests may shrink (`devkit.apiclient.fast_config`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from geo import Gazetteer
@@ -25,6 +27,54 @@ def proxy_options(trusted_proxies: str | None) -> dict[str, object]:
     if "*" in names:
         raise ValueError("STREETLIGHT_API_TRUSTED_PROXIES: name the proxy's address or network, not '*'")
     return {"proxy_headers": True, "forwarded_allow_ips": ",".join(names)}
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z]+)\}")
+_TILE_PLACEHOLDERS = frozenset({"z", "x", "y", "s", "r"})
+
+
+@dataclass(frozen=True, slots=True)
+class MapTiles:
+    """The console's raster basemap: a tile server's URL template (``{z}/{x}/{y}``; ``{s}`` for
+    subdomains a, b, c and ``{r}`` for ``@2x`` on high-density screens), the attribution its
+    licence asks for (shown in the map's corner) and its deepest zoom level. None in `ApiConfig`:
+    no tile server, the console draws the districts and neighbourhoods as its base layer."""
+
+    url_template: str
+    attribution: str = ""
+    max_zoom: int = 19
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url_template)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "STREETLIGHT_MAP_TILES must be an http(s) URL template such as "
+                f"https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png, got {self.url_template!r}"
+            )
+        found = set(_PLACEHOLDER.findall(self.url_template))
+        if missing := {"z", "x", "y"} - found:
+            raise ValueError(
+                f"STREETLIGHT_MAP_TILES needs the placeholders {{z}}, {{x}} and {{y}}; "
+                f"{', '.join('{' + m + '}' for m in sorted(missing))} missing in {self.url_template!r}"
+            )
+        if unknown := found - _TILE_PLACEHOLDERS:
+            names = ", ".join("{" + u + "}" for u in sorted(unknown))
+            raise ValueError(
+                f"STREETLIGHT_MAP_TILES: unknown placeholder {names} (known: {{z}} {{x}} {{y}} {{s}} {{r}});"
+                " put keys into the URL itself"
+            )
+        if "{s}" in parts.netloc and not parts.netloc.startswith("{s}."):
+            raise ValueError("STREETLIGHT_MAP_TILES: {s} may only be the first label of the host ({s}.host)")
+        if "{" in parts.netloc.replace("{s}.", "", 1):
+            raise ValueError("STREETLIGHT_MAP_TILES: only {s} may appear in the host")
+        if not 1 <= self.max_zoom <= 22:
+            raise ValueError(f"STREETLIGHT_MAP_MAX_ZOOM must be between 1 and 22, got {self.max_zoom}")
+
+    @property
+    def origin(self) -> str:
+        """The tile server's origin as a Content-Security-Policy source (``{s}.`` becomes ``*.``)."""
+        parts = urlsplit(self.url_template)
+        return f"{parts.scheme}://{parts.netloc.replace('{s}.', '*.', 1)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,5 +123,7 @@ class ApiConfig:
     lamp_refresh_s: float = 30.0  # how often the lamp index is rebuilt from the devices table
     nearest_lamps: int = 3  # lamps named in an SOS's place
     stream_queue: int = 1000  # per console; a console that falls this far behind is disconnected
+    # The console's basemap (STREETLIGHT_MAP_TILES); None: the district polygons are the base layer.
+    map_tiles: MapTiles | None = None
     # The gazetteer the process loaded once (bootstrap); None: the vendored one, loaded at start.
     gazetteer: Gazetteer | None = None

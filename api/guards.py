@@ -5,7 +5,8 @@
 - a request body larger than `max_body_bytes` is a 413: by its Content-Length before anything is
   read, and, for a body without one (chunked), as soon as what was read passes the bound;
 - every HTTP answer carries the security headers: a Content-Security-Policy that forbids framing
-  (the console's one-key actions cannot be clickjacked) and loads only the console's own files,
+  (the console's one-key actions cannot be clickjacked) and loads only the console's own files
+  (and the images of the configured tile server, `MapTiles.origin`),
   ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``.
 """
 
@@ -23,11 +24,21 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The console (api/static) has no inline script or style and talks only to its own origin.
+# The console (api/static) has no inline script or style and talks only to its own origin; its
+# map's tiles come from the tile server when one is configured (`console_csp`).
 CONSOLE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+
+
+def console_csp(tile_origin: str | None) -> str:
+    """The console's policy, with the tile server's origin allowed for images when there is one."""
+    if not tile_origin:
+        return CONSOLE_CSP
+    return CONSOLE_CSP.replace("img-src 'self' data:;", f"img-src 'self' data: {tile_origin};")
+
+
 # FastAPI's interactive docs load Swagger UI / ReDoc from a CDN with an inline bootstrap script.
 DOCS_CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
@@ -46,8 +57,8 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes", {"Connection": "close"})
 
 
-def _headers(path: str) -> list[tuple[bytes, bytes]]:
-    csp = DOCS_CSP if path.startswith(_DOCS_PATHS) else CONSOLE_CSP
+def _headers(path: str, console: str = CONSOLE_CSP) -> list[tuple[bytes, bytes]]:
+    csp = DOCS_CSP if path.startswith(_DOCS_PATHS) else console
     return [
         (b"content-security-policy", csp.encode()),
         (b"x-content-type-options", b"nosniff"),
@@ -72,9 +83,10 @@ async def _answer(send: Send, status: int, detail: str, extra: list[tuple[bytes,
 class BoundaryMiddleware:
     """NUL bytes, body size and security headers (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, tile_origin: str | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.console_csp = console_csp(tile_origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -86,7 +98,7 @@ class BoundaryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = _headers(str(scope.get("path", "")))
+        extra = _headers(str(scope.get("path", "")), self.console_csp)
         if _has_nul(scope):
             await _answer(send, 400, "a NUL byte (%00) in the path or the query is not a valid value", extra)
             return

@@ -26,6 +26,8 @@ from api.schemas import (
     LampOverrideOut,
     LampPropertiesOut,
     LampsOut,
+    MapOut,
+    MapTilesOut,
     OverrideIn,
     OverrideOut,
     PointOut,
@@ -96,6 +98,22 @@ def districts(
     """Seoul's districts (or one district's neighbourhoods with ``level=dong``), simplified to ~20 m."""
     return JSONResponse(
         _areas_geojson(state.gazetteer, level, district), headers={"Cache-Control": "max-age=3600"}
+    )
+
+
+@router.get("/v1/map", summary="The console map's basemap")
+def basemap(op: CurrentOperator, state: State) -> MapOut:
+    """The raster tile server the console draws under its layers (``STREETLIGHT_MAP_TILES``), or
+    null: the console then draws the districts and neighbourhoods (`GET /v1/districts`) as its
+    base layer and asks no other server for anything. A tile server that stops answering makes
+    the console switch to the same fallback."""
+    tiles = state.config.map_tiles
+    if tiles is None:
+        return MapOut(tiles=None)
+    return MapOut(
+        tiles=MapTilesOut(
+            url_template=tiles.url_template, attribution=tiles.attribution, max_zoom=tiles.max_zoom
+        )
     )
 
 

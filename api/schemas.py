@@ -342,6 +342,23 @@ class AreaFeatureOut(_Out):
     geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, longitude first")
 
 
+class MapTilesOut(_Out):
+    """A raster tile server (Leaflet's URL template)."""
+
+    url_template: str = Field(description="``{z}``/``{x}``/``{y}`` (``{s}`` subdomains a-c, ``{r}`` @2x)")
+    attribution: str
+    max_zoom: int
+
+
+class MapOut(_Out):
+    """The console map's basemap."""
+
+    tiles: MapTilesOut | None = Field(
+        description="the tile server (``STREETLIGHT_MAP_TILES``); null: none configured, the district "
+        "and neighbourhood polygons are the base layer"
+    )
+
+
 class AreasOut(_Out):
     """Districts or one district's neighbourhoods, as a GeoJSON feature collection."""
 

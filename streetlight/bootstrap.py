@@ -86,9 +86,15 @@ class ApiServer:
 
 
 def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | None = None) -> ApiConfig:
-    """The API's configuration from the settings (the database from the command line or the settings)."""
-    from api.config import ApiConfig
+    """The API's configuration from the settings (the database from the command line or the settings).
+    ValueError names a setting that is not valid (the basemap's URL template)."""
+    from api.config import ApiConfig, MapTiles
 
+    tiles = (
+        MapTiles(settings.map_tiles, settings.map_attribution, settings.map_max_zoom)
+        if settings.map_tiles
+        else None
+    )
     return ApiConfig(
         database_url=database_url,
         token_secret=settings.api_token_secret,
@@ -97,6 +103,7 @@ def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | 
         kdf_memory_kib=settings.api_kdf_memory_kib,
         registrations_per_hour=settings.api_registrations_per_hour,
         metrics_token=settings.api_metrics_token,
+        map_tiles=tiles,
         gazetteer=gazetteer,
     )
 

@@ -90,6 +90,14 @@ class Settings:
     api_trusted_proxies: str | None = None
     """Comma-separated addresses or networks of the reverse proxies whose ``X-Forwarded-For`` the
     API believes; None: no proxy header is read (the peer's address is the client's)."""
+    map_tiles: str | None = None
+    """The console's basemap: a raster tile server's URL template (``STREETLIGHT_MAP_TILES``, e.g.
+    the city's own, VWorld's or ``https://tile.openstreetmap.org/{z}/{x}/{y}.png``); None: the
+    district and neighbourhood polygons are the map's base layer (no request leaves the site)."""
+    map_attribution: str = ""
+    """The attribution the tile server's licence asks for (``STREETLIGHT_MAP_ATTRIBUTION``)."""
+    map_max_zoom: int = 19
+    """The tile server's deepest zoom level (``STREETLIGHT_MAP_MAX_ZOOM``)."""
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -147,6 +155,9 @@ class Settings:
             api_registrations_per_hour=_int(e, "STREETLIGHT_API_REGISTRATIONS_PER_HOUR", 60),
             api_metrics_token=e.get("STREETLIGHT_API_METRICS_TOKEN") or None,
             api_trusted_proxies=e.get("STREETLIGHT_API_TRUSTED_PROXIES", "").strip() or None,
+            map_tiles=e.get("STREETLIGHT_MAP_TILES", "").strip() or None,
+            map_attribution=e.get("STREETLIGHT_MAP_ATTRIBUTION", "").strip(),
+            map_max_zoom=_int(e, "STREETLIGHT_MAP_MAX_ZOOM", 19),
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
         )
 

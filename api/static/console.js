@@ -14,8 +14,8 @@ const S = {
   audio: null,
   sound: localStorage.getItem("sl.sound") !== "off",
   beepTimer: null,
-  proj: null,
-  view: null,
+  map: null, // the Leaflet map (map.js)
+  mapReady: false,
   lampTimer: null,
   lamp: null, // the lamp panel's last answer
 };
@@ -47,6 +47,7 @@ function applyLang() {
   setConn(S.ws && S.ws.readyState === 1);
   renderList();
   renderDetail();
+  MapView.relabel(S.lang);
   if (S.lamp) renderLamp(S.lamp);
 }
 
@@ -116,6 +117,7 @@ function logout() {
   S.token = null; sessionStorage.removeItem("sl.token");
   if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
   clearInterval(S.lampTimer); clearInterval(S.beepTimer); S.beepTimer = null;
+  MapView.destroy(); S.map = null; S.mapReady = false; // the next login may see other districts
   $("console-view").hidden = true; $("login-view").hidden = false;
 }
 
@@ -206,11 +208,9 @@ function renderList() {
 // Selecting an alert shows its street block (about 900 m across); Z goes back to the whole district.
 function select(id) {
   const a = S.alerts.get(id);
-  if (a && a.place && S.proj && S.selected !== id) zoomTo(a.place.lon - 0.005, a.place.lat - 0.004, a.place.lon + 0.005, a.place.lat + 0.004, 0);
+  if (a && a.place && S.mapReady && S.selected !== id) MapView.focus(a.place.lat, a.place.lon);
   S.selected = id; renderList(); loadDetail(id);
 }
-
-function zoomHome() { if (S.home) { S.view = [...S.home]; setView(); } }
 
 let detail = null;
 async function loadDetail(id) {
@@ -255,122 +255,46 @@ async function act(action, body) {
   } catch (e) { $("action-error").textContent = e.message; }
 }
 
-// ---------------------------------------------------------------- map
-function project(lon, lat) {
-  const p = S.proj;
-  return [(lon - p.lon0) * p.k * p.cos, (p.lat1 - lat) * p.k];
-}
-
-function pathOf(geom) {
-  const polys = geom.type === "Polygon" ? [geom.coordinates] : geom.coordinates;
-  return polys.map((poly) => poly.map((ring) => "M" + ring.map(([x, y]) => project(x, y).map((v) => v.toFixed(1)).join(",")).join("L") + "Z").join("")).join("");
-}
-
+// ---------------------------------------------------------------- map (map.js: Leaflet)
+// The basemap (GET /v1/map: a tile server, or none and the polygons are the map), the districts
+// and, for one district's operator, its neighbourhoods.
 async function loadMap() {
-  const all = await api("/v1/districts");
+  if (S.mapReady) return;
   const mine = S.me.districts;
-  const shown = mine ? all.features.filter((f) => mine.includes(f.properties.code)) : all.features;
-  let [a, b, c, d] = [180, 90, -180, -90];
-  shown.forEach((f) => { const polys = f.geometry.type === "Polygon" ? [f.geometry.coordinates] : f.geometry.coordinates; polys.flat(2).forEach(([x, y]) => { a = Math.min(a, x); b = Math.min(b, y); c = Math.max(c, x); d = Math.max(d, y); }); });
-  const cos = Math.cos(((b + d) / 2) * Math.PI / 180);
-  const k = Math.min(1000 / ((c - a) * cos), 800 / (d - b));
-  S.proj = { lon0: a, lat1: d, cos, k };
-  S.home = [0, 0, (c - a) * cos * k, (d - b) * k];
-  S.view = [...S.home];
-  setView();
-  const g = $("map-areas");
-  g.replaceChildren();
-  const feats = mine ? shown : all.features;
-  feats.forEach((f) => {
-    const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
-    p.setAttribute("d", pathOf(f.geometry));
-    p.setAttribute("class", "area" + (!mine || mine.includes(f.properties.code) ? " mine" : ""));
-    const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
-    title.textContent = `${f.properties.name} ${f.properties.name_eng}`;
-    p.appendChild(title); g.appendChild(p);
-  });
-  if (mine && mine.length === 1) {
-    const dongs = await api(`/v1/districts?level=dong&district=${mine[0]}`);
-    dongs.features.forEach((f) => {
-      const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
-      p.setAttribute("d", pathOf(f.geometry)); p.setAttribute("class", "dong"); g.appendChild(p);
-    });
-  }
+  const [cfg, all, dongs] = await Promise.all([
+    api("/v1/map"),
+    api("/v1/districts"),
+    mine && mine.length === 1 ? api(`/v1/districts?level=dong&district=${mine[0]}`) : null,
+  ]);
+  S.map = MapView.init($("map"), cfg.tiles, all, mine, dongs, S.lang);
+  S.mapReady = true;
 }
 
-function setView() {
-  $("map").setAttribute("viewBox", S.view.map((v) => v.toFixed(1)).join(" "));
-  // Dots keep their size on screen when zooming in or out.
-  const d = dotSize();
-  document.querySelectorAll("#map-lamps circle").forEach((c) => c.setAttribute("r", lampSize(c.classList.contains("blinking") ? "blinking" : "")));
-  document.querySelectorAll("#map-walkers circle").forEach((c) => c.setAttribute("r", d * 1.2));
-  document.querySelectorAll("#map-alerts .sos-marker").forEach((c) => c.setAttribute("r", d * 6));
-  document.querySelectorAll("#map-alerts .sos-core").forEach((c) => c.setAttribute("r", d * 2));
-}
+function zoomHome() { MapView.home(); }
 
-// Zoom the map to a box [lon_min, lat_min, lon_max, lat_max] (the district at login, an SOS on demand).
-function zoomTo(lonMin, latMin, lonMax, latMax, pad = 0.05) {
-  const [x0, y0] = project(lonMin, latMax), [x1, y1] = project(lonMax, latMin);
-  const w = x1 - x0, h = y1 - y0;
-  S.view = [x0 - w * pad, y0 - h * pad, w * (1 + 2 * pad), h * (1 + 2 * pad)];
-  setView();
-}
-
-function circle(g, x, y, r, cls) {
-  const el = document.createElementNS("http://www.w3.org/2000/svg", "circle");
-  el.setAttribute("cx", x.toFixed(1)); el.setAttribute("cy", y.toFixed(1)); el.setAttribute("r", r); el.setAttribute("class", cls);
-  g.appendChild(el); return el;
-}
-
-// About 3 screen pixels whatever the zoom; a blinking lamp (around an SOS) is drawn larger.
-function dotSize() {
-  const px = $("map").getBoundingClientRect().width || 600;
-  return (S.view[2] / px) * 3;
-}
-function lampSize(state) { return dotSize() * (state === "blinking" ? 1.8 : 1); }
+const fetchDongs = (district) => api(`/v1/districts?level=dong&district=${encodeURIComponent(district)}`);
 
 let lampsSoon = null;
 function refreshLampsSoon() { if (!lampsSoon) lampsSoon = setTimeout(() => { lampsSoon = null; refreshLamps(); }, 300); }
 
 async function refreshLamps() {
-  if (!S.proj || !S.token) return;
+  if (!S.mapReady || !S.token) return;
   try {
     // Walkers are residents' positions: the maintenance role gets none (403), so it does not ask.
     const wantWalkers = S.me && S.me.role !== "maintenance";
     const [lamps, walkers] = await Promise.all([api("/v1/lamps"), wantWalkers ? api("/v1/walkers") : { walkers: [] }]);
-    const g = $("map-lamps"); g.replaceChildren();
-    const z = { offline: 0, online: 1, fault: 2, brightened: 3, blinking: 4 }; // blinking on top
-    lamps.features.sort((p, q) => (z[p.properties.state] ?? 1) - (z[q.properties.state] ?? 1));
-    lamps.features.forEach((f) => {
-      if (!f.geometry) return;
-      const [x, y] = project(...f.geometry.coordinates);
-      const c = circle(g, x, y, lampSize(f.properties.state), "lamp " + f.properties.state);
-      c.dataset.deviceId = f.id;
-      c.onclick = () => showLamp(f.id);
-    });
-    const w = $("map-walkers"); w.replaceChildren();
-    walkers.walkers.forEach((p) => { const [x, y] = project(p.lon, p.lat); circle(w, x, y, dotSize() * 1.2, "walker"); });
+    MapView.setLamps(lamps.features, showLamp);
+    MapView.setWalkers(walkers.walkers);
   } catch (e) { /* next refresh */ }
   renderAlertsOnMap();
 }
 
 function renderAlertsOnMap() {
-  if (!S.proj) return;
-  const g = $("map-alerts"); g.replaceChildren();
-  [...S.alerts.values()].filter((a) => a.kind === "sos" && !["resolved", "cancelled"].includes(a.state) && a.place).forEach((a) => {
-    const [x, y] = project(a.place.lon, a.place.lat);
-    circle(g, x, y, dotSize() * 6, "sos-marker");
-    const core = circle(g, x, y, dotSize() * 2, "sos-core");
-    core.onclick = () => select(a.id);
-  });
+  if (S.mapReady) MapView.setAlerts([...S.alerts.values()], select, fetchDongs);
 }
 
 function renderTrack() {
-  const g = $("map-track"); g.replaceChildren();
-  if (!detail || !S.proj || detail.track.length < 2) return;
-  const el = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  el.setAttribute("points", detail.track.map((p) => project(p.lon, p.lat).map((v) => v.toFixed(1)).join(",")).join(" "));
-  el.setAttribute("class", "track-line"); g.appendChild(el);
+  if (S.mapReady) MapView.setTrack(detail ? detail.track : null);
 }
 
 async function showLamp(id) {
@@ -439,28 +363,6 @@ function renderLamp(r) {
   $("lamp-chart").dataset.uptimePct = pct == null ? "" : String(pct);
 }
 
-// zoom (wheel) and pan (drag) by moving the viewBox
-(function mapControls() {
-  const svg = $("map");
-  let drag = null;
-  svg.addEventListener("wheel", (ev) => {
-    if (!S.view) return;
-    ev.preventDefault();
-    const f = ev.deltaY > 0 ? 1.25 : 0.8, r = svg.getBoundingClientRect();
-    const mx = S.view[0] + ((ev.clientX - r.left) / r.width) * S.view[2], my = S.view[1] + ((ev.clientY - r.top) / r.height) * S.view[3];
-    S.view = [mx - (mx - S.view[0]) * f, my - (my - S.view[1]) * f, S.view[2] * f, S.view[3] * f];
-    setView();
-  }, { passive: false });
-  svg.addEventListener("mousedown", (ev) => { drag = { x: ev.clientX, y: ev.clientY, v: S.view && [...S.view] }; });
-  window.addEventListener("mouseup", () => { drag = null; });
-  window.addEventListener("mousemove", (ev) => {
-    if (!drag || !drag.v) return;
-    const r = svg.getBoundingClientRect(), s = drag.v[2] / r.width;
-    S.view = [drag.v[0] - (ev.clientX - drag.x) * s, drag.v[1] - (ev.clientY - drag.y) * s, drag.v[2], drag.v[3]];
-    setView();
-  });
-})();
-
 // ---------------------------------------------------------------- wiring
 $("login-form").addEventListener("submit", login);
 $("logout").onclick = logout;
@@ -475,11 +377,14 @@ $("btn-ack").onclick = () => act("acknowledge");
 $("btn-dispatch").onclick = () => act("dispatch", { unit: $("dispatch-unit").value, note: $("dispatch-note").value });
 $("btn-resolve").onclick = () => act("resolve", { outcome: $("resolve-outcome").value });
 $("btn-cancel").onclick = () => { if (confirm(S.lang === "ko" ? "오경보로 취소할까요?" : "Cancel as a false alarm?")) act("cancel"); };
-// Shortcuts: A acknowledge, D dispatch, R resolve, L language, M sound, Esc leaves a field.
+// Shortcuts: A acknowledge, D dispatch, R resolve, L language, M sound, Z whole district, + and -
+// zoom the map (arrows pan it when it has the focus: Leaflet's own keys), Esc leaves a field.
 // Never while typing in a field, never with Ctrl/Alt/Meta (Ctrl+R still reloads).
+// A field one types into; a checkbox or radio (the map's layer control) keeps the shortcuts.
+const isTyping = (el) => el instanceof HTMLTextAreaElement || (el instanceof HTMLInputElement && !["checkbox", "radio", "button", "submit"].includes(el.type));
 document.addEventListener("keydown", (ev) => {
   if ($("console-view").hidden || ev.ctrlKey || ev.altKey || ev.metaKey || ev.repeat) return;
-  if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLTextAreaElement) {
+  if (isTyping(ev.target)) {
     if (ev.key === "Escape") ev.target.blur();
     return;
   }
@@ -499,6 +404,7 @@ document.addEventListener("keydown", (ev) => {
   else if (key === "r") act("resolve", { outcome: $("resolve-outcome").value });
   else if (key === "l") toggleLang();
   else if (key === "z") zoomHome();
+  else if ((key === "+" || key === "=" || key === "-") && !$("map").contains(ev.target)) MapView.zoomBy(key === "-" ? -1 : 1);
   else if (key === "m") toggleSound();
   else return;
   ev.preventDefault();

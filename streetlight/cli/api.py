@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         server.uvicorn_options()
+        config = bootstrap.api_config(settings, url, gazetteer=gazetteer)
     except ValueError as exc:
         print(f"streetlight api: {exc}")
         return 2
-    bootstrap.serve_api(bootstrap.api_config(settings, url, gazetteer=gazetteer), server, settings)
+    bootstrap.serve_api(config, server, settings)
     return 0

@@ -104,7 +104,7 @@ class Browser:
         """A real mouse click in the middle of the element."""
         box = self.wait_for(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            " if (!e || e.disabled) return null; e.scrollIntoView({block: 'center'});"
+            " if (!e || e.disabled) return null; e.scrollIntoView({block: 'nearest'});"
             " const r = e.getBoundingClientRect();"
             " return r.width ? [r.x + r.width / 2, r.y + r.height / 2] : null; })()"
         )
@@ -117,10 +117,14 @@ class Browser:
         self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
         self.send("Input.insertText", text=text)
 
-    def press(self, key: str) -> None:
-        """Press and release one key (e.g. "a")."""
-        self.send("Input.dispatchKeyEvent", type="keyDown", key=key, text=key)
-        self.send("Input.dispatchKeyEvent", type="keyUp", key=key)
+    def press(self, key: str, key_code: int | None = None) -> None:
+        """Press and release one key (e.g. "a"); ``key_code`` is the key's virtual key code for
+        pages that read ``keyCode`` (Leaflet: 37 for ArrowLeft, 187 for "+")."""
+        names = ("windowsVirtualKeyCode", "nativeVirtualKeyCode")
+        codes = {} if key_code is None else dict.fromkeys(names, key_code)
+        text = {"text": key} if len(key) == 1 else {}
+        self.send("Input.dispatchKeyEvent", type="keyDown", key=key, **text, **codes)
+        self.send("Input.dispatchKeyEvent", type="keyUp", key=key, **codes)
 
     def viewport(self, width: int, height: int) -> None:
         """Make the page exactly ``width`` x ``height`` CSS pixels (screenshots of a known size)."""

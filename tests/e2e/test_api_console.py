@@ -1,7 +1,10 @@
 """The console in headless Chromium: the simulator's Safety app raises an SOS, it appears live
 with its banner, the operator acknowledges and dispatches from the browser, the database and the
 resident see it, a district operator never sees another district's alert; the lamp panel's 24 h
-chart shows level, power and online per hour; keyboard shortcuts and the language toggle work."""
+chart shows level, power and online per hour; keyboard shortcuts and the language toggle work.
+The map (Leaflet): lamps, SOS and outages as layers the layer control toggles, zoom and pan by
+keyboard, tiles from the configured tile server, the district polygons as the map when none is
+configured (no request then leaves for another server) or when it does not answer."""
 
 from __future__ import annotations
 
@@ -64,6 +67,67 @@ WATCH_ALERTS_JS = """(() => {
   }).observe(document.getElementById('console-view'), {childList: true, subtree: true, attributes: true});
   return true;
 })()"""
+
+
+# Content-Security-Policy violations (a blocked tile, script or style) collected in the page.
+WATCH_CSP_JS = """(() => {
+  window.__csp = [];
+  document.addEventListener('securitypolicyviolation',
+    (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  return true;
+})()"""
+
+# Every URL the page fetched (documents, scripts, styles, images, XHR) that is not on ``origin``.
+FOREIGN_REQUESTS_JS = """((origin) => performance.getEntriesByType('resource').map((e) => e.name)
+  .filter((u) => !u.startsWith(origin + '/') && !u.startsWith('data:')))"""
+
+LAYER_INPUT = ".leaflet-control-layers label:has([data-layer={name!r}]) input"
+
+
+# The map is still: no zoom or pan animation running (Leaflet ignores a zoom asked during one).
+MAP_IDLE = "(!S.map._animatingZoom && !(S.map._panAnim && S.map._panAnim._inProgress))"
+
+
+def check_map_keys_and_layers(browser: Browser) -> None:
+    """Zoom and pan with the keyboard (Leaflet's keys on the focused map, the console's + - and Z
+    anywhere), and the layer control hides and shows a layer."""
+    browser.evaluate("document.activeElement && document.activeElement.blur(), true")
+    home = browser.evaluate("S.map.getBoundsZoom(MapView.state.home, false, L.point(20, 20))")
+    browser.press("z")
+    browser.wait_for(f"S.map.getZoom() === {home} && {MAP_IDLE}")
+    browser.press("+", key_code=187)  # the console's key: the focus is not on the map
+    browser.wait_for(f"S.map.getZoom() === {home + 1} && {MAP_IDLE}")
+    browser.evaluate("document.getElementById('map').focus(), true")
+    browser.wait_for("document.activeElement.id === 'map'")
+    browser.press("+", key_code=187)  # Leaflet's key on the focused map: one step, not two
+    browser.wait_for(f"S.map.getZoom() === {home + 2} && {MAP_IDLE}")
+    time.sleep(0.3)
+    assert browser.evaluate("S.map.getZoom()") == home + 2
+    west = browser.evaluate("S.map.getCenter().lng")
+    browser.press("ArrowLeft", key_code=37)
+    browser.wait_for(f"S.map.getCenter().lng < {west} - 1e-5 && {MAP_IDLE}")
+    north = browser.evaluate("S.map.getCenter().lat")
+    browser.press("ArrowUp", key_code=38)
+    browser.wait_for(f"S.map.getCenter().lat > {north} + 1e-5 && {MAP_IDLE}")
+    browser.press("-", key_code=189)
+    browser.wait_for(f"S.map.getZoom() === {home + 1} && {MAP_IDLE}")
+    browser.press("z")  # the whole district again
+    browser.wait_for(f"S.map.getZoom() === {home} && {MAP_IDLE}")
+    browser.evaluate("document.activeElement && document.activeElement.blur(), true")
+
+    # The layer control: lamps off and on again (with their ids), the SOS stays above the lamps.
+    lamps = "document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length"
+    shown = browser.evaluate(lamps)
+    assert shown > 0
+    browser.click(LAYER_INPUT.format(name="lamps"))
+    browser.wait_for(f"{lamps} === 0 && !S.map.hasLayer(MapView.state.layers.lamps)")
+    assert browser.evaluate("document.querySelectorAll('#map-sos .sos-core').length") >= 1
+    browser.click(LAYER_INPUT.format(name="lamps"))
+    browser.wait_for(f"{lamps} === {shown}")
+    z = browser.evaluate(
+        "['lamps', 'walkers', 'outages', 'sos'].map((p) => Number(S.map.getPane(p).style.zIndex))"
+    )
+    assert z[3] > max(z[:3]), z
 
 
 def sos(c: httpx.Client, headers: dict[str, str], at: tuple[float, float]) -> str:
@@ -157,12 +221,14 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
     ):
         browser.viewport(1440, 900)
         browser.goto(base + "/")
+        browser.evaluate(WATCH_CSP_JS)
         browser.evaluate("localStorage.setItem('sl.lang', 'ko'), true")
         browser.type("#login-user", "op-jung")
         browser.type("#login-pass", PASSWORD)
         browser.click("#login-submit")
         browser.wait_for("document.querySelector('#conn.up') !== null")
         browser.wait_for("document.querySelectorAll('#map-areas path').length > 0")
+        browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
         browser.evaluate(WATCH_ALERTS_JS)
 
         elsewhere = sos(c, resident(c), GANGNAM)  # another district's SOS, raised first
@@ -175,7 +241,8 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
         assert browser.evaluate("document.getElementById('sos-banner-count').textContent") == "1"
         assert browser.evaluate("document.title").startswith("(1) SOS")
         assert browser.evaluate(f"document.querySelector('[data-alert-id=\"{elsewhere}\"]') === null")
-        assert browser.evaluate("document.querySelectorAll('#map-alerts .sos-core').length") == 1
+        browser.wait_for(f"document.querySelector('#map-sos .sos-core[data-alert-id={alert_id!r}]') !== null")
+        assert browser.evaluate("document.querySelectorAll('#map-sos .sos-core').length") == 1
         assert browser.evaluate("S.beepTimer !== null"), "no repeating audible signal while the SOS is open"
 
         browser.click(f'[data-alert-id="{alert_id}"]')
@@ -183,6 +250,8 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
         assert "중구" in browser.evaluate("document.getElementById('detail-place-ko').textContent")
 
         # The lamp panel: level bars, a power line and online as uptime per hour, from the rollups.
+        # (The map has moved to the SOS's street block: the click waits until it stands still.)
+        browser.wait_for(MAP_IDLE)
         browser.click('#map-lamps [data-device-id="e2e-j2"]')
         browser.wait_for("document.querySelector('#lamp-panel[data-device-id=\"e2e-j2\"]') !== null")
         strip = browser.evaluate(
@@ -237,9 +306,22 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
         browser.wait_for("document.documentElement.lang === 'en'")
         assert browser.evaluate("document.getElementById('detail-state').textContent") == "dispatched"
         assert browser.evaluate("document.getElementById('btn-ack').textContent") == "Acknowledge (A)"
+        assert (
+            browser.evaluate(
+                "document.querySelector('.leaflet-control-layers [data-layer=\"lamps\"]').textContent"
+            )
+            == "Lamps"
+        )
         browser.press("l")
         browser.wait_for("document.documentElement.lang === 'ko'")
         assert browser.evaluate("document.getElementById('detail-state').textContent") == "출동"
+
+        check_map_keys_and_layers(browser)
+        # No tile server configured: the polygons are the map and nothing is asked of another server.
+        assert browser.evaluate("document.getElementById('map').dataset.base") == "offline"
+        assert browser.evaluate("document.querySelectorAll('.leaflet-tile').length") == 0
+        assert browser.evaluate(f"{FOREIGN_REQUESTS_JS}({base!r})") == []
+        assert browser.evaluate("window.__csp") == []
 
         # The console reconnects by itself and catches up on what happened meanwhile; the key A
         # acknowledges the open SOS without the mouse. The page's reconnect is held until the SOS
