@@ -9,16 +9,23 @@ configured (no request then leaves for another server) or when it does not answe
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
+import struct
+import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
+from api.config import MapTiles
 from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, resident, seed, serve
 from firmware_sim.app import SafetyApp
 from firmware_sim.residents import GpsFix
@@ -389,3 +396,95 @@ def test_a_burst_of_sos_from_one_address_is_marked_below_the_real_one_and_logout
         while c.get("/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code != 401:
             assert time.monotonic() < deadline, "the session still works after logout"
             time.sleep(0.05)
+
+
+def _png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A one-colour PNG (a stand-in map tile)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+@contextmanager
+def tile_server() -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """A tile server on 127.0.0.1 (another origin than the API's): its URL template and the
+    (path, Referer) of every request it answered."""
+    tile = _png(256, 256, (60, 70, 80))
+    seen: list[tuple[str, str | None]] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Referer")))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(tile)))
+            self.end_headers()
+            self.wfile.write(tile)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{{z}}/{{x}}/{{y}}.png", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _login(browser: Browser, base: str) -> None:
+    browser.viewport(1440, 900)
+    browser.goto(base + "/")
+    browser.evaluate(WATCH_CSP_JS)
+    browser.type("#login-user", "op-jung")
+    browser.type("#login-pass", PASSWORD)
+    browser.click("#login-submit")
+    browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
+
+
+def test_the_map_draws_the_configured_tile_server_and_falls_back_to_the_districts_when_it_is_down(
+    browser: Browser, db_url: str
+) -> None:
+    seed(db_url, LAMPS)
+    with tile_server() as (template, seen):
+        tiles = MapTiles(template, attribution="© test tiles", max_zoom=18)
+        with serve(fast_config(db_url, map_tiles=tiles)) as base:
+            r = httpx.get(base + "/")
+            assert f"img-src 'self' data: {tiles.origin};" in r.headers["content-security-policy"]
+            _login(browser, base)
+            browser.wait_for("document.getElementById('map').dataset.tiles === 'loaded'")
+            browser.wait_for("document.querySelectorAll('.leaflet-tile-loaded').length >= 4")
+            assert browser.evaluate("document.getElementById('map').dataset.base") == "tiles"
+            assert "© test tiles" in browser.evaluate(
+                "document.querySelector('.leaflet-control-attribution').textContent"
+            )
+            assert seen and all(re.fullmatch(r"/\d+/\d+/\d+\.png", path) for path, _ in seen), seen
+            assert all(referer is None for _, referer in seen), "the console's address leaks to the tiles"
+            assert browser.evaluate("window.__csp") == []
+            # The operator picks the offline map in the layer control: the polygons are filled.
+            browser.click(LAYER_INPUT.format(name="offline"))
+            browser.wait_for("document.getElementById('map').dataset.base === 'offline'")
+            assert browser.evaluate(
+                "getComputedStyle(document.querySelector('#map-areas path.area.mine')).fill"
+            ) not in ("none", "")
+
+    # A tile server that does not answer (its port closed): the districts become the map.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = MapTiles(f"http://127.0.0.1:{closed}/{{z}}/{{x}}/{{y}}.png", attribution="down")
+    with serve(fast_config(db_url, map_tiles=down)) as base:
+        _login(browser, base)
+        browser.wait_for("document.getElementById('map').dataset.tiles === 'unreachable'", timeout_s=20.0)
+        assert browser.evaluate("document.getElementById('map').dataset.base") == "offline"
+        assert browser.evaluate(
+            "getComputedStyle(document.querySelector('#map-areas path.area.mine')).fill"
+        ) not in ("none", "")
+        assert browser.evaluate("document.querySelectorAll('#map-lamps path.lamp').length") == 2
