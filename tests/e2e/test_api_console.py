@@ -248,7 +248,8 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
         assert browser.evaluate("document.getElementById('sos-banner-count').textContent") == "1"
         assert browser.evaluate("document.title").startswith("(1) SOS")
         assert browser.evaluate(f"document.querySelector('[data-alert-id=\"{elsewhere}\"]') === null")
-        browser.wait_for(f"document.querySelector('#map-sos .sos-core[data-alert-id={alert_id!r}]') !== null")
+        sos_core = f'#map-sos .sos-core[data-alert-id="{alert_id}"]'
+        browser.wait_for(f"document.querySelector({sos_core!r}) !== null")
         assert browser.evaluate("document.querySelectorAll('#map-sos .sos-core').length") == 1
         assert browser.evaluate("S.beepTimer !== null"), "no repeating audible signal while the SOS is open"
 

@@ -80,3 +80,33 @@ def test_an_ingest_workers_configuration_names_its_spool_like_its_session() -> N
     assert config.client_id == "ing-2"
     assert str(config.spool_path) == "/srv/sl/spool/ing-2.spool"
     assert config.device_rate_per_s == 0.0 and not config.shared
+
+
+def test_the_basemap_setting_reaches_the_api_and_a_wrong_template_is_refused_by_name() -> None:
+    from api.config import MapTiles
+    from api.guards import console_csp
+
+    assert bootstrap.api_config(Settings.from_env({}), "postgresql://db/x").map_tiles is None
+    settings = Settings.from_env(
+        {
+            "STREETLIGHT_MAP_TILES": "https://{s}.tiles.example.go.kr/base/{z}/{x}/{y}{r}.png",
+            "STREETLIGHT_MAP_ATTRIBUTION": "© city",
+            "STREETLIGHT_MAP_MAX_ZOOM": "18",
+        }
+    )
+    tiles = bootstrap.api_config(settings, "postgresql://db/x").map_tiles
+    assert tiles == MapTiles("https://{s}.tiles.example.go.kr/base/{z}/{x}/{y}{r}.png", "© city", 18)
+    assert tiles.origin == "https://*.tiles.example.go.kr"
+    assert "img-src 'self' data: https://*.tiles.example.go.kr;" in console_csp(tiles.origin)
+    assert "img-src 'self' data:;" in console_csp(None)
+    for bad, said in [
+        ("tile.openstreetmap.org/{z}/{x}/{y}.png", "http"),
+        ("https://tile.openstreetmap.org/{z}/{x}.png", "{y}"),
+        ("https://tile.example/{z}/{x}/{y}.png?key={key}", "{key}"),
+        ("https://a{s}.example/{z}/{x}/{y}.png", "{s}"),
+    ]:
+        with pytest.raises(ValueError, match="STREETLIGHT_MAP_TILES") as err:
+            bootstrap.api_config(Settings.from_env({"STREETLIGHT_MAP_TILES": bad}), "postgresql://db/x")
+        assert said in str(err.value)
+    with pytest.raises(ValueError, match="STREETLIGHT_MAP_MAX_ZOOM"):
+        MapTiles("https://t.example/{z}/{x}/{y}.png", max_zoom=30)
