@@ -289,7 +289,7 @@ def get_device(conn: Conn, device_id: str) -> Row | None:
 
 _LAMPS_SQL = """
 SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lamp_number, d.lat, d.lon,
-       d.firmware, d.model, d.paired_device_id, d.provisioned,
+       d.firmware, d.model, d.paired_device_id, d.provisioned, d.address, d.lamp_count,
        coalesce(s.online, false) AS online, s.bdseq, s.state_changed_at, s.last_seen, s.last_seq,
        s.level, coalesce(s.faults, '{}') AS faults, s.last_telemetry,
        coalesce(s.seq_gaps, 0) AS seq_gaps, coalesce(s.seq_duplicates, 0) AS seq_duplicates
