@@ -458,11 +458,13 @@ def run_ingest_worker(
         )
         gazetteer = _gazetteer_or_none()
         namer = None if gazetteer is None else gazetteer_namer(gazetteer)
+        locate = None if gazetteer is None else gazetteer_locator(gazetteer)
         worker = IngestWorker(
             config,
             check_sender=check,
             on_faults=functools.partial(raise_fault_alerts, namer=namer),
             lease=lease,
+            locate=locate,
         )
     except SpoolLocked as exc:
         raise IngestRefused(f"ingest worker {options.index}: {exc}") from exc
@@ -476,7 +478,7 @@ def run_ingest_worker(
         leader = JobsLeader(
             config.database_url,
             silent_after_s=settings.telemetry_interval_s * settings.silent_after_intervals,
-            locate=None if gazetteer is None else gazetteer_locator(gazetteer),
+            locate=locate,
             metrics=worker.metrics,
             namer=namer,
         ).start()

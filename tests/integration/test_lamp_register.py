@@ -172,8 +172,12 @@ def test_register_lamps_are_listed_before_connecting_and_alerts_name_their_place
             shared=False,
             max_delay_s=0.05,
         )
-        namer = bootstrap.gazetteer_namer(bootstrap.load_gazetteer())
-        worker = IngestWorker(config, on_faults=functools.partial(raise_fault_alerts, namer=namer))
+        gazetteer = bootstrap.load_gazetteer()
+        worker = IngestWorker(
+            config,
+            on_faults=functools.partial(raise_fault_alerts, namer=bootstrap.gazetteer_namer(gazetteer)),
+            locate=bootstrap.gazetteer_locator(gazetteer),
+        )
         base_topic = f"sl/v1/11020/{lamp}"
         now_ms = int(time.time() * 1000)
         with running(worker):
@@ -186,9 +190,18 @@ def test_register_lamps_are_listed_before_connecting_and_alerts_name_their_place
                     ),
                     (f"{base_topic}/state", b'{"state":"online","bdseq":1}'),
                     (f"{base_topic}/event", b'{"ts":%d,"seq":1,"type":"tamper"}' % now_ms),
+                    # A device nobody provisioned: its registration gets the dong of its position.
+                    (
+                        "sl/v1/11020/unregistered-1/birth",
+                        b'{"kind":"lamp","firmware":"2.0","model":"SL-40","lat":37.5660,"lon":126.9784,"bdseq":1}',
+                    ),
                 ],
             )
             wait_for(lambda: count(db_url, "SELECT count(*) FROM alerts WHERE kind = 'tamper'") == 1)
+            wait_for(
+                lambda: count(db_url, "SELECT count(*) FROM devices WHERE device_id = 'unregistered-1'") == 1
+            )
+        assert count(db_url, "SELECT count(*) FROM devices WHERE dong_code = '1102055'") == 2  # 명동
         props = {f["id"]: f for f in c.get("/v1/lamps", headers=ops).json()["features"]}[lamp]["properties"]
         assert props["online"] is True
         assert (props["lamp_number"], props["address"]) == ("중구-을지-0001", "서울특별시 중구 을지로 170")
