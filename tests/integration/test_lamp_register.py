@@ -5,10 +5,8 @@ birth; an SOS and a maintenance alert near them name the place in words (API and
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
-import io
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -26,8 +24,7 @@ from devkit.apiclient import fast_config, login, resident, seed, serve
 from devkit.localservices import MqttService
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from streetlight import bootstrap
-from streetlight.cli import main as cli_main
-from tests.helpers import count, running, wait_for
+from tests.helpers import count, provision, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +33,6 @@ JUNG_UTF8 = DATA / "register" / "junggu_utf8.csv"
 MAPO_CP949 = DATA / "register" / "mapo_cp949.csv"
 CAP_SCHEMA = DATA / "cap" / "CAP-v1.2.xsd"
 CAP = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
-
-
-def provision(tmp_path: Path, db_url: str, *files: Path) -> str:
-    """Run ``streetlight provision`` on ``files``; its output (the code must be 0)."""
-    args = ["provision", "--state-dir", str(tmp_path / "state"), "--database-url", db_url, "--dev-port", "0"]
-    args += [
-        "--persistence-dir",
-        "none",
-        "--secrets-out",
-        str(tmp_path / f"secrets-{time.monotonic_ns()}.csv"),
-    ]
-    for f in files:
-        args += ["--devices", str(f)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli_main(args) == 0
-    return out.getvalue()
 
 
 def register_rows(db_url: str) -> dict[str, dict[str, object]]:
