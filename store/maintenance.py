@@ -101,7 +101,7 @@ def lamps_per_dong(conn: Conn) -> dict[str, int]:
 
 
 _READINGS_SQL = """
-SELECT d.device_id, d.district_code, d.dong_code, d.lat, d.lon,
+SELECT d.device_id, d.district_code, d.dong_code, d.lat, d.lon, d.lamp_number, d.address,
        s.online, s.last_seen, s.level, coalesce(s.faults, '{}') AS faults,
        (s.last_telemetry->>'power_w')::float8 AS power_w,
        EXISTS (
@@ -145,6 +145,8 @@ def lamp_snapshots(
             override=bool(r["override"]),
             district_code=r["district_code"],
             dong_code=r["dong_code"] or "",
+            lamp_number=r["lamp_number"] or "",
+            address=r["address"] or "",
         )
         for r in rows
     ]
