@@ -35,6 +35,8 @@ KST = timezone(timedelta(hours=9), "KST")
 _RESTRICTION = "Seoul control centres and police only: contains a resident's location"
 _MAX_HEADLINE = 160  # CAP 1.2 section 3.2.2: headline "SHOULD be less than 160 characters"
 _MAX_LISTED_DEVICES = 20
+GEOCODE_DISTRICT = "KOSTAT-SIGUNGU"  # <geocode> valueName of the district's code
+GEOCODE_DONG = "KOSTAT-ADM-DONG"  # <geocode> valueName of the neighbourhood's code
 
 
 class CapMsgType(StrEnum):
@@ -205,6 +207,16 @@ def _info(root: ET.Element, alert: Alert, korean: bool) -> None:
     _sub(area, "areaDesc", place_text)
     lat, lon = alert.last_position
     _sub(area, "circle", f"{lat:.6f},{lon:.6f} {_radius_km(alert):.3f}")
+    # The administrative codes of the place (KOSTAT's statistical codes, as in the gazetteer): the
+    # district's 5 digits, the neighbourhood's 7.
+    for value_name, code in (
+        (GEOCODE_DISTRICT, alert.place.district_code),
+        (GEOCODE_DONG, alert.place.dong_code),
+    ):
+        if code:
+            geocode = ET.SubElement(area, f"{{{CAP_NAMESPACE}}}geocode")
+            _sub(geocode, "valueName", value_name)
+            _sub(geocode, "value", code)
 
 
 def render_cap(

@@ -45,7 +45,7 @@ from alerts._dedup import merge_fault
 from alerts._errors import InvalidAlertData
 from alerts._lifecycle import resolve
 from alerts._maintenance import AlertChange, device_place
-from alerts._model import Alert, AlertKind, EventAction, Place, require_aware
+from alerts._model import Alert, AlertKind, EventAction, Place, device_place_of, require_aware
 
 
 class Sky(StrEnum):
@@ -264,6 +264,8 @@ class LampSnapshot:
     override: bool = False  # a walk / SOS / operator override in force at the reading
     district_code: str = ""
     dong_code: str = ""
+    lamp_number: str = ""  # the number on the pole (the lamp register)
+    address: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "at", require_aware(self.at, "LampSnapshot.at"))
@@ -345,7 +347,13 @@ def judge_lamps(
         has_alert = any(a.fault_code == seen.condition.value for a in alerts)
         if seen.present and seen.condition in suspect and not has_alert:
             continue
-        place = device_place(lamp.lat, lamp.lon, lamp.district_code, lamp.dong_code)
+        place = device_place_of(
+            device_place(lamp.lat, lamp.lon, lamp.district_code, lamp.dong_code),
+            lamp.device_id,
+            lamp.lamp_number,
+            lamp.address,
+            None,
+        )
         probe = apply_observation(
             alerts, seen, device_id=lamp.device_id, place=place, now=at, new_alert_id="probe", policy=policy
         )

@@ -40,7 +40,7 @@ from alerts._dedup import (
 )
 from alerts._errors import InvalidAlertData
 from alerts._lifecycle import resolve
-from alerts._model import Alert, AlertKind, Place, require_aware
+from alerts._model import Alert, AlertKind, Place, device_place_of, require_aware
 from alerts._recovery import OUTAGE_RESTORED_FRACTION, resolve_recovered
 
 # Where an alert is put when the device never sent a birth with its position: Seoul City Hall,
@@ -97,6 +97,8 @@ class DeviceRecord:
     lat: float | None = None
     lon: float | None = None
     faults: frozenset[str] = frozenset()
+    lamp_number: str = ""  # the number on the pole (the lamp register)
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,8 @@ class DeviceLiveness:
     dong_code: str = ""
     lat: float | None = None
     lon: float | None = None
+    lamp_number: str = ""
+    address: str = ""
 
     def __post_init__(self) -> None:
         for name in ("state_changed_at", "last_seen"):
@@ -150,7 +154,8 @@ def device_place(lat: float | None, lon: float | None, district_code: str = "", 
 def _record_place(record: DeviceRecord | None) -> Place:
     if record is None:
         return device_place(None, None)
-    return device_place(record.lat, record.lon, record.district_code, record.dong_code)
+    place = device_place(record.lat, record.lon, record.district_code, record.dong_code)
+    return device_place_of(place, record.device_id, record.lamp_number, record.address, None)
 
 
 def count_changes(changes: Iterable[AlertChange], keys: Iterable[str]) -> dict[str, int]:
@@ -305,7 +310,8 @@ def dark_devices(
 
 
 def _liveness_place(device: DeviceLiveness) -> Place:
-    return device_place(device.lat, device.lon, device.district_code, device.dong_code)
+    place = device_place(device.lat, device.lon, device.district_code, device.dong_code)
+    return device_place_of(place, device.device_id, device.lamp_number, device.address, None)
 
 
 def plan_offline_alerts(

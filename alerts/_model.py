@@ -8,6 +8,7 @@ silently shift every escalation by nine hours.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -119,6 +120,7 @@ class NearestLamp:
     lamp_id: str
     lamp_number: str  # the number painted on the pole, e.g. "11020-03-0042"
     distance_m: float
+    address: str = ""  # the pole's road address (else lot address) from the lamp register
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +138,65 @@ class Place:
     nearest_lamps: tuple[NearestLamp, ...] = ()
     district_name_en: str = ""  # e.g. "Jung-gu"; falls back to the Korean name
     dong_name_en: str = ""  # e.g. "Sogong-dong"
+    address: str = (
+        ""  # road address of the nearest lamp (the lamp register), e.g. "서울특별시 중구 을지로 170"
+    )
 
     def __post_init__(self) -> None:
         _check_lat_lon(self.lat, self.lon)
+
+
+@dataclass(frozen=True, slots=True)
+class AreaNames:
+    """A district's and a neighbourhood's codes and names, as the gazetteer gives them."""
+
+    district_code: str = ""
+    district_name: str = ""
+    district_name_en: str = ""
+    dong_code: str = ""
+    dong_name: str = ""
+    dong_name_en: str = ""
+
+
+AreaNamer = Callable[[float, float, str, str], AreaNames]
+"""(lat, lon, district_code, dong_code) -> the names of the area (the codes when known, else the
+point decides); the services build one from the gazetteer and pass it in."""
+
+
+def named_place(place: Place, namer: AreaNamer | None) -> Place:
+    """``place`` with the district and neighbourhood codes and names it lacks filled by ``namer``;
+    the address is taken from its nearest lamp when it has none."""
+    changes: dict[str, Any] = {}
+    if namer is not None and place.inside and not (place.dong_name and place.district_name):
+        names = namer(place.lat, place.lon, place.district_code, place.dong_code)
+        for key in (
+            "district_code",
+            "district_name",
+            "district_name_en",
+            "dong_code",
+            "dong_name",
+            "dong_name_en",
+        ):
+            if not getattr(place, key) and getattr(names, key):
+                changes[key] = getattr(names, key)
+    if not place.address:
+        nearest = sorted(place.nearest_lamps, key=lambda lamp: lamp.distance_m)
+        address = next((lamp.address for lamp in nearest if lamp.address), "")
+        if address:
+            changes["address"] = address
+    return dataclasses.replace(place, **changes) if changes else place
+
+
+def device_place_of(
+    place: Place, device_id: str, lamp_number: str | None, address: str | None, namer: AreaNamer | None
+) -> Place:
+    """A device alert's place: the device itself as the lamp to name (its number on the pole, its
+    address, 0 m), and the area's names."""
+    lamp = NearestLamp(
+        lamp_id=device_id, lamp_number=lamp_number or "", distance_m=0.0, address=address or ""
+    )
+    lamps = place.nearest_lamps if place.nearest_lamps else ((lamp,) if lamp_number or address else ())
+    return named_place(dataclasses.replace(place, nearest_lamps=lamps), namer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,18 +322,22 @@ def _distance_text(distance_m: float) -> str:
 
 
 def place_in_words(place: Place, language: str = "ko", max_lamps: int = 3) -> str:
-    """The place as an operator reads it, e.g. "중구 소공동, 보안등 11020-03-0042 (12 m)"."""
+    """The place as an operator reads it on the phone: district, neighbourhood, road address and the
+    numbers on the nearest poles, e.g.
+    "중구 을지로동, 서울특별시 중구 을지로 170 부근, 보안등 중구-을지-0001 (12 m)"."""
     korean = language.lower().startswith("ko")
     if korean:
         area = " ".join(x for x in (place.district_name, place.dong_name) if x)
         lamp_word = "보안등"
         outside = "서울시 관할 구역 밖"
+        near = f"{place.address} 부근" if place.address else ""
     else:
         district = place.district_name_en or place.district_name
         dong = place.dong_name_en or place.dong_name
         area = ", ".join(x for x in (district, dong) if x)
         lamp_word = "security light"
         outside = "outside the Seoul service area"
+        near = f"near {place.address}" if place.address else ""
     parts: list[str] = []
     if not place.inside:
         parts.append(f"{outside} ({place.lat:.5f}, {place.lon:.5f})")
@@ -283,10 +345,14 @@ def place_in_words(place: Place, language: str = "ko", max_lamps: int = 3) -> st
             parts.append(area)
     else:
         parts.append(area or f"{place.lat:.5f}, {place.lon:.5f}")
+    if near:
+        parts.append(near)
     lamps = sorted(place.nearest_lamps, key=lambda lamp: lamp.distance_m)[:max_lamps]
     if lamps:
         listed = ", ".join(
-            f"{lamp.lamp_number or lamp.lamp_id} ({_distance_text(lamp.distance_m)})" for lamp in lamps
+            f"{lamp.lamp_number or lamp.lamp_id}"
+            + (f" ({_distance_text(lamp.distance_m)})" if lamp.distance_m else "")
+            for lamp in lamps
         )
         parts.append(f"{lamp_word} {listed}")
     return ", ".join(parts)

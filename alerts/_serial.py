@@ -46,10 +46,16 @@ def place_to_dict(place: Place) -> dict[str, Any]:
         "dong_code": place.dong_code,
         "dong_name": place.dong_name,
         "dong_name_en": place.dong_name_en,
+        "address": place.address,
         "inside": place.inside,
         "neighbours": list(place.neighbours),
         "nearest_lamps": [
-            {"lamp_id": lamp.lamp_id, "lamp_number": lamp.lamp_number, "distance_m": lamp.distance_m}
+            {
+                "lamp_id": lamp.lamp_id,
+                "lamp_number": lamp.lamp_number,
+                "distance_m": lamp.distance_m,
+                "address": lamp.address,
+            }
             for lamp in place.nearest_lamps
         ],
     }
@@ -147,6 +153,7 @@ def place_from_dict(data: Mapping[str, Any]) -> Place:
         dong_code=_get(data, "dong_code", str, where),
         dong_name=_get(data, "dong_name", str, where),
         dong_name_en=str(data.get("dong_name_en", "")),
+        address=str(data.get("address", "")),
         inside=_get(data, "inside", bool, where),
         neighbours=_str_tuple(data, "neighbours", where),
         nearest_lamps=tuple(
@@ -154,6 +161,7 @@ def place_from_dict(data: Mapping[str, Any]) -> Place:
                 lamp_id=_get(lamp, "lamp_id", str, "nearest_lamps"),
                 lamp_number=_get(lamp, "lamp_number", str, "nearest_lamps"),
                 distance_m=_number(lamp, "distance_m", "nearest_lamps"),
+                address=str(lamp.get("address", "")),
             )
             for lamp in lamps
         ),

@@ -168,15 +168,30 @@ def _audit_resident_overrides(
         )
 
 
-def _lamp_props(row: Row, op: Operator, all_overrides: list[Row]) -> dict[str, Any]:
+def _dong_names(gaz: Gazetteer, row: Row) -> tuple[str | None, str | None, str | None]:
+    """The lamp's neighbourhood code and its names (ko, en): the register's, else its position's."""
+    code = ngsi.lamp_dong(gaz, row)
+    try:
+        dong = gaz.dong(code) if code else None
+    except KeyError:
+        return code, None, None
+    return code, (dong.name if dong else None), (dong.name_eng if dong else None)
+
+
+def _lamp_props(gaz: Gazetteer, row: Row, op: Operator, all_overrides: list[Row]) -> dict[str, Any]:
     """The fields of `LampPropertiesOut` (a detail adds its own)."""
     overrides = _visible_overrides(op, all_overrides)
+    dong_code, dong, dong_en = _dong_names(gaz, row)
     return {
         "device_id": row["device_id"],
         "kind": row["kind"],
         "lamp_number": row["lamp_number"],
+        "address": row["address"],
+        "lamp_count": row["lamp_count"],
         "district": row["district_code"],
-        "dong": row["dong_code"],
+        "dong": dong,
+        "dong_en": dong_en,
+        "dong_code": dong_code,
         "state": _lamp_state(row, overrides),
         "online": row["online"],
         "level": row["level"],
@@ -197,7 +212,10 @@ def _scope(op: Operator, district: str | None) -> list[str] | None:
 
 @router.get("/v1/lamps", summary="Lamps with live state (GeoJSON)")
 def lamps(
-    op: CurrentOperator, conn: Db, district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None
+    state: State,
+    op: CurrentOperator,
+    conn: Db,
+    district: Annotated[str | None, Query(pattern="^[0-9]{5}$")] = None,
 ) -> LampsOut:
     """Every lamp the operator may see: position, online, level, active overrides, faults."""
     rows = list_devices_with_state(conn, district_codes=_scope(op, district))
@@ -208,7 +226,9 @@ def lamps(
             LampFeatureOut(
                 id=r["device_id"],
                 geometry=PointOut(coordinates=[r["lon"], r["lat"]]) if r["lat"] is not None else None,
-                properties=LampPropertiesOut(**_lamp_props(r, op, overrides.get(r["device_id"], []))),
+                properties=LampPropertiesOut(
+                    **_lamp_props(state.gazetteer, r, op, overrides.get(r["device_id"], []))
+                ),
             )
             for r in rows
         ],
@@ -282,7 +302,7 @@ def _visible_lamp(conn: Conn, op: Operator, device_id: str) -> Row:
 
 
 @router.get("/v1/lamps/{device_id}", summary="One lamp with its last 24 h")
-def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> LampDetailOut:
+def lamp_detail(device_id: str, state: State, op: CurrentOperator, conn: Db) -> LampDetailOut:
     """The lamp's live state and hourly level, power and uptime for the last 24 h (rollups)."""
     row = _visible_lamp(conn, op, device_id)
     overrides = active_overrides(conn, [device_id]).get(device_id, [])
@@ -290,7 +310,10 @@ def lamp_detail(device_id: str, op: CurrentOperator, conn: Db) -> LampDetailOut:
     hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
     return LampDetailOut(
         lamp=LampDetailPropertiesOut(
-            **_lamp_props(row, op, overrides), lat=row["lat"], lon=row["lon"], model=row["model"]
+            **_lamp_props(state.gazetteer, row, op, overrides),
+            lat=row["lat"],
+            lon=row["lon"],
+            model=row["model"],
         ),
         hours=[LampHourOut(**{k: _iso(v) for k, v in h.items()}) for h in hours],
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from alerts import NearestLamp, Place
+from alerts import NearestLamp, Place, named_place
 from geo import Gazetteer, LampIndex, Location
 from store.devices import list_devices_with_state
 from store.types import Conn
@@ -24,6 +24,7 @@ class LampSnapshot:
     numbers: dict[str, str]
     districts: dict[str, str]
     loaded_at: float  # monotonic seconds
+    addresses: dict[str, str] = field(default_factory=dict)  # the lamp register's, where known
 
 
 def _empty() -> LampSnapshot:
@@ -50,8 +51,9 @@ class LampDirectory:
         index.prepare_walker_grid()  # here, in the refresh thread, not in the next position's request
         numbers = {str(r["device_id"]): str(r["lamp_number"] or r["device_id"]) for r in rows}
         districts = {str(r["device_id"]): str(r["district_code"]) for r in rows}
+        addresses = {str(r["device_id"]): str(r["address"]) for r in rows if r["address"]}
         with self._lock:
-            self._snapshot = LampSnapshot(index, numbers, districts, time.monotonic())
+            self._snapshot = LampSnapshot(index, numbers, districts, time.monotonic(), addresses)
         return len(ids)
 
 
@@ -64,7 +66,12 @@ def place_for(
     if len(lamps.index):
         hits = lamps.index.nearest(lat, lon, k)
         nearest = [
-            NearestLamp(lamp_id=i, lamp_number=lamps.numbers.get(i, i), distance_m=round(d, 1))
+            NearestLamp(
+                lamp_id=i,
+                lamp_number=lamps.numbers.get(i, i),
+                distance_m=round(d, 1),
+                address=lamps.addresses.get(i, ""),
+            )
             for i, d in zip(hits.ids, hits.distances_m, strict=True)
             if d <= NEAREST_LAMP_MAX_M
         ]
@@ -81,4 +88,4 @@ def place_for(
         district_name_en=loc.district_eng or "",
         dong_name_en=loc.dong_eng or "",
     )
-    return loc, place
+    return loc, named_place(place, None)  # the nearest lamp's address is the place's

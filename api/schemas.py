@@ -382,9 +382,13 @@ class LampPropertiesOut(_Out):
 
     device_id: str
     kind: str
-    lamp_number: str | None
+    lamp_number: str | None  # the number on the pole (the lamp register's 보안등위치명)
+    address: str | None  # road address, else lot address (the lamp register)
+    lamp_count: int | None  # lamps on the pole (설치개수)
     district: str
-    dong: str | None
+    dong: str | None  # the neighbourhood's name (Korean)
+    dong_en: str | None
+    dong_code: str | None  # the neighbourhood's code in the gazetteer
     state: str
     online: bool
     level: int | None

@@ -27,6 +27,7 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -39,8 +40,10 @@ from alerts import (
     MAX_OPEN_FAULTS_PER_DEVICE,
     OFFLINE_COUNTS,
     OUTAGE_RESTORED_FRACTION,
+    Alert,
     AlertChange,
     AlertKind,
+    AreaNamer,
     DarkDevice,
     DayNightPolicy,
     MassOutagePolicy,
@@ -50,6 +53,7 @@ from alerts import (
     daynight_change,
     fault_reports,
     judge_lamps,
+    named_place,
     plan_fault_alerts,
     plan_offline_alerts,
     storage_alert_update,
@@ -83,12 +87,19 @@ def new_alert_id() -> str:
     return f"mnt-{uuid.uuid4().hex[:16]}"
 
 
-def _save(conn: Conn, changes: list[AlertChange]) -> None:
+def _named(change: AlertChange, namer: AreaNamer | None) -> Alert:
+    """The change's alert with its place in words (district, neighbourhood, address, lamp number)."""
+    alert = change.alert
+    place = named_place(alert.place, namer)
+    return alert if place == alert.place else dataclasses.replace(alert, place=place)
+
+
+def _save(conn: Conn, changes: list[AlertChange], namer: AreaNamer | None = None) -> None:
     for change in changes:
-        save_alert(conn, change.alert, previous=change.previous)
+        save_alert(conn, _named(change, namer), previous=change.previous)
 
 
-def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
+def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaNamer | None = None) -> int:
     """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes."""
     events = [(device_id, ev_type, code) for device_id, ev_type, code, _ts, _seq in batch.fault_events]
     telemetry = {d.device_id: d.faults for d in batch.devices.values() if d.faults}
@@ -108,7 +119,7 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime) -> int:
                 change.alert.count,
                 change.previous is None,
             )
-        save_alert(conn, change.alert, previous=change.previous)
+        save_alert(conn, _named(change, namer), previous=change.previous)
     return len(changes)
 
 
@@ -130,6 +141,7 @@ def raise_offline_alerts(
     policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
     locate: Locator | None = None,
     restored_fraction: float = OUTAGE_RESTORED_FRACTION,
+    namer: AreaNamer | None = None,
 ) -> dict[str, int]:
     """One periodic pass: what came back is resolved, then mass outages, then single device_offline
     alerts after ``grace_s``."""
@@ -146,7 +158,7 @@ def raise_offline_alerts(
             policy=policy,
             restored_fraction=restored_fraction,
         )
-        _save(conn, changes)
+        _save(conn, changes, namer)
     return count_changes(changes, OFFLINE_COUNTS)
 
 
@@ -157,6 +169,7 @@ def raise_daynight_alerts(
     policy: DayNightPolicy = DEFAULT_DAYNIGHT,
     sun: SunElevation = sun_elevation_deg,
     override_slack_s: float = 60.0,
+    namer: AreaNamer | None = None,
 ) -> dict[str, int]:
     """One day/night pass over every lamp with a fresh reading; returns counts of what changed.
 
@@ -181,7 +194,7 @@ def raise_daynight_alerts(
             stored = active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value], source_id=candidate.device_id)
             change = daynight_change(stored, candidate, now=now, new_alert_id=new_alert_id(), policy=policy)
             if change is not None:
-                save_alert(conn, change.alert, previous=change.previous)
+                save_alert(conn, _named(change, namer), previous=change.previous)
                 changes.append(change)
     return {"lamps_judged": judged.judged, **count_changes(changes, DAYNIGHT_COUNTS)}
 

@@ -12,7 +12,7 @@ from typing import Final
 
 import psycopg
 
-from alerts import DayNightPolicy
+from alerts import AreaNamer, DayNightPolicy
 from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
 from ingest._metrics import IngestMetrics
 from store import run_maintenance
@@ -37,6 +37,7 @@ class JobsLeader:
         locate: Locator | None = None,
         daynight_every_s: float = 300.0,
         metrics: IngestMetrics | None = None,
+        namer: AreaNamer | None = None,
     ) -> None:
         self.database_url = database_url
         self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
@@ -44,6 +45,7 @@ class JobsLeader:
         self.interval_s = interval_s
         self.maintenance_every_s = maintenance_every_s
         self.locate = locate
+        self.namer = namer  # puts the alerts' places in words (the gazetteer's names)
         self.metrics = metrics  # the storage jobs' problems are exposed with this worker's metrics
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,7 +67,11 @@ class JobsLeader:
     def run_once(self, conn: Conn, now: datetime | None = None) -> dict[str, int]:
         """One pass of the offline/mass-outage job."""
         return raise_offline_alerts(
-            conn, now or datetime.now(UTC), silent_after_s=self.silent_after_s, locate=self.locate
+            conn,
+            now or datetime.now(UTC),
+            silent_after_s=self.silent_after_s,
+            locate=self.locate,
+            namer=self.namer,
         )
 
     def check_storage_jobs(self, conn: Conn, now: datetime | None = None) -> int:
@@ -98,7 +104,7 @@ class JobsLeader:
                         policy = DayNightPolicy(stale_after_s=self.silent_after_s)
                         log.info(
                             "day/night alerts: %s",
-                            raise_daynight_alerts(conn, datetime.now(UTC), policy=policy),
+                            raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, namer=self.namer),
                         )
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()

@@ -34,6 +34,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from alerts import Locator
 from broker import (
     DEVICE_BURST,
     DEVICE_RATE_PER_S,
@@ -110,8 +111,10 @@ class IngestWorker:
         on_faults: FaultHook | None = None,
         on_batch: Callable[[Processed], None] | None = None,
         lease: ConsumerLease | None = None,
+        locate: Locator | None = None,
     ) -> None:
         self.config = config
+        self._locate = locate  # a birth's neighbourhood code (the gazetteer's), for its registration
         self._lease = lease
         self.metrics = metrics or IngestMetrics(worker=config.index)
         self._check_sender = check_sender
@@ -424,7 +427,7 @@ class IngestWorker:
             for prefix in floods:
                 add_flood(batch, prefix, now_ms)
             conn = self._connection()
-            result = write_batch(conn, batch, messages, now, on_faults=self._on_faults)
+            result = write_batch(conn, batch, messages, now, on_faults=self._on_faults, locate=self._locate)
         except BaseException:
             seqs.rollback()
             if limiter is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from alerts import Locator
 from ingest._process import DeadLetter, Processed, RawMessage, SenderCheck
 from ingest._registration import judge_birth
 from store import (
@@ -76,6 +77,7 @@ def write_batch(
     now: datetime,
     *,
     on_faults: FaultHook | None = None,
+    locate: Locator | None = None,
 ) -> WriteResult:
     """Commit a processed batch; raises StoreUnavailable when the database is away (nothing written)."""
     with batch_transaction(conn, rows=batch.rows):
@@ -89,7 +91,7 @@ def write_batch(
         ]
         batch.dead.extend(refused)
         if batch.births:
-            _apply_births(conn, batch, now)
+            _apply_births(conn, batch, now, locate)
         stale = 0
         for device_id, state in batch.states:
             if not set_connectivity(
@@ -140,9 +142,18 @@ def _drop_redelivered_faults(conn: Conn, batch: Processed) -> None:
     batch.fault_events = kept
 
 
-def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
+def _dong_of(locate: Locator | None, district: str, lat: float | None, lon: float | None) -> str | None:
+    """The neighbourhood code of a birth's position, when it lies in the topic's district."""
+    if locate is None or lat is None or lon is None:
+        return None
+    where_district, dong = locate(lat, lon)
+    return dong if dong and where_district == district else None
+
+
+def _apply_births(conn: Conn, batch: Processed, now: datetime, locate: Locator | None = None) -> None:
     """A first birth registers its device; a later one may change only what ``judge_birth`` allows,
-    and one contradicting the registration is flagged and raises a ``registration_mismatch``."""
+    and one contradicting the registration is flagged and raises a ``registration_mismatch``. The
+    registration gets its neighbourhood code from ``locate`` (a provisioned one keeps its own)."""
     claimed = sorted({b.paired for _d, _i, b in batch.births if b.paired is not None})
     paired_rows: dict[str, dict[str, Any]] | None = None  # read once, when a later birth needs them
     for district, device_id, birth in batch.births:
@@ -165,6 +176,7 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
             model=birth.model,
             paired_device_id=birth.paired,
             at=at,
+            dong_code=_dong_of(locate, district, birth.lat, birth.lon),
         ):
             continue
         if registered is None:  # registered by another worker meanwhile
@@ -182,6 +194,7 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime) -> None:
             lon=verdict.lon,
             paired_device_id=verdict.paired,
             at=at,
+            dong_code=_dong_of(locate, district, verdict.lat, verdict.lon),
         )
         if verdict.conflicts:
             batch.flags.append(SenderCheck(device_id, district, "registration_mismatch", verdict.detail))

@@ -81,13 +81,14 @@ def register_device(
     model: str | None,
     paired_device_id: str | None,
     at: datetime | None = None,
+    dong_code: str | None = None,
 ) -> bool:
     """Register a device from its first birth; False (nothing written) when it is registered already."""
     cur = conn.execute(
         """
         INSERT INTO devices (device_id, kind, district_code, lat, lon, firmware, model, paired_device_id,
-                             created_at, updated_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                             created_at, updated_at, dong_code)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (device_id) DO NOTHING
         """,
         (
@@ -101,6 +102,7 @@ def register_device(
             paired_device_id,
             at or _now(),
             at or _now(),
+            dong_code,
         ),
     )
     return cur.rowcount == 1
@@ -129,17 +131,20 @@ def update_device_from_birth(
     lon: float | None = None,
     paired_device_id: str | None = None,
     at: datetime | None = None,
+    dong_code: str | None = None,
 ) -> None:
-    """What a later birth may change: firmware and model; position and pairing only where the
-    registration has none (ingest/_registration.py decides)."""
+    """What a later birth may change: firmware and model; position, pairing and neighbourhood only
+    where the registration has none (ingest/_registration.py decides); never the register's lamp
+    number, address or lamp count."""
     conn.execute(
         """
         UPDATE devices SET firmware = %s, model = %s,
             lat = coalesce(lat, %s), lon = coalesce(lon, %s),
-            paired_device_id = coalesce(paired_device_id, %s), updated_at = %s
+            paired_device_id = coalesce(paired_device_id, %s),
+            dong_code = coalesce(dong_code, %s), updated_at = %s
         WHERE device_id = %s
         """,
-        (firmware, model, lat, lon, paired_device_id, at or _now(), device_id),
+        (firmware, model, lat, lon, paired_device_id, dong_code, at or _now(), device_id),
     )
 
 
@@ -289,7 +294,7 @@ def get_device(conn: Conn, device_id: str) -> Row | None:
 
 _LAMPS_SQL = """
 SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lamp_number, d.lat, d.lon,
-       d.firmware, d.model, d.paired_device_id, d.provisioned,
+       d.firmware, d.model, d.paired_device_id, d.provisioned, d.address, d.lamp_count,
        coalesce(s.online, false) AS online, s.bdseq, s.state_changed_at, s.last_seen, s.last_seq,
        s.level, coalesce(s.faults, '{}') AS faults, s.last_telemetry,
        coalesce(s.seq_gaps, 0) AS seq_gaps, coalesce(s.seq_duplicates, 0) AS seq_duplicates

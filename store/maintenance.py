@@ -40,8 +40,8 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
     """The registered devices among ``device_ids``, with the faults their state holds."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, "
-            "coalesce(s.faults, '{}') AS faults FROM devices d "
+            "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, d.lamp_number, "
+            "d.address, coalesce(s.faults, '{}') AS faults FROM devices d "
             "LEFT JOIN device_state s ON s.device_id = d.device_id WHERE d.device_id = ANY(%s)",
             (list(device_ids),),
         ).fetchall()
@@ -54,6 +54,8 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
             lat=r["lat"],
             lon=r["lon"],
             faults=frozenset(r["faults"] or ()),
+            lamp_number=r["lamp_number"] or "",
+            address=r["address"] or "",
         )
         for r in rows
     }
@@ -66,7 +68,7 @@ def dark_candidates(conn: Conn, *, silent_since: datetime) -> list[DeviceLivenes
         rows = cur.execute(
             """
             SELECT s.device_id, s.online, s.state_changed_at, s.last_seen,
-                   d.district_code, d.dong_code, d.lat, d.lon, d.kind
+                   d.district_code, d.dong_code, d.lat, d.lon, d.kind, d.lamp_number, d.address
             FROM device_state s JOIN devices d ON d.device_id = s.device_id
             WHERE (NOT s.online AND s.state_changed_at IS NOT NULL)
                OR (s.online AND s.last_seen IS NOT NULL
@@ -85,6 +87,8 @@ def dark_candidates(conn: Conn, *, silent_since: datetime) -> list[DeviceLivenes
             dong_code=r["dong_code"] or "",
             lat=r["lat"],
             lon=r["lon"],
+            lamp_number=r["lamp_number"] or "",
+            address=r["address"] or "",
         )
         for r in rows
     ]
@@ -97,7 +101,7 @@ def lamps_per_dong(conn: Conn) -> dict[str, int]:
 
 
 _READINGS_SQL = """
-SELECT d.device_id, d.district_code, d.dong_code, d.lat, d.lon,
+SELECT d.device_id, d.district_code, d.dong_code, d.lat, d.lon, d.lamp_number, d.address,
        s.online, s.last_seen, s.level, coalesce(s.faults, '{}') AS faults,
        (s.last_telemetry->>'power_w')::float8 AS power_w,
        EXISTS (
@@ -141,6 +145,8 @@ def lamp_snapshots(
             override=bool(r["override"]),
             district_code=r["district_code"],
             dong_code=r["dong_code"] or "",
+            lamp_number=r["lamp_number"] or "",
+            address=r["address"] or "",
         )
         for r in rows
     ]

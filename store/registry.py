@@ -36,6 +36,8 @@ class ProvisionedDevice:
     lon: float | None = None
     credentials_fingerprint: str | None = None
     revoked: bool = False
+    address: str | None = None
+    lamp_count: int | None = None
 
 
 def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
@@ -51,6 +53,8 @@ def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
             d.lon,
             d.paired_device_id,
             d.credentials_fingerprint,
+            d.address,
+            d.lamp_count,
         )
         for d in devices
     ]
@@ -70,14 +74,16 @@ def mark_provisioned(conn: Conn, devices: Iterable[ProvisionedDevice]) -> int:
         cur.executemany(
             """
             INSERT INTO devices (device_id, kind, district_code, dong_code, lamp_number, lat, lon,
-                                 paired_device_id, provisioned, credentials_hash)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true, %s)
+                                 paired_device_id, provisioned, credentials_hash, address, lamp_count)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, true, %s, %s, %s)
             ON CONFLICT (device_id) DO UPDATE SET
                 kind = EXCLUDED.kind, district_code = EXCLUDED.district_code,
                 dong_code = coalesce(EXCLUDED.dong_code, devices.dong_code),
                 lamp_number = coalesce(EXCLUDED.lamp_number, devices.lamp_number),
                 lat = coalesce(EXCLUDED.lat, devices.lat), lon = coalesce(EXCLUDED.lon, devices.lon),
                 paired_device_id = coalesce(EXCLUDED.paired_device_id, devices.paired_device_id),
+                address = coalesce(EXCLUDED.address, devices.address),
+                lamp_count = coalesce(EXCLUDED.lamp_count, devices.lamp_count),
                 provisioned = true, credentials_hash = EXCLUDED.credentials_hash, updated_at = now()
             """,
             rows,
@@ -107,7 +113,8 @@ def provisioned_devices(conn: Conn) -> dict[str, ProvisionedDevice]:
     """Every device provisioning ever registered, revoked ones flagged; {} when none was."""
     rows = conn.execute(
         "SELECT device_id, kind, district_code, dong_code, lamp_number, paired_device_id, lat, lon, "
-        "credentials_hash, provisioned FROM devices WHERE credentials_hash IS NOT NULL"
+        "credentials_hash, provisioned, address, lamp_count FROM devices "
+        "WHERE credentials_hash IS NOT NULL"
     ).fetchall()
     return {
         str(r[0]): ProvisionedDevice(
@@ -121,6 +128,8 @@ def provisioned_devices(conn: Conn) -> dict[str, ProvisionedDevice]:
             lon=r[7],
             credentials_fingerprint=r[8],
             revoked=not r[9],
+            address=r[10],
+            lamp_count=r[11],
         )
         for r in rows
     }

@@ -615,6 +615,19 @@ def _m6_device_hours(conn: Conn, timescale: bool) -> None:
     conn.execute((DEVICE_DISTRICT_TRIGGER_SQL % {"days": days}).encode())
 
 
+# The district's lamp register (the national security-lamp standard data): what is painted on the
+# pole and where it stands in words, written by provisioning before the controller first connects.
+LAMP_REGISTER_SQL = """
+ALTER TABLE devices ADD COLUMN address text;           -- road address, else the lot address
+ALTER TABLE devices ADD COLUMN lamp_count integer;     -- lamps on the pole (설치개수)
+CREATE INDEX devices_dong ON devices (dong_code) WHERE dong_code IS NOT NULL;
+"""
+
+
+def _m7_lamp_register(conn: Conn, timescale: bool) -> None:
+    conn.execute(LAMP_REGISTER_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -624,6 +637,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
     ),
+    Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
 )
 
 BOOTSTRAP_SQL = """

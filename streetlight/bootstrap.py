@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ from streetlight.settings import Settings
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from alerts import AreaNamer
     from api.config import ApiConfig
     from broker import ConnectionParams
     from controller import ControllerConfig
@@ -398,6 +400,37 @@ def ingest_sender_check(database_url: str, options: IngestOptions) -> SenderChec
     return check_once_provisioned
 
 
+def gazetteer_namer(gazetteer: Gazetteer) -> AreaNamer:
+    """(lat, lon, district, dong) -> the area's names, from the process's gazetteer: the codes when
+    known, else where the point lies."""
+    from alerts import AreaNames
+
+    def names(lat: float, lon: float, district_code: str, dong_code: str) -> AreaNames:
+        try:
+            dong = gazetteer.dong(dong_code) if dong_code else None
+        except KeyError:
+            dong = None
+        if dong is None:
+            where = gazetteer.locate(lat, lon)
+            if where.dong_code and (not district_code or where.district_code == district_code):
+                dong = gazetteer.dong(where.dong_code)
+        code = dong.district_code if dong is not None else district_code
+        try:
+            district = gazetteer.district(code) if code else None
+        except KeyError:
+            district = None
+        return AreaNames(
+            district_code=code,
+            district_name=district.name if district else "",
+            district_name_en=district.name_eng if district else "",
+            dong_code=dong.code if dong else "",
+            dong_name=dong.name if dong else "",
+            dong_name_en=dong.name_eng if dong else "",
+        )
+
+    return names
+
+
 def gazetteer_locator(gazetteer: Gazetteer) -> Locator:
     """(lat, lon) -> (district, dong) for the outage grouping, from the process's gazetteer."""
 
@@ -430,7 +463,16 @@ def run_ingest_worker(
             if grouped and options.group
             else None
         )
-        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
+        gazetteer = _gazetteer_or_none()
+        namer = None if gazetteer is None else gazetteer_namer(gazetteer)
+        locate = None if gazetteer is None else gazetteer_locator(gazetteer)
+        worker = IngestWorker(
+            config,
+            check_sender=check,
+            on_faults=functools.partial(raise_fault_alerts, namer=namer),
+            lease=lease,
+            locate=locate,
+        )
     except SpoolLocked as exc:
         raise IngestRefused(f"ingest worker {options.index}: {exc}") from exc
     server = (
@@ -443,8 +485,9 @@ def run_ingest_worker(
         leader = JobsLeader(
             config.database_url,
             silent_after_s=settings.telemetry_interval_s * settings.silent_after_intervals,
-            locate=_locator_or_none(),
+            locate=locate,
             metrics=worker.metrics,
+            namer=namer,
         ).start()
 
     def _on_signal(_signum: int, _frame: object) -> None:
@@ -463,10 +506,11 @@ def run_ingest_worker(
     log.info("ingest worker %d stopped: %s", options.index, worker.metrics.snapshot())
 
 
-def _locator_or_none() -> Locator | None:
-    """The outage grouping's locator, or None (outages grouped by district) when geo cannot load."""
+def _gazetteer_or_none() -> Gazetteer | None:
+    """The gazetteer for the outage grouping and the alerts' place names, or None when geo cannot
+    load (outages are then grouped by district and alerts carry codes only)."""
     try:
-        return gazetteer_locator(load_gazetteer())
+        return load_gazetteer()
     except Exception as exc:  # optional: alerts still work on district codes
-        log.warning("gazetteer not available (%s); outages are grouped by district", exc)
+        log.warning("gazetteer not available (%s); outages grouped by district, places by code", exc)
         return None

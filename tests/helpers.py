@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from ingest import IngestWorker
+from streetlight.cli import main as cli_main
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
@@ -82,3 +85,21 @@ def _run_timescale_jobs(conn: psycopg.Connection[Any], *procs: str) -> None:
             except psycopg.errors.LockNotAvailable:
                 assert time.monotonic() < deadline, f"a concurrent run of job {job_id} did not finish in time"
                 time.sleep(0.2)
+
+
+def provision(tmp_path: Path, db_url: str, *files: Path) -> str:
+    """Run ``streetlight provision`` on ``files`` (state in ``tmp_path``, devices into ``db_url``);
+    its output (the code must be 0)."""
+    args = ["provision", "--state-dir", str(tmp_path / "state"), "--database-url", db_url, "--dev-port", "0"]
+    args += [
+        "--persistence-dir",
+        "none",
+        "--secrets-out",
+        str(tmp_path / f"secrets-{time.monotonic_ns()}.csv"),
+    ]
+    for f in files:
+        args += ["--devices", str(f)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(args) == 0
+    return out.getvalue()

@@ -317,6 +317,8 @@ function renderLamp(r) {
   $("lamp-panel").hidden = false;
   $("lamp-panel").dataset.deviceId = r.lamp.device_id;
   $("lamp-title").textContent = `${r.lamp.lamp_number || r.lamp.device_id}`;
+  const dongName = S.lang === "ko" ? r.lamp.dong : (r.lamp.dong_en || r.lamp.dong);
+  $("lamp-place").textContent = [dongName, r.lamp.address].filter(Boolean).join(" · ");
   $("lamp-state").textContent = `${t(r.lamp.state)} · ${r.lamp.level ?? "?"}%${r.lamp.faults.length ? " · " + r.lamp.faults.join(", ") : ""}`;
   const svg = $("lamp-chart"); svg.replaceChildren();
   const L = 30, W = 420, TOP = 8, BASE = 108, STRIP = 10, now = Date.now();

@@ -26,6 +26,7 @@ from broker.security._ids import (
     check_identity,
     check_service_account,
     identity_problem,
+    register_device_id,
     service_role,
 )
 from broker.security._mosquitto import (
@@ -94,6 +95,7 @@ __all__ = [
     "mosquitto_conf_text",
     "new_secret",
     "password_file_text",
+    "register_device_id",
     "reload_mosquitto",
     "service_role",
     "sync_devices",

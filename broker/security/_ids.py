@@ -6,6 +6,7 @@ was being written concurrently; TODO: switch to its builders once it is stable.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Final
 
@@ -29,6 +30,17 @@ CITY_DISTRICT: Final = "11000"
 # Seoul's 25 autonomous districts, statistical codes 11010 (Jongno-gu) .. 11250 (Gangdong-gu);
 # the same list as geo/data/seoul_districts.geojson (checked by a unit test).
 SEOUL_DISTRICTS: Final = tuple(str(code) for code in range(11010, 11251, 10))
+
+
+def register_device_id(district_code: str, key: str) -> str:
+    """The device id provisioning gives the pole ``key`` of a district's lamp register.
+
+    ``lamp-{district}-{12 hex}``: the first 48 bits of SHA-256 over ``district|key``, so the same
+    row imported again gets the same id, and the id is ASCII whatever the register's language.
+    """
+    check_district(district_code)
+    digest = hashlib.sha256(f"{district_code}|{key}".encode()).hexdigest()[:12]
+    return f"lamp-{district_code}-{digest}"
 
 
 def identity_problem(name: str) -> str | None:

@@ -50,6 +50,8 @@ class DeviceSpec:
     paired: str | None = None
     lat: float | None = None
     lon: float | None = None
+    address: str | None = None  # road address, else lot address (the lamp register)
+    lamp_count: int | None = None  # lamps on the pole (the lamp register's 설치개수)
 
 
 @dataclass(frozen=True, slots=True)

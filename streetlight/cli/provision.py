@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.security import (
     REGISTRY_FILE,
@@ -27,8 +29,14 @@ from broker.security import (
     reload_mosquitto,
     write_emqx,
     write_mosquitto,
+    write_private,
 )
+from streetlight import bootstrap
+from streetlight.lampregister import RegisterImport, decode, is_register, lamp_list_csv, parse_register
 from streetlight.settings import Settings, warn_secrets_in_flags
+
+if TYPE_CHECKING:
+    from geo import Gazetteer
 
 HELP = "register lamps and blinkers, issue credentials, generate Mosquitto/EMQX security config"
 
@@ -41,7 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="GeoJSON FeatureCollection of Points or CSV (id,kind,district_code,lat,lon,...); repeatable",
+        help="GeoJSON FeatureCollection of Points, CSV (id,kind,district_code,lat,lon,...), or a district's "
+        "lamp register as published (전국보안등정보표준데이터, UTF-8 or CP949); repeatable",
+    )
+    parser.add_argument(
+        "--lamp-list",
+        type=Path,
+        metavar="FILE",
+        help="the register's lamps as CSV (device_id, lamp_number, address, ...) for the people who flash "
+        "the controllers (default: STATE_DIR/lamp-list.csv)",
     )
     parser.add_argument(
         "--state-dir",
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"provision: {_rotate_share_group(args.database_url or Settings.from_env().database_url)}")
             return 0
         # Everything that can be refused is checked before anything is written.
-        devices: list[DeviceSpec] = [d for path in args.devices for d in load_device_file(path)]
+        devices, registers = _read_devices(args.devices)
         options = _mosquitto_options(args)
         with _locked(state_dir):
             registry = Registry.load(registry_path)
@@ -166,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             emqx = write_emqx(
                 registry, args.emqx_out or state_dir / "emqx", install_dir=args.emqx_install_dir
             )
+            lamp_list = _write_lamp_list(registers, args.lamp_list or state_dir / "lamp-list.csv")
         reloaded = _reload(args)
         database = _mirror(registry, args.database_url or Settings.from_env().database_url)
     except (ProvisioningError, OSError) as exc:
@@ -189,7 +206,55 @@ def run(args: argparse.Namespace) -> int:
     print(f"  emqx       {emqx.conf.parent}/ (emqx-security.conf, bootstrap users, acl.conf, rules)")
     print(f"  broker     {reloaded}")
     print(f"  database   {database}")
+    for imported in registers:
+        print(
+            f"  register   {imported.source} ({imported.encoding}): {len(imported.lamps)} lamps, "
+            f"{len(imported.bad)} rows skipped"
+        )
+        for bad in imported.bad:
+            print(f"    skipped  {bad}")
+    if lamp_list:
+        print(f"  lamp list  {lamp_list}")
     return 0
+
+
+def _read_devices(paths: list[Path]) -> tuple[list[DeviceSpec], list[RegisterImport]]:
+    """The devices of every file (a lamp register's good rows), with a neighbourhood code from the
+    gazetteer for each device placed without one; and the registers' imports (with their bad rows)."""
+
+    gazetteer: Gazetteer | None = None
+    devices: list[DeviceSpec] = []
+    registers: list[RegisterImport] = []
+    for path in paths:
+        text, encoding = decode(path.read_bytes(), str(path))
+        if is_register(text):
+            gazetteer = gazetteer or bootstrap.load_gazetteer()
+            imported = parse_register(text, gazetteer, str(path), encoding)
+            registers.append(imported)
+            devices.extend(imported.lamps)
+        else:
+            devices.extend(load_device_file(path))
+    if any(d.dong_code is None and d.lat is not None and d.lon is not None for d in devices):
+        gazetteer = gazetteer or bootstrap.load_gazetteer()
+        devices = [_with_dong(d, gazetteer) for d in devices]
+    return devices, registers
+
+
+def _with_dong(device: DeviceSpec, gazetteer: Gazetteer) -> DeviceSpec:
+    if device.dong_code is not None or device.lat is None or device.lon is None:
+        return device
+    where = gazetteer.locate(device.lat, device.lon)
+    if where.dong_code is None or where.district_code != device.district_code:
+        return device
+    return dataclasses.replace(device, dong_code=where.dong_code)
+
+
+def _write_lamp_list(registers: list[RegisterImport], path: Path) -> str:
+    if not registers:
+        return ""
+    lamps = [lamp for imported in registers for lamp in imported.lamps]
+    write_private(path, lamp_list_csv(lamps), mode=0o640)
+    return f"{path} ({len(lamps)} lamps: device id next to the lamp number, for flashing the controllers)"
 
 
 @contextlib.contextmanager
@@ -258,7 +323,17 @@ def _mirror(registry: Registry, database_url: str | None) -> str:
         # A fingerprint of the stored hash shows a rotation; the hash itself stays in the registry.
         fingerprint = hashlib.sha256(p.password.mosquitto().encode()).hexdigest()[:32]
         return ProvisionedDevice(
-            d.id, d.kind, d.district_code, d.dong_code, d.lamp_number, d.paired, d.lat, d.lon, fingerprint
+            d.id,
+            d.kind,
+            d.district_code,
+            d.dong_code,
+            d.lamp_number,
+            d.paired,
+            d.lat,
+            d.lon,
+            fingerprint,
+            address=d.address,
+            lamp_count=d.lamp_count,
         )
 
     devices = [(p, p.device) for p in registry.devices() if p.device is not None]

@@ -65,10 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"MQTT keepalive of every device (default {KEEPALIVE_S}; the broker drops a silent one at 1.5x)",
     )
     parser.add_argument("--export-geojson", type=Path, metavar="FILE", help="write the placement and exit")
+    parser.add_argument(
+        "--export-register",
+        type=Path,
+        metavar="FILE",
+        help="write the placement's lamps as a lamp register (전국보안등정보표준데이터, UTF-8) and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Export the placement, or run the fleet (and a scenario) until done or Ctrl-C."""
+    if args.export_register is not None:
+        return _export_register(args)
     if args.export_geojson is not None:
         placement = place_lamps(
             args.lamps, zones=args.zones or None, seed=args.seed, id_prefix=args.id_prefix
@@ -108,6 +116,40 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 130
     print(json.dumps(report, ensure_ascii=False, default=str))
+    return 0
+
+
+def _export_register(args: argparse.Namespace) -> int:
+    """The placement's lamps as a lamp register (one row per pole, synthetic addresses)."""
+    from streetlight import bootstrap
+    from streetlight.lampregister import register_csv
+
+    placement = place_lamps(args.lamps, zones=args.zones or None, seed=args.seed, id_prefix=args.id_prefix)
+    gazetteer = bootstrap.load_gazetteer()
+    rows = []
+    for n, lamp in enumerate(placement.lamps, 1):
+        district, dong = gazetteer.district(lamp.district_code), gazetteer.dong(lamp.dong_code)
+        rows.append(
+            {
+                "lamp_number": lamp.lamp_number,
+                "lamp_count": 1,
+                # Synthetic, like the positions: a street of the neighbourhood and a building number.
+                "address": f"서울특별시 {district.name} {dong.name.rstrip('0123456789')}길 {n}",
+                "lot_address": f"서울특별시 {district.name} {dong.name} {n}",
+                "lat": lamp.lat_deg,
+                "lon": lamp.lon_deg,
+                "management_no": lamp.lamp_id,
+                "year": 2022,
+            }
+        )
+    args.export_register.write_text(
+        register_csv(rows, organisation="서울특별시 (simulated)", date=time.strftime("%Y-%m-%d")),
+        encoding="utf-8",
+    )
+    print(
+        f"{args.export_register}: {len(placement)} lamps as a lamp register (synthetic positions and "
+        f"addresses, seed {args.seed}); import with: streetlight provision --devices FILE"
+    )
     return 0
 
 

@@ -1,0 +1,78 @@
+"""The console in headless Chromium names an SOS's place as the register has it: district,
+neighbourhood, road address and the lamp number on the pole, in Korean and in English; the lamp
+panel shows a provisioned lamp's neighbourhood and address."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devkit.apiclient import PASSWORD, fast_config, resident, seed, serve
+from tests.conftest import skip_unless
+from tests.e2e.cdp import Browser, find_chromium
+from tests.helpers import provision
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+REGISTER = Path(__file__).resolve().parents[1] / "data" / "register" / "junggu_utf8.csv"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    exe = find_chromium()
+    skip_unless(
+        exe is not None, "no chromium on PATH (python3 dev.py test installs Debian's chromium as root)"
+    )
+    assert exe is not None
+    b = Browser(exe, tmp_path / "profile")
+    yield b
+    b.close()
+
+
+def test_the_console_reads_an_sos_place_out_in_korean_and_english(
+    browser: Browser, tmp_path: Path, db_url: str, output_dir: Path
+) -> None:
+    seed(db_url)
+    provision(tmp_path, db_url, REGISTER)
+    with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        browser.viewport(1440, 900)
+        browser.goto(base + "/")
+        browser.evaluate("localStorage.setItem('sl.lang', 'ko'), true")
+        browser.type("#login-user", "op-jung")
+        browser.type("#login-pass", PASSWORD)
+        browser.click("#login-submit")
+        browser.wait_for("document.querySelector('#conn.up') !== null")
+
+        r = c.post("/v1/sos", json={"lat": 37.5610, "lon": 126.9947, "accuracy_m": 8.0}, headers=resident(c))
+        assert r.status_code == 202, r.text
+        alert_id = r.json()["alert_id"]
+        row = f"document.querySelector('[data-alert-id=\"{alert_id}\"] .place')"
+        browser.wait_for(f"{row} !== null")
+        listed = browser.evaluate(f"{row}.textContent")
+        assert listed.startswith("중구 을지로동, 서울특별시 중구 을지로 170 부근, 보안등 중구-을지-0001 (")
+        assert "lamp-" not in listed  # lamp numbers, never device ids
+        banner = browser.evaluate("document.getElementById('sos-banner-place').textContent")
+        assert banner == listed
+
+        browser.click(f'[data-alert-id="{alert_id}"]')
+        browser.wait_for("document.querySelector('#detail[data-state=\"open\"]') !== null")
+        assert browser.evaluate("document.getElementById('detail-place-ko').textContent") == listed
+        english = browser.evaluate("document.getElementById('detail-place-en').textContent")
+        assert english.startswith(
+            "Jung-gu, Euljirodong, near 서울특별시 중구 을지로 170, security light 중구-을지-0001 ("
+        )
+
+        lamp = browser.evaluate(
+            "[...document.querySelectorAll('#map-lamps [data-device-id]')].map((e) => e.dataset.deviceId)"
+            ".find((id) => id.startsWith('lamp-11020-96d18d57c67e'))"
+        )
+        assert lamp == "lamp-11020-96d18d57c67e"
+        browser.click(f'#map-lamps [data-device-id="{lamp}"]')
+        browser.wait_for(f"document.querySelector('#lamp-panel[data-device-id=\"{lamp}\"]') !== null")
+        assert browser.evaluate("document.getElementById('lamp-title').textContent") == "중구-을지-0001"
+        place = browser.evaluate("document.getElementById('lamp-place').textContent")
+        assert place == "을지로동 · 서울특별시 중구 을지로 170"
+        browser.screenshot(output_dir / "console-sos-place.png")
