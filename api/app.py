@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from api.state import AppState
 from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
 from runtime import tuning
+from runtime.logs import get_logger
 from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
@@ -49,7 +49,7 @@ from store.operators import shared_token_secret
 from store.schema import apply_migrations
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 DESCRIPTION = """Smart streetlights for Seoul's alleys: the residents' Safety app (safe walks that
@@ -65,7 +65,7 @@ async def _refresh_lamps(state: AppState) -> None:
         try:
             await run_in_threadpool(_refresh_once, state)
         except psycopg.Error as exc:
-            log.warning("lamp index refresh failed: %s", exc)
+            log.warning("lamp_index_refresh_failed", error=str(exc))
 
 
 def _refresh_once(state: AppState) -> int:
@@ -186,7 +186,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def value_refused(request: Request, exc: psycopg.DataError) -> JSONResponse:
         # A value PostgreSQL (or psycopg's encoder) refuses: a NUL byte, an untranslatable character,
         # a number out of range. The caller's input, so a 4xx; the boundary checks catch most first.
-        log.info("api.value_refused", extra={"path": request.url.path, "error": type(exc).__name__})
+        log.info("value_refused", path=request.url.path, error_type=type(exc).__name__)
         return JSONResponse({"detail": f"a value was refused by the database: {exc}"}, status_code=400)
 
     @app.exception_handler(StoreRejected)
@@ -207,7 +207,7 @@ def create_app(config: ApiConfig) -> FastAPI:
                 conn.execute("SELECT 1")
         except (psycopg.Error, OSError) as exc:
             # Unauthenticated: the error text (host, port, user) goes to the log, not the answer.
-            log.warning("readyz.database_unavailable", extra={"error": str(exc), "type": type(exc).__name__})
+            log.warning("readyz_database_unavailable", error=str(exc), error_type=type(exc).__name__)
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         if not state.hub.ready.is_set():
             return JSONResponse({"status": "stream not listening"}, status_code=503)
@@ -216,7 +216,7 @@ def create_app(config: ApiConfig) -> FastAPI:
             with state.pool.connection(timeout=2.0) as conn:
                 jobs: dict[str, object] = storage_jobs_report(conn)
         except (psycopg.Error, OSError) as exc:
-            log.warning("readyz.storage_jobs_unknown", extra={"error": str(exc), "type": type(exc).__name__})
+            log.warning("readyz_storage_jobs_unknown", error=str(exc), error_type=type(exc).__name__)
             jobs = {"status": "unknown"}
         return JSONResponse(
             {"status": "ready", "lamps": len(state.lamps.snapshot.index), "storage_jobs": jobs}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,12 +22,13 @@ from alerts import alert_from_dict, allowed_actions
 from alerts._errors import AlertError
 from api.metrics import ApiMetrics
 from api.schemas import AlertSummary
+from runtime.logs import get_logger
 from store.alerts import stream_alert_async
 from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL, listening
 from store.operators import OPERATOR_CHANNEL
 from store.types import AsyncConn, Row
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _iso(value: Any) -> Any:
@@ -148,7 +148,7 @@ class StreamHub:
         try:
             note = json.loads(payload)
         except ValueError:
-            log.warning("stream: unreadable notification", extra={"channel": channel})
+            log.warning("stream_notification_unreadable", channel=channel)
             return
         if channel == LAMP_CHANNEL:
             district = str(note.get("district") or "")
@@ -163,7 +163,7 @@ class StreamHub:
         try:
             message = alert_message(row)
         except ValueError as exc:  # a row the summary cannot read: skip it, keep the stream
-            log.warning("stream: unreadable alert alert_id=%s error=%s", alert_id, exc)
+            log.warning("stream_alert_unreadable", alert=alert_id, error=str(exc))
             return
         self._broadcast(message, list(row["district_codes"]), str(row["kind"]))
 
@@ -186,6 +186,6 @@ class StreamHub:
                 self.ready.clear()
                 self._drop_all()
                 delay = random.uniform(0.0, min(30.0, 1.5 ** min(10, attempt)))
-                log.warning("stream: lost the database (%s); retrying in %.1f s", exc, delay)
+                log.warning("stream_database_lost", error=str(exc), retry_in_s=round(delay, 1))
                 attempt += 1
                 await asyncio.sleep(delay)

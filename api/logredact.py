@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 
+from runtime.logs import REDACTED
+
 _SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol", "cookie", "set-cookie"})
 _SECRET_MARKS = ("bearer.", '"token"', "Bearer ")
-REDACTED = "[redacted]"
 # uvicorn's websockets-sansio protocol logs on "uvicorn.error"; the library's own servers log on these.
 SERVER_LOGGERS = ("uvicorn.error", "uvicorn.access", "websockets.server", "websockets.protocol")
 

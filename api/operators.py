@@ -7,7 +7,6 @@ an operator's view answers 404, exactly as an unknown one, so ids leak nothing.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,6 +64,7 @@ from api.state import (
     visible_districts,
     visible_kinds,
 )
+from runtime.logs import get_logger
 from store.alerts import alert_events, alert_track, get_alert, last_event_id, list_alerts
 from store.alertstore import AlertNotFound, change_alert
 from store.operators import (
@@ -82,7 +82,7 @@ from store.operators import (
 )
 from store.types import Conn, Row
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 router = APIRouter(tags=["operators"])
 
 _STATES = ("open", "acknowledged", "dispatched", "resolved", "cancelled")
@@ -155,7 +155,7 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> LoginOut:
                 state.metrics.login_sprays.inc()
                 _audit_login(conn, address, "login.spray_suspected", body.username)
         if spray:
-            log.warning("login.spray_suspected", extra={"address": address})
+            log.warning("login_spray_suspected", address=address)
         if refusal is not None and refusal.throttle is Throttle.ADDRESS:
             _refuse(state, conn, refusal, body.username, address, now)  # a known place: still slowed
         raise HTTPException(401, "wrong username or password")

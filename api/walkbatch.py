@@ -18,13 +18,13 @@ keeping up.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 
+from runtime.logs import get_logger
 from store.types import AsyncPool
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class PositionsBusy(Exception):
@@ -94,7 +94,7 @@ class PositionBatcher:
             raise
         except Exception as exc:
             # The statement is its own transaction: nothing of this batch was stored or notified.
-            log.warning("walk positions not stored count=%d error=%s", len(batch), type(exc).__name__)
+            log.warning("walk_positions_not_stored", count=len(batch), error_type=type(exc).__name__)
             for pending in batch:
                 if not pending.done.done():
                     pending.done.set_exception(exc)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 import orjson
@@ -35,9 +34,10 @@ from api.residents import (
 from api.schemas import WalkPositionIn, describe_errors
 from api.state import AppState
 from api.walkbatch import PositionsBusy
+from runtime.logs import get_logger
 from store.errors import DatabaseUnavailable
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 router = APIRouter(tags=["residents"])
 
 _NORMAL = 1000
@@ -150,7 +150,7 @@ async def _one(
     except (DatabaseUnavailable, PositionsBusy):  # a pool timeout is one too
         return {"seq": seq, "error": "database unavailable, retry", "status": 503, "retry_after": 1.0}, False
     except Exception:  # never a crash of the connection over one message
-        log.exception("walk live: message failed")
+        log.exception("walk_live_message_failed", walk=walk_id, seq=seq)
         return {"seq": seq, "error": "internal error", "status": 500}, False
 
 

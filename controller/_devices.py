@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 from geo import LampIndex
+from runtime.logs import get_logger
 from store.dbthread import DbThread
 from store.reconcile import LampRow, load_devices
 from store.types import Conn
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 
 class Devices:
@@ -30,7 +30,7 @@ class Devices:
         if loaded is None:
             return
         self._loaded, self.index, self._rows = loaded
-        log.debug("lamps loaded count=%d", len(self.index))
+        log.debug("lamps_loaded", count=len(self.index))
 
     def get(self, device_id: str) -> LampRow | None:
         """The device, or None when it is unknown (or has no position)."""

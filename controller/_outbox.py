@@ -8,7 +8,6 @@ Every command is tracked (`controller._commands.CommandTracker`: retried once, t
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -17,10 +16,11 @@ from controller._clock import now_ms
 from controller._commands import Answered, CommandIds, CommandTracker, LampCommand, WrongDevice
 from controller._devices import Devices
 from controller._writes import WriteQueue
+from runtime.logs import get_logger
 from store.commands import AckRow, UnansweredRows
 from store.notes import OVERRIDE_TTL_S, LampNote
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 
 class Outbox:
@@ -94,7 +94,7 @@ class Outbox:
                 mqtt.publish_nowait(device_topic(cmd.district, cmd.device_id, "cmd"), encode(cmd.to_wire()))
             except ConnectionLost as exc:
                 self.stats["publish_failed"] += 1
-                log.warning("command not published cmd_id=%s: %s", cmd.cmd_id, exc)
+                log.warning("command_not_published", cmd_id=cmd.cmd_id, device=cmd.device_id, error=str(exc))
 
     async def _publish(self, mqtt: MqttSession, cmd: LampCommand) -> None:
         try:
@@ -102,7 +102,7 @@ class Outbox:
         except ConnectionLost as exc:
             # Tracked all the same: the retry (or the unanswered state) follows from the tracker.
             self.stats["publish_failed"] += 1
-            log.warning("command not published cmd_id=%s: %s", cmd.cmd_id, exc)
+            log.warning("command_not_published", cmd_id=cmd.cmd_id, device=cmd.device_id, error=str(exc))
 
     def acked(self, device_id: str, ack: Ack, now: int) -> Answered | None:
         """Match an ack from `device_id` and record it; None when it settles nothing of ours
@@ -114,12 +114,12 @@ class Outbox:
             # A device acking a command sent to another lamp: a faked confirmation (issue 15).
             self.stats["acks_wrong_device"] += 1
             log.warning(
-                "ack refused: not from its device cmd_id=%s sender=%s target=%s action=%s source=%s",
-                ack.cmd_id,
-                device_id,
-                answered.command.device_id,
-                answered.command.action,
-                answered.command.source,
+                "ack_refused_wrong_device",
+                cmd_id=ack.cmd_id,
+                device=device_id,
+                target=answered.command.device_id,
+                action=answered.command.action,
+                source=answered.command.source,
             )
             return None
         self.writes.put(AckRow(answered.command.cmd_id, ack.status, ack.effective_level, ack.reason))

@@ -10,7 +10,6 @@ bounded queue by one task, retried with backoff.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
@@ -19,10 +18,11 @@ import httpx
 from alerts import Alert, alert_to_dict, alerts_topic, responsible_centre, route
 from broker import ConnectionLost, MqttSession, backoff_delay_s, encode_alert
 from controller._clock import now_ms
+from runtime.logs import get_logger
 from store.alertstore import load_alert
 from store.dbthread import DbThread
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 # Alerts whose latest change is not yet at (some of) its centres; beyond this the oldest is
 # forgotten and counted (its next change publishes it again; the console has it from the database).
@@ -86,7 +86,7 @@ class AlertPublisher:
             except ConnectionLost as exc:
                 self._stats["alert_publish_failed"] += 1
                 failed.add(centre)
-                log.warning("alert not published alert=%s centre=%s: %s", alert.id, centre, exc)
+                log.warning("alert_not_published", alert=alert.id, centre=centre, error=str(exc))
         self._owe(alert.id, failed, settled=set(centres) - failed)
         return failed
 
@@ -103,7 +103,7 @@ class AlertPublisher:
             while len(self._unpublished) > MAX_UNPUBLISHED:
                 dropped, _ = self._unpublished.popitem(last=False)
                 self._stats["alerts_unpublished_dropped"] += 1
-                log.warning("alert dropped from the re-publish queue (full) alert=%s", dropped)
+                log.warning("alert_dropped_from_republish_queue", alert=dropped, reason="full")
         elif owed is not None and not owed:
             del self._unpublished[alert_id]
 
@@ -157,5 +157,5 @@ class AlertPublisher:
                         break
                     except httpx.HTTPError as exc:
                         self._stats["webhook_failed"] += 1
-                        log.warning("webhook failed alert=%s attempt=%d: %s", alert_id, attempt, exc)
+                        log.warning("webhook_failed", alert=alert_id, attempt=attempt, error=str(exc))
                         await asyncio.sleep(backoff_delay_s(attempt, base_s=1.0, cap_s=10.0))

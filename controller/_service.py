@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -48,11 +47,12 @@ from controller._walks import Walks
 from controller._writes import WriteQueue
 from controller.config import ControllerConfig
 from runtime import tuning
+from runtime.logs import get_logger
 from store.dbthread import DbError, DbThread
 from store.listen import listening
 from store.notes import CHANNELS, AlertNote, LampNote, WalkNote, WalkPositions, decode
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 # QoS 1 commands on their way to the broker at once. paho's default of 20 held the rest back until
 # PUBACKs were read, which a busy event loop does late: at 2,000 walkers the hold refreshes queued
@@ -114,7 +114,7 @@ class Controller:
                     await self._devices.reload(self._db)
                     break
                 except DbError as exc:
-                    log.warning("database not reachable attempt=%d: %s", attempt, exc)
+                    log.warning("database_unreachable", attempt=attempt, error=str(exc))
                     await asyncio.sleep(backoff_delay_s(attempt, base_s=0.5, cap_s=10.0))
                     attempt += 1
             subs = [("sl/v1/+/+/ack", 1), *((f"sl/v1/{d}/+/event", 1) for d in self.cfg.districts)]
@@ -169,7 +169,7 @@ class Controller:
                 raise
             except Exception as exc:
                 self._listening = False
-                log.warning("database listener lost attempt=%d: %s", attempt, exc)
+                log.warning("database_listener_lost", attempt=attempt, error=str(exc))
             await asyncio.sleep(backoff_delay_s(attempt, base_s=0.5, cap_s=10.0))
             attempt += 1
 
@@ -185,7 +185,7 @@ class Controller:
                 await self._outbox.manual(note)
         except Exception as exc:  # BadNote among them
             self.stats["notify_handler_errors"] += 1
-            log.warning("notification dropped channel=%s: %s", channel, exc)
+            log.warning("notification_dropped", channel=channel, error=str(exc))
 
     # ------------------------------------------------------------------ MQTT
 
@@ -201,20 +201,20 @@ class Controller:
                 # Acks and events are never retained (DESIGN.md §3): one from the broker's store
                 # is old news replayed at every (re)subscription, so it is counted and skipped.
                 self.stats["retained_skipped"] += 1
-                log.info("retained message skipped topic=%s", msg.topic)
+                log.info("retained_message_skipped", topic=msg.topic)
                 continue
             try:
                 await self._on_mqtt(msg.topic, msg.payload)
             except Exception as exc:  # one bad message never stops the controller
                 self.stats["mqtt_handler_errors"] += 1
-                log.warning("message dropped topic=%s: %s", msg.topic, exc)
+                log.warning("message_dropped", topic=msg.topic, error=str(exc))
 
     async def _on_mqtt(self, topic: str, payload: bytes) -> None:
         try:
             parsed = parse_device_topic(topic)
         except TopicError as exc:
             self.stats["bad_topic"] += 1
-            log.info("bad topic %s: %s", topic, exc)
+            log.info("bad_topic", topic=topic, error=str(exc))
             return
         now = now_ms()
         try:
@@ -228,7 +228,7 @@ class Controller:
                     await self._walks.on_beacon(parsed.device_id, event.token_hash, event.ts, now)
         except PayloadError as exc:
             self.stats[f"bad_{parsed.channel}"] += 1
-            log.info("refused %s from device=%s: %s", parsed.channel, parsed.device_id, exc)
+            log.info("message_refused", channel=parsed.channel, device=parsed.device_id, error=str(exc))
 
     async def _settled(self, cmd: LampCommand, applied: bool) -> None:
         """A command answered (or given up on): tell the part that sent it."""
@@ -267,7 +267,7 @@ class Controller:
                     raise
                 except Exception as exc:
                     self.stats[f"tick_{name}_errors"] += 1
-                    log.warning("tick step %s failed: %s", name, exc)
+                    log.warning("tick_step_failed", step=name, error=str(exc))
             await asyncio.sleep(self.cfg.tick_s)
 
     async def _renew_leases(self) -> None:
@@ -280,7 +280,12 @@ class Controller:
             return
         limiter.refill(time.monotonic())
         for prefix in limiter.take_new_floods():
-            log.warning("device over its message rate prefix=%s limited_total=%d", prefix, limiter.limited)
+            log.warning(
+                "device_over_message_rate",
+                device=prefix.rsplit("/", 1)[-1],
+                topic=prefix,
+                limited_total=limiter.limited,
+            )
 
     async def _ack_timeouts(self) -> None:
         for cmd in await self._outbox.timeouts():

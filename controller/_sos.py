@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -41,11 +40,12 @@ from controller._outbox import Outbox
 from controller._publications import AlertPublisher
 from controller.config import ControllerConfig
 from geo import load_safety_zones
+from runtime.logs import bound_context, get_logger
 from store.alertstore import active_alerts, change_alert, load_alert
 from store.dbthread import DbThread
 from store.notes import AlertNote
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 
 def blink_source(alert_id: str) -> str:
@@ -88,6 +88,10 @@ class Sos:
 
     async def on_alert(self, alert: Alert) -> None:
         """An alert this controller is responsible for changed (or was found at takeover)."""
+        with bound_context(alert=alert.id):
+            await self._on_alert(alert)
+
+    async def _on_alert(self, alert: Alert) -> None:
         await self._publisher.publish_change(alert)
         if alert.is_active:
             self.alerts[alert.id] = alert
@@ -174,7 +178,7 @@ class Sos:
             done = escalations_done(after) - escalations_done(before)
             self._stats["escalations"] += len(done)
             if done:
-                log.info("alert escalated alert=%s steps=%s", alert_id, ",".join(sorted(done)))
+                log.info("alert_escalated", alert=alert_id, steps=sorted(done))
             await self.on_alert(after)
             if EscalationKind.NOTIFY_CITY in done:
                 await self._publisher.publish(after, [CITY_CENTRE])

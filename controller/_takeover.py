@@ -10,7 +10,6 @@ since anything notified while nobody listened is in the tables).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,10 +19,11 @@ from controller._outbox import Outbox
 from controller._sos import Sos
 from controller._walks import Walks
 from controller.config import ControllerConfig
+from runtime.logs import get_logger
 from store.dbthread import DbThread
 from store.leases import lease_round, release_all
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 
 class Leases:
@@ -71,7 +71,7 @@ class Leases:
                 raise
             got, holders = set(), {}  # cannot renew and the lease has run out: another may act now
             if self.owned:
-                log.warning("leases lost (database unreachable) districts=%s", ",".join(sorted(self.owned)))
+                log.warning("leases_lost", reason="database_unreachable", districts=sorted(self.owned))
         mono = time.monotonic()
         for district in cfg.districts:
             if district in holders:
@@ -81,7 +81,7 @@ class Leases:
         lost = self.owned - got
         new = got - self.owned
         if lost:
-            log.info("districts given up owner=%s districts=%s", cfg.owner, ",".join(sorted(lost)))
+            log.info("districts_given_up", owner=cfg.owner, districts=sorted(lost))
             self._sos.drop(lost)
             self._walks.drop(lost)
             self._outbox.drop(lost)
@@ -89,7 +89,7 @@ class Leases:
         self.owned.difference_update(lost)
         self.owned.update(new)
         if new:
-            log.info("districts taken owner=%s districts=%s", cfg.owner, ",".join(sorted(new)))
+            log.info("districts_taken", owner=cfg.owner, districts=sorted(new))
             if reconcile_new:
                 await self.reconcile(sorted(new))
         self.renewed_once = True

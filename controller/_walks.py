@@ -10,7 +10,6 @@ keyed by the beacon (`geo.lamps_for_beacon`).
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,12 +20,13 @@ from controller._outbox import Outbox
 from controller._positions import Fix, Track, advance
 from controller.config import ControllerConfig
 from geo import BEACON_SENSOR_KIND, beacon_is_fresh, lamps_for_beacon, lamps_for_walker
+from runtime.logs import get_logger
 from store.commands import PositionVerdict
 from store.dbthread import DbThread
 from store.notes import WalkEnded, WalkNote, WalkPositions
 from store.reconcile import active_walks
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 # Expired holds and idle walks are dropped this often.
 HOUSEKEEPING_EVERY_MS = 5_000
@@ -92,7 +92,7 @@ class Walks:
         are counted; the rest of the batch goes on)."""
         if note.unreadable:
             self._stats["notify_handler_errors"] += note.unreadable
-            log.warning("walk positions dropped count=%d", note.unreadable)
+            log.warning("walk_positions_dropped", count=note.unreadable)
         for p in note.positions:
             # A district in the entry: the API placed the position in the service area already.
             district = p.district or self._devices.district_near(p.lat, p.lon)
@@ -123,9 +123,7 @@ class Walks:
             # The reason is counted and stored with the position; the coordinates are not logged.
             self._reasons[verdict.reason.split(":")[0]] += 1
             self._outbox.writes.put(PositionVerdict(walk_id, fix.ts_ms, verdict.accepted, verdict.reason))
-            log.debug(
-                "walk position walk=%s accepted=%s reason=%s", walk_id, verdict.accepted, verdict.reason
-            )
+            log.debug("walk_position", walk=walk_id, accepted=verdict.accepted, reason=verdict.reason)
         if not verdict.accepted:
             self._stats["walk_positions_refused"] += 1
             return 0
@@ -145,7 +143,7 @@ class Walks:
         if device.kind != BEACON_SENSOR_KIND:
             # Only a blinker senses the app's beacon; a lamp's sighting would command its neighbours.
             self._stats["beacon_not_blinker"] += 1
-            log.warning("beacon refused: not a blinker device=%s kind=%s", blinker_id, device.kind)
+            log.warning("beacon_refused_not_a_blinker", device=blinker_id, kind=device.kind)
             return
         if not beacon_is_fresh(ts_ms, now):
             self._reasons["beacon stale"] += 1

@@ -8,16 +8,16 @@ one transaction (`store.commands.write_batch`) in the database thread.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 from datetime import UTC, datetime
 
 from controller._commands import LampCommand
+from runtime.logs import get_logger
 from store.commands import CommandWrite, write_batch
 from store.dbthread import DbThread
 from store.repo import CommandRecord
 
-log = logging.getLogger("controller")
+log = get_logger(__name__)
 
 # Bound of the database write queue; when full, rows are dropped and counted (commands still go).
 WRITE_QUEUE_SIZE = 50_000
@@ -60,7 +60,7 @@ class WriteQueue:
                 await self._db.call(write_batch, items)
             except Exception as exc:
                 self._stats["db_write_failed"] += len(items)
-                log.warning("command rows not written count=%d: %s", len(items), exc)
+                log.warning("command_rows_not_written", count=len(items), error=str(exc))
                 await asyncio.sleep(0.5)
 
 

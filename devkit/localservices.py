@@ -17,7 +17,6 @@ test or a benchmark imports its local services from one place.
 
 from __future__ import annotations
 
-import logging
 import os
 import pwd
 import shutil
@@ -34,6 +33,7 @@ from broker.local import (
     start_embedded_broker,
     start_mosquitto,
 )
+from runtime.logs import get_logger
 from runtime.procs import free_port, reserve_port, tcp_reachable, terminate, wait_port
 from store.embedded import PgService, configured_pg, start_embedded_pg
 
@@ -61,7 +61,7 @@ __all__ = [
     "wait_port",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
@@ -302,7 +302,7 @@ def provide_pg(
         svc = configured_pg(database_url)
         if svc is not None:
             return svc
-        log.warning("DATABASE_URL %s is not reachable; starting a private PostgreSQL", database_url)
+        log.warning("database_unreachable_starting_private_postgres", database=database_url)
     try:
         return start_pg_cluster(workdir / "pg", durable=durable)
     except FileNotFoundError:

@@ -106,7 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     """Print the calls left in the given paths (default: every package); 1 when there are any."""
     args = sys.argv[1:] if argv is None else argv
     paths = [Path(a) for a in args] or [
-        Path(p) for p in ("api", "controller", "ingest", "store", "streetlight", "broker", "firmware_sim")
+        Path(p)
+        for p in (
+            "alerts",
+            "api",
+            "broker",
+            "controller",
+            "devkit",
+            "firmware_sim",
+            "geo",
+            "ingest",
+            "runtime",
+            "store",
+            "streetlight",
+        )
     ]
     calls = prose_calls(paths)
     for call in calls:

@@ -28,7 +28,6 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import uuid
 from datetime import datetime, timedelta
 
@@ -63,6 +62,7 @@ from alerts import (
 )
 from geo.solar import sun_elevation_deg
 from ingest._process import Processed
+from runtime.logs import get_logger
 from store.alertstore import active_alerts, save_alert
 from store.jobs import JobProblem, storage_job_problems
 from store.maintenance import (
@@ -77,7 +77,7 @@ from store.maintenance import (
 )
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _DEVICE_KINDS = [AlertKind.LAMP_FAULT.value, AlertKind.TAMPER.value]
 
@@ -113,11 +113,12 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaN
     for change in changes:
         if change.reason == FAULT_FLOOD_CODE:
             log.warning(
-                "fault_code_flood device=%s open_limit=%d folded_total=%d new_alert=%s",
-                change.alert.source_id,
-                MAX_OPEN_FAULTS_PER_DEVICE,
-                change.alert.count,
-                change.previous is None,
+                "fault_code_flood",
+                device=change.alert.source_id,
+                alert=change.alert.id,
+                open_limit=MAX_OPEN_FAULTS_PER_DEVICE,
+                folded_total=change.alert.count,
+                new_alert=change.previous is None,
             )
         save_alert(conn, _named(change, namer), previous=change.previous)
     return len(changes)
@@ -181,11 +182,8 @@ def raise_daynight_alerts(
         lamps, active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value]), now, sun=sun, policy=policy
     )
     if judged.suspect:
-        log.warning(
-            "day/night: %s in most of %d lamps judged: the sky or the clock, not the lamps; no new alerts",
-            ", ".join(sorted(judged.suspect)),
-            judged.judged,
-        )
+        # The sky or the clock is wrong, not the lamps: no new alerts from this pass.
+        log.warning("daynight_suspect", suspect=sorted(judged.suspect), count=judged.judged)
     changes: list[AlertChange] = []
     for candidate in judged.candidates:
         # Decide again under the device's lock with what is stored now (the batch's fault path may
@@ -210,8 +208,9 @@ def raise_storage_job_alert(conn: Conn, now: datetime) -> list[JobProblem]:
         if changed is not None:
             save_alert(conn, changed, previous=previous)
             log.warning(
-                "storage jobs alert %s: %s",
-                changed.state.value,
-                [p.as_dict() for p in problems],
+                "storage_jobs_alert",
+                alert=changed.id,
+                state=changed.state.value,
+                problems=[p.as_dict() for p in problems],
             )
     return problems

@@ -4,7 +4,6 @@ storage maintenance and its health): run by whichever worker holds the advisory 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -15,10 +14,11 @@ import psycopg
 from alerts import AreaNamer, DayNightPolicy
 from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
 from ingest._metrics import IngestMetrics
+from runtime.logs import get_logger
 from store import run_maintenance
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Arbitrary fixed key ("SLIJ") of the session advisory lock held by the worker running the jobs.
 JOBS_LOCK_KEY: Final = 0x534C494A
@@ -93,18 +93,18 @@ class JobsLeader:
                     row = conn.execute("SELECT pg_try_advisory_lock(%s)", (JOBS_LOCK_KEY,)).fetchone()
                     self.is_leader = bool(row and row[0])
                     if self.is_leader:
-                        log.info("this ingest worker runs the periodic jobs (silent, offline, outages)")
+                        log.info("periodic_jobs_leader", jobs=["silent", "offline", "outages"])
                 if self.is_leader:
                     counts = self.run_once(conn)
                     self.runs += 1
                     if any(counts.values()):
-                        log.info("maintenance alerts: %s", counts)
+                        log.info("maintenance_alerts", **counts)
                     if time.monotonic() - last_daynight >= self.daynight_every_s:
                         last_daynight = time.monotonic()
                         policy = DayNightPolicy(stale_after_s=self.silent_after_s)
                         log.info(
-                            "day/night alerts: %s",
-                            raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, namer=self.namer),
+                            "daynight_alerts",
+                            **raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, namer=self.namer),
                         )
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
@@ -115,12 +115,12 @@ class JobsLeader:
                             if not conn.closed:
                                 self.check_storage_jobs(conn)
             except psycopg.Error as exc:
-                log.warning("periodic jobs: database error (%s); retrying", exc)
+                log.warning("periodic_jobs_database_error", error=str(exc))
                 if conn is not None:
                     conn.close()
                 conn = None
             except Exception:
-                log.exception("periodic jobs failed; retrying next interval")
+                log.exception("periodic_jobs_failed")
             self._stop.wait(self.interval_s)
         if conn is not None:
             conn.close()

@@ -12,13 +12,13 @@ acknowledged yet is written again and dropped by the time series' dedup key.
 
 from __future__ import annotations
 
-import logging
 from typing import Final
 
+from runtime.logs import get_logger
 from store.errors import StoreUnavailable
 from store.leases import LeaseConnection
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 LEASE_PREFIX: Final = "ingest/"
 # Time to live of the lease: a dead holder is replaced within it (plus a third of it at most).
@@ -45,7 +45,7 @@ class ConsumerLease:
         try:
             return self._link.acquire(self.key, self.owner, self.ttl_s)
         except StoreUnavailable as exc:
-            log.warning("ingest_lease_unconfirmed key=%s owner=%s error=%s", self.key, self.owner, exc)
+            log.warning("ingest_lease_unconfirmed", key=self.key, owner=self.owner, error=str(exc))
             return None
 
     def release(self) -> None:
@@ -53,7 +53,7 @@ class ConsumerLease:
         try:
             self._link.release(self.key, self.owner)
         except StoreUnavailable as exc:
-            log.warning("ingest_lease_not_released key=%s owner=%s error=%s", self.key, self.owner, exc)
+            log.warning("ingest_lease_not_released", key=self.key, owner=self.owner, error=str(exc))
         finally:
             self.close()
 

@@ -6,15 +6,15 @@ old value is fine for a scrape), so the hot path pays no lock per message.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from runtime.logs import get_logger
 from runtime.status import check, serve_status
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Batch latency buckets (seconds) around the 200 ms flush delay.
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -215,5 +215,5 @@ def serve_metrics(metrics: IngestMetrics, host: str, port: int) -> ThreadingHTTP
         port,
         name="ingest-metrics",
     )
-    log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
+    log.info("metrics_serving", url=f"http://{host}:{server.server_address[1]}/metrics")
     return server

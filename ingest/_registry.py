@@ -7,7 +7,6 @@ the ``devices`` table, and every ingest instance that shares the database shares
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker import INGEST_GROUP
+from runtime.logs import get_logger
 from store.errors import StoreUnavailable
 from store.registry import (
     ProvisionedDevice,
@@ -23,7 +23,7 @@ from store.registry import (
     shared_secret_at,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The group's secret part; 128 random bits in store_meta, never in a file, an argument or a log.
 SHARE_GROUP_KEY: Final = "ingest_share_group"
@@ -115,9 +115,7 @@ class DatabaseRegistry:
                 self.load()
             self._loaded_at = self._clock()
             if bool(self._devices) != was:
-                log.info(
-                    "registry_check state=%s devices=%d", "on" if self._devices else "off", len(self._devices)
-                )
+                log.info("registry_check", state="on" if self._devices else "off", count=len(self._devices))
         return bool(self._devices)
 
     def lookup(self, device_id: str) -> RegisteredDevice | None:
@@ -133,6 +131,6 @@ class DatabaseRegistry:
                 # interval, misses or not, so this thread does not stall on connects.
                 self._loaded_at = self._clock()
                 self._failing = True
-                log.warning("registry_refresh_failed devices=%d error=%s", len(self._devices), exc)
+                log.warning("registry_refresh_failed", count=len(self._devices), error=str(exc))
         d = self._devices.get(device_id)
         return None if d is None else RegisteredDevice(d.device_id, d.district_code, d.revoked)

@@ -11,7 +11,6 @@ decode and write path as live traffic and the dedup key absorbs anything written
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import struct
 import zlib
@@ -20,8 +19,9 @@ from pathlib import Path
 from typing import Final
 
 from ingest._process import RawMessage
+from runtime.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _MAGIC: Final = 0x534C5350  # "SLSP"
 _HEAD = struct.Struct("!IIII")  # magic, count, body bytes, crc32 of body
@@ -110,7 +110,7 @@ class Spool:
         for end, _batch in self._records():
             good = end
         if good < self._size:
-            log.warning("spool %s: cutting %d bytes of a torn last record", self.path, self._size - good)
+            log.warning("spool_torn_tail_cut", path=str(self.path), bytes=self._size - good)
             os.ftruncate(self._fd, good)
             os.fsync(self._fd)
             self._size = good
@@ -126,9 +126,8 @@ class Spool:
                 magic, count, length, crc = _HEAD.unpack(head)
                 body = f.read(length)
                 if magic != _MAGIC or len(body) < length or zlib.crc32(body) != crc:
-                    log.warning(
-                        "spool %s: torn record at byte %d ignored (never acknowledged)", self.path, offset
-                    )
+                    # Never acknowledged: the broker delivers its messages again.
+                    log.warning("spool_torn_record_ignored", path=str(self.path), offset=offset)
                     return
                 offset += _HEAD.size + length
                 yield offset, _decode_body(body, count)

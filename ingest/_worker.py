@@ -22,7 +22,6 @@ dropping what it has not committed: the next holder gets it again) when another 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -55,11 +54,12 @@ from ingest._registry import redact_group
 from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
+from runtime.logs import bind_context, bound_context, get_logger
 from store import StoreUnavailable
 from store.types import Conn
 from store.writer import close_quietly, connect
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Item = tuple[str, bytes, int, int, int]  # topic, payload, qos, mid, connection generation
 
@@ -164,25 +164,28 @@ class IngestWorker:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            log.warning("ingest worker %d: connect refused: %s", self.config.index, reason)
+            log.warning("ingest_connect_refused", worker=self.config.index, reason=str(reason))
             return
         self._generation += 1
         retired = [f for f in self.config.retired_filters if f not in self.config.filters]
         if retired:
             client.unsubscribe(retired)
         client.subscribe([(f, self.config.qos) for f in self.config.filters])
+        # paho's thread: the worker is a key of each event, not bound context.
         log.info(
-            "ingest worker %d connected (session present: %s), subscribed to %s%s",
-            self.config.index,
-            getattr(flags, "session_present", "?"),
-            ", ".join(redact_group(f) for f in self.config.filters),
-            f"; unsubscribed {len(retired)} filters of a retired share group" if retired else "",
+            "ingest_connected",
+            worker=self.config.index,
+            session_present=getattr(flags, "session_present", None),
+            filters=[redact_group(f) for f in self.config.filters],
+            retired_filters=len(retired),  # of a retired share group, unsubscribed
         )
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
         if refused:
-            log.error("ingest worker %d: subscription refused: %s", self.config.index, refused)
+            log.error(
+                "ingest_subscription_refused", worker=self.config.index, reasons=[str(r) for r in refused]
+            )
             return
         self.metrics.subscribed = True
         self._connected.set()
@@ -191,9 +194,8 @@ class IngestWorker:
         self._connected.clear()
         self.metrics.subscribed = False
         if not self._stop.is_set():
-            log.warning(
-                "ingest worker %d: broker connection lost (%s); paho reconnects", self.config.index, reason
-            )
+            # paho reconnects.
+            log.warning("ingest_connection_lost", worker=self.config.index, reason=str(reason))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         # The packets paho handles itself (one split across reads, or without the publish handler).
@@ -222,7 +224,7 @@ class IngestWorker:
         # store is an old message replayed at every (re)subscription (a retained ``tamper``
         # would raise its alert again after every reconnect): counted, logged, never stored.
         self.metrics.retained_ignored += 1
-        log.warning("retained message ignored topic=%s worker=%d", topic, self.config.index)
+        log.warning("retained_message_ignored", topic=topic, worker=self.config.index)
         if qos:
             self._refused_acks.append((mid, self._generation))
 
@@ -230,6 +232,10 @@ class IngestWorker:
 
     def run(self) -> None:
         """Connect and work until :meth:`stop`; flushes what was received before returning."""
+        with bound_context(worker=self.config.index):
+            self._run()
+
+    def _run(self) -> None:
         flusher = threading.Thread(
             target=self._flush_loop, name=f"ingest-flush-{self.config.index}", daemon=True
         )
@@ -257,12 +263,7 @@ class IngestWorker:
                 break
             except OSError as exc:
                 delay = backoff_delay_s(attempt, cap_s=10.0)
-                log.warning(
-                    "ingest worker %d: broker unreachable (%s); retry in %.1f s",
-                    self.config.index,
-                    exc,
-                    delay,
-                )
+                log.warning("broker_unreachable", error=str(exc), retry_in_s=round(delay, 1))
                 attempt += 1
                 self._stop.wait(delay)
         self.client.loop_start()
@@ -274,10 +275,7 @@ class IngestWorker:
             # Unacked QoS 1 messages were dropped (spool full): a new connection makes the
             # broker send them again, now that there is room.
             self._reconnect_wanted = False
-            log.warning(
-                "ingest worker %d: reconnecting to get unacknowledged messages again",
-                self.config.index,
-            )
+            log.warning("reconnecting_for_redelivery")
             self.client.disconnect()
             self._loop_stop()
             self.client.reconnect()
@@ -297,7 +295,7 @@ class IngestWorker:
                 if held:
                     confirmed_at = now
                 if held and not active:
-                    log.info("ingest_lease_taken key=%s owner=%s: consuming", lease.key, lease.owner)
+                    log.info("ingest_lease_taken", key=lease.key, owner=lease.owner, consuming=True)
                     self.client.connect_async(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
                     self.client.loop_start()
                     active = True
@@ -326,7 +324,7 @@ class IngestWorker:
         self.client._reset_sockets(sockpair_only=True)
 
     def _step_down(self, lease: ConsumerLease, why: str) -> None:
-        log.warning("ingest_lease_lost key=%s owner=%s why=%s: standing by", lease.key, lease.owner, why)
+        log.warning("ingest_lease_lost", key=lease.key, owner=lease.owner, why=why, standing_by=True)
         self.client.disconnect()
         self._loop_stop()
         self._connected.clear()
@@ -375,6 +373,7 @@ class IngestWorker:
         return True
 
     def _flush_loop(self) -> None:
+        bind_context(worker=self.config.index)  # the flusher's own thread
         while True:
             try:
                 if not self._wait_batch():
@@ -386,7 +385,7 @@ class IngestWorker:
             except Exception:
                 # Never let the flusher die: a bug here would stop all acks. Items of the failed
                 # batch stay unacked; the broker redelivers them after a reconnect.
-                log.exception("ingest worker %d: batch failed unexpectedly", self.config.index)
+                log.exception("batch_failed")
                 self._unacked_dropped = True
                 self._request_redelivery()
                 time.sleep(1.0)
@@ -443,11 +442,11 @@ class IngestWorker:
         m.stale_states += result.stale_states
         for d in batch.dead:
             m.dead_letters[d.kind] += 1
-            log.info("dead letter topic=%s reason=%s", d.topic, d.reason)
+            log.info("dead_letter", topic=d.topic, reason=d.reason)
         for f in batch.flags:
             m.flags[f.flag] += 1
             log.warning(
-                "flagged device_id=%s district=%s flag=%s %s", f.device_id, f.district_code, f.flag, f.detail
+                "device_flagged", device=f.device_id, district=f.district_code, flag=f.flag, detail=f.detail
             )
         m.seq_gaps += batch.event_seq_gaps
         m.seq_repeats += batch.event_seq_repeats
@@ -459,7 +458,10 @@ class IngestWorker:
         if limiter is not None:
             for prefix in floods:
                 log.warning(
-                    "device over its message rate prefix=%s limited_total=%d", prefix, limiter.limited
+                    "device_over_message_rate",
+                    device=prefix.rsplit("/", 1)[-1],
+                    topic=prefix,
+                    limited_total=limiter.limited,
                 )
         m.births += len(batch.births)
         m.states += len(batch.states)
@@ -501,12 +503,7 @@ class IngestWorker:
     def _db_down(self, exc: Exception) -> None:
         m = self.metrics
         if m.db_up:
-            log.error(
-                "ingest worker %d: database unreachable, spooling to %s: %s",
-                self.config.index,
-                self.spool.path,
-                exc,
-            )
+            log.error("database_unreachable_spooling", spool=str(self.spool.path), error=str(exc))
         m.db_up = False
         m.db_failures += 1
         self._db_failures += 1
@@ -520,15 +517,13 @@ class IngestWorker:
             self.spool.append(messages)
         except SpoolFull as exc:
             m.dropped += len(items)
-            log.error("ingest worker %d: %s; %d messages not stored", self.config.index, exc, len(items))
+            log.error("messages_not_stored", count=len(items), error=str(exc))
             if any(q for _t, _p, q, _mid, _g in items):
                 self._unacked_dropped = True
             return
         except OSError as exc:
             m.dropped += len(items)
-            log.error(
-                "ingest worker %d: cannot write the spool %s: %s", self.config.index, self.spool.path, exc
-            )
+            log.error("spool_not_written", spool=str(self.spool.path), count=len(items), error=str(exc))
             self._unacked_dropped = True
             return
         m.spooled += len(items)
@@ -563,11 +558,7 @@ class IngestWorker:
         except StoreUnavailable as exc:
             self._db_down(exc)
             return
-        log.info(
-            "ingest worker %d: spool replayed (%d messages so far), database back",
-            self.config.index,
-            m.replayed,
-        )
+        log.info("spool_replayed", count=m.replayed, database="back")
         self.spool.clear()
         self._replayed_from_spool = 0
         m.spool_bytes = 0

@@ -8,7 +8,6 @@ the batch is written.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 from alerts import Locator
 from ingest._process import DeadLetter, Processed, RawMessage, SenderCheck
 from ingest._registration import judge_birth
+from runtime.logs import get_logger
 from store import (
     StateUpdate,
     StoreRejected,
@@ -31,7 +31,7 @@ from store.repo import device_registrations, existing_event_keys, register_devic
 from store.types import Conn
 from store.writer import Kind, batch_transaction, savepoint
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 FaultHook = Callable[[Conn, Processed, datetime], object]
 """Runs inside the batch transaction (in a savepoint) to raise maintenance alerts."""
@@ -62,7 +62,7 @@ def _write_isolating(
         return write_rows(conn, kind, rows, direct=True), []
     except StoreRejected as exc:
         if len(rows) == 1:
-            log.warning("%s row refused by the database: %s", kind, exc)
+            log.warning("row_refused", kind=kind, error=str(exc))
             return 0, src
     mid = len(rows) // 2
     n1, bad1 = _write_isolating(conn, kind, rows[:mid], src[:mid])
@@ -98,12 +98,8 @@ def write_batch(
                 conn, device_id, online=state.state == "online", bdseq=state.bdseq, at=_ms(state.ts, now)
             ):
                 stale += 1
-                log.info(
-                    "stale_state device_id=%s state=%s bdseq=%d: older than the current connection",
-                    device_id,
-                    state.state,
-                    state.bdseq,
-                )
+                # Older than the device's current connection.
+                log.info("stale_state", device=device_id, state=state.state, bdseq=state.bdseq)
         # Before the state merge: the hook compares reported faults with the stored ones.
         if on_faults is not None and (batch.fault_events or _has_faults(batch)):
             try:
@@ -113,7 +109,7 @@ def write_batch(
                 raise
             except Exception:
                 # Alerts are derived data: a bug there must not cost the telemetry its commit.
-                log.exception("fault alerts for a batch failed; rows are stored")
+                log.exception("fault_alerts_failed", rows_stored=True)
         if batch.devices:
             update_device_states(conn, [_state_update(d) for d in batch.devices.values()])
         if batch.dead:
@@ -135,7 +131,7 @@ def _drop_redelivered_faults(conn: Conn, batch: Processed) -> None:
         if seq is not None:
             key = (dev, ts, seq)
             if key in stored or key in seen:
-                log.info("redelivered fault event ignored device_id=%s ts=%d seq=%d", dev, ts, seq)
+                log.info("redelivered_fault_event_ignored", device=dev, ts=ts, seq=seq)
                 continue
             seen.add(key)
         kept.append(fault)

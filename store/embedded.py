@@ -4,7 +4,6 @@ second ``up`` resumes; or the configured server, checked to answer first."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -13,7 +12,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-log = logging.getLogger(__name__)
+from runtime.logs import get_logger
+
+log = get_logger(__name__)
 
 __all__ = ["PgService", "configured_pg", "start_embedded", "start_embedded_pg"]
 
@@ -59,7 +60,7 @@ def start_embedded_pg(datadir: Path) -> PgService:
         except (subprocess.TimeoutExpired, subprocess.CalledProcessError) as exc:
             if attempt == 2:
                 raise
-            log.warning("embedded PostgreSQL slow to start (%s); asking again", type(exc).__name__)
+            log.warning("embedded_postgres_slow_to_start", error_type=type(exc).__name__, attempt=attempt)
     return PgService("embedded", server.get_uri(), datadir, _server=server)
 
 

@@ -14,7 +14,6 @@ caller that writes batches of its own in one transaction each (ingest's worker) 
 from __future__ import annotations
 
 import contextlib
-import logging
 import operator
 import random
 import struct
@@ -31,11 +30,12 @@ from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from runtime.logs import get_logger
 from store.errors import BufferFull, StoreRejected, StoreUnavailable
 from store.schema import LATE_AFTER
 from store.types import Conn
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Kind = Literal["telemetry", "events"]
 
@@ -178,7 +178,7 @@ def _write_direct(conn: Conn, rows: Sequence[tuple[Any, ...]]) -> bool:
         raise
     except (psycopg.Error, TypeError, ValueError, OverflowError, struct.error) as exc:
         # A duplicate (the usual case) or anything else: the staging path sorts it out.
-        log.debug("direct telemetry COPY fell back to the staging table: %s", exc)
+        log.debug("direct_copy_fell_back_to_staging", kind="telemetry", error=str(exc))
         return False
 
 
@@ -449,7 +449,7 @@ class BatchWriter:
             return write_rows(conn, self.kind, batch.rows), Batch([], [])
         except StoreRejected as exc:
             if len(batch.rows) == 1:
-                log.error("%s row refused: %s", self.kind, exc)
+                log.error("row_refused", kind=self.kind, error=str(exc))
                 return 0, batch
         mid = len(batch.rows) // 2
         n1, bad1 = self._write_isolating(conn, Batch(batch.rows[:mid], batch.tags[:mid]))
@@ -464,7 +464,7 @@ class BatchWriter:
         try:
             return callback(*args)
         except Exception:
-            log.exception("%s callback of the %s writer failed", name, self.kind)
+            log.exception("writer_callback_failed", callback=name, kind=self.kind)
             return None
 
     def _drop_connection(self) -> None:
@@ -539,7 +539,7 @@ class BatchWriter:
                 self.failures += 1
                 taken = bool(self._call("on_failed", batch, exc))
                 if self.on_failed is None:
-                    log.warning("batch of %d %s rows not written: %s", len(batch.rows), self.kind, exc)
+                    log.warning("rows_not_written", count=len(batch.rows), kind=self.kind, error=str(exc))
                 with self._cond:
                     if not taken:
                         self._put_back(batch)

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import logging
 import multiprocessing
 import os
 import random
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime import logs
+from runtime.logs import get_logger
 from streetlight.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from geo import Gazetteer
     from ingest import Locator, SenderCheckFn, WorkerConfig
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CheckResult = tuple[str | None, str | None, str]
 
@@ -162,10 +162,16 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def api_worker_main(
-    config: ApiConfig, sock: socket.socket, options: dict[str, Any], log_level: str, log_format: str | None
+    config: ApiConfig,
+    sock: socket.socket,
+    options: dict[str, Any],
+    log_level: str,
+    log_format: str | None,
+    index: int = 0,
 ) -> None:
     """The entry of one API worker process: logging, the gazetteer, then uvicorn on the shared socket."""
     logs.configure(log_level, log_format)
+    logs.bind_context(worker=index)  # every line of this process, its requests' too
     if config.gazetteer is None:
         config = dataclasses.replace(config, gazetteer=load_gazetteer())
     _run_uvicorn(config, options, sock=sock)
@@ -180,12 +186,12 @@ def _supervise_api_workers(
     def start(i: int) -> None:
         proc = ctx.Process(
             target=api_worker_main,
-            args=(config, sock, options, settings.log_level, settings.log_format),
+            args=(config, sock, options, settings.log_level, settings.log_format, i),
             name=f"api-worker-{i}",
         )
         proc.start()
         children[i] = proc
-        log.info("api worker %d started (pid %s)", i, proc.pid)
+        log.info("api_worker_started", worker=i, pid=proc.pid)
 
     stopping = False
 
@@ -202,7 +208,7 @@ def _supervise_api_workers(
             time.sleep(0.5)
             for i, proc in list(children.items()):
                 if not proc.is_alive() and not stopping:
-                    log.warning("api worker %d exited with status %s; restarting", i, proc.exitcode)
+                    log.warning("api_worker_exited", worker=i, status=proc.exitcode, restarting=True)
                     time.sleep(1.0)
                     start(i)
     finally:
@@ -291,7 +297,7 @@ def run_controller(config: ControllerConfig, *, metrics_host: str, metrics_port:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        log.info("controller started owner=%s candidates=%d", config.owner, len(config.districts))
+        log.info("controller_started", owner=config.owner, candidates=len(config.districts))
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -376,7 +382,8 @@ def ingest_sender_check(database_url: str, options: IngestOptions) -> SenderChec
     from ingest import DatabaseRegistry, file_registry_lookup, sender_checker
 
     if options.registry_check == "off":
-        log.warning("registry_check state=off: messages from ids nobody provisioned are stored")
+        # Messages from ids nobody provisioned are stored.
+        log.warning("registry_check", state="off", reason="disabled")
         return None
     if options.registry_file is not None:
         return sender_checker(file_registry_lookup(options.registry_file))
@@ -384,15 +391,17 @@ def ingest_sender_check(database_url: str, options: IngestOptions) -> SenderChec
     provisioned = registry.load()
     check = sender_checker(registry.lookup)
     if options.registry_check == "on":
-        log.info("registry_check state=on source=database devices=%d", provisioned)
+        log.info("registry_check", state="on", source="database", count=provisioned)
         return check
     if provisioned == 0:
         log.warning(
-            "registry_check state=off reason=no_provisioned_devices "
-            "hint='streetlight provision --database-url' turns it on (re-read every 30 s)"
+            "registry_check",
+            state="off",
+            reason="no_provisioned_devices",
+            hint="streetlight provision --database-url turns it on (re-read every 30 s)",
         )
     else:
-        log.info("registry_check state=on source=database devices=%d", provisioned)
+        log.info("registry_check", state="on", source="database", count=provisioned)
 
     def check_once_provisioned(device_id: str, district: str, payload: bytes) -> CheckResult:
         return check(device_id, district, payload) if registry.active() else (None, None, "")
@@ -455,6 +464,7 @@ def run_ingest_worker(
     IngestRefused when its spool is held by another worker."""
     from ingest import ConsumerLease, IngestWorker, JobsLeader, SpoolLocked, raise_fault_alerts, serve_metrics
 
+    logs.bind_context(worker=options.index)  # the worker process's main thread (its own threads bind too)
     grouped = not config.shared and bool(options.group)
     own_id = config.mqtt.username or f"{options.client_id_prefix}-{options.index}"
     try:
@@ -495,7 +505,7 @@ def run_ingest_worker(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    log.info("ingest worker %d: spool %s", options.index, config.spool_path)
+    log.info("ingest_worker_starting", spool=str(config.spool_path))
     try:
         worker.run()
     finally:
@@ -503,7 +513,7 @@ def run_ingest_worker(
             leader.stop()
         if server is not None:
             server.shutdown()
-    log.info("ingest worker %d stopped: %s", options.index, worker.metrics.snapshot())
+    log.info("ingest_worker_stopped", metrics=worker.metrics.snapshot())
 
 
 def _gazetteer_or_none() -> Gazetteer | None:
@@ -512,5 +522,5 @@ def _gazetteer_or_none() -> Gazetteer | None:
     try:
         return load_gazetteer()
     except Exception as exc:  # optional: alerts still work on district codes
-        log.warning("gazetteer not available (%s); outages grouped by district, places by code", exc)
+        log.warning("gazetteer_unavailable", error=str(exc), outages_grouped_by="district", places_by="code")
         return None

@@ -7,7 +7,6 @@ jittered backoff; Ctrl-C (SIGINT) or SIGTERM stops the children in reverse order
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import signal
@@ -17,9 +16,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from runtime.logs import get_logger
 from runtime.procs import terminate
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 BACKOFF_CAP_S = 30.0
 
@@ -52,7 +52,7 @@ class Supervisor:
     def _start(self, child: Child) -> None:
         child.proc = subprocess.Popen(child.argv, env=self._env)
         child.started_at = time.monotonic()
-        log.info("started %s (pid %d)", child.name, child.proc.pid)
+        log.info("service_started", service=child.name, pid=child.proc.pid)
 
     def start_all(self) -> None:
         """Start every registered service not started yet."""
@@ -67,7 +67,7 @@ class Supervisor:
             if child.proc is not None:
                 rc = terminate(child.proc)
                 child.proc = None  # stopping again is a no-op
-                log.info("stopped %s (status %d)", child.name, rc)
+                log.info("service_stopped", service=child.name, status=rc)
 
     def watch_once(self, now: float) -> None:
         """Restart services that died, with a capped jittered backoff."""
@@ -82,7 +82,10 @@ class Supervisor:
                 delay = random.uniform(0, min(BACKOFF_CAP_S, 0.5 * 1.5 ** min(10, child.restarts)))
                 child.next_start = now + delay
                 log.warning(
-                    "%s exited with status %s; restarting in %.1f s", child.name, child.proc.returncode, delay
+                    "service_exited",
+                    service=child.name,
+                    status=child.proc.returncode,
+                    restart_in_s=round(delay, 1),
                 )
             elif now >= child.next_start:
                 child.restarts += 1

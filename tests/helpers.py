@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,26 @@ def wait_for(cond: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def log_events(path: Path, event: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+    """The JSON log lines (runtime/logs.py) a process wrote to ``path``: every one, or those of
+    ``event`` whose keys have the values in ``fields``. Lines that are not JSON are skipped."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a process still writing
+        if not isinstance(entry, dict):
+            continue
+        if event is None or (
+            entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items())
+        ):
+            found.append(entry)
+    return found
 
 
 def count(db: str, sql: str, *params: object) -> int:

@@ -717,7 +717,7 @@ def burst(
         "burst_achieved_per_s": round(burst_sent / burst_s, 0),
         **check.as_dict(),
         "ingest_dropped_counted": int(m.get("ingest_dropped_total", 0)),
-        "dropped_log_lines": log_text.count("messages not stored"),
+        "dropped_log_lines": log_text.count("messages_not_stored"),  # the event, JSON or console
         "ingest_rss_kib": {p: peak(1, p) for p in ("sustained", "burst", "after")},
         "broker_rss_kib": {p: peak(2, p) for p in ("sustained", "burst", "after")},
         "seconds": round(time.monotonic() - t0, 1),

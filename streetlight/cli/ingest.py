@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runtime.logs import bind_context, get_logger
 from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from broker import ConnectionParams
 
 HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
-log = logging.getLogger("streetlight.ingest")
+log = get_logger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -114,10 +114,10 @@ def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
         # the username) would hand it that worker's persistent session, and a clean-session probe
         # would wipe what is queued there, a resumed one would take the queued QoS 0 messages.
         why = "a broker with accounts (Mosquitto or EMQX as provisioned); not probed"
-        log.info("subscription_mode mode=shared why=%r", why)
+        log.info("subscription_mode", mode="shared", why=why)
         return True
     shared, why = probe_shared_subscriptions(params)
-    log.info("subscription_mode mode=%s why=%s", "shared" if shared else "plain", why)
+    log.info("subscription_mode", mode="shared" if shared else "plain", why=why)
     return shared
 
 
@@ -132,7 +132,7 @@ def _refuse_ignored_share(params: ConnectionParams) -> None:
     if params.username is not None:
         # Not checked with an account, for the reason _decide_shared does not probe: the check's
         # logins would take over this worker's session where the broker binds client ids to users.
-        log.info("subscription_mode mode=shared why='forced; a broker with accounts, not checked'")
+        log.info("subscription_mode", mode="shared", why="forced; a broker with accounts, not checked")
         return
     why = shared_subscriptions_ignored(params)
     if why is not None:
@@ -170,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
         params = bootstrap.ingest_params(settings, mqtt_url, 0, workers, args.mqtt_password_file)
         shared = _decide_shared(args, params)
     except SharedSubscriptionsIgnored as exc:
-        log.error("ingest_refused reason=shared_subscriptions_ignored detail=%s", exc)
+        log.error("ingest_refused", reason="shared_subscriptions_ignored", detail=str(exc))
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
     if not shared and workers > 1:
-        log.warning("the broker cannot share a subscription: running 1 worker instead of %d", workers)
+        log.warning("shared_subscription_unavailable", workers_asked=workers, workers=1)
         workers = 1
     if workers == 1:
         return _run_worker(args, settings, mqtt_url, database_url, 0, shared=shared)
@@ -219,6 +219,7 @@ def _run_worker(
     from broker import MqttUrlError
     from store import StoreError
 
+    bind_context(worker=index)  # every line of this worker process
     # A child of the supervisor (--index) is one of several workers, each with its own account.
     workers = args.workers if args.index is not None and args.workers else 1
     options = _options(args, index, shared=shared)
@@ -235,7 +236,7 @@ def _run_worker(
     try:
         bootstrap.run_ingest_worker(settings, config, options, check)
     except bootstrap.IngestRefused as exc:
-        log.error("%s", exc)
+        log.error("ingest_refused", reason="spool_locked", detail=str(exc))
         return 2
     return 0
 
@@ -260,7 +261,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
                 *argv_tail,
             ]
         )
-        log.info("ingest worker %d started (pid %d)", i, children[i].pid)
+        log.info("ingest_worker_started", worker=i, pid=children[i].pid)
 
     stopping = False
 
@@ -276,7 +277,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
         time.sleep(0.5)
         for i, proc in list(children.items()):
             if proc.poll() is not None and not stopping:
-                log.warning("ingest worker %d exited with status %s; restarting", i, proc.returncode)
+                log.warning("ingest_worker_exited", worker=i, status=proc.returncode, restarting=True)
                 time.sleep(1.0)
                 start(i)
     for proc in children.values():

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from broker.local import MqttService, provide_mqtt
+from runtime.logs import get_logger
 from runtime.procs import free_port, reserve_port
 from store.embedded import PgService, configured_pg, start_embedded_pg
 from streetlight import bootstrap
@@ -20,6 +21,8 @@ from streetlight.supervisor import Supervisor, child_env
 
 if TYPE_CHECKING:
     from streetlight.story import Story
+
+log = get_logger(__name__)
 
 HELP = "Run the whole system: broker and database (embedded when not configured), services, simulator."
 
@@ -88,7 +91,7 @@ def _wait_ready(url: str, *, timeout_s: float) -> bool:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    logging.getLogger(__name__).warning("%s not ready after %.0f s; going on", url, timeout_s)
+    log.warning("not_ready_going_on", url=url, timeout_s=timeout_s)
     return False
 
 

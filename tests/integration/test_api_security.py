@@ -675,4 +675,7 @@ def test_readyz_names_no_database_host_or_user_when_the_database_fails(
             m.setattr(ConnectionPool, "connection", unreachable)  # the fault: the database is gone
             r = c.get("/readyz")
     assert r.status_code == 503 and r.json() == {"status": "database unavailable"}
-    assert any(getattr(rec, "error", "") == secret for rec in caplog.records)  # the detail is logged
+    logged = [rec.msg for rec in caplog.records if isinstance(rec.msg, dict)]
+    assert any(  # the detail is logged, as the event's error
+        e["event"] == "readyz_database_unavailable" and e["error"] == secret for e in logged
+    )

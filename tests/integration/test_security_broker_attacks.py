@@ -34,7 +34,7 @@ from firmware_sim.fleet import LAMP_MODEL, Endpoint, Fleet
 from store import migrate
 from streetlight.cli import main as cli_main
 from tests.conftest import skip_unless
-from tests.helpers import count, wait_for
+from tests.helpers import count, log_events, wait_for
 from tests.integration.test_security_mosquitto import MOSQUITTO, RUN_AS, _start
 
 pytestmark = pytest.mark.integration
@@ -273,7 +273,7 @@ def ingest_process(env: dict[str, str], log: Path, *args: str) -> Iterator[Inges
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--max-delay-ms", "50", *args],
-            env=env,
+            env=env | {"STREETLIGHT_LOG_FORMAT": "json"},  # the tests read the events' keys
             cwd=ROOT,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -307,7 +307,7 @@ def test_provisioned_ingest_shares_its_subscription_and_six_devices_in_its_group
     with ingest_process(env, tmp_path / "ingest.log", "--workers", "2") as ingest:
         wait_for(lambda: "as ingest@0 " in d.log.read_text() and "as ingest@1 " in d.log.read_text(), 30)
         log = ingest.log.read_text()
-        assert "subscription_mode mode=shared" in log, log
+        assert log_events(ingest.log, "subscription_mode", mode="shared"), log
         # Six lamps join every group a device could name for ingest's telemetry.
         attackers = [
             sub(d, f"lamp-{i}", f"$share/{group}/sl/v1/+/+/telemetry")
@@ -337,11 +337,12 @@ def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_device
     secret = "SELECT value FROM store_meta WHERE key = 'ingest_share_group'"
     migrate(db_url)
     with ingest_process(env, tmp_path / "first.log") as first:
-        wait_for(lambda: "connected (session present" in first.log.read_text(), 30)
+        wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)
         with psycopg.connect(db_url, autocommit=True) as conn:
             leaked = str((conn.execute(secret).fetchone() or ("",))[0])
         assert leaked and leaked not in first.log.read_text()
-        assert "$share/ingest-…/sl/v1/+/+/telemetry" in first.log.read_text()
+        connected = log_events(first.log, "ingest_connected")[0]
+        assert "$share/ingest-…/sl/v1/+/+/telemetry" in connected["filters"]
     # Say the name leaked all the same (a backup of the database, an old log): three lamps join it.
     thieves = [sub(d, f"lamp-{i}", f"$share/ingest-{leaked}/sl/v1/+/+/telemetry") for i in (1, 2, 3)]
     try:
@@ -352,7 +353,8 @@ def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_device
         assert rotated and rotated != leaked
         # Restarted, ingest's persistent session still holds the old group's subscriptions: dropped.
         with ingest_process(env, tmp_path / "second.log") as again:
-            wait_for(lambda: "retired share group" in again.log.read_text(), 30)
+            # Connected, it unsubscribed the filters of the retired group.
+            wait_for(lambda: any(e["retired_filters"] for e in log_events(again.log, "ingest_connected")), 30)
             time.sleep(0.5)  # the SUBACK
             n, ts = 40, int(time.time() * 1000)
             pub(d, "lamp-0", "sl/v1/11230/lamp-0/telemetry", [LAMP % (ts + i, i) for i in range(n)])
@@ -378,7 +380,7 @@ def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_do
     migrate(db_url)
     ts = int(time.time() * 1000)
     with ingest_process(env, tmp_path / "first.log") as first:
-        wait_for(lambda: "connected (session present" in first.log.read_text(), 30)
+        wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)
         time.sleep(0.5)  # the SUBACK
         pub(d, "lamp-7", "sl/v1/11230/lamp-7/telemetry", [LAMP % (ts, 0)])
         wait_for(lambda: count(db_url, rows) == 1, 30)
@@ -387,7 +389,7 @@ def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_do
     with ingest_process(env, tmp_path / "second.log") as again:
         with contextlib.suppress(AssertionError):
             wait_for(lambda: count(db_url, rows) == n + 1, 30)
-        assert "subscription_mode mode=shared" in again.log.read_text()
+        assert log_events(again.log, "subscription_mode", mode="shared"), again.log.read_text()
     assert count(db_url, rows) == n + 1, "messages queued for the stopped worker were lost"
 
 
@@ -411,7 +413,7 @@ def test_the_deployed_ingest_refuses_a_ghost_device_with_no_registry_flag(
     )
     env = dict(os.environ, MQTT_URL=mqtt_service.url, DATABASE_URL=db_url, STREETLIGHT_DATA_DIR=str(tmp_path))
     with ingest_process(env, tmp_path / "ingest.log") as ingest:
-        wait_for(lambda: "registry_check state=on" in ingest.log.read_text(), 30)
+        wait_for(lambda: bool(log_events(ingest.log, "registry_check", state="on")), 30)
         time.sleep(1.0)
         ts = int(time.time() * 1000)
         assert PUB is not None

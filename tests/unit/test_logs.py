@@ -260,15 +260,31 @@ def test_the_redaction_leaves_ordinary_events_alone() -> None:
     assert logs.redact(None, "info", dict(event)) == event
 
 
-# The packages (or modules) whose log calls are structured events; one joins once converted.
-CONVERTED = ("broker", "firmware_sim", "geo", "alerts", "runtime", "store/schema.py", "store/jobs.py")
+# The packages whose log calls are structured events: every one.
+CONVERTED = (
+    "alerts",
+    "api",
+    "broker",
+    "controller",
+    "devkit",
+    "firmware_sim",
+    "geo",
+    "ingest",
+    "runtime",
+    "store",
+    "streetlight",
+)
+# Temporary exclusion: being moved by the store split of issue 19 (another branch); they join once
+# it is merged.
+NOT_YET = ("store/repo.py", "store/alertstore.py")
 
 
 def test_the_converted_packages_log_events_not_sentences() -> None:
     from devkit.logcalls import prose_calls
     from tests.conftest import ROOT
 
-    left = [str(call) for call in prose_calls(ROOT / package for package in CONVERTED)]
+    calls = prose_calls(ROOT / package for package in CONVERTED)
+    left = [str(call) for call in calls if call.path.relative_to(ROOT).as_posix() not in NOT_YET]
     assert left == [], "log events are snake_case names with keys (runtime/logs.py):\n" + "\n".join(left)
 
 
