@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
 import os
@@ -423,7 +424,10 @@ def run_ingest_worker(
             if grouped and options.group
             else None
         )
-        worker = IngestWorker(config, check_sender=check, on_faults=raise_fault_alerts, lease=lease)
+        # One locator for the fault path (a power loss inside an outage) and the offline pass.
+        locate = _locator_or_none()
+        on_faults = functools.partial(raise_fault_alerts, locate=locate)
+        worker = IngestWorker(config, check_sender=check, on_faults=on_faults, lease=lease)
     except SpoolLocked as exc:
         raise IngestRefused(f"ingest worker {options.index}: {exc}") from exc
     server = (
@@ -436,7 +440,7 @@ def run_ingest_worker(
         leader = JobsLeader(
             config.database_url,
             silent_after_s=settings.telemetry_interval_s * settings.silent_after_intervals,
-            locate=_locator_or_none(),
+            locate=locate,
             metrics=worker.metrics,
         ).start()
 
