@@ -179,9 +179,9 @@ def device_group(
 
 
 def outage_of(outages: Iterable[Alert], device_id: str, group: str) -> Alert | None:
-    """The active mass outage a device belongs to: the one listing it, else the one of its group
-    (neighbourhood; a blinker on the same poles, a lamp not dark yet)."""
-    active = [a for a in outages if a.kind is AlertKind.MASS_OUTAGE and a.is_active]
+    """The mass outage among ``outages`` a device belongs to: the one listing it, else the one of its
+    group (neighbourhood; a blinker on the same poles, a lamp not dark yet)."""
+    active = [a for a in outages if a.kind is AlertKind.MASS_OUTAGE]
     listed = next((a for a in active if device_id in a.device_ids), None)
     return listed if listed is not None else next((a for a in active if a.source_id == group), None)
 
@@ -276,8 +276,9 @@ def plan_fault_alerts(
                 if record is not None
                 else ""
             )
-        return outage_of(outages, report.device_id, group) is not None
+        return outage_of(live_outages, report.device_id, group) is not None
 
+    live_outages = [a for a in outages if a.is_active]
     reports = [r for r in reports if not in_outage(r)]
     returning = [d for d in dict.fromkeys(back) if (r := devices.get(d)) is not None and r.kind == "lamp"]
     state = {
@@ -408,7 +409,8 @@ def plan_offline_alerts(
     into it (cancelled as superseded, reason ``power_loss_folded``). When an outage resolves, each
     device of it in ``faulty`` (online, ``power_loss`` still in its reported faults) without an
     active ``power_loss`` alert gets one (``power_loss_after_outage``). ``locate`` groups devices
-    whose row has no dong code (`device_group`).
+    whose row has no dong code (`device_group`). A lamp of an outage that ends while it is still
+    dark gets its ``device_offline`` alert in that pass, without waiting ``grace_s`` again.
     """
     at = require_aware(now, "now")
     changes: list[AlertChange] = []
@@ -487,9 +489,12 @@ def plan_offline_alerts(
             folded = cancel(loss, at, "system", CancelReason.SUPERSEDED, superseded_by=outage.id)
             changes.append(AlertChange(folded, loss, "power_loss_folded"))
     in_outages = {d for a in outages for d in a.device_ids}
+    left_dark = {d for a in ended for d in a.device_ids}  # the outage was their grace
     for item in dark:
         report, device = item.report, item.device
-        if report.device_id in covered or (at - report.at).total_seconds() < grace_s:
+        if report.device_id in covered:
+            continue
+        if (at - report.at).total_seconds() < grace_s and report.device_id not in left_dark:
             continue
         if covering_outage(outages, report.dong_code) is not None and report.device_id in in_outages:
             continue

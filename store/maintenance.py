@@ -60,13 +60,15 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
 
 
 def powered_with_fault(conn: Conn, code: str) -> list[DeviceRecord]:
-    """The online devices whose latest telemetry reports the fault ``code`` (e.g. a blinker still
-    on battery, ``power_loss``), with where they are."""
+    """The online devices whose latest telemetry, sent on their current connection, reports the
+    fault ``code`` (e.g. a blinker still on battery, ``power_loss``), with where they are. A lamp
+    just back whose last telemetry is from before its reconnection is not among them."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, s.faults "
             "FROM device_state s JOIN devices d ON d.device_id = s.device_id "
-            "WHERE s.online AND %s = ANY(s.faults) ORDER BY d.device_id",
+            "WHERE s.online AND %s = ANY(s.faults) AND s.last_seen >= s.state_changed_at "
+            "ORDER BY d.device_id",
             (code,),
         ).fetchall()
     return [
