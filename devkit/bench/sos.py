@@ -17,7 +17,7 @@ starts, in the same run. The background's real rate is what ingest stored during
 (``background_stored_msgs_s``, from its /metrics), not only what was asked.
 
 ``--outage N``: the loaded phase is a power cut instead of telemetry: N lamps and N blinkers of
-one district (Dongdaemun-gu, 11230, on a grid; registered before the run) go dark at once as they
+one district (Dongdaemun-gu, 11060, on a grid; registered before the run) go dark at once as they
 would over MQTT (each lamp's last-gasp ``power_loss`` event and its will, each blinker's
 ``power_loss`` event), and the SOS are raised while ingest and its offline pass (every 15 s) take
 it in. Reported besides the SOS latency: the maintenance alerts the console holds at the end of
@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-OUTAGE_DISTRICT = "11230"
+OUTAGE_DISTRICT = "11060"  # Dongdaemun-gu in the gazetteer
 
 
 def _outage_poles(n: int) -> list[tuple[str, str, float, float]]:
@@ -85,7 +85,7 @@ def _outage_poles(n: int) -> list[tuple[str, str, float, float]]:
     lat0, lat1, lon0, lon1 = 37.555, 37.607, 127.020, 127.080
     poles: list[tuple[str, str, float, float]] = []
     side = 10
-    while len(poles) < n and side < 400:
+    while len(poles) < n and side < 200:
         poles = []
         for i in range(side * side):
             lat = lat0 + (lat1 - lat0) * (i // side + 0.5) / side
