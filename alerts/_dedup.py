@@ -9,8 +9,8 @@
   device's one ``tamper`` alert ``fault_code_flood`` (its count says how many codes were folded),
   so a device naming ever new codes cannot bury the console.
 - Many lamps of one neighbourhood going offline within 2 minutes (issue #4) become one
-  `mass_outage` alert listing them; the device_offline alerts it covers are cancelled as
-  superseded.
+  `mass_outage` alert listing them, its ``count`` the number of its lamps; the device_offline
+  alerts it covers are cancelled as superseded.
 """
 
 from __future__ import annotations
@@ -300,7 +300,8 @@ def merge_mass_outage(
     now: datetime,
     new_alert_id: str,
 ) -> tuple[Alert, bool]:
-    """Add a cluster's lamps to the neighbourhood's active mass outage, or open one; True if new."""
+    """Add a cluster's lamps to the neighbourhood's active mass outage, or open one; True if new.
+    The outage's ``count`` is the number of lamps it lists."""
     at = require_aware(now, "now")
     existing = covering_outage(active_alerts, cluster.dong_code)
     if existing is not None:
@@ -310,7 +311,8 @@ def merge_mass_outage(
         event = Event(
             at=at, actor="system", action=EventAction.LAMPS_ADDED, note=f"{len(added)} more lamps offline"
         )
-        return with_event(existing, event, device_ids=tuple(sorted((*existing.device_ids, *added)))), False
+        lamps = tuple(sorted((*existing.device_ids, *added)))
+        return with_event(existing, event, device_ids=lamps, count=len(lamps)), False
     created = new_alert(
         alert_id=new_alert_id,
         kind=AlertKind.MASS_OUTAGE,
@@ -320,7 +322,7 @@ def merge_mass_outage(
         note=f"{len(cluster.device_ids)} lamps offline since {cluster.first_at.isoformat()}",
         device_ids=cluster.device_ids,
     )
-    return created, True
+    return replace(created, count=len(cluster.device_ids)), True
 
 
 def suppress_covered(active_alerts: Iterable[Alert], outage: Alert, now: datetime) -> tuple[Alert, ...]:

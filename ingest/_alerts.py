@@ -10,9 +10,12 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
   one active alert for that code (count + 1). ``fault_cleared`` resolves it. A device has at most
   8 open ``lamp_fault`` alerts and 8 from its ``tamper`` events (``alerts.merge_device_fault``):
   further new codes are folded into its one ``tamper`` alert ``fault_code_flood``, counted, logged.
+  A ``power_loss`` of a device inside an active mass outage raises nothing (the outage is its
+  alert); a lamp that connects again (birth or ``online``) resolves its open ``power_loss`` alert.
 * Offline (periodic, one worker): devices offline by their will, or silent for longer than
   ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
-  mass-outage alert (and supersedes the single ones it covers), the rest one alert each. The same
+  mass-outage alert (its count the number of its lamps; it supersedes the single ones and folds
+  in the ``power_loss`` alerts of the devices it covers), the rest one alert each. The same
   pass resolves what came back (``alerts.resolve_recovered``): a device_offline alert when its
   device is online again (state ``online`` of a newer connection) or, for a silent device, reports
   again; a mass outage when 80 % of its lamps are back.
@@ -39,6 +42,7 @@ from alerts import (
     MAX_OPEN_FAULTS_PER_DEVICE,
     OFFLINE_COUNTS,
     OUTAGE_RESTORED_FRACTION,
+    POWER_LOSS,
     Alert,
     AlertChange,
     AlertKind,
@@ -74,6 +78,7 @@ from store.maintenance import (
     lamp_snapshots,
     lamps_per_dong,
     lock_decisions,
+    powered_with_fault,
 )
 from store.types import Conn
 
@@ -99,17 +104,56 @@ def _save(conn: Conn, changes: list[AlertChange], namer: AreaNamer | None = None
         save_alert(conn, _named(change, namer), previous=change.previous)
 
 
-def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaNamer | None = None) -> int:
-    """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes."""
+def comebacks(batch: Processed) -> list[str]:
+    """The devices a batch says are connected again: a birth or an ``online`` state."""
+    back = [device_id for _district, device_id, _birth in batch.births]
+    back += [device_id for device_id, state in batch.states if state.state == "online"]
+    return list(dict.fromkeys(back))
+
+
+def raise_fault_alerts(
+    conn: Conn,
+    batch: Processed,
+    now: datetime,
+    namer: AreaNamer | None = None,
+    *,
+    locate: Locator | None = None,
+) -> int:
+    """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes.
+
+    A ``power_loss`` inside an active mass outage raises nothing (``locate`` groups devices without a
+    dong code); a lamp connected again resolves its open ``power_loss`` alert."""
     events = [(device_id, ev_type, code) for device_id, ev_type, code, _ts, _seq in batch.fault_events]
     telemetry = {d.device_id: d.faults for d in batch.devices.values() if d.faults}
-    devices = device_records(conn, sorted({e[0] for e in events} | telemetry.keys()))
+    back_ids = comebacks(batch)
+    # Only the returning devices with an open power_loss alert are read and locked.
+    losses = (
+        {a.source_id for a in active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value], fault_code=POWER_LOSS)}
+        if back_ids
+        else set()
+    )
+    back = [d for d in back_ids if d in losses]
+    devices = device_records(conn, sorted({e[0] for e in events} | telemetry.keys() | set(back)))
     reports = fault_reports(events, telemetry, {d: r.faults for d, r in devices.items()})
-    reporting = sorted({r.device_id for r in reports})
+    reporting = sorted({r.device_id for r in reports} | set(back))
     for device_id in reporting:  # in one order, so two workers' batches cannot wait on each other
         lock_decisions(conn, device_id)
     active = {d: active_alerts(conn, kinds=_DEVICE_KINDS, source_id=d) for d in reporting}
-    changes = plan_fault_alerts(reports, active, devices, now=now, new_alert_id=new_alert_id)
+    outages = (
+        active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value])
+        if any(r.code == POWER_LOSS and not r.cleared for r in reports)
+        else []
+    )
+    changes = plan_fault_alerts(
+        reports,
+        active,
+        devices,
+        now=now,
+        new_alert_id=new_alert_id,
+        outages=outages,
+        back=back,
+        locate=locate,
+    )
     for change in changes:
         if change.reason == FAULT_FLOOD_CODE:
             log.warning(
@@ -144,11 +188,12 @@ def raise_offline_alerts(
     restored_fraction: float = OUTAGE_RESTORED_FRACTION,
     namer: AreaNamer | None = None,
 ) -> dict[str, int]:
-    """One periodic pass: what came back is resolved, then mass outages, then single device_offline
-    alerts after ``grace_s``."""
+    """One periodic pass: what came back is resolved, then mass outages (their devices' power_loss
+    alerts folded into them), then single device_offline alerts after ``grace_s``."""
     with decisions(conn, OFFLINE_PASS_LOCK):
         dark = offline_reports(conn, now, silent_after_s=silent_after_s, locate=locate)
         open_alerts = active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value, AlertKind.DEVICE_OFFLINE.value])
+        outages = any(a.kind is AlertKind.MASS_OUTAGE for a in open_alerts)
         changes = plan_offline_alerts(
             dark,
             open_alerts,
@@ -158,6 +203,9 @@ def raise_offline_alerts(
             grace_s=grace_s,
             policy=policy,
             restored_fraction=restored_fraction,
+            power_losses=active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value], fault_code=POWER_LOSS),
+            faulty=powered_with_fault(conn, POWER_LOSS) if outages else (),
+            locate=locate,
         )
         _save(conn, changes, namer)
     return count_changes(changes, OFFLINE_COUNTS)

@@ -101,7 +101,7 @@ def write_batch(
                 # Older than the device's current connection.
                 log.info("stale_state", device=device_id, state=state.state, bdseq=state.bdseq)
         # Before the state merge: the hook compares reported faults with the stored ones.
-        if on_faults is not None and (batch.fault_events or _has_faults(batch)):
+        if on_faults is not None and (batch.fault_events or _has_faults(batch) or _reconnects(batch)):
             try:
                 with savepoint(conn, rows=batch.rows):
                     on_faults(conn, batch, now)
@@ -201,6 +201,11 @@ def _apply_births(conn: Conn, batch: Processed, now: datetime, locate: Locator |
 
 def _has_faults(batch: Processed) -> bool:
     return any(d.faults for d in batch.devices.values())
+
+
+def _reconnects(batch: Processed) -> bool:
+    # A lamp connected again clears its power loss (ingest/_alerts.py).
+    return bool(batch.births) or any(state.state == "online" for _d, state in batch.states)
 
 
 def _state_update(d: Any) -> StateUpdate:

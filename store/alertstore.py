@@ -144,6 +144,7 @@ def active_alerts(
     districts: Sequence[str] | None = None,
     kinds: Iterable[str] | None = None,
     source_id: str | None = None,
+    fault_code: str | None = None,
 ) -> list[Alert]:
     """Active alerts (`alerts.ACTIVE_STATES`), oldest first, optionally filtered."""
     active, states = active_clause()
@@ -153,6 +154,7 @@ def active_alerts(
         .overlaps("district_codes", districts)
         .any_of("kind", kinds)
         .equals("data->>'source_id'", source_id)
+        .equals("data->>'fault_code'", fault_code)
     )
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(

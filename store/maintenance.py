@@ -61,6 +61,32 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
     }
 
 
+def powered_with_fault(conn: Conn, code: str) -> list[DeviceRecord]:
+    """The online devices whose latest telemetry, sent on their current connection, reports the
+    fault ``code`` (e.g. a blinker still on battery, ``power_loss``), with where they are. A lamp
+    just back whose last telemetry is from before its reconnection is not among them."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, s.faults "
+            "FROM device_state s JOIN devices d ON d.device_id = s.device_id "
+            "WHERE s.online AND %s = ANY(s.faults) AND s.last_seen >= s.state_changed_at "
+            "ORDER BY d.device_id",
+            (code,),
+        ).fetchall()
+    return [
+        DeviceRecord(
+            device_id=r["device_id"],
+            kind=r["kind"],
+            district_code=r["district_code"],
+            dong_code=r["dong_code"] or "",
+            lat=r["lat"],
+            lon=r["lon"],
+            faults=frozenset(r["faults"] or ()),
+        )
+        for r in rows
+    ]
+
+
 def dark_candidates(conn: Conn, *, silent_since: datetime) -> list[DeviceLiveness]:
     """Devices offline by their will, or online but not heard from (message or reconnection)
     since ``silent_since``."""

@@ -182,8 +182,10 @@ function renderList() {
   const ul = $("alert-list");
   if (!ul) return;
   const order = { open: 0, acknowledged: 1, dispatched: 2, resolved: 3, cancelled: 4 };
-  // Within a state, a suspected burst goes below the others: a real SOS is never buried under a flood.
-  const items = [...S.alerts.values()].sort((a, b) => (order[a.state] - order[b.state]) || (!!a.suspected_burst - !!b.suspected_burst) || (b.created_at > a.created_at ? 1 : -1));
+  // An active SOS is on top of every maintenance alert (an outage, a fault); within a state, a
+  // suspected burst goes below the others: a real SOS is never buried under a flood.
+  const sosFirst = (a) => (a.kind === "sos" && order[a.state] < 3 ? 0 : 1);
+  const items = [...S.alerts.values()].sort((a, b) => (sosFirst(a) - sosFirst(b)) || (order[a.state] - order[b.state]) || (!!a.suspected_burst - !!b.suspected_burst) || (b.created_at > a.created_at ? 1 : -1));
   ul.replaceChildren(...items.map((a) => {
     const li = document.createElement("li");
     li.dataset.alertId = a.id; li.dataset.state = a.state; li.dataset.kind = a.kind;

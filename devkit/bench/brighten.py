@@ -268,6 +268,7 @@ def services(
     ingest_metrics_port: int | None = None,
     extra_env: dict[str, str] | None = None,
     durable: bool = False,
+    ingest_jobs: bool = False,
 ) -> Iterator[Services]:
     """PostgreSQL, Mosquitto, the API and (optionally) the controller and ingest, each a process.
 
@@ -327,7 +328,9 @@ def services(
                 stderr=_log(tmp, "controller"),
             )
         if ingest_metrics_port is not None:
-            ingest_flags = ["--no-migrate", "--no-jobs", "--metrics-port", str(ingest_metrics_port)]
+            ingest_flags = ["--no-migrate", "--metrics-port", str(ingest_metrics_port)]
+            if not ingest_jobs:  # the periodic passes (offline, mass outages) only when asked
+                ingest_flags.insert(1, "--no-jobs")
             # The background stream comes from 500 lamp ids at up to 20 msg/s each, far over one
             # device's message rate: without this, ingest would refuse most of it as floods.
             ingest_flags += ["--device-rate", "0"]

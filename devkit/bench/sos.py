@@ -15,6 +15,16 @@ samples count as 0 ms and are reported in ``before_answer``. ``lost``: a 202 who
 appeared on the stream within 5 s of the end. ``idle``: the same SOS run before the background
 starts, in the same run. The background's real rate is what ingest stored during the phase
 (``background_stored_msgs_s``, from its /metrics), not only what was asked.
+
+``--outage N``: the loaded phase is a power cut instead of telemetry: N lamps and N blinkers of
+one district (Dongdaemun-gu, 11060, on a grid; registered before the run) go dark at once as they
+would over MQTT (each lamp's last-gasp ``power_loss`` event and its will, each blinker's
+``power_loss`` event), and the SOS are raised while ingest and its offline pass (every 15 s) take
+it in. Reported besides the SOS latency: the maintenance alerts the console holds at the end of
+the cut (``outage_alerts``: one per neighbourhood in outage, their lamp counts; ``power_loss_open``
+beside them), the stream messages of the phase, and after the lamps come back (birth and
+``online``, the blinkers' ``fault_cleared``) and one more offline pass, what is still open
+(``open_after_restore``).
 """
 
 from __future__ import annotations
@@ -56,6 +66,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between SOS (default 0.1)")
     parser.add_argument("--api-workers", type=int, default=2, help="streetlight api --workers (default 2)")
+    parser.add_argument(
+        "--outage",
+        type=int,
+        default=0,
+        help="loaded phase: cut N lamps (+N blinkers) of one district at once instead of telemetry",
+    )
+
+
+OUTAGE_DISTRICT = "11060"  # Dongdaemun-gu in the gazetteer
+
+
+def _outage_poles(n: int) -> list[tuple[str, str, float, float]]:
+    """N poles (lamp id, blinker id, lat, lon) on a grid over the outage district."""
+    from geo import Gazetteer
+
+    gaz = Gazetteer.load()
+    lat0, lat1, lon0, lon1 = 37.555, 37.607, 127.020, 127.080
+    poles: list[tuple[str, str, float, float]] = []
+    side = 10
+    while len(poles) < n and side < 200:
+        poles = []
+        for i in range(side * side):
+            lat = lat0 + (lat1 - lat0) * (i // side + 0.5) / side
+            lon = lon0 + (lon1 - lon0) * (i % side + 0.5) / side
+            if gaz.locate(lat, lon).district_code == OUTAGE_DISTRICT:
+                k = len(poles)
+                poles.append((f"bout-l{k:05d}", f"bout-b{k:05d}", lat, lon))
+                if len(poles) == n:
+                    break
+        side += 5
+    return poles
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -68,6 +109,81 @@ def _metrics(port: int) -> dict[str, float]:
             name = name_labels.split("{")[0]
             values[name] = values.get(name, 0.0) + float(value)
     return values
+
+
+def _prepare_outage(db_url: str, n: int) -> None:
+    """The outage district's lamps and blinkers, registered and online (connection 1)."""
+    from store.devices import set_connectivity
+    from store.repo import upsert_device
+
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
+        for lamp, blinker, lat, lon in _outage_poles(n):
+            for device_id, kind in ((lamp, "lamp"), (blinker, "blinker")):
+                upsert_device(conn, device_id, kind=kind, district_code=OUTAGE_DISTRICT, lat=lat, lon=lon)
+                set_connectivity(conn, device_id, online=True, bdseq=1)
+
+
+def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """Publish (QoS 1) and wait until the broker has them all."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-outage-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(60)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _cut_messages(n: int) -> list[tuple[str, bytes]]:
+    now_ms = int(time.time() * 1000)
+    out: list[tuple[str, bytes]] = []
+    for lamp, blinker, _lat, _lon in _outage_poles(n):
+        for device_id in (lamp, blinker):
+            event = {"ts": now_ms, "seq": 1, "type": "power_loss"}
+            out.append((f"sl/v1/{OUTAGE_DISTRICT}/{device_id}/event", orjson.dumps(event)))
+        will = {"state": "offline", "bdseq": 1, "ts": now_ms}
+        out.append((f"sl/v1/{OUTAGE_DISTRICT}/{lamp}/state", orjson.dumps(will)))
+    return out
+
+
+def _restore_messages(n: int) -> list[tuple[str, bytes]]:
+    now_ms = int(time.time() * 1000)
+    out: list[tuple[str, bytes]] = []
+    for lamp, blinker, lat, lon in _outage_poles(n):
+        birth = {"kind": "lamp", "firmware": "1", "model": "SL-LED-40", "lat": lat, "lon": lon, "bdseq": 2}
+        out.append((f"sl/v1/{OUTAGE_DISTRICT}/{lamp}/birth", orjson.dumps(birth)))
+        out.append((f"sl/v1/{OUTAGE_DISTRICT}/{lamp}/state", orjson.dumps({"state": "online", "bdseq": 2})))
+        cleared = {"ts": now_ms, "seq": 2, "type": "fault_cleared", "code": "power_loss"}
+        out.append((f"sl/v1/{OUTAGE_DISTRICT}/{blinker}/event", orjson.dumps(cleared)))
+    return out
+
+
+def _maintenance_open(db_url: str) -> dict[str, Any]:
+    from alerts import AlertKind
+    from store.alertstore import active_alerts
+
+    kinds = [k.value for k in AlertKind if k is not AlertKind.SOS]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        found = active_alerts(conn, kinds=kinds, districts=[OUTAGE_DISTRICT])
+    by_kind: dict[str, int] = {}
+    for a in found:
+        by_kind[a.kind.value] = by_kind.get(a.kind.value, 0) + 1
+    outages = [a for a in found if a.kind is AlertKind.MASS_OUTAGE]
+    return {
+        "alerts": len(found),
+        "by_kind": by_kind,
+        "outage_alerts": len(outages),
+        "outage_lamps": sum(a.count for a in outages),
+        "power_loss_open": sum(1 for a in found if a.fault_code == "power_loss"),
+    }
 
 
 def _prepare(db_url: str) -> None:
@@ -190,6 +306,8 @@ async def _measure(args: argparse.Namespace, svc: Any, metrics_port: int, tmp: P
         idle = await _sos_phase(http, console, args.sos, args.interval)
         say(f"idle: {json.dumps({k: idle[k] for k in ('p50_ms', 'p99_ms', 'lost')})}")
         out: dict[str, Any] = {"idle": idle}
+        if args.outage:
+            return await _outage_phase(args, svc, http, console, out)
         rate = args.background_msgs_s
         pub: subprocess.Popen[bytes] | None = None
         try:
@@ -238,6 +356,33 @@ async def _measure(args: argparse.Namespace, svc: Any, metrics_port: int, tmp: P
         await http.close()
 
 
+async def _outage_phase(
+    args: argparse.Namespace, svc: Any, http: LeanHttp, console: Console, out: dict[str, Any]
+) -> dict[str, Any]:
+    """The loaded phase as a district's power cut; then the restore."""
+    port = int(svc.mqtt_url.rsplit(":", 1)[1])
+    messages_before = console.messages
+    say(f"outage phase: {args.outage} lamps and {args.outage} blinkers of {OUTAGE_DISTRICT} cut at once")
+    meter = CpuMeter(dict(svc.pids))
+    meter.start()
+    t0 = time.perf_counter()
+    cut = asyncio.create_task(asyncio.to_thread(_publish, port, _cut_messages(args.outage)))
+    loaded = await _sos_phase(http, console, args.sos, args.interval)
+    await cut
+    out["cut_published_s"] = round(time.perf_counter() - t0, 2)
+    out["cpu_cores"] = meter.stop()
+    out["loaded"] = loaded
+    say(f"outage: {json.dumps({k: loaded[k] for k in ('p50_ms', 'p99_ms', 'lost')})}")
+    await asyncio.sleep(16.0)  # at least one offline pass after the last will
+    out["during_cut"] = await asyncio.to_thread(_maintenance_open, svc.db_url)
+    out["stream_messages_cut"] = console.messages - messages_before
+    await asyncio.to_thread(_publish, port, _restore_messages(args.outage))
+    await asyncio.sleep(32.0)  # two offline passes
+    out["open_after_restore"] = await asyncio.to_thread(_maintenance_open, svc.db_url)
+    out["stream_messages"] = console.messages
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start everything, measure SOS alone, then with the background telemetry; stop everything."""
     from devkit.localservices import free_port
@@ -247,18 +392,59 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sos-") as tmp_name:
         tmp = Path(tmp_name)
         env = {"STREETLIGHT_ESCALATE_AFTER_S": "3600", "STREETLIGHT_POLICE_AFTER_S": "7200"}
+
+        def prepare(db_url: str) -> None:
+            _prepare(db_url)
+            if args.outage:
+                _prepare_outage(db_url, args.outage)
+
         with services(
             tmp,
             api_workers=args.api_workers,
-            prepare=_prepare,
+            prepare=prepare,
             ingest_metrics_port=metrics_port,
             extra_env=env,
+            ingest_jobs=bool(args.outage),
         ) as svc:
             measured = asyncio.run(_measure(args, svc, metrics_port, tmp))
             kinds = svc.kinds
     idle, loaded = measured["idle"], measured["loaded"]
     lost = idle["lost"] + loaded["lost"]
     p99, idle99 = loaded["p99_ms"], idle["p99_ms"]
+    if args.outage:
+        during, after = measured["during_cut"], measured["open_after_restore"]
+        return {
+            "bench": "sos-outage",
+            "sos": loaded["sos"],
+            "p50_ms": loaded["p50_ms"],
+            "p99_ms": p99,
+            "idle_p50_ms": idle["p50_ms"],
+            "idle_p99_ms": idle99,
+            "lost": loaded["lost"],
+            "idle_lost": idle["lost"],
+            "outage_lamps": args.outage,
+            "outage_blinkers": args.outage,
+            "cut_published_s": measured["cut_published_s"],
+            "during_cut": during,
+            "stream_messages_cut": measured["stream_messages_cut"],
+            "open_after_restore": after,
+            "p95_ms": loaded["p95_ms"],
+            "max_ms": loaded["max_ms"],
+            "http_p99_ms": loaded["http_p99_ms"],
+            "statuses": loaded["statuses"],
+            "interval_s": args.interval,
+            "cpu_count": os.cpu_count(),
+            "cpu_cores_during_load": measured.get("cpu_cores"),
+            "target": "p99 during the cut within 2x idle p99 (and <= 100 ms); one alert per neighbourhood",
+            "met": lost == 0
+            and p99 is not None
+            and idle99 is not None
+            and p99 <= max(100.0, 2 * idle99)
+            and during["power_loss_open"] == 0
+            and during["outage_lamps"] == args.outage
+            and after["alerts"] == 0,
+            "ok": lost == 0,
+        }
     return {
         "bench": "sos",
         "sos": loaded["sos"],

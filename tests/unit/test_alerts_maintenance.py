@@ -341,3 +341,125 @@ def test_any_two_passes_account_for_every_dark_device_once_and_a_third_changes_n
             assert d.report.device_id in set(singles) | in_outages
     again = plan_offline_alerts(second, live, per_dong, now=later, new_alert_id=ids("r"), policy=policy)
     assert again == []
+
+
+# -- power cuts: one alert per outage
+
+
+def loss_alert(device_id: str, dong: str = DONG, alert_id: str | None = None) -> Alert:
+    report = FaultReport(device_id, AlertKind.LAMP_FAULT, "power_loss", capped=True)
+    record = DeviceRecord(device_id, district_code="11140", dong_code=dong, lat=37.56, lon=126.97)
+    [change] = plan_fault_alerts(
+        [report], {}, {device_id: record}, now=NOW, new_alert_id=lambda: alert_id or f"pl-{device_id}"
+    )
+    return change.alert
+
+
+def test_power_losses_raised_before_the_outage_are_folded_into_it_and_its_count_is_its_lamps() -> None:
+    cluster = [dark(f"M{i:02d}", 30) for i in range(12)]
+    before = [loss_alert("M00"), loss_alert("B00"), loss_alert("Z", dong=OTHER_DONG)]
+    changes = plan_offline_alerts(cluster, [], {}, now=NOW, new_alert_id=ids("o"), power_losses=before)
+    assert [c.reason for c in changes] == ["mass_outage_new", "power_loss_folded", "power_loss_folded"]
+    outage = changes[0].alert
+    assert outage.count == len(outage.device_ids) == 12
+    for change in changes[1:]:
+        assert change.alert.state is AlertState.CANCELLED and change.alert.source_id in {"M00", "B00"}
+        assert change.alert.timeline[-1].detail("superseded_by") == outage.id
+    # A power loss reported while the outage is open raises nothing; elsewhere it does.
+    records = {
+        d: DeviceRecord(d, kind="blinker", district_code="11140", dong_code=g, lat=37.56, lon=126.97)
+        for d, g in (("B01", DONG), ("Y", OTHER_DONG))
+    }
+    reports = [FaultReport(d, AlertKind.LAMP_FAULT, "power_loss", capped=True) for d in records]
+    raised = plan_fault_alerts(reports, {}, records, now=NOW, new_alert_id=ids("f"), outages=[outage])
+    assert [c.alert.source_id for c in raised] == ["Y"]
+
+
+def test_a_device_without_a_dong_is_matched_to_the_outage_by_its_located_position() -> None:
+    cluster = [dark(f"M{i:02d}", 30) for i in range(12)]
+    [created] = plan_offline_alerts(cluster, [], {}, now=NOW, new_alert_id=ids("o"))
+    outage = created.alert
+    record = DeviceRecord("B", kind="blinker", district_code="11140", lat=37.5, lon=127.0)
+    report = FaultReport("B", AlertKind.LAMP_FAULT, "power_loss", capped=True)
+    kept = plan_fault_alerts([report], {}, {"B": record}, now=NOW, new_alert_id=ids(), outages=[outage])
+    assert len(kept) == 1  # grouped by district without a locator: not this outage's
+    folded = plan_fault_alerts(
+        [report],
+        {},
+        {"B": record},
+        now=NOW,
+        new_alert_id=ids(),
+        outages=[outage],
+        locate=lambda la, lo: ("11140", DONG),
+    )
+    assert folded == []
+
+
+def test_a_lamp_back_online_resolves_its_power_loss_and_a_blinker_back_does_not() -> None:
+    lamp, blinker = loss_alert("L1"), loss_alert("B1")
+    records = {"L1": RECORD, "B1": DeviceRecord("B1", kind="blinker", dong_code=DONG, lat=37.5, lon=126.9)}
+    changes = plan_fault_alerts(
+        [],
+        {"L1": [lamp], "B1": [blinker]},
+        records,
+        now=NOW,
+        new_alert_id=ids(),
+        back=["L1", "B1", "unknown"],
+    )
+    [change] = changes
+    assert change.reason == "power_loss_back_online" and change.previous == lamp
+    assert change.alert.state is AlertState.RESOLVED
+
+
+def test_when_an_outage_ends_a_device_still_without_power_and_a_lamp_still_dark_get_their_own_alerts() -> (
+    None
+):
+    cluster = [dark(f"M{i:02d}", 60) for i in range(12)]
+    [created] = plan_offline_alerts(cluster, [], {}, now=NOW, new_alert_id=ids("o"))
+    outage = created.alert
+    faulty = [
+        DeviceRecord(
+            "B00", kind="blinker", dong_code=DONG, lat=37.56, lon=126.97, faults=frozenset({"power_loss"})
+        ),
+        DeviceRecord(
+            "B99", kind="blinker", dong_code=OTHER_DONG, lat=37.5, lon=126.9, faults=frozenset({"power_loss"})
+        ),
+    ]
+    later = NOW + timedelta(seconds=30)  # the lamp still dark is within grace_s, but the outage was its grace
+    changes = plan_offline_alerts(cluster[:1], [outage], {}, now=later, new_alert_id=ids("e"), faulty=faulty)
+    assert [(c.reason, c.alert.source_id) for c in changes] == [
+        ("mass_outage_resolved", DONG),
+        ("power_loss_after_outage", "B00"),
+        ("device_offline_new", "M00"),
+    ]
+    # While it is open, nothing is raised for them.
+    assert plan_offline_alerts(cluster, [outage], {}, now=later, new_alert_id=ids("x"), faulty=faulty) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(_fleets(), st.lists(st.tuples(st.integers(0, 20), st.booleans()), max_size=12))
+def test_after_a_pass_no_power_loss_is_open_beside_an_outage_and_an_outage_counts_its_lamps(
+    fleet: list[DarkDevice], losses: list[tuple[int, bool]]
+) -> None:
+    policy = MassOutagePolicy(min_lamps=5)
+    stored = [
+        loss_alert(f"D{i:02d}", DONG if same else OTHER_DONG, f"pl{i}") for i, same in dict(losses).items()
+    ]
+    changes = plan_offline_alerts(
+        fleet,
+        [],
+        {DONG: 10, OTHER_DONG: 30},
+        now=NOW,
+        new_alert_id=ids("p"),
+        policy=policy,
+        power_losses=stored,
+    )
+    store = replay(stored, changes)
+    live = active(store)
+    outages = [a for a in live if a.kind is AlertKind.MASS_OUTAGE]
+    for outage in outages:
+        assert outage.count == len(outage.device_ids)
+        beside = [a for a in live if a.fault_code == "power_loss" and a.place.dong_code == outage.source_id]
+        assert beside == []
+    if not outages:
+        assert {a.id for a in live if a.fault_code == "power_loss"} == {a.id for a in stored}
