@@ -42,9 +42,9 @@ from api.state import AppState
 from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
 from runtime import tuning
-from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
+from store.notes import WALK_CHANNEL
 from store.operators import shared_token_secret
 from store.schema import apply_migrations
 from store.types import Conn

@@ -19,7 +19,7 @@ import httpx
 from alerts import Alert, alert_to_dict, alerts_topic, responsible_centre, route
 from broker import ConnectionLost, MqttSession, backoff_delay_s, encode_alert
 from controller._clock import now_ms
-from store.alertstore import load_alert
+from store.alerts import load_alert
 from store.dbthread import DbThread
 
 log = logging.getLogger("controller")

@@ -41,7 +41,7 @@ from controller._outbox import Outbox
 from controller._publications import AlertPublisher
 from controller.config import ControllerConfig
 from geo import load_safety_zones
-from store.alertstore import active_alerts, change_alert, load_alert
+from store.alerts import active_alerts, change_alert, load_alert
 from store.dbthread import DbThread
 from store.notes import AlertNote
 

@@ -55,8 +55,8 @@ from ingest._resync import StateResync, chunks
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from store import StoreUnavailable
+from store.connections import close_quietly, connect_or_unavailable
 from store.types import Conn
-from store.writer import close_quietly, connect
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +492,7 @@ class IngestWorker:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.config.database_url, connect_timeout_s=5)
+            self._conn = connect_or_unavailable(self.config.database_url, connect_timeout_s=5)
         return self._conn
 
     def _db_down(self, exc: Exception) -> None:

@@ -13,12 +13,14 @@ Public names by module (the most used also importable from ``store``)::
                 get_walk, add_walk_positions, walk_positions, attach_walk_to_alert, active_walkers
     alerts      upsert_alert, append_alert_event, get_alert, list_alerts, alert_events,
                 add_alert_positions, alert_track, claim_idempotency_key, active_clause,
-                stream_catch_up, last_event_id
-    alertstore  save_alert, load_alert, change_alert, active_alerts (alerts.Alert <-> rows),
-                notify and the wake-up channels
+                stream_catch_up, last_event_id; save_alert, load_alert, change_alert,
+                active_alerts (alerts.Alert <-> rows)
+    notes       the wake-up channels and their typed payloads: notify, decode
+    listen      listening (a LISTENing connection), connection (a plain async one)
     operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries
-    repo        insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
-                command_status_counts, get_command, acquire_lease, release_lease, lease_owners
+    commands    insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
+                command_status_counts, get_command, write_batch (the controller's write queue)
+    leases      acquire_lease, release_lease, lease_owners, lease_round, LeaseConnection
     filters     Where (the one dynamic WHERE builder)
     jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance, raw_retained_from,
                 storage_job_problems, storage_jobs_report, JobProblem
@@ -34,6 +36,15 @@ from store.alerts import (
     get_alert,
     list_alerts,
     upsert_alert,
+)
+from store.commands import (
+    CommandRecord,
+    command_status_counts,
+    get_command,
+    insert_commands,
+    mark_unanswered,
+    record_ack,
+    record_acks,
 )
 from store.devices import (
     StateUpdate,
@@ -61,19 +72,8 @@ from store.jobs import (
     storage_job_problems,
     storage_jobs_report,
 )
+from store.leases import acquire_lease, lease_owners, release_lease
 from store.operators import get_operator, log_access, upsert_operator
-from store.repo import (
-    CommandRecord,
-    acquire_lease,
-    command_status_counts,
-    get_command,
-    insert_commands,
-    lease_owners,
-    mark_unanswered,
-    record_ack,
-    record_acks,
-    release_lease,
-)
 from store.schema import (
     MigrationReport,
     apply_migrations,

@@ -13,14 +13,55 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from store.errors import StoreUnavailable
-from store.repo import acquire_lease, release_lease
 from store.types import Conn
 
 # =========================================================================== controller leases
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def acquire_lease(
+    conn: Conn, district_code: str, owner: str, *, ttl_s: float, now: datetime | None = None
+) -> bool:
+    """Take or renew the district's lease for ``owner``; False while another owner's lease is live."""
+    now = now or _now()
+    row = conn.execute(
+        """
+        INSERT INTO controller_leases AS l (district_code, owner, acquired_at, renewed_at, expires_at)
+        VALUES (%(d)s, %(owner)s, %(now)s, %(now)s, %(exp)s)
+        ON CONFLICT (district_code) DO UPDATE SET
+            owner = EXCLUDED.owner,
+            acquired_at = CASE WHEN l.owner = EXCLUDED.owner THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
+            renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
+        WHERE l.owner = EXCLUDED.owner OR l.expires_at < EXCLUDED.renewed_at
+        RETURNING owner
+        """,
+        {"d": district_code, "owner": owner, "now": now, "exp": now + timedelta(seconds=ttl_s)},
+    ).fetchone()
+    return row is not None
+
+
+def release_lease(conn: Conn, district_code: str, owner: str) -> None:
+    """Give a lease up (on clean shutdown) so another controller takes over at once."""
+    conn.execute(
+        "DELETE FROM controller_leases WHERE district_code = %s AND owner = %s", (district_code, owner)
+    )
+
+
+def lease_owners(conn: Conn) -> dict[str, str]:
+    """District code -> owner of every live lease."""
+    rows = conn.execute(
+        "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
 
 MEMBER_PREFIX = "member/"
 

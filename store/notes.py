@@ -6,7 +6,8 @@ service that was down re-reads the rows when it starts, so a lost note delays wo
 loses it. Every note is a frozen ``msgspec`` struct, encoded and decoded here and nowhere else:
 the API (and ingest, for alerts) writes them with `notify` (or, for a batch of walk positions,
 through `store.walkpositions`, which frames the entries with `POSITIONS_HEAD`/`POSITIONS_TAIL`),
-the controller reads them with `decode`, which raises `BadNote` for a payload it cannot read.
+the controller and the API's stream hub read them with `decode`, which raises `BadNote` for a
+payload it cannot read.
 
 Channels (PostgreSQL caps a payload at 8000 bytes; all of these are small)::
 
@@ -173,6 +174,12 @@ def encode_position(position: PositionNote) -> bytes:
 def notify(conn: Conn, note: Note) -> None:
     """Queue the note on its channel; delivered when the surrounding transaction commits."""
     conn.execute("SELECT pg_notify(%s, %s)", (channel_of(note), encode(note)))
+
+
+def to_dict(note: Note) -> dict[str, Any]:
+    """A note as the plain dict its payload encodes (lists for tuples), e.g. to forward it as JSON."""
+    data: dict[str, Any] = msgspec.to_builtins(note)
+    return data
 
 
 def decode(channel: str, payload: str | bytes) -> Note:

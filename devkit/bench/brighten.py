@@ -733,7 +733,7 @@ def _figures(
 
 def seed_lamps(db_url: str, placement: Any) -> None:
     """Upsert the placed lamps into ``devices`` (what births through ingest would do)."""
-    from store.repo import upsert_device
+    from store.devices import upsert_device
 
     with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
         for lamp in placement.lamps:

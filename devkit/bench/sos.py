@@ -74,7 +74,7 @@ def _prepare(db_url: str) -> None:
     """Lamps around the SOS point (the controller blinks them) and the operator account."""
     from api.accounts import create_operator
     from api.security import password_hasher
-    from store.repo import upsert_device
+    from store.devices import upsert_device
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         with conn.transaction():

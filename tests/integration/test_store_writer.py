@@ -263,7 +263,7 @@ def test_the_direct_copy_stores_what_the_staging_path_stores_and_falls_back_on_d
 
 
 def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: Conn) -> None:
-    from store.writer import batch_transaction, savepoint
+    from store.connections import batch_transaction, savepoint
 
     conn.execute("CREATE TEMP TABLE t (v int)")
     with batch_transaction(conn, rows=2):
@@ -277,7 +277,8 @@ def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: 
 def test_a_connection_lost_in_a_batch_transaction_is_store_unavailable_with_the_batchs_rows(
     store_url: str,
 ) -> None:
-    from store.writer import batch_transaction, close_quietly, connect, savepoint
+    from store.connections import batch_transaction, close_quietly, savepoint
+    from store.connections import connect_or_unavailable as connect
 
     with pytest.raises(StoreUnavailable, match="cannot connect"):
         connect(f"postgresql://streetlight@127.0.0.1:{free_port()}/streetlight", connect_timeout_s=2)

@@ -41,7 +41,7 @@ ALLOWED_PROJECT_IMPORTS = {
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
     "broker": {"broker", "runtime"},
-    "store": {"store", "alerts", "runtime"},  # alertstore maps the alerts core to rows
+    "store": {"store", "alerts", "runtime"},  # store/alerts.py maps the alerts core to rows
 }
 PROJECT_PACKAGES = {
     "geo",
