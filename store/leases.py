@@ -7,6 +7,9 @@ are running (the plan of who takes what is ``controller._leases``, pure).
 An ingest group on a broker without shared subscriptions takes turns on the row ``ingest/<group>``
 (``ingest/_lease.py`` says when): its holder takes and renews it on a connection of its own, so a
 busy or broken batch connection never costs it the lease.
+
+One ingest worker runs the periodic jobs: the one whose jobs connection holds a session's advisory
+lock (`try_session_lock`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,16 @@ def release_all(conn: Conn, districts: Sequence[str], owner: str) -> None:
 
 
 # =========================================================================== end of controller leases
+
+
+# =========================================================================== a session's lock
+
+
+def try_session_lock(conn: Conn, key: int) -> bool:
+    """Take the advisory lock `key` for the connection's session if it is free (held until the
+    connection closes): True taken, False another session holds it."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
 
 
 # =========================================================================== ingest group lease

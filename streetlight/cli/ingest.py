@@ -214,10 +214,8 @@ def _run_worker(
     *,
     shared: bool,
 ) -> int:
-    import psycopg
-
     from broker import MqttUrlError
-    from store import StoreError
+    from store.errors import DatabaseError, StoreError
 
     # A child of the supervisor (--index) is one of several workers, each with its own account.
     workers = args.workers if args.index is not None and args.workers else 1
@@ -229,7 +227,7 @@ def _run_worker(
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
-    except (psycopg.Error, StoreError) as exc:
+    except (DatabaseError, StoreError) as exc:
         print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
         return 1
     try:
