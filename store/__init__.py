@@ -2,8 +2,11 @@
 
 Public names by module (the most used also importable from ``store``)::
 
-    schema      apply_migrations, migrate, MigrationReport, timescale_enabled, schema_version,
-                ensure_partitions, drop_expired_partitions
+    schema      apply_migrations, migrate, MigrationReport, timescale_enabled, schema_version
+    schema_sql  the schema's SQL text (tables, time series, rollups) and its constants
+    partitions  ensure_partitions, drop_expired_partitions (the plain path's daily partitions)
+    connections connect, async_connection, connect_or_unavailable, batch_transaction, savepoint
+    pools       sync_pool, async_pool (the API's)
     writer      write_telemetry, write_events, write_rows, BatchWriter, Batch,
                 TELEMETRY_FIELDS, EVENT_FIELDS
     devices     upsert_device, set_connectivity, start_connection, update_device_states, StateUpdate,
@@ -74,15 +77,8 @@ from store.jobs import (
 )
 from store.leases import acquire_lease, lease_owners, release_lease
 from store.operators import get_operator, log_access, upsert_operator
-from store.schema import (
-    MigrationReport,
-    apply_migrations,
-    drop_expired_partitions,
-    ensure_partitions,
-    migrate,
-    schema_version,
-    timescale_enabled,
-)
+from store.partitions import drop_expired_partitions, ensure_partitions
+from store.schema import MigrationReport, apply_migrations, migrate, schema_version, timescale_enabled
 from store.types import Conn
 from store.walks import (
     add_walk_positions,

@@ -37,7 +37,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from store.errors import BufferFull, StoreRejected, StoreUnavailable
-from store.schema import LATE_AFTER
+from store.schema_sql import LATE_AFTER
 from store.types import Conn
 
 log = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ def _best_ms(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...], r
 
 
 def _hour_scan_ms(conn: psycopg.Connection[Any], hour: datetime) -> float:
-    from store.schema import plain_lamp_hour_select
+    from store.schema_sql import plain_lamp_hour_select
 
     sql = (
         f"SELECT {plain_lamp_hour_select()} FROM telemetry t JOIN devices d ON t.device_id = d.device_id "

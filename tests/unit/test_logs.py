@@ -261,7 +261,16 @@ def test_the_redaction_leaves_ordinary_events_alone() -> None:
 
 
 # The packages (or modules) whose log calls are structured events; one joins once converted.
-CONVERTED = ("broker", "firmware_sim", "geo", "alerts", "runtime", "store/schema.py", "store/jobs.py")
+CONVERTED = (
+    "broker",
+    "firmware_sim",
+    "geo",
+    "alerts",
+    "runtime",
+    "store/schema.py",
+    "store/partitions.py",
+    "store/jobs.py",
+)
 
 
 def test_the_converted_packages_log_events_not_sentences() -> None:
