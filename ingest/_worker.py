@@ -1,5 +1,11 @@
 """One ingest worker: an MQTT subscriber whose messages are committed (or spooled) before they are acked.
 
+Over 500 lines on purpose: the MQTT callbacks, the flusher loop and the spool replay share
+one piece of state (the deque of received messages, the connection generation, the spool's
+order) whose invariant, committed or spooled before acked, is checked by reading them
+together; the decoding, writing, spooling and lease rules are already in their own modules
+(``_process``, ``_write``, ``_spool``, ``_lease``).
+
 Two threads do the work:
 
 * paho's network thread receives; ``on_message`` only appends ``(topic, payload, qos, mid,

@@ -1,5 +1,9 @@
 """``streetlight bench brighten``: walkers' positions through the real API to brighten commands at lamps.
 
+Over 500 lines on purpose: a benchmark, not product code; the deployment it starts, the
+walkers' client process, the simulated lamps and the figures it reports are one experiment,
+read top to bottom when a figure in docs/benchmarks.md is questioned.
+
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private,
 ``set_tcp_nodelay true``), ``streetlight api`` (``--api-workers``), ``streetlight controller``
 (``--districts all``), the walkers' HTTP client(s) (``python -m devkit.bench.brighten
