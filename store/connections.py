@@ -12,12 +12,15 @@ connection, as an ``async with``. The API's pools are ``store.pools``; a LISTENi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 
 from store.errors import StoreUnavailable
 from store.types import AsyncConn, Conn
+
+T = TypeVar("T")
 
 
 def connect(database_url: str, *, connect_timeout_s: float | None = None, autocommit: bool = True) -> Conn:
@@ -57,15 +60,21 @@ def batch_transaction(conn: Conn, *, rows: int = 0) -> Iterator[None]:
         raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
 
 
-@contextlib.contextmanager
-def savepoint(conn: Conn, *, rows: int = 0) -> Iterator[None]:
+def savepoint(conn: Conn, *, rows: int = 0) -> contextlib.AbstractContextManager[None]:
     """A nested transaction inside a batch's: what fails in it is rolled back alone, the batch goes
-    on; a lost connection raises ``StoreUnavailable`` (``rows`` as in ``batch_transaction``)."""
+    on; a lost connection raises ``StoreUnavailable`` (``rows`` as in ``batch_transaction``).
+    (A transaction opened inside another is a savepoint: the same code as `batch_transaction`.)"""
+    return batch_transaction(conn, rows=rows)
+
+
+def on_own_connection(database_url: str, fn: Callable[..., T], *args: Any, connect_timeout_s: float) -> T:
+    """``fn(conn, *args)`` on a short-lived autocommit connection of its own; any database error
+    (cannot connect, refused) raises ``StoreUnavailable``."""
     try:
-        with conn.transaction():
-            yield
-    except _LOST as exc:
-        raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
+        with connect(database_url, connect_timeout_s=connect_timeout_s) as conn:
+            return fn(conn, *args)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
 
 
 @contextlib.asynccontextmanager

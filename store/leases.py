@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from store.connections import connect
 from store.errors import StoreUnavailable
 from store.types import Conn
 
@@ -128,9 +129,7 @@ class LeaseConnection:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url, autocommit=True, connect_timeout=int(self.connect_timeout_s)
-            )
+            self._conn = connect(self.database_url, connect_timeout_s=self.connect_timeout_s)
         return self._conn
 
     def acquire(self, key: str, owner: str, ttl_s: float) -> bool:

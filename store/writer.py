@@ -36,6 +36,7 @@ from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from store.connections import connect_or_unavailable
 from store.errors import BufferFull, StoreRejected, StoreUnavailable
 from store.schema_sql import LATE_AFTER
 from store.types import Conn
@@ -375,12 +376,7 @@ class BatchWriter:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(
-                    self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s
-                )
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            self._conn = connect_or_unavailable(self.conninfo, connect_timeout_s=self.connect_timeout_s)
         return self._conn
 
     def _write(self, batch: Batch) -> int:
