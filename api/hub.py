@@ -26,8 +26,16 @@ from api.schemas import AlertSummary
 from store.alerts import stream_alert_async
 from store.connections import async_connection
 from store.listen import listening
-from store.notes import ALERT_CHANNEL, LAMP_CHANNEL, AlertNote, BadNote, LampNote, decode, to_dict
-from store.operators import OPERATOR_CHANNEL
+from store.notes import (
+    ALERT_CHANNEL,
+    LAMP_CHANNEL,
+    OPERATOR_CHANNEL,
+    AlertNote,
+    BadNote,
+    LampNote,
+    decode,
+    to_dict,
+)
 from store.types import AsyncConn, Row
 
 log = logging.getLogger(__name__)

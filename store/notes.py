@@ -21,6 +21,8 @@ Channels (PostgreSQL caps a payload at 8000 bytes; all of these are small)::
                accuracy_m, heading_deg, speed_mps, district, [lamp ids] | null], ...]}
     sl_lamp    LampNote       an operator's manual override for the controller to send
                {"device_id", "district", "level", "ttl_s", "source", "action"}
+    sl_operator  (plain text) the username whose account or sessions changed, for the API's live
+               streams of that operator (`notify_operator`; not a struct: the name is the note)
 
 A position's lamp ids are the API's ``geo.lamps_for_walker`` answer (what the resident was told);
 the controller uses them when it trusts the heading instead of computing them again.
@@ -39,6 +41,7 @@ ALERT_CHANNEL: Final = "sl_alert"
 WALK_CHANNEL: Final = "sl_walk"
 LAMP_CHANNEL: Final = "sl_lamp"
 CHANNELS: Final = (ALERT_CHANNEL, WALK_CHANNEL, LAMP_CHANNEL)
+OPERATOR_CHANNEL: Final = "sl_operator"
 
 # A manual override with no time to live of its own holds for an hour.
 OVERRIDE_TTL_S = 3600
@@ -174,6 +177,11 @@ def encode_position(position: PositionNote) -> bytes:
 def notify(conn: Conn, note: Note) -> None:
     """Queue the note on its channel; delivered when the surrounding transaction commits."""
     conn.execute("SELECT pg_notify(%s, %s)", (channel_of(note), encode(note)))
+
+
+def notify_operator(conn: Conn, username: str) -> None:
+    """Announce that `username`'s account or sessions changed (delivered at commit)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (OPERATOR_CHANNEL, username))
 
 
 def to_dict(note: Note) -> dict[str, Any]:
