@@ -83,11 +83,9 @@ def lease_round(conn: Conn, owner: str, ttl_s: float, plan: LeasePlanner) -> tup
     """Keep `owner`'s membership row alive, read who holds what, and take or give up leases as
     `plan` says; returns the districts now held and the holders read before the round."""
     acquire_lease(conn, member_key(owner), owner, ttl_s=ttl_s)
-    rows = conn.execute(
-        "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
-    ).fetchall()
-    members = sum(1 for r in rows if str(r[0]).startswith(MEMBER_PREFIX))
-    holders = {str(r[0]): str(r[1]) for r in rows if not str(r[0]).startswith(MEMBER_PREFIX)}
+    live = lease_owners(conn)
+    members = sum(1 for key in live if key.startswith(MEMBER_PREFIX))
+    holders = {key: who for key, who in live.items() if not key.startswith(MEMBER_PREFIX)}
     acquire, release = plan(holders, members)
     for district in release:
         release_lease(conn, district, owner)
