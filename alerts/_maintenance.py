@@ -1,7 +1,7 @@
 """Maintenance planning: which device alerts to open, count, resolve or cancel, from plain rows.
 
 Ingest reads what these functions need (``store.maintenance``), calls them, and saves the
-changes they return in order (``store.alertstore.save_alert``); the rules themselves are the
+changes they return in order (``store.alerts.save_alert``); the rules themselves are the
 other modules' (``merge_fault``, ``merge_device_fault``, ``detect_mass_outages``,
 ``resolve_recovered``; the day/night pass is in ``alerts/_daynight.py``). Pure: rows and ``now``
 in, a list of `AlertChange` out, alert ids from the caller's ``new_alert_id``.

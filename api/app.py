@@ -19,12 +19,10 @@ import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from api import lamps, logredact, operators, residents, stream, walklive
@@ -42,12 +40,13 @@ from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
 from runtime import tuning
 from runtime.logs import get_logger
-from store.alertstore import WALK_CHANNEL
-from store.errors import StoreRejected
+from store.connections import connect
+from store.errors import DatabaseError, DatabaseUnavailable, StoreRejected, ValueRefused
 from store.jobs import storage_jobs_report
+from store.notes import WALK_CHANNEL
 from store.operators import shared_token_secret
+from store.pools import async_pool, sync_pool
 from store.schema import apply_migrations
-from store.types import Conn
 
 log = get_logger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -64,7 +63,7 @@ async def _refresh_lamps(state: AppState) -> None:
         await asyncio.sleep(state.config.lamp_refresh_s)
         try:
             await run_in_threadpool(_refresh_once, state)
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("lamp_index_refresh_failed", error=str(exc))
 
 
@@ -74,17 +73,10 @@ def _refresh_once(state: AppState) -> int:
 
 
 def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
-    with psycopg.connect(config.database_url, autocommit=True) as conn:
+    with connect(config.database_url) as conn:
         apply_migrations(conn)
         secret = config.token_secret.encode("utf-8") if config.token_secret else shared_token_secret(conn)
-    pool: ConnectionPool[Conn] = ConnectionPool(
-        config.database_url,
-        min_size=config.pool_min,
-        max_size=config.pool_max,
-        kwargs={"autocommit": True},
-        open=False,
-        name="api",
-    )
+    pool = sync_pool(config.database_url, min_size=config.pool_min, max_size=config.pool_max, name="api")
     pool.open(wait=True, timeout=30.0)
     hasher = password_hasher(config.kdf_time_cost, config.kdf_memory_kib)
     state = AppState(
@@ -124,13 +116,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         logredact.install()  # after the server configured its loggers
         state = await run_in_threadpool(_open_state, config, metrics)
-        state.apool = AsyncConnectionPool(
-            config.database_url,
-            min_size=1,
-            max_size=config.live_pool_max,
-            kwargs={"autocommit": True},
-            open=False,
-            name="api-live",
+        state.apool = async_pool(
+            config.database_url, min_size=1, max_size=config.live_pool_max, name="api-live"
         )
         await state.apool.open(wait=True, timeout=30.0)
         state.positions = PositionBatcher(
@@ -182,8 +169,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def invalid_value(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.exception_handler(psycopg.DataError)
-    async def value_refused(request: Request, exc: psycopg.DataError) -> JSONResponse:
+    @app.exception_handler(ValueRefused)
+    async def value_refused(request: Request, exc: ValueRefused) -> JSONResponse:
         # A value PostgreSQL (or psycopg's encoder) refuses: a NUL byte, an untranslatable character,
         # a number out of range. The caller's input, so a 4xx; the boundary checks catch most first.
         log.info("value_refused", path=request.url.path, error_type=type(exc).__name__)
@@ -205,7 +192,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         try:
             with state.pool.connection(timeout=2.0) as conn:
                 conn.execute("SELECT 1")
-        except (psycopg.Error, OSError) as exc:
+        except (DatabaseError, OSError) as exc:
             # Unauthenticated: the error text (host, port, user) goes to the log, not the answer.
             log.warning("readyz_database_unavailable", error=str(exc), error_type=type(exc).__name__)
             return JSONResponse({"status": "database unavailable"}, status_code=503)
@@ -215,7 +202,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         try:
             with state.pool.connection(timeout=2.0) as conn:
                 jobs: dict[str, object] = storage_jobs_report(conn)
-        except (psycopg.Error, OSError) as exc:
+        except (DatabaseError, OSError) as exc:
             log.warning("readyz_storage_jobs_unknown", error=str(exc), error_type=type(exc).__name__)
             jobs = {"status": "unknown"}
         return JSONResponse(
@@ -258,8 +245,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def positions_busy(request: Request, exc: PositionsBusy) -> JSONResponse:
         return JSONResponse({"detail": f"busy, retry: {exc}"}, status_code=503, headers={"Retry-After": "1"})
 
-    @app.exception_handler(psycopg.OperationalError)
-    async def database_down(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+    @app.exception_handler(DatabaseUnavailable)
+    async def database_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
         # The one 5xx we answer on purpose: the app should retry, and says so.
         return JSONResponse(
             {"detail": "database unavailable, retry"}, status_code=503, headers={"Retry-After": "1"}

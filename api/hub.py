@@ -1,8 +1,9 @@
 """The live stream's hub: one LISTEN on PostgreSQL per API instance, fanned out to consoles.
 
-Every change of an alert is saved with a `NOTIFY sl_alert` (store/alertstore.py); the hub reads
-the changed alert once and queues it to every connected console allowed to see it. A lost
-notification (the hub reconnecting) costs nothing durable: consoles are then disconnected and
+Every change of an alert is saved with a `NOTIFY sl_alert` (store/alerts.py); the hub reads the
+note (`store.notes.decode`; one it cannot read is counted and skipped), then the changed alert
+once, and queues it to every connected console allowed to see it. A lost notification (the hub
+reconnecting) costs nothing durable: consoles are then disconnected and
 catch up from the database by their last event id when they reconnect.
 
 Each console's queue is bounded (`ApiConfig.stream_queue`); a console that falls that far
@@ -13,7 +14,6 @@ hub's memory or delays the others.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +24,18 @@ from api.metrics import ApiMetrics
 from api.schemas import AlertSummary
 from runtime.logs import get_logger
 from store.alerts import stream_alert_async
-from store.alertstore import ALERT_CHANNEL, LAMP_CHANNEL, listening
-from store.operators import OPERATOR_CHANNEL
+from store.connections import async_connection
+from store.listen import listening
+from store.notes import (
+    ALERT_CHANNEL,
+    LAMP_CHANNEL,
+    OPERATOR_CHANNEL,
+    AlertNote,
+    BadNote,
+    LampNote,
+    decode,
+    to_dict,
+)
 from store.types import AsyncConn, Row
 
 log = get_logger(__name__)
@@ -146,17 +156,17 @@ class StreamHub:
                     self._offer(sub, {"type": "account"})
             return
         try:
-            note = json.loads(payload)
-        except ValueError:
-            log.warning("stream_notification_unreadable", channel=channel)
+            note = decode(channel, payload)
+        except BadNote as exc:
+            self._metrics.stream_bad_notes.inc()
+            log.warning("stream_notification_unreadable", channel=channel, error=str(exc))
             return
-        if channel == LAMP_CHANNEL:
-            district = str(note.get("district") or "")
-            self._broadcast({"type": "lamp", **note}, [district], None)
+        if isinstance(note, LampNote):
+            self._broadcast({"type": "lamp", **to_dict(note)}, [note.district], None)
             return
-        alert_id = note.get("alert_id")
-        if not isinstance(alert_id, str):
+        if not isinstance(note, AlertNote):
             return
+        alert_id = note.alert_id
         row = await stream_alert_async(reader, alert_id)
         if row is None:
             return
@@ -173,13 +183,13 @@ class StreamHub:
         while True:
             try:
                 async with (
-                    listening(self._url, (ALERT_CHANNEL, LAMP_CHANNEL, OPERATOR_CHANNEL)) as listen,
-                    listening(self._url) as reader,
+                    listening(self._url, (ALERT_CHANNEL, LAMP_CHANNEL, OPERATOR_CHANNEL)) as notes,
+                    async_connection(self._url) as reader,
                 ):
                     self.ready.set()
                     attempt = 0
-                    async for notification in listen.notifies():
-                        await self._dispatch(reader, notification.channel, notification.payload)
+                    async for channel, payload in notes:
+                        await self._dispatch(reader, channel, payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # database gone: consoles reconnect and catch up later

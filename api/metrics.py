@@ -72,6 +72,11 @@ class ApiMetrics:
             "consoles disconnected because they fell behind",
             registry=self.registry,
         )
+        self.stream_bad_notes = Counter(
+            "streetlight_api_stream_bad_notes",
+            "notifications the stream hub could not read (skipped)",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -65,8 +65,15 @@ from api.state import (
     visible_kinds,
 )
 from runtime.logs import get_logger
-from store.alerts import alert_events, alert_track, get_alert, last_event_id, list_alerts
-from store.alertstore import AlertNotFound, change_alert
+from store.alerts import (
+    AlertNotFound,
+    alert_events,
+    alert_track,
+    change_alert,
+    get_alert,
+    last_event_id,
+    list_alerts,
+)
 from store.operators import (
     account_changed,
     audit_entries,

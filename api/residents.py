@@ -1,7 +1,7 @@
 """The Safety app's endpoints: registration, safe walks and SOS.
 
 Each handler validates (schemas.py), writes the rows and the wake-up NOTIFY in one transaction
-(store/alertstore.py is the contract with the controller), and answers only once that commit
+(store/alerts.py is the contract with the controller), and answers only once that commit
 is done, so an accepted SOS survives any crash after the answer.
 """
 
@@ -44,8 +44,16 @@ from api.schemas import (
 from api.security import hash_resident_token, new_id, new_resident_token
 from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
 from geo import lamps_for_walker
-from store.alerts import claim_idempotency_key, idempotency_alert, lock_sos_of
-from store.alertstore import AlertNotFound, active_alerts, change_alert, load_alert, save_alert
+from store.alerts import (
+    AlertNotFound,
+    active_alerts,
+    change_alert,
+    claim_idempotency_key,
+    idempotency_alert,
+    load_alert,
+    lock_sos_of,
+    save_alert,
+)
 from store.bursts import mark_sos_source
 from store.notes import WalkEnded, WalkStarted, notify
 from store.types import Conn, Row

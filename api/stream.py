@@ -8,7 +8,7 @@ may see and every alert changed since its ``last_event_id`` (query parameter), m
 then changes as they happen.
 
 The session is checked again whenever the operator's account or sessions change (the hub hears
-`store.operators.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
+`store.notes.OPERATOR_CHANNEL`): a session ended (logout, account disabled) closes with 1008,
 a changed role or district with 4001 (the console reconnects and gets its new view); the
 token's expiry closes it with 1008 too.
 """

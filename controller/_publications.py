@@ -19,7 +19,7 @@ from alerts import Alert, alert_to_dict, alerts_topic, responsible_centre, route
 from broker import ConnectionLost, MqttSession, backoff_delay_s, encode_alert
 from controller._clock import now_ms
 from runtime.logs import get_logger
-from store.alertstore import load_alert
+from store.alerts import load_alert
 from store.dbthread import DbThread
 
 log = get_logger(__name__)

@@ -41,7 +41,7 @@ from controller._publications import AlertPublisher
 from controller.config import ControllerConfig
 from geo import load_safety_zones
 from runtime.logs import bound_context, get_logger
-from store.alertstore import active_alerts, change_alert, load_alert
+from store.alerts import active_alerts, change_alert, load_alert
 from store.dbthread import DbThread
 from store.notes import AlertNote
 

@@ -13,9 +13,8 @@ from datetime import UTC, datetime
 
 from controller._commands import LampCommand
 from runtime.logs import get_logger
-from store.commands import CommandWrite, write_batch
+from store.commands import CommandRecord, CommandWrite, write_batch
 from store.dbthread import DbThread
-from store.repo import CommandRecord
 
 log = get_logger(__name__)
 

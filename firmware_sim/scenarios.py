@@ -1,5 +1,9 @@
 """Scenarios: small JSON/YAML files saying which zones, how many walkers, which faults when.
 
+Over 500 lines on purpose: the scenario file format (loading, validation), the steps it may
+name and the ``Simulation`` that plays them are one vocabulary; a step added to the format is
+added to the player in the same place, and the bundled scenarios are checked against both.
+
 Python API (for tests and ``streetlight up --story``)::
 
     from firmware_sim import scenarios

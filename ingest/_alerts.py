@@ -3,7 +3,7 @@
 Each pass reads, plans and writes: ``store.maintenance`` reads the rows and takes the locks, the
 pure planning of ``alerts/_maintenance.py`` (over merge_fault, detect_mass_outages,
 merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, and
-``store.alertstore.save_alert`` saves each change (and NOTIFYs the console and the controller).
+``store.alerts.save_alert`` saves each change (and NOTIFYs the console and the controller).
 
 * Faults (in a batch's transaction): a ``fault``/``tamper``/``power_loss`` event, or a fault code
   that appears in a lamp's telemetry and was not in its stored state, is merged into the device's
@@ -67,7 +67,7 @@ from alerts import (
 from geo.solar import sun_elevation_deg
 from ingest._process import Processed
 from runtime.logs import get_logger
-from store.alertstore import active_alerts, save_alert
+from store.alerts import active_alerts, save_alert
 from store.jobs import JobProblem, storage_job_problems
 from store.maintenance import (
     OFFLINE_PASS_LOCK,

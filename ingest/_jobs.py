@@ -9,13 +9,14 @@ import time
 from datetime import UTC, datetime
 from typing import Final
 
-import psycopg
-
 from alerts import AreaNamer, DayNightPolicy
 from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
 from ingest._metrics import IngestMetrics
 from runtime.logs import get_logger
 from store import run_maintenance
+from store.connections import connect
+from store.errors import DatabaseError
+from store.leases import try_session_lock
 from store.types import Conn
 
 log = get_logger(__name__)
@@ -87,11 +88,10 @@ class JobsLeader:
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
+                    conn = connect(self.database_url, connect_timeout_s=5)
                     self.is_leader = False
                 if not self.is_leader:
-                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (JOBS_LOCK_KEY,)).fetchone()
-                    self.is_leader = bool(row and row[0])
+                    self.is_leader = try_session_lock(conn, JOBS_LOCK_KEY)
                     if self.is_leader:
                         log.info("periodic_jobs_leader", jobs=["silent", "offline", "outages"])
                 if self.is_leader:
@@ -114,7 +114,7 @@ class JobsLeader:
                             # After a failure too: the failure itself is what the alert reports.
                             if not conn.closed:
                                 self.check_storage_jobs(conn)
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 log.warning("periodic_jobs_database_error", error=str(exc))
                 if conn is not None:
                     conn.close()

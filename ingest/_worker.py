@@ -1,5 +1,11 @@
 """One ingest worker: an MQTT subscriber whose messages are committed (or spooled) before they are acked.
 
+Over 500 lines on purpose: the MQTT callbacks, the flusher loop and the spool replay share
+one piece of state (the deque of received messages, the connection generation, the spool's
+order) whose invariant, committed or spooled before acked, is checked by reading them
+together; the decoding, writing, spooling and lease rules are already in their own modules
+(``_process``, ``_write``, ``_spool``, ``_lease``).
+
 Two threads do the work:
 
 * paho's network thread receives; ``on_message`` only appends ``(topic, payload, qos, mid,
@@ -56,8 +62,8 @@ from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from runtime.logs import bind_context, bound_context, get_logger
 from store import StoreUnavailable
+from store.connections import close_quietly, connect_or_unavailable
 from store.types import Conn
-from store.writer import close_quietly, connect
 
 log = get_logger(__name__)
 
@@ -497,7 +503,7 @@ class IngestWorker:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.config.database_url, connect_timeout_s=5)
+            self._conn = connect_or_unavailable(self.config.database_url, connect_timeout_s=5)
         return self._conn
 
     def _db_down(self, exc: Exception) -> None:

@@ -27,9 +27,10 @@ from store import (
     update_device_states,
     write_rows,
 )
-from store.repo import device_registrations, existing_event_keys, register_device, update_device_from_birth
+from store.connections import batch_transaction, savepoint
+from store.devices import device_registrations, existing_event_keys, register_device, update_device_from_birth
 from store.types import Conn
-from store.writer import Kind, batch_transaction, savepoint
+from store.writer import Kind
 
 log = get_logger(__name__)
 

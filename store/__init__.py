@@ -2,8 +2,11 @@
 
 Public names by module (the most used also importable from ``store``)::
 
-    schema      apply_migrations, migrate, MigrationReport, timescale_enabled, schema_version,
-                ensure_partitions, drop_expired_partitions
+    schema      apply_migrations, migrate, MigrationReport, timescale_enabled, schema_version
+    schema_sql  the schema's SQL text (tables, time series, rollups) and its constants
+    partitions  ensure_partitions, drop_expired_partitions (the plain path's daily partitions)
+    connections connect, async_connection, connect_or_unavailable, batch_transaction, savepoint
+    pools       sync_pool, async_pool (the API's)
     writer      write_telemetry, write_events, write_rows, BatchWriter, Batch,
                 TELEMETRY_FIELDS, EVENT_FIELDS
     devices     upsert_device, set_connectivity, start_connection, update_device_states, StateUpdate,
@@ -13,12 +16,14 @@ Public names by module (the most used also importable from ``store``)::
                 get_walk, add_walk_positions, walk_positions, attach_walk_to_alert, active_walkers
     alerts      upsert_alert, append_alert_event, get_alert, list_alerts, alert_events,
                 add_alert_positions, alert_track, claim_idempotency_key, active_clause,
-                stream_catch_up, last_event_id
-    alertstore  save_alert, load_alert, change_alert, active_alerts (alerts.Alert <-> rows),
-                notify and the wake-up channels
+                stream_catch_up, last_event_id; save_alert, load_alert, change_alert,
+                active_alerts (alerts.Alert <-> rows)
+    notes       the wake-up channels and their typed payloads: notify, decode
+    listen      listening (a LISTENing connection), connection (a plain async one)
     operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries
-    repo        insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
-                command_status_counts, get_command, acquire_lease, release_lease, lease_owners
+    commands    insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
+                command_status_counts, get_command, write_batch (the controller's write queue)
+    leases      acquire_lease, release_lease, lease_owners, lease_round, LeaseConnection
     filters     Where (the one dynamic WHERE builder)
     jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance, raw_retained_from,
                 storage_job_problems, storage_jobs_report, JobProblem
@@ -34,6 +39,15 @@ from store.alerts import (
     get_alert,
     list_alerts,
     upsert_alert,
+)
+from store.commands import (
+    CommandRecord,
+    command_status_counts,
+    get_command,
+    insert_commands,
+    mark_unanswered,
+    record_ack,
+    record_acks,
 )
 from store.devices import (
     StateUpdate,
@@ -61,28 +75,10 @@ from store.jobs import (
     storage_job_problems,
     storage_jobs_report,
 )
+from store.leases import acquire_lease, lease_owners, release_lease
 from store.operators import get_operator, log_access, upsert_operator
-from store.repo import (
-    CommandRecord,
-    acquire_lease,
-    command_status_counts,
-    get_command,
-    insert_commands,
-    lease_owners,
-    mark_unanswered,
-    record_ack,
-    record_acks,
-    release_lease,
-)
-from store.schema import (
-    MigrationReport,
-    apply_migrations,
-    drop_expired_partitions,
-    ensure_partitions,
-    migrate,
-    schema_version,
-    timescale_enabled,
-)
+from store.partitions import drop_expired_partitions, ensure_partitions
+from store.schema import MigrationReport, apply_migrations, migrate, schema_version, timescale_enabled
 from store.types import Conn
 from store.walks import (
     add_walk_positions,

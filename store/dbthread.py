@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from store.connections import connect
+from store.errors import DatabaseError
 from store.types import Conn
 
 T = TypeVar("T")
 
-DbError = psycopg.Error
+DbError = DatabaseError
 """What a call raises when the database refuses it or cannot be reached."""
 
 
@@ -33,7 +35,7 @@ class DbThread:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+            self._conn = connect(self._url, connect_timeout_s=5)
         return self._conn
 
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psycopg
-
 from runtime.logs import get_logger
+from store.connections import connect
+from store.errors import DatabaseError
 
 log = get_logger(__name__)
 
@@ -72,8 +72,8 @@ def start_embedded(data_dir: Path) -> PgService:
 def configured_pg(url: str) -> PgService | None:
     """The server named by DATABASE_URL, or None when it does not answer."""
     try:
-        with psycopg.connect(url, connect_timeout=3) as conn:
+        with connect(url, connect_timeout_s=3, autocommit=False) as conn:
             conn.execute("select 1")
-    except psycopg.Error:
+    except DatabaseError:
         return None
     return PgService("configured", url)

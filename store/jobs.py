@@ -18,13 +18,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from runtime.logs import get_logger
-from store.schema import (
-    DEFAULT_RETENTION,
-    drop_expired_partitions,
-    ensure_partitions,
-    plain_lamp_hour_select,
-    timescale_enabled,
-)
+from store.partitions import drop_expired_partitions, ensure_partitions
+from store.schema import timescale_enabled
+from store.schema_sql import DEFAULT_RETENTION, plain_lamp_hour_select
 from store.types import Conn
 
 log = get_logger(__name__)

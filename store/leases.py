@@ -7,20 +7,65 @@ are running (the plan of who takes what is ``controller._leases``, pure).
 An ingest group on a broker without shared subscriptions takes turns on the row ``ingest/<group>``
 (``ingest/_lease.py`` says when): its holder takes and renews it on a connection of its own, so a
 busy or broken batch connection never costs it the lease.
+
+One ingest worker runs the periodic jobs: the one whose jobs connection holds a session's advisory
+lock (`try_session_lock`).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
+from store.connections import connect
 from store.errors import StoreUnavailable
-from store.repo import acquire_lease, release_lease
 from store.types import Conn
 
 # =========================================================================== controller leases
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def acquire_lease(
+    conn: Conn, district_code: str, owner: str, *, ttl_s: float, now: datetime | None = None
+) -> bool:
+    """Take or renew the district's lease for ``owner``; False while another owner's lease is live."""
+    now = now or _now()
+    row = conn.execute(
+        """
+        INSERT INTO controller_leases AS l (district_code, owner, acquired_at, renewed_at, expires_at)
+        VALUES (%(d)s, %(owner)s, %(now)s, %(now)s, %(exp)s)
+        ON CONFLICT (district_code) DO UPDATE SET
+            owner = EXCLUDED.owner,
+            acquired_at = CASE WHEN l.owner = EXCLUDED.owner THEN l.acquired_at ELSE EXCLUDED.acquired_at END,
+            renewed_at = EXCLUDED.renewed_at, expires_at = EXCLUDED.expires_at
+        WHERE l.owner = EXCLUDED.owner OR l.expires_at < EXCLUDED.renewed_at
+        RETURNING owner
+        """,
+        {"d": district_code, "owner": owner, "now": now, "exp": now + timedelta(seconds=ttl_s)},
+    ).fetchone()
+    return row is not None
+
+
+def release_lease(conn: Conn, district_code: str, owner: str) -> None:
+    """Give a lease up (on clean shutdown) so another controller takes over at once."""
+    conn.execute(
+        "DELETE FROM controller_leases WHERE district_code = %s AND owner = %s", (district_code, owner)
+    )
+
+
+def lease_owners(conn: Conn) -> dict[str, str]:
+    """District code -> owner of every live lease."""
+    rows = conn.execute(
+        "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
+    ).fetchall()
+    return {str(r[0]): str(r[1]) for r in rows}
+
 
 MEMBER_PREFIX = "member/"
 
@@ -38,11 +83,9 @@ def lease_round(conn: Conn, owner: str, ttl_s: float, plan: LeasePlanner) -> tup
     """Keep `owner`'s membership row alive, read who holds what, and take or give up leases as
     `plan` says; returns the districts now held and the holders read before the round."""
     acquire_lease(conn, member_key(owner), owner, ttl_s=ttl_s)
-    rows = conn.execute(
-        "SELECT district_code, owner FROM controller_leases WHERE expires_at >= now()"
-    ).fetchall()
-    members = sum(1 for r in rows if str(r[0]).startswith(MEMBER_PREFIX))
-    holders = {str(r[0]): str(r[1]) for r in rows if not str(r[0]).startswith(MEMBER_PREFIX)}
+    live = lease_owners(conn)
+    members = sum(1 for key in live if key.startswith(MEMBER_PREFIX))
+    holders = {key: who for key, who in live.items() if not key.startswith(MEMBER_PREFIX)}
     acquire, release = plan(holders, members)
     for district in release:
         release_lease(conn, district, owner)
@@ -60,6 +103,16 @@ def release_all(conn: Conn, districts: Sequence[str], owner: str) -> None:
 # =========================================================================== end of controller leases
 
 
+# =========================================================================== a session's lock
+
+
+def try_session_lock(conn: Conn, key: int) -> bool:
+    """Take the advisory lock `key` for the connection's session if it is free (held until the
+    connection closes): True taken, False another session holds it."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    return bool(row and row[0])
+
+
 # =========================================================================== ingest group lease
 
 
@@ -74,9 +127,7 @@ class LeaseConnection:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url, autocommit=True, connect_timeout=int(self.connect_timeout_s)
-            )
+            self._conn = connect(self.database_url, connect_timeout_s=self.connect_timeout_s)
         return self._conn
 
     def acquire(self, key: str, owner: str, ttl_s: float) -> bool:

@@ -3,7 +3,7 @@
 The decisions are the pure functions of ``alerts/_maintenance.py``; this module returns their
 rows (``alerts.DeviceRecord``, ``alerts.DeviceLiveness``, ``alerts.LampSnapshot``) and takes the
 advisory locks: a device's (or a pass's) alert decisions are serialised across ingest workers
-until the transaction commits. Saving the changes is ``store.alertstore.save_alert``'s.
+until the transaction commits. Saving the changes is ``store.alerts.save_alert``'s.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ service that was down re-reads the rows when it starts, so a lost note delays wo
 loses it. Every note is a frozen ``msgspec`` struct, encoded and decoded here and nowhere else:
 the API (and ingest, for alerts) writes them with `notify` (or, for a batch of walk positions,
 through `store.walkpositions`, which frames the entries with `POSITIONS_HEAD`/`POSITIONS_TAIL`),
-the controller reads them with `decode`, which raises `BadNote` for a payload it cannot read.
+the controller and the API's stream hub read them with `decode`, which raises `BadNote` for a
+payload it cannot read.
 
 Channels (PostgreSQL caps a payload at 8000 bytes; all of these are small)::
 
@@ -20,6 +21,8 @@ Channels (PostgreSQL caps a payload at 8000 bytes; all of these are small)::
                accuracy_m, heading_deg, speed_mps, district, [lamp ids] | null], ...]}
     sl_lamp    LampNote       an operator's manual override for the controller to send
                {"device_id", "district", "level", "ttl_s", "source", "action"}
+    sl_operator  (plain text) the username whose account or sessions changed, for the API's live
+               streams of that operator (`notify_operator`; not a struct: the name is the note)
 
 A position's lamp ids are the API's ``geo.lamps_for_walker`` answer (what the resident was told);
 the controller uses them when it trusts the heading instead of computing them again.
@@ -38,6 +41,7 @@ ALERT_CHANNEL: Final = "sl_alert"
 WALK_CHANNEL: Final = "sl_walk"
 LAMP_CHANNEL: Final = "sl_lamp"
 CHANNELS: Final = (ALERT_CHANNEL, WALK_CHANNEL, LAMP_CHANNEL)
+OPERATOR_CHANNEL: Final = "sl_operator"
 
 # A manual override with no time to live of its own holds for an hour.
 OVERRIDE_TTL_S = 3600
@@ -173,6 +177,17 @@ def encode_position(position: PositionNote) -> bytes:
 def notify(conn: Conn, note: Note) -> None:
     """Queue the note on its channel; delivered when the surrounding transaction commits."""
     conn.execute("SELECT pg_notify(%s, %s)", (channel_of(note), encode(note)))
+
+
+def notify_operator(conn: Conn, username: str) -> None:
+    """Announce that `username`'s account or sessions changed (delivered at commit)."""
+    conn.execute("SELECT pg_notify(%s, %s)", (OPERATOR_CHANNEL, username))
+
+
+def to_dict(note: Note) -> dict[str, Any]:
+    """A note as the plain dict its payload encodes (lists for tuples), e.g. to forward it as JSON."""
+    data: dict[str, Any] = msgspec.to_builtins(note)
+    return data
 
 
 def decode(channel: str, payload: str | bytes) -> Note:

@@ -4,7 +4,7 @@ privacy audit log of what they (and the services) read or changed of residents' 
 A session row is what makes an operator's token valid: a token names its session, and each request
 reads the session with the account as it is now (`session_account`: one indexed join), so logout,
 a disabled account, a new role or a new district take effect on the next request. Every change of
-a session or an account is also announced on `OPERATOR_CHANNEL` (NOTIFY, delivered at commit) so
+a session or an account is also announced on ``sl_operator`` (`store.notes.notify_operator`) so
 the live streams of that operator end at once.
 """
 
@@ -18,19 +18,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from store.filters import Where
+from store.notes import notify_operator
 from store.registry import shared_secret
 from store.types import Conn, Row
 
-OPERATOR_CHANNEL = "sl_operator"
 _TOKEN_SECRET_KEY = "api_token_secret"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _announce(conn: Conn, username: str) -> None:
-    conn.execute("SELECT pg_notify(%s, %s)", (OPERATOR_CHANNEL, username))
 
 
 # --------------------------------------------------------------------------- accounts
@@ -115,7 +111,7 @@ def revoke_session(conn: Conn, session_id: str) -> bool:
         (session_id,),
     ).fetchone()
     if row is not None:
-        _announce(conn, str(row[0]))
+        notify_operator(conn, str(row[0]))
     return row is not None
 
 
@@ -125,13 +121,13 @@ def revoke_sessions(conn: Conn, username: str) -> int:
         "UPDATE operator_sessions SET revoked_at = now() WHERE username = %s AND revoked_at IS NULL",
         (username,),
     )
-    _announce(conn, username)
+    notify_operator(conn, username)
     return cur.rowcount
 
 
 def account_changed(conn: Conn, username: str) -> None:
     """Tell the live streams that `username`'s role, district or state changed."""
-    _announce(conn, username)
+    notify_operator(conn, username)
 
 
 def set_operator_disabled(conn: Conn, username: str, disabled: bool) -> bool:

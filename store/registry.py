@@ -16,9 +16,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import psycopg
-
-from store.errors import StoreUnavailable
+from store.connections import on_own_connection
 from store.types import Conn
 
 
@@ -175,26 +173,14 @@ def retired_shared_secret(conn: Conn, key: str) -> str | None:
 
 def provisioned_devices_at(database_url: str, *, connect_timeout_s: int = 2) -> dict[str, ProvisionedDevice]:
     """``provisioned_devices`` read on a short-lived connection of its own."""
-    try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
-            return provisioned_devices(conn)
-    except psycopg.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
+    return on_own_connection(database_url, provisioned_devices, connect_timeout_s=connect_timeout_s)
 
 
 def shared_secret_at(database_url: str, key: str, *, connect_timeout_s: int = 10) -> str:
     """``shared_secret`` read (or created) on a short-lived connection of its own."""
-    try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
-            return shared_secret(conn, key)
-    except psycopg.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
+    return on_own_connection(database_url, shared_secret, key, connect_timeout_s=connect_timeout_s)
 
 
 def retired_shared_secret_at(database_url: str, key: str, *, connect_timeout_s: int = 10) -> str | None:
     """``retired_shared_secret`` read on a short-lived connection of its own."""
-    try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s) as conn:
-            return retired_shared_secret(conn, key)
-    except psycopg.Error as exc:
-        raise StoreUnavailable(str(exc)) from exc
+    return on_own_connection(database_url, retired_shared_secret, key, connect_timeout_s=connect_timeout_s)

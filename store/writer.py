@@ -7,8 +7,13 @@ travel as epoch milliseconds (``ts_ms``, as on the wire) and become ``timestampt
 saves a ``datetime`` per row in Python.
 
 :class:`BatchWriter` adds a bounded buffer and a writer thread that flushes by size or age. A
-caller that writes batches of its own in one transaction each (ingest's worker) uses ``connect``,
-``batch_transaction`` and ``savepoint``: a lost connection is ``StoreUnavailable`` (spool, retry).
+caller that writes batches of its own in one transaction each (ingest's worker) uses
+``store.connections`` (``connect_or_unavailable``, ``batch_transaction``, ``savepoint``): a lost
+connection is ``StoreUnavailable`` (spool, retry).
+
+Over 500 lines on purpose: the row layouts, the binary COPY dumpers and the staging-table SQL are
+one contract (a field added to a layout must change all three together), and `BatchWriter` is
+their only buffered caller; split apart, each half would have to be read with the other open.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,8 +36,9 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from runtime.logs import get_logger
+from store.connections import connect_or_unavailable
 from store.errors import BufferFull, StoreRejected, StoreUnavailable
-from store.schema import LATE_AFTER
+from store.schema_sql import LATE_AFTER
 from store.types import Conn
 
 log = get_logger(__name__)
@@ -250,48 +256,6 @@ def write_events(conn: Conn, rows: Iterable[EventRow]) -> int:
     return write_rows(conn, "events", rows)
 
 
-# -- a connection and transactions for a caller writing batches of its own (ingest's worker)
-
-_LOST = (psycopg.OperationalError, psycopg.InterfaceError)
-
-
-def connect(database_url: str, *, connect_timeout_s: int = 5) -> Conn:
-    """An autocommit connection; ``StoreUnavailable`` when the database cannot be reached."""
-    try:
-        return psycopg.connect(database_url, autocommit=True, connect_timeout=connect_timeout_s)
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
-
-
-def close_quietly(conn: Conn | None) -> None:
-    """Close a connection that may be broken already, ignoring what the close raises."""
-    if conn is not None:
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
-
-
-@contextlib.contextmanager
-def batch_transaction(conn: Conn, *, rows: int = 0) -> Iterator[None]:
-    """One transaction for a batch: all of it commits or none; a connection lost inside it (or at
-    commit) raises ``StoreUnavailable`` carrying ``rows``, the batch's rows left for the caller."""
-    try:
-        with conn.transaction():
-            yield
-    except _LOST as exc:
-        raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
-
-
-@contextlib.contextmanager
-def savepoint(conn: Conn, *, rows: int = 0) -> Iterator[None]:
-    """A nested transaction inside a batch's: what fails in it is rolled back alone, the batch goes
-    on; a lost connection raises ``StoreUnavailable`` (``rows`` as in ``batch_transaction``)."""
-    try:
-        with conn.transaction():
-            yield
-    except _LOST as exc:
-        raise StoreUnavailable(f"database unreachable: {exc}", rows=rows) from exc
-
-
 # --------------------------------------------------------------------------- batch writer
 
 
@@ -412,12 +376,7 @@ class BatchWriter:
 
     def _connection(self) -> Conn:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(
-                    self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s
-                )
-            except psycopg.OperationalError as exc:
-                raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+            self._conn = connect_or_unavailable(self.conninfo, connect_timeout_s=self.connect_timeout_s)
         return self._conn
 
     def _write(self, batch: Batch) -> int:

@@ -81,7 +81,7 @@ async def _phase(
 
 
 def _seed(url: str, lamps: int) -> None:
-    from store.repo import upsert_device
+    from store.devices import upsert_device
     from store.schema import apply_migrations
 
     with psycopg.connect(url, autocommit=True) as conn:

@@ -1,5 +1,9 @@
 """``streetlight bench brighten``: walkers' positions through the real API to brighten commands at lamps.
 
+Over 500 lines on purpose: a benchmark, not product code; the deployment it starts, the
+walkers' client process, the simulated lamps and the figures it reports are one experiment,
+read top to bottom when a figure in docs/benchmarks.md is questioned.
+
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private,
 ``set_tcp_nodelay true``), ``streetlight api`` (``--api-workers``), ``streetlight controller``
 (``--districts all``), the walkers' HTTP client(s) (``python -m devkit.bench.brighten
@@ -736,7 +740,7 @@ def _figures(
 
 def seed_lamps(db_url: str, placement: Any) -> None:
     """Upsert the placed lamps into ``devices`` (what births through ingest would do)."""
-    from store.repo import upsert_device
+    from store.devices import upsert_device
 
     with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
         for lamp in placement.lamps:

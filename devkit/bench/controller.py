@@ -293,9 +293,9 @@ async def _measure(args: argparse.Namespace, params: ConnectionParams, db_url: s
     from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
     from controller import Controller, ControllerConfig
     from store import migrate, upsert_device
-    from store.alertstore import change_alert, save_alert
+    from store.alerts import change_alert, save_alert
     from store.notes import WalkMoved, notify
-    from store.repo import add_walk_positions, start_walk
+    from store.walks import add_walk_positions, start_walk
 
     migrate(db_url)
     prefix = f"B{uuid.uuid4().hex[:6]}"

@@ -113,8 +113,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 def _prepare_outage(db_url: str, n: int) -> None:
     """The outage district's lamps and blinkers, registered and online (connection 1)."""
-    from store.devices import set_connectivity
-    from store.repo import upsert_device
+    from store.devices import set_connectivity, upsert_device
 
     with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
         for lamp, blinker, lat, lon in _outage_poles(n):
@@ -168,7 +167,7 @@ def _restore_messages(n: int) -> list[tuple[str, bytes]]:
 
 def _maintenance_open(db_url: str) -> dict[str, Any]:
     from alerts import AlertKind
-    from store.alertstore import active_alerts
+    from store.alerts import active_alerts
 
     kinds = [k.value for k in AlertKind if k is not AlertKind.SOS]
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -190,7 +189,7 @@ def _prepare(db_url: str) -> None:
     """Lamps around the SOS point (the controller blinks them) and the operator account."""
     from api.accounts import create_operator
     from api.security import password_hasher
-    from store.repo import upsert_device
+    from store.devices import upsert_device
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         with conn.transaction():

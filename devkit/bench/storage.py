@@ -10,7 +10,7 @@ throwaway cluster with TimescaleDB preloaded:
    segment-by device;
 3. the rollup refresh of the day, and one hour's refresh scan with and without the BRIN index on
    ``ts``, plus the COPY rate with and without it;
-4. the console's 24-hour chart query of a lamp (``store.repo.lamp_hours``): median and p95;
+4. the console's 24-hour chart query of a lamp (``store.devices.lamp_hours``): median and p95;
 5. the writer's late-row check on an in-time batch (the cost every batch pays).
 
 The baseline of each figure is the other path in the same run. The last stdout line is JSON.
@@ -108,7 +108,7 @@ def _best_ms(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...], r
 
 
 def _hour_scan_ms(conn: psycopg.Connection[Any], hour: datetime) -> float:
-    from store.schema import plain_lamp_hour_select
+    from store.schema_sql import plain_lamp_hour_select
 
     sql = (
         f"SELECT {plain_lamp_hour_select()} FROM telemetry t JOIN devices d ON t.device_id = d.device_id "
@@ -120,7 +120,7 @@ def _hour_scan_ms(conn: psycopg.Connection[Any], hour: datetime) -> float:
 
 def _one_path(url: str, timescale: bool, args: argparse.Namespace) -> dict[str, Any]:
     from store import migrate, refresh_rollups
-    from store.repo import lamp_hours
+    from store.devices import lamp_hours
 
     migrate(url, timescale=timescale)
     rng = random.Random(20261207)

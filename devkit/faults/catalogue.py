@@ -1,5 +1,9 @@
 """The fault-injection scenarios of issue #8, each a function that returns its measured figures.
 
+Over 500 lines on purpose: a catalogue, not product code; each scenario is a self-contained
+function of 40-90 lines (set up, break, measure, end), and a reader compares them side by side;
+``harness.py`` already holds what they share.
+
 The same functions run small in ``tests/faults/`` (which assert the figures) and full size in
 ``streetlight bench soak`` (which reports them). Each starts its own Mosquitto (with persistence
 where a broker is killed) and, where PostgreSQL is stopped, its own throwaway cluster, and ends

@@ -1,5 +1,9 @@
 """Building blocks of the fault-injection scenarios: real processes, a counting publisher, counts.
 
+Over 500 lines on purpose (barely): the process owner, the counting raw-socket publisher and
+the counters are the fault scenarios' whole toolbox, used together by every scenario; not
+product code.
+
 Everything here starts real things (``streetlight ingest``/``controller``/``api`` as child
 processes, a raw-socket MQTT publisher) and gives the scenario what it needs to break them:
 the process to SIGKILL, the numbers to compare afterwards. ``Processes`` owns every child it

@@ -79,10 +79,10 @@ def _new_operator(args: argparse.Namespace, settings: Settings) -> tuple[str, st
 
 def run(args: argparse.Namespace) -> int:
     """Migrate, optionally create accounts, then serve until stopped."""
-    import psycopg
-
     from api.accounts import create_operator, ensure_demo_operators
     from api.security import password_hasher
+    from store.connections import connect
+    from store.errors import DatabaseUnavailable
     from store.schema import apply_migrations
 
     settings = Settings.from_env()
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     # Loaded once for this process's server (with --workers N each worker loads its own).
     gazetteer = bootstrap.load_gazetteer() if new_operator is None and args.workers <= 1 else None
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with connect(url) as conn:
             apply_migrations(conn)
             if new_operator is not None:
                 username, password = new_operator
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                 for op in ensure_demo_operators(conn, hasher=hasher, gazetteer=gazetteer):
                     where = f"{op.role} {op.district or ''}".strip()
                     print(f"demo login: {op.username} / {op.password} ({where})")
-    except psycopg.OperationalError as exc:
+    except DatabaseUnavailable as exc:
         print(f"streetlight api: cannot reach the database: {exc}")
         return 1
     server = bootstrap.ApiServer(

@@ -214,10 +214,8 @@ def _run_worker(
     *,
     shared: bool,
 ) -> int:
-    import psycopg
-
     from broker import MqttUrlError
-    from store import StoreError
+    from store.errors import DatabaseError, StoreError
 
     bind_context(worker=index)  # every line of this worker process
     # A child of the supervisor (--index) is one of several workers, each with its own account.
@@ -230,7 +228,7 @@ def _run_worker(
     except (MqttUrlError, OSError) as exc:
         print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
-    except (psycopg.Error, StoreError) as exc:
+    except (DatabaseError, StoreError) as exc:
         print(f"streetlight ingest: cannot read the database: {exc}", file=sys.stderr)
         return 1
     try:

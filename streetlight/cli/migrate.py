@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Apply the migrations and say what was applied and which storage path is in use."""
-    from store.errors import StoreError
+    from store.errors import DatabaseError, StoreError
     from store.schema import migrate
 
     settings = Settings.from_env()
@@ -55,11 +55,9 @@ def run(args: argparse.Namespace) -> int:
     except (StoreError, OSError) as exc:
         print(f"streetlight migrate: {exc}")
         return 1
-    except Exception as exc:  # psycopg's connection errors, without importing psycopg here
-        if type(exc).__module__.startswith("psycopg"):
-            print(f"streetlight migrate: cannot reach the database: {exc}")
-            return 1
-        raise
+    except DatabaseError as exc:
+        print(f"streetlight migrate: cannot reach the database: {exc}")
+        return 1
     for name in report.applied:
         print(f"applied {name}")
     if not report.applied:
@@ -69,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("storage: native partitioning (TimescaleDB not in use)")
     if getattr(args, "maintenance", False):
-        import psycopg
-
+        from store.connections import connect
         from store.jobs import run_maintenance
 
-        with psycopg.connect(url, autocommit=True) as conn:
+        with connect(url) as conn:
             done = run_maintenance(conn)
         print("maintenance: " + json.dumps(done, default=str, ensure_ascii=False))
     return 0

@@ -314,8 +314,8 @@ def _mirror(registry: Registry, database_url: str | None) -> str:
     """Mirror the devices into the ``devices`` table, where ingest's registry check reads them."""
     if not database_url:
         return "not told: pass --database-url (or set DATABASE_URL) so ingest refuses unknown ids"
-    import psycopg
-
+    from store.connections import connect
+    from store.errors import DatabaseError
     from store.registry import ProvisionedDevice, mark_provisioned, mark_revoked
     from store.schema import apply_migrations
 
@@ -338,12 +338,12 @@ def _mirror(registry: Registry, database_url: str | None) -> str:
 
     devices = [(p, p.device) for p in registry.devices() if p.device is not None]
     try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        with connect(database_url, connect_timeout_s=10) as conn:
             apply_migrations(conn)
             with conn.transaction():
                 n = mark_provisioned(conn, [row(p, d) for p, d in devices])
                 mark_revoked(conn, [p.name for p, _ in devices if p.revoked])
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         raise ProvisioningError(
             f"files written, but the database was not updated ({exc}); re-run with the same arguments"
         ) from exc
@@ -354,17 +354,17 @@ def _rotate_share_group(database_url: str | None) -> str:
     """A new secret for ingest's share group (a leaked one lets devices take turns of the telemetry)."""
     if not database_url:
         raise ProvisioningError("--rotate-share-group needs --database-url (or DATABASE_URL)")
-    import psycopg
-
     from ingest._registry import SHARE_GROUP_KEY
+    from store.connections import connect
+    from store.errors import DatabaseError
     from store.registry import rotate_shared_secret
     from store.schema import apply_migrations
 
     try:
-        with psycopg.connect(database_url, autocommit=True, connect_timeout=10) as conn:
+        with connect(database_url, connect_timeout_s=10) as conn:
             apply_migrations(conn)
             rotate_shared_secret(conn, SHARE_GROUP_KEY)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         raise ProvisioningError(f"the share group was not rotated: {exc}") from exc
     return (
         "ingest share group rotated (the name is not shown); restart every ingest instance: each "

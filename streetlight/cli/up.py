@@ -97,15 +97,14 @@ def _wait_ready(url: str, *, timeout_s: float) -> bool:
 
 def _prepare_database(database_url: str, *, with_operators: bool) -> None:
     """Apply migrations once and create the demo operators (only those missing)."""
-    import psycopg
-
+    from store.connections import connect
     from store.schema import migrate
 
     migrate(database_url)
     if with_operators:
         from api.accounts import ensure_demo_operators
 
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with connect(database_url) as conn:
             ensure_demo_operators(conn)
 
 

@@ -9,8 +9,7 @@ import pytest
 
 from alerts import AlertKind, Place, Position, new_alert
 from store import migrate
-from store.alerts import stream_catch_up
-from store.alertstore import save_alert
+from store.alerts import save_alert, stream_catch_up
 
 pytestmark = [pytest.mark.integration]
 

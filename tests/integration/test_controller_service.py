@@ -31,7 +31,7 @@ from devkit.bench.controller import LampFleet, LampSpec
 from devkit.localservices import MqttService, start_mosquitto
 from geo import LampIndex, lamps_for_walker, load_safety_zones
 from store import command_status_counts, migrate, upsert_device
-from store.alertstore import change_alert, load_alert, save_alert
+from store.alerts import change_alert, load_alert, save_alert
 from store.notes import WALK_CHANNEL, WalkMoved, notify
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 from store.walks import create_resident, start_walk

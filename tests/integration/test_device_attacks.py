@@ -32,7 +32,7 @@ from devkit.bench.controller import LampFleet, LampSpec
 from devkit.localservices import MqttService
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from store import migrate, upsert_device
-from store.alertstore import active_alerts, load_alert, save_alert
+from store.alerts import active_alerts, load_alert, save_alert
 from tests.conftest import skip_unless
 from tests.helpers import running as running_worker
 from tests.helpers import wait_for

@@ -30,7 +30,7 @@ from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, 
 from ingest._alerts import raise_daynight_alerts, raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
-from store.alertstore import active_alerts, load_alert
+from store.alerts import active_alerts, load_alert
 from tests.helpers import count, running, wait_for
 
 SEOUL = (37.5665, 126.9780)

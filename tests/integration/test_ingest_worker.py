@@ -25,7 +25,7 @@ from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, 
 from ingest._alerts import raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
-from store.alertstore import active_alerts
+from store.alerts import active_alerts
 from tests.conftest import skip_unless
 from tests.helpers import count, running, wait_for
 

@@ -29,7 +29,7 @@ from ingest import IngestWorker, RawMessage, SeqTracker, WorkerConfig, process, 
 from ingest._alerts import raise_offline_alerts
 from ingest._write import write_batch
 from store import migrate
-from store.alertstore import active_alerts, load_alert
+from store.alerts import active_alerts, load_alert
 from tests.helpers import count, running
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from devkit.apiclient import client, fast_config, seed
 from ingest import JobsLeader
 from ingest._metrics import IngestMetrics
 from store import run_maintenance
-from store.alertstore import active_alerts
+from store.alerts import active_alerts
 from store.jobs import storage_job_problems
 
 Conn = psycopg.Connection[Any]

@@ -21,7 +21,9 @@ from store import (
     write_telemetry,
 )
 from store.embedded import start_embedded
-from store.schema import MIGRATIONS, list_partitions, partition_name, timescale_rollup_sql
+from store.partitions import list_partitions, partition_name
+from store.schema import MIGRATIONS
+from store.schema_sql import timescale_rollup_sql
 from streetlight.cli import migrate as migrate_command
 
 

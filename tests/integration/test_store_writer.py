@@ -298,7 +298,7 @@ def test_a_row_inside_the_retention_outlives_a_retention_run_and_one_past_it_doe
 
 
 def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: Conn) -> None:
-    from store.writer import batch_transaction, savepoint
+    from store.connections import batch_transaction, savepoint
 
     conn.execute("CREATE TEMP TABLE t (v int)")
     with batch_transaction(conn, rows=2):
@@ -312,7 +312,8 @@ def test_a_batch_transaction_commits_what_its_savepoint_did_not_roll_back(conn: 
 def test_a_connection_lost_in_a_batch_transaction_is_store_unavailable_with_the_batchs_rows(
     store_url: str,
 ) -> None:
-    from store.writer import batch_transaction, close_quietly, connect, savepoint
+    from store.connections import batch_transaction, close_quietly, savepoint
+    from store.connections import connect_or_unavailable as connect
 
     with pytest.raises(StoreUnavailable, match="cannot connect"):
         connect(f"postgresql://streetlight@127.0.0.1:{free_port()}/streetlight", connect_timeout_s=2)

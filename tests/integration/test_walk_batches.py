@@ -20,7 +20,7 @@ from websockets.sync.client import connect
 from api.walkbatch import PositionBatcher, PositionsBusy
 from devkit.apiclient import JUNG, fast_config, seed, serve
 from store import migrate
-from store.alertstore import WALK_CHANNEL
+from store.notes import WALK_CHANNEL
 from store.walkpositions import NOTIFY_BYTES, QueuedPosition
 from store.walks import create_resident, end_walk, start_walk
 

@@ -41,7 +41,7 @@ ALLOWED_PROJECT_IMPORTS = {
     "geo": {"geo"},
     "alerts": {"alerts", "geo"},
     "broker": {"broker", "runtime"},
-    "store": {"store", "alerts", "runtime"},  # alertstore maps the alerts core to rows
+    "store": {"store", "alerts", "runtime"},  # store/alerts.py maps the alerts core to rows
 }
 PROJECT_PACKAGES = {
     "geo",
@@ -157,17 +157,6 @@ DATABASE_DRIVER = {"psycopg", "psycopg_pool"}
 # Where the driver may be imported for good: the store, and what is not the product (throwaway
 # databases for tests and benchmarks, fault scenarios).
 DRIVER_HOMES = ("store/", "devkit/")
-# Exceptions until their SQL moves into store/ or they move into devkit/: remove an entry once
-# nothing under it imports the driver (test_every_driver_exception_is_still_needed says which).
-DRIVER_EXCEPTIONS = (
-    "api/app.py",  # creates the pools and maps the driver's errors to answers
-    "ingest/_jobs.py",  # the periodic jobs' connection
-    "streetlight/cli/api.py",  # CLI: migrates before serving
-    "streetlight/cli/ingest.py",  # CLI: names the driver's errors at start
-    "streetlight/cli/migrate.py",  # CLI: streetlight migrate
-    "streetlight/cli/provision.py",  # CLI: provisioning writes the registry
-    "streetlight/cli/up.py",  # CLI: the demo's database
-)
 
 
 def _python_files() -> list[Path]:
@@ -181,18 +170,11 @@ def _driver_users() -> list[str]:
 
 
 def test_only_the_store_imports_the_database_driver() -> None:
-    allowed = DRIVER_HOMES + DRIVER_EXCEPTIONS
-    offenders = [path for path in _driver_users() if not path.startswith(allowed)]
+    offenders = [path for path in _driver_users() if not path.startswith(DRIVER_HOMES)]
     assert offenders == [], (
         f"psycopg is imported outside store/: {offenders}; put the SQL in a store/ module "
         "(by aggregate: devices, walks, alerts, operators, ...) and call that"
     )
-
-
-def test_every_driver_exception_is_still_needed() -> None:
-    users = _driver_users()
-    stale = [entry for entry in DRIVER_EXCEPTIONS if not any(path.startswith(entry) for path in users)]
-    assert stale == [], f"nothing under {stale} imports psycopg any more: remove them from DRIVER_EXCEPTIONS"
 
 
 def test_the_driver_check_sees_a_lazy_import_inside_a_function(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 from alerts import ACTIVE_STATES
 from store.alerts import active_clause
 from store.filters import Where
-from store.schema import (
+from store.partitions import partition_name
+from store.schema import MIGRATIONS
+from store.schema_sql import (
     DEDUP_INDEX_SQL,
-    MIGRATIONS,
-    partition_name,
     plain_lamp_hour_select,
     plain_timeseries_sql,
     timescale_jobs_sql,

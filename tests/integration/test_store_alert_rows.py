@@ -21,7 +21,8 @@ from alerts import (
     resolve,
 )
 from store import alert_events, alert_track, migrate
-from store.alertstore import ALERT_CHANNEL, AlertNotFound, active_alerts, change_alert, load_alert, save_alert
+from store.alerts import AlertNotFound, active_alerts, change_alert, load_alert, save_alert
+from store.notes import ALERT_CHANNEL
 
 Conn = psycopg.Connection[Any]
 T0 = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
