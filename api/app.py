@@ -45,7 +45,7 @@ from runtime import tuning
 from store.alertstore import WALK_CHANNEL
 from store.errors import StoreRejected
 from store.jobs import storage_jobs_report
-from store.operators import shared_token_secret
+from store.operators import shared_audit_key, shared_token_secret
 from store.schema import apply_migrations
 from store.types import Conn
 
@@ -77,6 +77,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
     with psycopg.connect(config.database_url, autocommit=True) as conn:
         apply_migrations(conn)
         secret = config.token_secret.encode("utf-8") if config.token_secret else shared_token_secret(conn)
+        audit_key = config.audit_key.encode("utf-8") if config.audit_key else shared_audit_key(conn)
     pool: ConnectionPool[Conn] = ConnectionPool(
         config.database_url,
         min_size=config.pool_min,
@@ -94,6 +95,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         lamps=LampDirectory(),
         hasher=hasher,
         token_secret=secret,
+        audit_key=audit_key,
         metrics=metrics,
         hub=StreamHub(config.database_url, metrics, config.stream_queue),
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),
