@@ -16,7 +16,9 @@ Public names by module (the most used also importable from ``store``)::
                 stream_catch_up, last_event_id
     alertstore  save_alert, load_alert, change_alert, active_alerts (alerts.Alert <-> rows),
                 notify and the wake-up channels
-    operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries
+    operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries,
+                the audit hash chain (audit_chain)
+    privacy     SOS documents coarsened, deleted residents' alerts unlinked, a resident's export
     repo        insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
                 command_status_counts, get_command, acquire_lease, release_lease, lease_owners
     filters     Where (the one dynamic WHERE builder)
