@@ -70,6 +70,29 @@ def coarsen_details(details: Mapping[str, Any], decimals: int = COARSE_DECIMALS)
     return out
 
 
+def coarsen_document(data: Any, decimals: int = COARSE_DECIMALS) -> Any:
+    """Any JSON value with every ``lat``/``lon`` in it rounded and every ``nearest_lamps`` emptied
+    (with the ``address`` beside a position): for a stored document the alert model cannot read,
+    so no copy escapes coarsening because of its shape."""
+    if isinstance(data, list):
+        return [coarsen_document(v, decimals) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: coarsen_document(v, decimals) for k, v in data.items()}
+    has_position = any(k in out for k in _POSITION_KEYS)
+    for key in _POSITION_KEYS:
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = coarsen(value, decimals)
+        elif isinstance(value, str):
+            out.update({key: coarsen_details({key: value}, decimals)[key]})
+    if "nearest_lamps" in out:
+        out["nearest_lamps"] = []
+    if has_position and isinstance(out.get("address"), str):
+        out["address"] = ""
+    return out
+
+
 def _coarsen_event(event: Event, decimals: int) -> Event:
     if not any(k in _POSITION_KEYS for k, _ in event.details):
         return event

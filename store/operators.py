@@ -14,10 +14,12 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alerts import GENESIS_HASH, AuditRow, audit_row_hash
+from alerts import GENESIS_HASH, AuditRow, ChainReport, audit_row_hash, verify_chain
+from store.errors import StoreUnavailable
 from store.filters import Where
 from store.registry import shared_secret
 from store.types import Conn, Row
@@ -255,6 +257,16 @@ def chain_unhashed_audit_rows(conn: Conn) -> int:
         )
         prev = digest
     return len(rows)
+
+
+def verify_audit_chain_at(database_url: str) -> ChainReport:
+    """`alerts.verify_chain` over the whole audit log, on a connection of its own; raises
+    StoreUnavailable when the database cannot be read."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            return verify_chain(audit_chain(conn))
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
 
 
 def audit_chain(conn: Conn, *, batch: int = 5000) -> Iterator[AuditRow]:

@@ -19,10 +19,12 @@ from alerts import (
     COARSE_DECIMALS,
     DELETED_SOURCE,
     Alert,
+    InvalidAlertData,
     alert_from_dict,
     alert_to_dict,
     coarsen_alert,
     coarsen_details,
+    coarsen_document,
     fully_coarse,
     unlink_alert,
     unlink_due,
@@ -78,7 +80,18 @@ def coarsen_sos_documents(conn: Conn, *, cutoff: datetime) -> int:
         ).fetchall()
     changed = 0
     for r in rows:
-        alert = alert_from_dict(r["data"])
+        try:
+            alert = alert_from_dict(r["data"])
+        except InvalidAlertData as exc:
+            # A document the model cannot read is coarsened whole, by shape.
+            log.warning("retention_document_unreadable", alert_id=r["alert_id"], error=str(exc))
+            conn.execute(
+                "UPDATE alerts SET data = %s, positions_coarse = (updated_at < %s) WHERE alert_id = %s",
+                (Jsonb(coarsen_document(r["data"])), cutoff, r["alert_id"]),
+            )
+            _rewrite_events(conn, str(r["alert_id"]), cutoff, None)
+            changed += 1
+            continue
         after = coarsen_alert(alert, cutoff)
         done = fully_coarse(after, cutoff)
         if after is not alert:
@@ -120,7 +133,13 @@ def unlink_deleted_residents(
         ).fetchall()
     unlinked = held = 0
     for r in rows:
-        alert: Alert = alert_from_dict(r["data"])
+        try:
+            alert: Alert = alert_from_dict(r["data"])
+        except InvalidAlertData as exc:
+            # Unreadable: no close time to judge the hold by, so it is held (and said so).
+            log.warning("retention_document_unreadable", alert_id=r["alert_id"], error=str(exc))
+            held += 1
+            continue
         if not unlink_due(alert, hold, now):
             held += 1
             continue

@@ -19,10 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the chain is intact, 1 when a row was changed, removed or inserted, 2 on bad usage."""
-    import psycopg
-
-    from alerts import verify_chain
-    from store.operators import audit_chain
+    from store.errors import StoreUnavailable
+    from store.operators import verify_audit_chain_at
 
     settings = Settings.from_env()
     warn_secrets_in_flags("audit", {"--database-url": args.database_url})
@@ -32,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print("streetlight audit: no database: pass --database-url or set DATABASE_URL")
         return 2
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            report = verify_chain(audit_chain(conn))
-    except psycopg.Error as exc:
+        report = verify_audit_chain_at(url)
+    except StoreUnavailable as exc:
         print(f"streetlight audit: cannot read the audit log: {exc}")
         return 1
     print(

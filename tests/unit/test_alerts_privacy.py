@@ -26,6 +26,7 @@ from alerts import (
     coarsen,
     coarsen_alert,
     coarsen_details,
+    coarsen_document,
     fully_coarse,
     is_coarse,
     new_alert,
@@ -167,3 +168,17 @@ def test_a_changed_removed_or_inserted_row_breaks_the_chain_at_that_row() -> Non
     # a trail whose oldest rows retention removed still verifies from where it starts
     assert verify_chain(rows[2:]).ok
     assert not verify_chain(rows[2:], anchor=GENESIS_HASH).ok
+
+
+def test_a_document_the_model_cannot_read_is_coarsened_by_its_shape() -> None:
+    doc = {
+        "place": {"lat": LAT, "lon": LON, "address": "을지로 1", "nearest_lamps": [{"lamp_id": "x"}]},
+        "track": [{"lat": LAT, "lon": LON}],
+        "timeline": [{"details": {"lat": "37.561234", "lon": "126.978123"}}],
+        "kind": "sos",
+    }
+    text = json.dumps(coarsen_document(doc))
+    assert not any(x in text for x in EXACT)
+    coarse = coarsen_document(doc)
+    assert coarse["place"] == {"lat": 37.561, "lon": 126.978, "address": "", "nearest_lamps": []}
+    assert coarse["timeline"][0]["details"] == {"lat": "37.561", "lon": "126.978"}
