@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from alerts import GENESIS_HASH, AuditRow, ChainReport, audit_row_hash, verify_chain
+from alerts import GENESIS_HASH, AuditRow, ChainReport, audit_row_hash, resident_pseudonym, verify_chain
 from store.errors import StoreUnavailable
 from store.filters import Where
 from store.registry import shared_secret
@@ -228,6 +228,23 @@ def log_accesses(
     """`log_access` for many subjects at once: (subject_kind, subject_id, details) each."""
     now = _now()
     _append_audit(conn, [(now, actor, action, kind, sid, details) for kind, sid, details in entries])
+
+
+def pseudonymise_audit_subjects(conn: Conn) -> int:
+    """Replace the resident ids older rows name by their pseudonyms under the database's audit key
+    (the privacy migration, before the rows are chained); returns rows changed."""
+    key = shared_audit_key(conn)
+    rows = conn.execute(
+        "SELECT DISTINCT subject_id FROM audit_log "
+        "WHERE subject_kind = 'resident' AND subject_id NOT LIKE 'rp\\_%'"
+    ).fetchall()
+    changed = 0
+    for (rid,) in rows:
+        changed += conn.execute(
+            "UPDATE audit_log SET subject_id = %s WHERE subject_kind = 'resident' AND subject_id = %s",
+            (resident_pseudonym(key, str(rid)), rid),
+        ).rowcount
+    return changed
 
 
 def chain_unhashed_audit_rows(conn: Conn) -> int:

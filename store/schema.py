@@ -641,9 +641,10 @@ PRIVACY_MIGRATION = 8
 
 
 def _m8_privacy(conn: Conn, timescale: bool) -> None:
-    from store.operators import chain_unhashed_audit_rows
+    from store.operators import chain_unhashed_audit_rows, pseudonymise_audit_subjects
 
     conn.execute(PRIVACY_SQL.encode())
+    pseudonymise_audit_subjects(conn)
     chain_unhashed_audit_rows(conn)
 
 

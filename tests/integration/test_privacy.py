@@ -251,3 +251,37 @@ def test_a_bad_now_is_refused_clearly(value: str) -> None:
     done = streetlight("migrate", "--maintenance", "--now", value, url="postgresql://nowhere.invalid/x")
     assert done.returncode == 2
     assert "--now" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_rows_from_before_the_chain_are_pseudonymised_and_chained_by_the_migration(storage_url: str) -> None:
+    from alerts import resident_pseudonym, verify_chain
+    from store.operators import (
+        audit_chain,
+        chain_unhashed_audit_rows,
+        pseudonymise_audit_subjects,
+        shared_audit_key,
+    )
+
+    with psycopg.connect(storage_url, autocommit=True) as conn:
+        for rid in ("res-old1", "res-old2", "res-old1"):  # as rows were written before migration 8
+            conn.execute(
+                "INSERT INTO audit_log (actor, action, subject_kind, subject_id) "
+                "VALUES ('operator:op', 'read_track', 'resident', %s)",
+                (rid,),
+            )
+        conn.execute(
+            "INSERT INTO audit_log (actor, action, subject_kind, subject_id) VALUES ('operator:op', 'login', "
+            "'operator', 'op')"
+        )
+        with conn.transaction():  # what the migration does
+            assert pseudonymise_audit_subjects(conn) == 3
+            assert chain_unhashed_audit_rows(conn) == 4
+        subjects = [r[0] for r in conn.execute("SELECT subject_id FROM audit_log ORDER BY id")]
+        key = shared_audit_key(conn)
+        assert subjects == [
+            resident_pseudonym(key, "res-old1"),
+            resident_pseudonym(key, "res-old2"),
+            resident_pseudonym(key, "res-old1"),
+            "op",
+        ]
+        assert verify_chain(audit_chain(conn)).ok
