@@ -44,7 +44,7 @@ from store.connections import connect
 from store.errors import DatabaseError, DatabaseUnavailable, StoreRejected, ValueRefused
 from store.jobs import storage_jobs_report
 from store.notes import WALK_CHANNEL
-from store.operators import shared_token_secret
+from store.operators import shared_audit_key, shared_token_secret
 from store.pools import async_pool, sync_pool
 from store.schema import apply_migrations
 
@@ -76,6 +76,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
     with connect(config.database_url) as conn:
         apply_migrations(conn)
         secret = config.token_secret.encode("utf-8") if config.token_secret else shared_token_secret(conn)
+        audit_key = config.audit_key.encode("utf-8") if config.audit_key else shared_audit_key(conn)
     pool = sync_pool(config.database_url, min_size=config.pool_min, max_size=config.pool_max, name="api")
     pool.open(wait=True, timeout=30.0)
     hasher = password_hasher(config.kdf_time_cost, config.kdf_memory_kib)
@@ -86,6 +87,7 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         lamps=LampDirectory(),
         hasher=hasher,
         token_secret=secret,
+        audit_key=audit_key,
         metrics=metrics,
         hub=StreamHub(config.database_url, metrics, config.stream_queue),
         position_limit=RateLimiter(max(1, round(config.walk_positions_per_s)), 1.0),

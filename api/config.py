@@ -83,6 +83,9 @@ class ApiConfig:
 
     database_url: str
     token_secret: str | None = None  # None: the secret kept in the database (store_meta)
+    # The key of residents' pseudonyms in the audit log (STREETLIGHT_AUDIT_KEY); None: a random key
+    # kept in the database (store_meta), shared by API instances. Changing it starts new pseudonyms.
+    audit_key: str | None = None
     token_ttl_s: float = 12 * 3600.0
     kdf_time_cost: int = 3
     kdf_memory_kib: int = 65536

@@ -76,6 +76,10 @@ def alert_summary(row: Row) -> AlertSummary:
     )
 
 
+# The resident whose position a live message carries (never sent to the console).
+RESIDENT_KEY = "_resident_id"
+
+
 def alert_message(row: Row, *, replay: bool = False) -> dict[str, Any]:
     """The stream message for one alert (`AlertSummary` under ``alert``)."""
     return {
@@ -175,6 +179,10 @@ class StreamHub:
         except ValueError as exc:  # a row the summary cannot read: skip it, keep the stream
             log.warning("stream_alert_unreadable", alert=alert_id, error=str(exc))
             return
+        if row.get("resident_id") is not None:
+            # Whoever receives it reads the resident's position: `api.stream` audits it, then sends
+            # the message without this key.
+            message = {**message, RESIDENT_KEY: str(row["resident_id"])}
         self._broadcast(message, list(row["district_codes"]), str(row["kind"]))
 
     async def run(self) -> None:

@@ -61,6 +61,7 @@ from api.state import (
     client_address,
     may_see,
     require_role,
+    resident_subject,
     visible_districts,
     visible_kinds,
 )
@@ -216,6 +217,7 @@ def me(op: CurrentOperator, state: State) -> MeOut:
 @router.get("/v1/alerts", summary="List alerts")
 def alerts_list(
     op: CurrentOperator,
+    state: State,
     conn: Db,
     status: Annotated[
         list[str] | None, Query(description="open, acknowledged, ...; repeat for several")
@@ -236,18 +238,20 @@ def alerts_list(
     rows = list_alerts(
         conn, district_codes=visible_districts(op), statuses=status, kinds=kinds, since=since, limit=limit
     )
-    audit_resident_places(conn, op, "read_alert_list", rows)
+    audit_resident_places(state, conn, op, "read_alert_list", rows)
     return AlertListOut(alerts=[alert_summary(r) for r in rows], event_id=last_event_id(conn))
 
 
-def audit_resident_places(conn: Conn, op: Operator, action: str, rows: list[Row]) -> None:
+def audit_resident_places(state: AppState, conn: Conn, op: Operator, action: str, rows: list[Row]) -> None:
     """One audit row per resident whose SOS position (the alert's place) this answer carries."""
     by_resident: dict[str, list[str]] = {}
     for r in rows:
         if r.get("resident_id") is not None:
             by_resident.setdefault(str(r["resident_id"]), []).append(str(r["alert_id"]))
     if by_resident:
-        entries = [("resident", rid, {"alert_ids": ids}) for rid, ids in by_resident.items()]
+        entries = [
+            ("resident", resident_subject(state, rid), {"alert_ids": ids}) for rid, ids in by_resident.items()
+        ]
         log_accesses(conn, actor=op.actor, action=action, entries=entries)
 
 
@@ -263,7 +267,7 @@ def _iso_rows(rows: list[Row]) -> list[Row]:
 
 
 @router.get("/v1/alerts/{alert_id}", summary="Alert detail with track and timeline")
-def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> AlertDetailOut:
+def alert_detail(alert_id: str, op: CurrentOperator, state: State, conn: Db) -> AlertDetailOut:
     """The whole alert: place in words, track, audit trail; reading an SOS track is logged."""
     row = _visible_alert(conn, op, alert_id)
     alert = alert_from_dict(row["data"])
@@ -274,7 +278,7 @@ def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> AlertDetailOut
             actor=op.actor,
             action="read_track",
             subject_kind="resident",
-            subject_id=str(row["resident_id"]),
+            subject_id=resident_subject(state, str(row["resident_id"])),
             details={"alert_id": alert_id, "points": len(track)},
         )
     events = alert_events(conn, alert_id)
@@ -290,7 +294,7 @@ def alert_detail(alert_id: str, op: CurrentOperator, conn: Db) -> AlertDetailOut
 
 
 def _act(
-    conn: Conn, op: Operator, alert_id: str, action: str, change: Callable[[Alert], Alert]
+    state: AppState, conn: Conn, op: Operator, alert_id: str, action: str, change: Callable[[Alert], Alert]
 ) -> AlertActionOut:
     row = _visible_alert(conn, op, alert_id)
     try:
@@ -301,7 +305,9 @@ def _act(
                 actor=op.actor,
                 action=f"alert.{action}",
                 subject_kind="resident" if row["resident_id"] else "alert",
-                subject_id=str(row["resident_id"] or alert_id),
+                subject_id=resident_subject(state, str(row["resident_id"]))
+                if row["resident_id"]
+                else alert_id,
                 details={"alert_id": alert_id, "state": after.state.value},
             )
     except AlertNotFound as exc:
@@ -315,37 +321,48 @@ def _act(
 
 @router.post("/v1/alerts/{alert_id}/acknowledge", summary="Acknowledge an alert")
 def alert_acknowledge(
-    alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None
+    alert_id: str, op: CurrentOperator, state: State, conn: Db, body: NoteIn | None = None
 ) -> AlertActionOut:
     """I have seen it: escalation stops."""
     note = body.note if body else ""
-    return _act(conn, op, alert_id, "acknowledge", lambda a: acknowledge(a, _now(), op.actor, note))
+    return _act(state, conn, op, alert_id, "acknowledge", lambda a: acknowledge(a, _now(), op.actor, note))
 
 
 @router.post("/v1/alerts/{alert_id}/dispatch", summary="Dispatch help")
 def alert_dispatch(
-    alert_id: str, op: CurrentOperator, conn: Db, body: DispatchIn | None = None
+    alert_id: str, op: CurrentOperator, state: State, conn: Db, body: DispatchIn | None = None
 ) -> AlertActionOut:
     """Help is on its way (unit, note); acknowledges too when still open."""
     b = body or DispatchIn()
-    return _act(conn, op, alert_id, "dispatch", lambda a: dispatch(a, _now(), op.actor, b.note, b.unit))
+    return _act(
+        state, conn, op, alert_id, "dispatch", lambda a: dispatch(a, _now(), op.actor, b.note, b.unit)
+    )
 
 
 @router.post("/v1/alerts/{alert_id}/resolve", summary="Resolve an alert")
 def alert_resolve(
-    alert_id: str, op: CurrentOperator, conn: Db, body: ResolveIn | None = None
+    alert_id: str, op: CurrentOperator, state: State, conn: Db, body: ResolveIn | None = None
 ) -> AlertActionOut:
     """The incident is over (outcome in words)."""
     b = body or ResolveIn()
-    return _act(conn, op, alert_id, "resolve", lambda a: resolve(a, _now(), op.actor, b.note, b.outcome))
+    return _act(
+        state, conn, op, alert_id, "resolve", lambda a: resolve(a, _now(), op.actor, b.note, b.outcome)
+    )
 
 
 @router.post("/v1/alerts/{alert_id}/cancel", summary="Cancel as a false alarm")
-def alert_cancel(alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | None = None) -> AlertActionOut:
+def alert_cancel(
+    alert_id: str, op: CurrentOperator, state: State, conn: Db, body: NoteIn | None = None
+) -> AlertActionOut:
     """Not an emergency after all."""
     note = body.note if body else ""
     return _act(
-        conn, op, alert_id, "cancel", lambda a: cancel(a, _now(), op.actor, CancelReason.FALSE_ALARM, note)
+        state,
+        conn,
+        op,
+        alert_id,
+        "cancel",
+        lambda a: cancel(a, _now(), op.actor, CancelReason.FALSE_ALARM, note),
     )
 
 
@@ -355,7 +372,7 @@ def alert_cancel(alert_id: str, op: CurrentOperator, conn: Db, body: NoteIn | No
     response_class=Response,
     responses={200: {"content": {"application/cap+xml": {}}}},
 )
-def alert_cap(alert_id: str, op: CurrentOperator, conn: Db) -> Response:
+def alert_cap(alert_id: str, op: CurrentOperator, state: State, conn: Db) -> Response:
     """The OASIS CAP 1.2 XML of the alert's latest message."""
     row = _visible_alert(conn, op, alert_id)
     message = render_cap(alert_from_dict(row["data"]))
@@ -365,7 +382,7 @@ def alert_cap(alert_id: str, op: CurrentOperator, conn: Db) -> Response:
             actor=op.actor,
             action="read_cap",
             subject_kind="resident",
-            subject_id=str(row["resident_id"]),
+            subject_id=resident_subject(state, str(row["resident_id"])),
             details={"alert_id": alert_id},
         )
     return Response(message.xml, media_type="application/cap+xml")

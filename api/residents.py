@@ -42,8 +42,18 @@ from api.schemas import (
     WalkStartedOut,
 )
 from api.security import hash_resident_token, new_id, new_resident_token
-from api.state import AppState, Db, Resident, State, address_key, bearer_token, client_address
+from api.state import (
+    AppState,
+    Db,
+    Resident,
+    State,
+    address_key,
+    bearer_token,
+    client_address,
+    resident_subject,
+)
 from geo import lamps_for_walker
+from runtime.logs import get_logger
 from store.alerts import (
     AlertNotFound,
     active_alerts,
@@ -56,6 +66,8 @@ from store.alerts import (
 )
 from store.bursts import mark_sos_source
 from store.notes import WalkEnded, WalkStarted, notify
+from store.operators import log_access
+from store.privacy import resident_export
 from store.types import Conn, Row
 from store.walkpositions import QueuedPosition
 from store.walks import (
@@ -71,6 +83,7 @@ from store.walks import (
     start_walk,
 )
 
+log = get_logger(__name__)
 router = APIRouter(tags=["residents"])
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
@@ -151,9 +164,40 @@ def register(request: Request, state: State, conn: Db) -> RegisteredOut:
 
 @router.delete("/v1/residents/me", status_code=204, summary="Delete my account and data")
 def delete_me(resident: Resident, conn: Db) -> Response:
-    """Delete the caller's account, walks and positions (open SOS alerts stay with the police)."""
+    """Delete the caller's account, walks and positions at once; SOS alerts are unlinked from the
+    resident and coarsened by the retention job once their legal hold after the close has passed
+    (an open incident stays with the police). docs/privacy.md."""
     delete_resident(conn, resident)
+    log.info("resident_deleted")
     return Response(status_code=204)
+
+
+PHONE_REVEALS_NOTE = (
+    "The service holds no phone number yet, so no operator has revealed one: this list stays empty "
+    "until phone numbers are collected (issue 21)."
+)
+
+
+@router.get("/v1/residents/me/export", summary="Everything held about me (JSON)")
+def export_me(resident: Resident, state: State, conn: Db) -> JSONResponse:
+    """The caller's data as one JSON document: the walks and positions still held, the SOS alerts
+    with what operators saw of them (document, track, timeline, who read them and when), the
+    reveals of their phone number, and the audit rows naming them. The export is audited too."""
+    pseudonym = resident_subject(state, resident)
+    with conn.transaction():
+        document = resident_export(conn, resident, pseudonym)
+        log_access(
+            conn,
+            actor="resident",
+            action="export",
+            subject_kind="resident",
+            subject_id=pseudonym,
+            details={"walks": len(document["walks"]), "alerts": len(document["alerts"])},
+        )
+    document["phone_number_reveals_note"] = PHONE_REVEALS_NOTE
+    document["exported_at"] = _now().isoformat()
+    document["retention"] = "docs/privacy.md"
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/v1/walks", status_code=201, summary="Start a safe walk")

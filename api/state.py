@@ -14,7 +14,7 @@ from argon2 import PasswordHasher
 from fastapi import Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from alerts import AlertKind
+from alerts import AlertKind, resident_pseudonym
 from api.config import ApiConfig
 from api.hub import StreamHub
 from api.loginguard import LoginGuard
@@ -39,6 +39,7 @@ class AppState:
     lamps: LampDirectory
     hasher: PasswordHasher
     token_secret: bytes
+    audit_key: bytes  # names residents in the audit log by a pseudonym (`resident_subject`)
     metrics: ApiMetrics
     hub: StreamHub
     position_limit: RateLimiter
@@ -95,6 +96,11 @@ async def get_conn(state: State) -> AsyncIterator[Conn]:
 
 
 Db = Annotated[Conn, Depends(get_conn)]
+
+
+def resident_subject(state: AppState, resident_id: str) -> str:
+    """How the audit log names a resident: its pseudonym, never the id (docs/privacy.md)."""
+    return resident_pseudonym(state.audit_key, resident_id)
 
 
 def address_key(address: str) -> str:

@@ -19,14 +19,15 @@ import asyncio
 import contextlib
 import json
 import time
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from api.hub import Subscriber, alert_message
+from api.hub import RESIDENT_KEY, Subscriber, alert_message
 from api.operators import audit_resident_places
 from api.security import InvalidToken, Operator
-from api.state import AppState, operator_from_token, visible_districts, visible_kinds
+from api.state import AppState, operator_from_token, resident_subject, visible_districts, visible_kinds
 from store.alerts import last_event_id, stream_catch_up
 from store.errors import DatabaseUnavailable
 from store.operators import log_access
@@ -62,7 +63,7 @@ def _catch_up(state: AppState, op: Operator, after: int) -> tuple[int, list[Row]
         rows = stream_catch_up(
             conn, after_event_id=after, district_codes=visible_districts(op), kinds=visible_kinds(op)
         )
-        audit_resident_places(conn, op, "stream_replay", rows)
+        audit_resident_places(state, conn, op, "stream_replay", rows)
         log_access(
             conn,
             actor=op.actor,
@@ -99,7 +100,24 @@ async def _pump(ws: WebSocket, sub: Subscriber, state: AppState, op: Operator, t
                 await ws.close(code=code, reason="operator account changed; reconnect")
                 return
             continue
+        if RESIDENT_KEY in message:
+            resident = message[RESIDENT_KEY]
+            message = {k: v for k, v in message.items() if k != RESIDENT_KEY}
+            await run_in_threadpool(_audit_live, state, op, resident, message)
         await ws.send_text(json.dumps(message, ensure_ascii=False, default=str))
+
+
+def _audit_live(state: AppState, op: Operator, resident_id: str, message: dict[str, Any]) -> None:
+    """A live SOS change shows the resident's position: one audit row per message sent."""
+    with state.pool.connection() as conn:
+        log_access(
+            conn,
+            actor=op.actor,
+            action="stream_alert",
+            subject_kind="resident",
+            subject_id=resident_subject(state, resident_id),
+            details={"alert_id": message.get("alert", {}).get("id"), "event_id": message.get("event_id")},
+        )
 
 
 async def _expire(ws: WebSocket, op: Operator) -> None:

@@ -13,7 +13,7 @@ from alerts import AreaNamer, DayNightPolicy
 from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
 from ingest._metrics import IngestMetrics
 from runtime.logs import get_logger
-from store import run_maintenance
+from store import RetentionPolicy, run_maintenance
 from store.connections import connect
 from store.errors import DatabaseError
 from store.leases import try_session_lock
@@ -39,7 +39,9 @@ class JobsLeader:
         daynight_every_s: float = 300.0,
         metrics: IngestMetrics | None = None,
         namer: AreaNamer | None = None,
+        retention: RetentionPolicy | None = None,
     ) -> None:
+        self.retention = retention  # the retention periods from the settings (docs/privacy.md)
         self.database_url = database_url
         self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
         self.silent_after_s = silent_after_s
@@ -109,7 +111,7 @@ class JobsLeader:
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
                         try:
-                            run_maintenance(conn)
+                            run_maintenance(conn, policy=self.retention)
                         finally:
                             # After a failure too: the failure itself is what the alert reports.
                             if not conn.closed:

@@ -20,7 +20,9 @@ Public names by module (the most used also importable from ``store``)::
                 active_alerts (alerts.Alert <-> rows)
     notes       the wake-up channels and their typed payloads: notify, decode
     listen      listening (a LISTENing connection), connection (a plain async one)
-    operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries
+    operators   upsert_operator, get_operator, log_access, sessions, login places, audit_entries,
+                the audit hash chain (audit_chain)
+    privacy     SOS documents coarsened, deleted residents' alerts unlinked, a resident's export
     commands    insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
                 command_status_counts, get_command, write_batch (the controller's write queue)
     leases      acquire_lease, release_lease, lease_owners, lease_round, LeaseConnection

@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg.types.json import Jsonb
 
+from alerts import COARSE_DECIMALS
 from runtime.logs import get_logger
 from store.partitions import drop_expired_partitions, ensure_partitions
+from store.privacy import coarsen_sos_documents, unlink_deleted_residents
 from store.schema import timescale_enabled
 from store.schema_sql import DEFAULT_RETENTION, plain_lamp_hour_select
 from store.types import Conn
@@ -213,8 +215,9 @@ class RetentionPolicy:
 
     timeseries: dict[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_RETENTION))
     walk_positions_after_end: timedelta = timedelta(hours=24)
-    sos_track: timedelta = timedelta(days=30)  # then coarsened
-    coarsen_decimals: int = 3  # 0.001 deg is about 110 m of latitude in Seoul
+    sos_track: timedelta = timedelta(days=30)  # exact SOS positions, then coarsened (docs/privacy.md)
+    coarsen_decimals: int = COARSE_DECIMALS  # 0.001 deg is about 110 m of latitude in Seoul
+    deletion_hold: timedelta = timedelta(days=30)  # a deleted resident's closed SOS, after the close
     idempotency_keys: timedelta = timedelta(days=7)
     dead_letters: timedelta = timedelta(days=30)
     commands: timedelta = timedelta(days=30)
@@ -279,6 +282,8 @@ def run_retention(
             acc=coarse_acc,
             cutoff=sos_cutoff,
         )
+        done["sos_documents_coarsened"] = coarsen_sos_documents(conn, cutoff=sos_cutoff)
+        done.update(unlink_deleted_residents(conn, hold=policy.deletion_hold, now=now, accuracy_m=coarse_acc))
         run(
             "idempotency_keys_deleted",
             "DELETE FROM idempotency_keys WHERE created_at < %(cutoff)s",
@@ -326,7 +331,9 @@ def _record_job(conn: Conn, job: str, outcome: str, error: str | None = None) ->
     conn.execute(sql, {"job": job, "error": (error or "")[:500]})
 
 
-def run_maintenance(conn: Conn, *, now: datetime | None = None) -> dict[str, object]:
+def run_maintenance(
+    conn: Conn, *, now: datetime | None = None, policy: RetentionPolicy | None = None
+) -> dict[str, object]:
     """The periodic job a service runs (e.g. every 10 min): partitions ahead, rollups, retention.
 
     Each run's start, success or failure (with its error) is recorded in ``storage_job_runs`` so a
@@ -335,7 +342,7 @@ def run_maintenance(conn: Conn, *, now: datetime | None = None) -> dict[str, obj
     try:
         created = [] if timescale_enabled(conn) else ensure_partitions(conn, now=now)
         rollups = refresh_rollups(conn, now=now)
-        retention = run_retention(conn, now=now)
+        retention = run_retention(conn, now=now, policy=policy)
     except Exception as exc:
         if not conn.closed:
             try:

@@ -10,19 +10,23 @@ the live streams of that operator end at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from alerts import GENESIS_HASH, AuditRow, ChainReport, audit_row_hash, resident_pseudonym, verify_chain
+from store.errors import StoreUnavailable
 from store.filters import Where
 from store.notes import notify_operator
 from store.registry import shared_secret
 from store.types import Conn, Row
 
 _TOKEN_SECRET_KEY = "api_token_secret"
+_AUDIT_KEY = "audit_pseudonym_key"
 
 
 def _now() -> datetime:
@@ -68,6 +72,11 @@ def list_operators(conn: Conn) -> list[Row]:
             "SELECT username, role, district_code, display_name, disabled, created_at FROM operators "
             "ORDER BY username"
         ).fetchall()
+
+
+def shared_audit_key(conn: Conn) -> bytes:
+    """The key of residents' pseudonyms in the audit log kept in the database, created by the first."""
+    return bytes.fromhex(shared_secret(conn, _AUDIT_KEY, 32))
 
 
 def shared_token_secret(conn: Conn) -> bytes:
@@ -162,6 +171,38 @@ def remember_login_place(conn: Conn, username: str, address: str) -> None:
 # --------------------------------------------------------------------------- privacy audit log
 
 
+# Audit rows are appended one writer at a time (this transaction-scoped advisory lock, "SLAU"), so
+# each reads the hash of the row before it and two writers never link to the same row (a fork).
+AUDIT_LOCK_KEY = 0x534C4155
+PSEUDONYM_PREFIX = "rp_"
+
+
+def _append_audit(conn: Conn, rows: Sequence[tuple[datetime, str, str, str, str, dict[str, Any]]]) -> None:
+    """Append rows to the chain: lock, read the last hash, link each row to the one before."""
+    for _, _, _, kind, sid, _ in rows:
+        if kind == "resident" and not sid.startswith(PSEUDONYM_PREFIX):
+            raise ValueError("audit rows name a resident by its pseudonym, never the id")
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK_KEY,))
+        row = conn.execute(
+            "SELECT row_hash FROM audit_log WHERE row_hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        prev = GENESIS_HASH if row is None else str(row[0])
+        values = []
+        for ts, actor, action, kind, sid, details in rows:
+            digest = audit_row_hash(
+                prev, ts=ts, actor=actor, action=action, subject_kind=kind, subject_id=sid, details=details
+            )
+            values.append((ts, actor, action, kind, sid, Jsonb(details), prev, digest))
+            prev = digest
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details, prev_hash, "
+                "row_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                values,
+            )
+
+
 def log_access(
     conn: Conn,
     *,
@@ -172,12 +213,9 @@ def log_access(
     details: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Record that ``actor`` read or changed a resident's data (privacy audit log)."""
-    conn.execute(
-        "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (at or _now(), actor, action, subject_kind, subject_id, Jsonb(details or {})),
-    )
+    """Record that ``actor`` read or changed a resident's data (privacy audit log, hash-chained).
+    A resident is named by `alerts.resident_pseudonym`, never by the id (ValueError)."""
+    _append_audit(conn, [(at or _now(), actor, action, subject_kind, subject_id, details or {})])
 
 
 def log_accesses(
@@ -185,12 +223,75 @@ def log_accesses(
 ) -> None:
     """`log_access` for many subjects at once: (subject_kind, subject_id, details) each."""
     now = _now()
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO audit_log (ts, actor, action, subject_kind, subject_id, details) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            [(now, actor, action, kind, sid, Jsonb(details)) for kind, sid, details in entries],
+    _append_audit(conn, [(now, actor, action, kind, sid, details) for kind, sid, details in entries])
+
+
+def pseudonymise_audit_subjects(conn: Conn) -> int:
+    """Replace the resident ids older rows name by their pseudonyms under the database's audit key
+    (the privacy migration, before the rows are chained); returns rows changed."""
+    key = shared_audit_key(conn)
+    rows = conn.execute(
+        "SELECT DISTINCT subject_id FROM audit_log "
+        "WHERE subject_kind = 'resident' AND subject_id NOT LIKE 'rp\\_%'"
+    ).fetchall()
+    changed = 0
+    for (rid,) in rows:
+        changed += conn.execute(
+            "UPDATE audit_log SET subject_id = %s WHERE subject_kind = 'resident' AND subject_id = %s",
+            (resident_pseudonym(key, str(rid)), rid),
+        ).rowcount
+    return changed
+
+
+def chain_unhashed_audit_rows(conn: Conn) -> int:
+    """Chain the rows written before the chain existed (the privacy migration), in id order."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK_KEY,))
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT id, ts, actor, action, subject_kind, subject_id, details FROM audit_log "
+            "WHERE row_hash IS NULL ORDER BY id"
+        ).fetchall()
+    last = conn.execute(
+        "SELECT row_hash FROM audit_log WHERE row_hash IS NOT NULL ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    prev = GENESIS_HASH if last is None else str(last[0])
+    for r in rows:
+        digest = audit_row_hash(
+            prev,
+            ts=r["ts"],
+            actor=r["actor"],
+            action=r["action"],
+            subject_kind=r["subject_kind"],
+            subject_id=r["subject_id"],
+            details=r["details"],
         )
+        conn.execute(
+            "UPDATE audit_log SET prev_hash = %s, row_hash = %s WHERE id = %s", (prev, digest, r["id"])
+        )
+        prev = digest
+    return len(rows)
+
+
+def verify_audit_chain_at(database_url: str) -> ChainReport:
+    """`alerts.verify_chain` over the whole audit log, on a connection of its own; raises
+    StoreUnavailable when the database cannot be read."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            return verify_chain(audit_chain(conn))
+    except psycopg.Error as exc:
+        raise StoreUnavailable(str(exc)) from exc
+
+
+def audit_chain(conn: Conn, *, batch: int = 5000) -> Iterator[AuditRow]:
+    """Every audit row, oldest first, as `alerts.verify_chain` reads them (server-side cursor)."""
+    with conn.transaction(), conn.cursor(name="audit_chain", row_factory=dict_row) as cur:
+        cur.itersize = batch
+        cur.execute(
+            "SELECT id, ts, actor, action, subject_kind, subject_id, details, prev_hash, row_hash "
+            "FROM audit_log ORDER BY id"
+        )
+        for r in cur:
+            yield AuditRow(**r)
 
 
 def audit_entries(conn: Conn, *, subject_id: str | None = None, limit: int = 200) -> list[Row]:
@@ -198,7 +299,7 @@ def audit_entries(conn: Conn, *, subject_id: str | None = None, limit: int = 200
     where = Where().equals("subject_id", subject_id or None)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT id, ts, actor, action, subject_kind, subject_id, details FROM audit_log"
+            "SELECT id, ts, actor, action, subject_kind, subject_id, details, row_hash FROM audit_log"
             + where.sql
             + " ORDER BY id DESC LIMIT %s",
             [*where.params, limit],

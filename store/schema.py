@@ -107,6 +107,26 @@ def _m7_lamp_register(conn: Conn, timescale: bool) -> None:
     conn.execute(LAMP_REGISTER_SQL.encode())
 
 
+# Privacy (issue 22, docs/privacy.md): the audit trail becomes a hash chain (each row carries the
+# previous row's hash and its own; rows already there are chained in id order), and an SOS alert
+# records when its whole document is coarse so the retention job stops rereading it.
+PRIVACY_SQL = """
+ALTER TABLE audit_log ADD COLUMN prev_hash text;
+ALTER TABLE audit_log ADD COLUMN row_hash text;
+ALTER TABLE alerts ADD COLUMN positions_coarse boolean NOT NULL DEFAULT false;
+CREATE INDEX alerts_sos_exact ON alerts (created_at) WHERE kind = 'sos' AND NOT positions_coarse;
+"""
+PRIVACY_MIGRATION = 8
+
+
+def _m8_privacy(conn: Conn, timescale: bool) -> None:
+    from store.operators import chain_unhashed_audit_rows, pseudonymise_audit_subjects
+
+    conn.execute(PRIVACY_SQL.encode())
+    pseudonymise_audit_subjects(conn)
+    chain_unhashed_audit_rows(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -117,6 +137,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
+    Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
 )
 
 BOOTSTRAP_SQL = """

@@ -22,6 +22,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from controller import ControllerConfig
     from geo import Gazetteer
     from ingest import Locator, SenderCheckFn, WorkerConfig
+    from store.jobs import RetentionPolicy
 
 log = get_logger(__name__)
 
@@ -87,6 +89,23 @@ class ApiServer:
         }
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    """The retention job's policy from the settings (docs/privacy.md); ValueError when a period is
+    not positive."""
+    from store.jobs import RetentionPolicy
+
+    for name, days in (
+        ("STREETLIGHT_SOS_EXACT_DAYS", settings.sos_exact_days),
+        ("STREETLIGHT_DELETION_HOLD_DAYS", settings.deletion_hold_days),
+    ):
+        if not days > 0:
+            raise ValueError(f"{name} must be a positive number of days, got {days}")
+    return RetentionPolicy(
+        sos_track=timedelta(days=settings.sos_exact_days),
+        deletion_hold=timedelta(days=settings.deletion_hold_days),
+    )
+
+
 def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | None = None) -> ApiConfig:
     """The API's configuration from the settings (the database from the command line or the settings).
     ValueError names a setting that is not valid (the basemap's URL template)."""
@@ -100,6 +119,7 @@ def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | 
     return ApiConfig(
         database_url=database_url,
         token_secret=settings.api_token_secret,
+        audit_key=settings.audit_key,
         token_ttl_s=settings.api_token_ttl_s,
         kdf_time_cost=settings.api_kdf_time_cost,
         kdf_memory_kib=settings.api_kdf_memory_kib,
@@ -500,6 +520,7 @@ def run_ingest_worker(
             locate=locate,
             metrics=worker.metrics,
             namer=namer,
+            retention=retention_policy(settings),
         ).start()
 
     def _on_signal(_signum: int, _frame: object) -> None:

@@ -98,6 +98,15 @@ class Settings:
     """The attribution the tile server's licence asks for (``STREETLIGHT_MAP_ATTRIBUTION``)."""
     map_max_zoom: int = 19
     """The tile server's deepest zoom level (``STREETLIGHT_MAP_MAX_ZOOM``)."""
+    sos_exact_days: float = 30.0
+    """Days an SOS position is kept exact before it is coarsened to ~100 m everywhere
+    (``STREETLIGHT_SOS_EXACT_DAYS``; 30: the period Seoul keeps SOS video). docs/privacy.md."""
+    deletion_hold_days: float = 30.0
+    """Days a deleted resident's SOS alert is held after the incident closed before it is unlinked
+    and coarsened (``STREETLIGHT_DELETION_HOLD_DAYS``); an open incident is always held."""
+    audit_key: str | None = None
+    """Key of residents' pseudonyms in the audit log (``STREETLIGHT_AUDIT_KEY``); None: a random key
+    kept in the database, shared by API instances."""
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -159,6 +168,9 @@ class Settings:
             map_attribution=e.get("STREETLIGHT_MAP_ATTRIBUTION", "").strip(),
             map_max_zoom=_int(e, "STREETLIGHT_MAP_MAX_ZOOM", 19),
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
+            sos_exact_days=_float(e, "STREETLIGHT_SOS_EXACT_DAYS", 30.0),
+            deletion_hold_days=_float(e, "STREETLIGHT_DELETION_HOLD_DAYS", 30.0),
+            audit_key=e.get("STREETLIGHT_AUDIT_KEY") or None,
         )
 
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "provision": "provision",
     "bench": "bench",
     "migrate": "migrate",
+    "audit": "audit",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 
 from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
@@ -31,6 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="then run the maintenance job: partitions ahead, rollups, retention (for a timer)",
     )
+    parser.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="with --maintenance: run the job as of this instant, e.g. 2026-12-31T00:00:00+09:00 "
+        "(to see what retention would do then; default: the clock)",
+    )
+
+
+def parse_now(value: str) -> datetime:
+    """``--now``: an ISO 8601 instant with its time zone; ValueError saying what is wrong."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(
+            f"--now must be an ISO 8601 instant, e.g. 2026-12-31T00:00:00+09:00, got {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        raise ValueError(f"--now needs a time zone (Z or +09:00), got {value!r}")
+    return when.astimezone(UTC)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +58,22 @@ def run(args: argparse.Namespace) -> int:
     from store.errors import DatabaseError, StoreError
     from store.schema import migrate
 
+    now = None
+    if getattr(args, "now", None) is not None:
+        if not getattr(args, "maintenance", False):
+            print("streetlight migrate: --now goes with --maintenance")
+            return 2
+        try:
+            now = parse_now(args.now)
+        except ValueError as exc:
+            print(f"streetlight migrate: {exc}")
+            return 2
     settings = Settings.from_env()
+    try:
+        policy = bootstrap.retention_policy(settings)
+    except ValueError as exc:
+        print(f"streetlight migrate: {exc}")
+        return 2
     warn_secrets_in_flags("migrate", {"--database-url": args.database_url})
     bootstrap.start_process(settings)
     url = args.database_url or settings.database_url
@@ -71,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
         from store.jobs import run_maintenance
 
         with connect(url) as conn:
-            done = run_maintenance(conn)
+            done = run_maintenance(conn, now=now, policy=policy)
         print("maintenance: " + json.dumps(done, default=str, ensure_ascii=False))
     return 0

@@ -210,6 +210,27 @@ def test_the_stream_pushes_only_the_operators_districts_and_catches_up(
     assert got == {before: "resolved", live: "open"}
 
 
+def test_each_live_sos_message_is_audited_under_the_residents_pseudonym(
+    server: str, api: httpx.Client, db_url: str
+) -> None:
+    token = login(api, "op-jung")["Authorization"].split()[1]
+    with connect(_ws_url(server), subprotocols=["streetlight.v1", f"bearer.{token}"], open_timeout=5) as ws:  # type: ignore[list-item]
+        assert json.loads(ws.recv(timeout=5))["type"] == "hello"
+        live = raise_sos(api, JUNG)
+        pushed = json.loads(ws.recv(timeout=5))
+        assert pushed["alert"]["id"] == live and pushed["alert"]["place"]["lat"] == JUNG[0]
+        assert not any(k.startswith("_") for k in pushed)  # the resident's id is never sent
+    with psycopg.connect(db_url) as conn:
+        rid = conn.execute("SELECT resident_id FROM alerts WHERE alert_id = %s", (live,)).fetchone()
+        rows = conn.execute(
+            "SELECT actor, subject_kind, subject_id, details->>'alert_id' FROM audit_log "
+            "WHERE action = 'stream_alert'"
+        ).fetchall()
+    assert rid is not None and rows and all(r[0] == "operator:op-jung" for r in rows)
+    assert {(r[1], r[3]) for r in rows} == {("resident", live)}
+    assert all(r[2].startswith("rp_") and r[2] != rid[0] for r in rows)
+
+
 def test_demo_operators_are_created_once_and_can_log_in(db_url: str) -> None:
     seed(db_url)
     with psycopg.connect(db_url, autocommit=True) as conn:

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from alerts import resident_pseudonym
 from api.accounts import create_operator
 from api.app import create_app
 from api.security import password_hasher
@@ -511,11 +512,16 @@ def test_every_answer_with_a_residents_position_is_audited_and_maintenance_gets_
         "SELECT actor, action, subject_kind, subject_id FROM audit_log "
         "WHERE action IN ('read_cap', 'read_alert_list', 'read_walkers') ORDER BY id",
     )
+    key = sql(db_url, "SELECT value FROM store_meta WHERE key = 'audit_pseudonym_key'")[0][0]
+    pseudonym = resident_pseudonym(bytes.fromhex(key), resident_id)  # never the id itself
     assert rows == [
-        ("operator:op-jung", "read_cap", "resident", resident_id),
-        ("operator:op-jung", "read_alert_list", "resident", resident_id),
+        ("operator:op-jung", "read_cap", "resident", pseudonym),
+        ("operator:op-jung", "read_alert_list", "resident", pseudonym),
         ("operator:op-jung", "read_walkers", "walkers", "11020"),
     ]
+    assert sql(
+        db_url, "SELECT count(*) FROM audit_log WHERE audit_log::text LIKE %s", f"%{resident_id}%"
+    ) == [(0,)]
 
 
 def test_an_oversized_websocket_message_closes_the_walkers_socket_unread(

@@ -290,9 +290,11 @@ def test_operators_are_stored_with_their_role_and_reads_of_resident_data_are_log
     assert op is not None and (op["role"], op["district_code"]) == ("district", "11230")
     with pytest.raises(psycopg.errors.CheckViolation):
         upsert_operator(conn, "op-bad", password_hash="x", role="district")  # a district operator needs one
-    log_access(conn, actor="op-dd", action="read_track", subject_kind="resident", subject_id="r-1")
+    log_access(conn, actor="op-dd", action="read_track", subject_kind="resident", subject_id="rp_r1")
     row = conn.execute("SELECT actor, action, subject_id FROM audit_log").fetchone()
-    assert row == ("op-dd", "read_track", "r-1")
+    assert row == ("op-dd", "read_track", "rp_r1")
+    with pytest.raises(ValueError, match="pseudonym"):  # a resident is never named by the id
+        log_access(conn, actor="op-dd", action="read_track", subject_kind="resident", subject_id="r-1")
 
 
 def test_the_maintenance_job_runs_partitions_rollups_and_retention_together(conn: Conn) -> None:
