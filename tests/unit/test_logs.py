@@ -17,8 +17,16 @@ import pytest
 from runtime import logs
 
 # Loggers these tests write to that a server started earlier in the run may have configured
-# (uvicorn applies its own dictConfig: handlers, a level, no propagation).
-_THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "psycopg.pool")
+# (uvicorn applies its own dictConfig: handlers, a level, no propagation; a test may set a level).
+_THIRD_PARTY = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "psycopg.pool",
+    "websockets",
+    "websockets.server",
+    "paho",
+)
 
 
 @pytest.fixture(autouse=True)
