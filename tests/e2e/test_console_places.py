@@ -13,6 +13,7 @@ import pytest
 from devkit.apiclient import PASSWORD, fast_config, resident, seed, serve
 from tests.conftest import skip_unless
 from tests.e2e.cdp import Browser, find_chromium
+from tests.e2e.test_api_console import MAP_IDLE
 from tests.helpers import provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -70,6 +71,7 @@ def test_the_console_reads_an_sos_place_out_in_korean_and_english(
             ".find((id) => id.startsWith('lamp-11020-96d18d57c67e'))"
         )
         assert lamp == "lamp-11020-96d18d57c67e"
+        browser.wait_for(MAP_IDLE)  # the map moves to the selected SOS: click once it stands still
         browser.click(f'#map-lamps [data-device-id="{lamp}"]')
         browser.wait_for(f"document.querySelector('#lamp-panel[data-device-id=\"{lamp}\"]') !== null")
         assert browser.evaluate("document.getElementById('lamp-title').textContent") == "중구-을지-0001"
