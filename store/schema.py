@@ -31,6 +31,7 @@ from store.errors import MigrationError
 from store.partitions import ensure_partitions
 from store.schema_sql import (
     ACCOUNTS_AND_SOS_SOURCE_SQL,
+    ALERT_HISTORY_SQL,
     CORE_TABLES_SQL,
     DEFAULT_RETENTION,
     DEVICE_DISTRICT_TRIGGER_SQL,
@@ -107,6 +108,10 @@ def _m7_lamp_register(conn: Conn, timescale: bool) -> None:
     conn.execute(LAMP_REGISTER_SQL.encode())
 
 
+def _m11_alert_history(conn: Conn, timescale: bool) -> None:
+    conn.execute(ALERT_HISTORY_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -117,6 +122,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
+    Migration(11, "alert history: paging and shift indexes", _m11_alert_history),
 )
 
 BOOTSTRAP_SQL = """
