@@ -90,12 +90,15 @@ from alerts._escalation import (
     record_escalation,
 )
 from alerts._lifecycle import (
+    BULK_ACK_KINDS,
     TARGET_STATE,
     Action,
     CancelReason,
     acknowledge,
     add_position,
     allowed_actions,
+    bulk_acknowledge,
+    bulk_refusal,
     can,
     cancel,
     dispatch,
@@ -174,6 +177,7 @@ from alerts._timeline import TimelineEntry, incident_timeline, merged_timeline
 
 __all__ = [
     "ACTIVE_STATES",
+    "BULK_ACK_KINDS",
     "CAP_NAMESPACE",
     "CITY_CENTRE",
     "COARSE_DECIMALS",
@@ -254,6 +258,8 @@ __all__ = [
     "allowed_actions",
     "apply_observation",
     "audit_row_hash",
+    "bulk_acknowledge",
+    "bulk_refusal",
     "can",
     "cancel",
     "cap_msg_type",

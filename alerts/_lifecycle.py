@@ -16,6 +16,10 @@ Allowed transitions (anything else raises InvalidTransition):
 
 `resolved` and `cancelled` are terminal. A second dispatch is refused: a further unit is a
 note on the dispatched alert, not a new state.
+
+Bulk acknowledgement (`bulk_acknowledge`) is for maintenance alerts only: an SOS is a person in
+danger and is acknowledged one at a time, after reading it; a bulk batch holding one is refused
+for that item (`bulk_refusal` says why) and the others go ahead.
 """
 
 from __future__ import annotations
@@ -153,3 +157,26 @@ def add_position(alert: Alert, position: Position, now: datetime, actor: str = "
         details=(("lat", f"{position.lat:.6f}"), ("lon", f"{position.lon:.6f}")),
     )
     return with_event(alert, event, track=(*alert.track, position))
+
+
+# The kinds an operator may acknowledge many at once: every maintenance kind, never an SOS.
+BULK_ACK_KINDS: frozenset[AlertKind] = frozenset(k for k in AlertKind if k is not AlertKind.SOS)
+
+
+def bulk_refusal(alert: Alert) -> str | None:
+    """Why `alert` may not be acknowledged in a bulk batch (in words, for the operator), or None."""
+    if alert.kind not in BULK_ACK_KINDS:
+        return "an SOS is never acknowledged in bulk: open it and acknowledge it on its own"
+    if not can(alert, Action.ACKNOWLEDGE):
+        return f"alert is {alert.state.value}: only an open alert can be acknowledged"
+    return None
+
+
+def bulk_acknowledge(alert: Alert, now: datetime, actor: str, note: str = "") -> Alert:
+    """Acknowledge a maintenance alert as part of a batch (the event's details say ``bulk``);
+    raises InvalidTransition for an SOS or an alert that is not open (`bulk_refusal`)."""
+    if bulk_refusal(alert) is not None:
+        raise InvalidTransition(
+            alert.id, "bulk acknowledge", alert.state.value, AlertState.ACKNOWLEDGED.value
+        )
+    return transition(alert, Action.ACKNOWLEDGE, now, actor, note, (("bulk", "true"),))

@@ -6,6 +6,9 @@ An answer's fields are in the order the clients read them; times are ISO 8601 st
 endpoints write them (``datetime.isoformat()``, ``+00:00``), so the JSON stays what the console
 (api/static) and the apps have always read. Free-form parts (an alert's own dict, its place,
 audit details) stay dicts.
+
+Over 500 lines on purpose: the whole wire contract in one file (the brief of the layers keeps
+every body and answer here), one small model after another.
 """
 
 from __future__ import annotations
@@ -488,3 +491,76 @@ def describe_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str, list[dict
         for e in errors
     ]
     return "; ".join(problems), listed
+
+
+# ---------------------------------------------------------------- the operator's working day
+
+
+class AlertSearchOut(_Out):
+    """A page of a history search, newest first; `next_cursor` fetches the next page (null: last)."""
+
+    alerts: list[AlertSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
+
+
+class ShiftActionOut(_Out):
+    """One thing an operator did to an alert during the shift (an entry of its timeline)."""
+
+    event_id: int
+    at: IsoTime
+    alert_id: str
+    kind: str
+    state: str = Field(description="the alert's state now")
+    action: str
+    note: str | None
+    details: dict[str, Any]
+    place_text_ko: str | None
+    place_text_en: str | None
+
+
+class ShiftOperatorOut(_Out):
+    """An operator's actions during the shift, oldest first."""
+
+    actor: str
+    counts: dict[str, int] = Field(description="actions by name, e.g. {'acknowledged': 3}")
+    actions: list[ShiftActionOut]
+
+
+class HandoverOut(_Out):
+    """A shift hand-over: what is open now, what was raised and done in [since, until), by whom."""
+
+    since: IsoTime
+    until: IsoTime
+    open: list[AlertSummary] = Field(description="active alerts now, SOS first, then newest first")
+    open_total: int
+    raised: dict[str, int] = Field(description="alerts raised during the shift, by kind")
+    operators: list[ShiftOperatorOut]
+
+
+AlertId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class BulkAckIn(_Body):
+    """Maintenance alerts to acknowledge at once (never an SOS), with one note for all."""
+
+    alert_ids: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=500)
+    ]
+    note: Text = ""
+
+
+class BulkAckItemOut(_Out):
+    """What became of one alert of a bulk acknowledgement."""
+
+    alert_id: str
+    ok: bool
+    state: str | None = Field(description="the alert's state after (null: not found in your districts)")
+    error: str | None = Field(description="why it was refused, in words (null when acknowledged)")
+
+
+class BulkAckOut(_Out):
+    """Each alert of the batch in the order given; refused ones say why, the others are applied."""
+
+    acknowledged: int
+    refused: int
+    results: list[BulkAckItemOut]

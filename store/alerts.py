@@ -12,6 +12,7 @@ console and the controller; `store.notes` has the channels and their payloads.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,6 +135,139 @@ def list_alerts(
     query = "SELECT * FROM alerts" + where.sql + " ORDER BY created_at DESC LIMIT %s"
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query, [*where.params, limit]).fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSearch:
+    """The filters of a history search; None leaves a filter open. `districts` and `kinds` are
+    what the operator may see (the API's visibility), `district` one district among them."""
+
+    districts: Sequence[str] | None = None
+    kinds: Sequence[str] | None = None
+    statuses: Sequence[str] | None = None
+    created_from: datetime | None = None  # created at or after
+    created_before: datetime | None = None  # created before
+    district: str | None = None
+    dong_code: str | None = None
+    near: tuple[float, float, float] | None = None  # (lat, lon, radius in metres)
+    text: str | None = None  # in the place's words, the ids, the devices, the timeline's notes
+    after: tuple[datetime, str] | None = None  # the last (created_at, alert_id) of the page before
+
+
+# Metres per degree of latitude; near a point the distance is the equirectangular one (well under
+# a metre off across a district).
+_M_PER_DEG = 111_320.0
+
+
+def _like(text: str) -> str:
+    """``%text%`` with LIKE's own characters escaped (backslash is PostgreSQL's LIKE escape)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _search_where(search: AlertSearch) -> Where:
+    where = (
+        Where()
+        .overlaps("a.district_codes", search.districts)
+        .overlaps("a.district_codes", None if search.district is None else [search.district])
+        .any_of("a.kind", search.kinds)
+        .any_of("a.status", search.statuses)
+        .at_least("a.created_at", search.created_from)
+        .below("a.created_at", search.created_before)
+        .equals("a.data->'place'->>'dong_code'", search.dong_code)
+    )
+    if search.near is not None:
+        lat, lon, radius = search.near
+        where.add(
+            "power(((a.data->'place'->>'lat')::float8 - %s) * %s, 2)"
+            " + power(((a.data->'place'->>'lon')::float8 - %s) * %s * cos(radians(%s)), 2) <= %s",
+            lat,
+            _M_PER_DEG,
+            lon,
+            _M_PER_DEG,
+            lat,
+            radius * radius,
+        )
+    if search.text:
+        pattern = _like(search.text)
+        where.add(
+            "(a.alert_id ILIKE %s OR a.data->>'place_text_ko' ILIKE %s OR a.data->>'place_text_en' ILIKE %s"
+            " OR a.data->>'device_ids' ILIKE %s OR EXISTS (SELECT 1 FROM alert_events x"
+            " WHERE x.alert_id = a.alert_id AND (x.note ILIKE %s OR x.details::text ILIKE %s)))",
+            *([pattern] * 6),
+        )
+    if search.after is not None:
+        where.add("(a.created_at, a.alert_id) < (%s, %s)", *search.after)
+    return where
+
+
+def search_alerts(conn: Conn, search: AlertSearch, *, limit: int = 100) -> list[Row]:
+    """Alerts newest first in a stable order (created_at, then alert_id, both descending), a page
+    of `limit` after `search.after`: keyset paging, so a page never repeats or skips an alert
+    however deep it is, whatever is raised meanwhile. Rows carry their newest event id."""
+    where = _search_where(search)
+    query = (
+        "SELECT a.*, (SELECT coalesce(max(e.id), 0) FROM alert_events e WHERE e.alert_id = a.alert_id)"
+        " AS event_id FROM alerts a" + where.sql + " ORDER BY a.created_at DESC, a.alert_id DESC LIMIT %s"
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, [*where.params, limit]).fetchall()
+
+
+def count_alerts(conn: Conn, search: AlertSearch) -> int:
+    """How many alerts a search finds (every page)."""
+    where = _search_where(search)
+    row = conn.execute("SELECT count(*) FROM alerts a" + where.sql, where.params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def operator_events(
+    conn: Conn,
+    *,
+    since: datetime,
+    until: datetime,
+    districts: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    limit: int = 5000,
+) -> list[Row]:
+    """What operators did to alerts in [since, until): each timeline event by an operator, oldest
+    first, with the alert's kind, state and place in words."""
+    where = (
+        Where()
+        .at_least("e.ts", since)
+        .below("e.ts", until)
+        .add("e.actor LIKE 'operator:%%'")
+        .overlaps("a.district_codes", districts)
+        .any_of("a.kind", kinds)
+    )
+    query = (
+        "SELECT e.id, e.alert_id, e.ts, e.actor, e.action, e.note, e.details, a.kind, a.status,"
+        " a.data->>'place_text_ko' AS place_text_ko, a.data->>'place_text_en' AS place_text_en"
+        " FROM alert_events e JOIN alerts a ON a.alert_id = e.alert_id"
+        + where.sql
+        + " ORDER BY e.id LIMIT %s"
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, [*where.params, limit]).fetchall()
+
+
+def raised_counts(
+    conn: Conn,
+    *,
+    since: datetime,
+    until: datetime,
+    districts: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+) -> dict[str, int]:
+    """How many alerts of each kind were raised in [since, until)."""
+    where = (
+        Where()
+        .at_least("created_at", since)
+        .below("created_at", until)
+        .overlaps("district_codes", districts)
+        .any_of("kind", kinds)
+    )
+    rows = conn.execute("SELECT kind, count(*) FROM alerts" + where.sql + " GROUP BY kind", where.params)
+    return {str(k): int(n) for k, n in rows.fetchall()}
 
 
 def alert_events(conn: Conn, alert_id: str, *, after_id: int = 0) -> list[Row]:

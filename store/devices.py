@@ -395,3 +395,15 @@ def list_dead_letters(conn: Conn, *, limit: int = 100) -> list[Row]:
     """The most recent dead letters first."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute("SELECT * FROM dead_letters ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+
+
+def lamp_register_of(conn: Conn, device_ids: Sequence[str]) -> dict[str, Row]:
+    """``lamp_number, address, dong_code, district_code`` of registered devices, by id."""
+    if not device_ids:
+        return {}
+    sql = (
+        "SELECT device_id, lamp_number, address, dong_code, district_code FROM devices "
+        "WHERE device_id = ANY(%s) ORDER BY device_id"
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return {r["device_id"]: r for r in cur.execute(sql, (list(device_ids),)).fetchall()}

@@ -46,6 +46,10 @@ class Where:
         """``column >= value``, unless `value` is None."""
         return self if value is None else self.add(f"{column} >= %s", value)
 
+    def below(self, column: str, value: object | None) -> Self:
+        """``column < value``, unless `value` is None (with `at_least`: a half-open range)."""
+        return self if value is None else self.add(f"{column} < %s", value)
+
     @property
     def sql(self) -> str:
         """`` WHERE a AND b`` (with its leading space), or an empty string with no condition."""

@@ -31,6 +31,7 @@ from store.errors import MigrationError
 from store.partitions import ensure_partitions
 from store.schema_sql import (
     ACCOUNTS_AND_SOS_SOURCE_SQL,
+    ALERT_HISTORY_SQL,
     CORE_TABLES_SQL,
     DEFAULT_RETENTION,
     DEVICE_DISTRICT_TRIGGER_SQL,
@@ -127,6 +128,10 @@ def _m8_privacy(conn: Conn, timescale: bool) -> None:
     chain_unhashed_audit_rows(conn)
 
 
+def _m9_alert_history(conn: Conn, timescale: bool) -> None:
+    conn.execute(ALERT_HISTORY_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -138,6 +143,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
     Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
+    Migration(9, "alert history: paging and shift indexes", _m9_alert_history),
 )
 
 BOOTSTRAP_SQL = """

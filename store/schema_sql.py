@@ -544,3 +544,10 @@ ALTER TABLE devices ADD COLUMN address text;           -- road address, else the
 ALTER TABLE devices ADD COLUMN lamp_count integer;     -- lamps on the pole (설치개수)
 CREATE INDEX devices_dong ON devices (dong_code) WHERE dong_code IS NOT NULL;
 """
+
+# The operator's working day: history search pages by (created_at, alert_id) newest first, and
+# the shift hand-over reads the timeline's events by time.
+ALERT_HISTORY_SQL = """
+CREATE INDEX alerts_created_id ON alerts (created_at DESC, alert_id DESC);
+CREATE INDEX alert_events_ts ON alert_events (ts);
+"""
