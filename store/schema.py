@@ -36,6 +36,7 @@ from store.schema_sql import (
     DEVICE_DISTRICT_TRIGGER_SQL,
     JOBS_SQL,
     LAMP_REGISTER_SQL,
+    OPERATOR_COMMANDS_SQL,
     PLAIN_ROLLUP_TABLES_SQL,
     TS_BRIN_SQL,
     plain_timeseries_sql,
@@ -107,6 +108,11 @@ def _m7_lamp_register(conn: Conn, timescale: bool) -> None:
     conn.execute(LAMP_REGISTER_SQL.encode())
 
 
+# Commands an operator can follow: pending (written by the API with its note) and undelivered.
+def _m10_operator_commands(conn: Conn, timescale: bool) -> None:
+    conn.execute(OPERATOR_COMMANDS_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -117,6 +123,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "a device's hours recomputed when its row appears or its district changes", _m6_device_hours
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
+    Migration(10, "operators' commands: pending and undelivered", _m10_operator_commands),
 )
 
 BOOTSTRAP_SQL = """

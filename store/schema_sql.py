@@ -544,3 +544,15 @@ ALTER TABLE devices ADD COLUMN address text;           -- road address, else the
 ALTER TABLE devices ADD COLUMN lamp_count integer;     -- lamps on the pole (설치개수)
 CREATE INDEX devices_dong ON devices (dong_code) WHERE dong_code IS NOT NULL;
 """
+
+
+# Commands an operator can follow: the API writes an override's row as ``pending`` (with its
+# cmd_id) in the transaction of its note; a command the controller could not send is
+# ``undelivered`` with its reason (unknown_device, offline, ...).
+OPERATOR_COMMANDS_SQL = """
+ALTER TABLE commands DROP CONSTRAINT commands_status_check;
+ALTER TABLE commands ADD CONSTRAINT commands_status_check CHECK (status IN
+    ('pending', 'sent', 'applied', 'rejected', 'expired', 'unanswered', 'undelivered'));
+CREATE INDEX commands_pending ON commands (district_code, sent_at) WHERE status = 'pending';
+CREATE INDEX commands_manual ON commands (device_id, sent_at DESC) WHERE priority = 'manual';
+"""
