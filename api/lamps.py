@@ -1,10 +1,12 @@
 """Lamps and areas for the console map and city data platforms: GeoJSON with live state, a lamp's
-last 24 h, manual overrides (sent by the controller, woken through `NOTIFY sl_lamp`), and the
+last 24 h, manual overrides (a ``pending`` command row and `NOTIFY sl_lamp` in one transaction,
+sent by the controller) and their status (`GET /v1/commands/{cmd_id}`), and the
 same lamps as FIWARE Smart Data Models `Streetlight` and `StreetlightGroup` entities (NGSI-LD,
 `api.ngsi`)."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -19,6 +21,8 @@ from shapely.geometry import mapping
 from api import ngsi
 from api.schemas import (
     AreasOut,
+    CommandOut,
+    CommandsOut,
     LampDetailOut,
     LampDetailPropertiesOut,
     LampFeatureOut,
@@ -45,8 +49,9 @@ from api.state import (
     visible_districts,
 )
 from geo import Gazetteer
+from store.commands import CommandRecord, insert_pending, lamp_operator_commands, operator_command
 from store.devices import active_overrides, get_device, lamp_hours, list_devices_with_state
-from store.notes import LampNote, notify
+from store.notes import OVERRIDE_TTL_S, LampNote, notify
 from store.operators import log_access
 from store.types import Conn, Row
 from store.walks import active_walkers
@@ -308,6 +313,7 @@ def lamp_detail(device_id: str, state: State, op: CurrentOperator, conn: Db) -> 
     overrides = active_overrides(conn, [device_id]).get(device_id, [])
     _audit_resident_overrides(conn, op, device_id, {device_id: overrides})
     hours = lamp_hours(conn, device_id, since=datetime.now(UTC) - timedelta(hours=24))
+    commands = lamp_operator_commands(conn, device_id)
     return LampDetailOut(
         lamp=LampDetailPropertiesOut(
             **_lamp_props(state.gazetteer, row, op, overrides),
@@ -316,6 +322,62 @@ def lamp_detail(device_id: str, state: State, op: CurrentOperator, conn: Db) -> 
             model=row["model"],
         ),
         hours=[LampHourOut(**{k: _iso(v) for k, v in h.items()}) for h in hours],
+        commands=[_command_out(c) for c in commands],
+    )
+
+
+# A command's states that will not change any more (controller._commands.FINAL_STATES).
+_FINAL = frozenset({"applied", "rejected", "expired", "undelivered"})
+
+
+def _command_out(row: Row) -> CommandOut:
+    return CommandOut(
+        cmd_id=row["cmd_id"],
+        device_id=row["device_id"],
+        district=row["district_code"],
+        action=row["action"],
+        level=row["level"],
+        source=row["source"],
+        ttl_s=row["ttl_s"],
+        asked_at=_iso(row["sent_at"]),
+        expires_at=_iso(row["expires_at"]),
+        status=row["status"],
+        reason=row["reason"],
+        answered_at=_iso(row["acked_at"]),
+        effective_level=row["effective_level"],
+        attempts=row["attempts"],
+        final=row["status"] in _FINAL,
+    )
+
+
+def _new_cmd_id() -> str:
+    """An operator's command id: 128 random bits, like the controller's (protocol: at most 64)."""
+    return f"op.{secrets.token_hex(16)}"
+
+
+@router.get("/v1/commands/{cmd_id}", summary="An operator's command and its status")
+def command_status(cmd_id: str, op: CurrentOperator, conn: Db) -> CommandOut:
+    """The status of a manual command (`POST /v1/lamps/{id}/override` answers with its
+    ``status_url``): 404 for a command of another district's lamp, or one that is not an
+    operator's (walk and SOS commands are not shown here)."""
+    row = operator_command(conn, cmd_id) if len(cmd_id) <= 64 else None
+    mine = visible_districts(op)
+    if row is None or (mine is not None and row["district_code"] not in mine):
+        raise HTTPException(404, f"command {cmd_id!r} not found in your districts")
+    return _command_out(row)
+
+
+@router.get("/v1/lamps/{device_id}/commands", summary="A lamp's latest operators' commands")
+def lamp_commands(
+    device_id: str,
+    op: CurrentOperator,
+    conn: Db,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> CommandsOut:
+    """The operators' (manual) commands to the lamp, newest first, each with its status."""
+    _visible_lamp(conn, op, device_id)
+    return CommandsOut(
+        commands=[_command_out(c) for c in lamp_operator_commands(conn, device_id, limit=limit)]
     )
 
 
@@ -329,6 +391,7 @@ def _override(
 ) -> OverrideOut:
     require_role(op, "maintenance", "admin", "city")
     row = _visible_lamp(conn, op, device_id)
+    cmd_id = _new_cmd_id()
     note = LampNote(
         device_id=device_id,
         district=row["district_code"],
@@ -336,9 +399,26 @@ def _override(
         ttl_s=ttl_s,
         source=op.actor,
         action=action,
+        cmd_id=cmd_id,
     )
     details = msgspec.structs.asdict(note)
     with conn.transaction():
+        # The command's row first: the note only wakes the controller, the row is what the
+        # operator follows (and what a controller sends when the note is lost).
+        insert_pending(
+            conn,
+            CommandRecord(
+                cmd_id=cmd_id,
+                device_id=device_id,
+                action=action,
+                priority="manual",
+                source=op.actor,
+                ttl_s=ttl_s or OVERRIDE_TTL_S,
+                sent_at=datetime.now(UTC),
+                level=level,
+                district_code=row["district_code"],
+            ),
+        )
         notify(conn, note)
         log_access(
             conn,
@@ -348,7 +428,7 @@ def _override(
             subject_id=device_id,
             details=details,
         )
-    return OverrideOut(accepted=True, **details)
+    return OverrideOut(accepted=True, **details, status="pending", status_url=f"/v1/commands/{cmd_id}")
 
 
 @router.post("/v1/lamps/{device_id}/override", status_code=202, summary="Manual override (maintenance)")

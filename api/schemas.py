@@ -444,15 +444,52 @@ class LampHourOut(_Out):
     uptime_s: int
 
 
+CommandStatus = Literal["pending", "sent", "applied", "rejected", "expired", "unanswered", "undelivered"]
+
+
+class CommandOut(_Out):
+    """An operator's command to a lamp and what became of it.
+
+    ``status``: ``pending`` (written, not yet sent by a controller), ``sent`` (on its way, waiting
+    for the lamp's answer), ``applied``, ``rejected`` (``reason``: the lamp's), ``expired`` (it
+    reached the lamp too late, or ``reason`` ``not_sent``: its time ran out before a controller
+    could send it), ``unanswered`` (sent and sent again, the lamp never answered), ``undelivered``
+    (never sent; ``reason`` ``unknown_device`` or ``offline``). The last five are final."""
+
+    cmd_id: str
+    device_id: str
+    district: str | None
+    action: str
+    level: int | None
+    source: str = Field(description="the operator who sent it")
+    ttl_s: int
+    asked_at: IsoTime = Field(description="when it was asked for, or last sent")
+    expires_at: IsoTime
+    status: CommandStatus
+    reason: str | None
+    answered_at: IsoTime | None = Field(description="when the lamp answered or the command was settled")
+    effective_level: int | None = Field(description="the lamp's output after it, from its ack")
+    attempts: int
+    final: bool = Field(description="true once the status will not change any more")
+
+
+class CommandsOut(_Out):
+    """A lamp's latest operators' commands, newest first."""
+
+    commands: list[CommandOut]
+
+
 class LampDetailOut(_Out):
-    """One lamp and its last 24 hours."""
+    """One lamp and its last 24 hours, with the operators' latest commands to it."""
 
     lamp: LampDetailPropertiesOut
     hours: list[LampHourOut]
+    commands: list[CommandOut] = Field(default_factory=list)
 
 
 class OverrideOut(_Out):
-    """An override handed to the controller (``level`` null when clearing)."""
+    """An override handed to the controller (``level`` null when clearing): its command, pending,
+    and where to follow it (``status_url``)."""
 
     accepted: bool
     device_id: str
@@ -461,6 +498,9 @@ class OverrideOut(_Out):
     ttl_s: int
     source: str
     action: str
+    cmd_id: str
+    status: CommandStatus
+    status_url: str
 
 
 class WalkerOut(_Out):

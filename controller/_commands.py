@@ -10,12 +10,19 @@ ack's topic, which the broker binds to the sender's identity): an ack naming ano
 command is refused and the command keeps waiting for its own lamp. Command ids carry 128 random
 bits, so a lamp that reads its own ``cmd_id`` learns nothing about its neighbours'.
 
-States::
+States (``TRANSITIONS``)::
 
+    pending --sent--> sent             (an operator's command: the API writes it pending)
+            --device unknown or offline--> undelivered (reason unknown_device / offline)
+            --its time to live over before it could be sent--> expired (reason not_sent)
     sent --ack applied--> applied
-         --ack rejected-> rejected
+         --ack rejected-> rejected     (with the lamp's reason)
          --ack expired--> expired      (it reached the lamp after its own expiry)
          --no ack, retried once, still none--> unanswered
+    unanswered --a late ack--> applied / rejected / expired
+
+``applied``, ``rejected``, ``expired`` and ``undelivered`` are final. `unsent_verdict` decides
+what becomes of an operator's pending command when the controller reads it.
 """
 
 from __future__ import annotations
@@ -32,11 +39,68 @@ from broker import Cmd
 class CommandState(StrEnum):
     """The state of a command, as stored in the commands table."""
 
+    PENDING = "pending"
     SENT = "sent"
     APPLIED = "applied"
     REJECTED = "rejected"
     EXPIRED = "expired"
     UNANSWERED = "unanswered"
+    UNDELIVERED = "undelivered"
+
+
+_ANSWERS = frozenset({CommandState.APPLIED, CommandState.REJECTED, CommandState.EXPIRED})
+TRANSITIONS: Final[dict[CommandState, frozenset[CommandState]]] = {
+    CommandState.PENDING: frozenset(
+        {CommandState.SENT, CommandState.UNDELIVERED, CommandState.EXPIRED} | _ANSWERS
+    ),
+    CommandState.SENT: _ANSWERS | {CommandState.UNANSWERED},
+    CommandState.UNANSWERED: _ANSWERS,
+    CommandState.APPLIED: frozenset(),
+    CommandState.REJECTED: frozenset(),
+    CommandState.EXPIRED: frozenset(),
+    CommandState.UNDELIVERED: frozenset(),
+}
+"""The states a command may move to from each state (an ack may overtake the row's ``sent``)."""
+
+FINAL_STATES: Final = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
+
+
+def may_move(current: str, new: str) -> bool:
+    """True when a command in state ``current`` may become ``new`` (unknown states: never)."""
+    try:
+        return CommandState(new) in TRANSITIONS[CommandState(current)]
+    except ValueError:
+        return False
+
+
+# Why an operator's command was settled without reaching its lamp (the row's ``reason``).
+UNKNOWN_DEVICE: Final = "unknown_device"  # no such device, or it has left the district
+OFFLINE: Final = "offline"  # the lamp is not connected: nothing would receive it
+NOT_SENT: Final = "not_sent"  # its time to live ran out before a controller could send it
+
+
+@dataclass(frozen=True, slots=True)
+class Unsent:
+    """An operator's command settled without being sent: its state and reason."""
+
+    state: CommandState
+    reason: str
+
+
+def unsent_verdict(
+    *, district: str, device_district: str | None, online: bool, expires_ms: int | None, now_ms: int
+) -> Unsent | None:
+    """What becomes of an operator's pending command for a lamp of ``district``: None to send it,
+    else why it is not sent. ``device_district`` is the device's district as read now (None: no
+    such device), ``online`` whether it is connected, ``expires_ms`` the end of the command's
+    time to live (None: no end)."""
+    if expires_ms is not None and expires_ms <= now_ms:
+        return Unsent(CommandState.EXPIRED, NOT_SENT)
+    if device_district is None or device_district != district:
+        return Unsent(CommandState.UNDELIVERED, UNKNOWN_DEVICE)
+    if not online:
+        return Unsent(CommandState.UNDELIVERED, OFFLINE)
+    return None
 
 
 # issue #5: "a command unacknowledged after 5 s is retried once"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from geo import LampIndex
 from runtime.logs import get_logger
 from store.dbthread import DbThread
-from store.reconcile import LampRow, load_devices
+from store.reconcile import CommandTarget, LampRow, load_command_target, load_devices
 from store.types import Conn
 
 log = get_logger(__name__)
@@ -31,6 +31,15 @@ class Devices:
             return
         self._loaded, self.index, self._rows = loaded
         log.debug("lamps_loaded", count=len(self.index))
+
+    async def fresh(self, db: DbThread, device_id: str) -> CommandTarget | None:
+        """One device read now (None: no such device), for an operator's command: a lamp
+        provisioned since the last reload is known from here on (it joins the spatial index at
+        the next reload, which finds the devices changed)."""
+        target = await db.call(load_command_target, device_id)
+        if target is not None and target.lamp is not None:
+            self._rows[device_id] = target.lamp
+        return target
 
     def get(self, device_id: str) -> LampRow | None:
         """The device, or None when it is unknown (or has no position)."""

@@ -2,23 +2,42 @@
 
 Every command is tracked (`controller._commands.CommandTracker`: retried once, then
 ``unanswered``), queued for its row (`controller._writes`) and published QoS 1 on
-``sl/v1/{d}/{id}/cmd``. Operators' manual overrides (`store.notes.LampNote`) go out here too.
+``sl/v1/{d}/{id}/cmd``. Operators' manual overrides (`store.notes.LampNote`) go out here too:
+the API wrote each as a ``pending`` row with its cmd_id; the device is read again from the
+database (a lamp provisioned a second ago is not in the periodic reload yet) and the command is
+sent under that cmd_id, or settled unsent with a reason (`controller._commands.unsent_verdict`:
+``undelivered`` for an unknown or offline lamp, ``expired`` when its time ran out first). A
+pending row whose note never came is picked up by `sweep_pending`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from broker import Ack, ConnectionLost, MqttSession, device_topic, encode
 from controller._clock import now_ms
-from controller._commands import Answered, CommandIds, CommandTracker, LampCommand, WrongDevice
+from controller._commands import (
+    Answered,
+    CommandIds,
+    CommandTracker,
+    LampCommand,
+    WrongDevice,
+    unsent_verdict,
+)
 from controller._devices import Devices
 from controller._writes import WriteQueue
 from runtime.logs import get_logger
-from store.commands import AckRow, UnansweredRows
+from store.commands import AckRow, UnansweredRows, UnsentRow, pending_commands
+from store.dbthread import DbThread
 from store.notes import OVERRIDE_TTL_S, LampNote
+
+# A pending row older than this whose note was not handled is picked up by the sweep.
+PENDING_GRACE_S = 2.0
+# Operators' commands already handled here, so a note and the sweep never send one twice.
+_HANDLED_MEMORY = 4096
 
 log = get_logger(__name__)
 
@@ -28,9 +47,18 @@ class Outbox:
     ``timeouts`` settle them."""
 
     def __init__(
-        self, devices: Devices, writes: WriteQueue, stats: Counter[str], *, owner: str, retry_after_s: float
+        self,
+        devices: Devices,
+        writes: WriteQueue,
+        stats: Counter[str],
+        *,
+        owner: str,
+        retry_after_s: float,
+        db: DbThread | None = None,
     ) -> None:
         self.devices = devices
+        self.db = db  # reads a device again for an operator's command (None: the cache only)
+        self._handled: OrderedDict[str, None] = OrderedDict()
         self.writes = writes
         self.stats = stats
         self.tracker = CommandTracker(retry_after_s=retry_after_s)
@@ -134,12 +162,82 @@ class Outbox:
             self.writes.put(UnansweredRows(tuple(c.cmd_id for c in due.unanswered)))
         return due.unanswered
 
-    async def manual(self, note: LampNote) -> None:
-        """An operator's override of a lamp (priority ``manual``)."""
+    async def manual(self, note: LampNote, *, expires_ms: int | None = None) -> None:
+        """An operator's override of a lamp (priority ``manual``): sent under the note's cmd_id,
+        or settled unsent with the reason (never dropped without a word on its row)."""
+        cmd_id = note.cmd_id or self._ids()
+        if cmd_id in self._handled:
+            return
+        self._handled[cmd_id] = None
+        while len(self._handled) > _HANDLED_MEMORY:
+            self._handled.popitem(last=False)
         level = None if note.action == "clear" else note.level
         ttl_s = note.ttl_s or OVERRIDE_TTL_S
         source = note.source or "operator"
-        await self.send(self.command(note.device_id, note.action, "manual", source, ttl_s, level))
+        now = now_ms()
+        if self.db is not None:
+            target = await self.devices.fresh(self.db, note.device_id)
+            device_district, online = (target.district, target.online) if target else (None, False)
+        else:
+            cached = self.devices.get(note.device_id)
+            device_district, online = (cached.district if cached else None), cached is not None
+        unsent = unsent_verdict(
+            district=note.district,
+            device_district=device_district,
+            online=online,
+            expires_ms=expires_ms,
+            now_ms=now,
+        )
+        if unsent is not None:
+            self.stats[f"manual_{unsent.state}_{unsent.reason}"] += 1
+            log.info(
+                "operator_command_not_sent",
+                cmd_id=cmd_id,
+                device=note.device_id,
+                status=str(unsent.state),
+                reason=unsent.reason,
+            )
+            self.writes.put(UnsentRow(cmd_id, str(unsent.state), unsent.reason))
+            return
+        cmd = LampCommand(
+            cmd_id=cmd_id,
+            device_id=note.device_id,
+            district=note.district,
+            action=note.action,
+            priority="manual",
+            source=source,
+            ts_ms=now,
+            ttl_s=ttl_s,
+            level=level,
+        )
+        await self.send(cmd)
+
+    async def sweep_pending(self, districts: Sequence[str]) -> int:
+        """Send (or settle) the districts' operators' commands still pending a while after they
+        were asked for: a note lost while the listener reconnected, or sent while no controller
+        held the district. Returns how many it handled."""
+        if self.db is None or not districts:
+            return 0
+        before = datetime.now(UTC) - timedelta(seconds=PENDING_GRACE_S)
+        rows = await self.db.call(pending_commands, list(districts), before)
+        handled = 0
+        for r in rows:
+            if r["cmd_id"] in self._handled or r["action"] not in ("set_level", "clear"):
+                continue
+            note = LampNote(
+                device_id=r["device_id"],
+                district=r["district_code"],
+                level=r["level"] if r["action"] == "set_level" else None,
+                ttl_s=r["ttl_s"],
+                source=r["source"],
+                action=r["action"],
+                cmd_id=r["cmd_id"],
+            )
+            await self.manual(note, expires_ms=round(r["expires_at"].timestamp() * 1000))
+            handled += 1
+        if handled:
+            self.stats["pending_swept"] += handled
+        return handled
 
     def drop(self, districts: set[str]) -> None:
         """Stop tracking the commands of districts given up (their acks are the new owner's)."""

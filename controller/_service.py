@@ -58,6 +58,8 @@ log = get_logger(__name__)
 # PUBACKs were read, which a busy event loop does late: at 2,000 walkers the hold refreshes queued
 # behind it for up to 0.9 s (bench brighten, slowest 1 % all between controller and lamp).
 COMMANDS_IN_FLIGHT = 1000
+# How often the operators' commands still pending are looked for (a lost note, a district taken).
+PENDING_SWEEP_S = 1.0
 # How long the database listener waits for the broker at start before reading the alerts.
 FIRST_CONNECT_WAIT_S = 5.0
 
@@ -76,7 +78,12 @@ class Controller:
         self._devices = Devices()
         self._writes = WriteQueue(self._db, self.stats)
         self._outbox = Outbox(
-            self._devices, self._writes, self.stats, owner=cfg.owner, retry_after_s=cfg.retry_after_s
+            self._devices,
+            self._writes,
+            self.stats,
+            owner=cfg.owner,
+            retry_after_s=cfg.retry_after_s,
+            db=self._db,
         )
         self._publisher = AlertPublisher(self._db, self.stats, self.owned)
         self._walks = Walks(cfg, self._outbox, self.stats, self.reasons, self.owned)
@@ -242,6 +249,7 @@ class Controller:
     async def _tick_loop(self) -> None:
         next_lease = 0.0
         next_lamps = time.monotonic() + self.cfg.lamps_refresh_s
+        next_pending = 0.0
         while True:
             mono = time.monotonic()
             steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
@@ -251,6 +259,9 @@ class Controller:
             if mono >= next_lamps:
                 next_lamps = mono + self.cfg.lamps_refresh_s
                 steps.append(("devices", lambda: self._devices.reload(self._db)))
+            if mono >= next_pending and self._listening:
+                next_pending = mono + PENDING_SWEEP_S
+                steps.append(("pending", lambda: self._outbox.sweep_pending(sorted(self.owned))))
             steps += [
                 ("rates", self._refill_rates),
                 ("republish", self._publisher.republish),

@@ -24,7 +24,9 @@ Public names by module (the most used also importable from ``store``)::
                 the audit hash chain (audit_chain)
     privacy     SOS documents coarsened, deleted residents' alerts unlinked, a resident's export
     commands    insert_commands, CommandRecord, record_ack, record_acks, mark_unanswered,
-                command_status_counts, get_command, write_batch (the controller's write queue)
+                command_status_counts, get_command, write_batch (the controller's write queue),
+                insert_pending, settle_unsent, pending_commands, operator_command,
+                lamp_operator_commands (operators' commands and their status)
     leases      acquire_lease, release_lease, lease_owners, lease_round, LeaseConnection
     filters     Where (the one dynamic WHERE builder)
     jobs        refresh_rollups, run_retention, RetentionPolicy, run_maintenance, raw_retained_from,

@@ -2,7 +2,12 @@
 in batches.
 
 A command is recorded as sent (`insert_commands`, one statement for many) and settled by its
-device's ack (`record_ack`, `record_acks`) or marked ``unanswered`` when it never came.
+device's ack (`record_ack`, `record_acks`) or marked ``unanswered`` when it never came. An
+operator's command is written first as ``pending`` by the API (`insert_pending`, in the
+transaction of its note); the controller turns it into ``sent`` by sending it, or settles it
+without sending (`settle_unsent`: ``undelivered`` with a reason, or ``expired``). The statuses
+and their transitions are `controller._commands.CommandState` and ``TRANSITIONS``; the
+``status IN (...)`` conditions here are those transitions.
 
 The controller queues `CommandWrite` items as it sends commands, reads acks, gives commands up
 and judges walk positions; one writer task takes what gathered in a tenth of a second and
@@ -62,13 +67,15 @@ ON CONFLICT (cmd_id) DO UPDATE SET
     attempts = c.attempts + EXCLUDED.attempts,
     sent_at = EXCLUDED.sent_at,
     expires_at = EXCLUDED.expires_at,
-    status = CASE WHEN EXCLUDED.status <> 'sent' AND c.status IN ('sent', 'unanswered')
+    status = CASE WHEN c.status = 'pending' THEN EXCLUDED.status
+                  WHEN EXCLUDED.status <> 'sent' AND c.status IN ('sent', 'unanswered')
                   THEN EXCLUDED.status ELSE c.status END,
-    acked_at = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+    acked_at = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('pending', 'sent', 'unanswered')
                     THEN EXCLUDED.acked_at ELSE c.acked_at END,
-    effective_level = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+    effective_level = CASE WHEN EXCLUDED.acked_at IS NOT NULL
+                                AND c.status IN ('pending', 'sent', 'unanswered')
                            THEN EXCLUDED.effective_level ELSE c.effective_level END,
-    reason = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('sent', 'unanswered')
+    reason = CASE WHEN EXCLUDED.acked_at IS NOT NULL AND c.status IN ('pending', 'sent', 'unanswered')
                   THEN EXCLUDED.reason ELSE c.reason END
 """
 
@@ -121,7 +128,7 @@ def record_ack(
     cur = conn.execute(
         """
         UPDATE commands SET status = %s, acked_at = %s, effective_level = %s, reason = %s
-        WHERE cmd_id = %s AND status IN ('sent', 'unanswered')
+        WHERE cmd_id = %s AND status IN ('pending', 'sent', 'unanswered')
         """,
         (status, acked_at or _now(), effective_level, reason, cmd_id),
     )
@@ -144,7 +151,7 @@ def record_acks(
         """
         UPDATE commands c SET status = a.status, acked_at = %s, effective_level = a.level, reason = a.reason
         FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[]) AS a(cmd_id, status, level, reason)
-        WHERE c.cmd_id = a.cmd_id AND c.status IN ('sent', 'unanswered')
+        WHERE c.cmd_id = a.cmd_id AND c.status IN ('pending', 'sent', 'unanswered')
         """,
         (
             acked_at or _now(),
@@ -155,6 +162,83 @@ def record_acks(
         ),
     )
     return cur.rowcount
+
+
+def insert_pending(conn: Conn, command: CommandRecord) -> None:
+    """An operator's command as the API hands it to the controller: status ``pending``, no attempt
+    yet (``sent_at`` is when it was asked for, ``expires_at`` that plus its time to live)."""
+    conn.execute(
+        """
+        INSERT INTO commands (cmd_id, device_id, district_code, action, level, priority, source, ttl_s,
+                              sent_at, expires_at, status, attempts)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s + make_interval(secs => %s), 'pending', 0)
+        """,
+        (
+            command.cmd_id,
+            command.device_id,
+            command.district_code,
+            command.action,
+            command.level,
+            command.priority,
+            command.source,
+            command.ttl_s,
+            command.sent_at,
+            command.sent_at,
+            command.ttl_s,
+        ),
+    )
+
+
+def settle_unsent(conn: Conn, settled: Sequence[tuple[str, str, str | None]]) -> int:
+    """Settle pending commands that were never sent, ``(cmd_id, status, reason)`` with status
+    ``undelivered`` or ``expired``; returns how many it changed (only rows still ``pending``)."""
+    if not settled:
+        return 0
+    return conn.execute(
+        """
+        UPDATE commands c SET status = s.status, reason = s.reason, acked_at = now()
+        FROM unnest(%s::text[], %s::text[], %s::text[]) AS s(cmd_id, status, reason)
+        WHERE c.cmd_id = s.cmd_id AND c.status = 'pending'
+        """,
+        ([s[0] for s in settled], [s[1] for s in settled], [s[2] for s in settled]),
+    ).rowcount
+
+
+def pending_commands(conn: Conn, districts: Sequence[str], asked_before: datetime) -> list[Row]:
+    """The districts' commands still ``pending`` that were asked for before ``asked_before``
+    (their note was lost, or came while no controller held the district)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT cmd_id, device_id, district_code, action, level, priority, source, ttl_s, sent_at, "
+            "expires_at FROM commands WHERE status = 'pending' AND district_code = ANY(%s) "
+            "AND sent_at < %s ORDER BY sent_at LIMIT 500",
+            (list(districts), asked_before),
+        ).fetchall()
+
+
+_OPERATOR_COMMAND_COLUMNS = (
+    "cmd_id, device_id, district_code, action, level, source, ttl_s, sent_at, expires_at, status, "
+    "acked_at, effective_level, reason, attempts"
+)
+
+
+def operator_command(conn: Conn, cmd_id: str) -> Row | None:
+    """One operator's (manual) command with its status, or None."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"SELECT {_OPERATOR_COMMAND_COLUMNS} FROM commands WHERE cmd_id = %s AND priority = 'manual'",
+            (cmd_id,),
+        ).fetchone()
+
+
+def lamp_operator_commands(conn: Conn, device_id: str, *, limit: int = 10) -> list[Row]:
+    """A lamp's latest operators' (manual) commands with their status, newest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            f"SELECT {_OPERATOR_COMMAND_COLUMNS} FROM commands WHERE device_id = %s AND priority = 'manual' "
+            "ORDER BY sent_at DESC LIMIT %s",
+            (device_id, limit),
+        ).fetchall()
 
 
 def mark_unanswered(conn: Conn, *, sent_before: datetime) -> list[str]:
@@ -203,6 +287,16 @@ class UnansweredRows:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsentRow:
+    """An operator's pending command settled without being sent (``undelivered`` with its reason,
+    or ``expired``)."""
+
+    cmd_id: str
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PositionVerdict:
     """Why a walk position was refused or down-weighted, for its ``walk_positions`` row."""
 
@@ -212,9 +306,9 @@ class PositionVerdict:
     reason: str | None
 
 
-CommandWrite: TypeAlias = CommandRecord | AckRow | UnansweredRows | PositionVerdict
+CommandWrite: TypeAlias = CommandRecord | AckRow | UnansweredRows | UnsentRow | PositionVerdict
 """One item of the controller's write queue: a command as sent (a retry: the same cmd_id again),
-an ack, commands given up on, or a position's verdict."""
+an ack, commands given up on, an operator's command settled unsent, or a position's verdict."""
 
 
 def write_batch(conn: Conn, items: Sequence[CommandWrite]) -> None:
@@ -229,7 +323,7 @@ def write_batch(conn: Conn, items: Sequence[CommandWrite]) -> None:
     at = datetime.now(UTC)
     order: list[CommandRecord] = []
     latest: dict[str, int] = {}  # cmd_id -> its latest row in `order`
-    later: list[AckRow | UnansweredRows | PositionVerdict] = []
+    later: list[AckRow | UnansweredRows | UnsentRow | PositionVerdict] = []
     for item in items:
         if isinstance(item, CommandRecord):
             latest[item.cmd_id] = len(order)
@@ -264,6 +358,8 @@ def write_batch(conn: Conn, items: Sequence[CommandWrite]) -> None:
             elif kind is UnansweredRows:
                 ids = [cmd_id for u in run if isinstance(u, UnansweredRows) for cmd_id in u.cmd_ids]
                 mark_commands_unanswered(conn, ids)
+            elif kind is UnsentRow:
+                settle_unsent(conn, [(u.cmd_id, u.status, u.reason) for u in run if isinstance(u, UnsentRow)])
             elif kind is PositionVerdict:
                 record_verdicts(conn, [v for v in run if isinstance(v, PositionVerdict)])
 

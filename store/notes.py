@@ -19,8 +19,9 @@ Channels (PostgreSQL caps a payload at 8000 bytes; all of these are small)::
                WalkPositions  a batch of walk positions, their rows written in the same
                statement: {"op": "positions", "positions": [[walk_id, ts_ms, lat, lon,
                accuracy_m, heading_deg, speed_mps, district, [lamp ids] | null], ...]}
-    sl_lamp    LampNote       an operator's manual override for the controller to send
-               {"device_id", "district", "level", "ttl_s", "source", "action"}
+    sl_lamp    LampNote       an operator's manual override for the controller to send, its
+               ``pending`` row written in the same transaction (``cmd_id``)
+               {"device_id", "district", "level", "ttl_s", "source", "action", "cmd_id"}
     sl_operator  (plain text) the username whose account or sessions changed, for the API's live
                streams of that operator (`notify_operator`; not a struct: the name is the note)
 
@@ -121,6 +122,7 @@ class LampNote(Struct, frozen=True):
     ttl_s: int = OVERRIDE_TTL_S
     source: str = "operator"
     action: Literal["set_level", "clear"] = "set_level"
+    cmd_id: str | None = None  # its ``pending`` row in ``commands`` (None: no row, one is made)
 
     def __post_init__(self) -> None:
         if self.action == "set_level" and self.level is None:

@@ -44,6 +44,41 @@ class WalkRow:
     speed_mps: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class CommandTarget:
+    """A device as an operator's command needs it, read fresh: where it is and whether it is up."""
+
+    device_id: str
+    district: str
+    online: bool
+    lamp: LampRow | None  # None: it has no position yet
+
+
+def load_command_target(conn: Conn, device_id: str) -> CommandTarget | None:
+    """One device as it is now (None when there is no such device)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        r = cur.execute(
+            "SELECT d.device_id, d.kind, d.district_code, d.lamp_number, d.lat, d.lon, d.paired_device_id, "
+            "coalesce(s.online, false) AS online "
+            "FROM devices d LEFT JOIN device_state s ON s.device_id = d.device_id WHERE d.device_id = %s",
+            (device_id,),
+        ).fetchone()
+    if r is None:
+        return None
+    lamp = None
+    if r["lat"] is not None and r["lon"] is not None:
+        lamp = LampRow(
+            device_id=r["device_id"],
+            kind=r["kind"],
+            district=r["district_code"],
+            lat=float(r["lat"]),
+            lon=float(r["lon"]),
+            lamp_number=r["lamp_number"] or "",
+            paired=r["paired_device_id"],
+        )
+    return CommandTarget(r["device_id"], r["district_code"] or "", bool(r["online"]), lamp)
+
+
 def load_devices(conn: Conn) -> list[LampRow]:
     """Every lamp and blinker with a position."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -37,6 +37,7 @@ from store.schema_sql import (
     DEVICE_DISTRICT_TRIGGER_SQL,
     JOBS_SQL,
     LAMP_REGISTER_SQL,
+    OPERATOR_COMMANDS_SQL,
     PLAIN_ROLLUP_TABLES_SQL,
     TS_BRIN_SQL,
     plain_timeseries_sql,
@@ -132,6 +133,11 @@ def _m9_alert_history(conn: Conn, timescale: bool) -> None:
     conn.execute(ALERT_HISTORY_SQL.encode())
 
 
+# Commands an operator can follow: pending (written by the API with its note) and undelivered.
+def _m10_operator_commands(conn: Conn, timescale: bool) -> None:
+    conn.execute(OPERATOR_COMMANDS_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -144,6 +150,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
     Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
     Migration(9, "alert history: paging and shift indexes", _m9_alert_history),
+    Migration(10, "operators' commands: pending and undelivered", _m10_operator_commands),
 )
 
 BOOTSTRAP_SQL = """

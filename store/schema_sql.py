@@ -551,3 +551,14 @@ ALERT_HISTORY_SQL = """
 CREATE INDEX alerts_created_id ON alerts (created_at DESC, alert_id DESC);
 CREATE INDEX alert_events_ts ON alert_events (ts);
 """
+
+# Commands an operator can follow: the API writes an override's row as ``pending`` (with its
+# cmd_id) in the transaction of its note; a command the controller could not send is
+# ``undelivered`` with its reason (unknown_device, offline, ...).
+OPERATOR_COMMANDS_SQL = """
+ALTER TABLE commands DROP CONSTRAINT commands_status_check;
+ALTER TABLE commands ADD CONSTRAINT commands_status_check CHECK (status IN
+    ('pending', 'sent', 'applied', 'rejected', 'expired', 'unanswered', 'undelivered'));
+CREATE INDEX commands_pending ON commands (district_code, sent_at) WHERE status = 'pending';
+CREATE INDEX commands_manual ON commands (device_id, sent_at DESC) WHERE priority = 'manual';
+"""

@@ -160,7 +160,7 @@ function connect() {
 
 function onMessage(m) {
   if (m.type === "hello") { S.lastEventId = Math.max(S.lastEventId, m.event_id); return; }
-  if (m.type === "lamp") { refreshLampsSoon(); return; }
+  if (m.type === "lamp") { refreshLampsSoon(); if (S.lamp && m.device_id === S.lamp.lamp.device_id) refreshLampCommands(); return; }
   if (m.type !== "alert") return;
   const a = m.alert;
   const old = S.alerts.get(a.id);
@@ -365,6 +365,47 @@ function renderLamp(r) {
   el("text", { x: L + W + 4, y: BASE + STRIP + 2 }, pct == null ? "–" : `${pct}%`);
   if (!r.hours.length) el("text", { x: L + W / 2, y: BASE / 2, "text-anchor": "middle" }, t("no_data"));
   $("lamp-chart").dataset.uptimePct = pct == null ? "" : String(pct);
+  renderLampCommands(r.commands || []);
+}
+
+// The operators' commands to the lamp in the panel and what became of each (the lamp detail's
+// `commands`, then GET /v1/lamps/{id}/commands every 1.5 s while one of them is not final, and
+// at once when the stream says the lamp was commanded).
+const CMD_T = {
+  ko: { set_level: "밝기", clear: "해제", pending: "대기", sent: "전송됨", applied: "적용됨", rejected: "거부됨", expired: "만료",
+        unanswered: "응답 없음", undelivered: "전달 안 됨", unknown_device: "등록되지 않은 기기", offline: "기기 끊김", not_sent: "보내기 전 만료" },
+  en: { set_level: "level", clear: "clear", pending: "pending", sent: "sent", applied: "applied", rejected: "rejected", expired: "expired",
+        unanswered: "no answer", undelivered: "undelivered", unknown_device: "unknown device", offline: "lamp offline", not_sent: "expired before sending" },
+};
+const ct = (k) => (CMD_T[S.lang] && CMD_T[S.lang][k]) || k;
+let lampCmdTimer = null;
+
+function renderLampCommands(commands) {
+  const ul = $("lamp-commands"); ul.replaceChildren();
+  for (const c of commands) {
+    const li = document.createElement("li");
+    li.dataset.cmdId = c.cmd_id; li.dataset.status = c.status;
+    const at = new Date(c.asked_at).toLocaleTimeString(S.lang === "ko" ? "ko-KR" : "en-GB", { hour12: false });
+    const what = c.action === "set_level" ? `${ct("set_level")} ${c.level}%` : ct(c.action);
+    li.append(`${at} · ${what} · `);
+    const st = document.createElement("span");
+    st.className = `status ${c.status}`;
+    st.textContent = ct(c.status) + (c.reason ? ` (${ct(c.reason)})` : "");
+    li.append(st, ` · ${c.source}`);
+    ul.appendChild(li);
+  }
+  clearTimeout(lampCmdTimer); lampCmdTimer = null;
+  if (commands.some((c) => !c.final)) lampCmdTimer = setTimeout(refreshLampCommands, 1500);
+}
+
+async function refreshLampCommands() {
+  const id = S.lamp && S.lamp.lamp.device_id;
+  if (!id || !S.token || $("lamp-panel").hidden) return;
+  let r;
+  try { r = await api(`/v1/lamps/${encodeURIComponent(id)}/commands`); } catch (e) { r = null; }
+  if (!S.lamp || S.lamp.lamp.device_id !== id) return; // another lamp was opened meanwhile
+  if (r) { S.lamp.commands = r.commands; renderLampCommands(r.commands); }
+  else { clearTimeout(lampCmdTimer); lampCmdTimer = setTimeout(refreshLampCommands, 3000); }
 }
 
 // ---------------------------------------------------------------- wiring

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 
 from broker import ConnectionParams, paho_client, parse_device_topic, parse_mqtt_url
-from firmware_sim import DeviceIdentity, LampFirmware
+from firmware_sim import DeviceIdentity, LampFirmware, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,12 @@ class LampFleet:
     """``with LampFleet(params, lamps) as fleet: ...``: lamps that ack over a real broker."""
 
     def __init__(
-        self, params: ConnectionParams, lamps: Iterable[LampSpec], *, silent: Iterable[str] = ()
+        self,
+        params: ConnectionParams,
+        lamps: Iterable[LampSpec],
+        *,
+        silent: Iterable[str] = (),
+        refusing: Mapping[str, str] | None = None,
     ) -> None:
         self.lamps = {
             spec.device_id: LampFirmware(
@@ -79,6 +84,7 @@ class LampFleet:
             for spec in lamps
         }
         self.silent = set(silent)
+        self.refusing = dict(refusing or {})  # device id -> the reason its rejections give
         self.received: list[Received] = []
         self._cond = threading.Condition()
         self._districts = sorted({fw.identity.district_code for fw in self.lamps.values()})
@@ -117,11 +123,26 @@ class LampFleet:
             return
         with self._cond:
             self.received.append(Received(at, device_id, payload))
-            replies = [] if device_id in self.silent else firmware.handle_command(payload, _now_ms())
+            if device_id in self.silent:
+                replies = []
+            elif device_id in self.refusing:
+                replies = [self._refusal(firmware, payload, self.refusing[device_id])]
+            else:
+                replies = firmware.handle_command(payload, _now_ms())
             self._cond.notify_all()
         for reply in replies:
             if reply.channel == "ack":
                 client.publish(reply.topic, json.dumps(reply.to_payload()), qos=1)
+
+    @staticmethod
+    def _refusal(firmware: LampFirmware, payload: Any, reason: str) -> Message:
+        """The ack a lamp refusing every command sends (what its firmware would for a command it
+        cannot carry out)."""
+        return Message(
+            "ack",
+            f"{firmware.identity.topic_prefix}/ack",
+            {"ts": _now_ms(), "cmd_id": payload.get("cmd_id"), "status": "rejected", "reason": reason},
+        )
 
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
         """Wait until `predicate()` (called under the fleet's lock) holds; False on timeout."""

@@ -1,7 +1,8 @@
 """The console in headless Chromium: the simulator's Safety app raises an SOS, it appears live
 with its banner, the operator acknowledges and dispatches from the browser, the database and the
 resident see it, a district operator never sees another district's alert; the lamp panel's 24 h
-chart shows level, power and online per hour; keyboard shortcuts and the language toggle work.
+chart shows level, power and online per hour, and the operators' commands to the lamp with their
+status, live; keyboard shortcuts and the language toggle work.
 The map (Leaflet): lamps, SOS and outages as layers the layer control toggles, zoom and pan by
 keyboard, tiles from the configured tile server, the district polygons as the map when none is
 configured (no request then leaves for another server) or when it does not answer."""
@@ -25,10 +26,13 @@ import httpx
 import psycopg
 import pytest
 
+from api.accounts import create_operator
 from api.config import MapTiles
+from api.security import password_hasher
 from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, resident, seed, serve
 from firmware_sim.app import SafetyApp
 from firmware_sim.residents import GpsFix
+from store.commands import record_ack, settle_unsent
 from store.jobs import refresh_rollups
 from store.writer import TelemetryRow, write_telemetry
 from tests.conftest import skip_unless
@@ -489,3 +493,63 @@ def test_the_map_draws_the_configured_tile_server_and_falls_back_to_the_district
             "getComputedStyle(document.querySelector('#map-areas path.area.mine')).fill"
         ) not in ("none", "")
         assert browser.evaluate("document.querySelectorAll('#map-lamps path.lamp').length") == 2
+
+
+def test_the_lamp_panel_shows_the_operators_commands_and_their_status_live(
+    browser: Browser, db_url: str
+) -> None:
+    """An override sent through the API is listed in the lamp panel as pending; when the
+    controller settles it (its row written as a controller's write queue does: rejected with the
+    lamp's reason, or undelivered), the panel shows the new status without a click."""
+    seed(db_url, LAMPS)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        create_operator(
+            conn, "maint-jung", PASSWORD, role="maintenance", district="11020", hasher=password_hasher(1, 8)
+        )
+    with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        browser.viewport(1440, 900)
+        browser.goto(base + "/")
+        browser.type("#login-user", "maint-jung")
+        browser.type("#login-pass", PASSWORD)
+        browser.click("#login-submit")
+        browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
+        token = browser.evaluate("S.token")
+        headers = {"Authorization": f"Bearer {token}"}
+        first = c.post("/v1/lamps/e2e-j2/override", json={"level": 80, "duration_s": 600}, headers=headers)
+        assert first.status_code == 202, first.text
+        first_id = first.json()["cmd_id"]
+
+        browser.wait_for(MAP_IDLE)
+        browser.click('#map-lamps [data-device-id="e2e-j2"]')
+        row = f'#lamp-commands li[data-cmd-id="{first_id}"]'
+        browser.wait_for(f"document.querySelector('{row}') !== null")
+        assert browser.evaluate(f"document.querySelector('{row}').dataset.status") == "pending"
+        assert "밝기 80% · 대기" in browser.evaluate(f"document.querySelector('{row}').textContent")
+
+        # The controller's answer reaches the row; the panel polls while a command is not final.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            settle_unsent(conn, [(first_id, "undelivered", "offline")])
+        browser.wait_for(f"document.querySelector('{row}').dataset.status === 'undelivered'")
+        assert "전달 안 됨 (기기 끊김)" in browser.evaluate(
+            f"document.querySelector('{row} .status').textContent"
+        )
+        # A second command, while the panel is open: listed on top as soon as the stream says the
+        # lamp was commanded, then rejected with the lamp's reason.
+        second = c.post("/v1/lamps/e2e-j2/override", json={"level": 20, "duration_s": 60}, headers=headers)
+        second_id = second.json()["cmd_id"]
+        top = "document.querySelector('#lamp-commands li').dataset"
+        browser.wait_for(f"{top}.cmdId === {second_id!r} && {top}.status === 'pending'")
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("UPDATE commands SET status = 'sent', attempts = 1 WHERE cmd_id = %s", (second_id,))
+            record_ack(conn, second_id, status="rejected", reason="driver overheated", effective_level=0)
+        browser.wait_for(f"{top}.status === 'rejected'")
+        status = "document.querySelector('#lamp-commands li .status').textContent"
+        assert browser.evaluate(status) == "거부됨 (driver overheated)"
+        browser.evaluate("document.activeElement && document.activeElement.blur(), true")
+        browser.press("l")
+        browser.wait_for("document.documentElement.lang === 'en'")
+        assert browser.evaluate(status) == "rejected (driver overheated)"
+        browser.wait_for("document.querySelectorAll('#lamp-commands li').length === 2")
+        # Everything final: the panel stops asking.
+        time.sleep(0.3)
+        assert browser.evaluate("lampCmdTimer") is None

@@ -166,6 +166,7 @@ def test_a_manual_override_wakes_the_controller_and_needs_maintenance(api: httpx
         "ttl_s": 600,
         "source": "operator:op-maint",
         "action": "set_level",
+        "cmd_id": r.json()["cmd_id"],
     }
 
 

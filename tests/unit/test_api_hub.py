@@ -46,7 +46,8 @@ async def test_a_payload_that_is_not_a_note_is_counted_and_skipped(
 async def test_a_lamp_note_reaches_the_consoles_of_its_district_only(hub: StreamHub) -> None:
     here = hub.subscribe(["11140"], None)
     elsewhere = hub.subscribe(["11110"], None)
-    await hub._dispatch(None, LAMP_CHANNEL, encode(LampNote("l1", "11140", 80)))  # type: ignore[arg-type]
+    note = LampNote("l1", "11140", 80, cmd_id="op.1")
+    await hub._dispatch(None, LAMP_CHANNEL, encode(note))  # type: ignore[arg-type]
     assert here.queue.get_nowait() == {
         "type": "lamp",
         "device_id": "l1",
@@ -55,6 +56,7 @@ async def test_a_lamp_note_reaches_the_consoles_of_its_district_only(hub: Stream
         "ttl_s": 3600,
         "source": "operator",
         "action": "set_level",
+        "cmd_id": "op.1",
     }
     assert elsewhere.queue.empty()
     assert _bad_notes(hub._metrics) == 0

@@ -83,9 +83,9 @@ def test_a_batch_framed_as_the_database_frames_it_reads_back_as_its_positions(
 
 def test_the_payloads_keep_the_documented_keys() -> None:
     """The console's stream spreads a lamp note's keys into its messages; docs/api.md lists them."""
-    assert json.loads(encode(LampNote("l1", "11140", 80, 60, "op:kim"))) == {
+    assert json.loads(encode(LampNote("l1", "11140", 80, 60, "op:kim", cmd_id="op.1"))) == {
         "device_id": "l1", "district": "11140", "level": 80, "ttl_s": 60, "source": "op:kim",
-        "action": "set_level",
+        "action": "set_level", "cmd_id": "op.1",
     }  # fmt: skip
     assert json.loads(encode(WalkEnded("w1", "11140", ts_ms=5)))["op"] == "end"
     assert json.loads(encode(AlertNote("a1", districts=("11140",)))) == {
