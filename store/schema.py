@@ -127,6 +127,13 @@ def _m8_privacy(conn: Conn, timescale: bool) -> None:
     chain_unhashed_audit_rows(conn)
 
 
+# Call-back (issue 21, docs/security.md): residents' phone numbers, encrypted (store/phones.py).
+def _m9_resident_phones(conn: Conn, timescale: bool) -> None:
+    from store.phones import PHONES_SQL
+
+    conn.execute(PHONES_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -138,6 +145,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
     Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
+    Migration(9, "residents' phone numbers, encrypted", _m9_resident_phones),
 )
 
 BOOTSTRAP_SQL = """
