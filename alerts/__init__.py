@@ -15,6 +15,8 @@ Decisions (details in each module's docstring):
   so every centre maps to `cc/v1/{d}/alerts` with a 5-digit `{d}`; the first district of the
   centres (else the city centre) is the one whose controller acts (`responsible_centre`).
 - Ids are chosen by the caller (`new_alert_id`), so the core needs no randomness.
+- Call-back (`_callback`): a resident's number checked and written in E.164, an SOS's resident
+  callable only while it is active, calls placed / answered / not answered as timeline events.
 - Maintenance planning (`_maintenance`): rows in (faults reported, devices' connectivity, lamps'
   readings), the alert changes to save out, in order; ingest reads and writes around it.
 
@@ -22,10 +24,21 @@ Exceptions::
 
     AlertError                      base of everything raised here
     ├── InvalidAlertData            (also a ValueError) naive time, bad coordinates, malformed dict
+    │   └── InvalidPhoneNumber      not a Korean number a resident can be called back on
     └── InvalidTransition           action not allowed in the alert's state; carries
                                     alert_id, action, from_state, to_state
 """
 
+from alerts._callback import (
+    CallChannel,
+    CallOutcome,
+    InvalidPhoneNumber,
+    callback_refusal,
+    normalise_phone,
+    open_call,
+    record_call,
+    tel_uri,
+)
 from alerts._cap import (
     CAP_NAMESPACE,
     DEFAULT_SENDER,
@@ -216,6 +229,8 @@ __all__ = [
     "AreaNamer",
     "AreaNames",
     "AuditRow",
+    "CallChannel",
+    "CallOutcome",
     "CancelReason",
     "CapMessage",
     "CapMsgType",
@@ -234,6 +249,7 @@ __all__ = [
     "EventAction",
     "FaultReport",
     "InvalidAlertData",
+    "InvalidPhoneNumber",
     "InvalidTransition",
     "LampCondition",
     "LampReading",
@@ -260,6 +276,7 @@ __all__ = [
     "audit_row_hash",
     "bulk_acknowledge",
     "bulk_refusal",
+    "callback_refusal",
     "can",
     "cancel",
     "cap_msg_type",
@@ -302,7 +319,9 @@ __all__ = [
     "named_place",
     "new_alert",
     "next_escalation_at",
+    "normalise_phone",
     "observe",
+    "open_call",
     "outage_of",
     "outage_restored",
     "place_from_dict",
@@ -310,6 +329,7 @@ __all__ = [
     "place_to_dict",
     "plan_fault_alerts",
     "plan_offline_alerts",
+    "record_call",
     "record_escalation",
     "render_cap",
     "resident_pseudonym",
@@ -320,6 +340,7 @@ __all__ = [
     "sky_at",
     "storage_alert_update",
     "suppress_covered",
+    "tel_uri",
     "transition",
     "unlink_alert",
     "unlink_due",

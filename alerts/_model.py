@@ -96,6 +96,9 @@ class EventAction(StrEnum):
     LAMPS_ADDED = "lamps_added"  # a mass outage grew
     ESCALATED = "escalated"  # details["escalation"] names the EscalationKind
     LAMPS_CONFIRMED = "lamps_confirmed"  # SOS blink: lamps that acked, did not, or were added
+    CALL_PLACED = "call_placed"  # an operator calls the resident back (details["channel"]: tel, pbx)
+    CALL_ANSWERED = "call_answered"  # the resident answered the call placed last
+    CALL_NO_ANSWER = "call_no_answer"  # nobody answered it (rang out, busy, refused)
 
 
 def require_aware(value: datetime, name: str) -> datetime:

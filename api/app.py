@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import history, lamps, logredact, operators, residents, stream, walklive
+from api import callback, history, lamps, logredact, operators, residents, stream, walklive
 from api.config import ApiConfig
 from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
@@ -36,6 +36,7 @@ from api.ratelimit import RateLimiter
 from api.schemas import describe_errors
 from api.security import dummy_password_hash, password_hasher
 from api.state import AppState
+from api.telephony import AsteriskAmi
 from api.walkbatch import PositionBatcher, PositionsBusy
 from geo import Gazetteer
 from runtime import tuning
@@ -106,6 +107,8 @@ def _open_state(config: ApiConfig, metrics: ApiMetrics) -> AppState:
         dummy_password_hash=dummy_password_hash(hasher),
         db_slots=asyncio.Semaphore(config.pool_max),
     )
+    if config.pbx is not None:
+        state.telephony = AsteriskAmi(config.pbx)
     _refresh_once(state)
     return state
 
@@ -162,6 +165,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(lamps.router)
     app.include_router(stream.router)
     app.include_router(walklive.router)
+    app.include_router(callback.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

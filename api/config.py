@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from api.telephony import AmiConfig
     from geo import Gazetteer
+    from store.phones import PhoneKeyring
 
 # A WebSocket message (a walker's position, a console's ping) is under 1 KiB; uvicorn's default
 # would read 16 MiB. Passed to the server (`streetlight api`, `devkit.apiclient.serve`), not the app.
@@ -130,3 +132,9 @@ class ApiConfig:
     map_tiles: MapTiles | None = None
     # The gazetteer the process loaded once (bootstrap); None: the vendored one, loaded at start.
     gazetteer: Gazetteer | None = None
+    # The keys of residents' phone numbers (STREETLIGHT_PHONE_KEYS, store/phones.py); None: phone
+    # numbers are not taken (PUT /v1/residents/me/phone answers 503).
+    phone_keys: PhoneKeyring | None = None
+    # The centre's PBX for call-backs (STREETLIGHT_PBX_AMI_URL, api/telephony.py); None: the
+    # console offers the tel: link only.
+    pbx: AmiConfig | None = None

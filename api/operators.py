@@ -16,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from alerts import (
     Alert,
+    AlertKind,
     CancelReason,
     InvalidTransition,
     acknowledge,
@@ -38,6 +39,7 @@ from api.schemas import (
     AlertListOut,
     AuditEntryOut,
     AuditOut,
+    CallbackInfoOut,
     DispatchIn,
     LoginIn,
     LoginOut,
@@ -88,6 +90,7 @@ from store.operators import (
     revoke_session,
     set_operator_disabled,
 )
+from store.phones import has_phone
 from store.types import Conn, Row
 
 log = get_logger(__name__)
@@ -282,6 +285,11 @@ def alert_detail(alert_id: str, op: CurrentOperator, state: State, conn: Db) -> 
             details={"alert_id": alert_id, "points": len(track)},
         )
     events = alert_events(conn, alert_id)
+    callback = None
+    if row["resident_id"] is not None and alert.kind is AlertKind.SOS:
+        callback = CallbackInfoOut(
+            phone_registered=has_phone(conn, str(row["resident_id"])), pbx=state.telephony is not None
+        )
     return AlertDetailOut(
         alert=alert_to_dict(alert),
         state=alert.state.value,
@@ -290,6 +298,7 @@ def alert_detail(alert_id: str, op: CurrentOperator, state: State, conn: Db) -> 
         track=[TrackPointOut(**p) for p in _iso_rows(track)],
         events=[AlertEventOut(**e) for e in _iso_rows(events)],
         event_id=max((int(e["id"]) for e in events), default=0),
+        callback=callback,
     )
 
 

@@ -173,8 +173,9 @@ def delete_me(resident: Resident, conn: Db) -> Response:
 
 
 PHONE_REVEALS_NOTE = (
-    "The service holds no phone number yet, so no operator has revealed one: this list stays empty "
-    "until phone numbers are collected (issue 21)."
+    "Your phone number itself is never exported or listed: phone_number says whether one is registered, "
+    "and phone_number_reveals lists every time an operator handling your SOS saw it (phone.reveal) or "
+    "had the control centre's telephone system dial it (phone.dial)."
 )
 
 

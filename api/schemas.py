@@ -264,6 +264,51 @@ class AlertDetailOut(_Out):
     track: list[TrackPointOut]
     events: list[AlertEventOut]
     event_id: int
+    callback: CallbackInfoOut | None = None
+
+
+class CallbackInfoOut(_Out):
+    """What the console may offer for calling an SOS's resident back (never the number itself)."""
+
+    phone_registered: bool
+    pbx: bool = Field(description="the centre's telephone system can place the call (`/callback/dial`)")
+
+
+class PhoneIn(_Body):
+    """A resident's phone number for call-back, in any usual Korean writing (010-1234-5678, +82 10 ...)."""
+
+    number: Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class PhoneOut(_Out):
+    """The number as stored (E.164), to its owner only."""
+
+    number: str
+    replaced: bool
+
+
+class PhoneRevealOut(_Out):
+    """An SOS resident's number, for the operator handling it (audited)."""
+
+    alert_id: str
+    number: str
+    tel: str
+
+
+class CallOutcomeIn(_Body):
+    """A step of a call-back placed from the console's tel: link: placed, answered or no_answer."""
+
+    outcome: Literal["placed", "answered", "no_answer"]
+    note: Text = ""
+
+
+class CallRecordedOut(_Out):
+    """The call-back step as recorded in the alert's timeline."""
+
+    alert_id: str
+    outcome: str
+    channel: str
+    call_id: str | None = None
 
 
 class AlertActionOut(_Out):

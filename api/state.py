@@ -22,6 +22,7 @@ from api.metrics import ApiMetrics
 from api.places import LampDirectory
 from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
+from api.telephony import Telephony
 from api.walkbatch import PositionBatcher
 from geo import Gazetteer
 from store.operators import session_account
@@ -55,6 +56,8 @@ class AppState:
     apool: AsyncPool | None = None
     # Walk positions, batched into one statement and one NOTIFY (opened in the lifespan with apool).
     positions: PositionBatcher | None = None
+    # The centre's telephone system for call-backs (api/telephony.py); None: tel: links only.
+    telephony: Telephony | None = None
 
 
 async def get_state(request: Request) -> AppState:

@@ -17,6 +17,7 @@ from api.config import WS_MAX_MESSAGE_BYTES, ApiConfig, proxy_options
 from api.security import password_hasher
 from devkit.localservices import free_port
 from store.devices import upsert_device
+from store.phones import PhoneKeyring
 from store.schema import apply_migrations
 
 # argon2id at its floor: tests check behaviour, not the cost (2 busy cores).
@@ -29,9 +30,19 @@ GANGNAM = (37.5000, 127.0500)
 BUSAN = (35.1796, 129.0756)
 
 
+# A random phone key per test process: the phone endpoints work in every test's API.
+TEST_PHONE_KEYS = PhoneKeyring.parse(PhoneKeyring.generate("test"))
+
+
 def fast_config(database_url: str, **changes: object) -> ApiConfig:
     """A configuration for tests: cheap password hashing, a small pool."""
-    base: dict[str, object] = {"database_url": database_url, "pool_min": 1, "pool_max": 4, **FAST_KDF}
+    base: dict[str, object] = {
+        "database_url": database_url,
+        "pool_min": 1,
+        "pool_max": 4,
+        "phone_keys": TEST_PHONE_KEYS,
+        **FAST_KDF,
+    }
     base.update(changes)
     return ApiConfig(**base)  # type: ignore[arg-type]
 

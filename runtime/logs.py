@@ -71,9 +71,21 @@ REDACTED: Final = "[redacted]"
 # -- redaction --------------------------------------------------------------------------------------
 
 _SECRET_KEYS: Final = frozenset(
-    {"password", "passwd", "token", "secret", "authorization", "cookie", "set-cookie", "api_key"}
+    {
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "api_key",
+        "phone_keys",
+        "phone",
+        "phone_number",
+    }
 )
-_SECRET_KEY_SUFFIXES: Final = ("_password", "_token", "_secret")
+_SECRET_KEY_SUFFIXES: Final = ("_password", "_token", "_secret", "_keys", "_phone")
 # (pattern, replacement) applied to every string on its way out, in this order.
 _PATTERNS: Final = (
     # A header line or field: "Authorization: Bearer x", "< Sec-WebSocket-Protocol: a, bearer.x".
@@ -90,6 +102,8 @@ _PATTERNS: Final = (
         re.compile(r"""(?i)(["'](?:token|password|secret)["']\s*:\s*)(["'])(?:(?!\2).)*\2"""),
         rf'\1"{REDACTED}"',
     ),
+    # The phone keys setting: STREETLIGHT_PHONE_KEYS=k1:base64... (an error message, a dumped environment).
+    (re.compile(r"(?i)(phone_keys['\"]?\s*[:=]\s*['\"]?)[^\s'\"]+"), rf"\1{REDACTED}"),
     # libpq keywords: "password=x".
     (re.compile(r"(?i)\b(password=)[^\s&]+"), r"\1***"),
     # The password of a URL: mqtt://user:pass@host, postgresql://user:pass@host.
@@ -108,6 +122,7 @@ _MARKS: Final = (
     "secret",
     "://",
     "$share/",
+    "phone_keys",
 )
 
 

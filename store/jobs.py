@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from alerts import COARSE_DECIMALS
 from runtime.logs import get_logger
 from store.partitions import drop_expired_partitions, ensure_partitions
+from store.phones import PhoneKeyring, rotate_phones
 from store.privacy import coarsen_sos_documents, unlink_deleted_residents
 from store.schema import timescale_enabled
 from store.schema_sql import DEFAULT_RETENTION, plain_lamp_hour_select
@@ -332,9 +333,14 @@ def _record_job(conn: Conn, job: str, outcome: str, error: str | None = None) ->
 
 
 def run_maintenance(
-    conn: Conn, *, now: datetime | None = None, policy: RetentionPolicy | None = None
+    conn: Conn,
+    *,
+    now: datetime | None = None,
+    policy: RetentionPolicy | None = None,
+    phone_keys: PhoneKeyring | None = None,
 ) -> dict[str, object]:
-    """The periodic job a service runs (e.g. every 10 min): partitions ahead, rollups, retention.
+    """The periodic job a service runs (e.g. every 10 min): partitions ahead, rollups, retention,
+    and with ``phone_keys`` the residents' phone numbers re-encrypted under the current key.
 
     Each run's start, success or failure (with its error) is recorded in ``storage_job_runs`` so a
     failing or stalled job shows in :func:`storage_job_problems`."""
@@ -343,6 +349,7 @@ def run_maintenance(
         created = [] if timescale_enabled(conn) else ensure_partitions(conn, now=now)
         rollups = refresh_rollups(conn, now=now)
         retention = run_retention(conn, now=now, policy=policy)
+        phones = rotate_phones(conn, phone_keys) if phone_keys is not None else None
     except Exception as exc:
         if not conn.closed:
             try:
@@ -352,7 +359,10 @@ def run_maintenance(
         log.error("job_failed", job=MAINTENANCE_JOB, error=f"{type(exc).__name__}: {exc}")
         raise
     _record_job(conn, MAINTENANCE_JOB, "success")
-    return {"partitions_created": created, "rollups": rollups, "retention": retention}
+    done: dict[str, object] = {"partitions_created": created, "rollups": rollups, "retention": retention}
+    if phones is not None:
+        done["phones"] = phones
+    return done
 
 
 # --------------------------------------------------------------------------- job health

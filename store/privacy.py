@@ -35,6 +35,10 @@ from store.types import Conn, Row
 log = get_logger(__name__)
 
 _RESIDENT_ACTOR = "resident:"
+# The audit actions that used a resident's phone number: shown to an operator, dialled by the PBX.
+PHONE_REVEAL_ACTION = "phone.reveal"
+PHONE_DIAL_ACTION = "phone.dial"
+PHONE_USES = (PHONE_REVEAL_ACTION, PHONE_DIAL_ACTION)
 
 
 def _rewrite_events(conn: Conn, alert_id: str, cutoff: datetime | None, resident_id: str | None) -> int:
@@ -200,6 +204,10 @@ def resident_export(conn: Conn, resident_id: str, pseudonym: str) -> dict[str, A
             "WHERE subject_kind = 'resident' AND subject_id = %s ORDER BY id",
             (pseudonym,),
         ).fetchall()
+        registered = (
+            cur.execute("SELECT 1 FROM resident_phones WHERE resident_id = %s", (resident_id,)).fetchone()
+            is not None
+        )
         by_walk: dict[str, list[dict[str, Any]]] = {}
         for p in positions:
             by_walk.setdefault(str(p["walk_id"]), []).append(
@@ -234,7 +242,10 @@ def resident_export(conn: Conn, resident_id: str, pseudonym: str) -> dict[str, A
         "resident": None if account is None else _iso_row(account),
         "walks": [{**_iso_row(w), "positions": by_walk.get(str(w["walk_id"]), [])} for w in walks],
         "alerts": out_alerts,
-        "phone_number_reveals": [],
+        # The number itself is never exported (nor shown anywhere but in a reveal): only that one is
+        # registered, and every time an operator saw it or had the centre's telephone system dial it.
+        "phone_number": {"registered": registered},
+        "phone_number_reveals": [_iso_row(e) for e in audit if e["action"] in PHONE_USES],
         "audit": [_iso_row(e) for e in audit],
     }
 

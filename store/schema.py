@@ -138,6 +138,13 @@ def _m10_operator_commands(conn: Conn, timescale: bool) -> None:
     conn.execute(OPERATOR_COMMANDS_SQL.encode())
 
 
+# Call-back (issue 21, docs/security.md): residents' phone numbers, encrypted (store/phones.py).
+def _m11_resident_phones(conn: Conn, timescale: bool) -> None:
+    from store.phones import PHONES_SQL
+
+    conn.execute(PHONES_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -151,6 +158,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
     Migration(9, "alert history: paging and shift indexes", _m9_alert_history),
     Migration(10, "operators' commands: pending and undelivered", _m10_operator_commands),
+    Migration(11, "residents' phone numbers, encrypted", _m11_resident_phones),
 )
 
 BOOTSTRAP_SQL = """

@@ -37,8 +37,10 @@ def resident_by_token_hash(conn: Conn, token_hash: str) -> str | None:
 
 
 def delete_resident(conn: Conn, resident_id: str, *, at: datetime | None = None) -> None:
-    """Delete a resident's account and walk data (SOS alerts stay, unlinked from walks' positions)."""
+    """Delete a resident's account, walk data and phone number (SOS alerts stay, unlinked from walks'
+    positions)."""
     with conn.transaction():
+        conn.execute("DELETE FROM resident_phones WHERE resident_id = %s", (resident_id,))
         conn.execute("DELETE FROM walks WHERE resident_id = %s", (resident_id,))
         conn.execute("DELETE FROM idempotency_keys WHERE resident_id = %s", (resident_id,))
         conn.execute(

@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
     from alerts import AreaNamer
     from api.config import ApiConfig
+    from api.telephony import AmiConfig
     from broker import ConnectionParams
     from controller import ControllerConfig
     from geo import Gazetteer
     from ingest import Locator, SenderCheckFn, WorkerConfig
     from store.jobs import RetentionPolicy
+    from store.phones import PhoneKeyring
 
 log = get_logger(__name__)
 
@@ -106,6 +108,39 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
     )
 
 
+def phone_keyring(settings: Settings) -> PhoneKeyring | None:
+    """The keys of residents' phone numbers (``STREETLIGHT_PHONE_KEYS``), or None; PhoneKeyError
+    (a ValueError that never holds a key) when the setting is malformed."""
+    from store.phones import PhoneKeyring
+
+    return PhoneKeyring.parse(settings.phone_keys) if settings.phone_keys else None
+
+
+def pbx_config(settings: Settings) -> AmiConfig | None:
+    """The centre's PBX (``STREETLIGHT_PBX_AMI_URL`` and friends), or None; ValueError when the URL
+    is not ``ami://user@host[:port]``."""
+    from urllib.parse import urlsplit
+
+    from api.telephony import AmiConfig
+
+    if not settings.pbx_ami_url:
+        return None
+    parts = urlsplit(settings.pbx_ami_url)
+    if parts.scheme != "ami" or not parts.hostname or not parts.username:
+        raise ValueError(
+            f"STREETLIGHT_PBX_AMI_URL must be ami://user@host[:port], got {settings.pbx_ami_url!r}"
+        )
+    return AmiConfig(
+        host=parts.hostname,
+        port=parts.port or 5038,
+        username=parts.username,
+        secret=settings.pbx_ami_secret or parts.password or "",
+        channel=settings.pbx_channel,
+        context=settings.pbx_context,
+        exten=settings.pbx_exten,
+    )
+
+
 def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | None = None) -> ApiConfig:
     """The API's configuration from the settings (the database from the command line or the settings).
     ValueError names a setting that is not valid (the basemap's URL template)."""
@@ -127,6 +162,8 @@ def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | 
         metrics_token=settings.api_metrics_token,
         map_tiles=tiles,
         gazetteer=gazetteer,
+        phone_keys=phone_keyring(settings),
+        pbx=pbx_config(settings),
     )
 
 

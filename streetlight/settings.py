@@ -107,6 +107,19 @@ class Settings:
     audit_key: str | None = None
     """Key of residents' pseudonyms in the audit log (``STREETLIGHT_AUDIT_KEY``); None: a random key
     kept in the database, shared by API instances."""
+    phone_keys: str | None = field(default=None, repr=False)
+    """Keys of residents' phone numbers (``STREETLIGHT_PHONE_KEYS``: ``id:base64key,...``, 32-byte
+    AES keys, the current one first); None: the API takes no phone numbers. Never logged."""
+    pbx_ami_url: str | None = None
+    """The centre's Asterisk manager interface for call-backs (``STREETLIGHT_PBX_AMI_URL``,
+    ``ami://user@host:5038``); None: the console offers the ``tel:`` link only."""
+    pbx_ami_secret: str | None = field(default=None, repr=False)
+    """The AMI user's secret (``STREETLIGHT_PBX_AMI_SECRET``)."""
+    pbx_channel: str = "PJSIP/{number}@carrier"
+    """The resident's leg of a call-back (``STREETLIGHT_PBX_CHANNEL``; ``{number}``: E.164 digits)."""
+    pbx_context: str = "streetlight-callback"
+    """Where the answered call goes (``STREETLIGHT_PBX_CONTEXT`` / ``STREETLIGHT_PBX_EXTEN``)."""
+    pbx_exten: str = "{district}"
     storage: str = "auto"
     """Storage path on a new database: ``auto`` (TimescaleDB when it loads), ``timescaledb``
     (fail clearly when it cannot) or ``plain`` (native partitioning). Read by ``streetlight migrate``."""
@@ -171,6 +184,12 @@ class Settings:
             sos_exact_days=_float(e, "STREETLIGHT_SOS_EXACT_DAYS", 30.0),
             deletion_hold_days=_float(e, "STREETLIGHT_DELETION_HOLD_DAYS", 30.0),
             audit_key=e.get("STREETLIGHT_AUDIT_KEY") or None,
+            phone_keys=e.get("STREETLIGHT_PHONE_KEYS", "").strip() or None,
+            pbx_ami_url=e.get("STREETLIGHT_PBX_AMI_URL", "").strip() or None,
+            pbx_ami_secret=e.get("STREETLIGHT_PBX_AMI_SECRET") or None,
+            pbx_channel=e.get("STREETLIGHT_PBX_CHANNEL") or "PJSIP/{number}@carrier",
+            pbx_context=e.get("STREETLIGHT_PBX_CONTEXT") or "streetlight-callback",
+            pbx_exten=e.get("STREETLIGHT_PBX_EXTEN") or "{district}",
         )
 
 

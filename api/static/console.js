@@ -24,13 +24,13 @@ const T = {
   ko: {
     open: "미확인", acknowledged: "확인됨", dispatched: "출동", resolved: "종료", cancelled: "취소", connected: "연결됨", disconnected: "연결 끊김",
     sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손", storage: "저장소 작업",
-    created: "접수", repeated: "반복", position: "위치", lamps_added: "추가 소등", escalated: "상향", lamps_confirmed: "점멸 확인",
+    created: "접수", repeated: "반복", position: "위치", lamps_added: "추가 소등", escalated: "상향", lamps_confirmed: "점멸 확인", call_placed: "전화 걸음", call_answered: "통화됨", call_no_answer: "안 받음",
     online: "정상", brightened: "밝힘", blinking: "점멸", fault: "고장", offline: "끊김", sound_on: "소리 켜짐", sound_off: "소리 꺼짐", no_data: "자료 없음",
   },
   en: {
     open: "OPEN", acknowledged: "acknowledged", dispatched: "dispatched", resolved: "resolved", cancelled: "cancelled", connected: "connected", disconnected: "disconnected",
     sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper", storage: "storage jobs",
-    created: "created", repeated: "pressed again", position: "position", lamps_added: "more lamps out", escalated: "escalated", lamps_confirmed: "lamps confirmed",
+    created: "created", repeated: "pressed again", position: "position", lamps_added: "more lamps out", escalated: "escalated", lamps_confirmed: "lamps confirmed", call_placed: "call placed", call_answered: "answered", call_no_answer: "no answer",
     online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
   },
 };
@@ -235,6 +235,7 @@ function renderDetail() {
   $("btn-dispatch").disabled = !allowed.has("dispatch");
   $("btn-resolve").disabled = !allowed.has("resolve");
   $("btn-cancel").disabled = !allowed.has("cancel");
+  renderCallback(a);
   $("timeline").replaceChildren(...a.timeline.map((e) => {
     const li = document.createElement("li");
     const extra = Object.entries(e.details || {}).map(([k, v]) => `${k}=${v}`).join(" ");
@@ -247,6 +248,35 @@ function renderDetail() {
     return li;
   }));
 }
+
+// Call-back (docs/security.md): the number is fetched only on the operator's click (audited), shown as
+// a tel: link for this alert only, and forgotten when another alert is selected.
+let revealed = null;
+function renderCallback(a) {
+  const cb = detail.callback;
+  const open = cb && cb.phone_registered && ["open", "acknowledged", "dispatched"].includes(detail.state);
+  $("callback").hidden = !open;
+  if (!revealed || revealed.alert_id !== a.id || !open) revealed = null;
+  const tel = $("callback-tel");
+  tel.hidden = !revealed;
+  if (revealed) { tel.href = revealed.tel; tel.textContent = revealed.number; } else { tel.removeAttribute("href"); tel.textContent = ""; }
+  $("btn-dial").hidden = !(cb && cb.pbx);
+}
+
+async function revealNumber() {
+  if (!S.selected) return;
+  $("action-error").textContent = "";
+  try {
+    revealed = await api(`/v1/alerts/${encodeURIComponent(S.selected)}/callback/reveal`, { method: "POST", body: "{}" });
+    await loadDetail(S.selected);
+  } catch (e) { $("action-error").textContent = e.message; }
+}
+
+$("btn-reveal").onclick = revealNumber;
+$("callback-tel").onclick = () => act("callback/outcome", { outcome: "placed" });
+$("btn-dial").onclick = () => act("callback/dial");
+$("btn-call-answered").onclick = () => act("callback/outcome", { outcome: "answered" });
+$("btn-call-no-answer").onclick = () => act("callback/outcome", { outcome: "no_answer" });
 
 async function act(action, body) {
   if (!S.selected) return;

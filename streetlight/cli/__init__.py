@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "migrate": "migrate",
     "audit": "audit",
+    "phones": "phones",
 }
 
 

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--maintenance",
         action="store_true",
-        help="then run the maintenance job: partitions ahead, rollups, retention (for a timer)",
+        help="then run the maintenance job: partitions ahead, rollups, retention, phone numbers "
+        "re-encrypted under the current key of STREETLIGHT_PHONE_KEYS (for a timer)",
     )
     parser.add_argument(
         "--now",
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:
         policy = bootstrap.retention_policy(settings)
+        phone_keys = bootstrap.phone_keyring(settings)
     except ValueError as exc:
         print(f"streetlight migrate: {exc}")
         return 2
@@ -106,6 +108,6 @@ def run(args: argparse.Namespace) -> int:
         from store.jobs import run_maintenance
 
         with connect(url) as conn:
-            done = run_maintenance(conn, now=now, policy=policy)
+            done = run_maintenance(conn, now=now, policy=policy, phone_keys=phone_keys)
         print("maintenance: " + json.dumps(done, default=str, ensure_ascii=False))
     return 0

@@ -200,7 +200,8 @@ def test_the_export_holds_the_walks_the_alerts_with_what_operators_saw_and_no_ph
     reads = {e["action"] for e in alert["operator_reads"]}
     assert {"read_alert_list", "read_track", "read_cap", "alert.acknowledge"} <= reads
     assert all(e["actor"] == "operator:op-jung" for e in alert["operator_reads"])
-    assert doc["phone_number_reveals"] == [] and "issue 21" in doc["phone_number_reveals_note"]
+    assert doc["phone_number_reveals"] == [] and "phone.reveal" in doc["phone_number_reveals_note"]
+    assert doc["phone_number"] == {"registered": False}
     assert api.get("/v1/residents/me/export").status_code == 401
     # the audit rows name the resident by a pseudonym, never by the id
     with psycopg.connect(storage_url) as conn:

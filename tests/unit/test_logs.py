@@ -308,3 +308,19 @@ def test_the_prose_finder_notices_a_sentence_and_a_stdlib_module_logger(tmp_path
     found = prose_calls([module])
     assert [(c.line, c.method) for c in found] == [(2, "getLogger"), (4, "warning"), (5, "info")]
     assert found[1].suggestion() == "command_not_published_cmd_id" and found[1].args == ("1", "'x'")
+
+
+def test_phone_keys_and_numbers_are_redacted() -> None:
+    from runtime.logs import REDACTED, redact
+
+    secret = "k2:q83vEjRWeJASNFZ4kBI0VniQEjRWeJASNFZ4kBI0Vng="
+    event = {
+        "event": f"bad setting STREETLIGHT_PHONE_KEYS={secret}",
+        "phone_keys": secret,
+        "phone": "+821012345678",
+        "resident_phone": "+821012345678",
+        "settings": {"phone_keys": secret},
+    }
+    out = redact(None, "info", dict(event))
+    assert secret not in str(out) and "12345678" not in str(out)
+    assert out["phone_keys"] == REDACTED and out["settings"] == {"phone_keys": REDACTED}
