@@ -31,6 +31,7 @@ from store.errors import MigrationError
 from store.partitions import ensure_partitions
 from store.schema_sql import (
     ACCOUNTS_AND_SOS_SOURCE_SQL,
+    CAMERAS_SQL,
     CORE_TABLES_SQL,
     DEFAULT_RETENTION,
     DEVICE_DISTRICT_TRIGGER_SQL,
@@ -127,6 +128,11 @@ def _m8_privacy(conn: Conn, timescale: bool) -> None:
     chain_unhashed_audit_rows(conn)
 
 
+# The camera register (issue 21): cameras near an SOS, from the national standard CCTV data.
+def _m9_cameras(conn: Conn, timescale: bool) -> None:
+    conn.execute(CAMERAS_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -138,6 +144,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(7, "the lamp register: a device's address and lamp count", _m7_lamp_register),
     Migration(PRIVACY_MIGRATION, "audit hash chain, SOS documents' coarsening mark", _m8_privacy),
+    Migration(9, "the camera register (national standard CCTV data)", _m9_cameras),
 )
 
 BOOTSTRAP_SQL = """

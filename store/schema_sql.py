@@ -544,3 +544,30 @@ ALTER TABLE devices ADD COLUMN address text;           -- road address, else the
 ALTER TABLE devices ADD COLUMN lamp_count integer;     -- lamps on the pole (설치개수)
 CREATE INDEX devices_dong ON devices (dong_code) WHERE dong_code IS NOT NULL;
 """
+
+# The camera register (전국CCTV표준데이터), written by `streetlight provision --cameras`.
+CAMERAS_SQL = """
+CREATE TABLE cameras (
+    camera_id      text PRIMARY KEY,
+    lat            double precision NOT NULL,
+    lon            double precision NOT NULL,
+    district_code  text NOT NULL,
+    dong_code      text,
+    management_no  text,
+    gov_code       text,
+    organisation   text,
+    road_address   text,
+    lot_address    text,
+    purpose        text,
+    camera_count   integer,
+    pixels         integer,
+    facing         text,
+    retention_days integer,
+    installed      text,
+    phone          text,
+    data_date      text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX cameras_district ON cameras (district_code);
+"""
