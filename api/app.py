@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import lamps, logredact, operators, residents, stream, walklive
+from api import cameras, lamps, logredact, operators, residents, stream, walklive
 from api.config import ApiConfig
 from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
@@ -159,6 +159,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(residents.router)
     app.include_router(operators.router)
     app.include_router(lamps.router)
+    app.include_router(cameras.router)
     app.include_router(stream.router)
     app.include_router(walklive.router)
 

@@ -108,8 +108,9 @@ def retention_policy(settings: Settings) -> RetentionPolicy:
 
 def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | None = None) -> ApiConfig:
     """The API's configuration from the settings (the database from the command line or the settings).
-    ValueError names a setting that is not valid (the basemap's URL template)."""
-    from api.config import ApiConfig, MapTiles
+    ValueError names a setting that is not valid (the basemap's or the cameras' URL template, the
+    camera radius)."""
+    from api.config import ApiConfig, CameraStreams, MapTiles
 
     tiles = (
         MapTiles(settings.map_tiles, settings.map_attribution, settings.map_max_zoom)
@@ -126,6 +127,8 @@ def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | 
         registrations_per_hour=settings.api_registrations_per_hour,
         metrics_token=settings.api_metrics_token,
         map_tiles=tiles,
+        camera_radius_m=settings.camera_radius_m,
+        camera_streams=CameraStreams(settings.cctv_url_template) if settings.cctv_url_template else None,
         gazetteer=gazetteer,
     )
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from broker.security import ProvisioningError
 from store.cameras import Camera
 from streetlight.standarddata import BadRow, decode, header_line, locate_row, positive_int, read_rows
 
@@ -125,3 +126,35 @@ def load_cameras(path: Path, gazetteer: Gazetteer) -> CameraImport:
     """Read and parse a camera register file (UTF-8 or CP949)."""
     text, encoding = decode(path.read_bytes(), str(path))
     return parse_cameras(text, gazetteer, str(path), encoding)
+
+
+def import_cameras(paths: list[Path], database_url: str | None, gazetteer: Gazetteer) -> list[str]:
+    """Read every file (all of them first: a file that cannot be read imports nothing) and write
+    their cameras into the ``cameras`` table in one transaction; the report's lines, bad rows with
+    their line numbers. ProvisioningError without a database or when it refuses."""
+    if not database_url:
+        raise ProvisioningError("--cameras needs a database: pass --database-url or set DATABASE_URL")
+    from store.cameras import upsert_cameras
+    from store.connections import connect
+    from store.errors import DatabaseError
+    from store.schema import apply_migrations
+
+    imports = [load_cameras(path, gazetteer) for path in paths]
+    try:
+        with connect(database_url, connect_timeout_s=10) as conn:
+            apply_migrations(conn)
+            with conn.transaction():
+                new, updated = upsert_cameras(conn, [c for i in imports for c in i.cameras])
+    except DatabaseError as exc:
+        raise ProvisioningError(
+            f"the cameras were not imported ({exc}); re-run with the same arguments"
+        ) from exc
+    total = sum(len(i.cameras) for i in imports)
+    lines = [f"cameras: {total} cameras ({new} new, {updated} updated) into the cameras table"]
+    for imported in imports:
+        lines.append(
+            f"  cameras    {imported.source} ({imported.encoding}): {len(imported.cameras)} cameras, "
+            f"{len(imported.bad)} rows skipped"
+        )
+        lines.extend(f"    skipped  {bad}" for bad in imported.bad)
+    return lines
