@@ -77,6 +77,7 @@ class MapTiles:
         return f"{parts.scheme}://{parts.netloc.replace('{s}.', '*.', 1)}"
 
 
+_CAMERA_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 _CAMERA_PLACEHOLDERS = frozenset({"camera_id", "management_no"})
 _STREAM_SCHEMES = ("http", "https", "rtsp", "rtsps")
 
@@ -96,7 +97,7 @@ class CameraStreams:
                 "STREETLIGHT_CCTV_URL_TEMPLATE must be an http(s) or rtsp(s) URL template such as "
                 f"https://vms.example/live/{{management_no}}, got {self.url_template!r}"
             )
-        found = set(_PLACEHOLDER.findall(self.url_template))
+        found = set(_CAMERA_PLACEHOLDER.findall(self.url_template))
         if unknown := found - _CAMERA_PLACEHOLDERS:
             names = ", ".join("{" + u + "}" for u in sorted(unknown))
             raise ValueError(
