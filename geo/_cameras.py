@@ -20,8 +20,8 @@ A fixed camera's field of view is about 90°, hence ±45° around each direction
 Bearings are taken on the EPSG:5186 grid (`geo._projection`); grid north differs from true north
 by the meridian convergence, under 0.2° across Seoul, far inside a ±45° sector.
 
-Timings (development machine, 2 vCPU, shapely 2.2): 110,000 cameras spread over Seoul, build
-≈ 0.15 s; `CameraIndex.near` within 100 m ≈ 60 µs per query (see docs/benchmarks.md, measured
+Timings (development machine, 2 vCPU shared, shapely 2.2): 110,000 cameras spread over Seoul, build
+0.2-0.5 s; `CameraIndex.near` within 100 m 70-140 µs per query (docs/benchmarks.md, measured
 by ``streetlight bench geo``).
 """
 
