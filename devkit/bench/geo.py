@@ -141,4 +141,5 @@ def _cameras(n: int, points: Sequence[tuple[float, float]], rng: random.Random) 
     index = CameraIndex([f"cam-{i}" for i in range(n)], lats, lons, facings)
     build_s = round(time.perf_counter() - t0, 3)
     hits = [len(index.near(lat, lon, 100.0)) for lat, lon in points]
-    return build_s, _median_us(lambda ll: index.near(*ll, 100.0), points), round(statistics.mean(hits), 1)
+    per_query_us = _median_us(lambda ll: index.near(ll[0], ll[1], 100.0), points)
+    return build_s, per_query_us, round(statistics.mean(hits), 1)
