@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import callback, history, lamps, logredact, operators, residents, stream, walklive
+from api import callback, cameras, history, lamps, logredact, operators, residents, stream, walklive
 from api.config import ApiConfig
 from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
@@ -163,6 +163,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(history.router)  # before operators: /v1/alerts/search is no alert id
     app.include_router(operators.router)
     app.include_router(lamps.router)
+    app.include_router(cameras.router)
     app.include_router(stream.router)
     app.include_router(walklive.router)
     app.include_router(callback.router)

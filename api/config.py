@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
     from api.telephony import AmiConfig
@@ -79,6 +79,46 @@ class MapTiles:
         return f"{parts.scheme}://{parts.netloc.replace('{s}.', '*.', 1)}"
 
 
+_CAMERA_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_CAMERA_PLACEHOLDERS = frozenset({"camera_id", "management_no"})
+_STREAM_SCHEMES = ("http", "https", "rtsp", "rtsps")
+
+
+@dataclass(frozen=True, slots=True)
+class CameraStreams:
+    """A camera's stream link: a URL template (``STREETLIGHT_CCTV_URL_TEMPLATE``) with
+    ``{camera_id}`` and/or ``{management_no}`` (관리번호), e.g. the centre's video management
+    system's live view. None in `ApiConfig`: cameras are listed without a link."""
+
+    url_template: str
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url_template)
+        if parts.scheme not in _STREAM_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "STREETLIGHT_CCTV_URL_TEMPLATE must be an http(s) or rtsp(s) URL template such as "
+                f"https://vms.example/live/{{management_no}}, got {self.url_template!r}"
+            )
+        found = set(_CAMERA_PLACEHOLDER.findall(self.url_template))
+        if unknown := found - _CAMERA_PLACEHOLDERS:
+            names = ", ".join("{" + u + "}" for u in sorted(unknown))
+            raise ValueError(
+                f"STREETLIGHT_CCTV_URL_TEMPLATE: unknown placeholder {names} "
+                "(known: {camera_id} {management_no})"
+            )
+        if not found:
+            raise ValueError("STREETLIGHT_CCTV_URL_TEMPLATE needs {camera_id} or {management_no}")
+
+    def link(self, camera_id: str, management_no: str | None) -> str | None:
+        """The camera's link (its values URL-quoted), or None when the template needs a 관리번호 the
+        camera does not have."""
+        if "{management_no}" in self.url_template and not management_no:
+            return None
+        return self.url_template.replace("{camera_id}", quote(camera_id, safe="")).replace(
+            "{management_no}", quote(management_no or "", safe="")
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ApiConfig:
     """Everything the application needs, passed to `create_app` (tests build their own)."""
@@ -130,6 +170,11 @@ class ApiConfig:
     stream_queue: int = 1000  # per console; a console that falls this far behind is disconnected
     # The console's basemap (STREETLIGHT_MAP_TILES); None: the district polygons are the base layer.
     map_tiles: MapTiles | None = None
+    # Cameras listed for an SOS (GET /v1/alerts/{id}/cameras): within this radius of the latest
+    # position (STREETLIGHT_CAMERA_RADIUS_M), each with a stream link when a template is set.
+    camera_radius_m: float = 100.0
+    camera_streams: CameraStreams | None = None
+    camera_refresh_s: float = 30.0  # how often the camera index checks the cameras table for changes
     # The gazetteer the process loaded once (bootstrap); None: the vendored one, loaded at start.
     gazetteer: Gazetteer | None = None
     # The keys of residents' phone numbers (STREETLIGHT_PHONE_KEYS, store/phones.py); None: phone
@@ -138,3 +183,9 @@ class ApiConfig:
     # The centre's PBX for call-backs (STREETLIGHT_PBX_AMI_URL, api/telephony.py); None: the
     # console offers the tel: link only.
     pbx: AmiConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.camera_radius_m <= 1000.0:
+            raise ValueError(
+                f"STREETLIGHT_CAMERA_RADIUS_M must be between 1 and 1000 (metres), got {self.camera_radius_m}"
+            )

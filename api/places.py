@@ -1,4 +1,5 @@
-"""Where a point is, in words: the gazetteer plus the lamps from the devices table."""
+"""Where a point is, in words: the gazetteer plus the lamps from the devices table; and the cameras
+near it, from the cameras table."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import time
 from dataclasses import dataclass, field
 
 from alerts import NearestLamp, Place, named_place
-from geo import Gazetteer, LampIndex, Location
+from geo import CameraIndex, Gazetteer, LampIndex, Location, parse_facing
+from runtime.logs import get_logger
+from store.cameras import camera_version, list_cameras
 from store.devices import list_devices_with_state
-from store.types import Conn
+from store.types import Conn, Row
+
+log = get_logger(__name__)
 
 # An SOS names lamps a responder can find from the pole numbers; farther than this, a lamp
 # number helps nobody find the resident.
@@ -55,6 +60,52 @@ class LampDirectory:
         with self._lock:
             self._snapshot = LampSnapshot(index, numbers, districts, time.monotonic(), addresses)
         return len(ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSnapshot:
+    """The camera index and the register's rows, as read at one moment."""
+
+    index: CameraIndex
+    rows: dict[str, Row]
+    version: tuple[int, str]
+
+
+class CameraDirectory:
+    """The camera register in memory, rebuilt when the ``cameras`` table changes."""
+
+    def __init__(self) -> None:
+        self._snapshot = CameraSnapshot(CameraIndex([], [], [], []), {}, (0, ""))
+        self._checked = -float("inf")
+        self._lock = threading.Lock()
+
+    def current(self, conn: Conn, max_age_s: float) -> CameraSnapshot:
+        """The index, checked against the table when the last check is older than ``max_age_s``
+        (one cheap count; the whole register is read again only when it changed)."""
+        now = time.monotonic()
+        if now - self._checked < max_age_s:
+            return self._snapshot
+        with self._lock:
+            if now - self._checked < max_age_s:
+                return self._snapshot
+            version = camera_version(conn)
+            if version != self._snapshot.version:
+                started = time.perf_counter()
+                rows = list_cameras(conn)
+                index = CameraIndex(
+                    [r["camera_id"] for r in rows],
+                    [r["lat"] for r in rows],
+                    [r["lon"] for r in rows],
+                    [parse_facing(r["facing"]) for r in rows],
+                )
+                self._snapshot = CameraSnapshot(index, {r["camera_id"]: r for r in rows}, version)
+                log.info(
+                    "camera_index_built",
+                    cameras=len(rows),
+                    ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            self._checked = now
+            return self._snapshot
 
 
 def place_for(

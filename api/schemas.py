@@ -649,3 +649,34 @@ class BulkAckOut(_Out):
     acknowledged: int
     refused: int
     results: list[BulkAckItemOut]
+
+
+class CameraOut(_Out):
+    """A camera near an SOS (the camera register, 전국CCTV표준데이터), nearest first."""
+
+    camera_id: str
+    management_no: str | None
+    distance_m: float
+    bearing_deg: float = Field(description="from the camera to the resident, degrees from north")
+    facing: str | None = Field(description="촬영방면정보 as published")
+    facing_known: bool = Field(description="whether the facing could be read (a direction, 360도, ...)")
+    looks_towards: bool | None = Field(description="the resident is inside the camera's view; null: unknown")
+    lat: float
+    lon: float
+    organisation: str | None
+    address: str | None
+    purpose: str | None
+    camera_count: int | None
+    phone: str | None
+    stream_url: str | None = Field(description="from STREETLIGHT_CCTV_URL_TEMPLATE; null without one")
+
+
+class AlertCamerasOut(_Out):
+    """The cameras within the radius of an alert's latest position."""
+
+    alert_id: str
+    position: TrackPointOut | None = Field(description="the latest track position; null: the alert's place")
+    lat: float
+    lon: float
+    radius_m: float
+    cameras: list[CameraOut]

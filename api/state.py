@@ -7,7 +7,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from argon2 import PasswordHasher
@@ -19,7 +19,7 @@ from api.config import ApiConfig
 from api.hub import StreamHub
 from api.loginguard import LoginGuard
 from api.metrics import ApiMetrics
-from api.places import LampDirectory
+from api.places import CameraDirectory, LampDirectory
 from api.ratelimit import RateLimiter
 from api.security import InvalidToken, Operator, hash_resident_token, verify_token
 from api.telephony import Telephony
@@ -58,6 +58,8 @@ class AppState:
     positions: PositionBatcher | None = None
     # The centre's telephone system for call-backs (api/telephony.py); None: tel: links only.
     telephony: Telephony | None = None
+    # The camera register's index, rebuilt when the cameras table changes (api/places.py).
+    cameras: CameraDirectory = field(default_factory=CameraDirectory)
 
 
 async def get_state(request: Request) -> AppState:

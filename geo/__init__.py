@@ -1,4 +1,4 @@
-"""Pure geography core: Seoul's districts and neighbourhoods, EPSG:5186, and a lamp index.
+"""Pure geography core: Seoul's districts and neighbourhoods, EPSG:5186, and a lamp index, a camera index.
 
 No I/O besides reading the vendored data files in the loaders; no clocks; nothing mutable.
 """
@@ -9,6 +9,16 @@ from geo._beacons import (
     BEACON_SENSOR_KIND,
     beacon_is_fresh,
     lamps_for_beacon,
+)
+from geo._cameras import (
+    CAMERA_RADIUS_M,
+    CameraHit,
+    CameraIndex,
+    Facing,
+    angle_between,
+    bearing_deg,
+    looks_towards,
+    parse_facing,
 )
 from geo._coords import check_latlon, distance_m, point_distance_m
 from geo._gazetteer import BORDER_DISTANCE_M, SNAP_DISTANCE_M, Area, Gazetteer, Location, load_areas
@@ -29,9 +39,13 @@ __all__ = [
     "BEACON_RADIUS_M",
     "BEACON_SENSOR_KIND",
     "BORDER_DISTANCE_M",
+    "CAMERA_RADIUS_M",
     "SNAP_DISTANCE_M",
     "WALK_RADIUS_M",
     "Area",
+    "CameraHit",
+    "CameraIndex",
+    "Facing",
     "Gazetteer",
     "LampHits",
     "LampIndex",
@@ -40,7 +54,9 @@ __all__ = [
     "SafetyZones",
     "SmartLightBatch",
     "Zone",
+    "angle_between",
     "beacon_is_fresh",
+    "bearing_deg",
     "check_latlon",
     "distance_m",
     "grid_direction",
@@ -48,6 +64,8 @@ __all__ = [
     "lamps_for_walker",
     "load_areas",
     "load_safety_zones",
+    "looks_towards",
+    "parse_facing",
     "point_distance_m",
     "reach_for_speed",
     "to_latlon",

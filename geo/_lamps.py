@@ -195,6 +195,10 @@ class LampIndex:
         i = self._row[lamp_id]
         return float(self._lat[i]), float(self._lon[i])
 
+    def rows(self, ids: Iterable[str]) -> list[int]:
+        """The index positions (into ``easting_m``/``northing_m``) of these ids (KeyError if unknown)."""
+        return [self._row[i] for i in ids]
+
     def with_lamps(self, ids: Sequence[str], lat_deg: ArrayLike, lon_deg: ArrayLike) -> LampIndex:
         """A new index with these lamps added, or moved if their id is already indexed."""
         lat, lon = _checked_points(lat_deg, lon_deg)

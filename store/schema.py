@@ -32,6 +32,7 @@ from store.partitions import ensure_partitions
 from store.schema_sql import (
     ACCOUNTS_AND_SOS_SOURCE_SQL,
     ALERT_HISTORY_SQL,
+    CAMERAS_SQL,
     CORE_TABLES_SQL,
     DEFAULT_RETENTION,
     DEVICE_DISTRICT_TRIGGER_SQL,
@@ -145,6 +146,11 @@ def _m11_resident_phones(conn: Conn, timescale: bool) -> None:
     conn.execute(PHONES_SQL.encode())
 
 
+# The camera register (issue 21): cameras near an SOS, from the national standard CCTV data.
+def _m12_cameras(conn: Conn, timescale: bool) -> None:
+    conn.execute(CAMERAS_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -159,6 +165,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "alert history: paging and shift indexes", _m9_alert_history),
     Migration(10, "operators' commands: pending and undelivered", _m10_operator_commands),
     Migration(11, "residents' phone numbers, encrypted", _m11_resident_phones),
+    Migration(12, "the camera register (national standard CCTV data)", _m12_cameras),
 )
 
 BOOTSTRAP_SQL = """

@@ -562,3 +562,30 @@ ALTER TABLE commands ADD CONSTRAINT commands_status_check CHECK (status IN
 CREATE INDEX commands_pending ON commands (district_code, sent_at) WHERE status = 'pending';
 CREATE INDEX commands_manual ON commands (device_id, sent_at DESC) WHERE priority = 'manual';
 """
+
+# The camera register (전국CCTV표준데이터), written by `streetlight provision --cameras`.
+CAMERAS_SQL = """
+CREATE TABLE cameras (
+    camera_id      text PRIMARY KEY,
+    lat            double precision NOT NULL,
+    lon            double precision NOT NULL,
+    district_code  text NOT NULL,
+    dong_code      text,
+    management_no  text,
+    gov_code       text,
+    organisation   text,
+    road_address   text,
+    lot_address    text,
+    purpose        text,
+    camera_count   integer,
+    pixels         integer,
+    facing         text,
+    retention_days integer,
+    installed      text,
+    phone          text,
+    data_date      text,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX cameras_district ON cameras (district_code);
+"""

@@ -143,8 +143,9 @@ def pbx_config(settings: Settings) -> AmiConfig | None:
 
 def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | None = None) -> ApiConfig:
     """The API's configuration from the settings (the database from the command line or the settings).
-    ValueError names a setting that is not valid (the basemap's URL template)."""
-    from api.config import ApiConfig, MapTiles
+    ValueError names a setting that is not valid (the basemap's or the cameras' URL template, the
+    camera radius)."""
+    from api.config import ApiConfig, CameraStreams, MapTiles
 
     tiles = (
         MapTiles(settings.map_tiles, settings.map_attribution, settings.map_max_zoom)
@@ -161,6 +162,8 @@ def api_config(settings: Settings, database_url: str, *, gazetteer: Gazetteer | 
         registrations_per_hour=settings.api_registrations_per_hour,
         metrics_token=settings.api_metrics_token,
         map_tiles=tiles,
+        camera_radius_m=settings.camera_radius_m,
+        camera_streams=CameraStreams(settings.cctv_url_template) if settings.cctv_url_template else None,
         gazetteer=gazetteer,
         phone_keys=phone_keyring(settings),
         pbx=pbx_config(settings),

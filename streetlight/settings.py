@@ -98,6 +98,13 @@ class Settings:
     """The attribution the tile server's licence asks for (``STREETLIGHT_MAP_ATTRIBUTION``)."""
     map_max_zoom: int = 19
     """The tile server's deepest zoom level (``STREETLIGHT_MAP_MAX_ZOOM``)."""
+    camera_radius_m: float = 100.0
+    """Cameras listed for an SOS: those within this many metres of the resident's latest position
+    (``STREETLIGHT_CAMERA_RADIUS_M``)."""
+    cctv_url_template: str | None = None
+    """A camera's stream link (``STREETLIGHT_CCTV_URL_TEMPLATE``, e.g. the video management
+    system's ``https://vms.example/live/{management_no}``; placeholders ``{camera_id}`` and
+    ``{management_no}``); None: cameras are listed without a link."""
     sos_exact_days: float = 30.0
     """Days an SOS position is kept exact before it is coarsened to ~100 m everywhere
     (``STREETLIGHT_SOS_EXACT_DAYS``; 30: the period Seoul keeps SOS video). docs/privacy.md."""
@@ -181,6 +188,8 @@ class Settings:
             map_attribution=e.get("STREETLIGHT_MAP_ATTRIBUTION", "").strip(),
             map_max_zoom=_int(e, "STREETLIGHT_MAP_MAX_ZOOM", 19),
             storage=_choice(e, "STREETLIGHT_STORAGE", ("auto", "timescaledb", "plain")),
+            camera_radius_m=_float(e, "STREETLIGHT_CAMERA_RADIUS_M", 100.0),
+            cctv_url_template=e.get("STREETLIGHT_CCTV_URL_TEMPLATE", "").strip() or None,
             sos_exact_days=_float(e, "STREETLIGHT_SOS_EXACT_DAYS", 30.0),
             deletion_hold_days=_float(e, "STREETLIGHT_DELETION_HOLD_DAYS", 30.0),
             audit_key=e.get("STREETLIGHT_AUDIT_KEY") or None,

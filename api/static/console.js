@@ -219,6 +219,17 @@ async function loadDetail(id) {
   try { detail = await api(`/v1/alerts/${encodeURIComponent(id)}`); } catch (e) { $("action-error").textContent = e.message; return; }
   renderDetail();
   renderTrack();
+  loadCameras(id);
+}
+
+// The cameras near the selected SOS's latest position (map.js: the cameras layer); refreshed with
+// the detail, so a new position of the track brings the cameras there.
+async function loadCameras(id) {
+  let cams = null;
+  if (detail && detail.alert.kind === "sos") {
+    try { cams = (await api(`/v1/alerts/${encodeURIComponent(id)}/cameras`)).cameras; } catch (e) { cams = null; }
+  }
+  if (S.mapReady && S.selected === id) MapView.setCameras(cams);
 }
 
 function renderDetail() {

@@ -7,12 +7,15 @@
 //   outages  open outage alerts: a mass outage's neighbourhood shaded, a ring at each outage
 //   lamps    one dot per lamp, coloured by state (blinking lamps larger and on top)
 //   walkers  residents on a walk
+//   cameras  the CCTV cameras near the selected SOS (GET /v1/alerts/{id}/cameras): green when they
+//            look towards the resident, grey when they face away, hollow when the register does
+//            not say; a popup with the camera's number, distance, facing and stream link
 //   sos      open SOS alerts (pulsing ring and core) and the selected alert's track, on top
 // The layer control (top right) switches the base and shows or hides each overlay.
 "use strict";
 
 const MapView = (() => {
-  const PANES = [["areas", 380], ["outages", 420], ["lamps", 440], ["walkers", 460], ["sos", 480]];
+  const PANES = [["areas", 380], ["outages", 420], ["lamps", 440], ["walkers", 460], ["cameras", 470], ["sos", 480]];
   const LAMP_Z = { offline: 0, online: 1, fault: 2, brightened: 3, blinking: 4 }; // blinking on top
   const OUTAGE_KINDS = new Set(["mass_outage", "power_loss", "device_offline"]);
   const DONE = new Set(["resolved", "cancelled"]);
@@ -80,8 +83,9 @@ const MapView = (() => {
     overlays[label("outages", "정전", "Outages")] = M.layers.outages;
     overlays[label("lamps", "보안등", "Lamps")] = M.layers.lamps;
     overlays[label("walkers", "보행자", "Walkers")] = M.layers.walkers;
+    overlays[label("cameras", "CCTV", "CCTV")] = M.layers.cameras;
     overlays[label("sos", "SOS", "SOS")] = M.layers.sos;
-    ["outages", "lamps", "walkers", "sos"].forEach((k) => M.layers[k].addTo(map));
+    ["outages", "lamps", "walkers", "cameras", "sos"].forEach((k) => M.layers[k].addTo(map));
     map.on("overlayadd", tagAll);
     map.on("baselayerchange", (e) => setBase(e.layer === M.tiles ? "tiles" : "offline"));
     (M.tiles || M.bases.offline).addTo(map);
@@ -211,5 +215,32 @@ const MapView = (() => {
     line.addTo(M.layers.sos);
   }
 
-  return { init, destroy, relabel, home, focus, zoomBy, setLamps, setWalkers, setAlerts, setTrack, state: M };
+  // cameras: GET /v1/alerts/{id}/cameras' list (nearest first), or null to clear the layer.
+  function setCameras(cameras) {
+    if (!M.map) return;
+    M.layers.cameras.clearLayers();
+    (cameras || []).forEach((c) => {
+      const looks = c.looks_towards === true ? "sees" : c.looks_towards === false ? "away" : "unknown";
+      const m = L.circleMarker([c.lat, c.lon], { pane: "cameras", renderer: M.renderers.cameras, radius: 6, className: "camera " + looks, fillOpacity: looks === "unknown" ? 0 : 0.9 });
+      const box = document.createElement("div");
+      box.className = "camera-popup";
+      const title = document.createElement("strong");
+      title.textContent = c.management_no || c.camera_id;
+      const info = document.createElement("div");
+      info.textContent = `${Math.round(c.distance_m)} m · ${c.facing || "?"} · ${c.address || ""}`;
+      box.append(title, info);
+      if (c.stream_url) {
+        const a = document.createElement("a");
+        a.href = c.stream_url; a.target = "_blank"; a.rel = "noopener noreferrer"; a.className = "camera-stream";
+        a.textContent = "▶ stream";
+        box.append(a);
+      }
+      m.bindPopup(box);
+      m.tag = { cameraId: c.camera_id, looks };
+      m.addTo(M.layers.cameras);
+      tag(m);
+    });
+  }
+
+  return { init, destroy, relabel, home, focus, zoomBy, setLamps, setWalkers, setAlerts, setTrack, setCameras, state: M };
 })();

@@ -8,7 +8,9 @@ its baseline on the same points in the same process:
   ``within`` then ``ahead``, GEOS + numpy), with the answers compared: ``mismatches`` must be 0;
 * ``Gazetteer.quick_district`` (cached cells) against ``Gazetteer.locate``, with the share of
   points the cells answered and the answers compared;
-* ``to_metric_point`` against ``to_metric`` on one point.
+* ``to_metric_point`` against ``to_metric`` on one point;
+* ``CameraIndex.near`` (cameras within 100 m of an SOS, nearest first, with facing) over a register
+  the size of Seoul's (110,000 cameras spread over the city), and the index's build time.
 
 Lamps: the 2022 smart-light zones' placement (``firmware_sim.placement``); points: walkers near
 random lamps (±45 m), heading and speed at random. Median microseconds per call.
@@ -31,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streetlight bench geo``."""
     parser.add_argument("--queries", type=int, default=5000, help="points per measurement (default 5000)")
     parser.add_argument("--lamps", type=int, default=3500, help="lamps placed (default 3500, the 2022 zones)")
+    parser.add_argument(
+        "--cameras", type=int, default=110_000, help="cameras indexed (default 110000, Seoul)"
+    )
     parser.add_argument("--seed", type=int, default=7)
 
 
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     locate_us = _median_us(lambda ll: gazetteer.locate(*ll), latlon)
     point_us = _median_us(lambda ll: to_metric_point(*ll), latlon)
     array_us = _median_us(lambda ll: to_metric(*ll), latlon)
+    cameras_build_s, camera_us, camera_hits = _cameras(args.cameras, latlon, rng)
     return {
         "bench": "geo",
         "lamps": len(lamps),
@@ -114,5 +120,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "district_mismatches": district_mismatches,
         "to_metric_point_us": point_us,
         "to_metric_us": array_us,
+        "cameras": args.cameras,
+        "cameras_build_s": cameras_build_s,
+        "cameras_near_us": camera_us,
+        "cameras_near_hits": camera_hits,
         "ok": mismatches == 0 and district_mismatches == 0,
     }
+
+
+def _cameras(n: int, points: Sequence[tuple[float, float]], rng: random.Random) -> tuple[float, float, float]:
+    """Build a camera index of ``n`` cameras spread over Seoul's extent (a quarter of them with an
+    unknown facing) and time ``near`` within 100 m of ``points``: (build s, µs per query, mean hits)."""
+    from geo import CameraIndex, parse_facing
+
+    words = ["동", "서", "남", "북", "서남", "360도", "사거리 방면", ""]
+    lats = [rng.uniform(37.43, 37.70) for _ in range(n)]
+    lons = [rng.uniform(126.80, 127.18) for _ in range(n)]
+    facings = [parse_facing(rng.choice(words)) for _ in range(n)]
+    t0 = time.perf_counter()
+    index = CameraIndex([f"cam-{i}" for i in range(n)], lats, lons, facings)
+    build_s = round(time.perf_counter() - t0, 3)
+    hits = [len(index.near(lat, lon, 100.0)) for lat, lon in points]
+    per_query_us = _median_us(lambda ll: index.near(ll[0], ll[1], 100.0), points)
+    return build_s, per_query_us, round(statistics.mean(hits), 1)

@@ -32,8 +32,10 @@ from broker.security import (
     write_private,
 )
 from streetlight import bootstrap
-from streetlight.lampregister import RegisterImport, decode, is_register, lamp_list_csv, parse_register
+from streetlight.cameraregister import import_cameras
+from streetlight.lampregister import RegisterImport, is_register, lamp_list_csv, parse_register
 from streetlight.settings import Settings, warn_secrets_in_flags
+from streetlight.standarddata import decode
 
 if TYPE_CHECKING:
     from geo import Gazetteer
@@ -51,6 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="GeoJSON FeatureCollection of Points, CSV (id,kind,district_code,lat,lon,...), or a district's "
         "lamp register as published (전국보안등정보표준데이터, UTF-8 or CP949); repeatable",
+    )
+    parser.add_argument(
+        "--cameras",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="camera register as published (전국CCTV표준데이터, UTF-8 or CP949) into the cameras table "
+        "(--database-url); alone, nothing else is provisioned; repeatable",
     )
     parser.add_argument(
         "--lamp-list",
@@ -152,6 +163,11 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             _print_list(Registry.load(registry_path))
             return 0
+        if args.cameras:
+            url = args.database_url or Settings.from_env().database_url
+            print("\n".join(import_cameras(args.cameras, url, bootstrap.load_gazetteer())))
+            if not (args.devices or args.rotate or args.revoke or args.service or args.rotate_share_group):
+                return 0
         if args.rotate_share_group:
             print(f"provision: {_rotate_share_group(args.database_url or Settings.from_env().database_url)}")
             return 0

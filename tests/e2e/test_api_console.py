@@ -5,7 +5,8 @@ chart shows level, power and online per hour, and the operators' commands to the
 status, live; keyboard shortcuts and the language toggle work.
 The map (Leaflet): lamps, SOS and outages as layers the layer control toggles, zoom and pan by
 keyboard, tiles from the configured tile server, the district polygons as the map when none is
-configured (no request then leaves for another server) or when it does not answer."""
+configured (no request then leaves for another server) or when it does not answer; the cameras
+near the selected SOS as a layer with their stream links."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import psycopg
 import pytest
 
 from api.accounts import create_operator
-from api.config import MapTiles
+from api.config import CameraStreams, MapTiles
 from api.security import password_hasher
 from devkit.apiclient import GANGNAM, JUNG, PASSWORD, fast_config, resident, seed, serve
 from firmware_sim.app import SafetyApp
@@ -37,6 +38,7 @@ from store.jobs import refresh_rollups
 from store.writer import TelemetryRow, write_telemetry
 from tests.conftest import skip_unless
 from tests.e2e.cdp import Browser, find_chromium
+from tests.integration.test_cameras import JUNG_UTF8, SOS, TEMPLATE, import_cameras
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -553,3 +555,32 @@ def test_the_lamp_panel_shows_the_operators_commands_and_their_status_live(
         # Everything final: the panel stops asking.
         time.sleep(0.3)
         assert browser.evaluate("lampCmdTimer") is None
+
+
+def test_the_cameras_near_the_selected_sos_are_a_layer_of_the_map(browser: Browser, db_url: str) -> None:
+    """An SOS beside four cameras of the register: selecting it draws them on the map's cameras
+    layer (green: looks towards the resident, grey: away, hollow: unknown), with a stream link."""
+
+    seed(db_url, LAMPS)
+    import_cameras(db_url, JUNG_UTF8)
+    config = fast_config(db_url, camera_streams=CameraStreams(TEMPLATE), camera_refresh_s=0.0)
+    with serve(config) as base, httpx.Client(base_url=base, timeout=10.0) as c:
+        _login(browser, base)
+        alert_id = sos(c, resident(c), SOS)
+        core = f'#map-sos .sos-core[data-alert-id="{alert_id}"]'
+        browser.wait_for(f"document.querySelector({core!r}) !== null")
+        browser.evaluate(f"select({alert_id!r})")
+        browser.wait_for("document.querySelectorAll('#map-cameras path.camera[data-camera-id]').length === 4")
+        looks = browser.evaluate(
+            "[...document.querySelectorAll('#map-cameras path.camera')].map((p) => p.dataset.looks).sort()"
+        )
+        assert looks == ["away", "sees", "sees", "unknown"]
+        browser.evaluate(
+            "document.querySelector('#map-cameras path.camera.sees')"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+        )
+        browser.wait_for("document.querySelector('.camera-popup a.camera-stream') !== null")
+        href = browser.evaluate("document.querySelector('.camera-popup a.camera-stream').href")
+        assert href.startswith("https://vms.example/live/JG-CCTV-01")
+        # The layer control hides and shows the cameras like the other overlays.
+        assert browser.evaluate(f"document.querySelector({LAYER_INPUT.format(name='cameras')!r}).checked")

@@ -25,12 +25,12 @@ from geo import Gazetteer
 from streetlight.cli import main as cli_main
 from streetlight.lampregister import (
     COLUMNS,
-    decode,
     is_register,
     lamp_list_csv,
     load_register,
     parse_register,
 )
+from streetlight.standarddata import decode
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 HEADER = ",".join(COLUMNS)
