@@ -21,11 +21,11 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import callback, cameras, history, lamps, logredact, operators, residents, stream, walklive
+from api import callback, cameras, history, lamps, logredact, operators, residents, soslive, stream, walklive
 from api.config import ApiConfig
 from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
@@ -167,6 +167,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(walklive.router)
     app.include_router(callback.router)
+    app.include_router(soslive.router)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -248,6 +249,13 @@ def create_app(config: ApiConfig) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/app", include_in_schema=False)
+    def safety_app() -> RedirectResponse:
+        return RedirectResponse("/app/", status_code=308)
+
+    # The residents' Safety page (a PWA: manifest and service worker under /app/, its scope).
+    app.mount("/app", StaticFiles(directory=STATIC_DIR / "app", html=True), name="app")
 
     @app.exception_handler(PositionsBusy)
     async def positions_busy(request: Request, exc: PositionsBusy) -> JSONResponse:

@@ -9,6 +9,11 @@ catch up from the database by their last event id when they reconnect.
 Each console's queue is bounded (`ApiConfig.stream_queue`); a console that falls that far
 behind gets an ``overflow`` message and is disconnected, so one slow browser never holds the
 hub's memory or delays the others.
+
+Residents' SOS sockets (`api.soslive`) ride on the same LISTEN: each watches one alert id
+(`StreamHub.watch`) and is offered the changed alert's row (``{"type": "sos", "row": ...}``) from
+the same read that feeds the consoles, through the same kind of bounded queue (a resident who
+falls behind is closed with ``overflow`` and catches up by ``since`` when reconnecting).
 """
 
 from __future__ import annotations
@@ -106,6 +111,14 @@ class Subscriber:
         return self.kinds is None or kind is None or kind in self.kinds
 
 
+@dataclass(eq=False)
+class Watcher:
+    """One resident's SOS socket: the alert it follows and its bounded queue."""
+
+    alert_id: str
+    queue: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+
+
 class StreamHub:
     """LISTEN sl_alert, sl_lamp and sl_operator; push each change to the consoles that may see it."""
 
@@ -114,6 +127,7 @@ class StreamHub:
         self._metrics = metrics
         self._queue_size = queue_size
         self._subs: set[Subscriber] = set()
+        self._watchers: dict[str, set[Watcher]] = {}
         self.ready = asyncio.Event()
 
     def subscribe(
@@ -129,6 +143,33 @@ class StreamHub:
         """Forget a console."""
         self._subs.discard(sub)
         self._metrics.stream_clients.set(len(self._subs))
+
+    def watch(self, alert_id: str) -> Watcher:
+        """Register a resident's socket on one alert; its queue starts receiving at once."""
+        watcher = Watcher(alert_id, asyncio.Queue(maxsize=self._queue_size))
+        self._watchers.setdefault(alert_id, set()).add(watcher)
+        self._metrics.sos_live_clients.inc()
+        return watcher
+
+    def unwatch(self, watcher: Watcher) -> None:
+        """Forget a resident's socket (again is harmless)."""
+        watchers = self._watchers.get(watcher.alert_id)
+        if watchers is None or watcher not in watchers:
+            return
+        watchers.discard(watcher)
+        if not watchers:
+            del self._watchers[watcher.alert_id]
+        self._metrics.sos_live_clients.dec()
+
+    def _offer_watcher(self, watcher: Watcher, message: dict[str, Any]) -> None:
+        try:
+            watcher.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            while not watcher.queue.empty():
+                watcher.queue.get_nowait()
+            watcher.queue.put_nowait({"type": "overflow"})
+            self._metrics.stream_dropped.inc()
+            self.unwatch(watcher)
 
     def _offer(self, sub: Subscriber, message: dict[str, Any]) -> None:
         try:
@@ -152,6 +193,12 @@ class StreamHub:
                 sub.queue.get_nowait()
             sub.queue.put_nowait({"type": "overflow"})
         self._subs.clear()
+        for watchers in list(self._watchers.values()):
+            for watcher in list(watchers):
+                while not watcher.queue.empty():
+                    watcher.queue.get_nowait()
+                watcher.queue.put_nowait({"type": "overflow"})
+                self.unwatch(watcher)
 
     async def _dispatch(self, reader: AsyncConn, channel: str, payload: str) -> None:
         if channel == OPERATOR_CHANNEL:  # payload: a username whose account or sessions changed
@@ -174,6 +221,8 @@ class StreamHub:
         row = await stream_alert_async(reader, alert_id)
         if row is None:
             return
+        for watcher in list(self._watchers.get(alert_id, ())):
+            self._offer_watcher(watcher, {"type": "sos", "row": row})
         try:
             message = alert_message(row)
         except ValueError as exc:  # a row the summary cannot read: skip it, keep the stream

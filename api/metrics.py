@@ -72,6 +72,11 @@ class ApiMetrics:
             "consoles disconnected because they fell behind",
             registry=self.registry,
         )
+        self.sos_live_clients = Gauge(
+            "streetlight_api_sos_live_clients",
+            "connected residents' SOS live sockets (/v1/sos/{id}/live)",
+            registry=self.registry,
+        )
         self.stream_bad_notes = Counter(
             "streetlight_api_stream_bad_notes",
             "notifications the stream hub could not read (skipped)",

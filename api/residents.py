@@ -511,7 +511,12 @@ def _own_alert(conn: Conn, alert_id: str, resident: str) -> Alert:
 @router.get("/v1/sos/{alert_id}", summary="My SOS's status")
 def sos_status(alert_id: str, resident: Resident, conn: Db) -> SosStatusOut:
     """What the resident needs to know: acknowledged? help dispatched? (no operator names)."""
-    alert = _own_alert(conn, alert_id, resident)
+    return sos_status_of(_own_alert(conn, alert_id, resident))
+
+
+def sos_status_of(alert: Alert) -> SosStatusOut:
+    """An SOS as its resident sees it (the answer of ``GET /v1/sos/{id}`` and of its live socket):
+    no operator names, no notes, no position."""
     unit = None
     for event in alert.timeline:
         if event.action.value == "dispatched":

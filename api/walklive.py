@@ -46,7 +46,8 @@ _TRY_AGAIN_LATER = 1013
 AUTH_TIMEOUT_S = 10.0  # for the first message when the token did not come with the handshake
 
 
-def _header_token(ws: WebSocket) -> str | None:
+def header_token(ws: WebSocket) -> str | None:
+    """The resident's token from the handshake's ``Authorization: Bearer`` (None: not sent)."""
     scheme, _, value = ws.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
@@ -69,7 +70,9 @@ async def _send(ws: WebSocket, message: dict[str, Any]) -> None:
     await ws.send_text(orjson.dumps(message).decode())
 
 
-async def _first_message_token(ws: WebSocket) -> str:
+async def first_message_token(ws: WebSocket) -> str:
+    """The token of the first message ``{"token": ...}`` (what a browser can send after accept);
+    `WalkRefused` (401) when none comes within `AUTH_TIMEOUT_S` or it is not one."""
     try:
         msg = await asyncio.wait_for(ws.receive(), AUTH_TIMEOUT_S)
     except TimeoutError as exc:
@@ -88,14 +91,14 @@ async def _first_message_token(ws: WebSocket) -> str:
 async def walk_live(ws: WebSocket, walk_id: str) -> None:
     """A walk's positions over one connection (see the module docstring)."""
     state: AppState = ws.state.api
-    token = _header_token(ws)
+    token = header_token(ws)
     try:
         if token is not None:
             district = await check_live_walk(state, token, walk_id)
             await ws.accept()
         else:
             await ws.accept()
-            district = await check_live_walk(state, await _first_message_token(ws), walk_id)
+            district = await check_live_walk(state, await first_message_token(ws), walk_id)
     except WalkRefused as exc:
         if token is not None:  # not accepted yet: the handshake answers 403
             await ws.close(_POLICY_VIOLATION, exc.reason)

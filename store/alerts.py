@@ -278,6 +278,16 @@ def alert_events(conn: Conn, alert_id: str, *, after_id: int = 0) -> list[Row]:
         ).fetchall()
 
 
+async def alert_events_async(conn: AsyncConn, alert_id: str, *, after_id: int = 0) -> list[Row]:
+    """`alert_events` on an async connection (a resident's SOS socket, on the event loop)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT id, ts, action, details FROM alert_events WHERE alert_id = %s AND id > %s ORDER BY id",
+            (alert_id, after_id),
+        )
+        return await cur.fetchall()
+
+
 def add_alert_positions(
     conn: Conn, alert_id: str, positions: Sequence[tuple[datetime, float, float, float | None]]
 ) -> None:

@@ -25,6 +25,7 @@ BENCHES: dict[str, str] = {
     "api": "api",
     "brighten": "brighten",
     "sos": "sos",
+    "sos-live": "soslive",
     "soak": "soak",
     "geo": "geo",
     "storage": "storage",
