@@ -79,8 +79,8 @@ LEFT JOIN loss l ON l.device_id = d.device_id
 LEFT JOIN cleared c ON c.device_id = d.device_id
 WHERE d.device_id IN (SELECT device_id FROM loss UNION SELECT device_id FROM reporting)
   AND (
-      d.device_id IN (SELECT device_id FROM reporting)
-      OR ((c.ts IS NULL OR c.ts < l.ts) AND NOT (s.online AND s.state_changed_at > l.ts))
+      (d.device_id IN (SELECT device_id FROM reporting) AND (c.ts IS NULL OR c.ts < s.last_seen))
+      OR (l.ts IS NOT NULL AND (c.ts IS NULL OR c.ts < l.ts) AND NOT (s.online AND s.state_changed_at > l.ts))
   )
 ORDER BY d.device_id
 """
@@ -89,7 +89,8 @@ ORDER BY d.device_id
 def power_losses(conn: Conn, *, since: datetime) -> list[PowerLoss]:
     """The devices whose power loss is recorded and not cleared: a ``power_loss`` event since
     ``since`` (the latest) with no later ``fault_cleared`` of it and no later connection, or
-    telemetry on the current connection reporting ``power_loss`` (a blinker on battery)."""
+    telemetry on the current connection reporting ``power_loss`` (a blinker on battery) with no
+    ``fault_cleared`` of it since (all device times)."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(_POWER_LOSSES_SQL, {"since": since}).fetchall()
     return [
