@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from alerts import Alert, AlertKind, AlertState
+from alerts import Alert, AlertKind, AlertState, MassOutagePolicy
 from broker import parse_mqtt_url
 from devkit.localservices import MqttService
 from firmware_sim.firmware import Faults
@@ -201,3 +201,66 @@ def test_a_lone_lamp_losing_power_gets_its_alert_after_the_grace_and_back_online
     with psycopg.connect(migrated, autocommit=True) as conn:
         back = load_alert(conn, alert.id)
     assert back is not None and back.state is AlertState.RESOLVED
+
+
+async def test_a_cut_over_two_neighbourhoods_of_a_district_is_one_district_outage_alert(
+    mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
+) -> None:
+    config = WorkerConfig(
+        mqtt=parse_mqtt_url(mqtt_service.url),
+        database_url=migrated,
+        spool_path=tmp_path / "district.spool",
+        client_id=f"ingest-{unique_id}",
+        shared=False,
+        max_delay_s=0.05,
+    )
+    # 20 lamps over the zones: Jung-gu (11140) has two neighbourhoods of 5 lamps each.
+    sim_config = SimConfig(
+        mqtt_url=mqtt_service.url, lamps=20, id_prefix=f"d{unique_id}-", interval_s=1.0, night=True
+    )
+    policy = MassOutagePolicy(min_lamps=5)  # 5 lamps of a dong, whatever else the database holds there
+
+    def district_pass(now: datetime | None = None) -> dict[str, int]:
+        with psycopg.connect(migrated, autocommit=True) as conn:
+            return raise_offline_alerts(
+                conn, now or datetime.now(UTC), silent_after_s=3600, grace_s=120, policy=policy, locate=locate
+            )
+
+    with running(IngestWorker(config, on_faults=raise_fault_alerts)):
+        async with Simulation(sim_config) as sim:
+            await sim.fleet.wait_connected(timeout_s=60)
+            assert sim.placement is not None
+            poles = [p for p in sim.placement.lamps if p.district_code == "11140"]
+            dongs = sorted({p.dong_code for p in poles})
+            assert len(dongs) == 2, dongs
+            lamps = {p.lamp_id for p in poles}
+            devices = lamps | {p.blinker_id for p in poles}
+            sql_online = "SELECT count(*) FROM device_state WHERE online AND device_id = ANY(%s)"
+            await until(lambda: count(migrated, sql_online, list(devices)) == len(devices), 60, "all online")
+
+            for dong in dongs:
+                sim.power_cut(dong, duration_s=15.0)
+            sql_loss = "SELECT count(*) FROM events WHERE type = 'power_loss' AND device_id = ANY(%s)"
+            await until(lambda: count(migrated, sql_loss, list(devices)) == len(devices), 15, "last gasps")
+            await until(lambda: count(migrated, sql_online, list(lamps)) == 0, 15, "the lamps' wills")
+            counts = await asyncio.to_thread(district_pass)
+            assert counts["mass_outage_new"] == 1 and counts["mass_outage_merged"] == 0
+            [outage] = active(migrated, devices)  # one alert for the district's outage, nothing beside it
+            assert outage.kind is AlertKind.MASS_OUTAGE and outage.source_id == "district:11140"
+            assert outage.areas == tuple(dongs) and outage.place.district_code == "11140"
+            assert outage.place.dong_code == ""  # its place is the district
+            assert set(outage.device_ids) == lamps and outage.count == len(lamps)
+            assert count(migrated, SQL_EVER_RAISED, list(devices)) == 0
+
+            await until(lambda: count(migrated, sql_online, list(lamps)) == len(lamps), 60, "the lamps back")
+            blinkers = sorted(devices - lamps)
+            sql_cleared = (
+                "SELECT count(DISTINCT device_id) FROM events "
+                "WHERE type = 'fault_cleared' AND device_id = ANY(%s)"
+            )
+            await until(
+                lambda: count(migrated, sql_cleared, blinkers) == len(blinkers), 15, "the blinkers' clears"
+            )
+            counts = await asyncio.to_thread(district_pass, datetime.now(UTC) + timedelta(seconds=600))
+            assert counts["mass_outage_resolved"] == 1 and counts["power_loss_after_outage"] == 0
+            assert active(migrated, devices) == []
