@@ -283,6 +283,12 @@ def fault_reports(
     return reports
 
 
+def alerting_reports(reports: Iterable[FaultReport]) -> list[FaultReport]:
+    """The reports the fault path acts on: all but a raised ``power_loss`` (the offline pass raises
+    that one after its grace, unless an outage explains it; its clear still counts)."""
+    return [r for r in reports if r.cleared or r.code != POWER_LOSS]
+
+
 class _DeviceAlerts:
     """A device's active alerts while a plan is made: what is stored, then each planned change."""
 
@@ -322,7 +328,7 @@ def plan_fault_alerts(
     sent ``fault_cleared``.
     """
     at = require_aware(now, "now")
-    reports = [r for r in reports if r.cleared or r.code != POWER_LOSS]
+    reports = alerting_reports(reports)
     returning = [d for d in dict.fromkeys(back) if (r := devices.get(d)) is not None and r.kind == "lamp"]
     state = {
         d: _DeviceAlerts(active.get(d, ()))

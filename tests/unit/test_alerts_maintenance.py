@@ -29,6 +29,7 @@ from alerts import (
     PowerLoss,
     alert_from_dict,
     alert_to_dict,
+    alerting_reports,
     count_changes,
     dark_devices,
     device_place,
@@ -386,6 +387,7 @@ def test_a_power_loss_raises_nothing_on_arrival_and_its_clear_still_resolves_an_
     assert [c.alert.fault_code for c in changes] == ["lamp_failure"]
     open_loss = loss_alert("L1")
     cleared = FaultReport("L1", AlertKind.LAMP_FAULT, "power_loss", cleared=True)
+    assert alerting_reports([*reports, cleared]) == [reports[1], cleared]  # what ingest locks and reads
     [change] = plan_fault_alerts([cleared], {"L1": [open_loss]}, {"L1": RECORD}, now=NOW, new_alert_id=ids())
     assert change.previous == open_loss and change.alert.state is AlertState.RESOLVED
 
