@@ -227,6 +227,7 @@ class MassOutagePolicy:
     min_lamps: int = 10  # this many lamps is an outage whatever the neighbourhood's size
     min_fraction: float = 0.3  # ... or this share of the neighbourhood's lamps,
     min_lamps_for_fraction: int = 3  # but never fewer than this many (2 of 5 lamps is not an outage)
+    district_min_areas: int = 2  # neighbourhood outages of one district starting together: one alert
 
 
 DEFAULT_MASS_OUTAGE = MassOutagePolicy()
@@ -285,9 +286,14 @@ def detect_mass_outages(
 
 
 def covering_outage(active_alerts: Iterable[Alert], dong_code: str) -> Alert | None:
-    """The active mass outage of a neighbourhood, if there is one."""
+    """The active mass outage of a neighbourhood, if there is one: its own (``source_id``), or a
+    district's outage listing it among its ``areas``."""
     for alert in active_alerts:
-        if alert.kind is AlertKind.MASS_OUTAGE and alert.is_active and alert.source_id == dong_code:
+        if (
+            alert.kind is AlertKind.MASS_OUTAGE
+            and alert.is_active
+            and (alert.source_id == dong_code or dong_code in alert.areas)
+        ):
             return alert
     return None
 
@@ -322,7 +328,8 @@ def merge_mass_outage(
         note=f"{len(cluster.device_ids)} lamps offline since {cluster.first_at.isoformat()}",
         device_ids=cluster.device_ids,
     )
-    return replace(created, count=len(cluster.device_ids)), True
+    areas = () if cluster.dong_code.startswith("district:") else (cluster.dong_code,)
+    return replace(created, count=len(cluster.device_ids), areas=areas), True
 
 
 def suppress_covered(active_alerts: Iterable[Alert], outage: Alert, now: datetime) -> tuple[Alert, ...]:

@@ -16,13 +16,22 @@ in, a list of `AlertChange` out, alert ids from the caller's ``new_alert_id``.
   ``silent_after_s`` after its last message or reconnection, whichever is later. What came back is
   resolved first; then neighbourhood clusters become mass outages (superseding the single alerts
   they cover), and every other dark device gets one ``device_offline`` alert after ``grace_s``.
-- **Power loss and outages** (one alert per outage): a device's ``power_loss`` belongs to the
-  active mass outage of its neighbourhood (its lamps, or its group: dong code, else
-  ``district:<code>``). The fault path does not raise it there (`plan_fault_alerts` ``outages``);
-  the offline pass folds the ones raised before the outage was recognised into it (cancelled as
-  superseded); a lamp that comes back (birth or ``online``) resolves its own ``power_loss``
-  (``back``); when an outage resolves, each device of it still reporting ``power_loss`` gets its own
-  alert then (`plan_offline_alerts` ``faulty``).
+- **Power loss and outages** (one alert per outage, no per-device alert made by a cut): a
+  ``power_loss`` (a lamp's last gasp, a blinker on battery) raises nothing when it arrives
+  (`plan_fault_alerts` drops it; the event and the telemetry code record it). The offline pass
+  gets the devices whose power loss is recorded and not cleared (`PowerLoss`) and raises one
+  ``power_loss`` alert for each after ``power_loss_grace_s`` unless the device belongs to an
+  active mass outage by then (`outage_of`: listed in it, or in one of its neighbourhoods: dong
+  code, else the located one, else ``district:<code>``); when an outage ends, its devices still
+  without power get theirs at once (the outage was their grace). A device with a power loss gets
+  that alert instead of a ``device_offline`` one. A lamp that comes back (birth or ``online``)
+  resolves its own ``power_loss`` (``back``).
+- **District outages** (`plan_offline_alerts`): neighbourhood outages of one district that start
+  within ``policy.window_s`` of each other, at least ``policy.district_min_areas`` (2) of them,
+  are one ``mass_outage`` whose ``source_id`` is ``district:<code>``, its place the district (the
+  centre of its lamps, no dong), its ``areas`` the neighbourhoods and its ``count`` its lamps; a
+  neighbourhood outage opened earlier in that window is folded into it (cancelled as superseded,
+  ``mass_outage_merged``).
 """
 
 from __future__ import annotations
@@ -48,7 +57,17 @@ from alerts._dedup import (
 )
 from alerts._errors import InvalidAlertData
 from alerts._lifecycle import CancelReason, cancel, resolve
-from alerts._model import Alert, AlertKind, Place, device_place_of, require_aware
+from alerts._model import (
+    Alert,
+    AlertKind,
+    Event,
+    EventAction,
+    Place,
+    device_place_of,
+    new_alert,
+    require_aware,
+    with_event,
+)
 from alerts._recovery import OUTAGE_RESTORED_FRACTION, resolve_recovered
 
 # Where an alert is put when the device never sent a birth with its position: Seoul City Hall,
@@ -80,8 +99,10 @@ OFFLINE_COUNTS = (
     "mass_outage_grown",
     "device_offline_new",
     "superseded",
+    "mass_outage_merged",
     "mass_outage_resolved",
     "device_offline_resolved",
+    "power_loss_new",
     "power_loss_folded",
     "power_loss_after_outage",
 )
@@ -148,6 +169,19 @@ class DarkDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class PowerLoss:
+    """A device whose mains failed, as recorded and not cleared: since its ``power_loss`` event
+    (``since``), or known from its telemetry only (``since`` None: due at once)."""
+
+    device: DeviceRecord
+    since: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None:
+            object.__setattr__(self, "since", require_aware(self.since, "PowerLoss.since"))
+
+
+@dataclass(frozen=True, slots=True)
 class FaultReport:
     """One report about a device: a fault code raised (or cleared); ``capped`` when the device
     chose the code (bounded per device), not when ingest found it."""
@@ -185,10 +219,32 @@ def device_group(
 
 def outage_of(outages: Iterable[Alert], device_id: str, group: str) -> Alert | None:
     """The mass outage among ``outages`` a device belongs to: the one listing it, else the one of its
-    group (neighbourhood; a blinker on the same poles, a lamp not dark yet)."""
+    group (neighbourhood, or a district's outage listing it among its ``areas``; a blinker on the
+    same poles, a lamp not dark yet)."""
     active = [a for a in outages if a.kind is AlertKind.MASS_OUTAGE]
     listed = next((a for a in active if device_id in a.device_ids), None)
-    return listed if listed is not None else next((a for a in active if a.source_id == group), None)
+    if listed is not None:
+        return listed
+    return next((a for a in active if a.source_id == group or group in a.areas), None)
+
+
+def _outage_finder(outages: Iterable[Alert]) -> Callable[[str, str], Alert | None]:
+    """`outage_of` over fixed ``outages``, indexed once (a district's cut: thousands of devices)."""
+    listed: dict[str, Alert] = {}
+    by_group: dict[str, Alert] = {}
+    for alert in outages:
+        if alert.kind is not AlertKind.MASS_OUTAGE:
+            continue
+        for device_id in alert.device_ids:
+            listed.setdefault(device_id, alert)
+        for group in (alert.source_id, *alert.areas):
+            by_group.setdefault(group, alert)
+
+    def find(device_id: str, group: str) -> Alert | None:
+        found = listed.get(device_id)
+        return found if found is not None else by_group.get(group)
+
+    return find
 
 
 def count_changes(changes: Iterable[AlertChange], keys: Iterable[str]) -> dict[str, int]:
@@ -227,6 +283,12 @@ def fault_reports(
     return reports
 
 
+def alerting_reports(reports: Iterable[FaultReport]) -> list[FaultReport]:
+    """The reports the fault path acts on: all but a raised ``power_loss`` (the offline pass raises
+    that one after its grace, unless an outage explains it; its clear still counts)."""
+    return [r for r in reports if r.cleared or r.code != POWER_LOSS]
+
+
 class _DeviceAlerts:
     """A device's active alerts while a plan is made: what is stored, then each planned change."""
 
@@ -249,9 +311,7 @@ def plan_fault_alerts(
     *,
     now: datetime,
     new_alert_id: Callable[[], str],
-    outages: Sequence[Alert] = (),
     back: Collection[str] = (),
-    locate: Locator | None = None,
 ) -> list[AlertChange]:
     """The alert changes a batch's reports make, in the order to save them.
 
@@ -261,30 +321,14 @@ def plan_fault_alerts(
     ends or just before the device's next uncapped report; a change that folds codes into the
     device's ``fault_code_flood`` alert has reason ``fault_code_flood``.
 
-    A ``power_loss`` of a device that belongs to one of the active mass ``outages`` (`outage_of`;
-    its group from ``locate`` when its row has no dong) raises nothing: the outage is its alert.
+    A ``power_loss`` (event or telemetry code) raises nothing here: the offline pass raises it
+    after its grace unless an outage explains it (`plan_offline_alerts` ``pending``).
     The lamps in ``back`` (a birth or ``online`` in the batch) are powered again: their active
     ``power_loss`` alerts are resolved (reason ``power_loss_back_online``) whether or not they
     sent ``fault_cleared``.
     """
     at = require_aware(now, "now")
-    groups: dict[str, str] = {}
-
-    def in_outage(report: FaultReport) -> bool:
-        if report.cleared or report.code != POWER_LOSS or not outages:
-            return False
-        group = groups.get(report.device_id)
-        if group is None:
-            record = devices.get(report.device_id)
-            group = groups[report.device_id] = (
-                device_group(record.dong_code, record.district_code, record.lat, record.lon, locate)
-                if record is not None
-                else ""
-            )
-        return outage_of(live_outages, report.device_id, group) is not None
-
-    live_outages = [a for a in outages if a.is_active]
-    reports = [r for r in reports if not in_outage(r)]
+    reports = alerting_reports(reports)
     returning = [d for d in dict.fromkeys(back) if (r := devices.get(d)) is not None and r.kind == "lamp"]
     state = {
         d: _DeviceAlerts(active.get(d, ()))
@@ -390,6 +434,95 @@ def _centre(devices: Iterable[DeviceLiveness]) -> tuple[float, float] | None:
     return sum(p[0] for p in placed) / len(placed), sum(p[1] for p in placed) / len(placed)
 
 
+def _district_outages(
+    clusters: list[OutageCluster],
+    outages: list[Alert],
+    by_id: Mapping[str, DeviceLiveness],
+    *,
+    at: datetime,
+    policy: MassOutagePolicy,
+    new_alert_id: Callable[[], str],
+) -> tuple[list[OutageCluster], list[Alert], list[AlertChange]]:
+    """Neighbourhood outages of one district starting together as one district outage.
+
+    The clusters no active outage covers are grouped by district; with the district's active
+    outages that opened within ``policy.window_s`` of their first lamp going dark, they make one
+    ``mass_outage`` (``source_id`` ``district:<code>``) when they span at least
+    ``policy.district_min_areas`` neighbourhoods, or when one of those outages is the district's
+    already. Returns the clusters left to the neighbourhood path, the active outages and the
+    changes (the district outage new or grown, the neighbourhood outages it folds cancelled)."""
+    window = timedelta(seconds=policy.window_s)
+    by_district: dict[str, list[OutageCluster]] = {}
+    for cluster in clusters:
+        if covering_outage(outages, cluster.dong_code) is not None:
+            continue
+        district = by_id[cluster.device_ids[0]].district_code
+        if district:
+            by_district.setdefault(district, []).append(cluster)
+    changes: list[AlertChange] = []
+    taken: set[str] = set()
+    for district, group in sorted(by_district.items()):
+        key = f"district:{district}"
+        first = min(c.first_at for c in group)
+        concurrent = [
+            a
+            for a in outages
+            if a.kind is AlertKind.MASS_OUTAGE
+            and a.is_active
+            and a.place.district_code == district
+            and abs(a.created_at - first) <= window
+        ]
+        existing = next((a for a in concurrent if a.source_id == key), None)
+        folded = [a for a in concurrent if a is not existing]
+        areas = {c.dong_code for c in group if not c.dong_code.startswith("district:")}
+        for alert in concurrent:
+            areas.update(
+                alert.areas or ([] if alert.source_id.startswith("district:") else [alert.source_id])
+            )
+        if existing is None and len(areas) < policy.district_min_areas:
+            continue
+        lamps = {d for c in group for d in c.device_ids} | {d for a in concurrent for d in a.device_ids}
+        names = ", ".join(sorted(areas))
+        if existing is None:
+            centre = _centre(by_id[d] for d in sorted(lamps) if d in by_id)
+            if centre is None:
+                centre = (concurrent[0].place.lat, concurrent[0].place.lon) if concurrent else SEOUL_CITY_HALL
+            created = new_alert(
+                alert_id=new_alert_id(),
+                kind=AlertKind.MASS_OUTAGE,
+                place=Place(centre[0], centre[1], district_code=district),
+                source_id=key,
+                now=at,
+                note=f"{len(lamps)} lamps offline in {len(areas)} neighbourhoods since {first.isoformat()}: "
+                + names,
+                device_ids=tuple(sorted(lamps)),
+            )
+            outage = dataclasses.replace(created, count=len(lamps), areas=tuple(sorted(areas)))
+            changes.append(AlertChange(outage, None, "mass_outage_new"))
+        else:
+            added = sorted(lamps - set(existing.device_ids))
+            grown_areas = tuple(sorted(areas | set(existing.areas)))
+            if not added and grown_areas == existing.areas:
+                outage = existing
+            else:
+                event = Event(
+                    at=at,
+                    actor="system",
+                    action=EventAction.LAMPS_ADDED,
+                    note=f"{len(added)} more lamps offline",
+                )
+                every = tuple(sorted({*existing.device_ids, *added}))
+                outage = with_event(existing, event, device_ids=every, count=len(every), areas=grown_areas)
+                changes.append(AlertChange(outage, existing, "mass_outage_grown"))
+        for alert in folded:
+            merged = cancel(alert, at, "system", CancelReason.SUPERSEDED, superseded_by=outage.id)
+            changes.append(AlertChange(merged, alert, "mass_outage_merged"))
+        gone = {a.id for a in concurrent}
+        outages = [a for a in outages if a.id not in gone] + [outage]
+        taken.update(c.dong_code for c in group)
+    return [c for c in clusters if c.dong_code not in taken], outages, changes
+
+
 def plan_offline_alerts(
     dark: Sequence[DarkDevice],
     open_alerts: Sequence[Alert],
@@ -401,24 +534,32 @@ def plan_offline_alerts(
     policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
     restored_fraction: float = OUTAGE_RESTORED_FRACTION,
     power_losses: Sequence[Alert] = (),
-    faulty: Sequence[DeviceRecord] = (),
+    pending: Sequence[PowerLoss] = (),
+    power_loss_grace_s: float | None = None,
     locate: Locator | None = None,
 ) -> list[AlertChange]:
-    """One offline pass: what came back is resolved, then mass outages, then single
-    ``device_offline`` alerts after ``grace_s``. ``open_alerts`` are the active ``mass_outage`` and
-    ``device_offline`` alerts, oldest first; reasons are the keys of ``OFFLINE_COUNTS``.
+    """One offline pass: what came back is resolved, then mass outages, then power losses, then
+    single ``device_offline`` alerts after ``grace_s``. ``open_alerts`` are the active
+    ``mass_outage`` and ``device_offline`` alerts, oldest first; reasons are the keys of
+    ``OFFLINE_COUNTS``.
 
     One alert per outage: its ``count`` is the number of its lamps, its place the centre of the
     lamps it started with. A dark lamp of a neighbourhood whose outage is active joins it when it
-    went dark within ``policy.window_s`` before the outage opened, or later. ``power_losses`` (the
-    active ``lamp_fault``/``power_loss`` alerts) of the devices an active outage covers are folded
-    into it (cancelled as superseded, reason ``power_loss_folded``). When an outage resolves, each
-    device of it in ``faulty`` (online, ``power_loss`` still in its reported faults) without an
-    active ``power_loss`` alert gets one (``power_loss_after_outage``). ``locate`` groups devices
-    whose row has no dong code (`device_group`). A lamp of an outage that ends while it is still
-    dark gets its ``device_offline`` alert in that pass, without waiting ``grace_s`` again.
+    went dark within ``policy.window_s`` before the outage opened, or later. Neighbourhood outages
+    of one district starting together are one district outage (`_district_outages`).
+
+    ``pending`` are the devices whose power loss is recorded and not cleared: each one no active
+    outage covers gets one ``power_loss`` alert (``power_loss_new``) once ``power_loss_grace_s``
+    (default ``grace_s``) has passed since its loss, or at once when an outage it belonged to ends
+    in this pass (``power_loss_after_outage``); a device with an active ``power_loss`` alert
+    (``power_losses``) gets none. Such a device gets no ``device_offline`` alert: its power loss is
+    its alert. ``power_losses`` of devices an active outage covers are folded into it (cancelled as
+    superseded, ``power_loss_folded``). ``locate`` groups devices whose row has no dong code
+    (`device_group`). A lamp of an outage that ends while it is still dark gets its
+    ``device_offline`` alert in that pass, without waiting ``grace_s`` again.
     """
     at = require_aware(now, "now")
+    loss_grace = grace_s if power_loss_grace_s is None else power_loss_grace_s
     changes: list[AlertChange] = []
     still_dark = {d.report.device_id for d in dark}
     resolved: set[str] = set()
@@ -430,32 +571,12 @@ def plan_offline_alerts(
         if done.kind is AlertKind.MASS_OUTAGE:
             ended.append(done)
     losses = {a.source_id: a for a in power_losses if a.is_active and a.fault_code == POWER_LOSS}
-    if ended:
-        for record in faulty:
-            if POWER_LOSS not in record.faults or record.device_id in losses:
-                continue
-            group = device_group(record.dong_code, record.district_code, record.lat, record.lon, locate)
-            if outage_of(ended, record.device_id, group) is None:
-                continue
-            raised, _ = merge_fault(
-                (),
-                kind=AlertKind.LAMP_FAULT,
-                device_id=record.device_id,
-                fault_code=POWER_LOSS,
-                place=_record_place(record),
-                now=at,
-                new_alert_id=new_alert_id(),
-            )
-            changes.append(AlertChange(raised, None, "power_loss_after_outage"))
-            losses[record.device_id] = raised
     remaining = [a for a in open_alerts if a.id not in resolved]
     outages = [a for a in remaining if a.kind is AlertKind.MASS_OUTAGE]
     offline = [a for a in remaining if a.kind is AlertKind.DEVICE_OFFLINE]
-    if not dark and not outages:
-        return changes
     by_id = {d.report.device_id: d.device for d in dark}
     lamp_reports = [d.report for d in dark if d.device.kind == "lamp"]
-    clusters = list(detect_mass_outages(lamp_reports, at, lamps_per_dong, policy))
+    clusters = list(detect_mass_outages(lamp_reports, at, lamps_per_dong, policy)) if dark else []
     # Lamps of a neighbourhood in outage that went dark since it began join it (a late will).
     clustered = {d for c in clusters for d in c.device_ids}
     joining: dict[str, list[OfflineReport]] = {}
@@ -469,7 +590,17 @@ def plan_offline_alerts(
         times = [r.at for r in reports]
         ids = tuple(sorted({r.device_id for r in reports}))
         clusters.append(OutageCluster(dong, ids, min(times), max(times)))
+    clusters, outages, district_changes = _district_outages(
+        clusters, outages, by_id, at=at, policy=policy, new_alert_id=new_alert_id
+    )
+    changes.extend(district_changes)
     covered: set[str] = set()
+    for change in district_changes:
+        if change.alert.is_active:
+            for cancelled in suppress_covered(offline, change.alert, at):
+                before = next(a for a in offline if a.id == cancelled.id)
+                changes.append(AlertChange(cancelled, before, "superseded"))
+            covered.update(change.alert.device_ids)
     for cluster in clusters:
         first = _liveness_place(by_id[cluster.device_ids[0]])
         centre = _centre(by_id[d] for d in cluster.device_ids) or (first.lat, first.lon)
@@ -485,7 +616,7 @@ def plan_offline_alerts(
             changes.append(AlertChange(cancelled, before, "superseded"))
         covered.update(merged.device_ids)
     stored = {a.id for a in power_losses}
-    for device_id, loss in losses.items():
+    for device_id, loss in list(losses.items()):
         if loss.id not in stored:
             continue
         p = loss.place
@@ -494,11 +625,39 @@ def plan_offline_alerts(
         if outage is not None:
             folded = cancel(loss, at, "system", CancelReason.SUPERSEDED, superseded_by=outage.id)
             changes.append(AlertChange(folded, loss, "power_loss_folded"))
+            del losses[device_id]
+    held: set[str] = set()  # devices whose power loss is (or will be) their alert
+    in_active, in_ended = _outage_finder(outages), _outage_finder(ended)
+    for loss_item in pending:
+        record = loss_item.device
+        group = device_group(record.dong_code, record.district_code, record.lat, record.lon, locate)
+        if in_active(record.device_id, group) is not None:
+            continue  # the outage is its alert
+        held.add(record.device_id)
+        if record.device_id in losses:
+            continue
+        after_outage = in_ended(record.device_id, group) is not None
+        since = loss_item.since
+        if not after_outage and since is not None and (at - since).total_seconds() < loss_grace:
+            continue
+        raised, _ = merge_fault(
+            (),
+            kind=AlertKind.LAMP_FAULT,
+            device_id=record.device_id,
+            fault_code=POWER_LOSS,
+            place=_record_place(record),
+            now=at,
+            new_alert_id=new_alert_id(),
+        )
+        changes.append(
+            AlertChange(raised, None, "power_loss_after_outage" if after_outage else "power_loss_new")
+        )
+        losses[record.device_id] = raised
     in_outages = {d for a in outages for d in a.device_ids}
     left_dark = {d for a in ended for d in a.device_ids}  # the outage was their grace
     for item in dark:
         report, device = item.report, item.device
-        if report.device_id in covered:
+        if report.device_id in covered or report.device_id in held:
             continue
         if (at - report.at).total_seconds() < grace_s and report.device_id not in left_dark:
             continue

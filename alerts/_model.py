@@ -255,6 +255,7 @@ class Alert:
     fault_code: str = ""
     count: int = 1  # SOS presses or fault reports merged into this alert
     timeline: tuple[Event, ...] = field(default=())
+    areas: tuple[str, ...] = ()  # a mass outage's neighbourhoods (dong codes), sorted
 
     def __post_init__(self) -> None:
         if not self.id:

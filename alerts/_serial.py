@@ -76,6 +76,7 @@ def alert_to_dict(alert: Alert) -> dict[str, Any]:
             {"lat": p.lat, "lon": p.lon, "at": _time(p.at), "accuracy_m": p.accuracy_m} for p in alert.track
         ],
         "device_ids": list(alert.device_ids),
+        "areas": list(alert.areas),
         "fault_code": alert.fault_code,
         "count": alert.count,
         "timeline": [
@@ -218,4 +219,5 @@ def alert_from_dict(data: Mapping[str, Any]) -> Alert:
         fault_code=_get(data, "fault_code", str, where),
         count=_get(data, "count", int, where),
         timeline=tuple(timeline),
+        areas=_str_tuple(data, "areas", where) if "areas" in data else (),
     )

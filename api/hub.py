@@ -72,6 +72,7 @@ def alert_summary(row: Row) -> AlertSummary:
         place_text_en=data.get("place_text_en"),
         count=data.get("count", 1),
         device_ids=data.get("device_ids", []),
+        areas=data.get("areas", []),
         last_event=timeline[-1] if timeline else None,
         allowed_actions=actions,
         event_id=int(row.get("event_id") or 0),

@@ -218,6 +218,10 @@ class AlertSummary(_Out):
     place_text_en: str | None
     count: int
     device_ids: list[str]
+    areas: list[str] = Field(
+        default_factory=list,
+        description="a mass outage's neighbourhoods (dong codes); a district's lists several",
+    )
     last_event: dict[str, Any] | None
     allowed_actions: list[str]
     event_id: int

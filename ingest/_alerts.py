@@ -10,12 +10,15 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
   one active alert for that code (count + 1). ``fault_cleared`` resolves it. A device has at most
   8 open ``lamp_fault`` alerts and 8 from its ``tamper`` events (``alerts.merge_device_fault``):
   further new codes are folded into its one ``tamper`` alert ``fault_code_flood``, counted, logged.
-  A ``power_loss`` of a device inside an active mass outage raises nothing (the outage is its
-  alert); a lamp that connects again (birth or ``online``) resolves its open ``power_loss`` alert.
+  A ``power_loss`` raises nothing here (the offline pass does, after its grace, unless an outage
+  explains it); a lamp that connects again (birth or ``online``) resolves its open ``power_loss``
+  alert.
 * Offline (periodic, one worker): devices offline by their will, or silent for longer than
   ``silent_after_s``, are grouped by neighbourhood; a cluster within the policy window becomes one
-  mass-outage alert (its count the number of its lamps; it supersedes the single ones and folds
-  in the ``power_loss`` alerts of the devices it covers), the rest one alert each. The same
+  mass-outage alert (its count the number of its lamps; it supersedes the single ones), and
+  neighbourhood outages of one district starting together one district outage; the devices whose
+  power loss is recorded get one ``power_loss`` alert each after a grace unless an outage covers
+  them; the rest one ``device_offline`` alert each. The same
   pass resolves what came back (``alerts.resolve_recovered``): a device_offline alert when its
   device is online again (state ``online`` of a newer connection) or, for a silent device, reports
   again; a mass outage when 80 % of its lamps are back.
@@ -51,6 +54,7 @@ from alerts import (
     DayNightPolicy,
     MassOutagePolicy,
     SunElevation,
+    alerting_reports,
     count_changes,
     dark_devices,
     daynight_change,
@@ -78,13 +82,17 @@ from store.maintenance import (
     lamp_snapshots,
     lamps_per_dong,
     lock_decisions,
-    powered_with_fault,
+    power_losses,
 )
 from store.types import Conn
 
 log = get_logger(__name__)
 
 _DEVICE_KINDS = [AlertKind.LAMP_FAULT.value, AlertKind.TAMPER.value]
+
+# How far back the offline pass reads power_loss events: a loss older than this that no pass
+# raised (the jobs leader down that long) is left to the device's offline alert or telemetry.
+POWER_LOSS_HORIZON = timedelta(hours=24)
 
 
 def new_alert_id() -> str:
@@ -111,18 +119,11 @@ def comebacks(batch: Processed) -> list[str]:
     return list(dict.fromkeys(back))
 
 
-def raise_fault_alerts(
-    conn: Conn,
-    batch: Processed,
-    now: datetime,
-    namer: AreaNamer | None = None,
-    *,
-    locate: Locator | None = None,
-) -> int:
+def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaNamer | None = None) -> int:
     """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes.
 
-    A ``power_loss`` inside an active mass outage raises nothing (``locate`` groups devices without a
-    dong code); a lamp connected again resolves its open ``power_loss`` alert."""
+    A ``power_loss`` raises nothing here (``raise_offline_alerts`` does, after its grace, unless an
+    outage explains it); a lamp connected again resolves its open ``power_loss`` alert."""
     events = [(device_id, ev_type, code) for device_id, ev_type, code, _ts, _seq in batch.fault_events]
     telemetry = {d.device_id: d.faults for d in batch.devices.values() if d.faults}
     back_ids = comebacks(batch)
@@ -134,26 +135,13 @@ def raise_fault_alerts(
     )
     back = [d for d in back_ids if d in losses]
     devices = device_records(conn, sorted({e[0] for e in events} | telemetry.keys() | set(back)))
-    reports = fault_reports(events, telemetry, {d: r.faults for d, r in devices.items()})
+    # A power loss is left to the offline pass: a district's 7,000 last gasps lock and read nothing.
+    reports = alerting_reports(fault_reports(events, telemetry, {d: r.faults for d, r in devices.items()}))
     reporting = sorted({r.device_id for r in reports} | set(back))
     for device_id in reporting:  # in one order, so two workers' batches cannot wait on each other
         lock_decisions(conn, device_id)
     active = {d: active_alerts(conn, kinds=_DEVICE_KINDS, source_id=d) for d in reporting}
-    outages = (
-        active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value])
-        if any(r.code == POWER_LOSS and not r.cleared for r in reports)
-        else []
-    )
-    changes = plan_fault_alerts(
-        reports,
-        active,
-        devices,
-        now=now,
-        new_alert_id=new_alert_id,
-        outages=outages,
-        back=back,
-        locate=locate,
-    )
+    changes = plan_fault_alerts(reports, active, devices, now=now, new_alert_id=new_alert_id, back=back)
     for change in changes:
         if change.reason == FAULT_FLOOD_CODE:
             log.warning(
@@ -183,17 +171,19 @@ def raise_offline_alerts(
     *,
     silent_after_s: float,
     grace_s: float = 120.0,
+    power_loss_grace_s: float | None = None,
     policy: MassOutagePolicy = DEFAULT_MASS_OUTAGE,
     locate: Locator | None = None,
     restored_fraction: float = OUTAGE_RESTORED_FRACTION,
     namer: AreaNamer | None = None,
 ) -> dict[str, int]:
-    """One periodic pass: what came back is resolved, then mass outages (their devices' power_loss
-    alerts folded into them), then single device_offline alerts after ``grace_s``."""
+    """One periodic pass: what came back is resolved, then mass outages (one per district for
+    neighbourhoods out together), then the power losses no outage explains after
+    ``power_loss_grace_s`` (default ``grace_s``), then single device_offline alerts after
+    ``grace_s``. Power losses are read back ``POWER_LOSS_HORIZON`` (events older are not raised)."""
     with decisions(conn, OFFLINE_PASS_LOCK):
         dark = offline_reports(conn, now, silent_after_s=silent_after_s, locate=locate)
         open_alerts = active_alerts(conn, kinds=[AlertKind.MASS_OUTAGE.value, AlertKind.DEVICE_OFFLINE.value])
-        outages = any(a.kind is AlertKind.MASS_OUTAGE for a in open_alerts)
         changes = plan_offline_alerts(
             dark,
             open_alerts,
@@ -204,7 +194,8 @@ def raise_offline_alerts(
             policy=policy,
             restored_fraction=restored_fraction,
             power_losses=active_alerts(conn, kinds=[AlertKind.LAMP_FAULT.value], fault_code=POWER_LOSS),
-            faulty=powered_with_fault(conn, POWER_LOSS) if outages else (),
+            pending=power_losses(conn, since=now - POWER_LOSS_HORIZON),
+            power_loss_grace_s=power_loss_grace_s,
             locate=locate,
         )
         _save(conn, changes, namer)

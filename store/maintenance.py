@@ -14,7 +14,7 @@ from datetime import datetime
 
 from psycopg.rows import dict_row
 
-from alerts import DeviceLiveness, DeviceRecord, LampSnapshot
+from alerts import DeviceLiveness, DeviceRecord, LampSnapshot, PowerLoss
 from store.types import Conn
 
 # Keys of the locks of the periodic passes (a device's decisions lock its device id).
@@ -61,27 +61,52 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
     }
 
 
-def powered_with_fault(conn: Conn, code: str) -> list[DeviceRecord]:
-    """The online devices whose latest telemetry, sent on their current connection, reports the
-    fault ``code`` (e.g. a blinker still on battery, ``power_loss``), with where they are. A lamp
-    just back whose last telemetry is from before its reconnection is not among them."""
+_POWER_LOSSES_SQL = """
+WITH loss AS (
+    SELECT DISTINCT ON (device_id) device_id, ts FROM events
+    WHERE type = 'power_loss' AND ts >= %(since)s ORDER BY device_id, ts DESC
+), cleared AS (
+    SELECT device_id, max(ts) AS ts FROM events
+    WHERE type = 'fault_cleared' AND code = 'power_loss' AND ts >= %(since)s GROUP BY device_id
+), reporting AS (
+    SELECT device_id FROM device_state
+    WHERE online AND 'power_loss' = ANY(faults) AND last_seen >= state_changed_at
+)
+SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, d.lamp_number, d.address,
+       coalesce(s.faults, '{}') AS faults, l.ts AS since
+FROM devices d JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN loss l ON l.device_id = d.device_id
+LEFT JOIN cleared c ON c.device_id = d.device_id
+WHERE d.device_id IN (SELECT device_id FROM loss UNION SELECT device_id FROM reporting)
+  AND (
+      (d.device_id IN (SELECT device_id FROM reporting) AND (c.ts IS NULL OR c.ts < s.last_seen))
+      OR (l.ts IS NOT NULL AND (c.ts IS NULL OR c.ts < l.ts) AND NOT (s.online AND s.state_changed_at > l.ts))
+  )
+ORDER BY d.device_id
+"""
+
+
+def power_losses(conn: Conn, *, since: datetime) -> list[PowerLoss]:
+    """The devices whose power loss is recorded and not cleared: a ``power_loss`` event since
+    ``since`` (the latest) with no later ``fault_cleared`` of it and no later connection, or
+    telemetry on the current connection reporting ``power_loss`` (a blinker on battery) with no
+    ``fault_cleared`` of it since (all device times)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            "SELECT d.device_id, d.kind, d.district_code, d.dong_code, d.lat, d.lon, s.faults "
-            "FROM device_state s JOIN devices d ON d.device_id = s.device_id "
-            "WHERE s.online AND %s = ANY(s.faults) AND s.last_seen >= s.state_changed_at "
-            "ORDER BY d.device_id",
-            (code,),
-        ).fetchall()
+        rows = cur.execute(_POWER_LOSSES_SQL, {"since": since}).fetchall()
     return [
-        DeviceRecord(
-            device_id=r["device_id"],
-            kind=r["kind"],
-            district_code=r["district_code"],
-            dong_code=r["dong_code"] or "",
-            lat=r["lat"],
-            lon=r["lon"],
-            faults=frozenset(r["faults"] or ()),
+        PowerLoss(
+            DeviceRecord(
+                device_id=r["device_id"],
+                kind=r["kind"],
+                district_code=r["district_code"],
+                dong_code=r["dong_code"] or "",
+                lat=r["lat"],
+                lon=r["lon"],
+                faults=frozenset(r["faults"] or ()),
+                lamp_number=r["lamp_number"] or "",
+                address=r["address"] or "",
+            ),
+            r["since"],
         )
         for r in rows
     ]

@@ -533,15 +533,15 @@ def run_ingest_worker(
             if grouped and options.group
             else None
         )
-        # One gazetteer for the fault path (a power loss inside an outage), the offline pass and the
-        # alerts' places in words.
+        # One gazetteer for the births' neighbourhoods, the offline pass and the alerts' places in
+        # words.
         gazetteer = _gazetteer_or_none()
         namer = None if gazetteer is None else gazetteer_namer(gazetteer)
         locate = None if gazetteer is None else gazetteer_locator(gazetteer)
         worker = IngestWorker(
             config,
             check_sender=check,
-            on_faults=functools.partial(raise_fault_alerts, namer=namer, locate=locate),
+            on_faults=functools.partial(raise_fault_alerts, namer=namer),
             lease=lease,
             locate=locate,
         )

@@ -26,6 +26,10 @@ from alerts import (
     InvalidAlertData,
     MassOutagePolicy,
     OfflineReport,
+    PowerLoss,
+    alert_from_dict,
+    alert_to_dict,
+    alerting_reports,
     count_changes,
     dark_devices,
     device_place,
@@ -347,12 +351,93 @@ def test_any_two_passes_account_for_every_dark_device_once_and_a_third_changes_n
 
 
 def loss_alert(device_id: str, dong: str = DONG, alert_id: str | None = None) -> Alert:
-    report = FaultReport(device_id, AlertKind.LAMP_FAULT, "power_loss", capped=True)
-    record = DeviceRecord(device_id, district_code="11140", dong_code=dong, lat=37.56, lon=126.97)
-    [change] = plan_fault_alerts(
-        [report], {}, {device_id: record}, now=NOW, new_alert_id=lambda: alert_id or f"pl-{device_id}"
+    """A stored power_loss alert (raised by an earlier pass, before the outage was recognised)."""
+    alert, _ = merge_fault(
+        (),
+        kind=AlertKind.LAMP_FAULT,
+        device_id=device_id,
+        fault_code="power_loss",
+        place=device_place(37.56, 126.97, "11140", dong),
+        now=NOW,
+        new_alert_id=alert_id or f"pl-{device_id}",
     )
-    return change.alert
+    return alert
+
+
+def loss(
+    device_id: str,
+    seconds_ago: float | None,
+    *,
+    dong: str = DONG,
+    kind: str = "blinker",
+    district: str = "11140",
+) -> PowerLoss:
+    """A recorded power loss (None: known from telemetry only)."""
+    since = None if seconds_ago is None else NOW - timedelta(seconds=seconds_ago)
+    record = DeviceRecord(device_id, kind=kind, district_code=district, dong_code=dong, lat=37.56, lon=126.97)
+    return PowerLoss(record, since)
+
+
+def test_a_power_loss_raises_nothing_on_arrival_and_its_clear_still_resolves_an_open_one() -> None:
+    reports = [
+        FaultReport("L1", AlertKind.LAMP_FAULT, "power_loss", capped=True),  # the last gasp
+        FaultReport("L1", AlertKind.LAMP_FAULT, "lamp_failure", capped=True),
+    ]
+    changes = plan_fault_alerts(reports, {}, {"L1": RECORD}, now=NOW, new_alert_id=ids())
+    assert [c.alert.fault_code for c in changes] == ["lamp_failure"]
+    open_loss = loss_alert("L1")
+    cleared = FaultReport("L1", AlertKind.LAMP_FAULT, "power_loss", cleared=True)
+    assert alerting_reports([*reports, cleared]) == [reports[1], cleared]  # what ingest locks and reads
+    [change] = plan_fault_alerts([cleared], {"L1": [open_loss]}, {"L1": RECORD}, now=NOW, new_alert_id=ids())
+    assert change.previous == open_loss and change.alert.state is AlertState.RESOLVED
+
+
+def test_a_lone_power_loss_is_raised_after_its_grace_and_is_the_dark_lamps_one_alert() -> None:
+    lamp = dark("L1", 30)
+    pending = [loss("L1", 31, kind="lamp"), loss("B1", None, dong=OTHER_DONG)]
+    early = plan_offline_alerts([lamp], [], {}, now=NOW, new_alert_id=ids("a"), pending=pending)
+    # Within the grace, nothing for the lamp; a power loss known from telemetry only is due at once.
+    assert [(c.reason, c.alert.source_id) for c in early] == [("power_loss_new", "B1")]
+    later = NOW + timedelta(seconds=120)
+    lamp = DarkDevice(lamp.report, lamp.device)
+    changes = plan_offline_alerts(
+        [lamp], [], {}, now=later, new_alert_id=ids("b"), pending=pending, power_losses=[early[0].alert]
+    )
+    [raised] = changes  # its power loss, not a device_offline beside it
+    assert (raised.reason, raised.alert.source_id, raised.alert.fault_code) == (
+        "power_loss_new",
+        "L1",
+        "power_loss",
+    )
+    assert raised.alert.kind is AlertKind.LAMP_FAULT and raised.alert.place.dong_code == DONG
+    again = plan_offline_alerts(
+        [lamp],
+        [],
+        {},
+        now=later,
+        new_alert_id=ids("c"),
+        pending=pending,
+        power_losses=[early[0].alert, raised.alert],
+    )
+    assert again == []
+    shorter = plan_offline_alerts(
+        [lamp], [], {}, now=NOW, new_alert_id=ids("d"), pending=pending[:1], power_loss_grace_s=20
+    )
+    assert [c.reason for c in shorter] == ["power_loss_new"]
+
+
+def test_a_cut_is_one_outage_alert_and_no_power_loss_ever_for_its_devices() -> None:
+    lamps = [dark(f"M{i:02d}", 5) for i in range(12)]
+    pending = [loss(f"M{i:02d}", 6, kind="lamp") for i in range(12)] + [
+        loss(f"B{i:02d}", 6) for i in range(12)
+    ]
+    changes = plan_offline_alerts(lamps, [], {}, now=NOW, new_alert_id=ids("o"), pending=pending)
+    [created] = changes
+    outage = created.alert
+    assert created.reason == "mass_outage_new" and outage.count == len(outage.device_ids) == 12
+    assert outage.areas == (DONG,)
+    later = NOW + timedelta(seconds=600)  # long past the grace: the outage is still their alert
+    assert plan_offline_alerts(lamps, [outage], {}, now=later, new_alert_id=ids("x"), pending=pending) == []
 
 
 def test_power_losses_raised_before_the_outage_are_folded_into_it_and_its_count_is_its_lamps() -> None:
@@ -365,31 +450,22 @@ def test_power_losses_raised_before_the_outage_are_folded_into_it_and_its_count_
     for change in changes[1:]:
         assert change.alert.state is AlertState.CANCELLED and change.alert.source_id in {"M00", "B00"}
         assert change.alert.timeline[-1].detail("superseded_by") == outage.id
-    # A power loss reported while the outage is open raises nothing; elsewhere it does.
-    records = {
-        d: DeviceRecord(d, kind="blinker", district_code="11140", dong_code=g, lat=37.56, lon=126.97)
-        for d, g in (("B01", DONG), ("Y", OTHER_DONG))
-    }
-    reports = [FaultReport(d, AlertKind.LAMP_FAULT, "power_loss", capped=True) for d in records]
-    raised = plan_fault_alerts(reports, {}, records, now=NOW, new_alert_id=ids("f"), outages=[outage])
-    assert [c.alert.source_id for c in raised] == ["Y"]
 
 
 def test_a_device_without_a_dong_is_matched_to_the_outage_by_its_located_position() -> None:
     cluster = [dark(f"M{i:02d}", 30) for i in range(12)]
     [created] = plan_offline_alerts(cluster, [], {}, now=NOW, new_alert_id=ids("o"))
     outage = created.alert
-    record = DeviceRecord("B", kind="blinker", district_code="11140", lat=37.5, lon=127.0)
-    report = FaultReport("B", AlertKind.LAMP_FAULT, "power_loss", capped=True)
-    kept = plan_fault_alerts([report], {}, {"B": record}, now=NOW, new_alert_id=ids(), outages=[outage])
-    assert len(kept) == 1  # grouped by district without a locator: not this outage's
-    folded = plan_fault_alerts(
-        [report],
+    pending = [loss("B", 300, dong="")]
+    kept = plan_offline_alerts(cluster, [outage], {}, now=NOW, new_alert_id=ids(), pending=pending)
+    assert [c.reason for c in kept] == ["power_loss_new"]  # grouped by district without a locator
+    folded = plan_offline_alerts(
+        cluster,
+        [outage],
         {},
-        {"B": record},
         now=NOW,
         new_alert_id=ids(),
-        outages=[outage],
+        pending=pending,
         locate=lambda la, lo: ("11140", DONG),
     )
     assert folded == []
@@ -417,49 +493,145 @@ def test_when_an_outage_ends_a_device_still_without_power_and_a_lamp_still_dark_
     cluster = [dark(f"M{i:02d}", 60) for i in range(12)]
     [created] = plan_offline_alerts(cluster, [], {}, now=NOW, new_alert_id=ids("o"))
     outage = created.alert
-    faulty = [
-        DeviceRecord(
-            "B00", kind="blinker", dong_code=DONG, lat=37.56, lon=126.97, faults=frozenset({"power_loss"})
-        ),
-        DeviceRecord(
-            "B99", kind="blinker", dong_code=OTHER_DONG, lat=37.5, lon=126.9, faults=frozenset({"power_loss"})
-        ),
-    ]
-    later = NOW + timedelta(seconds=30)  # the lamp still dark is within grace_s, but the outage was its grace
-    changes = plan_offline_alerts(cluster[:1], [outage], {}, now=later, new_alert_id=ids("e"), faulty=faulty)
+    pending = [loss("B00", 61), loss("B99", 61, dong=OTHER_DONG), loss("M01", 61, kind="lamp")]
+    later = NOW + timedelta(seconds=30)  # within the grace, but the outage was their grace
+    still = [cluster[0], cluster[1]]
+    changes = plan_offline_alerts(still, [outage], {}, now=later, new_alert_id=ids("e"), pending=pending)
     assert [(c.reason, c.alert.source_id) for c in changes] == [
         ("mass_outage_resolved", DONG),
         ("power_loss_after_outage", "B00"),
+        ("power_loss_after_outage", "M01"),
         ("device_offline_new", "M00"),
     ]
-    # While it is open, nothing is raised for them.
-    assert plan_offline_alerts(cluster, [outage], {}, now=later, new_alert_id=ids("x"), faulty=faulty) == []
+    # While it is open, nothing is raised for them (B99, elsewhere, is still within its grace).
+    assert plan_offline_alerts(cluster, [outage], {}, now=later, new_alert_id=ids("x"), pending=pending) == []
 
 
-@settings(max_examples=100, deadline=None)
-@given(_fleets(), st.lists(st.tuples(st.integers(0, 20), st.booleans()), max_size=12))
-def test_after_a_pass_no_power_loss_is_open_beside_an_outage_and_an_outage_counts_its_lamps(
-    fleet: list[DarkDevice], losses: list[tuple[int, bool]]
+# -- district outages
+
+DISTRICT, OTHER_DISTRICT = "11140", "11110"
+THIRD_DONG, FAR_DONG = "1114054000", "1111051500"
+
+
+def lamps_of(
+    dong: str, n: int, seconds_ago: float, district: str = DISTRICT, prefix: str = ""
+) -> list[DarkDevice]:
+    at = NOW - timedelta(seconds=seconds_ago)
+    return [
+        DarkDevice(
+            OfflineReport(f"{prefix or dong}-{i:02d}", dong, at),
+            DeviceLiveness(
+                f"{prefix or dong}-{i:02d}",
+                False,
+                at,
+                at,
+                district_code=district,
+                dong_code=dong,
+                lat=37.56 + i * 1e-4,
+                lon=126.97,
+            ),
+        )
+        for i in range(n)
+    ]
+
+
+def test_neighbourhoods_of_a_district_out_together_are_one_district_outage_counting_every_lamp() -> None:
+    fleet = [
+        *lamps_of(DONG, 12, 20),
+        *lamps_of(OTHER_DONG, 15, 25),
+        *lamps_of(THIRD_DONG, 11, 10),
+        *lamps_of(FAR_DONG, 10, 20, district=OTHER_DISTRICT),  # another district: its own outage
+    ]
+    pending = [loss(f"B{i}", 5, dong=d) for i, d in enumerate((DONG, OTHER_DONG, THIRD_DONG, FAR_DONG))]
+    changes = plan_offline_alerts(fleet, [], {}, now=NOW, new_alert_id=ids("o"), pending=pending)
+    assert [c.reason for c in changes] == ["mass_outage_new", "mass_outage_new"]
+    district, far = (c.alert for c in changes)
+    assert district.source_id == f"district:{DISTRICT}" and district.place.district_code == DISTRICT
+    assert district.place.dong_code == "" and district.areas == tuple(sorted((DONG, OTHER_DONG, THIRD_DONG)))
+    assert district.count == len(district.device_ids) == 12 + 15 + 11
+    assert (far.source_id, far.areas, far.count) == (FAR_DONG, (FAR_DONG,), 10)
+    assert alert_from_dict(alert_to_dict(district)) == district
+    # A late lamp of one of its neighbourhoods joins it; the blinkers' power losses never show.
+    late = lamps_of(OTHER_DONG, 1, 0, prefix="late")
+    later = NOW + timedelta(seconds=200)
+    grown = plan_offline_alerts(
+        [*fleet, *late], [district, far], {}, now=later, new_alert_id=ids("g"), pending=pending
+    )
+    assert [(c.reason, c.alert.id) for c in grown] == [("mass_outage_grown", district.id)]
+    assert grown[0].alert.count == 12 + 15 + 11 + 1
+
+
+def test_a_neighbourhood_outage_opened_moments_before_is_folded_into_the_district_outage() -> None:
+    first = lamps_of(DONG, 12, 40)
+    [opened] = plan_offline_alerts(first, [], {}, now=NOW - timedelta(seconds=30), new_alert_id=ids("n"))
+    neighbourhood = opened.alert
+    second = lamps_of(OTHER_DONG, 10, 10)
+    changes = plan_offline_alerts([*first, *second], [neighbourhood], {}, now=NOW, new_alert_id=ids("d"))
+    assert [c.reason for c in changes] == ["mass_outage_new", "mass_outage_merged"]
+    district, merged = changes[0].alert, changes[1].alert
+    assert district.count == 22 and district.areas == (DONG, OTHER_DONG)
+    assert merged.id == neighbourhood.id and merged.state is AlertState.CANCELLED
+    assert merged.timeline[-1].detail("superseded_by") == district.id
+    # A neighbourhood going dark long after the district's outage opened is an outage of its own.
+    much_later = lamps_of(OTHER_DONG, 10, -590)  # dark 590 s after NOW
+    long_after = plan_offline_alerts(
+        [*first, *much_later], [neighbourhood], {}, now=NOW + timedelta(seconds=600), new_alert_id=ids("s")
+    )
+    assert [(c.reason, c.alert.source_id) for c in long_after] == [("mass_outage_new", OTHER_DONG)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([DONG, OTHER_DONG, THIRD_DONG, FAR_DONG]), st.integers(0, 14), st.integers(0, 100)
+        ),
+        max_size=5,
+    ),
+    st.lists(
+        st.tuples(st.sampled_from([DONG, OTHER_DONG, THIRD_DONG, FAR_DONG]), st.integers(0, 300) | st.none()),
+        max_size=8,
+    ),
+)
+def test_after_a_pass_each_district_has_one_outage_and_no_power_loss_beside_it(
+    groups: list[tuple[str, int, int]], losses: list[tuple[str, int | None]]
 ) -> None:
     policy = MassOutagePolicy(min_lamps=5)
-    stored = [
-        loss_alert(f"D{i:02d}", DONG if same else OTHER_DONG, f"pl{i}") for i, same in dict(losses).items()
+    fleet = {
+        d.report.device_id: d
+        for dong, n, ago in groups
+        for d in lamps_of(dong, n, ago, district=OTHER_DISTRICT if dong == FAR_DONG else DISTRICT)
+    }
+    pending = [
+        loss(f"P{i}", ago, dong=dong, district=OTHER_DISTRICT if dong == FAR_DONG else DISTRICT)
+        for i, (dong, ago) in enumerate(losses)
     ]
     changes = plan_offline_alerts(
-        fleet,
-        [],
-        {DONG: 10, OTHER_DONG: 30},
-        now=NOW,
-        new_alert_id=ids("p"),
-        policy=policy,
-        power_losses=stored,
+        list(fleet.values()), [], {}, now=NOW, new_alert_id=ids("p"), policy=policy, pending=pending
     )
-    store = replay(stored, changes)
+    store = replay([], changes)
     live = active(store)
     outages = [a for a in live if a.kind is AlertKind.MASS_OUTAGE]
+    districts = [a.place.district_code for a in outages]
+    assert len(districts) == len(set(districts))  # one outage per district in one pass
     for outage in outages:
-        assert outage.count == len(outage.device_ids)
-        beside = [a for a in live if a.fault_code == "power_loss" and a.place.dong_code == outage.source_id]
-        assert beside == []
-    if not outages:
-        assert {a.id for a in live if a.fault_code == "power_loss"} == {a.id for a in stored}
+        assert outage.count == len(outage.device_ids) and outage.areas
+    covered = {area for a in outages for area in a.areas}
+    raised = [a for a in live if a.fault_code == "power_loss"]
+    assert not [a for a in raised if a.place.dong_code in covered]
+    for p in pending:
+        if p.device.dong_code not in covered and (p.since is None or (NOW - p.since).total_seconds() >= 120):
+            assert p.device.device_id in {a.source_id for a in raised}
+    assert (
+        plan_offline_alerts(
+            list(fleet.values()),
+            live,
+            {},
+            now=NOW,
+            new_alert_id=ids("q"),
+            policy=policy,
+            pending=pending,
+            power_losses=raised,
+        )
+        == []
+    )
