@@ -4,7 +4,9 @@ street east, the controller brightens the lamps ahead over a real broker (a flee
 ack); a shake of the (emulated) phone raises an SOS; the operator's console, in a second browser,
 sees it, acknowledges and dispatches it, and the page shows "dispatched" with the unit from its
 live socket (``/v1/sos/{id}/live``). The page is a PWA (manifest, service worker) that works under
-the API's Content-Security-Policy."""
+the API's Content-Security-Policy. Call-back: a bad number is refused with the reason, a good one is
+registered (E.164 shown) and revealed to the console as a tel: link, withdrawn by unticking (sent
+again after a network error), and a centre without phone keys says it offers no call-back."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ M_LON = 1 / 88_200  # degrees of longitude per metre at 37.5 N
 STREET = [(f"app-l{i}", DISTRICT, JUNG[0] + 0.00003, JUNG[1] + i * 20 * M_LON) for i in range(7)]
 FAR = "app-l6"  # 120 m east: lit only once the walker is on the way there
 SOS_STATE = "document.getElementById('sos-status').dataset.state"
+NOTE_STATE = "document.getElementById('callback-note').dataset.state"
+NOTE_TEXT = "document.getElementById('callback-note').textContent"
 
 WATCH_CSP_JS = """(() => {
   window.__csp = window.__csp || [];
@@ -108,6 +112,23 @@ def controller_running(cfg: ControllerConfig) -> Iterator[Controller]:
         loop.call_soon_threadsafe(task.cancel)
         thread.join(timeout=15.0)
         loop.close()
+
+
+def registered(c: httpx.Client, mine: dict[str, str]) -> bool:
+    """Whether the resident's export says a call-back number is held."""
+    r = c.get("/v1/residents/me/export", headers=mine)
+    assert r.status_code == 200, r.text
+    return bool(r.json()["phone_number"]["registered"])
+
+
+def offline(phone: Browser, off: bool) -> None:
+    phone.send(
+        "Network.emulateNetworkConditions",
+        offline=off,
+        latency=0,
+        downloadThroughput=-1,
+        uploadThroughput=-1,
+    )
 
 
 def move_to(phone: Browser, lat: float, lon: float) -> None:
@@ -212,21 +233,44 @@ def test_the_page_walks_brightens_raises_an_sos_by_shaking_and_sees_it_dispatche
         assert "op-jung" not in phone.evaluate("document.body.innerText")
         phone.screenshot(output_dir / "safety-app-dispatched.png")
 
-        # English with the toggle; the call-back consent is sent, or kept until the API offers it.
+        # English with the toggle. Call-back: a number the centre cannot call is refused with the
+        # server's reason and nothing is registered; a mobile number is registered (E.164 shown).
         phone.click("#lang")
         phone.wait_for("document.documentElement.lang === 'en'")
         assert "Help is on the way" in phone.evaluate("document.getElementById('sos-status').textContent")
+        phone.type("#phone", "112")
+        phone.click("#callback-consent")
+        phone.wait_for(f"{NOTE_STATE} === 'invalid'")
+        note = phone.evaluate(NOTE_TEXT)
+        assert note.startswith("This number cannot be used (a Korean number starts with 0"), note
+        assert phone.evaluate("document.getElementById('callback-consent').checked") is False
+        assert registered(c, mine) is False
+        phone.evaluate("document.getElementById('phone').value = '', true")
         phone.type("#phone", "010-1234-5678")
         phone.click("#callback-consent")
-        phone.wait_for("document.getElementById('callback-note').dataset.state")
-        note_state = phone.evaluate("document.getElementById('callback-note').dataset.state")
-        has_phone_api = c.put("/v1/residents/me/phone", json={}).status_code not in (404, 405)
-        assert note_state == ("saved" if has_phone_api else "pending"), note_state
+        phone.wait_for(f"{NOTE_STATE} === 'saved'")
+        assert "+821012345678" in phone.evaluate(NOTE_TEXT)
+        assert phone.evaluate("document.getElementById('phone').value") == "+821012345678"
         assert phone.evaluate("App.saved.callback") == {
             "consent": True,
-            "phone": "010-1234-5678",
-            "synced": has_phone_api,
+            "phone": "+821012345678",
+            "synced": True,
         }
+        assert registered(c, mine) is True
+
+        # The console reveals that number for the open SOS (audited) as a tel: link.
+        console.click(f'[data-alert-id="{alert_id}"]')
+        console.wait_for("!document.getElementById('callback').hidden", timeout_s=5.0)
+        console.click("#btn-reveal")
+        tel = console.wait_for(
+            "!document.getElementById('callback-tel').hidden"
+            " && document.getElementById('callback-tel').getAttribute('href')",
+            timeout_s=5.0,
+        )
+        assert tel == "tel:+821012345678"
+        assert console.evaluate("document.getElementById('callback-tel').textContent") == "+821012345678"
+        reveals = c.get("/v1/residents/me/export", headers=mine).json()["phone_number_reveals"]
+        assert [e["action"] for e in reveals] == ["phone.reveal"], reveals
 
         # The PWA: the service worker is active for /app/, and nothing broke the page's policy.
         scope = phone.wait_for(
@@ -247,6 +291,37 @@ def test_the_page_walks_brightens_raises_an_sos_by_shaking_and_sees_it_dispatche
             assert time.monotonic() < deadline, "the page did not end its walk"
             time.sleep(0.1)
 
+        # Unticking withdraws the consent, the number is deleted; offline, the page says so and
+        # sends the withdrawal once back online.
+        phone.send("Network.enable")
+        offline(phone, True)
+        phone.click("#callback-consent")
+        phone.wait_for(f"{NOTE_STATE} === 'retry'")
+        assert phone.evaluate("App.saved.callback.synced") is False
+        assert registered(c, mine) is True
+        offline(phone, False)
+        phone.wait_for(f"{NOTE_STATE} === 'off'", timeout_s=20.0)
+        assert registered(c, mine) is False
+        withdrawn = {"consent": False, "phone": "+821012345678", "synced": True}
+        assert phone.evaluate("App.saved.callback") == withdrawn
+
         # Reload mid-SOS: the page resumes the live status from where it was (since=event_id).
         phone.goto(base + "/app/")
         phone.wait_for(f"{SOS_STATE} === 'dispatched'", timeout_s=10.0)
+
+        # A centre that takes no phone numbers (no STREETLIGHT_PHONE_KEYS): the page says so.
+        with serve(fast_config(db_url, phone_keys=None)) as bare:
+            phone.goto(bare + "/app/")
+            phone.wait_for("window.App && App.ready")
+            if phone.evaluate("App.lang") != "en":
+                phone.click("#lang")
+            phone.click("#register")
+            phone.wait_for("!document.getElementById('app-view').hidden")
+            phone.type("#phone", "010-1234-5678")
+            phone.click("#callback-consent")
+            phone.wait_for(f"{NOTE_STATE} === 'unavailable'")
+            note = phone.evaluate(NOTE_TEXT)
+            assert note == "This control centre does not offer call-back. Your number was not sent.", note
+            assert phone.evaluate("document.getElementById('callback-consent').checked") is False
+            kept = {"consent": False, "phone": "010-1234-5678", "synced": True}
+            assert phone.evaluate("App.saved.callback") == kept

@@ -27,9 +27,11 @@ const TEXT = {
     reconnecting: '연결이 끊겨 다시 연결하는 중…',
     created: '접수',
     unit: '출동',
-    callbackSaved: '저장했습니다. SOS 때 관제센터가 전화할 수 있습니다.',
-    callbackOff: '전화 받기를 껐습니다.',
-    callbackPending: '이 서버는 아직 전화 받기를 지원하지 않습니다. 이 휴대폰에 저장해 두었다가 지원되면 보냅니다.',
+    callbackSaved: (n) => `${n} 번호를 등록했습니다. SOS 때 관제센터가 이 번호로 전화할 수 있습니다.`,
+    callbackOff: '전화 받기를 껐습니다. 등록한 번호는 삭제되었습니다.',
+    callbackInvalid: (d) => `이 번호는 쓸 수 없습니다 (${d}). 010-1234-5678처럼 입력해 주세요.`,
+    callbackUnavailable: '이 관제센터는 전화 받기(콜백)를 제공하지 않습니다. 번호는 보내지 않았습니다.',
+    callbackRetry: '서버에 연결할 수 없습니다. 연결되면 다시 보냅니다.',
     callbackNeedPhone: '휴대전화 번호를 입력해 주세요.',
     failed: (s) => `요청이 실패했습니다 (${s}). 다시 시도해 주세요.`,
   },
@@ -48,9 +50,11 @@ const TEXT = {
     reconnecting: 'Connection lost, reconnecting…',
     created: 'received',
     unit: 'dispatched',
-    callbackSaved: 'Saved. The control centre may call you during an SOS.',
-    callbackOff: 'Call-back turned off.',
-    callbackPending: 'This server does not offer call-back yet. Kept on this phone; sent once it does.',
+    callbackSaved: (n) => `Registered ${n}. The control centre may call you on it during an SOS.`,
+    callbackOff: 'Call-back turned off. Your number was deleted.',
+    callbackInvalid: (d) => `This number cannot be used (${d}). Enter it like 010-1234-5678.`,
+    callbackUnavailable: 'This control centre does not offer call-back. Your number was not sent.',
+    callbackRetry: 'Cannot reach the server. Will send again once connected.',
     callbackNeedPhone: 'Please enter your mobile number.',
     failed: (s) => `The request failed (${s}). Please try again.`,
   },
@@ -59,6 +63,7 @@ const TEXT = {
 const App = {
   lang: (navigator.language || 'ko').toLowerCase().startsWith('ko') ? 'ko' : 'en',
   saved: {}, // token, residentId, sos {id, eventId}, callback {consent, phone, synced}
+  callbackRetry: null, // the timer of the next call-back retry after a network error
   fix: null, // the latest {lat, lon, accuracy_m, heading_deg, speed_mps, t}
   walk: null, // {id, socket, watch, lamps, last, sentAt, timer}
   sos: null, // {id, socket, eventId, state, retry}
@@ -128,7 +133,7 @@ function showApp() {
   const cb = App.saved.callback || {};
   $('callback-consent').checked = !!cb.consent;
   $('phone').value = cb.phone || '';
-  if (cb.consent && !cb.synced) syncCallback(false);
+  if (cb.synced === false) syncCallback(false); // a change a network error kept from the server
   if (App.saved.sos && App.saved.sos.id) followSos(App.saved.sos.id, App.saved.sos.eventId || 0);
 }
 
@@ -412,34 +417,77 @@ async function enableShake() {
 
 // ------------------------------------------------------------------ call-back consent
 
-// PUT /v1/residents/me/phone {phone, callback_consent} stores the number for the control centre's
-// call-back; DELETE withdraws it. A server without the endpoint (404/405) is told later.
+// PUT /v1/residents/me/phone {number} registers the number (registering it is the consent; the
+// API answers it in E.164), DELETE withdraws it. 422: not a number the centre can call (the
+// server's state is unchanged); 503: this centre does not take numbers. Only a network error is
+// retried (kept in localStorage as synced: false, sent again when online and at the next start).
+const CALLBACK_RETRY_MS = 15000;
+
+function callbackNote(state, text) {
+  $('callback-note').dataset.state = state;
+  $('callback-note').textContent = text;
+}
+
+function callbackRetryLater() {
+  clearTimeout(App.callbackRetry);
+  App.callbackRetry = setTimeout(() => syncCallback(false), CALLBACK_RETRY_MS);
+}
+
 async function syncCallback(fromUser) {
+  clearTimeout(App.callbackRetry);
+  // What the server holds as far as the page knows (after an unsent change: nothing assumed).
+  const was = App.saved.callback || { consent: false };
+  const before = { consent: was.synced === false ? false : !!was.consent };
   const consent = $('callback-consent').checked;
   const phone = $('phone').value.trim();
-  App.saved.callback = { consent, phone, synced: false };
-  save();
   if (consent && !phone) {
-    if (fromUser) $('callback-note').textContent = t('callbackNeedPhone');
+    if (fromUser) callbackNote('need-phone', t('callbackNeedPhone'));
     return;
   }
-  const r = consent
-    ? await api('PUT', '/v1/residents/me/phone', { phone, callback_consent: true })
-    : await api('DELETE', '/v1/residents/me/phone');
-  if (r.status === 404 || r.status === 405) {
-    $('callback-note').dataset.state = 'pending';
-    $('callback-note').textContent = t('callbackPending');
+  App.saved.callback = { consent, phone, synced: false };
+  save();
+  let r;
+  try {
+    r = consent
+      ? await api('PUT', '/v1/residents/me/phone', { number: phone })
+      : await api('DELETE', '/v1/residents/me/phone');
+  } catch {
+    callbackNote('retry', t('callbackRetry'));
+    callbackRetryLater();
+    return;
+  }
+  const detail = r.data && typeof r.data.detail === 'string' ? r.data.detail : String(r.status);
+  if (r.status === 422) {
+    App.saved.callback = { consent: before.consent, phone, synced: true }; // nothing changed on the server
+    $('callback-consent').checked = before.consent;
+    save();
+    callbackNote('invalid', t('callbackInvalid', detail));
+    return;
+  }
+  if (r.status === 503) {
+    App.saved.callback = { consent: false, phone, synced: true };
+    $('callback-consent').checked = false;
+    save();
+    callbackNote('unavailable', t('callbackUnavailable'));
+    return;
+  }
+  if (r.status >= 500) { // a server in trouble: like the network, try again later
+    callbackNote('retry', t('failed', detail));
+    callbackRetryLater();
     return;
   }
   if (r.status >= 400) {
-    $('callback-note').dataset.state = 'error';
-    $('callback-note').textContent = t('failed', (r.data && r.data.detail) || r.status);
+    App.saved.callback = { consent: before.consent, phone, synced: true };
+    $('callback-consent').checked = before.consent;
+    save();
+    callbackNote('error', t('failed', detail));
     return;
   }
-  App.saved.callback.synced = true;
+  const stored = consent ? r.data.number : phone;
+  App.saved.callback = { consent, phone: stored, synced: true };
   save();
-  $('callback-note').dataset.state = 'saved';
-  $('callback-note').textContent = consent ? t('callbackSaved') : t('callbackOff');
+  if (consent) $('phone').value = stored;
+  callbackNote(consent ? 'saved' : 'off', consent ? t('callbackSaved', stored) : t('callbackOff'));
 }
 
 // ------------------------------------------------------------------ start
@@ -461,6 +509,9 @@ function start() {
   $('shake').addEventListener('change', enableShake);
   $('callback-save').addEventListener('click', () => syncCallback(true));
   $('callback-consent').addEventListener('change', () => syncCallback(true));
+  window.addEventListener('online', () => {
+    if (App.saved.callback && App.saved.callback.synced === false) syncCallback(false);
+  });
   window.addEventListener('devicemotion', onMotion);
   applyLang();
   if (App.saved.token) showApp();
