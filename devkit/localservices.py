@@ -17,11 +17,14 @@ test or a benchmark imports its local services from one place.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,12 +43,14 @@ from store.embedded import PgService, configured_pg, start_embedded_pg
 __all__ = [
     "MqttService",
     "PgCluster",
+    "PgReplicaSet",
     "PgService",
     "configured_mqtt",
     "configured_pg",
     "find_pg_bin",
     "free_port",
     "mosquitto_config",
+    "pg_replication_installed",
     "provide_mqtt",
     "provide_pg",
     "rabbitmq_installed",
@@ -54,6 +59,7 @@ __all__ = [
     "start_embedded_pg",
     "start_mosquitto",
     "start_pg_cluster",
+    "start_pg_replicated",
     "start_rabbitmq",
     "tcp_reachable",
     "terminate",
@@ -167,6 +173,8 @@ class PgCluster(PgService):
     """Started with TimescaleDB preloaded (and worker slots for its jobs)."""
     durable: bool = False
     """Started with fsync and synchronous commit on, as deployed (benchmarks), not the test settings."""
+    options: str = ""
+    """More ``-c name=value`` server options, after the others (replication: :func:`start_pg_replicated`)."""
 
     def _pg_ctl(self, *args: str) -> int:
         assert self.pg_bin is not None and self.datadir is not None
@@ -183,6 +191,7 @@ class PgCluster(PgService):
         """Start the cluster again after stop (fault injection)."""
         assert self.datadir is not None
         opts = _pg_options(self.port or 5432, self.datadir, timescale=self.timescale, durable=self.durable)
+        opts = f"{opts} {self.options}".rstrip()
         if self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.datadir / "server.log"), "-o", opts) != 0:
             raise RuntimeError(f"pg_ctl start failed; see {self.datadir}/server.log")
 
@@ -237,14 +246,20 @@ def find_pg_bin() -> Path | None:
 
 
 def start_pg_cluster(
-    workdir: Path, *, port: int | None = None, timescale: bool = False, durable: bool = False
+    workdir: Path,
+    *,
+    port: int | None = None,
+    timescale: bool = False,
+    durable: bool = False,
+    options: str = "",
 ) -> PgCluster:
     """initdb + pg_ctl start a throwaway cluster on a free port (as 'postgres' when we are root).
 
     ``timescale``: preload TimescaleDB and give its jobs worker slots (False: the state of a
     server right after the package is installed and before postgresql.conf is edited).
     ``durable``: fsync, synchronous commit and full page writes on, as a deployed server runs
-    (False: the tests' settings, which skip every flush to disk)."""
+    (False: the tests' settings, which skip every flush to disk). ``options``: more ``-c`` server
+    options, given after those."""
     pg_bin = find_pg_bin()
     if pg_bin is None:
         raise FileNotFoundError("initdb/pg_ctl are not installed")
@@ -284,9 +299,136 @@ def start_pg_cluster(
         pg_bin=pg_bin,
         timescale=timescale,
         durable=durable,
+        options=options,
     )
     svc.start_again()
     return svc
+
+
+# A primary and its streaming hot standby (issue 23). The names are the standbys' application
+# names (their ``cluster_name``), which ``synchronous_standby_names`` lists.
+PRIMARY_NAME = "sl_primary"
+STANDBY_NAME = "sl_standby"
+REPLICATION_SLOT = "sl_standby_slot"
+
+
+def pg_replication_installed(pg_bin: Path | None = None) -> bool:
+    """True when this machine has the server binaries a primary and a standby need."""
+    pg_bin = pg_bin or find_pg_bin()
+    return pg_bin is not None and all((pg_bin / b).exists() for b in ("initdb", "pg_ctl", "pg_basebackup"))
+
+
+@dataclass
+class PgReplicaSet:
+    """A PostgreSQL primary and a hot standby streaming from it through a replication slot.
+
+    ``synchronous``: the primary lists the standby in ``synchronous_standby_names`` (with
+    ``synchronous_commit=on``), so a commit returns only once the standby has flushed it to its WAL:
+    a commit acknowledged before the primary is lost is on the standby. False: asynchronous
+    streaming, a commit may be acknowledged and then lost with the primary (the RPO is the standby's
+    lag). Both run ``durable`` (fsync on), as deployed: the cost of a commit is measured on them.
+    """
+
+    primary: PgCluster
+    standby: PgCluster
+    synchronous: bool
+
+    def url(self, dbname: str) -> str:
+        """The multi-host connection string the services use: whichever of the two accepts writes."""
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}/{dbname}"
+            "?target_session_attrs=read-write&connect_timeout=2"
+        )
+
+    def streaming(self) -> dict[str, str]:
+        """The primary's view of its standby: ``state`` (streaming) and ``sync_state`` (sync, async)."""
+        import psycopg  # the devkit may use the driver; only here, to keep the module's import light
+
+        with psycopg.connect(self.primary.url, autocommit=True, connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = %s",
+                (STANDBY_NAME,),
+            ).fetchone()
+        return {"state": str(row[0]), "sync_state": str(row[1])} if row else {}
+
+    def wait_streaming(self, timeout_s: float = 30.0) -> None:
+        """Wait until the standby streams from the primary (and is its synchronous one when asked)."""
+        want = "sync" if self.synchronous else "async"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(Exception):
+                if self.streaming() == {"state": "streaming", "sync_state": want}:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the standby is not streaming ({want}) from the primary")
+            time.sleep(0.1)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary's postmaster (its backends notice and exit); returns its pid."""
+        assert self.primary.datadir is not None
+        pid = int((self.primary.datadir / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def promote(self) -> None:
+        """Promote the standby (``pg_ctl promote``, waiting until it accepts writes)."""
+        if self.standby._pg_ctl("promote", "-w", "-t", "60") != 0:
+            raise RuntimeError(f"pg_ctl promote failed; see {self.standby.datadir}/server.log")
+
+    def stop(self) -> None:
+        """Stop both servers (immediately: throwaway data) and remove their files."""
+        for pg in (self.standby, self.primary):
+            pg.stop("immediate")
+            if pg.datadir is not None:
+                shutil.rmtree(pg.datadir, ignore_errors=True)
+
+
+def start_pg_replicated(workdir: Path, *, synchronous: bool = True, timeout_s: float = 60.0) -> PgReplicaSet:
+    """A primary (``wal_level=replica``) and a hot standby made by ``pg_basebackup -R`` with a slot.
+
+    As root both run as ``postgres`` (PostgreSQL refuses root), their files in a fresh folder
+    under the system temp dir. See :class:`PgReplicaSet` for ``synchronous``."""
+    pg_bin = find_pg_bin()
+    if pg_bin is None or not pg_replication_installed(pg_bin):
+        raise FileNotFoundError("initdb/pg_ctl/pg_basebackup are not installed")
+    replication = "-c wal_level=replica -c max_wal_senders=4 -c max_replication_slots=4 -c hot_standby=on"
+    sync = f" -c synchronous_standby_names={STANDBY_NAME}" if synchronous else ""
+    primary = start_pg_cluster(
+        workdir, durable=True, options=f"{replication} -c cluster_name={PRIMARY_NAME}{sync}"
+    )
+    assert primary.datadir is not None and primary.port is not None
+    standby_dir = primary.datadir.parent / "standby"
+    cmd = [
+        str(pg_bin / "pg_basebackup"),
+        "-D", str(standby_dir), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+        "-X", "stream", "-R", "-C", "-S", REPLICATION_SLOT, "--checkpoint=fast", "--no-sync",
+    ]  # fmt: skip
+    if primary.run_as:
+        cmd = ["runuser", "-u", primary.run_as, "--", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout_s)
+    if out.returncode != 0:
+        primary.stop("immediate")
+        raise RuntimeError(f"pg_basebackup failed: {out.stderr.strip()}")
+    # Not synchronous_standby_names here: once promoted, it would wait for a standby it has not got.
+    standby = PgCluster(
+        "pg_ctl",
+        f"postgresql://postgres@127.0.0.1:{(port := free_port())}/postgres",
+        standby_dir,
+        port,
+        run_as=primary.run_as,
+        pg_bin=pg_bin,
+        durable=True,
+        options=f"{replication} -c cluster_name={STANDBY_NAME}",
+    )
+    replicas = PgReplicaSet(primary, standby, synchronous)
+    try:
+        standby.start_again()
+        replicas.wait_streaming(timeout_s)
+    except (RuntimeError, TimeoutError):
+        replicas.stop()
+        raise
+    log.info("pg_replicated_started", primary=primary.port, standby=standby.port, synchronous=synchronous)
+    return replicas
 
 
 def provide_pg(

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from devkit.faults import catalogue
+from devkit.faults import catalogue, failover
 from devkit.localservices import start_pg_cluster
 from store import migrate
 
@@ -35,6 +35,7 @@ PLAN: list[tuple[str, float]] = [
     ("broker_kills", 190),
     ("ingest_kills", 130),
     ("db_outage", 150),
+    ("db_failover", 60),
     ("impaired_link", 90),
     ("sos_with_kills", 150),
     ("lamp_offline", 50),
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "db_outage": lambda w: catalogue.db_outage(
             w, rate=1000, before_s=10, outage_s=60 * scale, after_s=20
+        ),
+        "db_failover": lambda w: failover.db_failover(
+            w, rate=1000, before_s=10, promote_after_s=max(1.0, 10 * scale), after_s=20, sos=n(30)
         ),
         "impaired_link": lambda w: catalogue.impaired_link(
             w, fresh_db(), count=n(20_000), lamps=500, rate=500, cuts=5
