@@ -137,6 +137,11 @@ def provision(tmp_path: Path, db_url: str, *files: Path) -> str:
     ]
     for f in files:
         args += ["--devices", str(f)]
+    return cli_output(args)
+
+
+def cli_output(args: list[str]) -> str:
+    """What ``streetlight <args>`` prints (its exit code must be 0)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert cli_main(args) == 0
