@@ -22,8 +22,6 @@ as the resident's export is; its messages carry no position, so there is no read
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import orjson
@@ -35,6 +33,7 @@ from alerts._errors import AlertError
 from api.hub import Watcher
 from api.residents import WalkRefused, sos_status_of
 from api.security import hash_resident_token
+from api.sockets import drain, until_first_ends
 from api.state import AppState, resident_subject
 from api.walklive import first_message_token, header_token
 from runtime.logs import get_logger
@@ -162,15 +161,6 @@ async def _pump(
             return
 
 
-async def _drain(ws: WebSocket) -> None:
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") == "ping":
-            await ws.send_text('{"type":"pong"}')
-
-
 def _since(ws: WebSocket) -> int | None:
     raw = ws.query_params.get("since", "0") or "0"
     try:
@@ -226,18 +216,9 @@ async def sos_live(ws: WebSocket, alert_id: str) -> None:
         if closed:
             await ws.close(_NORMAL, f"sos {first['status']['status']}")
             return
-        tasks = [
-            asyncio.create_task(_pump(ws, state, watcher, resident, first), name="sos-live-pump"),
-            asyncio.create_task(_drain(ws), name="sos-live-drain"),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await until_first_ends(
+            {"sos-live-pump": _pump(ws, state, watcher, resident, first), "sos-live-drain": drain(ws)}
+        )
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

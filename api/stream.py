@@ -16,7 +16,6 @@ token's expiry closes it with 1008 too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Any
@@ -27,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from api.hub import RESIDENT_KEY, Subscriber, alert_message
 from api.operators import audit_resident_places
 from api.security import InvalidToken, Operator
+from api.sockets import drain, until_first_ends
 from api.state import AppState, operator_from_token, resident_subject, visible_districts, visible_kinds
 from store.alerts import last_event_id, stream_catch_up
 from store.errors import DatabaseUnavailable
@@ -126,15 +126,6 @@ async def _expire(ws: WebSocket, op: Operator) -> None:
     await ws.close(code=_POLICY_VIOLATION, reason="operator token expired; log in again")
 
 
-async def _drain(ws: WebSocket) -> None:
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") == "ping":
-            await ws.send_text('{"type":"pong"}')
-
-
 @router.websocket("/v1/stream")
 async def stream(ws: WebSocket) -> None:
     """Live alert and lamp changes of the operator's districts."""
@@ -174,19 +165,13 @@ async def stream(ws: WebSocket) -> None:
         await ws.send_text(json.dumps(hello))
         for row in rows:
             await ws.send_text(json.dumps(alert_message(row, replay=True), ensure_ascii=False, default=str))
-        tasks = [
-            asyncio.create_task(_pump(ws, sub, state, op, token), name="stream-pump"),
-            asyncio.create_task(_drain(ws), name="stream-drain"),
-            asyncio.create_task(_expire(ws, op), name="stream-expiry"),
-        ]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await until_first_ends(
+            {
+                "stream-pump": _pump(ws, sub, state, op, token),
+                "stream-drain": drain(ws),
+                "stream-expiry": _expire(ws, op),
+            }
+        )
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

@@ -7,7 +7,7 @@ others, one per line, with a suggested event name and the arguments to turn into
     controller/_service.py:412 warning 'publish of %s failed: %s' (cmd.id, exc) -> publish_failed
 
 and the module loggers still made with ``logging.getLogger`` (``log = get_logger(__name__)``
-instead). ``tests/unit/test_logs.py`` runs ``prose_calls`` over the packages already converted.
+instead). ``tests/unit/test_logs.py`` runs ``prose_calls`` over every package (``PACKAGES``).
 """
 
 from __future__ import annotations
@@ -92,6 +92,22 @@ def _calls(path: Path) -> Iterator[LogCall]:
             yield LogCall(path, node.lineno, node.func.attr, shown, args)
 
 
+# Every package of the project: their log calls are structured events.
+PACKAGES = (
+    "alerts",
+    "api",
+    "broker",
+    "controller",
+    "devkit",
+    "firmware_sim",
+    "geo",
+    "ingest",
+    "runtime",
+    "store",
+    "streetlight",
+)
+
+
 def prose_calls(paths: Iterable[Path]) -> list[LogCall]:
     """The unstructured log calls and stdlib module loggers in ``paths`` (files or directories)."""
     found: list[LogCall] = []
@@ -105,22 +121,7 @@ def prose_calls(paths: Iterable[Path]) -> list[LogCall]:
 def main(argv: list[str] | None = None) -> int:
     """Print the calls left in the given paths (default: every package); 1 when there are any."""
     args = sys.argv[1:] if argv is None else argv
-    paths = [Path(a) for a in args] or [
-        Path(p)
-        for p in (
-            "alerts",
-            "api",
-            "broker",
-            "controller",
-            "devkit",
-            "firmware_sim",
-            "geo",
-            "ingest",
-            "runtime",
-            "store",
-            "streetlight",
-        )
-    ]
+    paths = [Path(a) for a in args] or [Path(p) for p in PACKAGES]
     calls = prose_calls(paths)
     for call in calls:
         print(call)  # noqa: T201

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg.rows import dict_row
 
-from store.types import Conn
+from store.types import Conn, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,17 +65,7 @@ def load_command_target(conn: Conn, device_id: str) -> CommandTarget | None:
         ).fetchone()
     if r is None:
         return None
-    lamp = None
-    if r["lat"] is not None and r["lon"] is not None:
-        lamp = LampRow(
-            device_id=r["device_id"],
-            kind=r["kind"],
-            district=r["district_code"],
-            lat=float(r["lat"]),
-            lon=float(r["lon"]),
-            lamp_number=r["lamp_number"] or "",
-            paired=r["paired_device_id"],
-        )
+    lamp = _lamp_row(r) if r["lat"] is not None and r["lon"] is not None else None
     return CommandTarget(r["device_id"], r["district_code"] or "", bool(r["online"]), lamp)
 
 
@@ -86,18 +76,20 @@ def load_devices(conn: Conn) -> list[LampRow]:
             "SELECT device_id, kind, district_code, lamp_number, lat, lon, paired_device_id FROM devices "
             "WHERE lat IS NOT NULL AND lon IS NOT NULL ORDER BY device_id"
         ).fetchall()
-    return [
-        LampRow(
-            device_id=r["device_id"],
-            kind=r["kind"],
-            district=r["district_code"],
-            lat=float(r["lat"]),
-            lon=float(r["lon"]),
-            lamp_number=r["lamp_number"] or "",
-            paired=r["paired_device_id"],
-        )
-        for r in rows
-    ]
+    return [_lamp_row(r) for r in rows]
+
+
+def _lamp_row(r: Row) -> LampRow:
+    """A ``devices`` row with a position as a `LampRow`."""
+    return LampRow(
+        device_id=r["device_id"],
+        kind=r["kind"],
+        district=r["district_code"],
+        lat=float(r["lat"]),
+        lon=float(r["lon"]),
+        lamp_number=r["lamp_number"] or "",
+        paired=r["paired_device_id"],
+    )
 
 
 def active_walks(conn: Conn, districts: Sequence[str], fresh_s: float) -> list[WalkRow]:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from controller import Controller, ControllerConfig
 from ingest import IngestWorker
 from streetlight.cli import main as cli_main
 
@@ -63,6 +65,21 @@ def running(worker: IngestWorker) -> Iterator[IngestWorker]:
     finally:
         worker.stop()
         thread.join(20)
+
+
+@contextlib.asynccontextmanager
+async def controller_running(cfg: ControllerConfig) -> AsyncIterator[Controller]:
+    """A controller running on this event loop, ready (leases taken), for the `async with` block;
+    cancelled after."""
+    controller = Controller(cfg)
+    task = asyncio.create_task(controller.run())
+    try:
+        await asyncio.wait_for(controller.ready.wait(), 10)
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
@@ -120,6 +137,11 @@ def provision(tmp_path: Path, db_url: str, *files: Path) -> str:
     ]
     for f in files:
         args += ["--devices", str(f)]
+    return cli_output(args)
+
+
+def cli_output(args: list[str]) -> str:
+    """What ``streetlight <args>`` prints (its exit code must be 0)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert cli_main(args) == 0

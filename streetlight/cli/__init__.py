@@ -11,6 +11,10 @@ import argparse
 import importlib
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streetlight.settings import Settings
 
 # name -> module under streetlight.cli; the order is the order of --help.
 COMMANDS: dict[str, str] = {
@@ -43,6 +47,15 @@ def load_optional(package: str, module: str) -> ModuleType | None:
 def load_command(module: str) -> ModuleType | None:
     """The module of a sub-command, or None when it is not built."""
     return load_optional("streetlight.cli", module)
+
+
+def database_url(command: str, flag: str | None, settings: Settings) -> str | None:
+    """``--database-url`` (``flag``), else ``DATABASE_URL``; None, said on stdout for
+    ``streetlight <command>``, when neither is set."""
+    url = flag or settings.database_url
+    if not url:
+        print(f"streetlight {command}: no database: pass --database-url or set DATABASE_URL")
+    return url
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from streetlight import bootstrap
+from streetlight.cli import database_url
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "serve the Safety-app and operators' API and the console (migrates the database first)"
@@ -88,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     warn_secrets_in_flags("api", {"--database-url": args.database_url})
     bootstrap.start_process(settings)
-    url = args.database_url or settings.database_url
+    url = database_url("api", args.database_url, settings)
     if not url:
-        print("streetlight api: no database: pass --database-url or set DATABASE_URL")
         return 2
     new_operator: tuple[str, str] | None = None
     if args.create_operator:

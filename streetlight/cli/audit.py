@@ -6,6 +6,7 @@ import argparse
 import json
 
 from streetlight import bootstrap
+from streetlight.cli import database_url
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "check the privacy audit trail: every row links to the one before and matches its hash"
@@ -25,9 +26,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     warn_secrets_in_flags("audit", {"--database-url": args.database_url})
     bootstrap.start_process(settings)
-    url = args.database_url or settings.database_url
+    url = database_url("audit", args.database_url, settings)
     if not url:
-        print("streetlight audit: no database: pass --database-url or set DATABASE_URL")
         return 2
     try:
         report = verify_audit_chain_at(url)

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 from streetlight import bootstrap
+from streetlight.cli import database_url
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "apply the database migrations (creates or updates the schema; safe to run twice)"
@@ -78,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     warn_secrets_in_flags("migrate", {"--database-url": args.database_url})
     bootstrap.start_process(settings)
-    url = args.database_url or settings.database_url
+    url = database_url("migrate", args.database_url, settings)
     if not url:
-        print("streetlight migrate: no database: pass --database-url or set DATABASE_URL")
         return 2
     try:
         wanted = settings.timescale_wanted

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from streetlight import bootstrap
+from streetlight.cli import database_url
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 HELP = "residents' phone numbers: re-encrypt under the current key (rotate), or print a new key (new-key)"
@@ -42,9 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if keyring is None:
         print("streetlight phones: STREETLIGHT_PHONE_KEYS is not set")
         return 2
-    url = args.database_url or settings.database_url
+    url = database_url("phones", args.database_url, settings)
     if not url:
-        print("streetlight phones: no database: pass --database-url or set DATABASE_URL")
         return 2
     with connect(url) as conn:
         done = rotate_phones(conn, keyring)

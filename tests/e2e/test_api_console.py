@@ -36,8 +36,8 @@ from firmware_sim.residents import GpsFix
 from store.commands import record_ack, settle_unsent
 from store.jobs import refresh_rollups
 from store.writer import TelemetryRow, write_telemetry
-from tests.conftest import skip_unless
-from tests.e2e.cdp import Browser, find_chromium
+from tests.e2e.cdp import Browser
+from tests.e2e.conftest import log_in
 from tests.integration.test_cameras import JUNG_UTF8, SOS, TEMPLATE, import_cameras
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -47,18 +47,6 @@ LAMPS = [
     ("e2e-j2", "11020", JUNG[0] + 0.0003, JUNG[1]),
     ("e2e-g1", "11230", GANGNAM[0], GANGNAM[1] + 0.0001),
 ]
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    exe = find_chromium()
-    skip_unless(
-        exe is not None, "no chromium on PATH (python3 dev.py test installs Debian's chromium as root)"
-    )
-    assert exe is not None
-    b = Browser(exe, tmp_path / "profile")
-    yield b
-    b.close()
 
 
 # The SOS must reach the console within this long of the API's 202. Measured from the 202 (wall
@@ -236,9 +224,7 @@ def test_operator_sees_an_sos_live_and_acknowledges_and_dispatches_it(
         browser.goto(base + "/")
         browser.evaluate(WATCH_CSP_JS)
         browser.evaluate("localStorage.setItem('sl.lang', 'ko'), true")
-        browser.type("#login-user", "op-jung")
-        browser.type("#login-pass", PASSWORD)
-        browser.click("#login-submit")
+        log_in(browser)
         browser.wait_for("document.querySelector('#conn.up') !== null")
         browser.wait_for("document.querySelectorAll('#map-areas path').length > 0")
         browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
@@ -367,9 +353,7 @@ def test_a_burst_of_sos_from_one_address_is_marked_below_the_real_one_and_logout
     with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
         browser.viewport(1440, 900)
         browser.goto(base + "/")
-        browser.type("#login-user", "op-jung")
-        browser.type("#login-pass", PASSWORD)
-        browser.click("#login-submit")
+        log_in(browser)
         browser.wait_for("document.querySelector('#conn.up') !== null")
         farm_transport = httpx.HTTPTransport(local_address="127.0.0.9")
         with httpx.Client(base_url=base, timeout=10.0, transport=farm_transport) as farm:
@@ -450,9 +434,7 @@ def _login(browser: Browser, base: str) -> None:
     browser.viewport(1440, 900)
     browser.goto(base + "/")
     browser.evaluate(WATCH_CSP_JS)
-    browser.type("#login-user", "op-jung")
-    browser.type("#login-pass", PASSWORD)
-    browser.click("#login-submit")
+    log_in(browser)
     browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
 
 
@@ -511,9 +493,7 @@ def test_the_lamp_panel_shows_the_operators_commands_and_their_status_live(
     with serve(fast_config(db_url)) as base, httpx.Client(base_url=base, timeout=10.0) as c:
         browser.viewport(1440, 900)
         browser.goto(base + "/")
-        browser.type("#login-user", "maint-jung")
-        browser.type("#login-pass", PASSWORD)
-        browser.click("#login-submit")
+        log_in(browser, "maint-jung")
         browser.wait_for("document.querySelectorAll('#map-lamps path.lamp[data-device-id]').length === 2")
         token = browser.evaluate("S.token")
         headers = {"Authorization": f"Bearer {token}"}

@@ -4,33 +4,20 @@ panel shows a provisioned lamp's neighbourhood and address."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from devkit.apiclient import PASSWORD, fast_config, resident, seed, serve
-from tests.conftest import skip_unless
-from tests.e2e.cdp import Browser, find_chromium
+from devkit.apiclient import fast_config, resident, seed, serve
+from tests.e2e.cdp import Browser
+from tests.e2e.conftest import log_in
 from tests.e2e.test_api_console import MAP_IDLE
 from tests.helpers import provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 REGISTER = Path(__file__).resolve().parents[1] / "data" / "register" / "junggu_utf8.csv"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    exe = find_chromium()
-    skip_unless(
-        exe is not None, "no chromium on PATH (python3 dev.py test installs Debian's chromium as root)"
-    )
-    assert exe is not None
-    b = Browser(exe, tmp_path / "profile")
-    yield b
-    b.close()
 
 
 def test_the_console_reads_an_sos_place_out_in_korean_and_english(
@@ -42,9 +29,7 @@ def test_the_console_reads_an_sos_place_out_in_korean_and_english(
         browser.viewport(1440, 900)
         browser.goto(base + "/")
         browser.evaluate("localStorage.setItem('sl.lang', 'ko'), true")
-        browser.type("#login-user", "op-jung")
-        browser.type("#login-pass", PASSWORD)
-        browser.click("#login-submit")
+        log_in(browser)
         browser.wait_for("document.querySelector('#conn.up') !== null")
 
         r = c.post("/v1/sos", json={"lat": 37.5610, "lon": 126.9947, "accuracy_m": 8.0}, headers=resident(c))

@@ -5,7 +5,6 @@ opens the hand-over listing what is open and what the operator did."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,25 +13,13 @@ import psycopg
 import pytest
 
 from alerts import AlertKind, new_alert
-from devkit.apiclient import JUNG, PASSWORD, fast_config, resident, seed, serve
+from devkit.apiclient import JUNG, fast_config, resident, seed, serve
 from store.alerts import save_alert
-from tests.conftest import skip_unless
-from tests.e2e.cdp import Browser, find_chromium
+from tests.e2e.cdp import Browser
+from tests.e2e.conftest import log_in
 from tests.integration.test_api_workday import JUNG_PLACE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    exe = find_chromium()
-    skip_unless(
-        exe is not None, "no chromium on PATH (python3 dev.py test installs Debian's chromium as root)"
-    )
-    assert exe is not None
-    b = Browser(exe, tmp_path / "profile")
-    yield b
-    b.close()
 
 
 def test_search_and_handover_views_work_by_keyboard(browser: Browser, db_url: str, output_dir: Path) -> None:
@@ -54,9 +41,7 @@ def test_search_and_handover_views_work_by_keyboard(browser: Browser, db_url: st
         browser.viewport(1440, 900)
         browser.goto(base + "/")
         browser.evaluate("localStorage.setItem('sl.lang', 'ko'), true")
-        browser.type("#login-user", "op-jung")
-        browser.type("#login-pass", PASSWORD)
-        browser.click("#login-submit")
+        log_in(browser)
         browser.wait_for("document.querySelector('#conn.up') !== null")
         browser.evaluate("document.activeElement.blur(), true")
 

@@ -18,7 +18,7 @@ import pytest
 from api.config import CameraStreams
 from devkit.apiclient import fast_config, login, resident, seed, serve
 from streetlight.cli import main as cli_main
-from tests.helpers import count
+from tests.helpers import cli_output, count
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,7 @@ def import_cameras(db_url: str, *files: Path) -> str:
     args = ["provision", "--database-url", db_url]
     for f in files:
         args += ["--cameras", str(f)]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli_main(args) == 0
-    return out.getvalue()
+    return cli_output(args)
 
 
 def camera_rows(db_url: str) -> dict[str, dict[str, object]]:

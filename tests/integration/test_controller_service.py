@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
@@ -26,7 +25,7 @@ import pytest
 
 from alerts import AlertKind, EscalationPolicy, Place, Position, acknowledge, new_alert, resolve
 from broker import ConnectionParams, paho_client, parse_mqtt_url
-from controller import Controller, ControllerConfig, HoldPolicy
+from controller import ControllerConfig, HoldPolicy
 from devkit.bench.controller import LampFleet, LampSpec
 from devkit.localservices import MqttService, start_mosquitto
 from geo import LampIndex, lamps_for_walker, load_safety_zones
@@ -36,6 +35,7 @@ from store.notes import WALK_CHANNEL, WalkMoved, notify
 from store.walkpositions import QueuedPosition, add_positions_and_notify
 from store.walks import create_resident, start_walk
 from tests.conftest import skip_unless
+from tests.helpers import controller_running
 
 ROOT = Path(__file__).resolve().parents[2]
 DISTRICT = "11140"  # Jung-gu
@@ -87,19 +87,6 @@ def world(db_url: str, mqtt_service: MqttService, unique_id: str) -> World:
                 conn, spec.device_id, kind="lamp", district_code=DISTRICT, lat=spec.lat, lon=spec.lon
             )
     return World(db_url, parse_mqtt_url(mqtt_service.url), lamps, prefix)
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: ControllerConfig) -> AsyncIterator[Controller]:
-    controller = Controller(cfg)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.ready.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -189,7 +176,7 @@ async def test_a_walk_brightens_the_lamps_around_and_ahead_which_ack_and_two_wal
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
         start_walk(conn, "walk-a", "res-a", started_at=datetime.now(UTC), district_code=DISTRICT)
-        async with running(world.cfg()) as ctl:
+        async with controller_running(world.cfg()) as ctl:
             _walk_note(conn, "walk-a", "position", lat, lon, 0.0, 1.4)
             await until(lambda: all("walk-a" in fleet.sources(i) for i in expected), 5, "walk-a lamps")
             assert all(fleet.sources(i)["walk-a"] == (100, False) for i in expected)
@@ -217,7 +204,7 @@ async def test_an_impossible_jump_is_refused_with_a_reason(world: World) -> None
         LampFleet(world.params, world.lamps) as fleet,
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
-        async with running(world.cfg()) as ctl:
+        async with controller_running(world.cfg()) as ctl:
             _walk_note(conn, "walk-j", "position", lat, lon, 0.0, 0.0)
             await until(lambda: "walk-j" in fleet.sources(world.lamps[0].device_id), 5, "first fix")
             _walk_note(conn, "walk-j", "position", lat + 0.05, lon, 0.0, 0.0)  # 5.5 km in a moment
@@ -235,7 +222,7 @@ async def test_a_beacon_sighting_brightens_its_lamp_and_neighbours_without_gps(w
         )  # fmt: skip
     token = "ab" * 16
     with LampFleet(world.params, world.lamps) as fleet:
-        async with running(world.cfg()):
+        async with controller_running(world.cfg()):
             pub = paho_client(world.params, f"bk-{world.prefix}")
             pub.connect(world.params.host, world.params.port)
             pub.loop_start()
@@ -265,7 +252,7 @@ async def test_an_sos_reaches_both_centres_and_blinks_the_lamps_within_50m_which
         LampFleet(world.params, world.lamps, silent=[silent]) as fleet,
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
-        async with running(world.cfg()):
+        async with controller_running(world.cfg()):
             _sos(conn, "SOS-1", lat, lon, neighbours=(NEIGHBOUR,))
             await until(lambda: len({t for t, _ in centres.for_alert("SOS-1")}) >= 2, 5, "both centres")
             topics = {t for t, _ in centres.for_alert("SOS-1")}
@@ -334,7 +321,7 @@ async def test_acknowledged_alerts_do_not_escalate_and_unacknowledged_ones_do_on
     lat, lon = world.lamps[5].lat, world.lamps[5].lon
     try:
         with LampFleet(world.params, world.lamps), psycopg.connect(world.db_url, autocommit=True) as conn:
-            async with running(cfg):
+            async with controller_running(cfg):
                 t0 = time.monotonic()
                 _sos(conn, "SOS-ACK", lat, lon)
                 _sos(conn, "SOS-NOACK", lat, lon)
@@ -372,7 +359,7 @@ async def test_resolving_an_sos_stops_the_blinking(world: World, centres: Centre
         LampFleet(world.params, world.lamps) as fleet,
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
-        async with running(world.cfg()):
+        async with controller_running(world.cfg()):
             _sos(conn, "SOS-R", lat, lon)
             await until(lambda: "SOS-R" in fleet.sources(lamp), 5, "blink")
             now = datetime.now(UTC)
@@ -437,7 +424,7 @@ async def test_two_controllers_split_the_districts_and_a_killed_one_is_replaced_
             LampFleet(world.params, world.lamps) as fleet,
             psycopg.connect(world.db_url, autocommit=True) as conn,
         ):
-            async with running(cfg) as survivor:
+            async with controller_running(cfg) as survivor:
                 # Two controllers: each gets one district.
                 await until(lambda: sorted(owners().values()) == ["survivor", "victim"], 10, "a split")
                 victim_district = next(d for d, o in owners().items() if o == "victim")
@@ -475,7 +462,7 @@ async def test_no_lamp_stays_bright_longer_than_the_hold_time_after_the_controll
         LampFleet(world.params, world.lamps) as fleet,
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
-        async with running(world.cfg(holds=HoldPolicy(hold_s=hold_s))) as ctl:
+        async with controller_running(world.cfg(holds=HoldPolicy(hold_s=hold_s))) as ctl:
             _walk_note(conn, "walk-d", "position", lat, lon, 0.0, 0.0)
             await until(lambda: "walk-d" in fleet.sources(lamp), 5, "brightened")
             ctl.release_on_exit = False  # a crash: nothing is cleaned up
@@ -491,7 +478,7 @@ async def test_bad_messages_and_notifications_are_counted_and_the_controller_goe
         LampFleet(world.params, world.lamps) as fleet,
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
-        async with running(world.cfg()) as ctl:
+        async with controller_running(world.cfg()) as ctl:
             pub = paho_client(world.params, f"bad-{world.prefix}")
             pub.connect(world.params.host, world.params.port)
             pub.loop_start()
@@ -546,7 +533,7 @@ async def test_an_sos_in_a_guard_zone_during_patrol_hours_reaches_the_guards(wor
     alert = new_alert(alert_id="SOS-G", kind=AlertKind.SOS, place=place, source_id="res-g", now=now)
     try:
         with psycopg.connect(world.db_url, autocommit=True) as conn:
-            async with running(cfg):
+            async with controller_running(cfg):
                 with conn.transaction():
                     save_alert(conn, alert)
 
@@ -607,7 +594,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
     try:
         assert subscribed.wait(5)
         with psycopg.connect(db_url, autocommit=True) as conn:
-            async with running(cfg) as controller:
+            async with controller_running(cfg) as controller:
                 _sos(conn, alert_id, BASE_LAT, BASE_LON)
                 await until(lambda: "open" in statuses(alert_id), 5, "the open SOS at the centre")
                 session = controller.mqtt
@@ -648,7 +635,7 @@ async def test_a_batch_of_positions_is_handled_in_order_and_a_refused_one_gets_i
         QueuedPosition(walk_x, now + timedelta(milliseconds=1), far.lat, far.lon, 5.0, 0.0, 1.4, DISTRICT),
     ]
     with LampFleet(world.params, world.lamps) as fleet:
-        async with running(world.cfg()) as ctl:
+        async with controller_running(world.cfg()) as ctl:
             async with await psycopg.AsyncConnection.connect(world.db_url, autocommit=True) as aconn:
                 assert await add_positions_and_notify(aconn, batch, WALK_CHANNEL) == [True, True, True]
             await until(lambda: walk_y in fleet.sources(far.device_id), 5, "walk y's lamps")
@@ -688,7 +675,7 @@ async def test_the_controller_brightens_the_lamps_the_api_named_unless_it_drops_
         QueuedPosition(vague, now, lamp.lat, lamp.lon, 70.0, 0.0, 1.4, DISTRICT, (named.device_id,)),
     ]
     with LampFleet(world.params, world.lamps) as fleet:
-        async with running(world.cfg()) as ctl:
+        async with controller_running(world.cfg()) as ctl:
             async with await psycopg.AsyncConnection.connect(world.db_url, autocommit=True) as aconn:
                 assert await add_positions_and_notify(aconn, batch, WALK_CHANNEL) == [True, True]
             await until(lambda: trusted in fleet.sources(named.device_id), 5, "the named lamp")

@@ -34,9 +34,9 @@ from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
 from store import migrate, upsert_device
 from store.alerts import active_alerts, load_alert, save_alert
 from tests.conftest import skip_unless
+from tests.helpers import controller_running, wait_for
 from tests.helpers import running as running_worker
-from tests.helpers import wait_for
-from tests.integration.test_controller_service import running, until
+from tests.integration.test_controller_service import until
 
 DISTRICT = "11140"  # Jung-gu
 BASE_LAT, BASE_LON = 37.5650, 126.9800
@@ -114,7 +114,7 @@ async def test_a_lamp_acking_another_lamps_blink_command_is_refused_and_the_dark
         LampFleet(params, lamps, silent=[dark]) as fleet,
         psycopg.connect(db_url, autocommit=True) as conn,
     ):
-        async with running(cfg) as ctl:
+        async with controller_running(cfg) as ctl:
             _sos(conn, alert_id, lamps[0].lat, lamps[0].lon)
             await until(
                 lambda: fleet.commands_for(attacker) and fleet.commands_for(dark), 5, "blink commands"
@@ -483,7 +483,7 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
         for i in range(n)
     ]
     with LampFleet(params, lamps):
-        async with running(cfg) as ctl:
+        async with controller_running(cfg) as ctl:
             started = time.monotonic()
             await asyncio.to_thread(
                 mosquitto_pub, params, f"sl/v1/{DISTRICT}/{blinker}/event", sightings, client_id=blinker
@@ -538,7 +538,7 @@ async def test_a_lamp_reporting_beacon_sightings_commands_no_lamp_and_a_blinkers
         ).encode()
 
     with LampFleet(params, lamps) as fleet:
-        async with running(cfg) as ctl:
+        async with controller_running(cfg) as ctl:
             await asyncio.to_thread(
                 mosquitto_pub, params, f"sl/v1/{DISTRICT}/{attacker}/event",
                 [sighting(i) for i in range(1, 11)], client_id=attacker,

@@ -25,6 +25,7 @@ from devkit.bench.controller import LampFleet, LampSpec
 from devkit.localservices import MqttService
 from store import set_connectivity, upsert_device
 from store.commands import CommandRecord, insert_pending
+from tests.helpers import controller_running
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +60,8 @@ async def controller(db_url: str, mqtt_service: MqttService) -> AsyncIterator[Co
         retry_after_s=0.5,
         lamps_refresh_s=3600.0,
     )
-    ctl = Controller(cfg)
-    task = asyncio.create_task(ctl.run())
-    try:
-        await asyncio.wait_for(ctl.ready.wait(), 10)
+    async with controller_running(cfg) as ctl:
         yield ctl
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def provision(db_url: str, device_id: str, i: int, *, online: bool = True) -> LampSpec:
