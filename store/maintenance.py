@@ -15,11 +15,26 @@ from datetime import datetime
 from psycopg.rows import dict_row
 
 from alerts import DeviceLiveness, DeviceRecord, LampSnapshot, PowerLoss
-from store.types import Conn
+from store.types import Conn, Row
 
 # Keys of the locks of the periodic passes (a device's decisions lock its device id).
 OFFLINE_PASS_LOCK = "ingest:offline-alerts"
 STORAGE_ALERT_LOCK = "ingest:storage-alert"
+
+
+def _device_record(r: Row) -> DeviceRecord:
+    """A device as the maintenance planning reads it (a row of the device reads below)."""
+    return DeviceRecord(
+        device_id=r["device_id"],
+        kind=r["kind"],
+        district_code=r["district_code"],
+        dong_code=r["dong_code"] or "",
+        lat=r["lat"],
+        lon=r["lon"],
+        faults=frozenset(r["faults"] or ()),
+        lamp_number=r["lamp_number"] or "",
+        address=r["address"] or "",
+    )
 
 
 def lock_decisions(conn: Conn, key: str) -> None:
@@ -45,20 +60,7 @@ def device_records(conn: Conn, device_ids: Sequence[str]) -> dict[str, DeviceRec
             "LEFT JOIN device_state s ON s.device_id = d.device_id WHERE d.device_id = ANY(%s)",
             (list(device_ids),),
         ).fetchall()
-    return {
-        r["device_id"]: DeviceRecord(
-            device_id=r["device_id"],
-            kind=r["kind"],
-            district_code=r["district_code"],
-            dong_code=r["dong_code"] or "",
-            lat=r["lat"],
-            lon=r["lon"],
-            faults=frozenset(r["faults"] or ()),
-            lamp_number=r["lamp_number"] or "",
-            address=r["address"] or "",
-        )
-        for r in rows
-    }
+    return {r["device_id"]: _device_record(r) for r in rows}
 
 
 _POWER_LOSSES_SQL = """
@@ -95,17 +97,7 @@ def power_losses(conn: Conn, *, since: datetime) -> list[PowerLoss]:
         rows = cur.execute(_POWER_LOSSES_SQL, {"since": since}).fetchall()
     return [
         PowerLoss(
-            DeviceRecord(
-                device_id=r["device_id"],
-                kind=r["kind"],
-                district_code=r["district_code"],
-                dong_code=r["dong_code"] or "",
-                lat=r["lat"],
-                lon=r["lon"],
-                faults=frozenset(r["faults"] or ()),
-                lamp_number=r["lamp_number"] or "",
-                address=r["address"] or "",
-            ),
+            _device_record(r),
             r["since"],
         )
         for r in rows
