@@ -18,6 +18,7 @@ const S = {
   mapReady: false,
   lampTimer: null,
   lamp: null, // the lamp panel's last answer
+  lampInfo: new Map(), // device id -> GET /v1/lamps' properties (lamp number, neighbourhood, ...)
 };
 
 const T = {
@@ -37,6 +38,11 @@ const T = {
 // SOS alerts of 2+ residents from one source (address) within minutes: grouped and all flagged by
 // the API (arrival order ranks none of them); listed below the unflagged ones, newest first.
 T.ko.burst = "일괄 의심"; T.en.burst = "burst?";
+// An outage's lamps: "보안등 8개" / "8 lamps"; the detail lists at most LAMPS_LISTED of them (the
+// incident report lists all).
+T.ko.lamps_n = (n) => `보안등 ${n}개`; T.en.lamps_n = (n) => `${n} lamp${n === 1 ? "" : "s"}`;
+T.ko.more_n = (n) => `외 ${n}개 (보고서에 전체)`; T.en.more_n = (n) => `and ${n} more (all in the report)`;
+const LAMPS_LISTED = 300;
 const t = (k) => (T[S.lang] && T[S.lang][k]) || k;
 
 function applyLang() {
@@ -188,12 +194,13 @@ function renderList() {
   const items = [...S.alerts.values()].sort((a, b) => (sosFirst(a) - sosFirst(b)) || (order[a.state] - order[b.state]) || (!!a.suspected_burst - !!b.suspected_burst) || (b.created_at > a.created_at ? 1 : -1));
   ul.replaceChildren(...items.map((a) => {
     const li = document.createElement("li");
-    li.dataset.alertId = a.id; li.dataset.state = a.state; li.dataset.kind = a.kind;
+    li.dataset.alertId = a.id; li.dataset.state = a.state; li.dataset.kind = a.kind; li.dataset.count = String(a.count);
     if (a.suspected_burst) { li.dataset.burst = a.burst_group || ""; li.title = `${t("burst")} ${a.burst_group || ""}`; }
     if (a.id === S.selected) li.classList.add("selected");
     li.innerHTML = `<span class="st"></span><span class="kind"></span> <span class="time"></span><div class="place"></div>`;
     li.querySelector(".st").textContent = t(a.state);
-    li.querySelector(".kind").textContent = t(a.kind) + (a.count > 1 ? ` ×${a.count}` : "") + (a.suspected_burst ? ` · ${t("burst")}` : "");
+    const count = a.kind === "mass_outage" ? ` · ${t("lamps_n")(a.count)}` : a.count > 1 ? ` ×${a.count}` : "";
+    li.querySelector(".kind").textContent = t(a.kind) + count + (a.suspected_burst ? ` · ${t("burst")}` : "");
     li.querySelector(".time").textContent = fmtTime(a.created_at);
     li.querySelector(".place").textContent = S.lang === "ko" ? a.place_text_ko : a.place_text_en;
     li.onclick = () => select(a.id);
@@ -210,13 +217,16 @@ function renderList() {
 // Selecting an alert shows its street block (about 900 m across); Z goes back to the whole district.
 function select(id) {
   const a = S.alerts.get(id);
-  if (a && a.place && S.mapReady && S.selected !== id) MapView.focus(a.place.lat, a.place.lon);
+  if (a && a.place && S.mapReady && S.selected !== id) {
+    if (!(a.kind === "mass_outage" && MapView.focusAreas(MapView.outageAreas(a)))) MapView.focus(a.place.lat, a.place.lon);
+  }
   S.selected = id; renderList(); loadDetail(id);
 }
 
 let detail = null;
 async function loadDetail(id) {
   try { detail = await api(`/v1/alerts/${encodeURIComponent(id)}`); } catch (e) { $("action-error").textContent = e.message; return; }
+  await loadAreaNames();
   renderDetail();
   renderTrack();
   loadCameras(id);
@@ -230,6 +240,51 @@ async function loadCameras(id) {
     try { cams = (await api(`/v1/alerts/${encodeURIComponent(id)}/cameras`)).cameras; } catch (e) { cams = null; }
   }
   if (S.mapReady && S.selected === id) MapView.setCameras(cams);
+}
+
+// An outage's neighbourhoods by name (the map's polygons carry the gazetteer's names), in both
+// languages so that the toggle needs no request.
+let areaNames = null;
+async function loadAreaNames() {
+  areaNames = null;
+  const a = detail && detail.alert;
+  if (!a || a.kind !== "mass_outage" || !S.mapReady) return;
+  const codes = MapView.outageAreas(a), district = a.place.district_code || (a.centres || [])[0];
+  const [ko, en] = await Promise.all(["ko", "en"].map((lang) => MapView.areaNames(district, codes, lang, fetchDongs)));
+  areaNames = { alertId: a.id, ko, en };
+}
+
+// An outage's neighbourhoods and its lamps by the numbers on their poles (GET /v1/lamps; the
+// device id while the register has no number); a lamp opens its panel (a button: Tab and Enter).
+function renderOutage() {
+  const a = detail && detail.alert;
+  const show = !!a && a.kind === "mass_outage";
+  $("detail-outage").hidden = !show;
+  if (!show) return;
+  const names = areaNames && areaNames.alertId === a.id ? areaNames[S.lang] : MapView.outageAreas(a).map((code) => ({ code, name: code }));
+  $("detail-areas").replaceChildren(...names.map((n) => {
+    const li = document.createElement("li");
+    li.dataset.dongCode = n.code; li.textContent = n.name;
+    return li;
+  }));
+  $("detail-lamp-count").textContent = `(${a.count})`;
+  const numbered = a.device_ids.map((id) => ({ id, number: (S.lampInfo.get(id) || {}).lamp_number || "" }));
+  numbered.sort((p, q) => (p.number || p.id).localeCompare(q.number || q.id, "ko", { numeric: true }));
+  const items = numbered.slice(0, LAMPS_LISTED).map((l) => {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "lamp-link"; b.dataset.deviceId = l.id; b.title = l.id;
+    b.textContent = l.number || l.id;
+    b.onclick = () => showLamp(l.id);
+    li.append(b);
+    return li;
+  });
+  if (numbered.length > LAMPS_LISTED) {
+    const li = document.createElement("li");
+    li.className = "hint"; li.textContent = t("more_n")(numbered.length - LAMPS_LISTED);
+    items.push(li);
+  }
+  $("detail-lamps").replaceChildren(...items);
 }
 
 function renderDetail() {
@@ -247,6 +302,7 @@ function renderDetail() {
   $("btn-resolve").disabled = !allowed.has("resolve");
   $("btn-cancel").disabled = !allowed.has("cancel");
   renderCallback(a);
+  renderOutage();
   $("timeline").replaceChildren(...a.timeline.map((e) => {
     const li = document.createElement("li");
     const extra = Object.entries(e.details || {}).map(([k, v]) => `${k}=${v}`).join(" ");
@@ -327,6 +383,8 @@ async function refreshLamps() {
     const wantWalkers = S.me && S.me.role !== "maintenance";
     const [lamps, walkers] = await Promise.all([api("/v1/lamps"), wantWalkers ? api("/v1/walkers") : { walkers: [] }]);
     MapView.setLamps(lamps.features, showLamp);
+    S.lampInfo = new Map(lamps.features.map((f) => [f.id, f.properties]));
+    if (detail && detail.alert.kind === "mass_outage") renderOutage(); // the lamp numbers arrived
     MapView.setWalkers(walkers.walkers);
   } catch (e) { /* next refresh */ }
   renderAlertsOnMap();

@@ -4,7 +4,7 @@
 //   base     the tile server's streets, or (none configured, or it does not answer) the district
 //            and neighbourhood polygons filled as an offline map
 //   areas    the district and neighbourhood outlines (always; filled only on the offline base)
-//   outages  open outage alerts: a mass outage's neighbourhood shaded, a ring at each outage
+//   outages  open outage alerts: a mass outage's neighbourhoods shaded (its `areas`), a ring at each
 //   lamps    one dot per lamp, coloured by state (blinking lamps larger and on top)
 //   walkers  residents on a walk
 //   cameras  the CCTV cameras near the selected SOS (GET /v1/alerts/{id}/cameras): green when they
@@ -116,6 +116,14 @@ const MapView = (() => {
     if (M.map) M.map.fitBounds([[lat - 0.004, lon - 0.005], [lat + 0.004, lon + 0.005]]);
   }
 
+  // The whole of an outage's neighbourhoods; false when the map does not have their polygons.
+  function focusAreas(codes) {
+    const found = codes.map((c) => M.dongs.get(c));
+    if (!M.map || !found.length || found.some((f) => !f)) return false;
+    M.map.fitBounds(L.geoJSON({ type: "FeatureCollection", features: found }).getBounds(), { padding: [20, 20] });
+    return true;
+  }
+
   function zoomBy(delta) { if (M.map) M.map.setZoom(M.map.getZoom() + delta); }
 
   function lampClass(state) { return "leaflet-interactive lamp " + state; }
@@ -159,7 +167,7 @@ const MapView = (() => {
     const el = m.getElement && m.getElement();
     if (el && m.tag) Object.entries(m.tag).forEach(([k, v]) => { el.dataset[k] = v; });
   }
-  function tagAll() { Object.values(M.layers).forEach((g) => g.eachLayer(tag)); }
+  function tagAll() { Object.values(M.layers).forEach((g) => g.eachLayer((l) => { tag(l); if (l.eachLayer) l.eachLayer(tag); })); }
 
   function setWalkers(walkers) {
     if (!M.map) return;
@@ -172,6 +180,23 @@ const MapView = (() => {
       try { (await fetchDongs(districtCode)).features.forEach((f) => M.dongs.set(f.properties.code, f)); } catch (e) { /* no area, the ring stays */ }
     }
     return M.dongs.get(dongCode);
+  }
+
+  // An outage's neighbourhoods (dong codes): its `areas` (a district's outage lists several),
+  // else its place's neighbourhood.
+  function outageAreas(a) {
+    if (a.areas && a.areas.length) return a.areas;
+    return a.place && a.place.dong_code ? [a.place.dong_code] : [];
+  }
+
+  // The neighbourhoods' names in the console's language (the code when the gazetteer has none),
+  // their polygons fetched first when the operator's map does not have them.
+  async function areaNames(districtCode, codes, lang, fetchDongs) {
+    const found = await Promise.all(codes.map((c) => dongOf(districtCode, c, fetchDongs)));
+    return codes.map((code, i) => {
+      const p = found[i] ? found[i].properties : null;
+      return { code, name: p ? (lang === "ko" ? p.name : p.name_eng || p.name) : code };
+    });
   }
 
   // alerts: the console's alert summaries. SOS (open or being handled) go to the sos layer,
@@ -189,13 +214,17 @@ const MapView = (() => {
         core.tag = { alertId: a.id };
         tag(core);
       } else if (OUTAGE_KINDS.has(a.kind)) {
-        if (a.kind === "mass_outage" && a.place.dong_code) {
-          dongOf(a.place.district_code, a.place.dong_code, fetchDongs).then((f) => {
-            if (!f || DONE.has(a.state)) return;
+        // A mass outage shades each of its neighbourhoods (a district's outage: several).
+        const district = a.place.district_code || (a.districts || [])[0];
+        if (a.kind === "mass_outage") outageAreas(a).forEach((code) => {
+          dongOf(district, code, fetchDongs).then((f) => {
+            if (!f || DONE.has(a.state) || !M.layers.outages.hasLayer(ring)) return;
             const area = L.geoJSON(f, { pane: "outages", renderer: M.renderers.outages, interactive: false, style: { className: "outage-area" } });
-            if (M.layers.outages.hasLayer(ring)) M.layers.outages.addLayer(area);
+            M.layers.outages.addLayer(area);
+            area.eachLayer((l) => { l.tag = { alertId: a.id, dongCode: code }; tag(l); });
+            ring.bringToFront();
           });
-        }
+        });
         const ring = L.circleMarker(at, { pane: "outages", renderer: M.renderers.outages, radius: a.kind === "mass_outage" ? 12 : 6, className: "outage-marker " + a.kind });
         ring.on("click", () => onSelect(a.id));
         ring.bindTooltip(`${a.count > 1 ? "×" + a.count + " " : ""}${a.place_text_ko || ""}`, { pane: "tooltipPane" });
@@ -242,5 +271,5 @@ const MapView = (() => {
     });
   }
 
-  return { init, destroy, relabel, home, focus, zoomBy, setLamps, setWalkers, setAlerts, setTrack, setCameras, state: M };
+  return { init, destroy, relabel, home, focus, zoomBy, setLamps, setWalkers, setAlerts, setTrack, setCameras, outageAreas, areaNames, focusAreas, state: M };
 })();
