@@ -166,20 +166,16 @@ AreaNamer = Callable[[float, float, str, str], AreaNames]
 point decides); the services build one from the gazetteer and pass it in."""
 
 
-def named_place(place: Place, namer: AreaNamer | None) -> Place:
+def named_place(place: Place, namer: AreaNamer | None, *, whole_district: bool = False) -> Place:
     """``place`` with the district and neighbourhood codes and names it lacks filled by ``namer``;
-    the address is taken from its nearest lamp when it has none."""
+    the address is taken from its nearest lamp when it has none. ``whole_district``: the place
+    stands for several neighbourhoods (a district's outage), so none of them is named."""
     changes: dict[str, Any] = {}
     if namer is not None and place.inside and not (place.dong_name and place.district_name):
         names = namer(place.lat, place.lon, place.district_code, place.dong_code)
-        for key in (
-            "district_code",
-            "district_name",
-            "district_name_en",
-            "dong_code",
-            "dong_name",
-            "dong_name_en",
-        ):
+        district_keys = ("district_code", "district_name", "district_name_en")
+        dong_keys = () if whole_district else ("dong_code", "dong_name", "dong_name_en")
+        for key in (*district_keys, *dong_keys):
             if not getattr(place, key) and getattr(names, key):
                 changes[key] = getattr(names, key)
     if not place.address:

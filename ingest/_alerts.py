@@ -103,7 +103,7 @@ def new_alert_id() -> str:
 def _named(change: AlertChange, namer: AreaNamer | None) -> Alert:
     """The change's alert with its place in words (district, neighbourhood, address, lamp number)."""
     alert = change.alert
-    place = named_place(alert.place, namer)
+    place = named_place(alert.place, namer, whole_district=len(alert.areas) > 1)
     return alert if place == alert.place else dataclasses.replace(alert, place=place)
 
 

@@ -161,3 +161,12 @@ def test_an_sos_place_takes_the_nearest_lamps_address_and_cap_carries_the_codes(
     assert "<valueName>KOSTAT-ADM-DONG</valueName><value>1102060</value>" in xml
     assert "<valueName>KOSTAT-SIGUNGU</valueName><value>11020</value>" in xml
     assert "lamp-a" not in xml.split("<area>")[1]
+
+
+def test_a_place_standing_for_several_neighbourhoods_names_the_district_and_no_neighbourhood() -> None:
+    outage = named_place(
+        Place(lat=37.5609, lon=126.9948), lambda lat, lon, d, dong: NAMES, whole_district=True
+    )
+    assert (outage.district_code, outage.dong_code, outage.dong_name) == ("11020", "", "")
+    assert words(outage, "ko").startswith("중구") and "을지로동" not in words(outage, "ko")
+    assert "Euljirodong" not in words(outage, "en")
