@@ -99,6 +99,8 @@ class EventAction(StrEnum):
     CALL_PLACED = "call_placed"  # an operator calls the resident back (details["channel"]: tel, pbx)
     CALL_ANSWERED = "call_answered"  # the resident answered the call placed last
     CALL_NO_ANSWER = "call_no_answer"  # nobody answered it (rang out, busy, refused)
+    GUARD_ACKNOWLEDGED = "guard_acknowledged"  # a guard the SOS was sent to is on the way
+    GUARD_ARRIVED = "guard_arrived"  # that guard is at the SOS's place
 
 
 def require_aware(value: datetime, name: str) -> datetime:

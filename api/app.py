@@ -25,7 +25,19 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import callback, cameras, history, lamps, logredact, operators, residents, soslive, stream, walklive
+from api import (
+    callback,
+    cameras,
+    history,
+    lamps,
+    logredact,
+    operators,
+    patrol,
+    residents,
+    soslive,
+    stream,
+    walklive,
+)
 from api.config import ApiConfig
 from api.guards import BoundaryMiddleware
 from api.hub import StreamHub
@@ -164,6 +176,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(operators.router)
     app.include_router(lamps.router)
     app.include_router(cameras.router)
+    app.include_router(patrol.router)
     app.include_router(stream.router)
     app.include_router(walklive.router)
     app.include_router(callback.router)

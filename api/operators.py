@@ -56,6 +56,7 @@ from api.schemas import (
 from api.security import Operator, SessionClaims, new_session_id, sign_token, verify_password
 from api.state import (
     AppState,
+    CurrentAccount,
     CurrentOperator,
     Db,
     State,
@@ -194,7 +195,7 @@ def login(body: LoginIn, request: Request, state: State, conn: Db) -> LoginOut:
 
 
 @router.post("/v1/auth/logout", status_code=204, summary="Operator logout")
-def logout(op: CurrentOperator, conn: Db) -> Response:
+def logout(op: CurrentAccount, conn: Db) -> Response:
     """End this session: its token is refused from now on, and its live streams close."""
     with conn.transaction():
         revoke_session(conn, op.session_id)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-ROLES = ("district", "city", "maintenance", "admin")
+ROLES = ("district", "city", "maintenance", "admin", "guard")  # a guard: /v1/guards/... only
 
 
 class InvalidToken(Exception):

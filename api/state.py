@@ -135,13 +135,23 @@ def current_resident(request: Request, conn: Db) -> str:
     return resident
 
 
-def operator_from_token(state: AppState, conn: Conn, token: str) -> Operator:
+class GuardRefused(InvalidToken):
+    """A guard's token where only the operators' roles are allowed (a guard sees /v1/guards/... only)."""
+
+
+GUARD_ROLE = "guard"
+
+
+def operator_from_token(state: AppState, conn: Conn, token: str, *, allow_guard: bool = False) -> Operator:
     """The operator of a session token, with the account's role and district as they are now;
-    InvalidToken for a forged or expired token, or a session ended (logout, account disabled)."""
+    InvalidToken for a forged or expired token, or a session ended (logout, account disabled);
+    GuardRefused for a guard's token unless `allow_guard`."""
     claims = verify_token(state.token_secret, token, time.time())
     row = session_account(conn, claims.session_id)
     if row is None or row["username"] != claims.username:
         raise InvalidToken("operator session ended (logged out, account disabled or replaced); log in again")
+    if row["role"] == GUARD_ROLE and not allow_guard:
+        raise GuardRefused("a guard's account may use /v1/guards/... and /v1/auth/logout only")
     return Operator(row["username"], row["role"], row["district_code"], claims.expires_at, claims.session_id)
 
 
@@ -150,14 +160,35 @@ def current_operator(request: Request, state: State, conn: Db) -> Operator:
 
     One indexed query per request (the handler's own pooled connection, shared through FastAPI's
     dependency cache), measured in docs/security.md."""
+    return _account(request, state, conn, allow_guard=False)
+
+
+def _account(request: Request, state: AppState, conn: Conn, *, allow_guard: bool) -> Operator:
     try:
-        return operator_from_token(state, conn, bearer_token(request))
+        return operator_from_token(state, conn, bearer_token(request), allow_guard=allow_guard)
+    except GuardRefused as exc:
+        raise HTTPException(403, str(exc)) from exc
     except InvalidToken as exc:
         raise HTTPException(401, str(exc), {"WWW-Authenticate": "Bearer"}) from exc
 
 
+def current_account(request: Request, state: State, conn: Db) -> Operator:
+    """The logged-in operator or guard (logout); 401 as `current_operator`."""
+    return _account(request, state, conn, allow_guard=True)
+
+
+def current_guard(request: Request, state: State, conn: Db) -> Operator:
+    """The logged-in guard; 401 as `current_operator`, 403 for an operator's account."""
+    account = _account(request, state, conn, allow_guard=True)
+    if account.role != GUARD_ROLE:
+        raise HTTPException(403, f"role {account.role!r} may not do this; needs guard")
+    return account
+
+
 Resident = Annotated[str, Depends(current_resident)]
 CurrentOperator = Annotated[Operator, Depends(current_operator)]
+CurrentAccount = Annotated[Operator, Depends(current_account)]
+CurrentGuard = Annotated[Operator, Depends(current_guard)]
 
 _DEVICE_ALERT_KINDS = tuple(k.value for k in AlertKind if k is not AlertKind.SOS)
 

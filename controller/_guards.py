@@ -1,18 +1,20 @@
-"""Safe-village guards: is an SOS inside a guard patrol zone while the guards are on duty? (pure)
+"""A guard zone without a roster: is an SOS inside one of the data's zones during its patrol hours?
 
 The seed's 15 guard zones are neighbourhoods (dongs), patrolled 21:00-02:30 Seoul time
-(``geo.load_safety_zones``). The patrol runs past midnight, so the window wraps.
+(``geo.load_safety_zones``). The patrol runs past midnight, so the window wraps. A zone with a
+roster follows its guards' shifts instead (`alerts.guards_on_duty`); this is the rule of the
+guards' webhook for a zone nobody provisioned.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from alerts import Alert, EventAction
+from alerts import GUARDS, Alert, guards_notified
+from alerts import SEOUL as KST
 from geo import SafetyZones, Zone
 
-KST = dt.timezone(dt.timedelta(hours=9), "KST")  # Korea has no daylight saving time
-GUARDS = "guards"  # the escalation detail naming a guard notification
+__all__ = ["GUARDS", "KST", "guard_zone", "guards_notified", "on_patrol"]
 
 
 def on_patrol(at: dt.datetime, start: dt.time, end: dt.time) -> bool:
@@ -31,8 +33,3 @@ def guard_zone(alert: Alert, zones: SafetyZones, at: dt.datetime) -> Zone | None
         if zone.dong_code == alert.place.dong_code:
             return zone
     return None
-
-
-def guards_notified(alert: Alert) -> bool:
-    """True once the alert's timeline records the guard notification."""
-    return any(e.action is EventAction.ESCALATED and e.detail("escalation") == GUARDS for e in alert.timeline)

@@ -130,6 +130,10 @@ class AlertPublisher:
             if alert.is_active:
                 self._published[alert.id] = (len(alert.timeline), alert.state.value)
 
+    def reached_centres(self, alert_id: str) -> bool:
+        """True once the broker acknowledged a version of the alert for its centres and none is owed."""
+        return alert_id in self._published and alert_id not in self._unpublished
+
     def forget(self, alert_id: str) -> None:
         """An alert of a district given up: its new owner publishes it at takeover."""
         self._published.pop(alert_id, None)

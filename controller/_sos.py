@@ -5,7 +5,10 @@ owns is published to its centres (`controller._publications`). While an SOS is a
 around the resident's latest position blink (`controller._blink`), following them as they move;
 lamps that confirm, fail or are added go into the alert's timeline; due escalation steps
 (`alerts.due_escalations`) are recorded and carried out (the city centre, the police webhook with
-CAP); an SOS in a guard zone during patrol hours reaches the guards (`controller._guards`).
+CAP). An SOS inside a guard zone, once its centres have it, is sent to the zone's guards on duty
+(`alerts.guards_on_duty` over the roster, `store.guards`; a zone without a roster: the guards'
+webhook during the data's patrol hours, `controller._guards`), and when none of them acknowledges
+in time the chain goes on (`guards_unanswered`: the city centre and the police webhook).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from alerts import (
     alert_to_dict,
     due_escalations,
     escalations_done,
+    guards_notified,
+    guards_on_duty,
+    notify_guards,
     record_escalation,
     render_cap,
     responsible_centre,
@@ -35,7 +41,7 @@ from alerts import (
 from controller._blink import BlinkSet, blink_targets, confirm, fail, move_to, refresh_due
 from controller._clock import now_ms
 from controller._commands import LampCommand
-from controller._guards import GUARDS, guard_zone, guards_notified
+from controller._guards import guard_zone
 from controller._outbox import Outbox
 from controller._publications import AlertPublisher
 from controller.config import ControllerConfig
@@ -43,6 +49,7 @@ from geo import load_safety_zones
 from runtime.logs import bound_context, get_logger
 from store.alerts import active_alerts, change_alert, load_alert
 from store.dbthread import DbThread
+from store.guards import notify_guards_change, zone_roster
 from store.notes import AlertNote
 
 log = get_logger(__name__)
@@ -74,6 +81,8 @@ class Sos:
         self._owned = owned
         self._zones = cfg.safety_zones if cfg.safety_zones is not None else load_safety_zones()
         self._actor = f"controller:{cfg.owner}"
+        self._clock = cfg.clock or (lambda: datetime.now(UTC))
+        self._guards_waiting: set[str] = set()  # SOS whose centres do not have it yet: guards wait
         self.alerts: dict[str, Alert] = {}
         self._blinks: dict[str, BlinkSet] = {}
         self._blink_alert: dict[str, str] = {}  # blink source -> alert id
@@ -100,6 +109,7 @@ class Sos:
                 await self._notify_guards(alert)
         else:
             self.alerts.pop(alert.id, None)
+            self._guards_waiting.discard(alert.id)
             await self._blink_stop(alert.id)
 
     def _blink(self, lamp: str, source: str) -> LampCommand | None:
@@ -168,6 +178,12 @@ class Sos:
 
     async def escalate(self) -> None:
         """Record and carry out the escalation steps now due."""
+        for alert_id in list(self._guards_waiting):
+            waiting = self.alerts.get(alert_id)
+            if waiting is None:
+                self._guards_waiting.discard(alert_id)
+            else:
+                await self._notify_guards(waiting)
         now = datetime.now(UTC)
         policy = self._cfg.escalation
         for alert_id, alert in list(self.alerts.items()):
@@ -182,32 +198,53 @@ class Sos:
             await self.on_alert(after)
             if EscalationKind.NOTIFY_CITY in done:
                 await self._publisher.publish(after, [CITY_CENTRE])
-            if EscalationKind.POLICE in done and self._cfg.police_webhook_url:
+            if EscalationKind.GUARDS_UNANSWERED in done:
+                log.warning("guards_did_not_answer", alert=alert_id)
+                await self._publisher.publish(after, [CITY_CENTRE])
+            police = {EscalationKind.POLICE, EscalationKind.GUARDS_UNANSWERED} & done
+            if police and self._cfg.police_webhook_url:
                 cap = render_cap(after).xml.encode()
                 self._publisher.post(self._cfg.police_webhook_url, cap, "application/cap+xml", after.id)
 
     async def _notify_guards(self, alert: Alert) -> None:
-        """An SOS inside a guard zone during patrol hours: record it, and call the guards' webhook."""
-        now = datetime.now(UTC)
-        if guards_notified(alert) or guard_zone(alert, self._zones, now) is None:
+        """An SOS inside a guard zone: once its centres have it (never before), send it to the
+        zone's guards on duty now and call the guards' webhook; nobody outside their shifts."""
+        dong = alert.place.dong_code
+        if guards_notified(alert) or not dong:
             return
-        zones = self._zones
+        if not self._publisher.reached_centres(alert.id):
+            self._guards_waiting.add(alert.id)  # retried every tick until the centres have it
+            return
+        self._guards_waiting.discard(alert.id)
+        duty_at = self._clock()
+        roster = await self._db.call(zone_roster, dong)
+        if roster:
+            on_duty = guards_on_duty(roster, dong, duty_at)
+            if not on_duty:
+                return
+            zone_name = alert.place.dong_name or dong
+        else:
+            zone = guard_zone(alert, self._zones, duty_at)  # no roster: the zone's webhook only
+            if zone is None:
+                return
+            on_duty, zone_name = (), zone.dong
+        now = datetime.now(UTC)
+        usernames = [g.username for g in on_duty]
+        actor = self._actor
 
         def change(a: Alert) -> Alert:
-            zone = guard_zone(a, zones, now)
-            if guards_notified(a) or zone is None or not a.is_active:
-                return a
-            details = (("escalation", GUARDS), ("targets", f"guards:{zone.dong_code}"), ("zone", zone.dong))
-            event = Event(at=now, actor=self._actor, action=EventAction.ESCALATED, details=details)
-            return dataclasses.replace(a, timeline=(*a.timeline, event))
+            return notify_guards(a, dong, zone_name, on_duty, now, actor)
 
-        before, after = await self._db.call(change_alert, alert.id, change)
+        before, after = await self._db.call(notify_guards_change, alert.id, change, usernames, now)
         if after is before:
             return
         self._stats["guard_notifications"] += 1
+        log.info("guards_notified", zone=dong, guards=len(usernames))
         await self.on_alert(after)
         if self._cfg.guard_webhook_url:
-            body = json.dumps({"guard_zone": alert.place.dong_code, "alert": alert_to_dict(after)}).encode()
+            body = json.dumps(
+                {"guard_zone": dong, "guards": usernames, "alert": alert_to_dict(after)}
+            ).encode()
             self._publisher.post(self._cfg.guard_webhook_url, body, "application/json", after.id)
 
     def drop(self, districts: set[str]) -> None:

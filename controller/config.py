@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from alerts import DEFAULT_ESCALATION, EscalationPolicy
 from broker import DEVICE_BURST, DEVICE_RATE_PER_S, ConnectionParams
@@ -34,6 +36,8 @@ class ControllerConfig:
     police_webhook_url: str | None = None
     guard_webhook_url: str | None = None
     safety_zones: SafetyZones | None = None  # None: the vendored seed file
+    # The instant the guards' shifts are read at (aware); None: the wall clock. Tests set it.
+    clock: Callable[[], datetime] | None = None
     gazetteer: Gazetteer | None = None  # the service area of the position checks; None: the vendored one
     # Per-device bound on acks and events taken from MQTT (as ingest's); 0 turns it off.
     device_rate_per_s: float = DEVICE_RATE_PER_S

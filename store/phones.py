@@ -124,16 +124,53 @@ CREATE INDEX resident_phones_key ON resident_phones (key_id);
 """
 
 
-def set_phone(conn: Conn, keyring: PhoneKeyring, resident_id: str, number: str) -> bool:
-    """Store (or replace) a resident's number, encrypted under the current key; True when it replaced one."""
-    key_id, nonce, ciphertext = keyring.encrypt(resident_id, number)
+@dataclass(frozen=True, slots=True)
+class _PhoneTable:
+    """A table of encrypted numbers: its name, its owner column and how the owner is named in
+    the associated data (a resident by its id, a guard as ``guard:<username>``)."""
+
+    table: str
+    owner: str
+    prefix: str = ""
+
+
+RESIDENT_PHONES = _PhoneTable("resident_phones", "resident_id")
+GUARD_PHONES = _PhoneTable("guard_phones", "username", "guard:")  # created by migration 13 (store/guards.py)
+
+
+def _set(conn: Conn, keyring: PhoneKeyring, t: _PhoneTable, owner: str, number: str) -> bool:
+    key_id, nonce, ciphertext = keyring.encrypt(t.prefix + owner, number)
     row = conn.execute(
-        "INSERT INTO resident_phones (resident_id, key_id, nonce, ciphertext) VALUES (%s, %s, %s, %s) "
-        "ON CONFLICT (resident_id) DO UPDATE SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, "
+        f"INSERT INTO {t.table} ({t.owner}, key_id, nonce, ciphertext) VALUES (%s, %s, %s, %s) "
+        f"ON CONFLICT ({t.owner}) DO UPDATE SET key_id = EXCLUDED.key_id, nonce = EXCLUDED.nonce, "
         "ciphertext = EXCLUDED.ciphertext, updated_at = now() RETURNING (xmax <> 0)",
-        (resident_id, key_id, nonce, ciphertext),
+        (owner, key_id, nonce, ciphertext),
     ).fetchone()
     return bool(row and row[0])
+
+
+def _read(conn: Conn, keyring: PhoneKeyring, t: _PhoneTable, owner: str) -> str | None:
+    row = conn.execute(
+        f"SELECT key_id, nonce, ciphertext FROM {t.table} WHERE {t.owner} = %s", (owner,)
+    ).fetchone()
+    if row is None:
+        return None
+    return keyring.decrypt(t.prefix + owner, str(row[0]), bytes(row[1]), bytes(row[2]))
+
+
+def set_phone(conn: Conn, keyring: PhoneKeyring, resident_id: str, number: str) -> bool:
+    """Store (or replace) a resident's number, encrypted under the current key; True when it replaced one."""
+    return _set(conn, keyring, RESIDENT_PHONES, resident_id, number)
+
+
+def set_guard_phone(conn: Conn, keyring: PhoneKeyring, username: str, number: str) -> bool:
+    """Store (or replace) a guard's number, encrypted as a resident's is; True when it replaced one."""
+    return _set(conn, keyring, GUARD_PHONES, username, number)
+
+
+def read_guard_phone(conn: Conn, keyring: PhoneKeyring, username: str) -> str | None:
+    """A guard's number in clear, or None."""
+    return _read(conn, keyring, GUARD_PHONES, username)
 
 
 def delete_phone(conn: Conn, resident_id: str) -> bool:
@@ -151,36 +188,40 @@ def has_phone(conn: Conn, resident_id: str) -> bool:
 
 def read_phone(conn: Conn, keyring: PhoneKeyring, resident_id: str) -> str | None:
     """The resident's number in clear (for a reveal or a PBX call, audited by the caller), or None."""
-    row = conn.execute(
-        "SELECT key_id, nonce, ciphertext FROM resident_phones WHERE resident_id = %s", (resident_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    return keyring.decrypt(resident_id, str(row[0]), bytes(row[1]), bytes(row[2]))
+    return _read(conn, keyring, RESIDENT_PHONES, resident_id)
 
 
 def rotate_phones(conn: Conn, keyring: PhoneKeyring, *, batch: int = 500) -> dict[str, int]:
-    """Re-encrypt every number not under the current key (in batches, each its own transaction,
-    rows locked); returns how many were re-encrypted and how many remain under keys no longer
-    listed (those cannot be read: PhoneKeyError is not raised for them, they are counted)."""
+    """Re-encrypt every number (residents' and guards') not under the current key (in batches,
+    each its own transaction, rows locked); returns how many were re-encrypted and how many remain
+    under keys no longer listed (those cannot be read: PhoneKeyError is not raised for them, they
+    are counted)."""
     rotated = unreadable = 0
+    for t in (RESIDENT_PHONES, GUARD_PHONES):
+        done, left = _rotate(conn, keyring, t, batch)
+        rotated += done
+        unreadable += left
+    return {"phones_rotated": rotated, "phones_under_unknown_keys": unreadable}
+
+
+def _rotate(conn: Conn, keyring: PhoneKeyring, t: _PhoneTable, batch: int) -> tuple[int, int]:
+    if conn.execute("SELECT to_regclass(%s)", (t.table,)).fetchone() in (None, (None,)):
+        return 0, 0  # not migrated yet
+    rotated = 0
     known = [kid for kid, _ in keyring.keys]
     while True:
         with conn.transaction():
             rows = conn.execute(
-                "SELECT resident_id, key_id, nonce, ciphertext FROM resident_phones "
-                "WHERE key_id <> %s AND key_id = ANY(%s) ORDER BY resident_id LIMIT %s "
+                f"SELECT {t.owner}, key_id, nonce, ciphertext FROM {t.table} "
+                f"WHERE key_id <> %s AND key_id = ANY(%s) ORDER BY {t.owner} LIMIT %s "
                 "FOR UPDATE SKIP LOCKED",
                 (keyring.current_id, known, batch),
             ).fetchall()
-            for rid, kid, nonce, ciphertext in rows:
-                number = keyring.decrypt(str(rid), str(kid), bytes(nonce), bytes(ciphertext))
-                set_phone(conn, keyring, str(rid), number)
+            for owner, kid, nonce, ciphertext in rows:
+                number = keyring.decrypt(t.prefix + str(owner), str(kid), bytes(nonce), bytes(ciphertext))
+                _set(conn, keyring, t, str(owner), number)
                 rotated += 1
         if len(rows) < batch:
             break
-    row = conn.execute(
-        "SELECT count(*) FROM resident_phones WHERE NOT (key_id = ANY(%s))", (known,)
-    ).fetchone()
-    unreadable = int(row[0]) if row else 0
-    return {"phones_rotated": rotated, "phones_under_unknown_keys": unreadable}
+    row = conn.execute(f"SELECT count(*) FROM {t.table} WHERE NOT (key_id = ANY(%s))", (known,)).fetchone()
+    return rotated, int(row[0]) if row else 0

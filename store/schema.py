@@ -151,6 +151,12 @@ def _m12_cameras(conn: Conn, timescale: bool) -> None:
     conn.execute(CAMERAS_SQL.encode())
 
 
+def _m13_guards(conn: Conn, timescale: bool) -> None:
+    from store.guards import GUARDS_SQL
+
+    conn.execute(GUARDS_SQL.encode())
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "core tables", _m1_core),
     Migration(2, "telemetry and events (hypertables or partitioned)", _m2_timeseries),
@@ -166,6 +172,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "operators' commands: pending and undelivered", _m10_operator_commands),
     Migration(11, "residents' phone numbers, encrypted", _m11_resident_phones),
     Migration(12, "the camera register (national standard CCTV data)", _m12_cameras),
+    Migration(13, "the guards' roster, their phones and the alerts sent to them", _m13_guards),
 )
 
 BOOTSTRAP_SQL = """

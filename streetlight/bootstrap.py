@@ -334,7 +334,9 @@ def controller_config(
         districts=districts,
         owner=owner or controller_owner(),
         escalation=EscalationPolicy(
-            renotify_after_s=settings.escalate_after_s, police_after_s=settings.police_after_s
+            renotify_after_s=settings.escalate_after_s,
+            police_after_s=settings.police_after_s,
+            guard_ack_after_s=settings.guard_ack_after_s,
         ),
         police_webhook_url=settings.police_webhook_url,
         guard_webhook_url=settings.guard_webhook_url,

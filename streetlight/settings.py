@@ -69,7 +69,9 @@ class Settings:
     police_after_s: float = 90.0
     police_webhook_url: str | None = None
     guard_webhook_url: str | None = None
-    """Where the controller POSTs an SOS inside a guard zone during patrol hours (JSON)."""
+    """Where the controller POSTs an SOS inside a guard zone sent to its guards on duty (JSON)."""
+    guard_ack_after_s: float = 60.0
+    """An SOS sent to guards that none acknowledges this long goes to the city centre and police."""
     log_level: str = "INFO"
     log_format: str | None = None
     """``console`` (readable lines), ``json`` (one object a line) or None: console on a terminal,
@@ -171,6 +173,7 @@ class Settings:
             police_after_s=_float(e, "STREETLIGHT_POLICE_AFTER_S", 90.0),
             police_webhook_url=e.get("STREETLIGHT_POLICE_WEBHOOK_URL") or None,
             guard_webhook_url=e.get("STREETLIGHT_GUARD_WEBHOOK_URL") or None,
+            guard_ack_after_s=_float(e, "STREETLIGHT_GUARD_ACK_AFTER_S", 60.0),
             log_level=e.get("STREETLIGHT_LOG_LEVEL", "INFO"),
             log_format=_choice(e, "STREETLIGHT_LOG_FORMAT", ("console", "json"))
             if e.get("STREETLIGHT_LOG_FORMAT")

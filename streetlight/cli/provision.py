@@ -31,8 +31,10 @@ from broker.security import (
     write_mosquitto,
     write_private,
 )
+from geo import load_safety_zones
 from streetlight import bootstrap
 from streetlight.cameraregister import import_cameras
+from streetlight.guardroster import import_guards
 from streetlight.lampregister import RegisterImport, is_register, lamp_list_csv, parse_register
 from streetlight.settings import Settings, warn_secrets_in_flags
 from streetlight.standarddata import decode
@@ -53,6 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="GeoJSON FeatureCollection of Points, CSV (id,kind,district_code,lat,lon,...), or a district's "
         "lamp register as published (전국보안등정보표준데이터, UTF-8 or CP949); repeatable",
+    )
+    parser.add_argument(
+        "--guards",
+        type=Path,
+        metavar="FILE",
+        help="the guards' roster (CSV: zone,username,name,phone,weekdays,starts,ends,password) into the "
+        "database (--database-url); alone, nothing else is provisioned (docs/operations.md, Guards)",
     )
     parser.add_argument(
         "--cameras",
@@ -163,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             _print_list(Registry.load(registry_path))
             return 0
+        if args.guards:
+            settings = Settings.from_env()
+            url = args.database_url or settings.database_url
+            if not url:
+                raise ProvisioningError("--guards needs a database: pass --database-url or set DATABASE_URL")
+            zones = load_safety_zones()
+            print("\n".join(import_guards(args.guards, url, zones, bootstrap.phone_keyring(settings))))
+            if not (args.cameras or args.devices or args.rotate or args.revoke or args.service):
+                return 0
         if args.cameras:
             url = args.database_url or Settings.from_env().database_url
             print("\n".join(import_cameras(args.cameras, url, bootstrap.load_gazetteer())))
