@@ -253,7 +253,7 @@ async def test_an_sos_reaches_both_centres_and_blinks_the_lamps_within_50m_which
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
         async with controller_running(world.cfg()):
-            _sos(conn, "SOS-1", lat, lon, neighbours=(NEIGHBOUR,))
+            await asyncio.to_thread(_sos, conn, "SOS-1", lat, lon, neighbours=(NEIGHBOUR,))
             await until(lambda: len({t for t, _ in centres.for_alert("SOS-1")}) >= 2, 5, "both centres")
             topics = {t for t, _ in centres.for_alert("SOS-1")}
             assert {f"cc/v1/{DISTRICT}/alerts", f"cc/v1/{NEIGHBOUR}/alerts"} <= topics
@@ -323,10 +323,12 @@ async def test_acknowledged_alerts_do_not_escalate_and_unacknowledged_ones_do_on
         with LampFleet(world.params, world.lamps), psycopg.connect(world.db_url, autocommit=True) as conn:
             async with controller_running(cfg):
                 t0 = time.monotonic()
-                _sos(conn, "SOS-ACK", lat, lon)
-                _sos(conn, "SOS-NOACK", lat, lon)
+                await asyncio.to_thread(_sos, conn, "SOS-ACK", lat, lon)
+                await asyncio.to_thread(_sos, conn, "SOS-NOACK", lat, lon)
                 await asyncio.sleep(0.3)
-                change_alert(conn, "SOS-ACK", lambda a: acknowledge(a, datetime.now(UTC), "op-jung"))
+                await asyncio.to_thread(
+                    change_alert, conn, "SOS-ACK", lambda a: acknowledge(a, datetime.now(UTC), "op-jung")
+                )
 
                 def escalations(alert_id: str) -> list[tuple[str | None, float]]:
                     alert = load_alert(conn, alert_id)
@@ -360,11 +362,16 @@ async def test_resolving_an_sos_stops_the_blinking(world: World, centres: Centre
         psycopg.connect(world.db_url, autocommit=True) as conn,
     ):
         async with controller_running(world.cfg()):
-            _sos(conn, "SOS-R", lat, lon)
+            await asyncio.to_thread(_sos, conn, "SOS-R", lat, lon)
             await until(lambda: "SOS-R" in fleet.sources(lamp), 5, "blink")
             now = datetime.now(UTC)
-            change_alert(
-                conn, "SOS-R", lambda a: resolve(acknowledge(a, now, "op"), now, "op", outcome="safe")
+            # Off the event loop: the controller runs on this loop, and a blocking call here would
+            # stall it for as long as the row lock is waited for.
+            await asyncio.to_thread(
+                change_alert,
+                conn,
+                "SOS-R",
+                lambda a: resolve(acknowledge(a, now, "op"), now, "op", outcome="safe"),
             )
             await until(lambda: "SOS-R" not in fleet.sources(lamp), 5, "clear")
             await until(
@@ -429,7 +436,7 @@ async def test_two_controllers_split_the_districts_and_a_killed_one_is_replaced_
                 await until(lambda: sorted(owners().values()) == ["survivor", "victim"], 10, "a split")
                 victim_district = next(d for d, o in owners().items() if o == "victim")
                 assert victim_district == DISTRICT  # the first controller keeps the first of its share
-                _sos(conn, "SOS-F", lat, lon)
+                await asyncio.to_thread(_sos, conn, "SOS-F", lat, lon)
                 await until(lambda: "SOS-F" in fleet.sources(lamp), 10, "blink by the first controller")
                 killed_at = time.monotonic()
                 proc.send_signal(signal.SIGKILL)
@@ -595,13 +602,15 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
         assert subscribed.wait(5)
         with psycopg.connect(db_url, autocommit=True) as conn:
             async with controller_running(cfg) as controller:
-                _sos(conn, alert_id, BASE_LAT, BASE_LON)
+                await asyncio.to_thread(_sos, conn, alert_id, BASE_LAT, BASE_LON)
                 await until(lambda: "open" in statuses(alert_id), 5, "the open SOS at the centre")
                 session = controller.mqtt
                 assert session is not None
                 broker.stop()  # graceful: the centre's persistent session is saved
                 await until(lambda: not session.connected, 5, "the controller to see the broker gone")
-                change_alert(conn, alert_id, lambda a: acknowledge(a, datetime.now(UTC), "op-jung"))
+                await asyncio.to_thread(
+                    change_alert, conn, alert_id, lambda a: acknowledge(a, datetime.now(UTC), "op-jung")
+                )
                 await until(lambda: controller.stats["alert_publish_failed"] >= 1, 5, "the failed publish")
                 await asyncio.to_thread(broker.start_again)
                 await until(
