@@ -146,3 +146,29 @@ def cli_output(args: list[str]) -> str:
     with contextlib.redirect_stdout(out):
         assert cli_main(args) == 0
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def controller_in_thread(cfg: ControllerConfig) -> Iterator[Controller]:
+    """A controller on its own event loop in a thread, for tests that drive browsers or the API
+    synchronously; ready when entered, cancelled on leaving."""
+    controller = Controller(cfg)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(controller.run())
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, name="controller", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15.0
+    while not controller.ready.is_set():
+        assert thread.is_alive() and time.monotonic() < deadline, "the controller did not start"
+        time.sleep(0.05)
+    try:
+        yield controller
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=15.0)
+        loop.close()

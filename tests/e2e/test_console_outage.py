@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import functools
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from ingest._alerts import raise_offline_alerts
 from ingest._write import write_batch
 from store.alerts import active_alerts
 from streetlight.bootstrap import gazetteer_namer
-from tests.conftest import skip_unless
-from tests.e2e.cdp import Browser, find_chromium
+from tests.e2e.cdp import Browser
 from tests.e2e.test_api_console import MAP_IDLE
 from tests.helpers import provision
 
@@ -105,18 +103,6 @@ def ingest(conn: psycopg.Connection, messages: list[RawMessage]) -> None:
     """What the ingest worker does with a batch of the controllers' messages."""
     now = datetime.now(UTC)
     write_batch(conn, process(messages, int(now.timestamp() * 1000), SeqTracker()), messages, now)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    exe = find_chromium()
-    skip_unless(
-        exe is not None, "no chromium on PATH (python3 dev.py test installs Debian's chromium as root)"
-    )
-    assert exe is not None
-    b = Browser(exe, tmp_path / "profile")
-    yield b
-    b.close()
 
 
 def test_an_outage_with_an_sos_shows_the_sos_on_top_and_the_outage_with_its_lamps_and_areas(

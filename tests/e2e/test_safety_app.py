@@ -10,9 +10,6 @@ again after a network error), and a centre without phone keys says it offers no 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,12 +20,13 @@ import httpx
 import pytest
 
 from broker import parse_mqtt_url
-from controller import Controller, ControllerConfig, HoldPolicy
+from controller import ControllerConfig, HoldPolicy
 from devkit.apiclient import JUNG, PASSWORD, fast_config, seed, serve
 from devkit.bench.controller import LampFleet, LampSpec
 from devkit.localservices import MqttService
 from tests.conftest import skip_unless
 from tests.e2e.cdp import Browser, find_chromium
+from tests.helpers import controller_in_thread
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -89,31 +87,6 @@ def browsers(tmp_path: Path) -> Iterator[tuple[Browser, Browser]]:
     phone.close()
 
 
-@contextlib.contextmanager
-def controller_running(cfg: ControllerConfig) -> Iterator[Controller]:
-    """A controller on its own event loop in a thread (the test drives browsers synchronously)."""
-    controller = Controller(cfg)
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(controller.run())
-
-    def run() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-
-    thread = threading.Thread(target=run, name="controller", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15.0
-    while not controller.ready.is_set():
-        assert thread.is_alive() and time.monotonic() < deadline, "the controller did not start"
-        time.sleep(0.05)
-    try:
-        yield controller
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=15.0)
-        loop.close()
-
-
 def registered(c: httpx.Client, mine: dict[str, str]) -> bool:
     """Whether the resident's export says a call-back number is held."""
     r = c.get("/v1/residents/me/export", headers=mine)
@@ -157,7 +130,7 @@ def test_the_page_walks_brightens_raises_an_sos_by_shaking_and_sees_it_dispatche
         serve(fast_config(db_url)) as base,
         httpx.Client(base_url=base, timeout=10.0) as c,
         LampFleet(params, specs) as fleet,
-        controller_running(cfg),
+        controller_in_thread(cfg),
     ):
         # The page and its PWA files, with the API's security headers.
         for path in ("/app/", "/app/app.js", "/app/sw.js", "/app/manifest.json"):

@@ -9,8 +9,6 @@ escalation) runs on the wall clock through the real services.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -29,12 +27,13 @@ from httpx import Client
 
 from alerts import EscalationPolicy
 from broker import ConnectionParams, paho_client, parse_mqtt_url
-from controller import Controller, ControllerConfig
+from controller import ControllerConfig
 from devkit.apiclient import PASSWORD, TEST_PHONE_KEYS, client, fast_config, login, resident, seed
 from devkit.localservices import MqttService
 from geo import Gazetteer, load_safety_zones
 from store.phones import read_guard_phone
 from streetlight.guardroster import import_guards
+from tests.helpers import controller_in_thread
 
 ZONES = load_safety_zones()
 ZONE_A, ZONE_B = ZONES.guard_zones[0], ZONES.guard_zones[1]
@@ -82,31 +81,6 @@ class Centre:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-@contextlib.contextmanager
-def controller_running(cfg: ControllerConfig) -> Iterator[Controller]:
-    """A controller on its own event loop in a thread (the test drives the API synchronously)."""
-    controller = Controller(cfg)
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(controller.run())
-
-    def run() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-
-    thread = threading.Thread(target=run, name="controller", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15.0
-    while not controller.ready.is_set():
-        assert thread.is_alive() and time.monotonic() < deadline, "the controller did not start"
-        time.sleep(0.05)
-    try:
-        yield controller
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(timeout=15.0)
-        loop.close()
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
@@ -193,7 +167,7 @@ def services(db_url: str, mqtt_service: MqttService, tmp_path: Path) -> Iterator
     )
     centre = Centre(params, [ZONE_A.district_code, "11000"])
     try:
-        with controller_running(cfg), client(fast_config(db_url)) as api:
+        with controller_in_thread(cfg), client(fast_config(db_url)) as api:
             yield Services(api, db_url, centre, clock, police)
     finally:
         centre.close()
