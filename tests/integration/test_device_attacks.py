@@ -5,6 +5,7 @@ against a real broker and PostgreSQL and the real ingest worker and controller."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -449,13 +450,15 @@ def test_a_retained_offline_with_the_largest_bdseq_does_not_keep_the_lamp_offlin
         mosquitto_pub(params, f"{base}/state", [b""], retain=True, client_id=lamp)
 
 
-async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_within_its_rate(
+def _lamps_with_a_blinker(
     db_url: str, mqtt_service: MqttService, unique_id: str
-) -> None:
+) -> tuple[ConnectionParams, list[LampSpec], str, ControllerConfig]:
+    """Three registered lamps 10 m apart, a blinker paired with the first, and a controller's config."""
     migrate(db_url)
     params = parse_mqtt_url(mqtt_service.url)
-    prefix = f"L{unique_id}"
-    lamps = [LampSpec(f"{prefix}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)]
+    lamps = [
+        LampSpec(f"L{unique_id}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)
+    ]
     blinker = f"B{unique_id}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         for spec in lamps:
@@ -473,8 +476,15 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
         owner=f"test-{uuid.uuid4().hex[:8]}",
         lease_ttl_s=2.0,
         tick_s=0.05,
-        retry_after_s=0.5,
     )
+    return params, lamps, blinker, cfg
+
+
+async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_within_its_rate(
+    db_url: str, mqtt_service: MqttService, unique_id: str
+) -> None:
+    params, lamps, blinker, cfg = _lamps_with_a_blinker(db_url, mqtt_service, unique_id)
+    cfg = dataclasses.replace(cfg, retry_after_s=0.5)
     n = 5000
     sightings = [
         json.dumps(
@@ -508,29 +518,8 @@ async def test_a_blinker_flooding_made_up_beacon_sightings_commands_lamps_only_w
 async def test_a_lamp_reporting_beacon_sightings_commands_no_lamp_and_a_blinkers_still_do(
     db_url: str, mqtt_service: MqttService, unique_id: str
 ) -> None:
-    migrate(db_url)
-    params = parse_mqtt_url(mqtt_service.url)
-    lamps = [
-        LampSpec(f"L{unique_id}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)
-    ]
-    attacker, blinker = lamps[0].device_id, f"B{unique_id}"
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        for spec in lamps:
-            upsert_device(
-                conn, spec.device_id, kind="lamp", district_code=DISTRICT, lat=spec.lat, lon=spec.lon
-            )
-        upsert_device(
-            conn, blinker, kind="blinker", district_code=DISTRICT, lat=BASE_LAT, lon=BASE_LON,
-            paired_device_id=lamps[0].device_id,
-        )  # fmt: skip
-    cfg = ControllerConfig(
-        mqtt=params,
-        database_url=db_url,
-        districts=(DISTRICT,),
-        owner=f"test-{uuid.uuid4().hex[:8]}",
-        lease_ttl_s=2.0,
-        tick_s=0.05,
-    )
+    params, lamps, blinker, cfg = _lamps_with_a_blinker(db_url, mqtt_service, unique_id)
+    attacker = lamps[0].device_id
 
     def sighting(seq: int) -> bytes:
         return json.dumps(
