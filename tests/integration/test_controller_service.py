@@ -116,9 +116,14 @@ class Centres:
         with self._lock:
             self.messages.append((msg.topic, json.loads(msg.payload)))
 
-    def for_alert(self, alert_id: str) -> list[tuple[str, dict[str, Any]]]:
+    def for_alert(self, alert_id: str, topic: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The messages naming ``alert_id`` (on ``topic`` only, when given), in arrival order."""
         with self._lock:
-            return [(t, m) for t, m in self.messages if m.get("alert_id") == alert_id]
+            return [
+                (t, m)
+                for t, m in self.messages
+                if m.get("alert_id") == alert_id and (topic is None or t == topic)
+            ]
 
     def close(self) -> None:
         self._client.disconnect()

@@ -20,13 +20,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from httpx import Client
 
 from alerts import EscalationPolicy
-from broker import ConnectionParams, paho_client, parse_mqtt_url
+from broker import parse_mqtt_url
 from controller import ControllerConfig
 from devkit.apiclient import PASSWORD, TEST_PHONE_KEYS, client, fast_config, login, resident, seed
 from devkit.localservices import MqttService
@@ -34,6 +33,7 @@ from geo import Gazetteer, load_safety_zones
 from store.phones import read_guard_phone
 from streetlight.guardroster import import_guards
 from tests.helpers import controller_in_thread
+from tests.integration.test_controller_service import Centres
 
 ZONES = load_safety_zones()
 ZONE_A, ZONE_B = ZONES.guard_zones[0], ZONES.guard_zones[1]
@@ -51,38 +51,6 @@ def _inside(dong_code: str) -> tuple[float, float]:
 A_LAT, A_LON = _inside(ZONE_A.dong_code)
 
 
-class Centre:
-    """A control-centre client: what arrives on cc/v1/{d}/alerts, with when it arrived."""
-
-    def __init__(self, params: ConnectionParams, centres: list[str]) -> None:
-        self.messages: list[tuple[str, dict[str, Any], float]] = []
-        self._lock = threading.Lock()
-        ready = threading.Event()
-        self._client = paho_client(params, f"cc-g-{os.getpid()}-{time.monotonic_ns()}")
-        self._client.on_connect = lambda c, *_a: c.subscribe([(f"cc/v1/{d}/alerts", 1) for d in centres])
-        self._client.on_subscribe = lambda *_a: ready.set()
-        self._client.on_message = self._on_message
-        self._client.connect(params.host, params.port)
-        self._client.loop_start()
-        assert ready.wait(5)
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload), time.time()))
-
-    def for_alert(self, alert_id: str, topic: str | None = None) -> list[tuple[str, dict[str, Any], float]]:
-        with self._lock:
-            return [
-                m
-                for m in self.messages
-                if m[1].get("alert_id") == alert_id and (topic is None or m[0] == topic)
-            ]
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
 def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -98,7 +66,7 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = 10.0) -
 class Services:
     api: Client
     db_url: str
-    centre: Centre
+    centre: Centres
     clock: list[dt.datetime]
     police: list[bytes]
 
@@ -165,7 +133,7 @@ def services(db_url: str, mqtt_service: MqttService, tmp_path: Path) -> Iterator
         police_webhook_url=f"http://127.0.0.1:{server.server_address[1]}/police",
         clock=lambda: clock[0],
     )
-    centre = Centre(params, [ZONE_A.district_code, "11000"])
+    centre = Centres(params, [ZONE_A.district_code, "11000"])
     try:
         with controller_in_thread(cfg), client(fast_config(db_url)) as api:
             yield Services(api, db_url, centre, clock, police)
@@ -197,7 +165,7 @@ def test_an_sos_in_a_zone_at_22_on_a_duty_day_reaches_the_guards_on_duty_after_t
     assert "resident" not in text and "source_id" not in text and "phone" not in text
 
     # The centre first: its first publication of the alert predates the guards' notification.
-    first_topic, first, _ = s.centre.for_alert(alert_id)[0]
+    first_topic, first = s.centre.for_alert(alert_id)[0]
     assert first_topic == f"cc/v1/{ZONE_A.district_code}/alerts"
     assert all(e.get("details", {}).get("escalation") != "guards" for e in first["timeline"])
     notified = dt.datetime.fromisoformat(item["notified_at"])
@@ -224,7 +192,7 @@ def test_an_sos_in_a_zone_at_22_on_a_duty_day_reaches_the_guards_on_duty_after_t
     wait_for(
         lambda: any(
             any(e["action"] == "guard_arrived" for e in m["timeline"])
-            for _, m, _ in s.centre.for_alert(alert_id)
+            for _, m in s.centre.for_alert(alert_id)
         ),
         "the arrival at the centre",
     )
