@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -47,6 +47,8 @@ __all__ = [
     "PgCluster",
     "PgReplicaSet",
     "PgService",
+    "RabbitCluster",
+    "RabbitNode",
     "configured_mqtt",
     "configured_pg",
     "find_pg_bin",
@@ -55,8 +57,6 @@ __all__ = [
     "pg_replication_installed",
     "provide_mqtt",
     "provide_pg",
-    "RabbitCluster",
-    "RabbitNode",
     "rabbitmq_installed",
     "reserve_port",
     "start_embedded_broker",
@@ -255,7 +255,9 @@ class RabbitCluster:
             check=False,
         )
         if out.returncode != 0:
-            raise RuntimeError(f"rabbitmqctl {' '.join(args)} on node {node}: {out.stderr.strip() or out.stdout}")
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} on node {node}: {out.stderr.strip() or out.stdout}"
+            )
         return out.stdout
 
     def kill(self, node: int) -> None:
