@@ -117,7 +117,7 @@ class AmqpIngestWorker(IngestWorker):
 
     def _run_alone(self) -> None:
         self._io_thread = threading.current_thread()
-        start = 0
+        start = self.config.index % len(self.source.urls)  # workers spread over the nodes
         attempt = 0
         while not self._stop.is_set():
             try:
