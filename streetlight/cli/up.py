@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from broker.local import MqttService, provide_mqtt
 from runtime.logs import get_logger
@@ -20,6 +21,7 @@ from streetlight.settings import Settings
 from streetlight.supervisor import Supervisor, child_env
 
 if TYPE_CHECKING:
+    from broker.rabbitmq import RabbitCluster
     from streetlight.story import Story
 
 log = get_logger(__name__)
@@ -54,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --story: stop everything when the story ends (for tests); exit status 1 if it failed",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a three-node RabbitMQ cluster on loopback instead of one broker: the clients get the "
+        "three nodes' addresses, ingest consumes the cluster's quorum queue over AMQP with two "
+        "workers (needs rabbitmq-server)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="start the broker and database, say what would run, then stop (for a quick look)",
@@ -64,17 +73,21 @@ def _provide(settings: Settings) -> tuple[MqttService, PgService]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
     try:
-        if settings.database_url:
-            pg = configured_pg(settings.database_url)
-            if pg is None:
-                raise SystemExit(f"streetlight up: DATABASE_URL {settings.database_url} is not reachable")
-        else:
-            # The embedded server keeps its data in the data folder, so a second `up` resumes.
-            pg = start_embedded_pg(settings.data_dir / "pgdata")
+        pg = _provide_database(settings)
     except BaseException:
         mqtt.stop()  # never leave a broker behind when the database does not come up
         raise
     return mqtt, pg
+
+
+def _provide_database(settings: Settings) -> PgService:
+    if settings.database_url:
+        pg = configured_pg(settings.database_url)
+        if pg is None:
+            raise SystemExit(f"streetlight up: DATABASE_URL {settings.database_url} is not reachable")
+        return pg
+    # The embedded server keeps its data in the data folder, so a second `up` resumes.
+    return start_embedded_pg(settings.data_dir / "pgdata")
 
 
 def _wait_ready(url: str, *, timeout_s: float) -> bool:
@@ -115,17 +128,64 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the story's requests, one line each
     reserve_port(settings.api_port)  # the API binds it later: no other service may get it
+    if args.cluster:
+        return _run_cluster(args, settings)
     mqtt, pg = _provide(settings)
     try:
-        return _run_with(args, settings, mqtt, pg)
+        return _run_with(args, settings, Brokers(f"{mqtt.kind} at {mqtt.host}:{mqtt.port}", mqtt.url), pg)
     finally:
         mqtt.stop()
         pg.stop()
 
 
-def _run_with(args: argparse.Namespace, settings: Settings, mqtt: MqttService, pg: PgService) -> int:
+class Brokers(NamedTuple):
+    """What the services are told about the broker(s) ``up`` provides."""
+
+    described: str  # for the start-up lines
+    mqtt_url: str  # MQTT_URL: one broker, or a cluster's nodes separated by commas
+    amqp_url: str | None = None  # a cluster's nodes for ingest's quorum queue (AMQP_URL)
+
+
+def _run_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    """``--cluster``: three RabbitMQ nodes on loopback (rabbitmq-server must be installed)."""
+    from broker.rabbitmq import RABBITMQ_SERVER, rabbitmq_installed, start_rabbitmq_cluster
+
+    if not rabbitmq_installed():
+        print(
+            f"streetlight up --cluster: rabbitmq-server is not installed ({RABBITMQ_SERVER} not found); "
+            "install it (apt install rabbitmq-server) or run streetlight up without --cluster",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.mqtt_url:
+        print("streetlight up --cluster: starts its own broker nodes; unset MQTT_URL", file=sys.stderr)
+        return 2
+    workdir = settings.data_dir / "rabbitmq-cluster"
+    shutil.rmtree(workdir, ignore_errors=True)  # node names are per run: a fresh cluster each time
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    print("starting a three-node RabbitMQ cluster (about 20 s) ...", flush=True)
+    cluster: RabbitCluster = start_rabbitmq_cluster(workdir)
+    try:
+        pg = _provide_database(settings)
+    except BaseException:
+        cluster.stop()
+        raise
+    ports = ", ".join(f"{n.mqtt_port}/{n.amqp_port}" for n in cluster.nodes)
+    brokers = Brokers(
+        f"rabbitmq cluster of {len(cluster.nodes)} nodes at 127.0.0.1 (MQTT/AMQP ports {ports})",
+        ",".join(cluster.mqtt_urls),
+        ",".join(cluster.amqp_urls),
+    )
+    try:
+        return _run_with(args, settings, brokers, pg)
+    finally:
+        cluster.stop()
+        pg.stop()
+
+
+def _run_with(args: argparse.Namespace, settings: Settings, brokers: Brokers, pg: PgService) -> int:
     """Everything after the broker and database are up (the caller stops those)."""
-    print(f"broker:   {mqtt.kind} at {mqtt.host}:{mqtt.port}")
+    print(f"broker:   {brokers.described}")
     print(f"database: {pg.kind} ({pg.url.split('@')[-1]})")
     print(f"data:     {settings.data_dir}")
     missing = [name for name, _ in SERVICES if load_command(COMMANDS[name]) is None]
@@ -135,13 +195,16 @@ def _run_with(args: argparse.Namespace, settings: Settings, mqtt: MqttService, p
         wanted = [(n, a) for n, a in wanted if n != "sim"]
     _prepare_database(pg.url, with_operators=any(n == "api" for n, _ in wanted))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
-    sup = Supervisor(child_env(mqtt.url, pg.url))
+    extra = {"AMQP_URL": brokers.amqp_url} if brokers.amqp_url else None
+    sup = Supervisor(child_env(brokers.mqtt_url, pg.url, extra))
     ingest_port = free_port()
     for name, argv in wanted:
         if name == "sim":
             continue  # added once ingest listens, so no device's birth goes unheard
         if name == "ingest":
             argv = [*argv, "--metrics-port", str(ingest_port)]
+            if brokers.amqp_url:  # competing consumers on the cluster's quorum queue
+                argv = [*argv, "--source", "amqp", "--workers", "2"]
         sup.add(name, argv)
     print("running:  " + (", ".join(n for n, _ in wanted) or "broker and database only"))
     if missing:
@@ -155,7 +218,7 @@ def _run_with(args: argparse.Namespace, settings: Settings, mqtt: MqttService, p
     print("Ctrl-C stops everything.")
     sup.start_all()
     try:
-        story = _start_services_then_story(args, sup, wanted, api_url, mqtt.url, ingest_port)
+        story = _start_services_then_story(args, sup, wanted, api_url, brokers.mqtt_url, ingest_port)
         sup.run_until_signal(done=(lambda: story.finished) if story and args.exit_after_story else None)
     finally:
         sup.stop_all()  # also when starting failed half-way; stopping twice is harmless
