@@ -236,9 +236,10 @@ def start_rabbitmq_cluster(
         booted = time.monotonic()
 
         def join(i: int) -> None:
-            cluster.ctl(i, "stop_app")
-            cluster.ctl(i, "join_cluster", members[0].name)
-            cluster.ctl(i, "start_app")
+            # On a loaded machine a step can take a minute (start_app waits for the tables to sync).
+            cluster.ctl(i, "stop_app", timeout_s=timeout_s)
+            cluster.ctl(i, "join_cluster", members[0].name, timeout_s=timeout_s)
+            cluster.ctl(i, "start_app", timeout_s=timeout_s)
 
         with ThreadPoolExecutor(max(1, nodes - 1)) as pool:
             list(pool.map(join, range(1, nodes)))

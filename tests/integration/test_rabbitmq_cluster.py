@@ -29,7 +29,7 @@ import pytest
 from broker import AmqpSource
 from devkit.apiclient import seed
 from devkit.bench.fastpub import telemetry_payload
-from devkit.localservices import RabbitCluster
+from devkit.localservices import PgService, RabbitCluster
 from ingest import AmqpIngestWorker, WorkerConfig
 
 pytestmark = pytest.mark.integration
@@ -271,3 +271,22 @@ def test_the_ingest_moves_to_a_live_node_when_its_node_is_sigkilled_and_the_node
         again = publish_all([Publisher(rabbitmq_cluster.nodes[0].mqtt_port, f"{prefix}back-", 300)])
         assert len(again) == 300
         wait_stored(db_url, f"{prefix}back-", again)
+
+
+def test_up_cluster_starts_three_nodes_and_stops_them(pg_service: PgService, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "AMQP_URL")}
+    env.update(STREETLIGHT_DATA_DIR=str(tmp_path), DATABASE_URL=pg_service.url, PYTHONUNBUFFERED="1")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "streetlight.cli", "up", "--cluster", "--check"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    stdout, _ = up.communicate(timeout=180)
+    assert up.returncode == 0, stdout
+    assert "broker:   rabbitmq cluster of 3 nodes" in stdout, stdout
+    # Its nodes were stopped with it (their names carry its pid): no VM is left, nor their files.
+    left = subprocess.run(["pgrep", "-f", f"sl-{up.pid}-"], capture_output=True, check=False)
+    assert left.returncode == 1, left.stdout
+    assert not (tmp_path / "rabbitmq-cluster").exists()
