@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.logs import get_logger
-from runtime.procs import free_port, wait_port
+from runtime.procs import free_port, reserve_port, wait_port
 
 log = get_logger(__name__)
 
@@ -42,12 +44,34 @@ def rabbitmq_installed() -> bool:
     return RABBITMQ_SERVER.exists() and RABBITMQ_CTL.exists()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def rabbitmq_port() -> int:
-    """A free loopback port that is none of the Erlang distribution ports rabbitmqctl takes."""
-    while True:
-        port = free_port()
-        if port not in _RABBITMQ_RESERVED_PORTS:
-            return port
+    """A free loopback port below the kernel's ephemeral range, none of the Erlang distribution
+    ports rabbitmqctl takes. A node binds its ports seconds after they are chosen: in the ephemeral
+    range an outgoing connection (rabbitmqctl's, another test's) could take one meanwhile."""
+    low, high = 20000, _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(low, high) if high > low + 100 else free_port()
+        if port in _RABBITMQ_RESERVED_PORTS or port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        reserve_port(port)
+        return port
+    raise OSError("no free port for a RabbitMQ node")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def rabbitmq_config(amqp_port: int, mqtt_port: int, *, prefetch: int = RABBITMQ_MQTT_PREFETCH) -> str:
@@ -103,6 +127,15 @@ class RabbitNode:
     def wait_booted(self, timeout_s: float) -> None:
         """Wait until its MQTT listener (the last one a node opens) accepts connections."""
         wait_port("127.0.0.1", self.mqtt_port, timeout_s, self.proc)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the node's log (its own log file, else what it printed)."""
+        logs = sorted((self.workdir / "log").glob("*.log")) or [self.workdir / "stdout.log"]
+        try:
+            text = logs[0].read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     @property
     def alive(self) -> bool:
@@ -245,6 +278,10 @@ def start_rabbitmq_cluster(
             list(pool.map(join, range(1, nodes)))
         for n in members:
             n.wait_booted(timeout_s)
+    except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+        dead = [f"node {i} ({n.name}):\n{n.log_tail()}" for i, n in enumerate(members) if not n.alive]
+        cluster.stop()
+        raise RuntimeError(f"the RabbitMQ cluster did not form: {exc}\n" + "\n".join(dead)) from exc
     except BaseException:
         cluster.stop()
         raise

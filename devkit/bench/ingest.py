@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -47,6 +48,7 @@ from devkit.localservices import (
     start_mosquitto,
     start_pg_cluster,
     start_rabbitmq,
+    start_rabbitmq_cluster,
     terminate,
     timescale_installed,
 )
@@ -76,7 +78,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="publish rate (0: as fast as possible)")
     parser.add_argument("--naive-sample", type=int, default=NAIVE_SAMPLE)
     parser.add_argument(
-        "--broker", choices=["mosquitto", "rabbitmq"], default="mosquitto", help="the private broker to start"
+        "--broker",
+        choices=["mosquitto", "rabbitmq", "rabbitmq-cluster"],
+        default="mosquitto",
+        help="the private broker to start; rabbitmq-cluster: three RabbitMQ nodes (publishers spread over "
+        "them, ingest on the quorum queue over AMQP) against a private Mosquitto in the same run",
+    )
+    parser.add_argument(
+        "--amqp-prefetch",
+        type=int,
+        default=2000,
+        help="with rabbitmq-cluster: unacknowledged messages one ingest worker may hold (default 2000)",
     )
     parser.add_argument(
         "--prefetch",
@@ -95,13 +107,13 @@ def _py(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-def _publish(port: int, args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+def _publish(port: int, args: argparse.Namespace, prefix: str, count: int | None = None) -> dict[str, Any]:
     cmd = _py(
         "devkit.bench.fastpub",
         "--port",
         str(port),
         "--count",
-        str(args.count),
+        str(args.count if count is None else count),
         "--lamps",
         str(args.lamps),
         "--qos",
@@ -189,7 +201,39 @@ def _p99_ms(values: dict[str, float]) -> float | None:
     return None
 
 
-def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def _publish_spread(ports: list[int], args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """One publisher process per broker node at once, the messages split evenly between them."""
+    if len(ports) == 1:
+        return _publish(ports[0], args, prefix)
+    share = [args.count // len(ports) + (1 if i < args.count % len(ports) else 0) for i in range(len(ports))]
+    results: list[dict[str, Any]] = [{} for _ in ports]
+
+    def one(i: int) -> None:
+        results[i] = _publish(ports[i], args, f"{prefix}{i}-", share[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ports))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "sent": sum(int(r["sent"]) for r in results),
+        "pubacks": sum(int(r.get("pubacks") or 0) for r in results),
+        "started_unix_s": min(float(r["started_unix_s"]) for r in results),
+    }
+
+
+def _ingest(
+    port: int,
+    db_url: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    publish_ports: list[int] | None = None,
+    amqp_urls: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run ``streetlight ingest`` (on ``port``'s broker, or with ``amqp_urls`` on the cluster's
+    quorum queue), publish to ``publish_ports`` (default: ``port``) and time the commits."""
     metrics_port = free_port()
     env = dict(
         os.environ,
@@ -219,6 +263,8 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
         "--device-burst",
         "1e9",
     )
+    if amqp_urls:
+        cmd += ["--source", "amqp", "--amqp-url", ",".join(amqp_urls), "--prefetch", str(args.amqp_prefetch)]
     proc = subprocess.Popen(cmd, env=env)
     ports = [metrics_port + i for i in range(args.workers)]
     try:
@@ -232,7 +278,7 @@ def _ingest(port: int, db_url: str, args: argparse.Namespace, workdir: Path) -> 
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("ingest did not subscribe within 60 s")
             time.sleep(0.1)
-        sent = _publish(port, args, "bench")
+        sent = _publish_spread(publish_ports or [port], args, "bench")
         # The span runs from the publisher's first send to the last commit the workers report
         # (their last-commit gauge): the whole stream, as the baseline's first-to-last receive,
         # plus the first message's trip and the last batch's flush delay.
@@ -351,10 +397,94 @@ def _timescale_server(workdir: Path, admin_url: str | None) -> tuple[PgCluster |
     return pg, pg.url, ""
 
 
+def _accounting(ing: dict[str, Any], db_url: str) -> dict[str, Any]:
+    rows, distinct = _stored(db_url)
+    return {
+        "rate_msgs_s": round(float(ing["rate"]), 1),
+        "sent": ing["sent"],
+        "acknowledged": ing["pubacks"],
+        "stored": distinct,
+        "rows": rows,
+        "duplicates": rows - distinct,
+        # Acknowledged by the broker and not stored (0 unless something lost a message).
+        "lost_acknowledged": max(0, int(ing["pubacks"] or 0) - distinct),
+        "p99_lag_ms": _p99_ms(ing["metrics"]),
+    }
+
+
+def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """``--broker rabbitmq-cluster``: QoS 1 ingest through a private Mosquitto, then through three
+    RabbitMQ nodes (publishers spread over them, ingest on the quorum queue), same database server."""
+    from store import migrate
+
+    workdir = Path(tempfile.mkdtemp(prefix="slbench-ingest-cluster-"))
+    args.qos = 1
+    pg: PgCluster | None = None
+    admin_url = os.environ.get("DATABASE_URL")
+    dbname = f"slbench_{uuid.uuid4().hex[:8]}"
+    names = [f"{dbname}_mosquitto", f"{dbname}_cluster"]
+    try:
+        if not admin_url:
+            pg = start_pg_cluster(workdir / "pg")
+            _durable(pg)
+            admin_url = pg.url
+        urls = []
+        for name in names:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            urls.append(PgService("configured", admin_url).database_url(name))
+            migrate(urls[-1], timescale=False)
+        mosquitto = start_mosquitto(workdir / "mosquitto")
+        try:
+            _say(f"mosquitto :{mosquitto.port}, {args.count} QoS 1 messages, {args.workers} worker(s)")
+            single = _accounting(_ingest(mosquitto.port, urls[0], args, workdir), urls[0])
+        finally:
+            mosquitto.stop()
+        _say(f"mosquitto: {single}")
+        started = time.monotonic()
+        cluster = start_rabbitmq_cluster(workdir / "cluster")
+        boot_s = time.monotonic() - started
+        try:
+            ports = [n.mqtt_port for n in cluster.nodes]
+            _say(f"cluster up in {boot_s:.1f} s, MQTT {ports}")
+            ing = _ingest(ports[0], urls[1], args, workdir, publish_ports=ports, amqp_urls=cluster.amqp_urls)
+            three = _accounting(ing, urls[1])
+        finally:
+            cluster.stop()
+        _say(f"cluster: {three}")
+        ok = all(r["duplicates"] == 0 and r["lost_acknowledged"] == 0 for r in (single, three))
+        return {
+            "bench": "ingest",
+            "broker": "rabbitmq-cluster",
+            "messages": args.count,
+            "qos": 1,
+            "workers": args.workers,
+            "lamps": args.lamps,
+            "mosquitto": single,
+            "cluster": three
+            | {"nodes": 3, "boot_and_join_s": round(boot_s, 1), "prefetch": args.amqp_prefetch},
+            "cluster_to_mosquitto": _ratio(three["rate_msgs_s"], single["rate_msgs_s"]),
+            "database": "configured (throwaway databases)"
+            if pg is None
+            else "pg_ctl throwaway cluster (fsync on)",
+            "ok": ok,
+        }
+    finally:
+        if pg is not None:
+            pg.stop()
+        elif admin_url:
+            for name in names:
+                with psycopg.connect(admin_url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the measurements and return the figures."""
     from store import migrate
 
+    if args.broker == "rabbitmq-cluster":
+        return run_cluster(args)
     workdir = Path(tempfile.mkdtemp(prefix="slbench-ingest-"))
     if args.broker == "rabbitmq":
         args.workers = 1  # no shared subscriptions: one consumer

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from devkit.bench import ingest
-from devkit.localservices import timescale_installed
+from devkit.localservices import rabbitmq_installed, timescale_installed
 from tests.conftest import skip_unless
 
 pytestmark = [
@@ -47,3 +47,24 @@ def test_ingest_tiny_run_stores_every_message_once_and_reports_the_contract_fiel
     assert result["timescaledb_rows"] == 2000 and result["timescaledb_lost"] == 0
     assert result["timescaledb_duplicates"] == 0 and result["timescaledb_rate_msgs_s"] > 0
     assert result["timescaledb_ratio_mosquitto_sub"] is not None and result["ok"] is True
+
+
+def test_ingest_through_a_three_node_cluster_against_mosquitto_accounts_for_every_message() -> None:
+    skip_unless(rabbitmq_installed(), "rabbitmq-server is not installed (/usr/lib/rabbitmq/bin)")
+    parser = argparse.ArgumentParser()
+    ingest.add_arguments(parser)
+    args = parser.parse_args(
+        ["--broker", "rabbitmq-cluster", "--count", "3000", "--lamps", "30", "--workers", "2"]
+    )
+    result = ingest.run(args)
+    json.dumps(result)
+    assert result["broker"] == "rabbitmq-cluster" and result["qos"] == 1 and result["workers"] == 2
+    for side in ("mosquitto", "cluster"):
+        r = result[side]
+        # Every message acknowledged (no broker died), stored once.
+        assert r["sent"] == r["acknowledged"] == r["stored"] == r["rows"] == 3000, (side, r)
+        assert r["duplicates"] == 0 and r["lost_acknowledged"] == 0 and r["rate_msgs_s"] > 0
+    assert result["cluster_to_mosquitto"] == pytest.approx(
+        result["cluster"]["rate_msgs_s"] / result["mosquitto"]["rate_msgs_s"], rel=0.01
+    )
+    assert result["ok"] is True
