@@ -10,6 +10,7 @@ safe. One cluster serves the module (~20 s to boot and join); each test has its 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,15 @@ from ingest import AmqpIngestWorker, WorkerConfig
 
 pytestmark = pytest.mark.integration
 DISTRICT = "11230"
+FIGURES: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures(output_dir: Path) -> Iterator[dict[str, object]]:
+    """What the tests measured, in ``.test-output/rabbitmq_cluster.json`` (docs/reliability.md)."""
+    yield FIGURES
+    if FIGURES:
+        (output_dir / "rabbitmq_cluster.json").write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
 @dataclass
@@ -239,6 +249,14 @@ def test_an_ingest_process_sigkilled_mid_stream_loses_nothing_acknowledged_and_s
     # The survivor got what the victim held unacknowledged, and stored it: some of it had been
     # committed by the victim already (the dedup key refused those), the rest was new.
     assert survivor.metrics.redelivered > 0
+    FIGURES["worker_sigkilled"] = {
+        "sent": 6000,
+        "acknowledged": len(acked),
+        "stored": len(distinct),
+        "rows": rows,
+        "redelivered_to_survivor": survivor.metrics.redelivered,
+        "refused_by_dedup_key": survivor.metrics.duplicates,
+    }
 
 
 def test_the_ingest_moves_to_a_live_node_when_its_node_is_sigkilled_and_the_node_rejoins(
@@ -267,11 +285,23 @@ def test_the_ingest_moves_to_a_live_node_when_its_node_is_sigkilled_and_the_node
         assert acked <= distinct and rows == len(distinct)
         assert moved_after[0] < 10, f"ingest moved to a live node after {moved_after[0]:.1f} s"
 
+        restarted = time.monotonic()
         rabbitmq_cluster.start_again(0)
         until("node 0 back in the cluster", lambda: len(rabbitmq_cluster.running_nodes(1)) == 3, 60)
+        rejoined_after = time.monotonic() - restarted
         again = publish_all([Publisher(rabbitmq_cluster.nodes[0].mqtt_port, f"{prefix}back-", 300)])
         assert len(again) == 300
         wait_stored(db_url, f"{prefix}back-", again)
+    FIGURES["node_sigkilled"] = {
+        "sent": 3000,
+        "acknowledged": len(acked),
+        "stored": len(distinct),
+        "rows": rows,
+        "ingest_on_a_live_node_after_s": round(moved_after[0], 2),
+        "node_restarted_and_rejoined_after_s": round(rejoined_after, 1),
+        "redelivered": w.metrics.redelivered,
+        "refused_by_dedup_key": w.metrics.duplicates,
+    }
 
 
 def test_up_cluster_starts_three_nodes_and_stops_them(pg_service: PgService, tmp_path: Path) -> None:
