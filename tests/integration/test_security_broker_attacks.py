@@ -236,7 +236,7 @@ def test_a_controller_logs_in_on_its_instance_account_from_a_password_file(
     deployment: Deployment, db_url: str, tmp_path: Path
 ) -> None:
     d = deployment
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     url = f"mqtt://controller%40north-a@127.0.0.1:{d.port}"
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": url}
     log = tmp_path / "controller.log"
@@ -335,7 +335,7 @@ def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_device
     d = deployment
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%400@127.0.0.1:{d.port}"}
     secret = "SELECT value FROM store_meta WHERE key = 'ingest_share_group'"
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     with ingest_process(env, tmp_path / "first.log") as first:
         wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -377,7 +377,7 @@ def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_do
     d = deployment
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%401@127.0.0.1:{d.port}"}
     rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-7'"
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     ts = int(time.time() * 1000)
     with ingest_process(env, tmp_path / "first.log") as first:
         wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)
