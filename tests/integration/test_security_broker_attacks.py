@@ -46,7 +46,7 @@ LAMP = (
     b'{"ts":%d,"seq":%d,"level":80,"power_w":36.4,"voltage_v":221.7,"current_a":0.164,'
     b'"temp_c":21.5,"lux":3.2,"faults":[]}'
 )
-DEVICES = ["lamp-0", *(f"lamp-{i}" for i in range(1, 8))]
+DEVICES = ["lamp-0", *(f"lamp-{i}" for i in range(1, 9))]
 TAKEOVER = "already connected, closing old connection"  # Mosquitto 2.0.11's log line for a takeover
 
 
@@ -132,11 +132,19 @@ def sub(
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def pub(d: Deployment, user: str, topic: str, payloads: list[bytes], *, client_id: str | None = None) -> None:
+def pub(
+    d: Deployment,
+    user: str,
+    topic: str,
+    payloads: list[bytes],
+    *,
+    client_id: str | None = None,
+    retain: bool = False,
+) -> None:
     """Publish each payload at QoS 1 from one mosquitto_pub connection (stdin, one line each)."""
     assert PUB is not None
     argv = [PUB, "-p", str(d.port), "-u", user, "-P", d.secrets[user], "-i", client_id or user]
-    argv += ["-q", "1", "-t", topic, "-l"]
+    argv += ["-q", "1", "-t", topic, "-l"] + (["-r"] if retain else [])
     subprocess.run(argv, input=b"\n".join(payloads) + b"\n", check=True, timeout=30)
 
 
@@ -210,6 +218,43 @@ def test_a_device_cannot_resume_an_offline_devices_session_and_its_queued_comman
     back = sub(d, "lamp-5", "sl/v1/11230/lamp-5/cmd", clean=False)
     time.sleep(1.0)
     assert "queued-while-offline" in stop(back), "the device's own persistent session lost its command"
+
+
+def test_the_generated_acl_passes_a_lamps_own_topic_attacks_so_the_services_must_refuse_them(
+    deployment: Deployment,
+) -> None:
+    # The attacks of "Attacks tried (devices through the services)" stay on the attacker's own
+    # topics. On the generated configuration they all reach ingest's account: the broker cannot
+    # tell them from honest traffic, so the services' guards (tests/integration/
+    # test_device_attacks.py, run there on a broker without accounts) are the wall, not the ACL.
+    d = deployment
+    base = "sl/v1/11230/lamp-8"
+    watcher = sub(d, "ingest", f"{base}/#", client_id="ingest-watcher")
+    wait_for(lambda: "as ingest " in d.log.read_text(), 5)
+    time.sleep(0.3)  # its SUBACK
+    ts = int(time.time() * 1000)
+    try:
+        pub(
+            d,
+            "lamp-8",
+            f"{base}/ack",
+            [b'{"cmd_id":"sos.0123456789abcdef0123456789abcdef","status":"applied"}'],
+        )
+        birth = (
+            b'{"ts":%d,"bdseq":0,"kind":"blinker","lat":37.4979,"lon":127.0276,"paired_lamp":"lamp-1"}' % ts
+        )
+        pub(d, "lamp-8", f"{base}/birth", [birth])
+        event = b'{"ts":%d,"seq":1,"type":"tamper","code":"door_open"}' % ts
+        pub(d, "lamp-8", f"{base}/event", [event], retain=True)
+        pub(d, "lamp-8", f"{base}/telemetry", [LAMP % (ts + i, i) for i in range(200)])
+        time.sleep(3.0)
+    finally:
+        pub(d, "lamp-8", f"{base}/event", [b""], retain=True)  # clear the retained event
+        out = stop(watcher)
+    assert f"{base}/ack " in out and "cmd_id" in out
+    assert f"{base}/birth " in out and '"kind":"blinker"' in out
+    assert f"{base}/event " in out and "door_open" in out
+    assert out.count(f"{base}/telemetry ") == 200
 
 
 async def test_simulated_lamps_log_in_with_their_provisioned_secrets_and_publish(
