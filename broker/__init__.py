@@ -9,15 +9,17 @@ from broker._aio import InboundMessage, MqttSession
 from broker._connection import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
+    BrokerAddress,
     ConnectionParams,
     backoff_delay_s,
+    next_address,
     parse_mqtt_url,
     read_password_file,
     supports_shared_subscriptions,
     with_credentials,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
-from broker._paho import BufferedReadClient, DeviceLink, paho_client
+from broker._paho import BufferedReadClient, DeviceLink, FailoverClient, paho_client
 from broker._payloads import (
     MAX_DEPTH,
     MAX_FUTURE_MS,
@@ -96,6 +98,7 @@ __all__ = [
     "AlertMessage",
     "AlertsTopic",
     "Birth",
+    "BrokerAddress",
     "BrokerError",
     "BufferedReadClient",
     "Channel",
@@ -108,6 +111,7 @@ __all__ = [
     "DeviceTopic",
     "Event",
     "EventType",
+    "FailoverClient",
     "InboundMessage",
     "Message",
     "MessageKind",
@@ -139,6 +143,7 @@ __all__ = [
     "encode_alert",
     "ingest_filters",
     "is_valid_device_id",
+    "next_address",
     "offline_will",
     "online_state",
     "paho_client",

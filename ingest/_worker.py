@@ -265,7 +265,7 @@ class IngestWorker:
         attempt = 0
         while not self._stop.is_set():
             try:
-                self.client.connect(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                self.client.connect_any(keepalive=30)  # the first node that answers
                 break
             except OSError as exc:
                 delay = backoff_delay_s(attempt, cap_s=10.0)
@@ -302,7 +302,7 @@ class IngestWorker:
                     confirmed_at = now
                 if held and not active:
                     log.info("ingest_lease_taken", key=lease.key, owner=lease.owner, consuming=True)
-                    self.client.connect_async(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                    self.client.connect_async_current(keepalive=30)
                     self.client.loop_start()
                     active = True
                     self.metrics.standby = False

@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: STREETLIGHT_INGEST_WORKERS or 1)",
     )
     parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)  # a child worker's number
-    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-url",
+        help="broker URL without its secret, or a comma-separated list of a cluster's nodes "
+        "(default: MQTT_URL)",
+    )
     parser.add_argument(
         "--mqtt-password-file",
         type=Path,
