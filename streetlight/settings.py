@@ -60,6 +60,9 @@ class Settings:
     """``streetlight api --create-operator USER``'s password (``STREETLIGHT_OPERATOR_PASSWORD``)."""
     database_url: str | None = None
     """``postgresql://...``; None means: start the embedded PostgreSQL."""
+    amqp_url: str | None = None
+    """``amqp://user:secret@host:port/vhost[,amqp://...]``: the RabbitMQ nodes whose quorum queue
+    ``streetlight ingest --source amqp`` consumes (``AMQP_URL``); any live one serves."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
     """Where embedded services keep their data, the spool and generated configuration."""
     api_host: str = "127.0.0.1"
@@ -165,6 +168,7 @@ class Settings:
             mqtt_password_file=Path(e["MQTT_PASSWORD_FILE"]) if e.get("MQTT_PASSWORD_FILE") else None,
             operator_password=e.get("STREETLIGHT_OPERATOR_PASSWORD") or None,
             database_url=e.get("DATABASE_URL") or None,
+            amqp_url=e.get("AMQP_URL") or None,
             data_dir=data_dir,
             api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
             api_port=_int(e, "STREETLIGHT_API_PORT", 8080),
