@@ -83,6 +83,10 @@ class HoldBook:
                 out.append((source, -(-left_ms // 1000)))
         return out
 
+    def lamps(self) -> list[str]:
+        """Every lamp with an override recorded (live or not yet pruned)."""
+        return list(self._sources)
+
     def _unindex(self, source: str, lamp_id: str) -> None:
         sources = self._sources.get(lamp_id)
         if sources is not None:

@@ -97,6 +97,7 @@ class Controller:
             DeviceRateLimiter(cfg.device_rate_per_s, cfg.device_burst) if cfg.device_rate_per_s > 0 else None
         )
         self._listening = False
+        self._mqtt_connections = 0  # the broker session's connections seen by the tick
 
     @property
     def mqtt(self) -> MqttSession | None:
@@ -261,6 +262,23 @@ class Controller:
             self.stats["lamp_back_resent"] += walks + blinks
             log.info("lamp_back_resent", device=device_id, walk_holds=walks, blinks=blinks)
 
+    async def _after_reconnect(self) -> None:
+        """The broker session connected again (its node died, or the broker restarted): births
+        published while it was away were not seen, so every lamp it holds an override for, or
+        that blinks for an SOS, gets its desired state again (a lamp not back yet gets it from
+        its own birth later)."""
+        mqtt = self._outbox.mqtt
+        if mqtt is None or mqtt.connections == self._mqtt_connections or not mqtt.connected:
+            return
+        first = self._mqtt_connections == 0
+        self._mqtt_connections = mqtt.connections
+        if first:
+            return
+        lamps = set(self._walks.holds.lamps()) | self._sos.blinking_lamps()
+        for lamp in sorted(lamps):
+            await self._lamp_back(lamp)
+        log.info("mqtt_reconnected_states_resent", lamps=len(lamps), connections=mqtt.connections)
+
     async def _settled(self, cmd: LampCommand, applied: bool) -> None:
         """A command answered (or given up on): tell the part that sent it."""
         if cmd.action == "blink":
@@ -287,6 +305,7 @@ class Controller:
                 next_pending = mono + PENDING_SWEEP_S
                 steps.append(("pending", lambda: self._outbox.sweep_pending(sorted(self.owned))))
             steps += [
+                ("reconnected", self._after_reconnect),
                 ("rates", self._refill_rates),
                 ("republish", self._publisher.republish),
                 ("acks", self._ack_timeouts),

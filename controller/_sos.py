@@ -170,6 +170,10 @@ class Sos:
         await self._outbox.send_many(cmds)
         return sum(1 for cmd in cmds if cmd is not None)
 
+    def blinking_lamps(self) -> set[str]:
+        """Every lamp of every active SOS's blink set."""
+        return {lamp for blinks in self._blinks.values() for lamp in blinks.lamps}
+
     async def refresh_blinks(self) -> None:
         """Send again the blinks with less than half their time to live left."""
         now = now_ms()
