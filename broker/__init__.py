@@ -6,18 +6,30 @@ The wire contract is docs/protocol.md (DESIGN.md §3). The embedded broker is ``
 """
 
 from broker._aio import InboundMessage, MqttSession
+from broker._amqp import (
+    AMQP_PREFETCH,
+    INGEST_QUEUE,
+    TOPIC_EXCHANGE,
+    AmqpSource,
+    AmqpUrlError,
+    ingest_routing_keys,
+    parse_amqp_urls,
+    topic_of,
+)
 from broker._connection import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
+    BrokerAddress,
     ConnectionParams,
     backoff_delay_s,
+    next_address,
     parse_mqtt_url,
     read_password_file,
     supports_shared_subscriptions,
     with_credentials,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
-from broker._paho import BufferedReadClient, DeviceLink, paho_client
+from broker._paho import BufferedReadClient, DeviceLink, FailoverClient, paho_client
 from broker._payloads import (
     MAX_DEPTH,
     MAX_FUTURE_MS,
@@ -77,6 +89,7 @@ from broker._topics import (
 from broker._will import Will, device_will
 
 __all__ = [
+    "AMQP_PREFETCH",
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "CHANNELS",
@@ -84,18 +97,23 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "DEVICE_RATE_PER_S",
     "INGEST_GROUP",
+    "INGEST_QUEUE",
     "INGEST_SHARED_FILTER",
     "MAX_DEPTH",
     "MAX_FUTURE_MS",
     "MAX_PAYLOAD_BYTES",
     "PRIORITY_RANK",
+    "TOPIC_EXCHANGE",
     "UPLINK_CHANNELS",
     "Ack",
     "AckStatus",
     "Action",
     "AlertMessage",
     "AlertsTopic",
+    "AmqpSource",
+    "AmqpUrlError",
     "Birth",
+    "BrokerAddress",
     "BrokerError",
     "BufferedReadClient",
     "Channel",
@@ -108,6 +126,7 @@ __all__ = [
     "DeviceTopic",
     "Event",
     "EventType",
+    "FailoverClient",
     "InboundMessage",
     "Message",
     "MessageKind",
@@ -138,17 +157,21 @@ __all__ = [
     "encode",
     "encode_alert",
     "ingest_filters",
+    "ingest_routing_keys",
     "is_valid_device_id",
+    "next_address",
     "offline_will",
     "online_state",
     "paho_client",
     "parse_alerts_topic",
+    "parse_amqp_urls",
     "parse_device_topic",
     "parse_mqtt_url",
     "parse_topic",
     "read_password_file",
     "shared",
     "supports_shared_subscriptions",
+    "topic_of",
     "unshared",
     "with_credentials",
 ]

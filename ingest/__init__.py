@@ -5,6 +5,7 @@ the guarantees, the spool, the metrics and the measured figures.
 """
 
 from ingest._alerts import Locator, new_alert_id, offline_reports, raise_fault_alerts, raise_offline_alerts
+from ingest._amqp import AmqpIngestWorker, declare_ingest_queue
 from ingest._jobs import JOBS_LOCK_KEY, JobsLeader
 from ingest._lease import ConsumerLease, lease_key
 from ingest._metrics import IngestMetrics, serve_metrics
@@ -29,6 +30,7 @@ from ingest._write import WriteResult, write_batch
 __all__ = [
     "JOBS_LOCK_KEY",
     "ROW_BDSEQ",
+    "AmqpIngestWorker",
     "ConsumerLease",
     "DatabaseRegistry",
     "DeadLetter",
@@ -47,6 +49,7 @@ __all__ = [
     "WorkerConfig",
     "WriteResult",
     "ack_seq",
+    "declare_ingest_queue",
     "file_registry_lookup",
     "lease_key",
     "new_alert_id",

@@ -45,6 +45,7 @@ class IngestMetrics:
     dropped: int = 0  # messages neither stored nor spooled (spool full); QoS 1 ones stay at the broker
     rate_limited: int = 0  # messages over their device's rate bound, not stored (acknowledged)
     retained_ignored: int = 0  # non-state messages from the broker's retained store, not stored
+    redelivered: int = 0  # AMQP deliveries marked redelivered (another consumer had them unacked)
     batches: int = 0
     db_failures: int = 0
     db_up: bool = True
@@ -82,6 +83,7 @@ class IngestMetrics:
             "dropped": self.dropped,
             "rate_limited": self.rate_limited,
             "retained_ignored": self.retained_ignored,
+            "redelivered": self.redelivered,
             "stale_states": self.stale_states,
             "db_up": self.db_up,
             "subscribed": self.subscribed,

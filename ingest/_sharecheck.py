@@ -22,7 +22,7 @@ from typing import Final
 
 import paho.mqtt.client as mqtt
 
-from broker import ConnectionParams, paho_client
+from broker import ConnectionParams, FailoverClient, paho_client
 
 _PROBE_MESSAGES: Final = 5
 # Where Mosquitto and EMQX say who they are (retained or periodic).
@@ -36,7 +36,7 @@ def shared_subscriptions_ignored(params: ConnectionParams, timeout_s: float = 3.
     got: dict[str, int] = {"plain": 0, "shared": 0}
     version: list[str] = []
     subscribed = threading.Semaphore(0)
-    clients: dict[str, mqtt.Client] = {}
+    clients: dict[str, FailoverClient] = {}
     filters = {
         "shared": [(f"$share/probe-{token}/{topic}", 1), *((t, 0) for t in _VERSION_TOPICS)],
         "plain": [(topic, 1)],
@@ -56,7 +56,7 @@ def shared_subscriptions_ignored(params: ConnectionParams, timeout_s: float = 3.
         clients[name] = client
     try:
         for name, client in clients.items():
-            client.connect(params.host, params.port, keepalive=10)
+            client.connect_any(keepalive=10)
             client.loop_start()
             if not subscribed.acquire(timeout=timeout_s):
                 return None  # no SUBACK: not this check's business (the worker will say so)
@@ -113,7 +113,7 @@ def probe_shared_subscriptions(params: ConnectionParams, timeout_s: float = 2.0)
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subscribed.set()
     try:
-        client.connect(params.host, params.port, keepalive=10)
+        client.connect_any(keepalive=10)
     except OSError as exc:
         return False, f"broker unreachable ({exc}); assuming no shared subscriptions"
     client.loop_start()

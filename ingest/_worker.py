@@ -44,6 +44,7 @@ from broker import (
     DEVICE_BURST,
     DEVICE_RATE_PER_S,
     INGEST_GROUP,
+    AmqpSource,
     BufferedReadClient,
     ConnectionParams,
     DeviceRateLimiter,
@@ -74,7 +75,8 @@ Item = tuple[str, bytes, int, int, int]  # topic, payload, qos, mid, connection 
 class WorkerConfig:
     """How one worker connects, batches and spools."""
 
-    mqtt: ConnectionParams
+    mqtt: ConnectionParams | None
+    """The MQTT broker to subscribe on; None with ``amqp`` (the AMQP worker, ingest/_amqp.py)."""
     database_url: str
     spool_path: Path
     index: int = 0
@@ -97,6 +99,8 @@ class WorkerConfig:
     device_burst: float = DEVICE_BURST
     state_resync: bool = True
     """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
+    amqp: AmqpSource | None = None
+    """Consume the quorum queue of a RabbitMQ cluster over AMQP 0-9-1 instead (``AmqpIngestWorker``)."""
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -150,8 +154,14 @@ class IngestWorker:
         self._resync = StateResync()
         self.spool = Spool(config.spool_path, config.spool_max_bytes)
         self.metrics.spool_bytes = self.spool.size_bytes
+        self._flusher: threading.Thread | None = None
+        self._init_transport()
+
+    def _init_transport(self) -> None:
+        """The MQTT client (paho); ``AmqpIngestWorker`` has its own transport instead."""
+        config = self.config
         self.client = paho_client(
-            config.mqtt,
+            self._mqtt,
             config.client_id,
             clean_session=config.clean_session,
             manual_ack=True,
@@ -165,6 +175,12 @@ class IngestWorker:
         if isinstance(self.client, BufferedReadClient):
             self.client.set_publish_handler(self._on_publish)
         self.client.on_subscribe = self._on_subscribe
+
+    @property
+    def _mqtt(self) -> ConnectionParams:
+        if self.config.mqtt is None:
+            raise ValueError("IngestWorker subscribes over MQTT: WorkerConfig.mqtt is required")
+        return self.config.mqtt
 
     # -- MQTT side (paho's thread)
 
@@ -246,6 +262,7 @@ class IngestWorker:
             target=self._flush_loop, name=f"ingest-flush-{self.config.index}", daemon=True
         )
         flusher.start()
+        self._flusher = flusher
         try:
             if self._lease is not None:
                 self._run_leased(self._lease)
@@ -253,19 +270,22 @@ class IngestWorker:
                 self._run_alone()
         finally:
             flusher.join(timeout=30)
-            self.client.disconnect()
-            self.client.loop_stop()
+            self._close_transport()
             self.spool.close()
             if self._conn is not None:
                 self._conn.close()
             if self._lease is not None:
                 self._lease.release()  # after the last batch is committed and acked
 
+    def _close_transport(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
     def _run_alone(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             try:
-                self.client.connect(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                self.client.connect_any(keepalive=30)  # the first node that answers
                 break
             except OSError as exc:
                 delay = backoff_delay_s(attempt, cap_s=10.0)
@@ -302,7 +322,7 @@ class IngestWorker:
                     confirmed_at = now
                 if held and not active:
                     log.info("ingest_lease_taken", key=lease.key, owner=lease.owner, consuming=True)
-                    self.client.connect_async(self.config.mqtt.host, self.config.mqtt.port, keepalive=30)
+                    self.client.connect_async_current(keepalive=30)
                     self.client.loop_start()
                     active = True
                     self.metrics.standby = False
@@ -586,6 +606,10 @@ class IngestWorker:
             return
         generation = self._generation
         mids = [mid for mid, gen in (refused.popleft() for _ in range(len(refused))) if gen == generation]
+        self._send_acks(mids, generation)
+
+    def _send_acks(self, mids: list[int], _generation: int) -> None:
+        """Acknowledge these QoS 1 messages of connection ``_generation`` (the flusher's thread)."""
         client = self.client
         if isinstance(client, BufferedReadClient):
             client.ack_many(mids)
@@ -599,12 +623,8 @@ class IngestWorker:
         # and acked then; acking its old mid now could ack a different message. Ingest subscribes
         # at QoS 0 or 1 (QoS 1 acks go out in one write; a QoS 2 one alone).
         mids = [mid for _t, _p, qos, mid, gen in items if qos == 1 and gen == generation]
+        self._send_acks(mids, generation)
         client = self.client
-        if isinstance(client, BufferedReadClient):
-            client.ack_many(mids)
-        else:
-            for mid in mids:
-                client.ack(mid, 1)
         if self.config.qos == 2:
             for _t, _p, qos, mid, gen in items:
                 if qos == 2 and gen == generation:

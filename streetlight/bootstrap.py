@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from alerts import AreaNamer
     from api.config import ApiConfig
     from api.telephony import AmiConfig
-    from broker import ConnectionParams
+    from broker import AmqpSource, ConnectionParams
     from controller import ControllerConfig
     from geo import Gazetteer
     from ingest import Locator, SenderCheckFn, WorkerConfig
@@ -403,14 +403,40 @@ class IngestOptions:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no metrics server; worker i listens on port + i
     jobs: bool = True
+    amqp: AmqpSource | None = None  # consume the cluster's quorum queue instead of subscribing over MQTT
 
 
 def ingest_worker_config(
-    settings: Settings, params: ConnectionParams, database_url: str, options: IngestOptions
+    settings: Settings, params: ConnectionParams | None, database_url: str, options: IngestOptions
 ) -> WorkerConfig:
-    """One worker's configuration: its session, share group and spool (named like its session)."""
+    """One worker's configuration: its session, share group and spool (named like its session);
+    with ``options.amqp`` (``params`` None) a consumer of the quorum queue, its spool named
+    ``PREFIX-INDEX``."""
     from broker import INGEST_GROUP, ingest_filters
     from ingest import WorkerConfig, retired_share_group, share_group
+
+    if options.amqp is not None:
+        consumer = f"{options.client_id_prefix}-{options.index}"
+        config = WorkerConfig(
+            mqtt=None,
+            amqp=options.amqp,
+            database_url=database_url,
+            spool_path=settings.data_dir / "spool" / f"{consumer}.spool",
+            index=options.index,
+            shared=False,
+            client_id=consumer,
+            max_rows=options.max_rows,
+            max_delay_s=options.max_delay_s,
+            spool_max_bytes=options.spool_max_bytes,
+            state_resync=False,  # no retained states on a queue
+        )
+        if options.device_rate_per_s is not None:
+            config.device_rate_per_s = options.device_rate_per_s
+        if options.device_burst is not None:
+            config.device_burst = options.device_burst
+        return config
+    if params is None:
+        raise ValueError("an MQTT ingest worker needs the broker's connection parameters")
 
     group = share_group(database_url) if options.shared else None
     retired = retired_share_group(database_url) if options.shared else None
@@ -524,11 +550,19 @@ def run_ingest_worker(
 ) -> None:
     """Run one ingest worker (its lease, metrics server and the periodic jobs) until SIGTERM/SIGINT.
     IngestRefused when its spool is held by another worker."""
-    from ingest import ConsumerLease, IngestWorker, JobsLeader, SpoolLocked, raise_fault_alerts, serve_metrics
+    from ingest import (
+        AmqpIngestWorker,
+        ConsumerLease,
+        IngestWorker,
+        JobsLeader,
+        SpoolLocked,
+        raise_fault_alerts,
+        serve_metrics,
+    )
 
     logs.bind_context(worker=options.index)  # the worker process's main thread (its own threads bind too)
-    grouped = not config.shared and bool(options.group)
-    own_id = config.mqtt.username or f"{options.client_id_prefix}-{options.index}"
+    grouped = not config.shared and bool(options.group) and config.amqp is None
+    own_id = (config.mqtt.username if config.mqtt else None) or f"{options.client_id_prefix}-{options.index}"
     try:
         lease = (
             ConsumerLease(config.database_url, options.group, own_id, options.lease_ttl_s)
@@ -540,7 +574,7 @@ def run_ingest_worker(
         gazetteer = _gazetteer_or_none()
         namer = None if gazetteer is None else gazetteer_namer(gazetteer)
         locate = None if gazetteer is None else gazetteer_locator(gazetteer)
-        worker = IngestWorker(
+        worker = (AmqpIngestWorker if config.amqp is not None else IngestWorker)(
             config,
             check_sender=check,
             on_faults=functools.partial(raise_fault_alerts, namer=namer),

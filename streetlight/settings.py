@@ -48,8 +48,10 @@ class Settings:
     """Everything configurable, with the defaults a single-machine deployment wants."""
 
     mqtt_url: str | None = None
-    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``); None means: start
-    the embedded broker."""
+    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``), or a
+    comma-separated list of a cluster's nodes (``mqtt://user@a:1883,mqtt://user@b:1883``: every
+    client connects to the first that answers and moves to the next when its node dies); None
+    means: start the embedded broker."""
     mqtt_password: str | None = None
     """The MQTT secret of the URL's user (``MQTT_PASSWORD``), so it is on no command line."""
     mqtt_password_file: Path | None = None
@@ -58,6 +60,9 @@ class Settings:
     """``streetlight api --create-operator USER``'s password (``STREETLIGHT_OPERATOR_PASSWORD``)."""
     database_url: str | None = None
     """``postgresql://...``; None means: start the embedded PostgreSQL."""
+    amqp_url: str | None = None
+    """``amqp://user:secret@host:port/vhost[,amqp://...]``: the RabbitMQ nodes whose quorum queue
+    ``streetlight ingest --source amqp`` consumes (``AMQP_URL``); any live one serves."""
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".streetlight")
     """Where embedded services keep their data, the spool and generated configuration."""
     api_host: str = "127.0.0.1"
@@ -163,6 +168,7 @@ class Settings:
             mqtt_password_file=Path(e["MQTT_PASSWORD_FILE"]) if e.get("MQTT_PASSWORD_FILE") else None,
             operator_password=e.get("STREETLIGHT_OPERATOR_PASSWORD") or None,
             database_url=e.get("DATABASE_URL") or None,
+            amqp_url=e.get("AMQP_URL") or None,
             data_dir=data_dir,
             api_host=e.get("STREETLIGHT_API_HOST", "127.0.0.1"),
             api_port=_int(e, "STREETLIGHT_API_PORT", 8080),
@@ -212,8 +218,8 @@ def warn_secrets_in_flags(command: str, flags: Mapping[str, str | None]) -> list
 
     warned = []
     for flag, url in flags.items():
-        try:
-            has_secret = bool(url) and urlsplit(url).password is not None
+        try:  # a list of brokers: any of its URLs
+            has_secret = any(urlsplit(item.strip()).password is not None for item in (url or "").split(","))
         except ValueError:
             has_secret = False
         if has_secret:

@@ -15,7 +15,7 @@ from streetlight import bootstrap
 from streetlight.settings import Settings, warn_secrets_in_flags
 
 if TYPE_CHECKING:
-    from broker import ConnectionParams
+    from broker import AmqpSource, ConnectionParams
 
 HELP = "store every lamp and blinker message in PostgreSQL (shared subscription, N worker processes)"
 log = get_logger(__name__)
@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: STREETLIGHT_INGEST_WORKERS or 1)",
     )
     parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)  # a child worker's number
-    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-url",
+        help="broker URL without its secret, or a comma-separated list of a cluster's nodes "
+        "(default: MQTT_URL)",
+    )
     parser.add_argument(
         "--mqtt-password-file",
         type=Path,
@@ -39,6 +43,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "MQTT_PASSWORD); with --workers N, worker i logs in as USER@i",
     )
     parser.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    parser.add_argument(
+        "--source",
+        choices=["mqtt", "amqp"],
+        default="mqtt",
+        help="mqtt: subscribe on the MQTT broker (default); amqp: consume the durable quorum queue of a "
+        "RabbitMQ cluster (AMQP 0-9-1, every worker a competing consumer)",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        metavar="URL[,URL...]",
+        help="with --source amqp: the RabbitMQ nodes, any live one serves (default: AMQP_URL)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=None,
+        help="with --source amqp: unacknowledged messages one worker may hold (default 2000)",
+    )
+    parser.add_argument(
+        "--queue",
+        default=None,
+        help="with --source amqp: the quorum queue (default streetlight.ingest)",
+    )
     parser.add_argument(
         "--subscription",
         choices=["auto", "shared", "plain"],
@@ -145,8 +172,13 @@ def run(args: argparse.Namespace) -> int:
     """Start the workers (or, with --index, be one) until SIGTERM/SIGINT."""
     settings = Settings.from_env()
     if args.index is None:  # the supervisor warns once, not every worker
-        warn_secrets_in_flags("ingest", {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url})
+        warn_secrets_in_flags(
+            "ingest",
+            {"--mqtt-url": args.mqtt_url, "--database-url": args.database_url, "--amqp-url": args.amqp_url},
+        )
     bootstrap.start_process(settings)
+    if args.source == "amqp":
+        return _run_amqp(args, settings)
     mqtt_url = args.mqtt_url or settings.mqtt_url
     database_url = args.database_url or settings.database_url
     if not mqtt_url or not database_url:
@@ -184,7 +216,51 @@ def run(args: argparse.Namespace) -> int:
     return _supervise(args, workers)
 
 
-def _options(args: argparse.Namespace, index: int, *, shared: bool) -> bootstrap.IngestOptions:
+def _amqp_source(args: argparse.Namespace, settings: Settings) -> AmqpSource:
+    """The quorum queue to consume; AmqpUrlError (a ValueError) when the addresses or numbers are wrong."""
+    from broker import AMQP_PREFETCH, INGEST_QUEUE, AmqpSource, AmqpUrlError, parse_amqp_urls
+
+    spec = args.amqp_url or settings.amqp_url
+    if not spec:
+        raise AmqpUrlError("", "--source amqp needs AMQP_URL or --amqp-url")
+    return AmqpSource(
+        parse_amqp_urls(spec),
+        queue=args.queue or INGEST_QUEUE,
+        prefetch=args.prefetch if args.prefetch is not None else AMQP_PREFETCH,
+    )
+
+
+def _run_amqp(args: argparse.Namespace, settings: Settings) -> int:
+    """Consumers of the cluster's quorum queue: no subscription mode to decide, no lease."""
+    database_url = args.database_url or settings.database_url
+    if not database_url:
+        print("streetlight ingest: needs DATABASE_URL (or --database-url)", file=sys.stderr)
+        return 2
+    if args.group:
+        print(
+            "streetlight ingest: --group is for a plain MQTT subscription, not --source amqp", file=sys.stderr
+        )
+        return 2
+    try:
+        source = _amqp_source(args, settings)
+    except ValueError as exc:
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
+        return 2
+    if args.index is not None:
+        return _run_worker(args, settings, "", database_url, args.index, shared=False, amqp=source)
+    if not args.no_migrate:
+        from store import migrate
+
+        migrate(database_url)
+    workers = args.workers or settings.ingest_workers
+    if workers == 1:
+        return _run_worker(args, settings, "", database_url, 0, shared=False, amqp=source)
+    return _supervise(args, workers)
+
+
+def _options(
+    args: argparse.Namespace, index: int, *, shared: bool, amqp: AmqpSource | None = None
+) -> bootstrap.IngestOptions:
     return bootstrap.IngestOptions(
         index=index,
         shared=shared,
@@ -202,6 +278,7 @@ def _options(args: argparse.Namespace, index: int, *, shared: bool) -> bootstrap
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         jobs=not args.no_jobs,
+        amqp=amqp,
     )
 
 
@@ -213,6 +290,7 @@ def _run_worker(
     index: int,
     *,
     shared: bool,
+    amqp: AmqpSource | None = None,
 ) -> int:
     from broker import MqttUrlError
     from store.errors import DatabaseError, StoreError
@@ -220,9 +298,13 @@ def _run_worker(
     bind_context(worker=index)  # every line of this worker process
     # A child of the supervisor (--index) is one of several workers, each with its own account.
     workers = args.workers if args.index is not None and args.workers else 1
-    options = _options(args, index, shared=shared)
+    options = _options(args, index, shared=shared, amqp=amqp)
     try:
-        params = bootstrap.ingest_params(settings, mqtt_url, index, workers, args.mqtt_password_file)
+        params = (
+            None
+            if amqp is not None
+            else bootstrap.ingest_params(settings, mqtt_url, index, workers, args.mqtt_password_file)
+        )
         config = bootstrap.ingest_worker_config(settings, params, database_url, options)
         check = bootstrap.ingest_sender_check(database_url, options)
     except (MqttUrlError, OSError) as exc:
@@ -253,7 +335,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
                 "--index",
                 str(i),
                 "--subscription",
-                "shared",
+                "plain" if args.source == "amqp" else "shared",
                 "--workers",
                 str(workers),
                 *argv_tail,
@@ -305,7 +387,13 @@ def _child_args(args: argparse.Namespace) -> list[str]:
         "--metrics-port",
         str(args.metrics_port),
     ]
-    out += ["--registry-check", args.registry_check]
+    out += ["--registry-check", args.registry_check, "--source", args.source]
+    if args.amqp_url:
+        out += ["--amqp-url", args.amqp_url]
+    if args.prefetch is not None:
+        out += ["--prefetch", str(args.prefetch)]
+    if args.queue:
+        out += ["--queue", args.queue]
     if args.mqtt_url:
         out += ["--mqtt-url", args.mqtt_url]
     if args.mqtt_password_file:

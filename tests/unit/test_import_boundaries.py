@@ -18,6 +18,7 @@ IO_LIBRARIES = {
     "paho",
     "aiomqtt",
     "amqtt",
+    "pika",
     "psycopg",
     "psycopg_pool",
     "pgserver",
