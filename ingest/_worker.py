@@ -59,6 +59,7 @@ from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
 from ingest._registry import redact_group
 from ingest._resync import StateResync, chunks
+from ingest._sharecheck import ShareSelfCheck
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from runtime.logs import bind_context, bound_context, get_logger
@@ -101,6 +102,9 @@ class WorkerConfig:
     """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
     amqp: AmqpSource | None = None
     """Consume the quorum queue of a RabbitMQ cluster over AMQP 0-9-1 instead (``AmqpIngestWorker``)."""
+    share_check: bool = False
+    """With a shared subscription: prove in session that the broker shares (ingest/_sharecheck.py)
+    and stop, ``refused`` set, when it does not."""
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -175,6 +179,18 @@ class IngestWorker:
         if isinstance(self.client, BufferedReadClient):
             self.client.set_publish_handler(self._on_publish)
         self.client.on_subscribe = self._on_subscribe
+        self.refused: str | None = None  # why this worker stopped on its own (the share check)
+        self._share_check = (
+            ShareSelfCheck(
+                self.client,
+                config.client_id,
+                config.share_group,
+                received=lambda: self.metrics.received + len(self._queue),
+                on_fail=self._refuse,
+            )
+            if config.shared and config.share_check
+            else None
+        )
 
     @property
     def _mqtt(self) -> ConnectionParams:
@@ -202,8 +218,11 @@ class IngestWorker:
             retired_filters=len(retired),  # of a retired share group, unsubscribed
         )
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
+        check = self._share_check
+        if check is not None and check.on_suback(mid, bool(refused)):
+            return
         if refused:
             log.error(
                 "ingest_subscription_refused", worker=self.config.index, reasons=[str(r) for r in refused]
@@ -211,6 +230,8 @@ class IngestWorker:
             return
         self.metrics.subscribed = True
         self._connected.set()
+        if check is not None:
+            check.after_subscribed(self._generation)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
@@ -228,6 +249,12 @@ class IngestWorker:
         self._on_publish(topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain))
 
     def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool = False) -> None:
+        check = self._share_check
+        if check is not None and check.is_probe(topic):
+            check.on_probe(payload)
+            if qos:
+                self._refused_acks.append((mid, self._generation))  # acked, never stored
+            return
         if retain and not topic.endswith("/state"):
             self._refuse_retained(topic, qos, mid)
             return
@@ -362,6 +389,14 @@ class IngestWorker:
     def stop(self) -> None:
         """Ask the worker to finish its last batch and return from :meth:`run`."""
         self._stop.set()
+
+    def _refuse(self, why: str) -> None:
+        """The share check failed: nothing would ever be consumed; stop with ``refused`` set."""
+        self.refused = why
+        log.error(
+            "ingest_refused", reason="shared_subscriptions_ignored", worker=self.config.index, detail=why
+        )
+        self.stop()
 
     def wait_connected(self, timeout_s: float) -> bool:
         """True once connected and subscribed (for tests and the benchmark)."""
