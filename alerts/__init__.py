@@ -51,6 +51,7 @@ from alerts._cap import (
     cap_time,
     render_cap,
 )
+from alerts._dataloss import DATA_LOSS_CODE, DATA_LOSS_SOURCE, data_loss_update
 from alerts._daynight import (
     DARK_EXPLAINED_BY,
     DAYNIGHT_COUNTS,
@@ -215,6 +216,8 @@ __all__ = [
     "CITY_CENTRE",
     "COARSE_DECIMALS",
     "DARK_EXPLAINED_BY",
+    "DATA_LOSS_CODE",
+    "DATA_LOSS_SOURCE",
     "DAYNIGHT_COUNTS",
     "DEFAULT_DAYNIGHT",
     "DEFAULT_ESCALATION",
@@ -317,6 +320,7 @@ __all__ = [
     "count_changes",
     "covering_outage",
     "dark_devices",
+    "data_loss_update",
     "daynight_change",
     "detect_mass_outages",
     "device_group",

@@ -112,6 +112,7 @@ _EVENT_NAMES: dict[AlertKind, tuple[str, str]] = {
     AlertKind.MASS_OUTAGE: ("보안등 집단 장애", "Mass outage of security lights"),
     AlertKind.TAMPER: ("장치 훼손 감지", "Device tampering detected"),
     AlertKind.STORAGE: ("저장소 작업 장애", "Storage job failing"),
+    AlertKind.DATA_LOSS: ("장치 메시지 유실", "Device messages lost"),
 }
 
 # CAP 1.2 categories: Safety "general emergency and public safety", Infra "utility,
@@ -123,6 +124,7 @@ _CATEGORY: dict[AlertKind, str] = {
     AlertKind.DEVICE_OFFLINE: "Infra",
     AlertKind.MASS_OUTAGE: "Infra",
     AlertKind.STORAGE: "Infra",
+    AlertKind.DATA_LOSS: "Infra",
 }
 
 # Circle radius: the phone's reported accuracy for an SOS, else a lamp's or a dong's scale.

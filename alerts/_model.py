@@ -26,6 +26,7 @@ class AlertKind(StrEnum):
     MASS_OUTAGE = "mass_outage"
     TAMPER = "tamper"
     STORAGE = "storage"  # a storage job (rollups, retention, columnstore) failed or stalled
+    DATA_LOSS = "data_loss"  # device messages never reached ingest (sequence gaps)
 
 
 class Severity(StrEnum):
@@ -47,6 +48,7 @@ DEFAULT_SEVERITY: dict[AlertKind, Severity] = {
     AlertKind.LAMP_FAULT: Severity.MINOR,
     AlertKind.DEVICE_OFFLINE: Severity.MINOR,
     AlertKind.STORAGE: Severity.MINOR,
+    AlertKind.DATA_LOSS: Severity.MINOR,
 }
 
 DEVICE_KINDS = frozenset({AlertKind.LAMP_FAULT, AlertKind.DEVICE_OFFLINE, AlertKind.TAMPER})

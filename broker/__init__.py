@@ -19,15 +19,17 @@ from broker._amqp import (
 from broker._connection import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
+    BrokerAddress,
     ConnectionParams,
     backoff_delay_s,
+    next_address,
     parse_mqtt_url,
     read_password_file,
     supports_shared_subscriptions,
     with_credentials,
 )
 from broker._errors import BrokerError, ConnectionLost, MqttUrlError, PayloadError, TopicError
-from broker._paho import BufferedReadClient, DeviceLink, paho_client
+from broker._paho import BufferedReadClient, DeviceLink, FailoverClient, paho_client
 from broker._payloads import (
     MAX_DEPTH,
     MAX_FUTURE_MS,
@@ -66,6 +68,7 @@ from broker._topics import (
     DEVICE_ID_PATTERN,
     INGEST_GROUP,
     INGEST_SHARED_FILTER,
+    SHARE_CHECK_PREFIX,
     UPLINK_CHANNELS,
     AlertsTopic,
     Channel,
@@ -81,6 +84,7 @@ from broker._topics import (
     parse_alerts_topic,
     parse_device_topic,
     parse_topic,
+    share_check_topic,
     shared,
     unshared,
 )
@@ -101,6 +105,7 @@ __all__ = [
     "MAX_FUTURE_MS",
     "MAX_PAYLOAD_BYTES",
     "PRIORITY_RANK",
+    "SHARE_CHECK_PREFIX",
     "TOPIC_EXCHANGE",
     "UPLINK_CHANNELS",
     "Ack",
@@ -111,6 +116,7 @@ __all__ = [
     "AmqpSource",
     "AmqpUrlError",
     "Birth",
+    "BrokerAddress",
     "BrokerError",
     "BufferedReadClient",
     "Channel",
@@ -123,6 +129,7 @@ __all__ = [
     "DeviceTopic",
     "Event",
     "EventType",
+    "FailoverClient",
     "InboundMessage",
     "Message",
     "MessageKind",
@@ -155,6 +162,7 @@ __all__ = [
     "ingest_filters",
     "ingest_routing_keys",
     "is_valid_device_id",
+    "next_address",
     "offline_will",
     "online_state",
     "paho_client",
@@ -164,6 +172,7 @@ __all__ = [
     "parse_mqtt_url",
     "parse_topic",
     "read_password_file",
+    "share_check_topic",
     "shared",
     "supports_shared_subscriptions",
     "topic_of",

@@ -1,7 +1,9 @@
 """A reconnecting asyncio MQTT session over aiomqtt, for the asyncio services (controller, API).
 
-It connects, re-subscribes after every reconnect, waits a jittered capped backoff between attempts
-(``broker.backoff_delay_s``), and hands received messages to one bounded queue read through
+It connects, re-subscribes after every reconnect (a persistent session on another node, or one the
+broker lost, starts without subscriptions), waits a jittered capped backoff between attempts
+(``broker.backoff_delay_s``), moves to the next broker of ``params.addresses`` after a failed
+attempt or a lost connection, and hands received messages to one bounded queue read through
 :meth:`MqttSession.messages`. When the queue is full the reader waits, so the broker's TCP window
 holds the rest (backpressure) instead of memory growing without bound.
 """
@@ -18,7 +20,14 @@ from typing import NamedTuple, Self
 import aiomqtt
 from paho.mqtt import client as mqtt_client
 
-from broker._connection import BACKOFF_BASE_S, BACKOFF_CAP_S, ConnectionParams, backoff_delay_s
+from broker._connection import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    BrokerAddress,
+    ConnectionParams,
+    backoff_delay_s,
+    next_address,
+)
 from broker._errors import ConnectionLost
 from broker._will import Will
 from runtime.logs import get_logger
@@ -53,6 +62,8 @@ class MqttSession:
         max_inflight: int | None = None,
     ) -> None:
         self.params = params
+        self.address: BrokerAddress = params.addresses[0]
+        """The broker connected to, or tried next."""
         # QoS 1 publishes awaiting their PUBACK before paho holds the next ones back (None: paho's 20).
         self._max_inflight = max_inflight
         self.client_id = client_id
@@ -90,7 +101,7 @@ class MqttSession:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout_s)
         except TimeoutError as exc:
-            where = f"{self.params.host}:{self.params.port}"
+            where = ", ".join(str(a) for a in self.params.addresses)
             raise ConnectionLost(f"not connected to {where} after {timeout_s} s") from exc
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
@@ -138,14 +149,14 @@ class MqttSession:
         while True:
             yield await self._queue.get()
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, address: BrokerAddress) -> aiomqtt.Client:
         will = None
         if self._will is not None:
             w = self._will
             will = aiomqtt.Will(w.topic, w.payload, qos=w.qos, retain=w.retain)
         return aiomqtt.Client(
-            self.params.host,
-            self.params.port,
+            address.host,
+            address.port,
             username=self.params.username,
             password=self.params.password,
             identifier=self.client_id,
@@ -164,22 +175,35 @@ class MqttSession:
         attempt = 0
         while True:
             try:
-                async with self._new_client() as client:
+                async with self._new_client(self.address) as client:
                     for topic_filter, qos in list(self._subscriptions.items()):
                         await client.subscribe(topic_filter, qos)
                     self._client = client
                     self.connections += 1
                     attempt = 0
                     self._connected.set()
-                    log.info("mqtt_connected", client_id=self.client_id, connections=self.connections)
+                    log.info(
+                        "mqtt_connected",
+                        client_id=self.client_id,
+                        broker=str(self.address),
+                        connections=self.connections,
+                    )
                     async for msg in client.messages:
                         payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
                         await self._queue.put(InboundMessage(msg.topic.value, payload, msg.qos, msg.retain))
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt_connection_lost", client_id=self.client_id, attempt=attempt, error=str(exc))
+                log.warning(
+                    "mqtt_connection_lost",
+                    client_id=self.client_id,
+                    broker=str(self.address),
+                    attempt=attempt,
+                    error=str(exc),
+                )
             finally:
                 self._connected.clear()
                 self._client = None
+            # The connection died or could not be made: the next attempt goes to the next node.
+            self.address = next_address(self.params.addresses, self.address)
             delay_s = backoff_delay_s(attempt, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)
             attempt += 1
             await asyncio.sleep(delay_s)

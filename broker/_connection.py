@@ -1,4 +1,5 @@
-"""Connection parameters from MQTT URLs, reconnect backoff, and what a broker kind can do."""
+"""Connection parameters from MQTT URLs (one broker or a list of them), reconnect backoff, and what
+a broker kind can do."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import csv
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from broker._errors import MqttUrlError
@@ -18,22 +19,61 @@ BACKOFF_CAP_S: Final = 60.0
 BACKOFF_MAX_EXPONENT: Final = 10
 
 
+class BrokerAddress(NamedTuple):
+    """One broker node: host and port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
 @dataclass(frozen=True)
 class ConnectionParams:
-    """Where and how to connect: from ``mqtt://user:pass@host:port`` or ``mqtts://...`` (TLS)."""
+    """Where and how to connect: from ``mqtt://user:pass@host:port`` or ``mqtts://...`` (TLS).
+
+    ``host``/``port`` is the first broker to try; ``fallbacks`` the other nodes of a cluster (from
+    a comma-separated list of URLs), tried in order when the current one is unreachable or dies.
+    """
 
     host: str
     port: int = 1883
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    fallbacks: tuple[BrokerAddress, ...] = ()
+
+    @property
+    def addresses(self) -> tuple[BrokerAddress, ...]:
+        """Every broker to try, the first one first."""
+        return (BrokerAddress(self.host, self.port), *self.fallbacks)
+
+    def starting_at(self, index: int) -> ConnectionParams:
+        """The same brokers, ``addresses[index % n]`` first and the rest after it in ring order
+        (a client's home node first, the others as its fallbacks)."""
+        ring = self.addresses
+        i = index % len(ring)
+        first, *rest = ring[i:] + ring[:i]
+        return replace(self, host=first.host, port=first.port, fallbacks=tuple(rest))
 
     def __repr__(self) -> str:
         secret = ", password=***" if self.password is not None else ""
+        more = f", fallbacks={[str(a) for a in self.fallbacks]}" if self.fallbacks else ""
         return (
             f"ConnectionParams(host={self.host!r}, port={self.port}, "
-            f"username={self.username!r}{secret}, tls={self.tls})"
+            f"username={self.username!r}{secret}, tls={self.tls}{more})"
         )
+
+
+def next_address(addresses: tuple[BrokerAddress, ...], current: BrokerAddress) -> BrokerAddress:
+    """The broker after ``current`` in ``addresses`` (the first when ``current`` is not listed):
+    where a client goes when ``current`` is unreachable or its connection died."""
+    try:
+        return addresses[(addresses.index(current) + 1) % len(addresses)]
+    except ValueError:
+        return addresses[0]
 
 
 def _redacted(url: str) -> str:
@@ -44,7 +84,46 @@ def _redacted(url: str) -> str:
 
 
 def parse_mqtt_url(url: str) -> ConnectionParams:
-    """Parse ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...``; raises MqttUrlError."""
+    """Parse ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://...``, or a comma-separated list of
+    such URLs (the nodes of a cluster, tried in that order); raises MqttUrlError.
+
+    Every URL of a list is checked alone (the error names which one, by position), and all must
+    have the same scheme and the same user and secret: one client logs in the same way on every
+    node. A comma inside a secret is written ``%2C``.
+    """
+    if "," not in url:
+        return _parse_one(url)
+    items = [item.strip() for item in url.split(",")]
+    parsed: list[ConnectionParams] = []
+    for n, item in enumerate(items, start=1):
+        where = f"address {n} of {len(items)}"
+        if not item:
+            raise MqttUrlError(_redacted_list(url), f"{where} is empty")
+        try:
+            parsed.append(_parse_one(item))
+        except MqttUrlError as exc:
+            raise MqttUrlError(exc.url, f"{where}: {exc.reason}") from exc
+    first = parsed[0]
+    seen: set[BrokerAddress] = set()
+    for n, p in enumerate(parsed, start=1):
+        if (p.tls, p.username, p.password) != (first.tls, first.username, first.password):
+            raise MqttUrlError(
+                _redacted_list(url),
+                f"address {n} has another scheme or user than address 1 (a list names the nodes of "
+                "one cluster, logged in to the same way)",
+            )
+        address = BrokerAddress(p.host, p.port)
+        if address in seen:
+            raise MqttUrlError(_redacted_list(url), f"address {n} ({address}) is listed twice")
+        seen.add(address)
+    return replace(first, fallbacks=tuple(BrokerAddress(p.host, p.port) for p in parsed[1:]))
+
+
+def _redacted_list(url: str) -> str:
+    return ",".join(_redacted(item.strip()) for item in url.split(","))
+
+
+def _parse_one(url: str) -> ConnectionParams:
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -9,9 +9,15 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion, _ConnectionState
 
-from broker._connection import BACKOFF_BASE_S, BACKOFF_CAP_S, ConnectionParams
+from broker._connection import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    BrokerAddress,
+    ConnectionParams,
+    next_address,
+)
 from broker._payloads import Birth, encode, online_state
 from broker._topics import device_topic
 from broker._will import Will, device_will
@@ -87,7 +93,74 @@ class _ReadBuffer:
         return getattr(self._sock, name)
 
 
-class BufferedReadClient(mqtt.Client):
+# States in which paho's next ``reconnect`` follows a failure (a lost connection, a refused or
+# unreachable broker) rather than a first connect or a disconnect the client asked for.
+_NOT_A_FAILURE = frozenset(
+    {
+        _ConnectionState.MQTT_CS_NEW,
+        _ConnectionState.MQTT_CS_CONNECT_ASYNC,
+        _ConnectionState.MQTT_CS_DISCONNECTING,
+        _ConnectionState.MQTT_CS_DISCONNECTED,
+    }
+)
+
+
+class FailoverClient(mqtt.Client):
+    """A paho client that knows every node of a cluster and moves to the next one on failure.
+
+    paho's own loop reconnects to the host it last used; this client's ``reconnect`` goes to the
+    next address of ``addresses`` instead when the previous connection died or the previous attempt
+    failed (paho's back-off, ``reconnect_delay_set``, still paces the attempts). A reconnect the
+    client asked for (after its own ``disconnect``) stays on the same node: a persistent session's
+    queued messages are there. ``connect_any`` makes the first connection to the first node that
+    answers.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.addresses: tuple[BrokerAddress, ...] = ()
+
+    @property
+    def address(self) -> BrokerAddress | None:
+        """The node connected to (or last tried); None before the first connect."""
+        return BrokerAddress(self._host, self._port) if self._host else None
+
+    def reconnect(self) -> MQTTErrorCode:
+        current = self.address
+        if len(self.addresses) > 1 and current is not None and self._state not in _NOT_A_FAILURE:
+            following = next_address(self.addresses, current)
+            self._host, self._port = following.host, following.port
+            client_id = self._client_id.decode()
+            log.info("mqtt_failover", client_id=client_id, left=str(current), to=str(following))
+        return super().reconnect()
+
+    def connect_any(self, keepalive: int = 60) -> BrokerAddress:
+        """Connect to the first node that accepts, from the current one (the first at the start)
+        in ring order; raises the last OSError when none does."""
+        ring = self.addresses or ((self.address,) if self.address else ())
+        if not ring:
+            raise ValueError("no broker address")
+        start = ring.index(self.address) if self.address in ring else 0
+        error: OSError | None = None
+        for address in ring[start:] + ring[:start]:
+            try:
+                self.connect(address.host, address.port, keepalive=keepalive)
+                return address
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    def connect_async_current(self, keepalive: int = 60) -> None:
+        """``connect_async`` to the current node (the first at the start): paho's thread connects
+        and, on failure, moves along the addresses."""
+        address = self.address or (self.addresses[0] if self.addresses else None)
+        if address is None:
+            raise ValueError("no broker address")
+        self.connect_async(address.host, address.port, keepalive=keepalive)
+
+
+class BufferedReadClient(FailoverClient):
     """A paho client that reads the socket in large chunks.
 
     paho reads a packet with one ``recv`` for its first byte, one per remaining-length byte and one
@@ -238,21 +311,24 @@ def paho_client(
     protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311,
     rng: random.Random | None = None,
     buffered_reads: bool = False,
-) -> mqtt.Client:
-    """A configured, unconnected paho client (callback API v2); call ``connect`` and a loop yourself.
+) -> FailoverClient:
+    """A configured, unconnected paho client (callback API v2); call ``connect_any`` (or ``connect``)
+    and a loop yourself. It is a ``FailoverClient`` holding ``params.addresses``: paho's reconnect
+    loop moves to the next node when one dies.
 
     ``manual_ack=True`` leaves QoS 1 acknowledgement to the caller (``client.ack(mid, qos)``), so
     ingest can acknowledge only after a message is durable. ``buffered_reads=True``: a
     ``BufferedReadClient`` (high-rate subscribers).
     """
     rng = rng or random.Random()
-    client = (BufferedReadClient if buffered_reads else mqtt.Client)(
+    client = (BufferedReadClient if buffered_reads else FailoverClient)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=clean_session if protocol != MQTTProtocolVersion.MQTTv5 else None,
         protocol=protocol,
         manual_ack=manual_ack,
     )
+    client.addresses = params.addresses
     if params.username is not None:
         client.username_pw_set(params.username, params.password)
     if params.tls:

@@ -22,6 +22,15 @@ DEVICE_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 INGEST_GROUP: Final = "ingest"
 # MQTT 5 / EMQX / Mosquitto >= 2 shared subscription syntax: $share/{group}/{filter}.
 INGEST_SHARED_FILTER: Final = f"$share/{INGEST_GROUP}/{DEVICE_PREFIX}/+/+/#"
+# Where an ingest worker with a shared subscription checks, in its own session, that the broker
+# delivers ``$share`` subscriptions (ingest/_sharecheck.py): one topic per client id, outside
+# ``sl/v1`` so no ingest or controller filter matches it.
+SHARE_CHECK_PREFIX: Final = "svc/v1/sharecheck"
+
+
+def share_check_topic(client_id: str) -> str:
+    """The topic a worker with client id ``client_id`` sends its share self-check to."""
+    return f"{SHARE_CHECK_PREFIX}/{client_id}"
 
 
 class DeviceTopic(NamedTuple):

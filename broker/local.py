@@ -15,8 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from broker._connection import BrokerAddress, parse_mqtt_url
 from runtime.logs import get_logger
 from runtime.procs import free_port, tcp_reachable, wait_port
 
@@ -37,14 +37,17 @@ class MqttService:
     workdir: Path | None = None
     _argv: list[str] = field(default_factory=list)
     _env: dict[str, str] | None = None
+    fallbacks: tuple[BrokerAddress, ...] = ()
+    """The other nodes of a configured cluster (``MQTT_URL`` a list), after ``host:port``."""
 
     @property
     def url(self) -> str:
-        """``mqtt://[user[:secret]@]host:port``."""
+        """``mqtt://[user[:secret]@]host:port``, then ``,mqtt://...`` for each fallback node."""
         auth = ""
         if self.username:
             auth = self.username + (f":{self.password}" if self.password else "") + "@"
-        return f"mqtt://{auth}{self.host}:{self.port}"
+        nodes = [BrokerAddress(self.host, self.port), *self.fallbacks]
+        return ",".join(f"mqtt://{auth}{node}" for node in nodes)
 
     def kill(self) -> None:
         """SIGKILL the broker we started (fault injection)."""
@@ -141,12 +144,14 @@ def start_embedded_broker(*, port: int | None = None, data_dir: Path | None = No
 
 
 def configured_mqtt(url: str) -> MqttService | None:
-    """The broker named by MQTT_URL, or None when it does not answer."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
-    if not tcp_reachable(host, port):
+    """The broker named by MQTT_URL (a URL, or a list of a cluster's nodes: it answers when one of
+    them does), or None when it does not answer; raises MqttUrlError for a URL that names none."""
+    params = parse_mqtt_url(url)
+    if not any(tcp_reachable(a.host, a.port) for a in params.addresses):
         return None
-    return MqttService("configured", host, port, parts.username, parts.password)
+    return MqttService(
+        "configured", params.host, params.port, params.username, params.password, fallbacks=params.fallbacks
+    )
 
 
 def provide_mqtt(mqtt_url: str | None, workdir: Path, *, local_kind: str = "auto") -> MqttService:

@@ -39,6 +39,7 @@ class HoldBook:
 
     policy: HoldPolicy = field(default_factory=HoldPolicy)
     expires_ms: dict[tuple[str, str], int] = field(default_factory=dict)
+    _sources: dict[str, set[str]] = field(default_factory=dict)  # lamp -> sources in expires_ms
 
     def plan(self, source: str, lamp_ids: Iterable[str], now_ms: int) -> list[str]:
         """The lamps among `lamp_ids` to command now for `source`; records their new expiry."""
@@ -54,19 +55,44 @@ class HoldBook:
             if jitter_ms and left_ms > 0 and left_ms > keep_ms - jitter_ms * _spread(source, lamp_id):
                 continue
             self.expires_ms[key] = now_ms + hold_ms
+            self._sources.setdefault(lamp_id, set()).add(source)
             chosen.append(lamp_id)
         return chosen
 
     def forget(self, source: str, lamp_id: str) -> None:
         """A command was not applied: the next position may command the lamp again."""
         self.expires_ms.pop((source, lamp_id), None)
+        self._unindex(source, lamp_id)
 
     def prune(self, now_ms: int) -> int:
         """Drop expired entries; returns how many."""
         gone = [key for key, exp in self.expires_ms.items() if exp <= now_ms]
         for key in gone:
             del self.expires_ms[key]
+            self._unindex(*key)
         return len(gone)
+
+    def on_lamp(self, lamp_id: str, now_ms: int) -> list[tuple[str, int]]:
+        """The live overrides on one lamp as (source, seconds left, rounded up): what to send it
+        again when it comes back (a new connection, maybe on another broker node, after the
+        commands of its gap were lost)."""
+        out = []
+        for source in sorted(self._sources.get(lamp_id, ())):
+            left_ms = self.expires_ms.get((source, lamp_id), 0) - now_ms
+            if left_ms > 0:
+                out.append((source, -(-left_ms // 1000)))
+        return out
+
+    def lamps(self) -> list[str]:
+        """Every lamp with an override recorded (live or not yet pruned)."""
+        return list(self._sources)
+
+    def _unindex(self, source: str, lamp_id: str) -> None:
+        sources = self._sources.get(lamp_id)
+        if sources is not None:
+            sources.discard(source)
+            if not sources:
+                del self._sources[lamp_id]
 
     def held(self, source: str, now_ms: int) -> list[str]:
         """Lamps with a live override from `source`."""

@@ -10,7 +10,8 @@ one concern:
 - ``_takeover.Leases``           district leases, and reconciliation of the districts taken.
 
 Tasks (one ``asyncio.TaskGroup``): ``listen`` (LISTEN sl_alert/sl_walk/sl_lamp, reconnecting, and
-re-reading the tables after every connect), ``mqtt`` (acks and beacon events), ``tick`` (leases,
+re-reading the tables after every connect), ``mqtt`` (acks, beacon events, and births: a lamp that
+(re)connects, on any broker node, gets its live walk holds and SOS blinks again), ``tick`` (leases,
 ack timeouts, blink refresh, escalation, confirmations), ``writer`` (commands and acks to the
 commands table, batched), ``webhook`` (CAP to the police webhook, guards).
 """
@@ -32,6 +33,7 @@ from broker import (
     TopicError,
     backoff_delay_s,
     decode_ack,
+    decode_birth,
     decode_event,
     parse_device_topic,
 )
@@ -95,6 +97,7 @@ class Controller:
             DeviceRateLimiter(cfg.device_rate_per_s, cfg.device_burst) if cfg.device_rate_per_s > 0 else None
         )
         self._listening = False
+        self._mqtt_connections = 0  # the broker session's connections seen by the tick
 
     @property
     def mqtt(self) -> MqttSession | None:
@@ -124,7 +127,14 @@ class Controller:
                     log.warning("database_unreachable", attempt=attempt, error=str(exc))
                     await asyncio.sleep(backoff_delay_s(attempt, base_s=0.5, cap_s=10.0))
                     attempt += 1
-            subs = [("sl/v1/+/+/ack", 1), *((f"sl/v1/{d}/+/event", 1) for d in self.cfg.districts)]
+            subs = [
+                ("sl/v1/+/+/ack", 1),
+                *(
+                    (f"sl/v1/{d}/+/{channel}", 1)
+                    for d in self.cfg.districts
+                    for channel in ("event", "birth")
+                ),
+            ]
             async with MqttSession(
                 self.cfg.mqtt,
                 client_id=f"ctl-{self.cfg.owner}",
@@ -229,6 +239,9 @@ class Controller:
                 answered = self._outbox.acked(parsed.device_id, decode_ack(payload, now), now)
                 if answered is not None:
                     await self._settled(answered.command, answered.state == "applied")
+            elif parsed.channel == "birth":
+                decode_birth(payload, now)  # a device's new connection (refused when malformed)
+                await self._lamp_back(parsed.device_id)
             elif parsed.channel == "event" and parsed.district_code in self.owned:
                 event = decode_event(payload, now)
                 if event.type == "beacon" and event.token_hash is not None:
@@ -236,6 +249,35 @@ class Controller:
         except PayloadError as exc:
             self.stats[f"bad_{parsed.channel}"] += 1
             log.info("message_refused", channel=parsed.channel, device=parsed.device_id, error=str(exc))
+
+    async def _lamp_back(self, device_id: str) -> None:
+        """A device's birth: a new connection, after a power cut, a network loss or its broker
+        node's death (docs/reliability.md). Commands published while it was away went nowhere (a
+        new session, maybe on another node, has no queue of the old one), so the holds and blinks
+        it should show now are sent again. Only what this controller holds is sent: the walks and
+        alerts of the districts it owns."""
+        walks = await self._walks.lamp_back(device_id)
+        blinks = await self._sos.lamp_back(device_id)
+        if walks or blinks:
+            self.stats["lamp_back_resent"] += walks + blinks
+            log.info("lamp_back_resent", device=device_id, walk_holds=walks, blinks=blinks)
+
+    async def _after_reconnect(self) -> None:
+        """The broker session connected again (its node died, or the broker restarted): births
+        published while it was away were not seen, so every lamp it holds an override for, or
+        that blinks for an SOS, gets its desired state again (a lamp not back yet gets it from
+        its own birth later)."""
+        mqtt = self._outbox.mqtt
+        if mqtt is None or mqtt.connections == self._mqtt_connections or not mqtt.connected:
+            return
+        first = self._mqtt_connections == 0
+        self._mqtt_connections = mqtt.connections
+        if first:
+            return
+        lamps = set(self._walks.holds.lamps()) | self._sos.blinking_lamps()
+        for lamp in sorted(lamps):
+            await self._lamp_back(lamp)
+        log.info("mqtt_reconnected_states_resent", lamps=len(lamps), connections=mqtt.connections)
 
     async def _settled(self, cmd: LampCommand, applied: bool) -> None:
         """A command answered (or given up on): tell the part that sent it."""
@@ -263,6 +305,7 @@ class Controller:
                 next_pending = mono + PENDING_SWEEP_S
                 steps.append(("pending", lambda: self._outbox.sweep_pending(sorted(self.owned))))
             steps += [
+                ("reconnected", self._after_reconnect),
                 ("rates", self._refill_rates),
                 ("republish", self._publisher.republish),
                 ("acks", self._ack_timeouts),

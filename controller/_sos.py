@@ -158,6 +158,22 @@ class Sos:
         if added is not None:
             await self._outbox.send(self._blink(added, blinks.source))
 
+    async def lamp_back(self, lamp_id: str) -> int:
+        """A lamp came (back) online, maybe on another broker node: the blinks it should show
+        were perhaps lost while it was away, so they are sent again now; returns how many."""
+        now = now_ms()
+        cmds = []
+        for blinks in list(self._blinks.values()):
+            if lamp_id in blinks.lamps:
+                blinks.sent_ms[lamp_id] = now
+                cmds.append(self._blink(lamp_id, blinks.source))
+        await self._outbox.send_many(cmds)
+        return sum(1 for cmd in cmds if cmd is not None)
+
+    def blinking_lamps(self) -> set[str]:
+        """Every lamp of every active SOS's blink set."""
+        return {lamp for blinks in self._blinks.values() for lamp in blinks.lamps}
+
     async def refresh_blinks(self) -> None:
         """Send again the blinks with less than half their time to live left."""
         now = now_ms()

@@ -162,6 +162,18 @@ class Walks:
         await self._outbox.send_many(cmds, wait=False)
         return sum(1 for cmd in cmds if cmd is not None)
 
+    async def lamp_back(self, lamp_id: str) -> int:
+        """A lamp came (back) online, maybe on another broker node: its live walk and beacon
+        holds are sent again for the time they have left (the commands of its gap were lost);
+        returns how many."""
+        level = self._cfg.holds.level
+        cmds = [
+            self._outbox.command(lamp_id, "set_level", "walk", source, left_s, level)
+            for source, left_s in self.holds.on_lamp(lamp_id, now_ms())
+        ]
+        await self._outbox.send_many(cmds, wait=False)
+        return sum(1 for cmd in cmds if cmd is not None)
+
     async def housekeeping(self) -> None:
         """Every few seconds: drop expired holds and walks idle for long."""
         now = now_ms()

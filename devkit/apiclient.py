@@ -47,11 +47,16 @@ def fast_config(database_url: str, **changes: object) -> ApiConfig:
     return ApiConfig(**base)  # type: ignore[arg-type]
 
 
-def seed(database_url: str, lamps: Sequence[tuple[str, str, float, float]] = ()) -> None:
-    """Migrate, add lamps (id, district, lat, lon) and the operators tests log in as."""
+def seed(
+    database_url: str, lamps: Sequence[tuple[str, str, float, float]] = (), *, timescale: bool = False
+) -> None:
+    """Migrate, add lamps (id, district, lat, lon) and the operators tests log in as.
+
+    The storage path is pinned, plain unless ``timescale``; a database already migrated keeps the
+    path it was created on (a test's ``storage_url``)."""
     hasher = password_hasher(1, 8)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        apply_migrations(conn)
+        apply_migrations(conn, timescale=timescale)
         for device_id, district, lat, lon in lamps:
             upsert_device(
                 conn,

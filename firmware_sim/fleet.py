@@ -5,7 +5,9 @@ The firmware (``firmware.py``) decides what a device says; this module only carr
 ``offline`` last will of the connection's ``bdseq``, publishes birth then retained ``online``
 (and on a clean stop the retained ``offline`` itself, before DISCONNECT), subscribes to its own
 ``cmd`` topic, feeds commands to the firmware and publishes the acks, and
-reconnects with capped jittered backoff. A ``Fleet`` holds thousands of links on one event loop
+reconnects with capped jittered backoff. A device knows every broker of the fleet: its home node
+(chosen by district) first, the others as fallbacks; when its broker dies (or cannot be reached)
+its next attempt goes to the next one. A ``Fleet`` holds thousands of links on one event loop
 and sends telemetry round-robin, so the load is even instead of arriving in waves.
 """
 
@@ -137,10 +139,12 @@ class DeviceLink:
     """One device's MQTT life: connect, birth, commands, reconnect."""
 
     __slots__ = (
+        "_at",
+        "_chosen_drop",
         "_down_until",
         "_killed",
         "conn",
-        "endpoint",
+        "endpoints",
         "firmware",
         "fleet",
         "password",
@@ -150,20 +154,34 @@ class DeviceLink:
     def __init__(
         self,
         firmware: _Firmware,
-        endpoint: Endpoint,
+        endpoint: Endpoint | Sequence[Endpoint],
         fleet: Fleet,
         *,
         username: str | None = None,
         password: str | None = None,
     ) -> None:
         self.firmware = firmware
-        self.endpoint = endpoint
+        # The home node first, then the fallbacks in the order tried.
+        self.endpoints: tuple[Endpoint, ...] = (
+            (endpoint,) if isinstance(endpoint, Endpoint) else tuple(endpoint)
+        )
+        self._at = 0  # index of the broker connected to, or tried next
+        self._chosen_drop = False  # the connection was dropped on purpose (kill): not a dead broker
         self.fleet = fleet
         self.username = username
         self.password = password
         self.conn: mqtt.MqttConnection | None = None
         self._down_until = 0.0  # loop time before which the device stays offline (flapping, kill)
         self._killed = False
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The broker connected to, or tried next."""
+        return self.endpoints[self._at]
+
+    def _move_on(self) -> None:
+        """The broker died or cannot be reached: the next attempt goes to the next one."""
+        self._at = (self._at + 1) % len(self.endpoints)
 
     @property
     def device_id(self) -> str:
@@ -235,12 +253,14 @@ class DeviceLink:
     def kill(self, down_s: float = 0.0) -> None:
         """Silent death: drop the socket without DISCONNECT (the will fires); back after `down_s`."""
         self._down_until = asyncio.get_running_loop().time() + down_s
+        self._chosen_drop = True
         if self.conn is not None:
             self.conn.abort()
 
     def stay_down(self) -> None:
         """Drop the socket (the will fires) and never reconnect."""
         self._killed = True
+        self._chosen_drop = True
         if self.conn is not None:
             self.conn.abort()
 
@@ -271,11 +291,12 @@ class DeviceLink:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             will = self.firmware.start_session()  # next bdseq; its offline state is the will
+            endpoint = self.endpoint
             try:
                 async with fleet.connect_slots:
                     conn = await mqtt.connect(
-                        self.endpoint.host,
-                        self.endpoint.port,
+                        endpoint.host,
+                        endpoint.port,
                         identity.device_id,
                         keepalive_s=fleet.keepalive_s,
                         username=self.username,
@@ -288,6 +309,7 @@ class DeviceLink:
                 if isinstance(exc, mqtt.ConnectRefused):
                     fleet.stats.refused += 1
                 fleet.stats.last_error = str(exc)
+                self._move_on()
                 await asyncio.sleep(backoff_delay_s(attempt, rng=fleet.rng))
                 attempt += 1
                 continue
@@ -295,17 +317,24 @@ class DeviceLink:
                 self._say_offline_and_disconnect(conn)
                 return
             attempt = 0
+            self._chosen_drop = False
             self.conn = conn
             fleet.stats.connects += 1
             fleet.stats.connected += 1
             try:
-                self.send(self.firmware.on_connected(self._now_ms()))  # birth, then retained online
+                # docs/protocol.md §3: subscribe to the commands, then birth and retained online, so
+                # a command sent in answer to the birth finds the subscription (the broker handles
+                # the packets of one connection in order). Every connection subscribes again: a new
+                # node, or a broker that lost its sessions, knows nothing of the last one.
                 with contextlib.suppress(mqtt.MqttError):
                     conn.subscribe(f"{identity.topic_prefix}/cmd", qos=1)
+                self.send(self.firmware.on_connected(self._now_ms()))  # birth, then retained online
                 await conn.closed
             finally:
                 fleet.stats.connected -= 1
                 self.conn = None
+            if not self._chosen_drop:
+                self._move_on()  # the broker dropped us (died, restarted): try the next one
             if not self._killed and self._down_until <= loop.time():
                 await asyncio.sleep(backoff_delay_s(attempt, rng=fleet.rng))
                 attempt += 1
@@ -342,12 +371,14 @@ class Fleet:
     # -- building -------------------------------------------------------------------------
 
     def add(self, firmware: _Firmware, credentials: Mapping[str, str] | None = None) -> DeviceLink:
-        """Add one device; its broker is chosen by district, so a district stays on one broker."""
+        """Add one device; its home broker is chosen by district, so a district stays on one broker
+        while it lives, and the other brokers follow as its fallbacks (in ring order)."""
         identity = firmware.identity
-        endpoint = self.endpoints[int(identity.district_code) // 10 % len(self.endpoints)]
+        ring = tuple(self.endpoints)
+        home = int(identity.district_code) // 10 % len(ring)
         password = None if credentials is None else credentials.get(identity.device_id)
         username = identity.device_id if password is not None else None
-        link = DeviceLink(firmware, endpoint, self, username=username, password=password)
+        link = DeviceLink(firmware, ring[home:] + ring[:home], self, username=username, password=password)
         self.links.append(link)
         self.by_id[identity.device_id] = link
         self.stats.devices += 1

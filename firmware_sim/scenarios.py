@@ -194,13 +194,15 @@ class SimConfig:
     sky_start_ms: int | None = None  # the sky at this moment when the clock starts (wins over night)
 
     def resolved_endpoints(self) -> list[Endpoint]:
-        """The brokers to use; credentials in the URL are ignored (devices have their own)."""
+        """The brokers to use (every node of a ``mqtt://a,mqtt://b`` list: the devices are spread
+        over them by district, each with the others as fallbacks); credentials in the URL are
+        ignored (devices have their own)."""
         if self.endpoints:
             return list(self.endpoints)
         if self.mqtt_url is None:
             raise ValueError("give mqtt_url or endpoints")
         params = parse_mqtt_url(self.mqtt_url)
-        return [Endpoint(params.host, params.port)]
+        return [Endpoint(address.host, address.port) for address in params.addresses]
 
 
 @dataclass

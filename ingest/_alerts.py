@@ -26,6 +26,10 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
   online, faults, an active override from ``commands``) is judged against the sun's elevation at
   its position at the reading's time (``alerts.observe``); day burning and dark at night become
   one ``lamp_fault`` alert per device and condition (``alerts.apply_observation``).
+* Lost messages (in a batch's transaction): the devices whose sequence numbers a batch skipped
+  (``Processed.seq_gap_devices``: messages dropped past the broker's bound while ingest was away,
+  or lost on a device's link) are counted into the city's one open ``data_loss`` alert
+  (``alerts.data_loss_update``), opened by the first gap after an operator resolved the last.
 * Storage jobs (periodic, one worker, after each maintenance run): a failed or late storage job
   (``store.jobs.storage_job_problems``) keeps one ``storage`` alert open for the city centre
   until every job succeeds again (``alerts.storage_alert_update``).
@@ -57,6 +61,7 @@ from alerts import (
     alerting_reports,
     count_changes,
     dark_devices,
+    data_loss_update,
     daynight_change,
     fault_reports,
     judge_lamps,
@@ -74,6 +79,7 @@ from runtime.logs import get_logger
 from store.alerts import active_alerts, save_alert
 from store.jobs import JobProblem, storage_job_problems
 from store.maintenance import (
+    DATA_LOSS_ALERT_LOCK,
     OFFLINE_PASS_LOCK,
     STORAGE_ALERT_LOCK,
     dark_candidates,
@@ -123,7 +129,9 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaN
     """Merge a batch's fault reports into device alerts (inside the batch transaction); returns changes.
 
     A ``power_loss`` raises nothing here (``raise_offline_alerts`` does, after its grace, unless an
-    outage explains it); a lamp connected again resolves its open ``power_loss`` alert."""
+    outage explains it); a lamp connected again resolves its open ``power_loss`` alert. The batch's
+    sequence gaps count into the one ``data_loss`` alert (``raise_data_loss_alert``)."""
+    lost = raise_data_loss_alert(conn, batch, now) if batch.seq_gap_devices else 0
     events = [(device_id, ev_type, code) for device_id, ev_type, code, _ts, _seq in batch.fault_events]
     telemetry = {d.device_id: d.faults for d in batch.devices.values() if d.faults}
     back_ids = comebacks(batch)
@@ -153,7 +161,27 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaN
                 new_alert=change.previous is None,
             )
         save_alert(conn, _named(change, namer), previous=change.previous)
-    return len(changes)
+    return len(changes) + lost
+
+
+def raise_data_loss_alert(conn: Conn, batch: Processed, now: datetime) -> int:
+    """Count a batch's sequence gaps into the city's one active ``data_loss`` alert (inside the
+    batch transaction, before any device lock, in every batch alike); returns the changes saved (0 or 1)."""
+    lock_decisions(conn, DATA_LOSS_ALERT_LOCK)
+    active = active_alerts(conn, kinds=[AlertKind.DATA_LOSS.value])
+    changed, previous = data_loss_update(active, batch.seq_gap_devices, now=now, new_alert_id=new_alert_id())
+    if changed is None:
+        return 0
+    save_alert(conn, changed, previous=previous)
+    if previous is None:
+        log.warning(
+            "data_loss_alert",
+            alert=changed.id,
+            missing=changed.count,
+            devices=len(batch.seq_gap_devices),
+            note=changed.timeline[-1].note,
+        )
+    return 1
 
 
 def offline_reports(

@@ -103,6 +103,9 @@ class Processed:
     event_seq_gaps: int = 0
     """Gaps and repeats that events revealed (they share the device's seq counter with telemetry)."""
     event_seq_repeats: int = 0
+    seq_gap_devices: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Device id -> (district, messages missing) for the devices whose numbers this batch skipped
+    (telemetry and events): the ``data_loss`` alert's input (ingest/_alerts.py)."""
 
     @property
     def rows(self) -> int:
@@ -185,6 +188,12 @@ def ack_seq(cmd_id: str) -> int:
 _astuple = msgspec.structs.astuple
 
 
+def _note_gaps(out: Processed, device_id: str, district: str, gaps: int) -> None:
+    if gaps:
+        _district, before = out.seq_gap_devices.get(device_id, (district, 0))
+        out.seq_gap_devices[device_id] = (district, before + gaps)
+
+
 def process(
     messages: Sequence[RawMessage],
     now_ms: int,
@@ -225,6 +234,7 @@ def process(
                 if gaps or repeats:
                     dev.seq_gaps += gaps
                     dev.seq_duplicates += repeats
+                    _note_gaps(out, device_id, district, gaps)
                 if ts >= dev.last_ts_ms:
                     dev.last_ts_ms, dev.last_seq, dev.level = ts, seq, t[2]
                     dev.faults, dev.summary = faults, payload
@@ -234,6 +244,7 @@ def process(
                 gaps, repeats = seqs.see(device_id, ev.seq)
                 out.event_seq_gaps += gaps
                 out.event_seq_repeats += repeats
+                _note_gaps(out, device_id, district, gaps)
             elif channel == "birth":
                 birth = decode_birth(payload, now_ms)
                 seqs.reset(device_id)

@@ -59,6 +59,7 @@ from ingest._metrics import IngestMetrics
 from ingest._process import Processed, RawMessage, SenderCheckFn, SeqTracker, add_flood, process
 from ingest._registry import redact_group
 from ingest._resync import StateResync, chunks
+from ingest._sharecheck import ShareSelfCheck
 from ingest._spool import Spool, SpoolFull
 from ingest._write import FaultHook, write_batch
 from runtime.logs import bind_context, bound_context, get_logger
@@ -101,6 +102,9 @@ class WorkerConfig:
     """Ask for the retained state of devices heard without one (ingest/_resync.py)."""
     amqp: AmqpSource | None = None
     """Consume the quorum queue of a RabbitMQ cluster over AMQP 0-9-1 instead (``AmqpIngestWorker``)."""
+    share_check: bool = False
+    """With a shared subscription: prove in session that the broker shares (ingest/_sharecheck.py)
+    and stop, ``refused`` set, when it does not."""
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -155,6 +159,8 @@ class IngestWorker:
         self.spool = Spool(config.spool_path, config.spool_max_bytes)
         self.metrics.spool_bytes = self.spool.size_bytes
         self._flusher: threading.Thread | None = None
+        self.refused: str | None = None  # why this worker stopped on its own (the share check)
+        self._share_check: ShareSelfCheck | None = None  # MQTT only: set by _init_transport
         self._init_transport()
 
     def _init_transport(self) -> None:
@@ -175,6 +181,17 @@ class IngestWorker:
         if isinstance(self.client, BufferedReadClient):
             self.client.set_publish_handler(self._on_publish)
         self.client.on_subscribe = self._on_subscribe
+        self._share_check = (
+            ShareSelfCheck(
+                self.client,
+                config.client_id,
+                config.share_group,
+                received=lambda: self.metrics.received + len(self._queue),
+                on_fail=self._refuse,
+            )
+            if config.shared and config.share_check
+            else None
+        )
 
     @property
     def _mqtt(self) -> ConnectionParams:
@@ -202,8 +219,11 @@ class IngestWorker:
             retired_filters=len(retired),  # of a retired share group, unsubscribed
         )
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         refused = [r for r in reasons if r.is_failure]
+        check = self._share_check
+        if check is not None and check.on_suback(mid, bool(refused)):
+            return
         if refused:
             log.error(
                 "ingest_subscription_refused", worker=self.config.index, reasons=[str(r) for r in refused]
@@ -211,6 +231,8 @@ class IngestWorker:
             return
         self.metrics.subscribed = True
         self._connected.set()
+        if check is not None:
+            check.after_subscribed(self._generation)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._connected.clear()
@@ -228,6 +250,12 @@ class IngestWorker:
         self._on_publish(topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain))
 
     def _on_publish(self, topic: str, payload: bytes, qos: int, mid: int, retain: bool = False) -> None:
+        check = self._share_check
+        if check is not None and check.is_probe(topic):
+            check.on_probe(payload)
+            if qos:
+                self._refused_acks.append((mid, self._generation))  # acked, never stored
+            return
         if retain and not topic.endswith("/state"):
             self._refuse_retained(topic, qos, mid)
             return
@@ -285,7 +313,7 @@ class IngestWorker:
         attempt = 0
         while not self._stop.is_set():
             try:
-                self.client.connect(self._mqtt.host, self._mqtt.port, keepalive=30)
+                self.client.connect_any(keepalive=30)  # the first node that answers
                 break
             except OSError as exc:
                 delay = backoff_delay_s(attempt, cap_s=10.0)
@@ -322,7 +350,7 @@ class IngestWorker:
                     confirmed_at = now
                 if held and not active:
                     log.info("ingest_lease_taken", key=lease.key, owner=lease.owner, consuming=True)
-                    self.client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=30)
+                    self.client.connect_async_current(keepalive=30)
                     self.client.loop_start()
                     active = True
                     self.metrics.standby = False
@@ -362,6 +390,14 @@ class IngestWorker:
     def stop(self) -> None:
         """Ask the worker to finish its last batch and return from :meth:`run`."""
         self._stop.set()
+
+    def _refuse(self, why: str) -> None:
+        """The share check failed: nothing would ever be consumed; stop with ``refused`` set."""
+        self.refused = why
+        log.error(
+            "ingest_refused", reason="shared_subscriptions_ignored", worker=self.config.index, detail=why
+        )
+        self.stop()
 
     def wait_connected(self, timeout_s: float) -> bool:
         """True once connected and subscribed (for tests and the benchmark)."""

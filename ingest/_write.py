@@ -102,7 +102,9 @@ def write_batch(
                 # Older than the device's current connection.
                 log.info("stale_state", device=device_id, state=state.state, bdseq=state.bdseq)
         # Before the state merge: the hook compares reported faults with the stored ones.
-        if on_faults is not None and (batch.fault_events or _has_faults(batch) or _reconnects(batch)):
+        if on_faults is not None and (
+            batch.fault_events or _has_faults(batch) or _reconnects(batch) or batch.seq_gap_devices
+        ):
             try:
                 with savepoint(conn, rows=batch.rows):
                     on_faults(conn, batch, now)

@@ -20,6 +20,7 @@ from store.types import Conn, Row
 # Keys of the locks of the periodic passes (a device's decisions lock its device id).
 OFFLINE_PASS_LOCK = "ingest:offline-alerts"
 STORAGE_ALERT_LOCK = "ingest:storage-alert"
+DATA_LOSS_ALERT_LOCK = "ingest:data-loss-alert"
 
 
 def _device_record(r: Row) -> DeviceRecord:

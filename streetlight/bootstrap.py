@@ -457,6 +457,7 @@ def ingest_worker_config(
         max_rows=options.max_rows,
         max_delay_s=options.max_delay_s,
         spool_max_bytes=options.spool_max_bytes,
+        share_check=options.shared,  # in session, no extra login (ingest/_sharecheck.py)
     )
     if options.device_rate_per_s is not None:
         config.device_rate_per_s = options.device_rate_per_s
@@ -539,7 +540,12 @@ def gazetteer_locator(gazetteer: Gazetteer) -> Locator:
 
 
 class IngestRefused(RuntimeError):
-    """The worker could not start (its spool is another's); the message says why."""
+    """The worker could not start (its spool is another's) or must not go on (its broker ignores
+    its shared subscription); the message says why, ``reason`` names it for the log."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def run_ingest_worker(
@@ -549,7 +555,8 @@ def run_ingest_worker(
     check: SenderCheckFn | None,
 ) -> None:
     """Run one ingest worker (its lease, metrics server and the periodic jobs) until SIGTERM/SIGINT.
-    IngestRefused when its spool is held by another worker."""
+    IngestRefused when its spool is held by another worker, or when its share check proves the
+    broker delivers nothing to its shared subscription."""
     from ingest import (
         AmqpIngestWorker,
         ConsumerLease,
@@ -582,7 +589,7 @@ def run_ingest_worker(
             locate=locate,
         )
     except SpoolLocked as exc:
-        raise IngestRefused(f"ingest worker {options.index}: {exc}") from exc
+        raise IngestRefused(f"ingest worker {options.index}: {exc}", "spool_locked") from exc
     server = (
         serve_metrics(worker.metrics, options.metrics_host, options.metrics_port + options.index)
         if options.metrics_port
@@ -613,6 +620,10 @@ def run_ingest_worker(
         if server is not None:
             server.shutdown()
     log.info("ingest_worker_stopped", metrics=worker.metrics.snapshot())
+    if worker.refused is not None:
+        raise IngestRefused(
+            f"ingest worker {options.index}: {worker.refused}", "shared_subscriptions_ignored"
+        )
 
 
 def _gazetteer_or_none() -> Gazetteer | None:

@@ -48,8 +48,10 @@ class Settings:
     """Everything configurable, with the defaults a single-machine deployment wants."""
 
     mqtt_url: str | None = None
-    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``); None means: start
-    the embedded broker."""
+    """``mqtt://user@host:port`` (a secret in the URL works but shows in ``ps``), or a
+    comma-separated list of a cluster's nodes (``mqtt://user@a:1883,mqtt://user@b:1883``: every
+    client connects to the first that answers and moves to the next when its node dies); None
+    means: start the embedded broker."""
     mqtt_password: str | None = None
     """The MQTT secret of the URL's user (``MQTT_PASSWORD``), so it is on no command line."""
     mqtt_password_file: Path | None = None
@@ -216,8 +218,8 @@ def warn_secrets_in_flags(command: str, flags: Mapping[str, str | None]) -> list
 
     warned = []
     for flag, url in flags.items():
-        try:
-            has_secret = bool(url) and urlsplit(url).password is not None
+        try:  # a list of brokers: any of its URLs
+            has_secret = any(urlsplit(item.strip()).password is not None for item in (url or "").split(","))
         except ValueError:
             has_secret = False
         if has_secret:

@@ -120,7 +120,11 @@ def _run_timescale_jobs(conn: psycopg.Connection[Any], *procs: str) -> None:
             try:
                 conn.execute("CALL run_job(%s)", (job_id,))
                 break
-            except psycopg.errors.LockNotAvailable:
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                # A scheduled run holding the chunk's locks either makes ours wait or, when the
+                # two take them in opposite order, one of the two is chosen as the deadlock victim.
+                if not conn.autocommit:
+                    conn.rollback()
                 assert time.monotonic() < deadline, f"a concurrent run of job {job_id} did not finish in time"
                 time.sleep(0.2)
 

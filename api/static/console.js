@@ -24,13 +24,13 @@ const S = {
 const T = {
   ko: {
     open: "미확인", acknowledged: "확인됨", dispatched: "출동", resolved: "종료", cancelled: "취소", connected: "연결됨", disconnected: "연결 끊김",
-    sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손", storage: "저장소 작업",
+    sos: "SOS", lamp_fault: "등 고장", device_offline: "기기 끊김", mass_outage: "대규모 정전", tamper: "훼손", storage: "저장소 작업", data_loss: "메시지 유실",
     created: "접수", repeated: "반복", position: "위치", lamps_added: "추가 소등", escalated: "상향", lamps_confirmed: "점멸 확인", call_placed: "전화 걸음", call_answered: "통화됨", call_no_answer: "안 받음", guard_acknowledged: "지킴이 확인", guard_arrived: "지킴이 도착",
     online: "정상", brightened: "밝힘", blinking: "점멸", fault: "고장", offline: "끊김", sound_on: "소리 켜짐", sound_off: "소리 꺼짐", no_data: "자료 없음",
   },
   en: {
     open: "OPEN", acknowledged: "acknowledged", dispatched: "dispatched", resolved: "resolved", cancelled: "cancelled", connected: "connected", disconnected: "disconnected",
-    sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper", storage: "storage jobs",
+    sos: "SOS", lamp_fault: "lamp fault", device_offline: "device offline", mass_outage: "mass outage", tamper: "tamper", storage: "storage jobs", data_loss: "messages lost",
     created: "created", repeated: "pressed again", position: "position", lamps_added: "more lamps out", escalated: "escalated", lamps_confirmed: "lamps confirmed", call_placed: "call placed", call_answered: "answered", call_no_answer: "no answer", guard_acknowledged: "guard on the way", guard_arrived: "guard arrived",
     online: "online", brightened: "brightened", blinking: "blinking", fault: "fault", offline: "offline", sound_on: "Sound on", sound_off: "Sound off", no_data: "no data",
   },

@@ -15,6 +15,7 @@ from broker.security._ids import (
     ALERTS_PREFIX,
     CITY_DISTRICT,
     DEVICE_PREFIX,
+    SHARE_CHECK_PREFIX,
     UPLINK_CHANNELS,
     alerts_topic,
     device_topic,
@@ -46,11 +47,21 @@ def grants_for(p: Principal) -> tuple[Grant, ...]:
         own = [Grant("write", device_topic(p.district_code, p.name, ch)) for ch in UPLINK_CHANNELS]
         return (*own, Grant("read", device_topic(p.district_code, p.name, "cmd")))
     if p.role == "ingest":
-        # Everything devices say (and the commands, to store them); never a publish. The $share
-        # line is for EMQX; Mosquitto's acl_file never checks a SUBSCRIBE and checks a shared
-        # delivery against the message's own topic (measured on 2.0.11, docs/security.md). No
-        # $SYS: an ingest with an account does not probe the broker (streetlight/cli/ingest.py).
-        return (Grant("read", f"{_ALL_DEVICES}/#"), Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"))
+        # Everything devices say (and the commands, to store them); never a publish to them. The
+        # $share lines are for EMQX; Mosquitto's acl_file never checks a SUBSCRIBE and checks a
+        # shared delivery against the message's own topic (measured on 2.0.11, docs/security.md).
+        # No $SYS: an ingest with an account does not probe the broker (streetlight/cli/ingest.py).
+        # Its one publish is the in-session share check, to a topic of its own that it reads back
+        # through its share group (ingest/_sharecheck.py); Mosquitto would PUBACK and drop it
+        # without the write grant, and the worker would take that for a broker without $share.
+        check = f"{SHARE_CHECK_PREFIX}/{p.name}"
+        return (
+            Grant("read", f"{_ALL_DEVICES}/#"),
+            Grant("read", f"$share/ingest/{_ALL_DEVICES}/#"),
+            Grant("write", check),
+            Grant("read", check),
+            Grant("read", f"$share/ingest/{check}"),
+        )
     if p.role == "controller":
         return (
             Grant("write", f"{_ALL_DEVICES}/cmd"),

@@ -25,6 +25,8 @@ SERVICE_ROLES: Final = ("ingest", "controller", "api")
 SERVICE_INSTANCE_RE: Final = re.compile(r"(ingest|controller|api)@[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 DEVICE_PREFIX: Final = "sl/v1"
 ALERTS_PREFIX: Final = "cc/v1"
+# broker._topics.SHARE_CHECK_PREFIX: where an ingest worker checks its shared subscription.
+SHARE_CHECK_PREFIX: Final = "svc/v1/sharecheck"
 UPLINK_CHANNELS: Final = ("birth", "state", "telemetry", "event", "ack")
 CITY_DISTRICT: Final = "11000"
 # Seoul's 25 autonomous districts, statistical codes 11010 (Jongno-gu) .. 11250 (Gangdong-gu);

@@ -19,7 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CODES",
         help="comma-separated district codes to lease, or 'all' (the 25 districts and the city centre)",
     )
-    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-url",
+        help="broker URL without its secret, or a comma-separated list of a cluster's nodes "
+        "(default: MQTT_URL)",
+    )
     parser.add_argument(
         "--mqtt-password-file",
         type=Path,

@@ -30,7 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="worker processes (default: STREETLIGHT_INGEST_WORKERS or 1)",
     )
     parser.add_argument("--index", type=int, default=None, help=argparse.SUPPRESS)  # a child worker's number
-    parser.add_argument("--mqtt-url", help="broker URL without its secret (default: MQTT_URL)")
+    parser.add_argument(
+        "--mqtt-url",
+        help="broker URL without its secret, or a comma-separated list of a cluster's nodes "
+        "(default: MQTT_URL)",
+    )
     parser.add_argument(
         "--mqtt-password-file",
         type=Path,
@@ -136,7 +140,9 @@ def _decide_shared(args: argparse.Namespace, params: ConnectionParams) -> bool:
         # share. Not probed: a probe would log in as a worker, the broker (binding the client id to
         # the username) would hand it that worker's persistent session, and a clean-session probe
         # would wipe what is queued there, a resumed one would take the queued QoS 0 messages.
-        why = "a broker with accounts (Mosquitto or EMQX as provisioned); not probed"
+        # Each worker checks in its own session instead (ingest.ShareSelfCheck) and exits 2 when
+        # the broker delivers nothing to its shared subscription.
+        why = "a broker with accounts (Mosquitto or EMQX as provisioned); each worker checks in session"
         log.info("subscription_mode", mode="shared", why=why)
         return True
     shared, why = probe_shared_subscriptions(params)
@@ -153,9 +159,12 @@ def _refuse_ignored_share(params: ConnectionParams) -> None:
     from ingest import shared_subscriptions_ignored
 
     if params.username is not None:
-        # Not checked with an account, for the reason _decide_shared does not probe: the check's
+        # Not probed with an account, for the reason _decide_shared does not probe: the probe's
         # logins would take over this worker's session where the broker binds client ids to users.
-        log.info("subscription_mode", mode="shared", why="forced; a broker with accounts, not checked")
+        # Each worker checks in its own session instead (ingest.ShareSelfCheck).
+        log.info(
+            "subscription_mode", mode="shared", why="forced; with an account each worker checks in session"
+        )
         return
     why = shared_subscriptions_ignored(params)
     if why is not None:
@@ -312,13 +321,16 @@ def _run_worker(
     try:
         bootstrap.run_ingest_worker(settings, config, options, check)
     except bootstrap.IngestRefused as exc:
-        log.error("ingest_refused", reason="spool_locked", detail=str(exc))
+        log.error("ingest_refused", reason=exc.reason, detail=str(exc))
+        print(f"streetlight ingest: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
 def _supervise(args: argparse.Namespace, workers: int) -> int:
-    """Run ``workers`` child processes on the shared subscription; restart one that dies."""
+    """Run ``workers`` child processes on the shared subscription; restart one that dies, except
+    one that exits 2 (refused: its spool is another's, or the broker ignores its shared
+    subscription; a restart would refuse again): then every worker stops and this returns 2."""
     argv_tail = _child_args(args)
     children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -340,6 +352,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
         log.info("ingest_worker_started", worker=i, pid=children[i].pid)
 
     stopping = False
+    refused = False
 
     def _on_signal(_signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -353,6 +366,10 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
         time.sleep(0.5)
         for i, proc in list(children.items()):
             if proc.poll() is not None and not stopping:
+                if proc.returncode == 2:
+                    log.error("ingest_worker_exited", worker=i, status=2, restarting=False, stopping_all=True)
+                    stopping = refused = True
+                    break
                 log.warning("ingest_worker_exited", worker=i, status=proc.returncode, restarting=True)
                 time.sleep(1.0)
                 start(i)
@@ -363,7 +380,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    return 0
+    return 2 if refused else 0
 
 
 def _child_args(args: argparse.Namespace) -> list[str]:

@@ -33,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="batch1, batch2, 1-14, district/dong code or name",
     )
     parser.add_argument("--interval", type=float, default=None, metavar="S", help="telemetry interval (s)")
-    parser.add_argument("--mqtt-url", metavar="URL", help="broker (default: MQTT_URL, else a private one)")
+    parser.add_argument(
+        "--mqtt-url",
+        metavar="URL",
+        help="broker, or a comma-separated list of a cluster's nodes (devices spread over them by "
+        "district, the others their fallbacks; default: MQTT_URL, else a private one)",
+    )
     parser.add_argument("--api-url", metavar="URL", help="Safety-app API for walking residents and SOS")
     parser.add_argument(
         "--scenario",
@@ -90,6 +95,14 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     scenario = scenarios.load(args.scenario) if args.scenario else None
     url = args.mqtt_url or settings.mqtt_url
+    if url is not None:
+        from broker import MqttUrlError, parse_mqtt_url
+
+        try:
+            parse_mqtt_url(url)
+        except MqttUrlError as exc:
+            print(f"streetlight sim: --mqtt-url/MQTT_URL {exc}", file=sys.stderr)
+            return 2
     with contextlib.ExitStack() as stack:
         if url is None:
             broker = provide_mqtt(None, settings.data_dir / "sim-broker")

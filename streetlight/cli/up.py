@@ -70,8 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _provide(settings: Settings) -> tuple[MqttService, PgService]:
+    from broker import MqttUrlError
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
+    try:
+        mqtt = provide_mqtt(settings.mqtt_url, settings.data_dir, local_kind=settings.local_broker)
+    except MqttUrlError as exc:
+        raise SystemExit(f"streetlight up: MQTT_URL {exc}") from None
     try:
         pg = _provide_database(settings)
     except BaseException:

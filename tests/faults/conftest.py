@@ -28,5 +28,5 @@ def needs_pg_ctl() -> None:
 @pytest.fixture
 def migrated(db_url: str) -> str:
     """A fresh, migrated database on the session's server."""
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     return db_url

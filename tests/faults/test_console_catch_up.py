@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration]
 
 
 def test_catch_up_returns_every_active_alert_beyond_five_hundred(db_url: str) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     now = datetime.now(UTC)
     with psycopg.connect(db_url, autocommit=True) as conn:
         for i in range(620):

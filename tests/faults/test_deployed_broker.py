@@ -147,3 +147,128 @@ def test_what_arrives_while_ingest_is_down_waits_at_the_deployed_broker_and_is_a
     log = (tmp_path / f"{client_id}.log").read_text()[-3000:]
     assert have == want, f"{want - have} of {want} messages lost with the deployed limits; ingest:\n{log}"
     assert drained_s < 120
+
+
+# -- past the bound: counted and alerted, never silent ----------------------------------------------
+
+BOUND = 50  # the session's max_queued_messages here, so a short outage overflows it
+
+
+def _publish_seqs(port: int, secrets: dict[str, str], lamps: list[DeviceSpec], seqs: range) -> None:
+    """Each lamp publishes QoS 1 telemetry numbered ``seqs`` with its own credentials."""
+    ts = int(time.time() * 1000)
+    clients = []
+    for spec in lamps:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=spec.id)
+        c.username_pw_set(spec.id, secrets[spec.id])
+        c.max_queued_messages_set(0)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        clients.append(c)
+    infos = [
+        c.publish(
+            f"sl/v1/11230/{spec.id}/telemetry",
+            json.dumps({"ts": ts + n, "seq": n, "level": 80, "power_w": 36.0, "faults": []}),
+            qos=1,
+        )
+        for n in seqs
+        for spec, c in zip(lamps, clients, strict=True)
+    ]
+    for info in infos:
+        info.wait_for_publish(60)
+    for c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+def test_messages_dropped_past_the_brokers_bound_are_counted_per_device_and_raise_one_alert(
+    migrated: str, tmp_path: Path
+) -> None:
+    skip_unless(MOSQUITTO is not None, "mosquitto is not installed")
+    assert MOSQUITTO is not None
+    lamps = [DeviceSpec(f"lamp-b{i:02d}", "lamp", "11230") for i in range(20)]
+    registry = Registry()
+    secrets = registry.provision(lamps).secrets
+    port = free_port()
+    options = MosquittoOptions(
+        dev_port=port, log_dest=f"file {tmp_path}/mosquitto.log", run_as=RUN_AS, max_queued_messages=BOUND
+    )
+    broker = subprocess.Popen(
+        [MOSQUITTO, "-c", str(write_mosquitto(registry, tmp_path, options).conf)], stderr=subprocess.DEVNULL
+    )
+    env = dict(
+        os.environ,
+        MQTT_URL=f"mqtt://ingest:{secrets['ingest']}@127.0.0.1:{port}",
+        DATABASE_URL=migrated,
+        STREETLIGHT_DATA_DIR=str(tmp_path),
+        STREETLIGHT_LOG_FORMAT="json",
+    )
+    cmd = [sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--device-rate", "0"]
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as fh:
+            return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+
+    def rows() -> int:
+        with psycopg.connect(migrated) as conn:
+            row = conn.execute("SELECT count(DISTINCT (device_id, seq)) FROM telemetry").fetchone()
+        return int(row[0]) if row else 0
+
+    def settle(want: int, timeout_s: float) -> int:
+        deadline, last, since = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            have = rows()
+            if have >= want or (have == last and time.monotonic() - since > 3):
+                return have
+            if have != last:
+                last, since = have, time.monotonic()
+            time.sleep(0.2)
+        return rows()
+
+    try:
+        deadline = time.monotonic() + 10
+        while not tcp_reachable("127.0.0.1", port, 0.2):
+            assert time.monotonic() < deadline, "mosquitto did not listen"
+            time.sleep(0.05)
+        ingest = start(logs[0])
+        try:
+            deadline = time.monotonic() + 30
+            while rows() < len(lamps):  # seq 0 of every lamp stored: the session exists
+                assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+                _publish_seqs(port, secrets, lamps, range(1))
+                time.sleep(0.5)
+        finally:
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(30)
+        # Ingest away: 30 messages a lamp, 600 in all, for a session that holds 50.
+        _publish_seqs(port, secrets, lamps, range(1, 31))
+        ingest = start(logs[1])
+        try:
+            drained = settle(len(lamps) * 31, 30)
+            # One more message each shows the tail each lamp lost (seq 31 after its last stored).
+            _publish_seqs(port, secrets, lamps, range(31, 32))
+            stored = settle(drained + len(lamps), 30)
+        finally:
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(30)
+    finally:
+        terminate(broker)
+    lost = len(lamps) * 32 - stored
+    assert lost >= len(lamps) * 30 - BOUND, f"the bound did not drop what it should ({stored} stored)"
+    # Counted: the worker's stop line (and ingest_seq_gaps_total) says exactly how many are missing.
+    stop_line = [
+        json.loads(line)
+        for line in logs[1].read_text().splitlines()
+        if line.startswith("{") and '"ingest_worker_stopped"' in line
+    ]
+    assert stop_line and stop_line[-1]["metrics"]["seq_gaps"] == lost, logs[1].read_text()[-3000:]
+    # Alerted: one data_loss alert for the city centre, not one per lamp, counting every message.
+    with psycopg.connect(migrated) as conn:
+        alerts = conn.execute(
+            "SELECT status, data FROM alerts WHERE kind = 'data_loss' ORDER BY created_at"
+        ).fetchall()
+    assert len(alerts) == 1, alerts
+    status, data = alerts[0]
+    assert status == "open" and data["count"] == lost
+    assert sorted(data["device_ids"]) == [s.id for s in lamps]

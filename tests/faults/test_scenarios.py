@@ -102,7 +102,7 @@ def _lamp_offline(
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         url = pg_service.database_url(name)
-        migrate(url)
+        migrate(url, timescale=False)
         return catalogue.lamp_offline(
             tmp_path_factory.mktemp("lamp"), url, keepalive_s=4, broker_kind=broker_kind
         )

@@ -77,7 +77,7 @@ class World:
 @pytest.fixture
 def world(db_url: str, mqtt_service: MqttService, unique_id: str) -> World:
     """Ten lamps 20 m apart along a street running north, and one 70 m east of the first."""
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     prefix = f"L{unique_id}"
     lamps = [LampSpec(f"{prefix}-{i:02d}", DISTRICT, BASE_LAT + i * 20 * M_LAT, BASE_LON) for i in range(10)]
     lamps.append(LampSpec(f"{prefix}-east", DISTRICT, BASE_LAT, BASE_LON + 70 * M_LON))
@@ -569,7 +569,7 @@ async def test_an_alert_changed_while_the_broker_is_down_reaches_the_centre_once
 ) -> None:
     """Published means PUBACKed: a change the broker never got is re-published after reconnect."""
     skip_unless(HAVE_MOSQUITTO, "needs a mosquitto binary to stop and restart")
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     broker = start_mosquitto(tmp_path / "mosquitto")
     params = parse_mqtt_url(broker.url)
     got: list[dict[str, Any]] = []

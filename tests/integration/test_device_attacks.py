@@ -91,7 +91,7 @@ def _sos(conn: psycopg.Connection[Any], alert_id: str, lat: float, lon: float) -
 async def test_a_lamp_acking_another_lamps_blink_command_is_refused_and_the_dark_lamp_stays_unconfirmed(
     db_url: str, mqtt_service: MqttService, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     prefix = f"L{unique_id}"
     lamps = [LampSpec(f"{prefix}-{i:02d}", DISTRICT, BASE_LAT + i * 20 * M_LAT, BASE_LON) for i in range(6)]
@@ -217,7 +217,7 @@ LAMP = b'{"ts":%d,"seq":%d,"level":80,"power_w":36.4,"faults":[]}'
 def test_a_retained_tamper_event_raises_no_alert_again_after_ingest_reconnects_nor_a_redelivered_one(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     dev, bystander = f"T{unique_id}", f"M{unique_id}"
     topic = f"sl/v1/11230/{dev}/event"
@@ -249,7 +249,7 @@ def test_a_retained_tamper_event_raises_no_alert_again_after_ingest_reconnects_n
 def test_a_birth_contradicting_the_registration_is_flagged_and_changes_nothing_but_firmware(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     lamp, blinker, elsewhere = f"R{unique_id}", f"B{unique_id}", f"X{unique_id}"
     lat, lon = 37.5744, 127.0396  # Dongdaemun-gu, 11230
@@ -289,7 +289,7 @@ def test_a_birth_contradicting_the_registration_is_flagged_and_changes_nothing_b
 def test_a_lamp_flooding_50000_messages_is_bounded_alerted_once_and_does_not_hold_up_the_others(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     flooder, others = f"F{unique_id}", [f"N{unique_id}-{i}" for i in range(20)]
     t0 = now_ms()
@@ -345,7 +345,7 @@ def test_a_lamp_flooding_50000_messages_is_bounded_alerted_once_and_does_not_hol
 def test_a_lamp_naming_32_new_fault_codes_in_each_telemetry_opens_at_most_nine_alerts(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     lamp = f"C{unique_id}"
     t0 = now_ms()
@@ -382,7 +382,7 @@ def test_a_lamp_naming_32_new_fault_codes_in_each_telemetry_opens_at_most_nine_a
 def test_a_lamp_sending_tamper_events_with_20_made_up_codes_opens_at_most_nine_alerts(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     lamp = f"E{unique_id}"
     t0 = now_ms()
@@ -403,7 +403,7 @@ def test_a_lamp_sending_tamper_events_with_20_made_up_codes_opens_at_most_nine_a
 def test_a_retained_offline_with_the_largest_bdseq_does_not_keep_the_lamp_offline_after_its_next_birth(
     mqtt_service: MqttService, db_url: str, tmp_path: Path, unique_id: str
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     lamp = f"S{unique_id}"
     base = f"sl/v1/11230/{lamp}"
@@ -454,7 +454,7 @@ def _lamps_with_a_blinker(
     db_url: str, mqtt_service: MqttService, unique_id: str
 ) -> tuple[ConnectionParams, list[LampSpec], str, ControllerConfig]:
     """Three registered lamps 10 m apart, a blinker paired with the first, and a controller's config."""
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     params = parse_mqtt_url(mqtt_service.url)
     lamps = [
         LampSpec(f"L{unique_id}-{i:02d}", DISTRICT, BASE_LAT + i * 10 * M_LAT, BASE_LON) for i in range(3)

@@ -42,7 +42,7 @@ def now_ms() -> int:
 
 @pytest.fixture
 def migrated(db_url: str) -> str:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     return db_url
 
 

@@ -75,7 +75,7 @@ def _rows(db_url: str, prefix: str) -> tuple[int, int]:
 def test_two_ingest_instances_of_one_group_store_every_message_once_and_a_standby_replaces_a_killed_consumer(
     plain_broker: MqttService, db_url: str, unique_id: str, tmp_path: Path
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     group = f"grp-{unique_id}"
     ports = {"a": free_port(), "b": free_port()}
     env = {
@@ -138,7 +138,7 @@ def test_messages_written_by_two_instances_during_a_takeover_overlap_are_stored_
 ) -> None:
     """The outgoing holder commits a batch it has not acked; the new one gets it again: the dedup
     key (device, ts, seq, bdseq 0) comes from the message alone, so the second write adds nothing."""
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     dev, ts = f"ov{unique_id}", 1_765_000_000_000
     messages = [
         RawMessage(f"sl/v1/11140/{dev}/telemetry", b'{"ts":%d,"seq":%d,"level":80}' % (ts + i, i), 1)
@@ -179,7 +179,7 @@ def _group_worker(
 def test_a_stopped_consumer_hands_its_group_over_at_once_and_one_that_lost_its_lease_stands_by_until_free(
     mqtt_service: MqttService, db_url: str, unique_id: str, tmp_path: Path
 ) -> None:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     group, ttl_s = f"hand-{unique_id}", 3.0
     a, a_thread = _group_worker(mqtt_service, db_url, tmp_path, group, "a", ttl_s)
     workers = [(a, a_thread)]

@@ -40,7 +40,7 @@ MAINTENANCE = [k.value for k in AlertKind if k is not AlertKind.SOS]
 
 @pytest.fixture
 def migrated(db_url: str) -> str:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     return db_url
 
 

@@ -146,7 +146,7 @@ def test_two_ingest_workers_split_the_stream_and_a_killed_one_is_replaced_losing
 def test_two_controllers_share_the_districts_and_one_takes_all_when_the_other_dies(
     mqtt_service: MqttService, db_url: str
 ) -> None:
-    migrate(db_url)  # before either starts, so the first query finds the tables
+    migrate(db_url, timescale=False)  # before either starts, so the first query finds the tables
     env = {**os.environ, "MQTT_URL": mqtt_service.url, "DATABASE_URL": db_url}
     args = [sys.executable, "-m", "streetlight.cli", "controller", "--districts", "all", "--lease-ttl-s", "3"]
     metrics = free_port()

@@ -46,7 +46,7 @@ LAMP = (
     b'{"ts":%d,"seq":%d,"level":80,"power_w":36.4,"voltage_v":221.7,"current_a":0.164,'
     b'"temp_c":21.5,"lux":3.2,"faults":[]}'
 )
-DEVICES = ["lamp-0", *(f"lamp-{i}" for i in range(1, 8))]
+DEVICES = ["lamp-0", *(f"lamp-{i}" for i in range(1, 9))]
 TAKEOVER = "already connected, closing old connection"  # Mosquitto 2.0.11's log line for a takeover
 
 
@@ -132,11 +132,19 @@ def sub(
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def pub(d: Deployment, user: str, topic: str, payloads: list[bytes], *, client_id: str | None = None) -> None:
+def pub(
+    d: Deployment,
+    user: str,
+    topic: str,
+    payloads: list[bytes],
+    *,
+    client_id: str | None = None,
+    retain: bool = False,
+) -> None:
     """Publish each payload at QoS 1 from one mosquitto_pub connection (stdin, one line each)."""
     assert PUB is not None
     argv = [PUB, "-p", str(d.port), "-u", user, "-P", d.secrets[user], "-i", client_id or user]
-    argv += ["-q", "1", "-t", topic, "-l"]
+    argv += ["-q", "1", "-t", topic, "-l"] + (["-r"] if retain else [])
     subprocess.run(argv, input=b"\n".join(payloads) + b"\n", check=True, timeout=30)
 
 
@@ -212,6 +220,43 @@ def test_a_device_cannot_resume_an_offline_devices_session_and_its_queued_comman
     assert "queued-while-offline" in stop(back), "the device's own persistent session lost its command"
 
 
+def test_the_generated_acl_passes_a_lamps_own_topic_attacks_so_the_services_must_refuse_them(
+    deployment: Deployment,
+) -> None:
+    # The attacks of "Attacks tried (devices through the services)" stay on the attacker's own
+    # topics. On the generated configuration they all reach ingest's account: the broker cannot
+    # tell them from honest traffic, so the services' guards (tests/integration/
+    # test_device_attacks.py, run there on a broker without accounts) are the wall, not the ACL.
+    d = deployment
+    base = "sl/v1/11230/lamp-8"
+    watcher = sub(d, "ingest", f"{base}/#", client_id="ingest-watcher")
+    wait_for(lambda: "as ingest " in d.log.read_text(), 5)
+    time.sleep(0.3)  # its SUBACK
+    ts = int(time.time() * 1000)
+    try:
+        pub(
+            d,
+            "lamp-8",
+            f"{base}/ack",
+            [b'{"cmd_id":"sos.0123456789abcdef0123456789abcdef","status":"applied"}'],
+        )
+        birth = (
+            b'{"ts":%d,"bdseq":0,"kind":"blinker","lat":37.4979,"lon":127.0276,"paired_lamp":"lamp-1"}' % ts
+        )
+        pub(d, "lamp-8", f"{base}/birth", [birth])
+        event = b'{"ts":%d,"seq":1,"type":"tamper","code":"door_open"}' % ts
+        pub(d, "lamp-8", f"{base}/event", [event], retain=True)
+        pub(d, "lamp-8", f"{base}/telemetry", [LAMP % (ts + i, i) for i in range(200)])
+        time.sleep(3.0)
+    finally:
+        pub(d, "lamp-8", f"{base}/event", [b""], retain=True)  # clear the retained event
+        out = stop(watcher)
+    assert f"{base}/ack " in out and "cmd_id" in out
+    assert f"{base}/birth " in out and '"kind":"blinker"' in out
+    assert f"{base}/event " in out and "door_open" in out
+    assert out.count(f"{base}/telemetry ") == 200
+
+
 async def test_simulated_lamps_log_in_with_their_provisioned_secrets_and_publish(
     deployment: Deployment,
 ) -> None:
@@ -236,7 +281,7 @@ def test_a_controller_logs_in_on_its_instance_account_from_a_password_file(
     deployment: Deployment, db_url: str, tmp_path: Path
 ) -> None:
     d = deployment
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     url = f"mqtt://controller%40north-a@127.0.0.1:{d.port}"
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": url}
     log = tmp_path / "controller.log"
@@ -335,7 +380,7 @@ def test_ingest_never_logs_its_share_group_and_a_rotated_group_leaves_the_device
     d = deployment
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%400@127.0.0.1:{d.port}"}
     secret = "SELECT value FROM store_meta WHERE key = 'ingest_share_group'"
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     with ingest_process(env, tmp_path / "first.log") as first:
         wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -377,7 +422,7 @@ def test_a_restarted_ingest_gets_what_was_queued_for_its_account_while_it_was_do
     d = deployment
     env = _deployed_ingest_env(d, db_url, tmp_path) | {"MQTT_URL": f"mqtt://ingest%401@127.0.0.1:{d.port}"}
     rows = "SELECT count(*) FROM telemetry WHERE device_id = 'lamp-7'"
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     ts = int(time.time() * 1000)
     with ingest_process(env, tmp_path / "first.log") as first:
         wait_for(lambda: bool(log_events(first.log, "ingest_connected")), 30)

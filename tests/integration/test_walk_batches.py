@@ -30,7 +30,7 @@ Pool = AsyncConnectionPool[AsyncConnection[Any]]
 
 
 def _walks(db_url: str, prefix: str, count: int) -> list[str]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     ids = [f"walk-{prefix}-{i}" for i in range(count)]
     with psycopg.connect(db_url, autocommit=True) as conn:
         create_resident(conn, f"res-{prefix}", f"hash-{prefix}")
@@ -46,7 +46,7 @@ def _position(walk_id: str, k: int) -> QueuedPosition:
 
 @pytest.fixture
 async def pool(db_url: str) -> AsyncIterator[Pool]:
-    migrate(db_url)
+    migrate(db_url, timescale=False)
     async with AsyncConnectionPool(db_url, min_size=1, max_size=2, kwargs={"autocommit": True}) as p:
         yield p
 

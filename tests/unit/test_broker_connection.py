@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import re
+import socket
 
 import pytest
 from hypothesis import given
@@ -10,12 +12,14 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import (
+    BrokerAddress,
     ConnectionLost,
     ConnectionParams,
     MqttSession,
     MqttUrlError,
     backoff_delay_s,
     device_will,
+    next_address,
     paho_client,
     parse_mqtt_url,
 )
@@ -50,6 +54,74 @@ def test_a_refused_url_never_shows_its_password() -> None:
         parse_mqtt_url("http://user:hunter2@h")
     assert "hunter2" not in str(info.value)
     assert "hunter2" not in repr(parse_mqtt_url("mqtt://user:hunter2@h"))
+
+
+def test_a_list_of_urls_names_a_clusters_nodes_tried_in_that_order() -> None:
+    params = parse_mqtt_url("mqtt://ingest@10.0.0.1:1883, mqtt://ingest@10.0.0.2,mqtt://ingest@[::1]:1884")
+    assert (params.host, params.port, params.username) == ("10.0.0.1", 1883, "ingest")
+    assert params.addresses == (
+        BrokerAddress("10.0.0.1", 1883),
+        BrokerAddress("10.0.0.2", 1883),
+        BrokerAddress("::1", 1884),
+    )
+    # a device's home node first, the others after it in ring order
+    assert params.starting_at(2).addresses == (
+        BrokerAddress("::1", 1884),
+        BrokerAddress("10.0.0.1", 1883),
+        BrokerAddress("10.0.0.2", 1883),
+    )
+    assert parse_mqtt_url("mqtt://h:1").addresses == (BrokerAddress("h", 1),)
+
+
+def test_the_next_node_after_a_dead_one_wraps_around_the_list() -> None:
+    ring = parse_mqtt_url("mqtt://a:1,mqtt://b:2").addresses
+    assert next_address(ring, ring[0]) == ring[1]
+    assert next_address(ring, ring[1]) == ring[0]
+    assert next_address(ring, BrokerAddress("elsewhere", 9)) == ring[0]
+
+
+@pytest.mark.parametrize(
+    ("urls", "reason"),
+    [
+        ("mqtt://a,", "address 2 of 2 is empty"),
+        ("mqtt://a,http://b", "address 2 of 2: scheme must be mqtt:// or mqtts://"),
+        ("mqtt://a,mqtts://b", "address 2 has another scheme or user"),
+        ("mqtt://u@a,mqtt://v@b", "address 2 has another scheme or user"),
+        ("mqtt://u:one@a,mqtt://u:two@b", "address 2 has another scheme or user"),
+        ("mqtt://a,mqtt://a:1883", "address 2 (a:1883) is listed twice"),
+        ("mqtt://a,mqtt://b/topic", "address 2 of 2: an MQTT URL has no path"),
+    ],
+)
+def test_a_list_with_a_bad_url_is_refused_saying_which_one(urls: str, reason: str) -> None:
+    with pytest.raises(MqttUrlError, match=re.escape(reason)):
+        parse_mqtt_url(urls)
+
+
+def test_a_refused_list_never_shows_a_password() -> None:
+    for urls in ("mqtt://u:hunter2@a,mqtt://u:hunter2@b/x", "mqtt://u:hunter2@a,mqtt://b"):
+        with pytest.raises(MqttUrlError) as info:
+            parse_mqtt_url(urls)
+        assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(parse_mqtt_url("mqtt://u:hunter2@a,mqtt://u:hunter2@b"))
+
+
+def test_a_paho_client_holds_every_node_and_connects_to_the_first_that_answers() -> None:
+    live = socket.socket()
+    live.bind(("127.0.0.1", 0))
+    live.listen()
+    try:
+        dead_port, live_port = free_port(), live.getsockname()[1]
+        client = paho_client(
+            parse_mqtt_url(f"mqtt://127.0.0.1:{dead_port},mqtt://127.0.0.1:{live_port}"), "c"
+        )
+        assert client.addresses == (
+            BrokerAddress("127.0.0.1", dead_port),
+            BrokerAddress("127.0.0.1", live_port),
+        )
+        assert client.connect_any(keepalive=5) == BrokerAddress("127.0.0.1", live_port)
+        client.disconnect()
+    finally:
+        live.close()
 
 
 @given(st.integers(min_value=-5, max_value=10_000), st.floats(0.01, 10), st.floats(0.01, 600))

@@ -174,6 +174,19 @@ def test_a_failed_command_lets_the_next_position_command_the_lamp_again() -> Non
     assert book.plan("w", ["a"], NOW + 1) == ["a"]
 
 
+def test_a_lamp_that_comes_back_is_owed_its_live_holds_for_the_time_they_have_left() -> None:
+    book = HoldBook(HoldPolicy(hold_s=30, refresh_jitter=0.0))
+    book.plan("w1", ["a", "b"], NOW)
+    book.plan("bcn-1", ["a"], NOW + 10_000)
+    book.plan("w2", ["a"], NOW - 40_000)  # long expired
+    assert book.on_lamp("a", NOW + 12_500) == [("bcn-1", 28), ("w1", 18)]
+    book.forget("w1", "a")
+    assert book.on_lamp("a", NOW + 12_500) == [("bcn-1", 28)]
+    book.prune(NOW + 50_000)
+    assert book.on_lamp("a", NOW + 12_500) == []
+    assert book.on_lamp("never-held", NOW) == []
+
+
 # ------------------------------------------------------------------ blink sets
 
 LAMPS = {"l0": 0.0, "l1": 20.0, "l2": 40.0, "l3": 60.0, "l4": 80.0}

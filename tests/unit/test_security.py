@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from broker import share_check_topic
 from broker.security import (
     CITY_DISTRICT,
     SEOUL_DISTRICTS,
@@ -277,12 +278,25 @@ def test_services_get_only_what_they_need() -> None:
         for name in ("ingest", "api", "controller")
         if (p := registry.get(name))
     }
-    assert all(access == "read" for access, _ in by_role["ingest"])
+    # Its one publish: the in-session share check, to its own topic, read back through its group.
+    assert {t for access, t in by_role["ingest"] if access == "write"} == {"svc/v1/sharecheck/ingest"}
+    assert ("read", "svc/v1/sharecheck/ingest") in by_role["ingest"]
     assert ("read", "$share/ingest/sl/v1/+/+/#") in by_role["ingest"]
     assert all(access == "read" for access, _ in by_role["api"])
     assert not any("telemetry" in t or t.endswith("#") for _, t in by_role["api"])
     assert ("write", "sl/v1/+/+/cmd") in by_role["controller"]
     assert not any(a == "write" and "telemetry" in t for a, t in by_role["controller"])
+
+
+def test_the_share_check_topic_the_acl_grants_is_the_one_ingest_uses() -> None:
+    registry = Registry()
+    registry.provision([], services=["ingest@3"])
+    ingest = registry.get("ingest@3")  # the client id the broker gives this account
+    assert ingest is not None
+    writes = [g.topic for g in grants_for(ingest) if g.access == "write"]
+    assert writes == [share_check_topic("ingest@3")]
+    # No wildcard: the grant is one literal topic per account, never a pattern.
+    assert not any(c in writes[0] for c in "+#%")
 
 
 def test_a_control_centre_reads_only_its_districts_alerts_and_the_city_reads_all() -> None:

@@ -3,6 +3,7 @@ and rewrites that keep the files' owner and mode (issue 15; docs/security.md).""
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import stat
@@ -46,7 +47,12 @@ def test_service_instance_accounts_get_their_roles_rights_and_devices_cannot_use
     assert {"ingest@0", "ingest@1", "controller@north-a"} <= set(report.secrets)
     ingest0, ingest = registry.get("ingest@0"), registry.get("ingest")
     assert ingest0 is not None and ingest is not None and ingest0.role == "ingest"
-    assert grants_for(ingest0) == grants_for(ingest)
+    # The role's rights; the share check's probe topic is each account's own.
+    assert grants_for(ingest0) == tuple(
+        dataclasses.replace(g, topic=g.topic.replace("sharecheck/ingest", "sharecheck/ingest@0"))
+        for g in grants_for(ingest)
+    )
+    assert ("write", "svc/v1/sharecheck/ingest@0") in {(g.access, g.topic) for g in grants_for(ingest0)}
     with pytest.raises(InvalidIdentityError):
         registry.provision([DeviceSpec("ingest@2", "lamp", "11230")])
     for bad in ("lamp-a", "ingest@", "ingest@#", "ingest@a/b", "root@0", "ingest@0@1"):
