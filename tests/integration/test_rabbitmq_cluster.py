@@ -30,7 +30,7 @@ import pytest
 from broker import AmqpSource
 from devkit.apiclient import seed
 from devkit.bench.fastpub import telemetry_payload
-from devkit.localservices import PgService, RabbitCluster
+from devkit.localservices import RabbitCluster, free_port
 from ingest import AmqpIngestWorker, WorkerConfig
 
 pytestmark = pytest.mark.integration
@@ -304,19 +304,43 @@ def test_the_ingest_moves_to_a_live_node_when_its_node_is_sigkilled_and_the_node
     }
 
 
-def test_up_cluster_starts_three_nodes_and_stops_them(pg_service: PgService, tmp_path: Path) -> None:
+def test_up_cluster_runs_the_city_on_three_nodes_and_ctrl_c_stops_them(db_url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "AMQP_URL")}
-    env.update(STREETLIGHT_DATA_DIR=str(tmp_path), DATABASE_URL=pg_service.url, PYTHONUNBUFFERED="1")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "streetlight.cli", "up", "--cluster", "--check"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    env.update(
+        STREETLIGHT_DATA_DIR=str(tmp_path),
+        DATABASE_URL=db_url,
+        STREETLIGHT_API_PORT=str(free_port()),
+        STREETLIGHT_LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
     )
-    stdout, _ = up.communicate(timeout=180)
-    assert up.returncode == 0, stdout
-    assert "broker:   rabbitmq cluster of 3 nodes" in stdout, stdout
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "streetlight.cli", "up", "--cluster", "--lamps", "30"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def online() -> int:
+            with contextlib.suppress(psycopg.Error), psycopg.connect(db_url) as conn:
+                row = conn.execute("SELECT count(*) FROM device_state WHERE online").fetchone()
+                return int(row[0]) if row else 0
+            return 0
+
+        # 30 lamps and their 30 blinkers, spread over the nodes, stored by ingest from the queue.
+        until("the simulated city online through the cluster", lambda: online() == 60, 120)
+        assert "broker:   rabbitmq cluster of 3 nodes" in log.read_text()
+    finally:
+        up.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            up.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+    assert up.returncode == 0, log.read_text()[-3000:]
     # Its nodes were stopped with it (their names carry its pid): no VM is left, nor their files.
     left = subprocess.run(["pgrep", "-f", f"sl-{up.pid}-"], capture_output=True, check=False)
     assert left.returncode == 1, left.stdout
