@@ -38,6 +38,7 @@ from broker.local import (
     start_mosquitto,
 )
 from broker.rabbitmq import (
+    RABBITMQ_CTL,
     RABBITMQ_MQTT_PREFETCH,
     RABBITMQ_SERVER,
     RabbitCluster,
@@ -52,7 +53,9 @@ from runtime.procs import free_port, reserve_port, tcp_reachable, terminate, wai
 from store.embedded import PgService, configured_pg, start_embedded_pg
 
 __all__ = [
+    "RABBITMQ_CTL",
     "RABBITMQ_MQTT_PREFETCH",
+    "RABBITMQ_SERVER",
     "MqttService",
     "PgCluster",
     "PgReplicaSet",
