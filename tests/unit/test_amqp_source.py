@@ -90,3 +90,41 @@ def test_up_cluster_without_rabbitmq_says_so_and_exits_2(
     err = capsys.readouterr().err
     assert "rabbitmq-server is not installed" in err and "without --cluster" in err
     assert not (tmp_path / "rabbitmq-cluster").exists()
+
+
+class _Channel:
+    """Records the acknowledgements a worker sends (the I/O thread's side)."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, bool]] = []
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.acks.append((tag, multiple))
+
+
+def test_acks_close_the_gap_with_one_multiple_ack_and_never_ack_a_tag_twice(
+    tmp_path: Path,
+) -> None:
+    from ingest import AmqpIngestWorker, WorkerConfig
+
+    config = WorkerConfig(
+        mqtt=None,
+        amqp=AmqpSource(("amqp://guest:guest@127.0.0.1:5672/%2F",)),
+        database_url="postgresql:///unused",
+        spool_path=tmp_path / "w.spool",
+        state_resync=False,
+    )
+    worker = AmqpIngestWorker(config)
+    channel = _Channel()
+    worker._channel = channel  # type: ignore[assignment]
+    worker._generation = 1
+    worker._ack_now(1, [3, 1, 2])  # a batch: one ack covers it
+    worker._ack_now(1, [5, 6])  # 4 is not stored yet (its batch failed): 5 and 6 alone
+    worker._ack_now(1, [6, 2])  # already acknowledged: nothing is sent twice
+    worker._ack_now(0, [4])  # of an earlier channel: never on this one
+    worker._ack_now(1, [4])  # the gap closes: 4 alone, as 5 and 6 are done
+    worker._ack_now(1, [7, 8])
+    assert channel.acks == [(3, True), (5, False), (6, False), (4, True), (8, True)]
+    worker.spool.close()
