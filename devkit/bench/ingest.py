@@ -412,6 +412,19 @@ def _accounting(ing: dict[str, Any], db_url: str) -> dict[str, Any]:
     }
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes used so far (Linux /proc; 0 where unreadable)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
     """``--broker rabbitmq-cluster``: QoS 1 ingest through a private Mosquitto, then through three
     RabbitMQ nodes (publishers spread over them, ingest on the quorum queue), same database server."""
@@ -437,7 +450,10 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
         mosquitto = start_mosquitto(workdir / "mosquitto")
         try:
             _say(f"mosquitto :{mosquitto.port}, {args.count} QoS 1 messages, {args.workers} worker(s)")
+            pids = [mosquitto.proc.pid] if mosquitto.proc is not None else []
+            cpu0 = _cpu_s(pids)
             single = _accounting(_ingest(mosquitto.port, urls[0], args, workdir), urls[0])
+            single["broker_cpu_s"] = round(_cpu_s(pids) - cpu0, 2)
         finally:
             mosquitto.stop()
         _say(f"mosquitto: {single}")
@@ -447,8 +463,12 @@ def run_cluster(args: argparse.Namespace) -> dict[str, Any]:
         try:
             ports = [n.mqtt_port for n in cluster.nodes]
             _say(f"cluster up in {boot_s:.1f} s, MQTT {ports}")
+            pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+            node_cpu0 = [_cpu_s([pid]) for pid in pids]
             ing = _ingest(ports[0], urls[1], args, workdir, publish_ports=ports, amqp_urls=cluster.amqp_urls)
             three = _accounting(ing, urls[1])
+            used = [_cpu_s([pid]) - c for pid, c in zip(pids, node_cpu0, strict=True)]
+            three["broker_cpu_s"] = [round(u, 2) for u in used]
         finally:
             cluster.stop()
         _say(f"cluster: {three}")
