@@ -150,6 +150,12 @@ class IngestMetrics:
             "messages other than state from the broker's retained store, not stored",
             [(w, self.retained_ignored)],
         )
+        metric(
+            "ingest_redelivered_total",
+            "counter",
+            "deliveries from the AMQP queue marked redelivered (a consumer before had them unacknowledged)",
+            [(w, self.redelivered)],
+        )
         metric("ingest_spool_bytes", "gauge", "bytes waiting in the spool", [(w, self.spool_bytes)])
         metric(
             "ingest_pending_messages", "gauge", "messages received, not yet committed", [(w, self.pending)]

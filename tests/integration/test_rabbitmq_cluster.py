@@ -205,6 +205,7 @@ def test_a_batch_committed_and_not_acknowledged_comes_back_and_is_not_stored_twi
     rows, distinct = stored(db_url, prefix)
     assert len(acked) == 600 and rows == len(distinct) == 600
     assert w.metrics.duplicates > 0, "the redelivered rows met the dedup key"
+    assert f'ingest_redelivered_total{{worker="0"}} {w.metrics.redelivered}' in w.metrics.exposition()
 
 
 def test_an_ingest_process_sigkilled_mid_stream_loses_nothing_acknowledged_and_stores_nothing_twice(
