@@ -485,6 +485,7 @@ class IngestWorker:
         try:
             now_ms = int(now.timestamp() * 1000)
             batch = process(messages, now_ms, seqs, check_sender=self._check_sender)
+            self._before_write(batch)
             for prefix in floods:
                 add_flood(batch, prefix, now_ms)
             conn = self._connection()
@@ -532,6 +533,9 @@ class IngestWorker:
             self._on_batch(batch)
         if self.config.state_resync:
             self._resync_states(batch, messages)
+
+    def _before_write(self, batch: Processed) -> None:
+        """What the transport changes in a processed batch before it is written (MQTT: nothing)."""
 
     def _resync_states(self, batch: Processed, messages: Sequence[RawMessage]) -> None:
         heard: dict[str, str] = {}
