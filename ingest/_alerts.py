@@ -26,10 +26,14 @@ merge_mass_outage, suppress_covered, observe, ...) decides which alerts change, 
   online, faults, an active override from ``commands``) is judged against the sun's elevation at
   its position at the reading's time (``alerts.observe``); day burning and dark at night become
   one ``lamp_fault`` alert per device and condition (``alerts.apply_observation``).
-* Lost messages (in a batch's transaction): the devices whose sequence numbers a batch skipped
-  (``Processed.seq_gap_devices``: messages dropped past the broker's bound while ingest was away,
-  or lost on a device's link) are counted into the city's one open ``data_loss`` alert
-  (``alerts.data_loss_update``), opened by the first gap after an operator resolved the last.
+* Lost messages: the sequence numbers a device skipped (messages dropped past the broker's bound
+  while ingest was away, or lost on a device's link) are counted into the city's one open
+  ``data_loss`` alert (``alerts.data_loss_update``), opened by the first gap after an operator
+  resolved the last. A worker that sees every device's whole stream (a plain subscription, alone
+  or in a lease group) counts its batch's gaps (``Processed.seq_gap_devices``) in the batch's
+  transaction; with a shared subscription or the AMQP queue each worker sees only part of each
+  stream, so the jobs leader checks the stored rows instead (``raise_stored_gap_alert``, periodic,
+  one worker).
 * Storage jobs (periodic, one worker, after each maintenance run): a failed or late storage job
   (``store.jobs.storage_job_problems``) keeps one ``storage`` alert open for the city centre
   until every job succeeds again (``alerts.storage_alert_update``).
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from alerts import (
@@ -89,6 +94,7 @@ from store.maintenance import (
     lamps_per_dong,
     lock_decisions,
     power_losses,
+    stored_seq_gaps,
 )
 from store.types import Conn
 
@@ -167,9 +173,15 @@ def raise_fault_alerts(conn: Conn, batch: Processed, now: datetime, namer: AreaN
 def raise_data_loss_alert(conn: Conn, batch: Processed, now: datetime) -> int:
     """Count a batch's sequence gaps into the city's one active ``data_loss`` alert (inside the
     batch transaction, before any device lock, in every batch alike); returns the changes saved (0 or 1)."""
+    return count_data_loss(conn, batch.seq_gap_devices, now, source="batch")
+
+
+def count_data_loss(conn: Conn, gaps: Mapping[str, tuple[str, int]], now: datetime, *, source: str) -> int:
+    """Count ``gaps`` (device id -> (district, missing)) into the one active ``data_loss`` alert
+    under its lock (in the caller's transaction); returns the changes saved (0 or 1)."""
     lock_decisions(conn, DATA_LOSS_ALERT_LOCK)
     active = active_alerts(conn, kinds=[AlertKind.DATA_LOSS.value])
-    changed, previous = data_loss_update(active, batch.seq_gap_devices, now=now, new_alert_id=new_alert_id())
+    changed, previous = data_loss_update(active, gaps, now=now, new_alert_id=new_alert_id())
     if changed is None:
         return 0
     save_alert(conn, changed, previous=previous)
@@ -178,10 +190,35 @@ def raise_data_loss_alert(conn: Conn, batch: Processed, now: datetime) -> int:
             "data_loss_alert",
             alert=changed.id,
             missing=changed.count,
-            devices=len(batch.seq_gap_devices),
+            devices=len(gaps),
+            source=source,
             note=changed.timeline[-1].note,
         )
     return 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GapCheck:
+    """One periodic check of the stored rows for missing sequence numbers."""
+
+    since: datetime  # the rows read: device time in [since, until)
+    closed_from: datetime  # the gaps counted: closed by a row in [closed_from, until)
+    until: datetime
+    devices: int  # devices with a message missing
+    missing: int
+
+
+def raise_stored_gap_alert(
+    conn: Conn, *, since: datetime, closed_from: datetime, until: datetime, now: datetime
+) -> GapCheck:
+    """Count the gaps in the stored rows (``store.maintenance.stored_seq_gaps``) closed in
+    [closed_from, until) into the one ``data_loss`` alert: the check that holds whatever the
+    number of workers and however they split the devices' streams."""
+    with decisions(conn, DATA_LOSS_ALERT_LOCK):
+        gaps = stored_seq_gaps(conn, since=since, closed_from=closed_from, until=until)
+        if gaps:
+            count_data_loss(conn, gaps, now, source="stored_rows")
+    return GapCheck(since, closed_from, until, len(gaps), sum(n for _d, n in gaps.values()))
 
 
 def offline_reports(

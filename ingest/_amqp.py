@@ -17,7 +17,7 @@ closes the gap below and single acks for the rest (a message not stored, its spo
 unacknowledged and comes back after a reconnect).
 
 Sequence gaps raise no ``data_loss`` alert here (``_before_write``): each worker sees only a part
-of each device's stream.
+of each device's stream; the jobs leader checks the stored rows instead (ingest/_jobs.py).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class AmqpIngestWorker(IngestWorker):
         """No ``data_loss`` alert from this worker's sequence gaps: the queue hands each device's
         messages to whichever consumer is free, so a worker sees gaps that another fills, and
         the queue itself drops nothing (no length limit). The gaps stay counted per worker in
-        ``ingest_seq_gaps_total``."""
+        ``ingest_seq_gaps_total``; the jobs leader's check of the stored rows raises the alert."""
         batch.seq_gap_devices.clear()
 
     def _resync_states(self, batch: Processed, messages: Any) -> None:

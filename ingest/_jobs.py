@@ -1,16 +1,29 @@
 """The periodic jobs of ingest (silent and offline devices, mass outages, day/night faults, the
-storage maintenance and its health): run by whichever worker holds the advisory lock, one at a time.
+storage maintenance and its health, lost messages in the stored rows): run by whichever worker
+holds the advisory lock, one at a time.
+
+The lost-messages check (``check_seq_gaps``, on when the workers share the devices' streams) reads
+the stored rows of the last ``gap_lookback_s`` of device time up to ``gap_lag_s`` ago, and counts
+each gap once: by the row that closes it, if that row lies after the end of the previous check
+(the first check of a leader counts the whole look-back).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from alerts import AreaNamer, DayNightPolicy
-from ingest._alerts import Locator, raise_daynight_alerts, raise_offline_alerts, raise_storage_job_alert
+from ingest._alerts import (
+    GapCheck,
+    Locator,
+    raise_daynight_alerts,
+    raise_offline_alerts,
+    raise_storage_job_alert,
+    raise_stored_gap_alert,
+)
 from ingest._metrics import IngestMetrics
 from runtime.logs import get_logger
 from store import RetentionPolicy, run_maintenance
@@ -40,7 +53,18 @@ class JobsLeader:
         metrics: IngestMetrics | None = None,
         namer: AreaNamer | None = None,
         retention: RetentionPolicy | None = None,
+        seq_gap_check: bool = False,
+        gap_every_s: float = 60.0,
+        gap_lookback_s: float = 600.0,
+        gap_lag_s: float = 60.0,
     ) -> None:
+        # Lost messages from the stored rows: on when the workers each see part of every device's
+        # stream (a shared subscription, the AMQP queue), whose batches raise no data_loss alert.
+        self.seq_gap_check = seq_gap_check
+        self.gap_every_s = gap_every_s
+        self.gap_lookback = timedelta(seconds=gap_lookback_s)  # a loss longer than this is not seen
+        self.gap_lag = timedelta(seconds=gap_lag_s)  # rows not yet stored (batches, spools) are not gaps
+        self._gaps_checked_until: datetime | None = None
         self.retention = retention  # the retention periods from the settings (docs/privacy.md)
         self.database_url = database_url
         self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
@@ -84,9 +108,20 @@ class JobsLeader:
             self.metrics.storage_job_problems = len(problems)
         return len(problems)
 
+    def check_seq_gaps(self, conn: Conn, now: datetime | None = None) -> GapCheck:
+        """Count the messages missing from the stored rows since the last check into the one
+        ``data_loss`` alert; returns what was checked and found."""
+        at = now or datetime.now(UTC)
+        until = at - self.gap_lag
+        since = until - self.gap_lookback
+        closed_from = since if self._gaps_checked_until is None else max(since, self._gaps_checked_until)
+        checked = raise_stored_gap_alert(conn, since=since, closed_from=closed_from, until=until, now=at)
+        self._gaps_checked_until = max(until, self._gaps_checked_until or until)
+        return checked
+
     def _loop(self) -> None:
         conn: Conn | None = None
-        last_maintenance = last_daynight = 0.0
+        last_maintenance = last_daynight = last_gaps = 0.0
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
@@ -108,6 +143,11 @@ class JobsLeader:
                             "daynight_alerts",
                             **raise_daynight_alerts(conn, datetime.now(UTC), policy=policy, namer=self.namer),
                         )
+                    if self.seq_gap_check and time.monotonic() - last_gaps >= self.gap_every_s:
+                        last_gaps = time.monotonic()
+                        checked = self.check_seq_gaps(conn)
+                        if checked.missing:
+                            log.warning("stored_seq_gaps", devices=checked.devices, missing=checked.missing)
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
                         try:

@@ -105,6 +105,44 @@ def power_losses(conn: Conn, *, since: datetime) -> list[PowerLoss]:
     ]
 
 
+# Telemetry and events share a device's seq counter (acks carry a made-up one and are left out).
+# Rows are stored with bdseq 0 (the wire carries none), so a connection's restart of seq shows as
+# a step back in device time; a step counts as missing only when time does not go back with it.
+_STORED_SEQ_GAPS_SQL = """
+WITH r AS (
+    SELECT DISTINCT device_id, seq, ts FROM (
+        SELECT device_id, seq, ts FROM telemetry WHERE ts >= %(since)s AND ts < %(until)s
+        UNION ALL
+        SELECT device_id, seq, ts FROM events
+        WHERE ts >= %(since)s AND ts < %(until)s AND type <> 'ack'
+    ) u
+), steps AS (
+    SELECT device_id, ts,
+           seq - lag(seq) OVER w - 1 AS missing,
+           ts >= lag(ts) OVER w AS forward
+    FROM r WINDOW w AS (PARTITION BY device_id ORDER BY seq, ts)
+)
+SELECT s.device_id, coalesce(d.district_code, '') AS district_code, sum(s.missing)::bigint AS missing
+FROM steps s LEFT JOIN devices d ON d.device_id = s.device_id
+WHERE s.missing > 0 AND s.forward AND s.ts >= %(closed_from)s
+GROUP BY s.device_id, d.district_code
+ORDER BY s.device_id
+"""
+
+
+def stored_seq_gaps(
+    conn: Conn, *, since: datetime, closed_from: datetime, until: datetime
+) -> dict[str, tuple[str, int]]:
+    """Messages missing from the stored rows (telemetry and events, device time in [since, until)):
+    device id -> (district code, missing), counting each gap once, by the row that closes it,
+    when that row's time is in [closed_from, until)."""
+    with conn.cursor() as cur:
+        rows = cur.execute(
+            _STORED_SEQ_GAPS_SQL, {"since": since, "closed_from": closed_from, "until": until}
+        ).fetchall()
+    return {str(device): (str(district), int(missing)) for device, district, missing in rows}
+
+
 def dark_candidates(conn: Conn, *, silent_since: datetime) -> list[DeviceLiveness]:
     """Devices offline by their will, or online but not heard from (message or reconnection)
     since ``silent_since``."""

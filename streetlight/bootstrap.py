@@ -604,6 +604,8 @@ def run_ingest_worker(
             metrics=worker.metrics,
             namer=namer,
             retention=retention_policy(settings),
+            # Workers sharing the streams raise no data_loss alert from their batches' gaps.
+            seq_gap_check=config.shared or config.amqp is not None,
         ).start()
 
     def _on_signal(_signum: int, _frame: object) -> None:
