@@ -18,7 +18,9 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -27,7 +29,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.security import DeviceSpec, MosquittoOptions, Registry, write_mosquitto
 from devkit.localservices import free_port, tcp_reachable, terminate
+from ingest import JobsLeader
 from tests.conftest import skip_unless
+from tests.helpers import log_events
 
 pytestmark = pytest.mark.integration
 
@@ -181,14 +185,17 @@ def _publish_seqs(port: int, secrets: dict[str, str], lamps: list[DeviceSpec], s
         c.loop_stop()
 
 
+@pytest.mark.parametrize("instances", [1, 2], ids=["one-worker", "two-shared-workers"])
 def test_messages_dropped_past_the_brokers_bound_are_counted_per_device_and_raise_one_alert(
-    migrated: str, tmp_path: Path
+    migrated: str, tmp_path: Path, instances: int
 ) -> None:
     skip_unless(MOSQUITTO is not None, "mosquitto is not installed")
     assert MOSQUITTO is not None
     lamps = [DeviceSpec(f"lamp-b{i:02d}", "lamp", "11230") for i in range(20)]
     registry = Registry()
-    secrets = registry.provision(lamps).secrets
+    # Two instances in one $share group, each with its own account (the systemd ingest@0/ingest@1).
+    accounts = ["ingest"] if instances == 1 else [f"ingest@{i}" for i in range(instances)]
+    secrets = registry.provision(lamps, services=accounts).secrets
     port = free_port()
     options = MosquittoOptions(
         dev_port=port, log_dest=f"file {tmp_path}/mosquitto.log", run_as=RUN_AS, max_queued_messages=BOUND
@@ -196,19 +203,31 @@ def test_messages_dropped_past_the_brokers_bound_are_counted_per_device_and_rais
     broker = subprocess.Popen(
         [MOSQUITTO, "-c", str(write_mosquitto(registry, tmp_path, options).conf)], stderr=subprocess.DEVNULL
     )
-    env = dict(
-        os.environ,
-        MQTT_URL=f"mqtt://ingest:{secrets['ingest']}@127.0.0.1:{port}",
-        DATABASE_URL=migrated,
-        STREETLIGHT_DATA_DIR=str(tmp_path),
-        STREETLIGHT_LOG_FORMAT="json",
-    )
     cmd = [sys.executable, "-m", "streetlight.cli.ingest", "--no-jobs", "--device-rate", "0"]
-    logs = [tmp_path / "first.log", tmp_path / "second.log"]
 
-    def start(log: Path) -> subprocess.Popen[bytes]:
-        with log.open("wb") as fh:
-            return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    def start(phase: str) -> list[tuple[subprocess.Popen[bytes], Path]]:
+        started = []
+        for account in accounts:
+            env = dict(
+                os.environ,
+                MQTT_URL=f"mqtt://{quote(account, safe='')}:{secrets[account]}@127.0.0.1:{port}",
+                DATABASE_URL=migrated,
+                STREETLIGHT_DATA_DIR=str(tmp_path / account),
+                STREETLIGHT_LOG_FORMAT="json",
+            )
+            (tmp_path / account).mkdir(exist_ok=True)
+            log = tmp_path / f"{phase}-{account}.log"
+            with log.open("wb") as fh:
+                started.append(
+                    (subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT), log)
+                )
+        return started
+
+    def stop(procs: list[tuple[subprocess.Popen[bytes], Path]]) -> None:
+        for proc, _log in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _log in procs:
+            proc.wait(30)
 
     def rows() -> int:
         with psycopg.connect(migrated) as conn:
@@ -231,38 +250,47 @@ def test_messages_dropped_past_the_brokers_bound_are_counted_per_device_and_rais
         while not tcp_reachable("127.0.0.1", port, 0.2):
             assert time.monotonic() < deadline, "mosquitto did not listen"
             time.sleep(0.05)
-        ingest = start(logs[0])
+        ingest = start("first")
         try:
             deadline = time.monotonic() + 30
-            while rows() < len(lamps):  # seq 0 of every lamp stored: the session exists
-                assert time.monotonic() < deadline, logs[0].read_text()[-3000:]
+            while rows() < len(lamps):  # seq 0 of every lamp stored: the sessions exist
+                assert time.monotonic() < deadline, ingest[0][1].read_text()[-3000:]
                 _publish_seqs(port, secrets, lamps, range(1))
                 time.sleep(0.5)
         finally:
-            ingest.send_signal(signal.SIGTERM)
-            ingest.wait(30)
-        # Ingest away: 30 messages a lamp, 600 in all, for a session that holds 50.
+            stop(ingest)
+        # Ingest away: 30 messages a lamp, 600 in all, for sessions that hold 50 each.
         _publish_seqs(port, secrets, lamps, range(1, 31))
-        ingest = start(logs[1])
+        ingest = start("second")
         try:
             drained = settle(len(lamps) * 31, 30)
             # One more message each shows the tail each lamp lost (seq 31 after its last stored).
             _publish_seqs(port, secrets, lamps, range(31, 32))
             stored = settle(drained + len(lamps), 30)
         finally:
-            ingest.send_signal(signal.SIGTERM)
-            ingest.wait(30)
+            stop(ingest)
     finally:
         terminate(broker)
     lost = len(lamps) * 32 - stored
-    assert lost >= len(lamps) * 30 - BOUND, f"the bound did not drop what it should ({stored} stored)"
-    # Counted: the worker's stop line (and ingest_seq_gaps_total) says exactly how many are missing.
-    stop_line = [
-        json.loads(line)
-        for line in logs[1].read_text().splitlines()
-        if line.startswith("{") and '"ingest_worker_stopped"' in line
-    ]
-    assert stop_line and stop_line[-1]["metrics"]["seq_gaps"] == lost, logs[1].read_text()[-3000:]
+    assert lost >= len(lamps) * 30 - BOUND * instances, (
+        f"the bound did not drop what it should ({stored} stored)"
+    )
+    # Counted: the workers' stop lines (and ingest_seq_gaps_total) count the gaps each saw; with one
+    # worker on the whole stream that is exactly how many are missing.
+    stop_lines = [events[-1] for _proc, log in ingest if (events := log_events(log, "ingest_worker_stopped"))]
+    assert len(stop_lines) == instances, ingest[0][1].read_text()[-3000:]
+    if instances == 1:
+        assert stop_lines[0]["metrics"]["seq_gaps"] == lost
+    # Workers on a shared subscription raise no alert from their batches: the jobs leader's check
+    # of the stored rows does, once a minute of device time has passed (here: asked for now).
+    with psycopg.connect(migrated) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts WHERE kind = 'data_loss'").fetchone() == (0,)
+    leader = JobsLeader(migrated, silent_after_s=180, seq_gap_check=True)
+    with psycopg.connect(migrated, autocommit=True) as conn:
+        checked = leader.check_seq_gaps(conn, datetime.now(UTC) + leader.gap_lag)
+        assert (checked.devices, checked.missing) == (len(lamps), lost)
+        # The next check overlaps this one's rows and counts nothing again.
+        assert leader.check_seq_gaps(conn, datetime.now(UTC) + leader.gap_lag).missing == 0
     # Alerted: one data_loss alert for the city centre, not one per lamp, counting every message.
     with psycopg.connect(migrated) as conn:
         alerts = conn.execute(
