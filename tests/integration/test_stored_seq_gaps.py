@@ -26,7 +26,7 @@ from store import migrate
 from store.maintenance import stored_seq_gaps
 from tests.helpers import count, running, wait_for
 
-T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)  # within every retention
 
 
 def _ms(at: datetime) -> int:
@@ -44,7 +44,7 @@ def _event(dev: str, at: datetime, seq: int) -> RawMessage:
 
 
 def _ack(dev: str, at: datetime) -> RawMessage:
-    body = {"ts": _ms(at), "cmd_id": "c-1", "status": "ok"}
+    body = {"ts": _ms(at), "cmd_id": "c-1", "status": "applied", "effective_level": 80}
     return RawMessage(f"sl/v1/11230/{dev}/ack", json.dumps(body).encode())
 
 
@@ -55,7 +55,7 @@ def _birth(dev: str) -> RawMessage:
 
 def _store(db: str, msgs: list[RawMessage]) -> None:
     with psycopg.connect(db) as conn:
-        batch = process(msgs, _ms(T0), SeqTracker())
+        batch = process(msgs, _ms(T0 + timedelta(hours=1)), SeqTracker())
         assert not batch.dead, batch.dead
         write_batch(conn, batch, msgs, datetime.now(UTC))
         conn.commit()
@@ -138,7 +138,8 @@ def test_two_shared_workers_storing_a_gap_free_stream_raise_no_data_loss_alert(
 ) -> None:
     a = _shared_worker(mqtt_service, migrated, tmp_path, f"a{unique_id}", 0)
     b = _shared_worker(mqtt_service, migrated, tmp_path, f"b{unique_id}", 1)
-    devices, per_device = 20, 60
+    # An odd number of devices: the broker's turns alternate, so each device's stream is split.
+    devices, per_device = 21, 60
     ts = int(time.time() * 1000)
     with running(a), running(b):
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{unique_id}")
@@ -156,7 +157,10 @@ def test_two_shared_workers_storing_a_gap_free_stream_raise_no_data_loss_alert(
         pub.loop_stop()
     assert a.metrics.stored_rows > 0 and b.metrics.stored_rows > 0, "both workers took a share"
     like = f"G{unique_id}%"
-    assert count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like) == devices * per_device
+    assert (
+        count(migrated, "SELECT count(*) FROM telemetry WHERE device_id LIKE %s", like)
+        == devices * per_device
+    )
     # Each worker saw gaps the other filled (its own metric), and no alert came of them.
     assert a.metrics.seq_gaps + b.metrics.seq_gaps > 0
     assert _data_loss(migrated) == []
