@@ -119,7 +119,12 @@ class IngestMetrics:
             "messages refused, by reason",
             [(f'{w},reason="{k}"', v) for k, v in sorted(self.dead_letters.items())] or [(w, 0)],
         )
-        metric("ingest_seq_gaps_total", "counter", "telemetry seq numbers skipped", [(w, self.seq_gaps)])
+        metric(
+            "ingest_seq_gaps_total",
+            "counter",
+            "telemetry seq numbers skipped in this worker's share of the streams",
+            [(w, self.seq_gaps)],
+        )
         metric(
             "ingest_seq_repeats_total", "counter", "telemetry seq numbers seen again", [(w, self.seq_repeats)]
         )
