@@ -169,3 +169,14 @@ def test_two_shared_workers_storing_a_gap_free_stream_raise_no_data_loss_alert(
         checked = leader.check_seq_gaps(conn, datetime.now(UTC) + leader.gap_lag)
     assert checked.missing == 0
     assert _data_loss(migrated) == []
+
+
+def test_the_jobs_leader_runs_the_check_while_it_holds_the_lease(migrated: str) -> None:
+    _store(migrated, _hand_made_gaps())
+    leader = JobsLeader(
+        migrated, silent_after_s=180, interval_s=0.2, seq_gap_check=True, gap_lookback_s=7200, gap_lag_s=0
+    ).start()
+    try:
+        wait_for(lambda: _data_loss(migrated) == [("open", 5)], 20)
+    finally:
+        leader.stop()
