@@ -65,6 +65,7 @@ class JobsLeader:
         self.gap_lookback = timedelta(seconds=gap_lookback_s)  # a loss longer than this is not seen
         self.gap_lag = timedelta(seconds=gap_lag_s)  # rows not yet stored (batches, spools) are not gaps
         self._gaps_checked_until: datetime | None = None
+        self._spool_seen_s: float | None = None  # when this worker last had a spool or no database
         self.retention = retention  # the retention periods from the settings (docs/privacy.md)
         self.database_url = database_url
         self.daynight_every_s = daynight_every_s  # lamp on by day / dark at night: per lamp every 5 min
@@ -108,6 +109,19 @@ class JobsLeader:
             self.metrics.storage_job_problems = len(problems)
         return len(problems)
 
+    def spool_settling(self, now_s: float | None = None) -> bool:
+        """True while this worker spools or replays, and for a look-back after: rows that wait in a
+        spool (this worker's or, in the same database outage, another's) are late, not lost, and
+        must not be counted as gaps. A deferred check does not move the window's counted start,
+        so the gaps it would have counted are counted by the first check after."""
+        now_s = time.monotonic() if now_s is None else now_s
+        m = self.metrics
+        if m is not None and (m.spool_bytes > 0 or not m.db_up):
+            self._spool_seen_s = now_s
+        if self._spool_seen_s is None:
+            return False
+        return now_s - self._spool_seen_s < (self.gap_lookback + self.gap_lag).total_seconds()
+
     def check_seq_gaps(self, conn: Conn, now: datetime | None = None) -> GapCheck:
         """Count the messages missing from the stored rows since the last check into the one
         ``data_loss`` alert; returns what was checked and found."""
@@ -145,9 +159,14 @@ class JobsLeader:
                         )
                     if self.seq_gap_check and time.monotonic() - last_gaps >= self.gap_every_s:
                         last_gaps = time.monotonic()
-                        checked = self.check_seq_gaps(conn)
-                        if checked.missing:
-                            log.warning("stored_seq_gaps", devices=checked.devices, missing=checked.missing)
+                        if self.spool_settling():
+                            log.info("stored_seq_gaps_check_deferred", reason="spool_replaying")
+                        else:
+                            checked = self.check_seq_gaps(conn)
+                            if checked.missing:
+                                log.warning(
+                                    "stored_seq_gaps", devices=checked.devices, missing=checked.missing
+                                )
                     if time.monotonic() - last_maintenance >= self.maintenance_every_s:
                         last_maintenance = time.monotonic()
                         try:

@@ -20,7 +20,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import parse_mqtt_url
 from devkit.localservices import MqttService
-from ingest import IngestWorker, JobsLeader, RawMessage, SeqTracker, WorkerConfig, process, raise_fault_alerts
+from ingest import (
+    IngestMetrics,
+    IngestWorker,
+    JobsLeader,
+    RawMessage,
+    SeqTracker,
+    WorkerConfig,
+    process,
+    raise_fault_alerts,
+)
 from ingest._write import write_batch
 from store import migrate
 from store.maintenance import stored_seq_gaps
@@ -180,3 +189,24 @@ def test_the_jobs_leader_runs_the_check_while_it_holds_the_lease(migrated: str) 
         wait_for(lambda: _data_loss(migrated) == [("open", 5)], 20)
     finally:
         leader.stop()
+
+
+def test_the_check_waits_while_the_worker_spools_and_for_a_look_back_after() -> None:
+    # Rows in a spool during a database outage are late, not lost: a check then would count them.
+    metrics = IngestMetrics(worker=0)
+    leader = JobsLeader(
+        "postgresql://unused",
+        silent_after_s=180,
+        seq_gap_check=True,
+        gap_lookback_s=600,
+        gap_lag_s=60,
+        metrics=metrics,
+    )
+    assert not leader.spool_settling(now_s=1_000.0)
+    metrics.db_up = False
+    assert leader.spool_settling(now_s=1_010.0)
+    metrics.db_up, metrics.spool_bytes = True, 4_096  # back, replaying
+    assert leader.spool_settling(now_s=1_100.0)
+    metrics.spool_bytes = 0  # replayed at 1,100 s: other workers' spools may still be replaying
+    assert leader.spool_settling(now_s=1_100.0 + 659.0)
+    assert not leader.spool_settling(now_s=1_100.0 + 661.0)
