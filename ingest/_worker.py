@@ -624,8 +624,8 @@ class IngestWorker:
         # at QoS 0 or 1 (QoS 1 acks go out in one write; a QoS 2 one alone).
         mids = [mid for _t, _p, qos, mid, gen in items if qos == 1 and gen == generation]
         self._send_acks(mids, generation)
-        client = self.client
-        if self.config.qos == 2:
+        if self.config.qos == 2:  # MQTT only: a queue's acks all went through _send_acks
+            client = self.client
             for _t, _p, qos, mid, gen in items:
                 if qos == 2 and gen == generation:
                     client.ack(mid, 2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -149,6 +150,39 @@ def _report(name: str, figures: Mapping[str, object], figures_dir: Path) -> None
     (figures_dir / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
+async def test_amqp_workers_acknowledge_their_batches_without_asking_for_them_again(
+    whole: RabbitCluster, db_url: str, unique_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch written is acknowledged and done: no failed batch (a failure after the
+    acknowledgement asks for a redelivery, so the worker reconnects and stores its unacknowledged
+    messages a second time, refused by the dedup key) and no redelivery."""
+    seed(db_url)
+    placement = place_lamps(6, zones=["1"], id_prefix=f"a{unique_id}-")
+    ids = [lamp.lamp_id for lamp in placement.lamps]
+    acked: set[tuple[str, int]] = set()
+    fleet = _fleet(
+        whole,
+        placement,
+        interval_s=0.1,
+        telemetry_qos=1,
+        on_acked=lambda d, m: (
+            acked.add((d, int(str(m.payload["seq"])))) if m.channel == "telemetry" else None
+        ),
+    )
+    worker = _worker(whole, db_url, tmp_path, f"ingest-ack-{unique_id}", [0, 1, 2], 0)
+    with caplog.at_level(logging.ERROR), running(worker):
+        async with fleet:
+            assert await fleet.wait_connected(timeout_s=30)
+            await asyncio.sleep(3.0)
+            fleet.interval_s = 0
+            await asyncio.sleep(1.0)
+        await _until("stored", lambda: acked <= _stored_telemetry(db_url, ids)[1], 20, t0=time.monotonic())
+    assert len(acked) > 100
+    assert not [r for r in caplog.records if "batch_failed" in r.getMessage()]
+    assert worker.metrics.redelivered == 0
+    assert _stored_telemetry(db_url, ids)[0] == len(_stored_telemetry(db_url, ids)[1])
+
+
 async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lamps_move_with_their_states(
     whole: RabbitCluster, db_url: str, unique_id: str, tmp_path: Path, figures_dir: Path
 ) -> None:
@@ -160,7 +194,7 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
 
     def on_acked(device_id: str, message: Message) -> None:
         if message.channel == "telemetry":
-            acked.add((device_id, int(message.payload["seq"])))  # type: ignore[call-overload]
+            acked.add((device_id, int(str(message.payload["seq"]))))
 
     fleet = _fleet(cluster, placement, interval_s=0.25, telemetry_qos=1, on_acked=on_acked)
     homes = {_node_of(cluster, link.endpoint.port) for link in fleet.links}
@@ -286,3 +320,122 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
     assert not lost_acked, f"{len(lost_acked)} messages the broker acknowledged were not stored"
     assert rows == len(distinct), "a message was stored twice"
     assert len(acked) > acked_at_kill, "lamps' telemetry was acknowledged after the kill"
+
+
+async def test_an_sos_burst_while_a_node_is_killed_stores_every_sos_once_and_blinks_their_lamps(
+    whole: RabbitCluster, db_url: str, unique_id: str, tmp_path: Path, figures_dir: Path
+) -> None:
+    cluster = whole
+    seed(db_url)
+    placement = place_lamps(30, zones=["1", "batch1"], id_prefix=f"s{unique_id}-")
+    ids = [lamp.lamp_id for lamp in placement.lamps]
+    fleet = _fleet(cluster, placement, interval_s=1.0)
+    # Kill the node of the first SOS's lamps, where the controller starts too.
+    victim = _node_of(cluster, fleet.by_id[placement.lamps[0].lamp_id].endpoint.port)
+    survivors = [i for i in range(3) if i != victim]
+    queue = f"ingest-sos-{unique_id}"
+    worker_a = _worker(cluster, db_url, tmp_path, queue, [victim, *survivors], 0)
+    worker_b = _worker(cluster, db_url, tmp_path, queue, [*survivors, victim], 1)
+    sites = placement.lamps[::3]  # ten SOS, at every third lamp, over every node's districts
+    with running(worker_a), running(worker_b):
+        async with controller_running(_controller(cluster, db_url, placement, victim)), fleet:
+            t_start = time.monotonic()
+            assert await fleet.wait_connected(timeout_s=30)
+            await _until("online", lambda: _online(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t_start)
+            await asyncio.sleep(1.0)  # the controller's next reload of the lamps
+            with serve(fast_config(db_url)) as base:
+                async with httpx.AsyncClient(base_url=base, timeout=15.0) as c:
+                    tokens = [(await c.post("/v1/residents")).json()["token"] for _ in sites]
+
+                    async def sos(i: int) -> str:
+                        lamp = sites[i]
+                        r = await c.post(
+                            "/v1/sos",
+                            json={"lat": lamp.lat_deg, "lon": lamp.lon_deg, "accuracy_m": 5.0},
+                            headers={"Authorization": f"Bearer {tokens[i]}"},
+                        )
+                        assert r.status_code == 202, r.text
+                        return str(r.json()["alert_id"])
+
+                    half = len(sites) // 2
+                    before = await asyncio.gather(*(sos(i) for i in range(half)))
+                    cluster.kill(victim)
+                    t0 = time.monotonic()
+                    # What the lamps of the dead node showed is treated as lost (rebooted while
+                    # away): only a re-send on their births brings the first SOS's blinks back.
+                    for link in fleet.links:
+                        if link.endpoint.port == cluster.nodes[victim].mqtt_port:
+                            link.firmware.overrides.clear()
+                    after = await asyncio.gather(*(sos(i) for i in range(half, len(sites))))
+            alerts = [*before, *after]
+            assert len(set(alerts)) == len(sites)
+            stored = "SELECT count(*) FROM alerts WHERE alert_id = ANY(%s)"
+            assert count(db_url, stored, alerts) == len(sites)
+            assert count(db_url, "SELECT count(*) FROM alerts WHERE kind = 'sos'") == len(sites)
+
+            def blinking() -> bool:
+                """Every SOS has lamps whose blink was applied, and they show it now."""
+                with psycopg.connect(db_url) as conn:
+                    rows = conn.execute(
+                        "SELECT source, device_id FROM commands WHERE source = ANY(%s) "
+                        "AND status = 'applied'",
+                        ([a[:64] for a in alerts],),
+                    ).fetchall()
+                lamps: dict[str, set[str]] = {}
+                for source, device in rows:
+                    lamps.setdefault(str(source), set()).add(str(device))
+                return len(lamps) == len(alerts) and all(
+                    source in fleet.firmware(d).overrides for source, ds in lamps.items() for d in ds
+                )
+
+            t_blink = await _until("every SOS's lamps blinking, acked", blinking, 30, t0=t0)
+            dead_port = cluster.nodes[victim].mqtt_port
+            assert all(link.online and link.endpoint.port != dead_port for link in fleet.links)
+    figures = {
+        "sos": len(sites),
+        "sos_before_kill": len(before),
+        "sos_after_kill": len(after),
+        "alerts_stored": len(sites),
+        "kill_to_every_sos_blink_applied_and_shown_s": round(t_blink, 2),
+    }
+    _report("cluster_kill_sos", figures, figures_dir)
+
+
+async def test_the_killed_node_restarts_rejoins_and_takes_clients_again(
+    cluster: RabbitCluster, db_url: str, unique_id: str, tmp_path: Path, figures_dir: Path
+) -> None:
+    dead = [i for i, n in enumerate(cluster.nodes) if not n.alive]
+    if not dead:  # run alone: kill one first
+        cluster.kill(2)
+        dead = [2]
+    node = dead[0]
+    t0 = time.monotonic()
+    cluster.start_again(node)
+    t_listening = time.monotonic() - t0
+    for via in range(3):
+        _wait_running(cluster, via, 3)
+    t_rejoined = time.monotonic() - t0
+    assert cluster.nodes[node].name in cluster.running_nodes(node)
+    # Clients on that node only: lamps over MQTT, ingest over AMQP.
+    seed(db_url)
+    placement = place_lamps(4, zones=["1"], id_prefix=f"r{unique_id}-")
+    ids = [lamp.lamp_id for lamp in placement.lamps]
+    fleet = Fleet([Endpoint("127.0.0.1", cluster.nodes[node].mqtt_port)], interval_s=0.5, telemetry_qos=1)
+    fleet.add_placement(placement, with_blinkers=False)
+    worker = _worker(cluster, db_url, tmp_path, f"ingest-back-{unique_id}", [node], 0)
+    with running(worker):
+        async with fleet:
+            assert await fleet.wait_connected(timeout_s=20)
+            await _until("online", lambda: _sessions_stored(db_url, fleet, ids), 20, t0=time.monotonic())
+            await _until(
+                "telemetry through the restarted node",
+                lambda: len(_stored_telemetry(db_url, ids)[1]) >= 2 * len(ids),
+                20,
+                t0=time.monotonic(),
+            )
+    assert fleet.stats.acked > 0
+    _report(
+        "cluster_kill_restart",
+        {"start_to_listening_s": round(t_listening, 2), "start_to_three_running_s": round(t_rejoined, 2)},
+        figures_dir,
+    )
