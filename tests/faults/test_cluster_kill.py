@@ -244,6 +244,7 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
             )
 
             sent_at_kill, acked_at_kill = fleet.stats.telemetry, len(acked)
+            connects_at_kill, failures_at_kill = fleet.stats.connects, fleet.stats.connect_failures
             cluster.kill(victim)  # SIGKILL: its connections, queues' replicas and retained states go
             t0 = time.monotonic()
             # Treat what these lamps got through the dead node as lost (a lamp rebooted while away):
@@ -259,6 +260,8 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
                 )
 
             t_devices = await _until("every lamp connected to a live node", all_moved, 15, t0=t0)
+            connects = fleet.stats.connects - connects_at_kill
+            failures = fleet.stats.connect_failures - failures_at_kill
 
             def showing_again() -> bool:
                 now = fleet.clock.now_ms()
@@ -301,6 +304,8 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
         "lamps_on_killed_node": len(on_victim),
         "lamps_with_overrides_on_killed_node": len(held),
         "kill_to_every_lamp_connected_to_a_live_node_s": round(t_devices, 2),
+        "lamp_connections_until_then": connects,  # one per lamp of the killed node; more: dropped again
+        "lamp_failed_connection_attempts_until_then": failures,
         "kill_to_walk_and_sos_shown_again_s": round(t_states, 2),
         "kill_to_every_new_session_online_in_the_database_s": round(t_sessions, 2),
         "telemetry_sent": sent,
