@@ -34,6 +34,9 @@ from runtime.logs import get_logger
 
 log = get_logger(__name__)
 
+# How long leaving a session waits for the broker to close the connection after DISCONNECT.
+CLOSE_TIMEOUT_S = 3.0
+
 
 class InboundMessage(NamedTuple):
     """One received message."""
@@ -94,7 +97,14 @@ class MqttSession:
     ) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            _done, waiting = await asyncio.wait((self._runner,), timeout=CLOSE_TIMEOUT_S)
+            if waiting:
+                # aiomqtt waits without a limit for the broker to close the connection after our
+                # DISCONNECT; a node that accepts but does not answer (stuck, frozen) would hold
+                # the service's shutdown forever: stop waiting and drop the connection.
+                log.warning("mqtt_disconnect_unanswered", client_id=self.client_id, broker=str(self.address))
+                self._runner.cancel()
+                await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
     async def wait_connected(self, timeout_s: float) -> None:
