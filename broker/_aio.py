@@ -34,6 +34,9 @@ from runtime.logs import get_logger
 
 log = get_logger(__name__)
 
+# How long leaving a session waits for the broker to close the connection after DISCONNECT.
+CLOSE_TIMEOUT_S = 3.0
+
 
 class InboundMessage(NamedTuple):
     """One received message."""
@@ -77,6 +80,7 @@ class MqttSession:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._lost: asyncio.Event | None = None  # set when the current connection ends
         self.connections = 0  # successful connects so far; a reconnect makes it > 1
 
     @property
@@ -93,7 +97,14 @@ class MqttSession:
     ) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+            _done, waiting = await asyncio.wait((self._runner,), timeout=CLOSE_TIMEOUT_S)
+            if waiting:
+                # aiomqtt waits without a limit for the broker to close the connection after our
+                # DISCONNECT; a node that accepts but does not answer (stuck, frozen) would hold
+                # the service's shutdown forever: stop waiting and drop the connection.
+                log.warning("mqtt_disconnect_unanswered", client_id=self.client_id, broker=str(self.address))
+                self._runner.cancel()
+                await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
 
     async def wait_connected(self, timeout_s: float) -> None:
@@ -116,12 +127,27 @@ class MqttSession:
                 raise ConnectionLost(f"subscribe {topic_filter!r}: {exc}") from exc
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish once; raises ConnectionLost when not connected (the caller decides to retry)."""
+        """Publish once and wait for the broker's PUBACK (QoS 1); raises ConnectionLost when not
+        connected, or as soon as the connection is lost before the PUBACK (the caller decides to
+        retry): aiomqtt itself would wait out its 10 s timeout for an answer from a dead node."""
         client = self._client
-        if client is None or not self.connected:
+        lost = self._lost
+        if client is None or lost is None or not self.connected:
             raise ConnectionLost(f"not connected; {topic!r} not published")
+        publishing = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
+        losing = asyncio.ensure_future(lost.wait())
+        answered = False
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain)
+            done, _pending = await asyncio.wait((publishing, losing), return_when=asyncio.FIRST_COMPLETED)
+            answered = publishing in done
+        finally:
+            losing.cancel()
+            if not answered:
+                publishing.cancel()
+        if not answered:
+            raise ConnectionLost(f"connection lost before the broker acknowledged {topic!r}")
+        try:
+            publishing.result()
         except aiomqtt.MqttError as exc:
             raise ConnectionLost(f"publish {topic!r}: {exc}") from exc
 
@@ -174,6 +200,7 @@ class MqttSession:
     async def _run(self) -> None:
         attempt = 0
         while True:
+            self._lost = lost = asyncio.Event()
             try:
                 async with self._new_client(self.address) as client:
                     for topic_filter, qos in list(self._subscriptions.items()):
@@ -188,9 +215,18 @@ class MqttSession:
                         broker=str(self.address),
                         connections=self.connections,
                     )
-                    async for msg in client.messages:
-                        payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-                        await self._queue.put(InboundMessage(msg.topic.value, payload, msg.qos, msg.retain))
+                    try:
+                        async for msg in client.messages:
+                            payload = (
+                                msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                            )
+                            await self._queue.put(
+                                InboundMessage(msg.topic.value, payload, msg.qos, msg.retain)
+                            )
+                    finally:
+                        # Before the client's own exit, which may wait on the dead socket.
+                        self._connected.clear()
+                        lost.set()
             except aiomqtt.MqttError as exc:
                 log.warning(
                     "mqtt_connection_lost",
@@ -202,6 +238,7 @@ class MqttSession:
             finally:
                 self._connected.clear()
                 self._client = None
+                lost.set()  # publishes still waiting for a PUBACK on it fail now
             # The connection died or could not be made: the next attempt goes to the next node.
             self.address = next_address(self.params.addresses, self.address)
             delay_s = backoff_delay_s(attempt, base_s=self._backoff_base_s, cap_s=self._backoff_cap_s)

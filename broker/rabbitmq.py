@@ -37,6 +37,20 @@ _RABBITMQ_RESERVED_PORTS = frozenset({25672, *range(35672, 35683)})
 # mqtt.prefetch: QoS 1 messages a subscriber may hold unacknowledged. RabbitMQ's default (10)
 # capped ingest at ~250 rows/s; 1,000 gave ~1,600 (issue 16): ingest acknowledges per batch.
 RABBITMQ_MQTT_PREFETCH = 1000
+# RabbitMQ 3.10's MQTT plugin keeps a QoS 1 subscription in a *durable* classic queue named after
+# the client id (``mqtt-subscription-<id>qos1``), on the node the client is connected to, even for
+# a clean session. SIGKILL that node and the queue stays in the cluster's metadata with a dead
+# home: every later SUBSCRIBE at QoS 1 by that client id, on any node, fails (404 "home node ... is
+# down or inaccessible") and the plugin closes the connection right after its CONNACK, until the
+# node comes back. Lamps, the controller and ingest over MQTT all subscribe at QoS 1. This policy
+# mirrors those queues to a second node and promotes the mirror when the home node dies, so the
+# client's next connection, on whichever node, finds its queue alive (docs/reliability.md, "A
+# broker node lost"; docs/operations.md).
+RABBITMQ_MQTT_SUBSCRIPTION_POLICY = (
+    "mqtt-subscriptions",
+    "^mqtt-subscription-",
+    '{"ha-mode":"exactly","ha-params":2,"ha-promote-on-failure":"always","ha-promote-on-shutdown":"always"}',
+)
 
 
 def rabbitmq_installed() -> bool:
@@ -226,7 +240,9 @@ def start_rabbitmq_cluster(
     Each node has its own node name, files (``workdir/nodeI``) and AMQP, MQTT and distribution
     ports, the MQTT plugin and the single node's ``mqtt.prefetch``; all share one Erlang cookie
     (``HOME`` is ``workdir``). The nodes boot in parallel, then nodes 1.. join node 0
-    (``rabbitmqctl stop_app``, ``join_cluster``, ``start_app``, the joiners in parallel).
+    (``rabbitmqctl stop_app``, ``join_cluster``, ``start_app``, the joiners in parallel), then the
+    cluster gets :data:`RABBITMQ_MQTT_SUBSCRIPTION_POLICY` (without it a client whose node is
+    killed cannot subscribe at QoS 1 anywhere until that node is back).
     About 20-30 s on two cores. FileNotFoundError without rabbitmq-server.
     """
     if not rabbitmq_installed():
@@ -278,6 +294,8 @@ def start_rabbitmq_cluster(
             list(pool.map(join, range(1, nodes)))
         for n in members:
             n.wait_booted(timeout_s)
+        name, pattern, definition = RABBITMQ_MQTT_SUBSCRIPTION_POLICY
+        cluster.ctl(0, "set_policy", "--apply-to", "queues", name, pattern, definition, timeout_s=timeout_s)
     except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
         dead = [f"node {i} ({n.name}):\n{n.log_tail()}" for i, n in enumerate(members) if not n.alive]
         cluster.stop()

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import random
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +118,7 @@ class FleetStats:
     connect_failures: int = 0
     refused: int = 0
     published: int = 0
+    acked: int = 0  # QoS 1 publishes the broker answered with PUBACK
     telemetry: int = 0
     events: int = 0
     commands: int = 0
@@ -203,12 +205,18 @@ class DeviceLink:
         conn = self.conn
         if conn is None or not conn.is_open:
             return
-        stats = self.fleet.stats
+        fleet = self.fleet
+        stats = fleet.stats
         for message in messages:
+            qos = message.qos
+            if message.channel == "telemetry" and fleet.telemetry_qos > qos:
+                qos = fleet.telemetry_qos
             try:
-                conn.publish(message.topic, _encode(message), qos=message.qos, retain=message.retain)
+                sent = conn.publish(message.topic, _encode(message), qos=qos, retain=message.retain)
             except mqtt.MqttError:
                 return
+            if qos:
+                sent.add_done_callback(functools.partial(self._acked, message))
             stats.published += 1
             if message.channel == "telemetry":
                 stats.telemetry += 1
@@ -222,6 +230,13 @@ class DeviceLink:
                     stats.rejected += 1
                 elif status == "expired":
                     stats.expired += 1
+
+    def _acked(self, message: Message, done: asyncio.Future[int]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return  # the connection ended first: the broker never said it has the message
+        self.fleet.stats.acked += 1
+        if self.fleet.on_acked is not None:
+            self.fleet.on_acked(self.device_id, message)
 
     def send_raw(self, channel: str, payload: bytes, qos: int = 1) -> bool:
         """Publish raw bytes on one of the device's own topics (malformed-payload tests)."""
@@ -357,6 +372,10 @@ class Fleet:
     connect_concurrency: int = CONNECT_CONCURRENCY
     kill_on_exit: bool = False
     keepalive_s: int = KEEPALIVE_S
+    telemetry_qos: int = 0
+    """QoS of telemetry (the firmware sends it at 0; 1 for a stream whose PUBACKs are counted)."""
+    on_acked: Callable[[str, Message], None] | None = None
+    """Called with the device id and the message when the broker PUBACKs a QoS 1 publish."""
     stats: FleetStats = field(default_factory=FleetStats)
     links: list[DeviceLink] = field(default_factory=list)
     by_id: dict[str, DeviceLink] = field(default_factory=dict)
@@ -366,6 +385,8 @@ class Fleet:
     def __post_init__(self) -> None:
         if not 0 <= self.keepalive_s <= 65535:
             raise ValueError(f"keepalive_s must be 0..65535 (MQTT), got {self.keepalive_s}")
+        if self.telemetry_qos not in (0, 1):
+            raise ValueError(f"telemetry_qos must be 0 or 1, got {self.telemetry_qos}")
         self.connect_slots = asyncio.Semaphore(self.connect_concurrency)
 
     # -- building -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from broker import (
     device_topic,
     paho_client,
 )
+from broker._aio import CLOSE_TIMEOUT_S
 from devkit.localservices import MqttService, terminate
 from tests.conftest import ROOT
 
@@ -219,6 +221,54 @@ async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(
         await session.publish(topic, b"after-restart", qos=1)
         msg = await next_message(session)
     assert msg.payload == b"after-restart"
+
+
+async def test_a_publish_waiting_for_its_puback_fails_as_soon_as_the_connection_dies(
+    private_mosquitto: MqttService, unique_id: str
+) -> None:
+    """The broker frozen (no PUBACK), then killed: the waiting publish raises ConnectionLost when
+    the connection drops, not after aiomqtt's 10 s timeout (the controller sends an SOS's blinks
+    only after publishing the alert, so such a wait held every SOS behind it)."""
+    assert private_mosquitto.proc is not None
+    async with MqttSession(
+        params_of(private_mosquitto), client_id=f"sess-{unique_id}", backoff_base_s=0.1, backoff_cap_s=0.5
+    ) as session:
+        await session.wait_connected(10)
+        private_mosquitto.proc.send_signal(signal.SIGSTOP)
+        try:
+            waiting = asyncio.create_task(
+                session.publish(device_topic("11230", f"L-{unique_id}", "event"), b"x")
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()  # no PUBACK from a frozen broker
+        finally:
+            private_mosquitto.kill()  # SIGKILL works on a stopped process: the kernel closes its socket
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            await asyncio.wait_for(waiting, 5)
+        assert time.monotonic() - t0 < 2.0
+        await asyncio.to_thread(private_mosquitto.start_again)
+
+
+async def test_leaving_a_session_does_not_wait_for_a_broker_that_does_not_answer_its_disconnect(
+    private_mosquitto: MqttService, unique_id: str
+) -> None:
+    """A frozen broker never closes the connection after DISCONNECT: the session stops waiting
+    (``CLOSE_TIMEOUT_S``) instead of holding the service's shutdown until the keepalive expires."""
+    assert private_mosquitto.proc is not None
+    session = MqttSession(params_of(private_mosquitto), client_id=f"sess-{unique_id}", keepalive_s=60)
+    async with session:
+        await session.wait_connected(10)
+        private_mosquitto.proc.send_signal(signal.SIGSTOP)
+        # Enough unread data to fill the socket's buffers: the DISCONNECT waits behind it.
+        for _ in range(400):
+            session.publish_nowait(device_topic("11230", f"L-{unique_id}", "event"), bytes(65536), qos=0)
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+    left_s = time.monotonic() - t0
+    private_mosquitto.kill()
+    await asyncio.to_thread(private_mosquitto.start_again)
+    assert left_s < CLOSE_TIMEOUT_S + 2.0
 
 
 def test_a_private_mosquitto_in_tmp_path_keeps_retained_and_queued_messages_across_kill_9(
