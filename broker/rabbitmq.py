@@ -232,6 +232,29 @@ class RabbitCluster:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def node_env(home: Path, name: str, dist_port: int, files: Path) -> dict[str, str]:
+    """The environment that starts a private node: the cookie in ``home``, its node name and
+    distribution port, its data, logs and configuration in ``files`` (rabbitmq.conf and
+    enabled_plugins written there), the local epmd only."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RABBITMQ_NODENAME": name,
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "RABBITMQ_MNESIA_BASE": str(files / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(files / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(files / "enabled_plugins"),
+        "RABBITMQ_CONFIG_FILE": str(files / "rabbitmq.conf"),
+        "RABBITMQ_PID_FILE": str(files / "rabbitmq.pid"),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        # The start script then execs the Erlang VM itself: our child is the node, so SIGTERM
+        # stops it cleanly and SIGKILL (fault injection) kills it, with no shell in between.
+        "RUNNING_UNDER_SYSTEMD": "true",
+    }
+    env.pop("RABBITMQ_NODE_PORT", None)  # it would override the listeners of rabbitmq.conf
+    return env
+
+
 def start_rabbitmq_cluster(
     workdir: Path, nodes: int = 3, *, prefetch: int = RABBITMQ_MQTT_PREFETCH, timeout_s: float = 120.0
 ) -> RabbitCluster:
@@ -260,20 +283,7 @@ def start_rabbitmq_cluster(
         name = f"sl-{os.getpid()}-{mqtt_port}@localhost"
         (node_dir / "rabbitmq.conf").write_text(rabbitmq_config(amqp_port, mqtt_port, prefetch=prefetch))
         (node_dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
-        env = {
-            **os.environ,
-            "HOME": str(workdir),  # the shared cookie
-            "RABBITMQ_NODENAME": name,
-            "RABBITMQ_DIST_PORT": str(dist_port),
-            "RABBITMQ_MNESIA_BASE": str(node_dir / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(node_dir / "log"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(node_dir / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(node_dir / "rabbitmq.conf"),
-            "RABBITMQ_PID_FILE": str(node_dir / "rabbitmq.pid"),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "RUNNING_UNDER_SYSTEMD": "true",  # the script execs the VM: our child is the node
-        }
-        env.pop("RABBITMQ_NODE_PORT", None)
+        env = node_env(workdir, name, dist_port, node_dir)  # HOME: the shared cookie
         members.append(RabbitNode(name, amqp_port, mqtt_port, dist_port, node_dir, env))
     cluster = RabbitCluster(members, workdir)
     started = time.monotonic()

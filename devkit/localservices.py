@@ -43,6 +43,7 @@ from broker.rabbitmq import (
     RABBITMQ_SERVER,
     RabbitCluster,
     RabbitNode,
+    node_env,
     rabbitmq_config,
     rabbitmq_installed,
     rabbitmq_port,
@@ -108,22 +109,7 @@ def start_rabbitmq(
     (workdir / "rabbitmq.conf").write_text(rabbitmq_config(amqp_port, mqtt_port, prefetch=prefetch))
     (workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
     (workdir / "nodename").write_text(node + "\n")
-    env = {
-        **os.environ,
-        "HOME": str(workdir),
-        "RABBITMQ_NODENAME": node,
-        "RABBITMQ_DIST_PORT": str(dist_port),
-        "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(workdir / "log"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
-        "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq.conf"),
-        "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
-        "ERL_EPMD_ADDRESS": "127.0.0.1",
-        # The start script then execs the Erlang VM itself: our child is the node, so SIGTERM
-        # stops it cleanly and SIGKILL (fault injection) kills it, with no shell in between.
-        "RUNNING_UNDER_SYSTEMD": "true",
-    }
-    env.pop("RABBITMQ_NODE_PORT", None)  # it would override the listener above
+    env = node_env(workdir, node, dist_port, workdir)
     svc = MqttService(
         "rabbitmq",
         "127.0.0.1",

@@ -82,6 +82,15 @@ async def controller_running(cfg: ControllerConfig) -> AsyncIterator[Controller]
             await task
 
 
+def online_states(db_url: str, ids: list[str]) -> dict[str, bool]:
+    """Whether each of these devices is online in the database (those with a state row)."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT device_id, online FROM device_state WHERE device_id = ANY(%s)", (ids,)
+        ).fetchall()
+    return {str(r[0]): bool(r[1]) for r in rows}
+
+
 def run_storage_jobs(conn: psycopg.Connection[Any]) -> None:
     """Run the rollup refresh the way the deployment does, now: the project's job on the plain
     path; on TimescaleDB the database's own refresh jobs (in job order), then the project's

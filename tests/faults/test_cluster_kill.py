@@ -39,8 +39,8 @@ from firmware_sim.fleet import Endpoint, Fleet
 from firmware_sim.placement import Placement, place_lamps
 from ingest import AmqpIngestWorker, WorkerConfig
 from tests.conftest import skip_unless
-from tests.helpers import controller_running, count, running
-from tests.integration.test_broker_failover import _online, _until
+from tests.helpers import controller_running, count, online_states, running
+from tests.integration.test_broker_failover import _until, walk_and_sos_applied
 
 pytestmark = pytest.mark.integration
 
@@ -214,24 +214,7 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
         assert worker_a.node == 0 and worker_b.node in (0, 1)  # the index in each one's own list
         async with controller_running(_controller(cluster, db_url, placement, victim)) as controller, fleet:
             t_start = time.monotonic()
-            assert await fleet.wait_connected(timeout_s=30)
-            await _until("online", lambda: _online(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t_start)
-            await asyncio.sleep(1.0)  # the controller's next reload of the lamps
-            with serve(fast_config(db_url)) as base:
-                async with httpx.AsyncClient(base_url=base, timeout=10.0) as c:
-                    me = {"Authorization": f"Bearer {(await c.post('/v1/residents')).json()['token']}"}
-                    at = {"lat": lamp0.lat_deg, "lon": lamp0.lon_deg, "accuracy_m": 5.0}
-                    r = await c.post(
-                        "/v1/walks", json={**at, "heading_deg": 0.0, "speed_mps": 1.4}, headers=me
-                    )
-                    assert r.status_code == 201, r.text
-                    walk_id = r.json()["walk_id"]
-                    r = await c.post("/v1/sos", json=at, headers=me)
-                    assert r.status_code == 202, r.text
-                    alert_id = r.json()["alert_id"]
-            applied = "SELECT count(*) FROM commands WHERE source = %s AND status = 'applied'"
-            await _until("walk applied", lambda: count(db_url, applied, walk_id) >= 1, 30, t0=t_start)
-            await _until("blink applied", lambda: count(db_url, applied, alert_id[:64]) >= 1, 30, t0=t_start)
+            walk_id, alert_id = await walk_and_sos_applied(fleet, db_url, ids, lamp0, t0=t_start)
             await asyncio.sleep(2.0)  # the stream runs on every node
             now = fleet.clock.now_ms()
             lamps = {i: fleet.firmware(i) for i in ids}
@@ -346,7 +329,9 @@ async def test_an_sos_burst_while_a_node_is_killed_stores_every_sos_once_and_bli
         async with controller_running(_controller(cluster, db_url, placement, victim)), fleet:
             t_start = time.monotonic()
             assert await fleet.wait_connected(timeout_s=30)
-            await _until("online", lambda: _online(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t_start)
+            await _until(
+                "online", lambda: online_states(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t_start
+            )
             await asyncio.sleep(1.0)  # the controller's next reload of the lamps
             with serve(fast_config(db_url)) as base:
                 async with httpx.AsyncClient(base_url=base, timeout=15.0) as c:

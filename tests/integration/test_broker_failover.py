@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from broker import BrokerAddress, ConnectionParams, parse_mqtt_url
@@ -30,19 +29,11 @@ from devkit.localservices import (
 )
 from firmware_sim.firmware import LampFirmware
 from firmware_sim.fleet import Endpoint, Fleet
-from firmware_sim.placement import place_lamps
+from firmware_sim.placement import PlacedLamp, place_lamps
 from ingest import IngestWorker, WorkerConfig
-from tests.helpers import controller_running, count, running
+from tests.helpers import controller_running, count, online_states, running
 
 pytestmark = pytest.mark.integration
-
-
-def _online(db_url: str, ids: list[str]) -> dict[str, bool]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT device_id, online FROM device_state WHERE device_id = ANY(%s)", (ids,)
-        ).fetchall()
-    return {str(r[0]): bool(r[1]) for r in rows}
 
 
 async def _until(what: str, cond: Callable[[], bool], timeout_s: float, *, t0: float) -> float:
@@ -76,6 +67,30 @@ def two_mosquittos(needs_mosquitto: None, tmp_path: Path) -> Iterator[tuple[Mqtt
     yield first, second
     first.stop()
     second.stop()
+
+
+async def walk_and_sos_applied(
+    fleet: Fleet, db_url: str, ids: list[str], lamp: PlacedLamp, *, t0: float
+) -> tuple[str, str]:
+    """Once the fleet is connected and its lamps online, a resident walks from ``lamp`` and raises
+    an SOS there through the API; returns (walk id, alert id) once a lamp applied each."""
+    assert await fleet.wait_connected(timeout_s=30)
+    await _until("online", lambda: online_states(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t0)
+    await asyncio.sleep(1.0)  # the controller's next reload of the lamps
+    with serve(fast_config(db_url)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10.0) as c:
+            me = {"Authorization": f"Bearer {(await c.post('/v1/residents')).json()['token']}"}
+            at = {"lat": lamp.lat_deg, "lon": lamp.lon_deg, "accuracy_m": 5.0}
+            r = await c.post("/v1/walks", json={**at, "heading_deg": 0.0, "speed_mps": 1.4}, headers=me)
+            assert r.status_code == 201, r.text
+            walk_id = str(r.json()["walk_id"])
+            r = await c.post("/v1/sos", json=at, headers=me)
+            assert r.status_code == 202, r.text
+            alert_id = str(r.json()["alert_id"])
+    applied = "SELECT count(*) FROM commands WHERE source = %s AND status = 'applied'"
+    await _until("walk applied", lambda: count(db_url, applied, walk_id) >= 1, 30, t0=t0)
+    await _until("blink applied", lambda: count(db_url, applied, alert_id[:64]) >= 1, 30, t0=t0)
+    return walk_id, alert_id
 
 
 async def test_when_a_broker_node_dies_every_client_moves_to_the_other_and_the_lamps_show_their_walk_and_sos(
@@ -135,25 +150,7 @@ async def _node_loss(
         async with controller_running(cfg) as controller, fleet:
             controller.on_command = lambda cmd: sent.append((time.monotonic(), cmd))
             t_start = time.monotonic()
-            assert await fleet.wait_connected(timeout_s=30)
-            await _until("online", lambda: _online(db_url, ids) == dict.fromkeys(ids, True), 30, t0=t_start)
-            await asyncio.sleep(1.0)  # the controller's next reload of the lamps
-            with serve(fast_config(db_url)) as base:
-                async with httpx.AsyncClient(base_url=base, timeout=10.0) as c:
-                    me = {"Authorization": f"Bearer {(await c.post('/v1/residents')).json()['token']}"}
-                    lamp = placement.lamps[0]
-                    at = {"lat": lamp.lat_deg, "lon": lamp.lon_deg, "accuracy_m": 5.0}
-                    r = await c.post(
-                        "/v1/walks", json={**at, "heading_deg": 0.0, "speed_mps": 1.4}, headers=me
-                    )
-                    assert r.status_code == 201, r.text
-                    walk_id = r.json()["walk_id"]
-                    r = await c.post("/v1/sos", json=at, headers=me)
-                    assert r.status_code == 202, r.text
-                    alert_id = r.json()["alert_id"]
-            applied = "SELECT count(*) FROM commands WHERE source = %s AND status = 'applied'"
-            await _until("walk applied", lambda: count(db_url, applied, walk_id) >= 1, 30, t0=t_start)
-            await _until("blink applied", lambda: count(db_url, applied, alert_id[:64]) >= 1, 30, t0=t_start)
+            walk_id, alert_id = await walk_and_sos_applied(fleet, db_url, ids, placement.lamps[0], t0=t_start)
             now = fleet.clock.now_ms()
             lamps = {i: fleet.firmware(i) for i in ids}
             held = {i: set(fw.overrides) for i, fw in lamps.items() if fw.overrides}
@@ -192,7 +189,7 @@ async def _node_loss(
             t_states = await _until("walk and SOS shown again", showing_again, 10, t0=t0)
             t_connectivity = await _until(
                 "every lamp online again",
-                lambda: _online(db_url, ids) == dict.fromkeys(ids, True),
+                lambda: online_states(db_url, ids) == dict.fromkeys(ids, True),
                 15,
                 t0=t0,
             )

@@ -26,6 +26,7 @@ from devkit.localservices import MqttService
 from firmware_sim.fleet import DeviceLink, Endpoint, Fleet
 from firmware_sim.placement import Placement, place_lamps
 from ingest import IngestWorker, WorkerConfig, raise_fault_alerts
+from tests.helpers import online_states
 
 pytestmark = pytest.mark.integration
 
@@ -63,14 +64,6 @@ async def ingesting(worker: IngestWorker) -> AsyncIterator[IngestWorker]:
     finally:
         worker.stop()
         await asyncio.to_thread(thread.join, 20)
-
-
-def _online(db_url: str, ids: list[str]) -> dict[str, bool]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(
-            "SELECT device_id, online FROM device_state WHERE device_id = ANY(%s)", (ids,)
-        ).fetchall()
-    return {str(r[0]): bool(r[1]) for r in rows}
 
 
 async def until(what: str, cond: Callable[[], bool], timeout_s: float) -> None:
@@ -112,7 +105,7 @@ async def test_an_ingest_started_after_the_lamps_went_online_on_rabbitmq_learns_
         async with ingesting(worker):
             live = ids[:-1]
             await until(
-                "the live lamps online", lambda: _online(db_url, live) == dict.fromkeys(live, True), 30
+                "the live lamps online", lambda: online_states(db_url, live) == dict.fromkeys(live, True), 30
             )
             assert worker.metrics.state_resyncs >= len(live)
         with api_lamps(db_url) as lamps:
@@ -182,7 +175,7 @@ async def test_births_telemetry_a_walk_an_sos_and_a_will_go_through_the_services
                     ),
                     30,
                 )
-                await until("online", lambda: _online(db_url, ids) == dict.fromkeys(ids, True), 30)
+                await until("online", lambda: online_states(db_url, ids) == dict.fromkeys(ids, True), 30)
                 await until(
                     "telemetry",
                     lambda: (
@@ -225,8 +218,10 @@ async def test_births_telemetry_a_walk_an_sos_and_a_will_go_through_the_services
                         await until("lamps blinking", lambda: _count(db_url, blink, alert_id) >= 1, 30)
                 # a will: a lamp that loses power shows offline
                 fleet.by_id[ids[1]].stay_down()
-                await until("the dead lamp offline", lambda: _online(db_url, [ids[1]]) == {ids[1]: False}, 60)
-                assert _online(db_url, ids[2:]) == dict.fromkeys(ids[2:], True)
+                await until(
+                    "the dead lamp offline", lambda: online_states(db_url, [ids[1]]) == {ids[1]: False}, 60
+                )
+                assert online_states(db_url, ids[2:]) == dict.fromkeys(ids[2:], True)
     finally:
         ctl_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
