@@ -43,6 +43,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "not as deployed); default: durable",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        default=None,
+        help="a folder to write each phase's raw samples and lamp arrivals to (JSON, for analysis)",
+    )
 
 
 # The machine's speed figure: this loop in a fresh interpreter (best of three), so results from
@@ -561,6 +568,47 @@ async def _client(args: argparse.Namespace) -> None:
     _tell("done")
 
 
+def tap_main(argv: list[str] | None = None) -> int:
+    """``python -m devkit.bench.brighten tap --mqtt-url URL --out FILE``: with ``--dump``, a second
+    subscriber to every lamp's commands (QoS 0, its own process, doing nothing but stamping each
+    arrival), so a command's time from the broker can be told from the lamps' own client's; writes
+    ``[[perf_counter, cmd_id], ...]`` when told ``stop`` on stdin."""
+    from broker import paho_client, parse_mqtt_url
+    from devkit.bench.controller import nodelay
+
+    p = argparse.ArgumentParser(prog="devkit.bench.brighten tap")
+    p.add_argument("--mqtt-url", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    params = parse_mqtt_url(args.mqtt_url)
+    seen: list[tuple[float, str]] = []
+    subscribed = threading.Event()
+    client = paho_client(params, f"brighten-tap-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(c: Any, *_a: Any) -> None:
+        nodelay(c)
+        c.subscribe("sl/v1/+/+/cmd", 0)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        at = time.perf_counter()
+        seen.append((at, str(orjson.loads(msg.payload).get("cmd_id"))))
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = on_message
+    client.connect(params.host, params.port, keepalive=30)
+    client.loop_start()
+    subscribed.wait(10)
+    gc.disable()
+    _tell("ready")
+    sys.stdin.readline()
+    client.disconnect()
+    client.loop_stop()
+    Path(args.out).write_text(json.dumps(seen))
+    _tell("done")
+    return 0
+
+
 def client_main(argv: list[str] | None = None) -> int:
     """``python -m devkit.bench.brighten client ...``: one process of walkers."""
     p = argparse.ArgumentParser(prog="devkit.bench.brighten client")
@@ -644,6 +692,14 @@ def _phase(
     for _, out in procs:
         samples += [(str(w), float(a), float(b), int(c)) for w, a, b, c in json.loads(out.read_text())]
     received = list(fleet.received)[received_before:]
+    if args.dump is not None:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        raw = {
+            "epoch_offset_s": time.time() - time.perf_counter(),
+            "samples": samples,
+            "received": [(r.at, r.device_id, r.payload) for r in received],
+        }
+        (args.dump / f"{name}.json").write_text(json.dumps(raw))
     return _figures(samples, received, cores, duration)
 
 
@@ -777,7 +833,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             say(f"machine: {json.dumps(machine)}")
             specs = [LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg) for lp in placement.lamps]
-            with LampFleet(parse_mqtt_url(svc.mqtt_url), specs) as fleet:
+            with LampFleet(parse_mqtt_url(svc.mqtt_url), specs) as fleet, _tap(svc, args) as tapped:
                 _await_lamps(svc, len(specs))
                 say(f"bench brighten: {len(specs)} lamps in {len(districts)} districts; idle: 1 walker")
                 idle = _phase(svc, tmp, fleet, args, 1, args.idle_duration, "idle")
@@ -786,6 +842,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 load = _phase(svc, tmp, fleet, args, args.walkers, args.duration, "load")
                 say(f"load: {json.dumps({k: load[k] for k in ('measured', 'p50_ms', 'p99_ms')})}")
             kinds = svc.kinds
+        if tapped is not None and args.dump is not None:
+            (args.dump / "tap.json").write_text(tapped.read_text())
     p99, idle99 = load["p99_ms"], idle["p99_ms"]
     # What each process costs per 1,000 positions a second: comparable across runs and machines.
     per_1000 = 1000.0 / max(1.0, load["updates_per_s"])
@@ -841,6 +899,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _tap(svc: Services, args: argparse.Namespace) -> Iterator[Path | None]:
+    """With ``--dump``: the tap process (``tap_main``) while the phases run; yields its output file."""
+    if args.dump is None:
+        yield None
+        return
+    out = Path(tempfile.mkdtemp(prefix="brighten-tap-")) / "tap.json"
+    argv = [PY, "-m", "devkit.bench.brighten", "tap", "--mqtt-url", svc.mqtt_url, "--out", str(out)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"tap exited with {proc.wait()}")
+    try:
+        yield out
+    finally:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        proc.wait(timeout=30)
+
+
 def _await_lamps(svc: Services, count: int, timeout_s: float = 40.0) -> None:
     """The API's lamp index is rebuilt every 30 s; the controller's too. Wait until the API has them."""
     deadline = time.monotonic() + timeout_s
@@ -855,4 +934,6 @@ def _await_lamps(svc: Services, count: int, timeout_s: float = 40.0) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         sys.exit(client_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "tap":
+        sys.exit(tap_main(sys.argv[2:]))
     sys.exit(2)
