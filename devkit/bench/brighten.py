@@ -7,9 +7,11 @@ read top to bottom when a figure in docs/benchmarks.md is questioned.
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private,
 ``set_tcp_nodelay true``), ``streetlight api`` (``--api-workers``), ``streetlight controller``
 (``--districts all``), the walkers' HTTP client(s) (``python -m devkit.bench.brighten
-client``, one asyncio loop each with an httpx connection pool) and this process, which hosts the
-simulated lamps (``LampFleet``: one paho client subscribed to every lamp's ``cmd`` topic, acking
-like the firmware and recording each command's arrival).
+client``, one asyncio loop each) and the simulated lamps (``python -m devkit.bench.brighten lamps``,
+``--lamp-processes`` of them, districts dealt out between them: each a ``LampFleet``, one paho
+client subscribed to its lamps' ``cmd`` topics, acking like the firmware and recording each
+command's arrival). Real lamps each have their own connection; the lamps of one process share
+one, so a burst of commands queues there, which is the bench's and not the deployment's.
 
 Lamps: the synthetic placement of the 2022 smart-light zones (``firmware_sim.placement``), upserted
 into ``devices``. Walkers: ``firmware_sim.residents.Walker`` along those streets (1.2-1.6 m/s, GPS
@@ -67,6 +69,11 @@ BROKER_CONFIG = "set_tcp_nodelay true\nautosave_interval 1800\n"
 # ~200 measured updates in 40 s, so its p99 is a p99; one walker gave ~10, whose "p99" was their
 # maximum.
 IDLE_WALKERS = 20
+# The simulated lamps' processes, each one paho client for its districts' lamps. Real lamps each
+# have their own connection; 3,500 behind one client in one thread made a burst of commands
+# queue there (the bench's artefact, not the deployment's): the commands of different lamps are
+# handled side by side by these.
+LAMP_PROCESSES = 4
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +107,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the private PostgreSQL with fsync and synchronous commit off (the tests' settings, "
         "not as deployed); default: durable",
+    )
+    parser.add_argument(
+        "--lamp-processes",
+        type=int,
+        default=LAMP_PROCESSES,
+        help=f"processes hosting the simulated lamps, by district (default {LAMP_PROCESSES})",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
@@ -622,6 +635,120 @@ def tap_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def lamps_main(argv: list[str] | None = None) -> int:
+    """``python -m devkit.bench.brighten lamps ...``: one process of simulated lamps (a
+    ``LampFleet`` for some districts). Prints ``ready`` once subscribed; on ``dump FILE`` writes
+    the commands received since the last dump (``[[perf_counter, device_id, payload], ...]``)
+    and prints ``ok``; ends on ``stop`` or end of input."""
+    from broker import parse_mqtt_url
+    from devkit.bench.controller import LampFleet, LampSpec
+
+    p = argparse.ArgumentParser(prog="devkit.bench.brighten lamps")
+    p.add_argument("--mqtt-url", required=True)
+    p.add_argument("--lamps", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--districts", required=True, help="comma-separated district codes")
+    args = p.parse_args(argv)
+    mine = set(args.districts.split(","))
+    specs = [
+        LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg)
+        for lp in _placement(args.lamps, args.seed).lamps
+        if lp.district_code in mine
+    ]
+    with LampFleet(parse_mqtt_url(args.mqtt_url), specs, buffered_reads=True) as fleet:
+        # A short-lived process: its objects stay; no collector pause while it records arrivals.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        _tell("ready")
+        done = 0
+        for line in sys.stdin:
+            word, _, rest = line.strip().partition(" ")
+            if word == "dump":
+                got = fleet.received[done:]  # the paho thread only appends
+                done += len(got)
+                Path(rest).write_bytes(orjson.dumps([(r.at, r.device_id, r.payload) for r in got]))
+                _tell("ok")
+            elif word == "stop":
+                break
+    return 0
+
+
+class LampProcesses:
+    """The simulated lamps in ``count`` processes (``lamps_main``), districts dealt out so each
+    hosts about as many lamps; ``received()`` gathers what they got since the last call."""
+
+    def __init__(self, mqtt_url: str, placement: Any, args: argparse.Namespace, tmp: Path) -> None:
+        per_district: dict[str, int] = {}
+        for lamp in placement.lamps:
+            per_district[lamp.district_code] = per_district.get(lamp.district_code, 0) + 1
+        count = max(1, min(args.lamp_processes, len(per_district)))
+        groups: list[list[str]] = [[] for _ in range(count)]
+        sizes = [0] * count
+        for district, n in sorted(per_district.items(), key=lambda kv: -kv[1]):
+            k = sizes.index(min(sizes))
+            groups[k].append(district)
+            sizes[k] += n
+        self._tmp = tmp
+        self._argv = [
+            [
+                *(PY, "-m", "devkit.bench.brighten", "lamps", "--mqtt-url", mqtt_url),
+                *("--lamps", str(args.lamps), "--seed", str(args.seed), "--districts", ",".join(g)),
+            ]
+            for g in groups
+        ]
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> LampProcesses:
+        for argv in self._argv:
+            self.procs.append(
+                subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+        for proc in self.procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"lamp process exited with {proc.wait()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                assert proc.stdin is not None
+                proc.stdin.write("stop\n")
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The lamp processes, for the CPU meter."""
+        return {f"lamps{i}": proc.pid for i, proc in enumerate(self.procs)}
+
+    def received(self) -> list[Any]:
+        """The commands every lamp received since the last call, by arrival."""
+        from devkit.bench.controller import Received
+
+        got: list[Any] = []
+        for i, proc in enumerate(self.procs):
+            assert proc.stdin is not None and proc.stdout is not None
+            out = self._tmp / f"lamps-{i}.json"
+            proc.stdin.write(f"dump {out}\n")
+            proc.stdin.flush()
+            if proc.stdout.readline().strip() != "ok":
+                raise RuntimeError(f"lamp process failed ({proc.wait()})")
+            got += [
+                Received(float(at), str(dev), payload) for at, dev, payload in orjson.loads(out.read_bytes())
+            ]
+        got.sort(key=lambda r: r.at)
+        return got
+
+
 def client_main(argv: list[str] | None = None) -> int:
     """``python -m devkit.bench.brighten client ...``: one process of walkers."""
     p = argparse.ArgumentParser(prog="devkit.bench.brighten client")
@@ -648,7 +775,13 @@ def client_main(argv: list[str] | None = None) -> int:
 
 
 def _phase(
-    svc: Services, tmp: Path, fleet: Any, args: argparse.Namespace, walkers: int, duration: float, name: str
+    svc: Services,
+    tmp: Path,
+    fleet: LampProcesses,
+    args: argparse.Namespace,
+    walkers: int,
+    duration: float,
+    name: str,
 ) -> dict[str, Any]:
     clients = max(1, args.clients or math.ceil(walkers / 1000))
     per = [walkers // clients + (1 if i < walkers % clients else 0) for i in range(clients)]
@@ -669,15 +802,11 @@ def _phase(
                 raise RuntimeError(f"walker client exited with {proc.wait()}")
         # Let the walk starts' commands settle, so the phase measures positions.
         time.sleep(1.0)
-        received_before = len(fleet.received)
-        # This process records the lamps' arrivals: no collector pause in it during the phase.
-        # (No gc.collect() here: run in-process, e.g. by a test, it would finalise whatever the
-        # caller left for the collector at this moment, such as another test's unclosed socket.)
-        gc.disable()
-        meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
+        fleet.received()  # what came before the phase (the walk starts' commands)
+        meter = CpuMeter(
+            {**svc.pids, **fleet.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}}
+        )
         meter.start()
-        # The simulated lamps live in this process (their paho thread): its own CPU, not its tree.
-        own_t0, own_c0 = time.monotonic(), time.process_time()
         for proc, _ in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -688,10 +817,9 @@ def _phase(
             if line != "done":
                 raise RuntimeError(f"walker client failed ({proc.wait()})")
         cores = meter.stop()
-        cores["lamps"] = round((time.process_time() - own_c0) / max(1e-9, time.monotonic() - own_t0), 2)
+        cores["lamps"] = round(sum(cores.pop(name) for name in fleet.pids), 2)
         time.sleep(1.0)  # the last commands in flight
     finally:
-        gc.enable()
         for proc, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
@@ -704,7 +832,7 @@ def _phase(
     samples: list[tuple[str, float, float, int]] = []
     for _, out in procs:
         samples += [(str(w), float(a), float(b), int(c)) for w, a, b, c in json.loads(out.read_text())]
-    received = list(fleet.received)[received_before:]
+    received = fleet.received()
     if args.dump is not None:
         args.dump.mkdir(parents=True, exist_ok=True)
         raw = {
@@ -827,8 +955,6 @@ def seed_lamps(db_url: str, placement: Any) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start everything, measure the idle walkers, then ``--walkers``; stop everything."""
-    from broker import parse_mqtt_url
-    from devkit.bench.controller import LampFleet, LampSpec
 
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     load_before = [round(x, 2) for x in os.getloadavg()]  # how quiet the machine was (1, 5, 15 min)
@@ -845,12 +971,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "postgres": durability(svc.db_url),
             }
             say(f"machine: {json.dumps(machine)}")
-            specs = [LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg) for lp in placement.lamps]
-            fleet_at = LampFleet(parse_mqtt_url(svc.mqtt_url), specs, buffered_reads=True)
-            with fleet_at as fleet, _tap(svc, args) as tapped:
-                _await_lamps(svc, len(specs))
+            with LampProcesses(svc.mqtt_url, placement, args, tmp) as fleet, _tap(svc, args) as tapped:
+                _await_lamps(svc, len(placement.lamps))
                 idle_walkers = args.idle_walkers
-                say(f"bench brighten: {len(specs)} lamps; idle: {idle_walkers} walkers")
+                say(f"bench brighten: {len(placement.lamps)} lamps; idle: {idle_walkers} walkers")
                 idle = _phase(svc, tmp, fleet, args, idle_walkers, args.idle_duration, "idle")
                 say(f"idle: {json.dumps({k: idle[k] for k in ('measured', 'p50_ms', 'p99_ms')})}")
                 say(f"load: {args.walkers} walkers for {args.duration:g} s")
@@ -894,7 +1018,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "api": f"streetlight api --workers {args.api_workers}",
             "controller": "streetlight controller --districts all",
             "walker_clients": clients,
-            "lamps": "this process (LampFleet, one paho client)",
+            "lamps": f"{len(fleet.procs)} processes (a LampFleet each, one paho client per process)",
             "postgres": kinds["database"],
             "broker": kinds["broker"],
         },
@@ -950,6 +1074,8 @@ def _await_lamps(svc: Services, count: int, timeout_s: float = 40.0) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         sys.exit(client_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "lamps":
+        sys.exit(lamps_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "tap":
         sys.exit(tap_main(sys.argv[2:]))
     sys.exit(2)
