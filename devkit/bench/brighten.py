@@ -66,7 +66,7 @@ BROKER_CONFIG = "set_tcp_nodelay true\nautosave_interval 1800\n"
 
 
 # The idle baseline: a few walkers spread over the second (2 % of the 1,000-walker load) for
-# ~200 measured updates in 40 s, so its p99 is a p99; one walker gave ~10, whose "p99" was their
+# ~150-170 measured updates in 40 s, so its p99 is a p99; one walker gave ~10, whose "p99" was their
 # maximum.
 IDLE_WALKERS = 20
 # The simulated lamps' processes, each one paho client for its districts' lamps. Real lamps each
