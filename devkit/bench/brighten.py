@@ -800,9 +800,10 @@ def _phase(
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"walker client exited with {proc.wait()}")
-        # Let the walk starts' commands settle, so the phase measures positions.
-        time.sleep(1.0)
-        fleet.received()  # what came before the phase (the walk starts' commands)
+        # Let the walk starts' commands settle, so the phase measures positions: 1,000 walks
+        # started within seconds command ~5,000 lamps, and their commands, acks and rows keep the
+        # controller busy for a few seconds after the last walk started.
+        settle_s = _settle(fleet, walkers)
         meter = CpuMeter(
             {**svc.pids, **fleet.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}}
         )
@@ -841,7 +842,30 @@ def _phase(
             "received": [(r.at, r.device_id, r.payload) for r in received],
         }
         (args.dump / f"{name}.json").write_text(json.dumps(raw))
-    return _figures(samples, received, cores, duration)
+    return {**_figures(samples, received, cores, duration), "settled_s": settle_s}
+
+
+# The walk starts have settled when the lamps receive no more than this share of the walkers in
+# commands over SETTLE_WINDOW_S (the walks' own positions have not started yet), checked for at
+# most SETTLE_MAX_S.
+SETTLE_SHARE = 0.01
+SETTLE_WINDOW_S = 0.5
+SETTLE_MAX_S = 30.0
+
+
+def _settle(fleet: LampProcesses, walkers: int) -> float:
+    """Wait until the walk starts' commands have stopped reaching the lamps (and a window
+    more, for their acks and rows); returns the seconds waited."""
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    fleet.received()  # the walk starts' commands so far
+    while time.monotonic() - t0 < SETTLE_MAX_S:
+        time.sleep(SETTLE_WINDOW_S)
+        if len(fleet.received()) <= max(1, walkers * SETTLE_SHARE):
+            break
+    time.sleep(SETTLE_WINDOW_S)
+    fleet.received()
+    return round(time.monotonic() - t0, 1)
 
 
 def _figures(
@@ -1007,6 +1031,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "http_p50_ms": load["http_p50_ms"],
         "http_p99_ms": load["http_p99_ms"],
         "statuses": load["statuses"],
+        "settled_s": load["settled_s"],
         "idle_walkers": args.idle_walkers,
         "idle_measured": idle["measured"],
         "idle_p50_ms": idle["p50_ms"],
