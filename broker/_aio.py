@@ -25,9 +25,6 @@ from runtime.logs import get_logger
 
 log = get_logger(__name__)
 
-# Event-loop turns `MqttSession.written` waits at most for paho to write what was queued.
-WRITE_YIELDS = 5
-
 
 class InboundMessage(NamedTuple):
     """One received message."""
@@ -135,20 +132,6 @@ class MqttSession:
         info = client._client.publish(topic, payload, qos, retain)
         if info.rc != mqtt_client.MQTT_ERR_SUCCESS:
             raise ConnectionLost(f"publish {topic!r}: {mqtt_client.error_string(info.rc)}")
-
-    async def written(self) -> None:
-        """Let the event loop write what ``publish_nowait`` queued before the caller goes on.
-
-        aiomqtt registers the socket's writer through ``call_soon_threadsafe``: the writer is
-        added in the loop's next iteration and runs after the calling task's next step (a batch
-        of walk positions: ~0.1 ms each), so a message queued first waited for the whole batch.
-        This yields until paho has nothing left to write (three loop iterations; no system call
-        of its own), or gives up after a few when the socket is full (the writer goes on later)."""
-        client = self._client
-        for _ in range(WRITE_YIELDS):
-            if client is None or not client._client.want_write():
-                return
-            await asyncio.sleep(0)
 
     async def messages(self) -> AsyncIterator[InboundMessage]:
         """Every message received on any subscription, across reconnects, in arrival order."""

@@ -97,10 +97,10 @@ class Outbox:
         """Track, record and publish commands (None entries are skipped); the publishes wait for
         their PUBACKs together.
 
-        ``wait=False`` (walk brightening) hands the messages to the connection, lets the loop
-        write them and returns: the next position is handled while the PUBACKs are on their way,
-        instead of one broker round trip per walk position in a row; the lamp's ack (retried once
-        when missing, then ``unanswered``) is what tells a command arrived.
+        ``wait=False`` (walk brightening) hands the messages to the connection and returns: the
+        next wake-up is handled while the PUBACKs are on their way, instead of one broker round
+        trip per walk position in a row; the lamp's ack (retried once when missing, then
+        ``unanswered``) is what tells a command arrived.
         """
         sending = [cmd for cmd in cmds if cmd is not None]
         now = now_ms()
@@ -123,8 +123,6 @@ class Outbox:
             except ConnectionLost as exc:
                 self.stats["publish_failed"] += 1
                 log.warning("command_not_published", cmd_id=cmd.cmd_id, device=cmd.device_id, error=str(exc))
-        # On the wire now, not after the rest of the caller's batch of positions.
-        await mqtt.written()
 
     async def _publish(self, mqtt: MqttSession, cmd: LampCommand) -> None:
         try:

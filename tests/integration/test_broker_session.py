@@ -60,18 +60,13 @@ class Collector:
     def __init__(self, params: ConnectionParams, client_id: str, topic_filter: str) -> None:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._subscribed = queue.Queue[bool]()
-        self.arrived_at = 0.0  # time.monotonic() of the last message
         self.client = paho_client(params, client_id)
-        self.client.on_message = self._on_message
+        self.client.on_message = lambda _c, _u, msg: self.messages.put(msg)
         self.client.on_subscribe = lambda *_a: self._subscribed.put(True)
         self.client.on_connect = lambda c, *_a: c.subscribe(topic_filter, qos=1)
         self.client.connect(params.host, params.port)
         self.client.loop_start()
         assert self._subscribed.get(timeout=10)
-
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.arrived_at = time.monotonic()
-        self.messages.put(msg)
 
     def next(self, timeout_s: float = 10) -> mqtt.MQTTMessage:
         return self.messages.get(timeout=timeout_s)
@@ -197,36 +192,6 @@ async def test_publish_nowait_delivers_many_in_order_and_refuses_when_not_connec
             session.publish_nowait(topic, str(i).encode())
         got = [(await next_message(session)).payload for _ in range(300)]
     assert got == [str(i).encode() for i in range(300)]
-
-
-async def test_written_puts_queued_messages_on_the_wire_before_the_caller_goes_on(
-    mqtt_service: MqttService, unique_id: str
-) -> None:
-    # A walk command is on its way to the lamp before the controller works through the rest of
-    # its batch of positions (here: 0.3 s of work that never yields to the loop).
-    params = params_of(mqtt_service)
-    topic = device_topic("11230", f"L-{unique_id}", "cmd")
-    lamp = Collector(params, f"lamp-{unique_id}", topic)
-    try:
-        async with MqttSession(params, client_id=f"sess-{unique_id}", subscriptions=[]) as session:
-            await session.wait_connected(10)
-            for flush in (False, True):
-                session.publish_nowait(topic, b"flushed" if flush else b"queued")
-                if flush:
-                    await session.written()
-                time.sleep(0.3)  # noqa: ASYNC251 - the rest of the batch, blocking the event loop
-                busy_until = time.monotonic()
-                msg = await asyncio.to_thread(lamp.next)
-                arrived = time.monotonic()
-                if flush:
-                    assert msg.payload == b"flushed"
-                    assert lamp.arrived_at < busy_until, "written() let the message wait for the batch"
-                else:
-                    assert msg.payload == b"queued"
-                    assert lamp.arrived_at >= busy_until - 0.005, "the unflushed message left early"
-                assert arrived >= lamp.arrived_at
-    finally:
-        lamp.close()
 
 
 async def test_a_session_reconnects_and_resubscribes_after_the_broker_restarts(
