@@ -11,7 +11,7 @@ from alerts import NearestLamp, Place, named_place
 from geo import CameraIndex, Gazetteer, LampIndex, Location, parse_facing
 from runtime.logs import get_logger
 from store.cameras import camera_version, list_cameras
-from store.devices import list_devices_with_state
+from store.devices import list_devices_with_state, placement_version
 from store.types import Conn, Row
 
 log = get_logger(__name__)
@@ -28,7 +28,7 @@ class LampSnapshot:
     index: LampIndex
     numbers: dict[str, str]
     districts: dict[str, str]
-    loaded_at: float  # monotonic seconds
+    loaded_at: float  # monotonic seconds, when built
     addresses: dict[str, str] = field(default_factory=dict)  # the lamp register's, where known
 
 
@@ -41,6 +41,7 @@ class LampDirectory:
 
     def __init__(self) -> None:
         self._snapshot = _empty()
+        self._version: tuple[int, str] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -49,7 +50,14 @@ class LampDirectory:
         return self._snapshot
 
     def refresh(self, conn: Conn) -> int:
-        """Re-read the lamps with a position; returns how many."""
+        """Re-read the lamps with a position when the devices changed; returns how many.
+
+        Unchanged devices (`store.devices.placement_version`) keep the index: rebuilding it costs
+        ~20-25 ms of CPU for 3,500 lamps, in every API process at once, holding the interpreter
+        against the positions being answered meanwhile."""
+        version = placement_version(conn)
+        if version == self._version:
+            return len(self._snapshot.index)
         rows = [r for r in list_devices_with_state(conn, kind="lamp") if r["lat"] is not None]
         ids = [str(r["device_id"]) for r in rows]
         index = LampIndex(ids, [float(r["lat"]) for r in rows], [float(r["lon"]) for r in rows])
@@ -59,6 +67,7 @@ class LampDirectory:
         addresses = {str(r["device_id"]): str(r["address"]) for r in rows if r["address"]}
         with self._lock:
             self._snapshot = LampSnapshot(index, numbers, districts, time.monotonic(), addresses)
+            self._version = version
         return len(ids)
 
 

@@ -302,6 +302,19 @@ FROM devices d LEFT JOIN device_state s ON s.device_id = d.device_id
 """
 
 
+def placement_version(conn: Conn) -> tuple[int, str]:
+    """How many devices there are and a hash of what the lamp indexes are built from (id, kind,
+    district, lamp number, position, pairing, address): the same while none of it changed, so a
+    periodic reload rebuilds nothing it already has. PostgreSQL hashes the rows (about a
+    millisecond for 3,500 devices) instead of the service reading and comparing them all."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(hashtextextended(ROW(device_id, kind, district_code, "
+        "lamp_number, lat, lon, paired_device_id, address)::text, 0)), 0)::text FROM devices"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
 def list_devices_with_state(
     conn: Conn, *, district_codes: Sequence[str] | None = None, kind: str | None = "lamp"
 ) -> list[Row]:

@@ -7,9 +7,11 @@ read top to bottom when a figure in docs/benchmarks.md is questioned.
 Deployment shape, each its own process: PostgreSQL (throwaway cluster), Mosquitto (private,
 ``set_tcp_nodelay true``), ``streetlight api`` (``--api-workers``), ``streetlight controller``
 (``--districts all``), the walkers' HTTP client(s) (``python -m devkit.bench.brighten
-client``, one asyncio loop each with an httpx connection pool) and this process, which hosts the
-simulated lamps (``LampFleet``: one paho client subscribed to every lamp's ``cmd`` topic, acking
-like the firmware and recording each command's arrival).
+client``, one asyncio loop each) and the simulated lamps (``python -m devkit.bench.brighten lamps``,
+``--lamp-processes`` of them, districts dealt out between them: each a ``LampFleet``, one paho
+client subscribed to its lamps' ``cmd`` topics, acking like the firmware and recording each
+command's arrival). Real lamps each have their own connection; the lamps of one process share
+one, so a burst of commands queues there, which is the bench's and not the deployment's.
 
 Lamps: the synthetic placement of the 2022 smart-light zones (``firmware_sim.placement``), upserted
 into ``devices``. Walkers: ``firmware_sim.residents.Walker`` along those streets (1.2-1.6 m/s, GPS
@@ -25,7 +27,8 @@ clock in every process of the machine). A command can reach the lamp before the 
 the client (the NOTIFY fires at commit, before the response is written); such samples count as 0 ms
 and are reported in ``before_answer``. Updates that command nothing (the lamps are already held:
 the controller commands lamps entered, not positions) have no latency; ``measured`` counts those
-that do. ``idle`` is one walker alone, measured first in the same run.
+that do. ``idle`` is ``--idle-walkers`` walkers (20) spread over the second, measured first in the
+same run.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -61,12 +65,29 @@ PY = sys.executable
 BROKER_CONFIG = "set_tcp_nodelay true\nautosave_interval 1800\n"
 
 
+# The idle baseline: a few walkers spread over the second (2 % of the 1,000-walker load) for
+# ~150-170 measured updates in 40 s, so its p99 is a p99; one walker gave ~10, whose "p99" was their
+# maximum.
+IDLE_WALKERS = 20
+# The simulated lamps' processes, each one paho client for its districts' lamps. Real lamps each
+# have their own connection; 3,500 behind one client in one thread made a burst of commands
+# queue there (the bench's artefact, not the deployment's): the commands of different lamps are
+# handled side by side by these.
+LAMP_PROCESSES = 4
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``streetlight bench brighten``."""
     parser.add_argument("--walkers", type=int, default=1000, help="simultaneous walkers (default 1000)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
     parser.add_argument(
-        "--idle-duration", type=float, default=40.0, help="seconds of the lone walker (default 40)"
+        "--idle-duration", type=float, default=40.0, help="seconds of the idle baseline (default 40)"
+    )
+    parser.add_argument(
+        "--idle-walkers",
+        type=int,
+        default=IDLE_WALKERS,
+        help=f"walkers of the idle baseline, spread over the second (default {IDLE_WALKERS})",
     )
     parser.add_argument("--lamps", type=int, default=3500, help="lamps placed (default 3500, the 2022 zones)")
     parser.add_argument("--api-workers", type=int, default=2, help="streetlight api --workers (default 2)")
@@ -87,7 +108,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the private PostgreSQL with fsync and synchronous commit off (the tests' settings, "
         "not as deployed); default: durable",
     )
+    parser.add_argument(
+        "--lamp-processes",
+        type=int,
+        default=LAMP_PROCESSES,
+        help=f"processes hosting the simulated lamps, by district (default {LAMP_PROCESSES})",
+    )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        default=None,
+        help="a folder to write each phase's raw samples and lamp arrivals to (JSON, for analysis)",
+    )
 
 
 # The machine's speed figure: this loop in a fresh interpreter (best of three), so results from
@@ -561,6 +594,161 @@ async def _client(args: argparse.Namespace) -> None:
     _tell("done")
 
 
+def tap_main(argv: list[str] | None = None) -> int:
+    """``python -m devkit.bench.brighten tap --mqtt-url URL --out FILE``: with ``--dump``, a second
+    subscriber to every lamp's commands (QoS 0, its own process, doing nothing but stamping each
+    arrival), so a command's time from the broker can be told from the lamps' own client's; writes
+    ``[[perf_counter, cmd_id], ...]`` when told ``stop`` on stdin."""
+    from broker import paho_client, parse_mqtt_url
+    from devkit.bench.controller import nodelay
+
+    p = argparse.ArgumentParser(prog="devkit.bench.brighten tap")
+    p.add_argument("--mqtt-url", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    params = parse_mqtt_url(args.mqtt_url)
+    seen: list[tuple[float, str]] = []
+    subscribed = threading.Event()
+    client = paho_client(params, f"brighten-tap-{uuid.uuid4().hex[:8]}")
+
+    def on_connect(c: Any, *_a: Any) -> None:
+        nodelay(c)
+        c.subscribe("sl/v1/+/+/cmd", 0)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        at = time.perf_counter()
+        seen.append((at, str(orjson.loads(msg.payload).get("cmd_id"))))
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_message = on_message
+    client.connect(params.host, params.port, keepalive=30)
+    client.loop_start()
+    subscribed.wait(10)
+    gc.disable()
+    _tell("ready")
+    sys.stdin.readline()
+    client.disconnect()
+    client.loop_stop()
+    Path(args.out).write_text(json.dumps(seen))
+    _tell("done")
+    return 0
+
+
+def lamps_main(argv: list[str] | None = None) -> int:
+    """``python -m devkit.bench.brighten lamps ...``: one process of simulated lamps (a
+    ``LampFleet`` for some districts). Prints ``ready`` once subscribed; on ``dump FILE`` writes
+    the commands received since the last dump (``[[perf_counter, device_id, payload], ...]``)
+    and prints ``ok``; ends on ``stop`` or end of input."""
+    from broker import parse_mqtt_url
+    from devkit.bench.controller import LampFleet, LampSpec
+
+    p = argparse.ArgumentParser(prog="devkit.bench.brighten lamps")
+    p.add_argument("--mqtt-url", required=True)
+    p.add_argument("--lamps", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--districts", required=True, help="comma-separated district codes")
+    args = p.parse_args(argv)
+    mine = set(args.districts.split(","))
+    specs = [
+        LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg)
+        for lp in _placement(args.lamps, args.seed).lamps
+        if lp.district_code in mine
+    ]
+    with LampFleet(parse_mqtt_url(args.mqtt_url), specs, buffered_reads=True) as fleet:
+        # A short-lived process: its objects stay; no collector pause while it records arrivals.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        _tell("ready")
+        done = 0
+        for line in sys.stdin:
+            word, _, rest = line.strip().partition(" ")
+            if word == "dump":
+                got = fleet.received[done:]  # the paho thread only appends
+                done += len(got)
+                Path(rest).write_bytes(orjson.dumps([(r.at, r.device_id, r.payload) for r in got]))
+                _tell("ok")
+            elif word == "stop":
+                break
+    return 0
+
+
+class LampProcesses:
+    """The simulated lamps in ``count`` processes (``lamps_main``), districts dealt out so each
+    hosts about as many lamps; ``received()`` gathers what they got since the last call."""
+
+    def __init__(self, mqtt_url: str, placement: Any, args: argparse.Namespace, tmp: Path) -> None:
+        per_district: dict[str, int] = {}
+        for lamp in placement.lamps:
+            per_district[lamp.district_code] = per_district.get(lamp.district_code, 0) + 1
+        count = max(1, min(args.lamp_processes, len(per_district)))
+        groups: list[list[str]] = [[] for _ in range(count)]
+        sizes = [0] * count
+        for district, n in sorted(per_district.items(), key=lambda kv: -kv[1]):
+            k = sizes.index(min(sizes))
+            groups[k].append(district)
+            sizes[k] += n
+        self._tmp = tmp
+        self._argv = [
+            [
+                *(PY, "-m", "devkit.bench.brighten", "lamps", "--mqtt-url", mqtt_url),
+                *("--lamps", str(args.lamps), "--seed", str(args.seed), "--districts", ",".join(g)),
+            ]
+            for g in groups
+        ]
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def __enter__(self) -> LampProcesses:
+        for argv in self._argv:
+            self.procs.append(
+                subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            )
+        for proc in self.procs:
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"lamp process exited with {proc.wait()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError, ValueError):
+                assert proc.stdin is not None
+                proc.stdin.write("stop\n")
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The lamp processes, for the CPU meter."""
+        return {f"lamps{i}": proc.pid for i, proc in enumerate(self.procs)}
+
+    def received(self) -> list[Any]:
+        """The commands every lamp received since the last call, by arrival."""
+        from devkit.bench.controller import Received
+
+        got: list[Any] = []
+        for i, proc in enumerate(self.procs):
+            assert proc.stdin is not None and proc.stdout is not None
+            out = self._tmp / f"lamps-{i}.json"
+            proc.stdin.write(f"dump {out}\n")
+            proc.stdin.flush()
+            if proc.stdout.readline().strip() != "ok":
+                raise RuntimeError(f"lamp process failed ({proc.wait()})")
+            got += [
+                Received(float(at), str(dev), payload) for at, dev, payload in orjson.loads(out.read_bytes())
+            ]
+        got.sort(key=lambda r: r.at)
+        return got
+
+
 def client_main(argv: list[str] | None = None) -> int:
     """``python -m devkit.bench.brighten client ...``: one process of walkers."""
     p = argparse.ArgumentParser(prog="devkit.bench.brighten client")
@@ -587,12 +775,18 @@ def client_main(argv: list[str] | None = None) -> int:
 
 
 def _phase(
-    svc: Services, tmp: Path, fleet: Any, args: argparse.Namespace, walkers: int, duration: float, name: str
+    svc: Services,
+    tmp: Path,
+    fleet: LampProcesses,
+    args: argparse.Namespace,
+    walkers: int,
+    duration: float,
+    name: str,
 ) -> dict[str, Any]:
     clients = max(1, args.clients or math.ceil(walkers / 1000))
     per = [walkers // clients + (1 if i < walkers % clients else 0) for i in range(clients)]
     procs: list[tuple[subprocess.Popen[str], Path]] = []
-    first = 0 if name == "idle" else 1
+    first = 0 if name == "idle" else args.idle_walkers
     for i, n in enumerate(per):
         out = tmp / f"{name}-{i}.json"
         argv = [PY, "-m", "devkit.bench.brighten", "client", "--base", svc.api_base]
@@ -606,17 +800,14 @@ def _phase(
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"walker client exited with {proc.wait()}")
-        # Let the walk starts' commands settle, so the phase measures positions.
-        time.sleep(1.0)
-        received_before = len(fleet.received)
-        # This process records the lamps' arrivals: no collector pause in it during the phase.
-        # (No gc.collect() here: run in-process, e.g. by a test, it would finalise whatever the
-        # caller left for the collector at this moment, such as another test's unclosed socket.)
-        gc.disable()
-        meter = CpuMeter({**svc.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}})
+        # Let the walk starts' commands settle, so the phase measures positions: 1,000 walks
+        # started within seconds command ~5,000 lamps, and their commands, acks and rows keep the
+        # controller busy for a few seconds after the last walk started.
+        settle_s = _settle(fleet, walkers)
+        meter = CpuMeter(
+            {**svc.pids, **fleet.pids, **{f"client{i}": p.pid for i, (p, _) in enumerate(procs)}}
+        )
         meter.start()
-        # The simulated lamps live in this process (their paho thread): its own CPU, not its tree.
-        own_t0, own_c0 = time.monotonic(), time.process_time()
         for proc, _ in procs:
             assert proc.stdin is not None
             proc.stdin.write("go\n")
@@ -627,10 +818,9 @@ def _phase(
             if line != "done":
                 raise RuntimeError(f"walker client failed ({proc.wait()})")
         cores = meter.stop()
-        cores["lamps"] = round((time.process_time() - own_c0) / max(1e-9, time.monotonic() - own_t0), 2)
+        cores["lamps"] = round(sum(cores.pop(name) for name in fleet.pids), 2)
         time.sleep(1.0)  # the last commands in flight
     finally:
-        gc.enable()
         for proc, _ in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=30)
@@ -643,8 +833,39 @@ def _phase(
     samples: list[tuple[str, float, float, int]] = []
     for _, out in procs:
         samples += [(str(w), float(a), float(b), int(c)) for w, a, b, c in json.loads(out.read_text())]
-    received = list(fleet.received)[received_before:]
-    return _figures(samples, received, cores, duration)
+    received = fleet.received()
+    if args.dump is not None:
+        args.dump.mkdir(parents=True, exist_ok=True)
+        raw = {
+            "epoch_offset_s": time.time() - time.perf_counter(),
+            "samples": samples,
+            "received": [(r.at, r.device_id, r.payload) for r in received],
+        }
+        (args.dump / f"{name}.json").write_text(json.dumps(raw))
+    return {**_figures(samples, received, cores, duration), "settled_s": settle_s}
+
+
+# The walk starts have settled when the lamps receive no more than this share of the walkers in
+# commands over SETTLE_WINDOW_S (the walks' own positions have not started yet), checked for at
+# most SETTLE_MAX_S.
+SETTLE_SHARE = 0.01
+SETTLE_WINDOW_S = 0.5
+SETTLE_MAX_S = 30.0
+
+
+def _settle(fleet: LampProcesses, walkers: int) -> float:
+    """Wait until the walk starts' commands have stopped reaching the lamps (and a window
+    more, for their acks and rows); returns the seconds waited."""
+    t0 = time.monotonic()
+    time.sleep(1.0)
+    fleet.received()  # the walk starts' commands so far
+    while time.monotonic() - t0 < SETTLE_MAX_S:
+        time.sleep(SETTLE_WINDOW_S)
+        if len(fleet.received()) <= max(1, walkers * SETTLE_SHARE):
+            break
+    time.sleep(SETTLE_WINDOW_S)
+    fleet.received()
+    return round(time.monotonic() - t0, 1)
 
 
 def _figures(
@@ -757,9 +978,7 @@ def seed_lamps(db_url: str, placement: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start everything, measure one walker alone, then ``--walkers``; stop everything."""
-    from broker import parse_mqtt_url
-    from devkit.bench.controller import LampFleet, LampSpec
+    """Start everything, measure the idle walkers, then ``--walkers``; stop everything."""
 
     logging.basicConfig(level="WARNING", stream=sys.stderr)
     load_before = [round(x, 2) for x in os.getloadavg()]  # how quiet the machine was (1, 5, 15 min)
@@ -776,16 +995,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "postgres": durability(svc.db_url),
             }
             say(f"machine: {json.dumps(machine)}")
-            specs = [LampSpec(lp.lamp_id, lp.district_code, lp.lat_deg, lp.lon_deg) for lp in placement.lamps]
-            with LampFleet(parse_mqtt_url(svc.mqtt_url), specs) as fleet:
-                _await_lamps(svc, len(specs))
-                say(f"bench brighten: {len(specs)} lamps in {len(districts)} districts; idle: 1 walker")
-                idle = _phase(svc, tmp, fleet, args, 1, args.idle_duration, "idle")
+            with LampProcesses(svc.mqtt_url, placement, args, tmp) as fleet, _tap(svc, args) as tapped:
+                _await_lamps(svc, len(placement.lamps))
+                idle_walkers = args.idle_walkers
+                say(f"bench brighten: {len(placement.lamps)} lamps; idle: {idle_walkers} walkers")
+                idle = _phase(svc, tmp, fleet, args, idle_walkers, args.idle_duration, "idle")
                 say(f"idle: {json.dumps({k: idle[k] for k in ('measured', 'p50_ms', 'p99_ms')})}")
                 say(f"load: {args.walkers} walkers for {args.duration:g} s")
                 load = _phase(svc, tmp, fleet, args, args.walkers, args.duration, "load")
                 say(f"load: {json.dumps({k: load[k] for k in ('measured', 'p50_ms', 'p99_ms')})}")
             kinds = svc.kinds
+        if tapped is not None and args.dump is not None:
+            (args.dump / "tap.json").write_text(tapped.read_text())
     p99, idle99 = load["p99_ms"], idle["p99_ms"]
     # What each process costs per 1,000 positions a second: comparable across runs and machines.
     per_1000 = 1000.0 / max(1.0, load["updates_per_s"])
@@ -810,6 +1031,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "http_p50_ms": load["http_p50_ms"],
         "http_p99_ms": load["http_p99_ms"],
         "statuses": load["statuses"],
+        "settled_s": load["settled_s"],
+        "idle_walkers": args.idle_walkers,
         "idle_measured": idle["measured"],
         "idle_p50_ms": idle["p50_ms"],
         "duration_s": args.duration,
@@ -820,7 +1043,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "api": f"streetlight api --workers {args.api_workers}",
             "controller": "streetlight controller --districts all",
             "walker_clients": clients,
-            "lamps": "this process (LampFleet, one paho client)",
+            "lamps": f"{len(fleet.procs)} processes (a LampFleet each, one paho client per process)",
             "postgres": kinds["database"],
             "broker": kinds["broker"],
         },
@@ -841,6 +1064,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _tap(svc: Services, args: argparse.Namespace) -> Iterator[Path | None]:
+    """With ``--dump``: the tap process (``tap_main``) while the phases run; yields its output file."""
+    if args.dump is None:
+        yield None
+        return
+    out = Path(tempfile.mkdtemp(prefix="brighten-tap-")) / "tap.json"
+    argv = [PY, "-m", "devkit.bench.brighten", "tap", "--mqtt-url", svc.mqtt_url, "--out", str(out)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"tap exited with {proc.wait()}")
+    try:
+        yield out
+    finally:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        proc.wait(timeout=30)
+
+
 def _await_lamps(svc: Services, count: int, timeout_s: float = 40.0) -> None:
     """The API's lamp index is rebuilt every 30 s; the controller's too. Wait until the API has them."""
     deadline = time.monotonic() + timeout_s
@@ -855,4 +1099,8 @@ def _await_lamps(svc: Services, count: int, timeout_s: float = 40.0) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         sys.exit(client_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "lamps":
+        sys.exit(lamps_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "tap":
+        sys.exit(tap_main(sys.argv[2:]))
     sys.exit(2)

@@ -76,7 +76,12 @@ class LampFleet:
         *,
         silent: Iterable[str] = (),
         refusing: Mapping[str, str] | None = None,
+        buffered_reads: bool = False,
     ) -> None:
+        """``buffered_reads``: the fleet's one client reads its socket in large chunks and handles
+        every command already read without a ``select`` each (``broker.BufferedReadClient``), so a
+        burst of commands for many lamps queues less behind this one client (real lamps each
+        have their own connection)."""
         self.lamps = {
             spec.device_id: LampFirmware(
                 DeviceIdentity(spec.device_id, spec.district, "lamp", spec.lat, spec.lon, "stub-lamp")
@@ -89,7 +94,7 @@ class LampFleet:
         self._cond = threading.Condition()
         self._districts = sorted({fw.identity.district_code for fw in self.lamps.values()})
         self._subscribed = threading.Event()
-        self._client = paho_client(params, f"lampfleet-{uuid.uuid4().hex[:8]}")
+        self._client = paho_client(params, f"lampfleet-{uuid.uuid4().hex[:8]}", buffered_reads=buffered_reads)
         self._client.max_inflight_messages_set(1000)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = lambda *_a: self._subscribed.set()
