@@ -123,19 +123,23 @@ def _run_timescale_jobs(conn: psycopg.Connection[Any], *procs: str) -> None:
     ).fetchall()
     assert jobs, f"no TimescaleDB job runs {procs}"
     for (job_id,) in jobs:
-        # The background scheduler may be running the same job: wait for it, then run it again.
-        deadline = time.monotonic() + 30.0
-        while True:
-            try:
-                conn.execute("CALL run_job(%s)", (job_id,))
-                break
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-                # A scheduled run holding the chunk's locks either makes ours wait or, when the
-                # two take them in opposite order, one of the two is chosen as the deadlock victim.
-                if not conn.autocommit:
-                    conn.rollback()
-                assert time.monotonic() < deadline, f"a concurrent run of job {job_id} did not finish in time"
-                time.sleep(0.2)
+        run_job_now(conn, job_id)
+
+
+def run_job_now(conn: psycopg.Connection[Any], job_id: int) -> None:
+    """``CALL run_job``, again after the background scheduler's run of the same job: a scheduled
+    run holding the chunk's locks either makes ours wait or, when the two take them in opposite
+    order, one of the two is chosen as the deadlock victim."""
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            conn.execute("CALL run_job(%s)", (job_id,))
+            return
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+            if not conn.autocommit:
+                conn.rollback()
+            assert time.monotonic() < deadline, f"a concurrent run of job {job_id} did not finish in time"
+            time.sleep(0.2)
 
 
 def provision(tmp_path: Path, db_url: str, *files: Path) -> str:

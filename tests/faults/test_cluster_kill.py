@@ -40,7 +40,7 @@ from firmware_sim.placement import Placement, place_lamps
 from ingest import AmqpIngestWorker, WorkerConfig
 from tests.conftest import skip_unless
 from tests.helpers import controller_running, count, online_states, running
-from tests.integration.test_broker_failover import _until, walk_and_sos_applied
+from tests.integration.test_broker_failover import _until, showing_again, walk_and_sos_applied
 
 pytestmark = pytest.mark.integration
 
@@ -246,13 +246,9 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
             connects = fleet.stats.connects - connects_at_kill
             failures = fleet.stats.connect_failures - failures_at_kill
 
-            def showing_again() -> bool:
-                now = fleet.clock.now_ms()
-                return all(
-                    held[i] <= set(lamps[i].overrides) and lamps[i].output(now) == shown[i] for i in held
-                )
-
-            t_states = await _until("walk and SOS shown again", showing_again, 15, t0=t0)
+            t_states = await _until(
+                "walk and SOS shown again", showing_again(fleet, lamps, held, shown), 15, t0=t0
+            )
             t_sessions = await _until(
                 "every moved lamp's new session online in the database",
                 lambda: _sessions_stored(db_url, fleet, on_victim),

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -67,6 +68,18 @@ def two_mosquittos(needs_mosquitto: None, tmp_path: Path) -> Iterator[tuple[Mqtt
     yield first, second
     first.stop()
     second.stop()
+
+
+def showing_again(
+    fleet: Fleet, lamps: dict[str, LampFirmware], held: dict[str, set[str]], shown: dict[str, Any]
+) -> Callable[[], bool]:
+    """Every lamp in ``held`` holds its overrides again and shows what it showed before."""
+
+    def check() -> bool:
+        now = fleet.clock.now_ms()
+        return all(held[i] <= set(lamps[i].overrides) and lamps[i].output(now) == shown[i] for i in held)
+
+    return check
 
 
 async def walk_and_sos_applied(
@@ -179,14 +192,10 @@ async def _node_loss(
                 t0=t0,
             )
 
-            def showing_again() -> bool:
-                now = fleet.clock.now_ms()
-                return all(
-                    held[i] <= set(lamps[i].overrides) and lamps[i].output(now) == shown[i] for i in held
-                )
-
             # Well inside the blinks' refresh (every 30 s) and the hold: only the births bring them back.
-            t_states = await _until("walk and SOS shown again", showing_again, 10, t0=t0)
+            t_states = await _until(
+                "walk and SOS shown again", showing_again(fleet, lamps, held, shown), 10, t0=t0
+            )
             t_connectivity = await _until(
                 "every lamp online again",
                 lambda: online_states(db_url, ids) == dict.fromkeys(ids, True),

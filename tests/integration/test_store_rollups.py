@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from store import drop_expired_partitions, refresh_rollups, upsert_device, write_telemetry
-from tests.helpers import run_storage_jobs
+from tests.helpers import run_job_now, run_storage_jobs
 
 Conn = psycopg.Connection[Any]
 HOUR = timedelta(hours=1)
@@ -119,7 +119,8 @@ def test_an_early_refresh_keeps_the_aggregates_of_hours_whose_raw_rows_were_drop
             "SELECT job_id FROM timescaledb_information.jobs "
             "WHERE proc_name = 'policy_retention' AND hypertable_name = 'telemetry'"
         ).fetchone() or (None,)
-        conn.execute("CALL run_job(%s)", (job,))
+        assert job is not None
+        run_job_now(conn, job)
     else:
         drop_expired_partitions(conn, retention={"telemetry": timedelta(days=2)})
     oldest_raw = conn.execute("SELECT min(ts) FROM telemetry").fetchone()

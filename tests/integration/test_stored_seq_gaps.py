@@ -128,8 +128,11 @@ def test_overlapping_checks_of_the_jobs_leader_count_a_gap_once(migrated: str) -
 LAMP = '{"ts":%d,"seq":%d,"level":80,"power_w":36.0,"faults":[]}'
 
 
-def _shared_worker(svc: MqttService, db: str, tmp: Path, name: str, index: int) -> IngestWorker:
+def _shared_worker(svc: MqttService, db: str, tmp: Path, name: str, index: int, group: str) -> IngestWorker:
+    # A group of the test's own: the session's broker keeps earlier tests' persistent sessions,
+    # and Mosquitto deals a shared subscription's messages to offline members of the group too.
     config = WorkerConfig(
+        share_group=group,
         mqtt=parse_mqtt_url(svc.url),
         database_url=db,
         spool_path=tmp / f"{name}.spool",
@@ -145,8 +148,9 @@ def _shared_worker(svc: MqttService, db: str, tmp: Path, name: str, index: int) 
 def test_two_shared_workers_storing_a_gap_free_stream_raise_no_data_loss_alert(
     mqtt_service: MqttService, migrated: str, tmp_path: Path, unique_id: str
 ) -> None:
-    a = _shared_worker(mqtt_service, migrated, tmp_path, f"a{unique_id}", 0)
-    b = _shared_worker(mqtt_service, migrated, tmp_path, f"b{unique_id}", 1)
+    group = f"ingest-{unique_id}"
+    a = _shared_worker(mqtt_service, migrated, tmp_path, f"a{unique_id}", 0, group)
+    b = _shared_worker(mqtt_service, migrated, tmp_path, f"b{unique_id}", 1, group)
     # An odd number of devices: the broker's turns alternate, so each device's stream is split.
     devices, per_device = 21, 60
     ts = int(time.time() * 1000)
