@@ -246,8 +246,9 @@ async def test_a_node_killed_under_a_qos1_stream_loses_nothing_acked_and_its_lam
             connects = fleet.stats.connects - connects_at_kill
             failures = fleet.stats.connect_failures - failures_at_kill
 
+            # 30 s: well inside the walk's hold; the figures (docs/reliability.md) are 0.9-2.6 s.
             t_states = await _until(
-                "walk and SOS shown again", showing_again(fleet, lamps, held, shown), 15, t0=t0
+                "walk and SOS shown again", showing_again(fleet, lamps, held, shown), 30, t0=t0
             )
             t_sessions = await _until(
                 "every moved lamp's new session online in the database",
