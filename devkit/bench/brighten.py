@@ -462,7 +462,19 @@ class LeanHttp:
     async def request(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
     ) -> tuple[int, Any]:
-        """One request; returns (status, decoded JSON or None)."""
+        """One request; returns (status, decoded JSON or None). A kept-alive connection the server
+        closed before answering a byte is replaced and the request sent once more on a new one,
+        as HTTP clients do for a connection closed without an answer."""
+        try:
+            return await self._request(method, path, body, headers)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                raise
+            return await self._request(method, path, body, headers)
+
+    async def _request(
+        self, method: str, path: str, body: Any, headers: dict[str, str] | None
+    ) -> tuple[int, Any]:
         data = orjson.dumps(body) if body is not None else b""
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: {len(data)}\r\n"
         if body is not None:
