@@ -22,7 +22,6 @@ import logging
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -40,7 +39,12 @@ from firmware_sim.placement import Placement, place_lamps
 from ingest import AmqpIngestWorker, WorkerConfig
 from tests.conftest import skip_unless
 from tests.helpers import controller_running, count, online_states, running
-from tests.integration.test_broker_failover import _until, showing_again, walk_and_sos_applied
+from tests.integration.test_broker_failover import (
+    _until,
+    failover_controller,
+    showing_again,
+    walk_and_sos_applied,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,16 +108,7 @@ def _controller(cluster: RabbitCluster, db_url: str, placement: Placement, first
     """The controller's configuration: the cluster's nodes, node ``first`` first."""
     n = len(cluster.nodes)
     urls = [cluster.mqtt_urls[(first + i) % n] for i in range(n)]
-    return ControllerConfig(
-        mqtt=parse_mqtt_url(",".join(urls)),
-        database_url=db_url,
-        districts=placement.districts(),
-        owner=f"test-{uuid.uuid4().hex[:8]}",
-        lease_ttl_s=1.5,
-        tick_s=0.05,
-        retry_after_s=0.5,
-        lamps_refresh_s=0.5,  # the lamps register by their births after the controller starts
-    )
+    return failover_controller(parse_mqtt_url(",".join(urls)), db_url, placement)
 
 
 def _fleet(cluster: RabbitCluster, placement: Placement, **kw: object) -> Fleet:

@@ -30,7 +30,7 @@ from devkit.localservices import (
 )
 from firmware_sim.firmware import LampFirmware
 from firmware_sim.fleet import Endpoint, Fleet
-from firmware_sim.placement import PlacedLamp, place_lamps
+from firmware_sim.placement import PlacedLamp, Placement, place_lamps
 from ingest import IngestWorker, WorkerConfig
 from tests.helpers import controller_running, count, online_states, running
 
@@ -68,6 +68,20 @@ def two_mosquittos(needs_mosquitto: None, tmp_path: Path) -> Iterator[tuple[Mqtt
     yield first, second
     first.stop()
     second.stop()
+
+
+def failover_controller(mqtt: ConnectionParams, db_url: str, placement: Placement) -> ControllerConfig:
+    """A controller for ``placement``'s districts on ``mqtt`` (a list of nodes), quick to react."""
+    return ControllerConfig(
+        mqtt=mqtt,
+        database_url=db_url,
+        districts=placement.districts(),
+        owner=f"test-{uuid.uuid4().hex[:8]}",
+        lease_ttl_s=1.5,
+        tick_s=0.05,
+        retry_after_s=0.5,
+        lamps_refresh_s=0.5,  # the lamps register by their births after the controller starts
+    )
 
 
 def showing_again(
@@ -148,16 +162,7 @@ async def _node_loss(
             max_delay_s=0.05,
         )
     )
-    cfg = ControllerConfig(
-        mqtt=control,
-        database_url=db_url,
-        districts=placement.districts(),
-        owner=f"test-{uuid.uuid4().hex[:8]}",
-        lease_ttl_s=1.5,
-        tick_s=0.05,
-        retry_after_s=0.5,
-        lamps_refresh_s=0.5,  # the lamps register by their births after the controller starts
-    )
+    cfg = failover_controller(control, db_url, placement)
     sent: list[tuple[float, LampCommand]] = []
     with running(worker):
         async with controller_running(cfg) as controller, fleet:
